@@ -1,0 +1,1 @@
+"""comet_core: the 2PC engine (mpc, comm), models, predictors, Comet's sparse protocols and systems."""
