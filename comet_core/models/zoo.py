@@ -1,0 +1,194 @@
+"""Model zoo: build or load the plaintext HF causal LM that a ``conf/model/*.yaml`` describes.
+
+``load_plain_model(model_cfg, seed=0) -> (model, tokenizer)``: an eval-mode float32 ``OPTForCausalLM``
+or ``LlamaForCausalLM`` plus a toolkit tokenizer (``comet_core.models.tokenizers``).
+
+``source`` in the model config:
+
+- ``random``: built from ``OPTConfig`` / ``LlamaConfig`` with the yaml's shape, seeded; no download.
+  With ``layers: n`` only n decoder layers are built (so paper-scale shapes fit in memory).
+- ``smollm2-gguf``: the real SmolLM2-135M-Instruct (``comet_core.models.smollm2``).
+- ``checkpoint``: a toolkit-trained model saved by ``comet train-lm`` (path relative to the cache dir).
+
+``layers: n`` keeps the first n decoder layers of any model (the final norm and LM head stay).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from comet_core.errors import CometError, ConfigError
+from comet_core.models.cache import resolve_in_cache
+from comet_core.models.tokenizers import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("opt", "llama")
+SOURCES = ("random", "smollm2-gguf", "checkpoint")
+
+
+def _get(cfg: Any, key: str, default=None):
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def n_layers(model_cfg) -> int:
+    """Decoder layers that actually run (``layers`` if set, else ``num_layers``)."""
+    total = int(_get(model_cfg, "num_layers"))
+    n = _get(model_cfg, "layers")
+    if n is None:
+        return total
+    n = int(n)
+    if not 1 <= n <= total:
+        raise ConfigError(f"model.layers={n} is out of range for {_get(model_cfg, 'name')} (1..{total})")
+    return n
+
+
+def build_hf_config(model_cfg, num_layers: int | None = None):
+    """The ``transformers`` config for the yaml's shape (random-weight models and training)."""
+    family = _get(model_cfg, "family")
+    layers = int(num_layers if num_layers is not None else _get(model_cfg, "num_layers"))
+    common = dict(
+        vocab_size=int(_get(model_cfg, "vocab_size")),
+        hidden_size=int(_get(model_cfg, "hidden_size")),
+        num_hidden_layers=layers,
+        num_attention_heads=int(_get(model_cfg, "num_heads")),
+        max_position_embeddings=int(_get(model_cfg, "max_positions")),
+    )
+    act = _get(model_cfg, "activation", "relu")
+    if family == "opt":
+        from transformers import OPTConfig
+
+        if int(_get(model_cfg, "num_kv_heads", common["num_attention_heads"])) != common["num_attention_heads"]:
+            raise ConfigError("OPT models have one KV head per query head; set num_kv_heads = num_heads")
+        return OPTConfig(
+            **common, ffn_dim=int(_get(model_cfg, "ffn_dim")), word_embed_proj_dim=common["hidden_size"],
+            activation_function=act, do_layer_norm_before=True, dropout=float(_get(model_cfg, "dropout", 0.0)),
+            attention_dropout=0.0, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+        )
+    if family == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            **common, intermediate_size=int(_get(model_cfg, "ffn_dim")),
+            num_key_value_heads=int(_get(model_cfg, "num_kv_heads")), hidden_act=act,
+            rms_norm_eps=float(_get(model_cfg, "rms_norm_eps", 1e-5)),
+            rope_parameters={"rope_type": "default", "rope_theta": float(_get(model_cfg, "rope_theta", 10000.0))},
+            tie_word_embeddings=bool(_get(model_cfg, "tie_word_embeddings", False)),
+        )
+    raise ConfigError(f"unknown model family '{family}'; valid: {', '.join(FAMILIES)}")
+
+
+def decoder_layers(model):
+    """The ``nn.ModuleList`` of decoder layers of an OPT or Llama causal LM."""
+    if hasattr(model, "model") and hasattr(model.model, "decoder"):
+        return model.model.decoder.layers
+    return model.model.layers
+
+
+def truncate_layers(model, n: int):
+    """Keep only the first n decoder layers (in place)."""
+    import torch
+
+    layers = decoder_layers(model)
+    if n < len(layers):
+        kept = torch.nn.ModuleList(list(layers)[:n])
+        if hasattr(model.model, "decoder"):
+            model.model.decoder.layers = kept
+        else:
+            model.model.layers = kept
+        model.config.num_hidden_layers = n
+        if isinstance(getattr(model.config, "layer_types", None), list):
+            model.config.layer_types = model.config.layer_types[:n]
+    return model
+
+
+def _check_shape(model, model_cfg, where: str, fix: str):
+    c = model.config
+    ffn = getattr(c, "ffn_dim", None) or getattr(c, "intermediate_size", None)
+    want = {"hidden_size": c.hidden_size, "num_layers": c.num_hidden_layers, "ffn_dim": ffn,
+            "num_heads": c.num_attention_heads, "vocab_size": c.vocab_size}
+    for key, have in want.items():
+        if int(_get(model_cfg, key)) != int(have):
+            raise CometError(f"{where} has {key}={have} but model config '{_get(model_cfg, 'name')}' "
+                             f"says {_get(model_cfg, key)}; {fix}")
+
+
+def _load_checkpoint(model_cfg):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ckpt = _get(model_cfg, "checkpoint")
+    if not ckpt:
+        raise ConfigError(f"model '{_get(model_cfg, 'name')}' has source: checkpoint but no checkpoint path")
+    path = resolve_in_cache(ckpt)
+    hint = _get(model_cfg, "checkpoint_hint") or "comet train-lm"
+    if not (path / "config.json").is_file():
+        raise CometError(f"checkpoint {path} not found; create it with: {hint}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except Exception as e:
+        raise CometError(f"checkpoint {path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         f"recreate it with: {hint} overwrite=true") from e
+    _check_shape(model, model_cfg, f"checkpoint {path}", f"recreate it with: {hint} overwrite=true")
+    return model
+
+
+def load_plain_model(model_cfg, seed: int = 0, empty: bool = False) -> tuple[Any, Tokenizer]:
+    """(eval float32 HF causal LM with ``layers`` applied, tokenizer) for a model config.
+
+    ``empty=True`` (random source only) builds on the meta device: shapes without memory, for cost mode.
+    """
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    source = _get(model_cfg, "source")
+    n = n_layers(model_cfg)
+    if source == "random":
+        from transformers import AutoModelForCausalLM
+
+        hf_cfg = build_hf_config(model_cfg, num_layers=n)
+        if empty:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(hf_cfg)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                model = AutoModelForCausalLM.from_config(hf_cfg)
+    elif source == "smollm2-gguf":
+        from comet_core.models.smollm2 import load_smollm2_model
+
+        model = load_smollm2_model()
+        _check_shape(model, model_cfg, "the SmolLM2 GGUF model", "fix conf/model/ to match the real model")
+    elif source == "checkpoint":
+        model = _load_checkpoint(model_cfg)
+    else:
+        raise ConfigError(f"unknown model source '{source}'; valid: {', '.join(SOURCES)}")
+    truncate_layers(model, n)
+    model = model.float().eval() if not empty else model.eval()
+    tok = load_tokenizer(_get(model_cfg, "tokenizer", "bytes"))
+    if tok.vocab_size > int(_get(model_cfg, "vocab_size")):
+        raise ConfigError(f"tokenizer '{tok.name}' has {tok.vocab_size} ids but the model's vocab is "
+                          f"{_get(model_cfg, 'vocab_size')}")
+    return model, tok
+
+
+def check_positions(n_tokens: int, model_cfg, gen_tokens: int = 0) -> None:
+    """Raise a one-line CometError if prompt + generated tokens exceed the model's positions."""
+    limit = int(_get(model_cfg, "max_positions"))
+    if n_tokens + gen_tokens > limit:
+        raise CometError(f"prompt of {n_tokens} tokens + {gen_tokens} generated exceeds the "
+                         f"{limit} positions of model '{_get(model_cfg, 'name')}'; shorten the prompt or set prompt_len=")
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str, model_cfg, gen_tokens: int = 0,
+                  prompt_len: int | None = None) -> list[int]:
+    """Token ids of ``text`` (truncated to its last ``prompt_len`` tokens if set), length-checked."""
+    ids = tokenizer.encode(text)
+    if prompt_len is not None:
+        ids = ids[-int(prompt_len):]
+    if not ids:
+        raise CometError("the prompt is empty after tokenization; give a non-empty prompt=")
+    check_positions(len(ids), model_cfg, gen_tokens)
+    return ids
