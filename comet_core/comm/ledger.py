@@ -1,0 +1,113 @@
+"""One ledger of every message: who sent how many bytes to whom, in which phase and round.
+
+Phases: `online` (P0 <-> P1), `offline` (dealer -> parties: correlated randomness), `input`
+(client / model owner -> parties: sharing), `output` (parties -> client: revealing).
+A round is one communication step of the online phase; messages both parties send in the same
+step share one round index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import pandas as pd
+
+COLUMNS = [
+    "phase", "stage", "layer", "op", "protocol", "sender", "receiver",
+    "elements", "bits", "bytes", "round", "cost_source",
+]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a protocol costs, for a cost formula to be checked against the ledger.
+
+    online_bytes: both directions between P0 and P1; offline_bytes: dealer to both parties;
+    rounds: online rounds.
+    """
+
+    online_bytes: int = 0
+    offline_bytes: int = 0
+    rounds: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.online_bytes + other.online_bytes, self.offline_bytes + other.offline_bytes,
+                    self.rounds + other.rounds)
+
+    def __mul__(self, k: int) -> "Cost":
+        return Cost(self.online_bytes * k, self.offline_bytes * k, self.rounds * k)
+
+    __rmul__ = __mul__
+
+
+def wire_bytes(elements: int, bits: int) -> int:
+    """Bytes of `elements` values of `bits` bits each, packed densely (what a transport sends)."""
+    return (elements * bits + 7) // 8
+
+
+class Ledger:
+    """Append-only record of messages plus the labels (stage, layer, op) that model code sets."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.round = 0  # online rounds so far
+        self._labels = {"stage": "", "layer": -1, "op": ""}
+        self._protocol: list[str] = []
+
+    # -- labels -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def label(self, **labels):
+        """Set stage/layer/op labels for the messages inside the block (model-level tags)."""
+        old = dict(self._labels)
+        self._labels.update({k: v for k, v in labels.items() if v is not None})
+        try:
+            yield
+        finally:
+            self._labels = old
+
+    @contextlib.contextmanager
+    def protocol(self, name: str):
+        """Name the protocol whose messages follow; the outermost protocol name is recorded."""
+        self._protocol.append(name)
+        try:
+            yield
+        finally:
+            self._protocol.pop()
+
+    def current_protocol(self) -> str:
+        return self._protocol[0] if self._protocol else ""
+
+    # -- recording ----------------------------------------------------------------------------
+    def record(self, phase: str, sender: str, receiver: str, elements: int, bits: int,
+               round_index: int, cost_source: str = "protocol") -> None:
+        lab = self._labels
+        self.rows.append((phase, lab["stage"], lab["layer"], lab["op"], self.current_protocol(), sender,
+                          receiver, int(elements), int(bits), wire_bytes(int(elements), int(bits)),
+                          round_index, cost_source))
+
+    def new_round(self) -> int:
+        self.round += 1
+        return self.round
+
+    # -- views --------------------------------------------------------------------------------
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+    def mark(self) -> tuple[int, int]:
+        """A position to measure from: (row count, round count)."""
+        return len(self.rows), self.round
+
+    def cost_since(self, mark: tuple[int, int] = (0, 0)) -> Cost:
+        """Totals since `mark` in the Cost convention (online both directions; offline to both)."""
+        online = offline = 0
+        for r in self.rows[mark[0]:]:
+            if r[0] == "online":
+                online += r[9]
+            elif r[0] == "offline":
+                offline += r[9]
+        return Cost(online, offline, self.round - mark[1])
+
+    def signature(self) -> list[tuple]:
+        """Everything but labels that vary by mode: used to compare exact and cost mode ledgers."""
+        return list(self.rows)

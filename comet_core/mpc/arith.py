@@ -1,0 +1,165 @@
+"""Arithmetic protocols on additive shares: truncation, Beaver multiply, square, matrix multiply.
+
+Costs use `Cost(online_bytes, offline_bytes, rounds)`: online bytes count both directions between
+P0 and P1, offline bytes the dealer's corrections (see dealer.py). n = elements.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from comet_core.comm.ledger import Cost
+from comet_core.mpc import ring
+from comet_core.mpc.engine import MPC, AShare, _lift
+
+W = ring.BYTES_PER_ELEMENT  # bytes of one ring element on the wire
+
+
+# ---- truncation ------------------------------------------------------------------------------
+
+def truncate(x: AShare, shift: int) -> AShare:
+    """Divide the secret by 2^shift (fixed-point rescale), result scale x.frac - shift.
+
+    local (SecureML / CrypTen):
+      1. P0 computes x0 >> s; P1 computes -((-x1) >> s).
+      Cost: 0 bytes, 0 rounds. Error <= 1 LSB, except with probability ~|x| / 2^63 per element
+      (a share wrap), as in CrypTen.
+    dealer:
+      1. Dealer: r < 2^62 and r >> s, both shared.
+      2. Open c = x + 2^46 + r (no wrap for |x| < 2^46; hides x statistically, distance 2^-15).
+      3. Result = (c >> s) - (r >> s) - 2^(46 - s) (P0 adds the public terms).
+      Cost: online 2*8n bytes, 1 round; offline 16n bytes. Error <= 1 LSB.
+    """
+    if shift == 0:
+        return x
+    mpc = x.mpc
+    with mpc.ledger.protocol("truncate"):
+        if mpc.config.truncation == "local":
+            out = torch.stack([x.data[0] >> shift, -((-x.data[1]) >> shift)])
+            return AShare(out, mpc, x.frac - shift)
+        bound = 1 << 46
+        r, rhi = mpc.dealer.trunc_pair(x.shape, shift)
+        masked = x._wrap(x.data + r.data)  # raw ring elements (r is not a fixed-point value)
+        masked.data[0] += bound
+        (c,) = mpc.open(masked)
+        out = -rhi.data
+        out[0] += (c >> shift) - (bound >> shift)
+        return AShare(out, mpc, x.frac - shift)
+
+
+def truncate_cost(mpc: MPC, n: int) -> Cost:
+    if mpc.config.truncation == "local":
+        return Cost()
+    return Cost(2 * W * n, 2 * W * n, 1)
+
+
+def _rescale_to_f(z: AShare) -> AShare:
+    """Bring a product back to the engine's scale (truncate the surplus fractional bits)."""
+    f = z.mpc.frac_bits
+    return truncate(z, z.frac - f) if z.frac > f else z
+
+
+# ---- public multiplications --------------------------------------------------------------------
+
+def mul_public(x: AShare, t) -> AShare:
+    """x * t for a public real tensor or scalar t.
+
+    1. Encode t at frac_bits; each party multiplies its share (local).
+    2. Truncate back to frac_bits.
+    Cost: truncate_cost(n).
+    """
+    mpc = x.mpc
+    t = torch.as_tensor(t, dtype=torch.float64)
+    enc = ring.encode(t.to(x.data.device), mpc.frac_bits)
+    with mpc.ledger.protocol("mul_public"):
+        return _rescale_to_f(AShare(x.data * enc, mpc, x.frac + mpc.frac_bits))
+
+
+def matmul_public(x: AShare, w: torch.Tensor) -> AShare:
+    """x @ w for a public real matrix w: local ring matmul, then truncate. Cost: truncate_cost."""
+    mpc = x.mpc
+    enc = ring.encode(w.to(x.data.device), mpc.frac_bits)
+    with mpc.ledger.protocol("matmul_public"):
+        return _rescale_to_f(AShare(ring.ring_matmul(x.data, enc), mpc, x.frac + mpc.frac_bits))
+
+
+# ---- Beaver multiplication ---------------------------------------------------------------------
+
+def mul(x: AShare, y: AShare) -> AShare:
+    """Elementwise x * y of two secrets (broadcasting), Beaver's protocol.
+
+    1. Dealer: a (x's shape), b (y's shape), c = a * b.
+    2. Open e = x - a and f = y - b in one round.
+    3. z = c + e*b + a*f (+ e*f on P0); scale x.frac + y.frac.
+    4. Truncate to frac_bits if the scale exceeds it (a 0/1 or integer factor needs none).
+    Cost: online 2*8*(n_x + n_y) bytes, 1 round; offline 8*n_z; + truncate_cost(n_z).
+    """
+    mpc = x.mpc
+    with mpc.ledger.protocol("mul"):
+        a, b, c = mpc.dealer.mul_triple(x.shape, y.shape)
+        e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
+        nd = len(c.shape)
+        z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
+        z[0] += e * f
+        return _rescale_to_f(AShare(z, mpc, x.frac + y.frac))
+
+
+def mul_cost(mpc: MPC, n_x: int, n_y: int, n_z: int, frac_sum: int | None = None) -> Cost:
+    trunc = truncate_cost(mpc, n_z) if (frac_sum is None or frac_sum > mpc.frac_bits) else Cost()
+    return Cost(2 * W * (n_x + n_y), W * n_z, 1) + trunc
+
+
+def square(x: AShare) -> AShare:
+    """x * x with a square pair.
+
+    1. Dealer: a, c = a^2.   2. Open e = x - a (1 round).   3. z = c + 2 e a (+ e^2 on P0).
+    4. Truncate.
+    Cost: online 2*8n, 1 round; offline 8n; + truncate_cost(n).
+    """
+    mpc = x.mpc
+    with mpc.ledger.protocol("square"):
+        a, c = mpc.dealer.square_pair(x.shape)
+        (e,) = mpc.open(x._wrap(x.data - a.data))
+        z = c.data + 2 * e * a.data
+        z[0] += e * e
+        return _rescale_to_f(AShare(z, mpc, 2 * x.frac))
+
+
+def square_cost(mpc: MPC, n: int) -> Cost:
+    return Cost(2 * W * n, W * n, 1) + truncate_cost(mpc, n)
+
+
+def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None) -> AShare:
+    """x @ y of two secrets (torch.matmul broadcasting), Beaver's protocol for matrices.
+
+    1. Dealer: a (x's shape), b (y's shape), c = a @ b.
+    2. Open e = x - a and f = y - b in one round.
+    3. P0: z0 = e @ (f + b0) + a0 @ f + c0;  P1: z1 = e @ b1 + a1 @ f + c1.
+    4. Truncate to frac_bits.
+    With `reuse_mask` (engine.reuse_weight_masks) y's mask b and the opened f are kept for the rest
+    of the inference (MPC.inference), so later calls with the same secret y open only e.
+    Cost: online 2*8*(n_x + n_y) bytes (n_y dropped on a reuse), 1 round; offline 8*n_z;
+    + truncate_cost(n_z).
+    """
+    mpc = x.mpc
+    reuse = mpc.config.reuse_weight_masks if reuse_mask is None else reuse_mask
+    with mpc.ledger.protocol("matmul"):
+        cached = mpc.weight_masks.get(y.uid) if reuse else None
+        if cached is not None:
+            b, bv, f = cached
+            a, b, bv, c = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_b=(b, bv))
+            (e,) = mpc.open(x._wrap(x.data - a.data))
+        else:
+            a, b, bv, c = mpc.dealer.matmul_triple(x.shape, y.shape)
+            e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
+            if reuse:
+                mpc.weight_masks[y.uid] = (b, bv, f)
+        # e @ [f + b0, b1] as one product (a stacked batch), then [a0, a1] @ f
+        eb = ring.ring_matmul(e, torch.stack([f + b.data[0], b.data[1]]))
+        af = ring.ring_matmul(a.data, f)
+        z = eb + af + c.data
+        return _rescale_to_f(AShare(z, mpc, x.frac + y.frac))
+
+
+def matmul_cost(mpc: MPC, n_x: int, n_y: int, n_z: int, reused: bool = False) -> Cost:
+    return Cost(2 * W * (n_x + (0 if reused else n_y)), W * n_z, 1) + truncate_cost(mpc, n_z)

@@ -1,0 +1,108 @@
+"""The trusted dealer: all correlated randomness, booked as offline traffic.
+
+The dealer shares a PRG seed with each party, so any share that is itself uniformly random costs
+nothing to deliver; only the correction that makes the shares correlated is sent, always to P1:
+  * Beaver triple (a, b, c=a*b or a@b): P1 receives c1 = c - c0 -> numel(c) * 64 bits
+  * square pair (a, a^2): numel * 64 bits
+  * truncation pair (r, r >> f) with r bounded: 2 * numel * 64 bits (both are structured)
+  * comparison mask r with arithmetic and bitwise (XOR) shares: numel * (64 + 64) bits
+  * AND triples (a, b_i, a & b_i) of width w, n right operands: numel * n * w bits
+  * daBit (a random bit as XOR and arithmetic share): numel * (64 + 1) bits
+Every item is recorded in the ledger (phase `offline`, sender `dealer`, receiver `P1`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from comet_core.mpc import ring
+from comet_core.mpc.engine import MPC, AShare
+
+TRUNC_R_BITS = 62  # truncation mask r < 2^62 (statistical hiding of |x| < 2^46: distance 2^-15)
+
+
+class Dealer:
+    def __init__(self, mpc: MPC) -> None:
+        self.mpc = mpc
+        self.gen = mpc._generator(2)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _rand(self, shape, bits: int = 64) -> torch.Tensor:
+        return ring.random_bits(shape, bits, self.gen, self.mpc.device)
+
+    def _book(self, elements: int, bits: int) -> None:
+        self.mpc.ledger.record("offline", "dealer", "P1", elements, bits, -1)
+
+    def _arith(self, value: torch.Tensor, frac: int = 0) -> AShare:
+        """Additive shares of a correlated value: P0's from its seed, P1's is the correction."""
+        s0 = self._rand(value.shape)
+        return AShare(torch.stack([s0, value - s0]), self.mpc, frac)
+
+    def _random_arith(self, shape, frac: int = 0) -> tuple[AShare, torch.Tensor]:
+        """A uniformly random shared value (both shares from seeds: free). Returns (share, value)."""
+        a = torch.stack([self._rand(shape), self._rand(shape)])
+        return AShare(a, self.mpc, frac), a[0] + a[1]
+
+    def _xor_shares(self, value: torch.Tensor, bits: int) -> torch.Tensor:
+        s0 = self._rand(value.shape, bits)
+        return torch.stack([s0, value ^ s0])
+
+    # -- items ---------------------------------------------------------------------------------
+    def mul_triple(self, shape_a, shape_b) -> tuple[AShare, AShare, AShare]:
+        a, av = self._random_arith(shape_a)
+        b, bv = self._random_arith(shape_b)
+        c = self._arith(av * bv)
+        self._book(c.numel(), 64)
+        return a, b, c
+
+    def matmul_triple(self, shape_a, shape_b, reuse_b: tuple[AShare, torch.Tensor] | None = None):
+        """(a, b, c = a @ b); with `reuse_b` = (b, b's value) only a is fresh (weight-mask reuse)."""
+        a, av = self._random_arith(shape_a)
+        b, bv = reuse_b if reuse_b is not None else self._random_arith(shape_b)
+        c = self._arith(ring.ring_matmul(av, bv))
+        self._book(c.numel(), 64)
+        return a, b, bv, c
+
+    def square_pair(self, shape) -> tuple[AShare, AShare]:
+        a, av = self._random_arith(shape)
+        c = self._arith(av * av)
+        self._book(c.numel(), 64)
+        return a, c
+
+    def trunc_pair(self, shape, f: int) -> tuple[AShare, AShare]:
+        r = self._rand(shape, TRUNC_R_BITS)
+        rs, rhi = self._arith(r), self._arith(r >> f if not r.is_meta else r)
+        self._book(rs.numel(), 64)
+        self._book(rhi.numel(), 64)
+        return rs, rhi
+
+    def compare_mask(self, shape) -> tuple[AShare, torch.Tensor]:
+        """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word)."""
+        r = self._rand(shape)
+        ra = self._arith(r)
+        rb = self._xor_shares(r, 64)
+        self._book(ra.numel(), 64)
+        self._book(ra.numel(), 64)
+        return ra, rb
+
+    def and_triples(self, word_shape, elements: int, bits: int, n_right: int):
+        """XOR-shared (a, [b_1..b_k], [a & b_1 .. a & b_k]) as packed words holding `elements`
+        fields of `bits` bits; only those bits are booked."""
+        a = torch.stack([self._rand(word_shape), self._rand(word_shape)])
+        av = a[0] ^ a[1]
+        bs, cs = [], []
+        for _ in range(n_right):
+            b = torch.stack([self._rand(word_shape), self._rand(word_shape)])
+            bs.append(b)
+            cs.append(self._xor_shares(av & (b[0] ^ b[1]), 64))
+            self._book(elements, bits)
+        return a, bs, cs
+
+    def dabit(self, shape) -> tuple[torch.Tensor, AShare]:
+        """A random bit b as XOR shares (1 bit) and as additive shares (integer, frac 0)."""
+        b = self._rand(shape, 1)
+        bx = self._xor_shares(b, 1)
+        ba = self._arith(b)
+        self._book(ba.numel(), 64)
+        self._book(ba.numel(), 1)
+        return bx, ba

@@ -1,0 +1,250 @@
+"""Non-linear functions built from the arithmetic and comparison protocols (CrypTen's recipes).
+
+Each function states its steps and its cost in terms of the primitives' cost functions; the unit
+tests check these compositions against the ledger exactly. Accuracy is stated for the input
+ranges where the approximations hold (see each docstring).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from comet_core.comm.ledger import Cost
+from comet_core.mpc import arith, compare
+from comet_core.mpc.engine import MPC, AShare
+
+GELU_K = 2.0 * math.sqrt(2.0 / math.pi)  # GeLU(x) ~ x * sigmoid(K * (x + 0.044715 x^3)) (tanh form)
+
+
+def _scale_pow2(x: AShare, n: int) -> AShare:
+    """x / 2^n kept at scale frac_bits: a truncation by n bits. Cost: truncate_cost."""
+    y = arith.truncate(x, n)
+    return AShare(y.data, x.mpc, x.frac)
+
+
+def exp(x: AShare) -> AShare:
+    """e^x ~ (1 + x / 2^n)^(2^n), n = engine.exp_iterations (CrypTen's limit method).
+
+    1. y = 1 + x / 2^n (a truncation by n bits).   2. Square y n times.
+    Accurate to ~1e-3 relative for -2^n/4 < x < 6; wrong for x < -2^n.
+    Cost: truncate_cost(N) + n * square_cost(N); n rounds (+1 with dealer truncation).
+    """
+    mpc = x.mpc
+    with mpc.ledger.protocol("exp"):
+        y = _scale_pow2(x, mpc.fn.exp_iterations).add_public(1.0)
+        for _ in range(mpc.fn.exp_iterations):
+            y = arith.square(y)
+        return y
+
+
+def exp_cost(mpc: MPC, n: int) -> Cost:
+    return arith.truncate_cost(mpc, n) + mpc.fn.exp_iterations * arith.square_cost(mpc, n)
+
+
+def reciprocal(x: AShare) -> AShare:
+    """1 / x for x > 0 by Newton-Raphson (CrypTen, reciprocal_all_pos).
+
+    1. y0 = 3 exp(1/2 - x) + 0.003.
+    2. Repeat reciprocal_nr_iters times: y = y * (2 - x * y)   (2 multiplications).
+    Accurate to ~1e-4 relative for 0.1 < x < 100 (slower convergence outside).
+    Cost: exp_cost(N) + iters * 2 * mul_cost(N, N, N).
+    """
+    mpc = x.mpc
+    with mpc.ledger.protocol("reciprocal"):
+        y = exp((-x).add_public(0.5)).mul_int(3).add_public(0.003)
+        for _ in range(mpc.fn.reciprocal_nr_iters):
+            y = arith.mul(y, (-arith.mul(x, y)).add_public(2.0))
+        return y
+
+
+def reciprocal_cost(mpc: MPC, n: int) -> Cost:
+    m = arith.mul_cost(mpc, n, n, n)
+    return exp_cost(mpc, n) + mpc.fn.reciprocal_nr_iters * (m + m)
+
+
+def inv_sqrt(x: AShare) -> AShare:
+    """1 / sqrt(x) for x > 0 by Newton-Raphson (CrypTen).
+
+    1. y0 = 2.2 exp(-(x/2 + 0.2)) + 0.2 - x/1024.
+    2. Repeat inv_sqrt_nr_iters times: y = y * (3 - x * y^2) / 2   (square, 2 multiplications).
+    Accurate to ~1e-3 relative for 0.1 < x < 20; use a range reduction outside.
+    Cost: truncate(N) [x/2] + exp_cost(N) + truncate(N) [x/1024]
+          + iters * (square_cost(N) + 2 mul_cost(N, N, N) + truncate_cost(N) [/2]).
+    """
+    mpc = x.mpc
+    with mpc.ledger.protocol("inv_sqrt"):
+        y = exp((-_scale_pow2(x, 1)).add_public(-0.2))
+        y = arith.mul_public(y, 2.2).add_public(0.2) - _scale_pow2(x, 10)
+        for _ in range(mpc.fn.inv_sqrt_nr_iters):
+            t = arith.mul(x, arith.square(y))
+            y = _scale_pow2(arith.mul(y, (-t).add_public(3.0)), 1)
+        return y
+
+
+def inv_sqrt_cost(mpc: MPC, n: int) -> Cost:
+    t = arith.truncate_cost(mpc, n)
+    m = arith.mul_cost(mpc, n, n, n)
+    per_iter = arith.square_cost(mpc, n) + m + m + t
+    return t + exp_cost(mpc, n) + t + t + mpc.fn.inv_sqrt_nr_iters * per_iter
+
+
+def softmax(x: AShare, dim: int = -1, mask: torch.Tensor | None = None) -> AShare:
+    """softmax along `dim` (default last), optionally with a public 0/1 `mask` (1 = attend).
+
+    1. Masked positions are set to a public -2^10 (local), so they never win the max.
+    2. m = max along dim (tournament).   3. e = exp(x - m); masked positions set to 0 (local).
+    4. s = sum e (local, >= 1).   5. r = reciprocal(s).   6. out = e * r (broadcast).
+    Cost: max_along_cost(R, n) + exp_cost(N) + reciprocal_cost(R) + mul_cost(N, R, N),
+    with N elements in R rows of length n.
+    """
+    mpc = x.mpc
+    assert dim in (-1, x.dim() - 1), "softmax runs along the last dim"
+    with mpc.ledger.protocol("softmax"):
+        if mask is not None:
+            x = _set_public(x, mask, -1024.0)
+        m = compare.max_along(x, -1, keepdim=True)
+        e = exp(x - m)
+        if mask is not None:
+            e = _set_public(e, mask, 0.0)
+        r = reciprocal(e.sum(-1, keepdim=True))
+        return arith.mul(e, r)
+
+
+def _set_public(x: AShare, keep: torch.Tensor, value: float) -> AShare:
+    """Where keep == 0, replace the secret by a public value (local: P0 holds it, P1 holds 0)."""
+    if x.data.is_meta:
+        return x
+    keep = keep.to(x.data.device, torch.bool).expand(x.shape)
+    data = x.data.clone()
+    data[0] = torch.where(keep, data[0], torch.full_like(data[0], int(round(value * (1 << x.frac)))))
+    data[1] = torch.where(keep, data[1], torch.zeros_like(data[1]))
+    return x._wrap(data)
+
+
+def softmax_cost(mpc: MPC, rows: int, n: int) -> Cost:
+    big = rows * n
+    return (compare.max_along_cost(mpc, rows, n) + exp_cost(mpc, big) + reciprocal_cost(mpc, rows)
+            + arith.mul_cost(mpc, big, rows, big))
+
+
+def _mean_last(x: AShare) -> AShare:
+    return arith.mul_public(x.sum(-1, keepdim=True), 1.0 / x.shape[-1])
+
+
+def layernorm(x: AShare, weight: AShare | torch.Tensor | None, bias: AShare | torch.Tensor | None,
+              eps: float = 1e-5) -> AShare:
+    """LayerNorm over the last dim; weight/bias secret (model privacy) or public.
+
+    1. mu = sum(x) / d (local + truncation).   2. xc = x - mu.
+    3. var = sum(xc^2) / d (square + truncation).   4. inv = inv_sqrt(var + eps) per row.
+    5. y = xc * inv (broadcast).   6. y * weight + bias (secret weight: Beaver; public: local).
+    Cost: 2 truncate(R) + square_cost(N) + inv_sqrt_cost(R) + mul_cost(N, R, N)
+          + [secret weight] mul_cost(N, d, N) | [public] truncate_cost(N).
+    """
+    with x.mpc.ledger.protocol("layernorm"):
+        xc = x - _mean_last(x)
+        var = _mean_last(arith.square(xc))
+        y = arith.mul(xc, inv_sqrt(var.add_public(eps)))
+        return _affine(y, weight, bias)
+
+
+def rmsnorm(x: AShare, weight: AShare | torch.Tensor | None, eps: float = 1e-6) -> AShare:
+    """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight.
+
+    Cost: square_cost(N) + truncate(R) + inv_sqrt_cost(R) + mul_cost(N, R, N) + weight term.
+    """
+    with x.mpc.ledger.protocol("rmsnorm"):
+        ms = _mean_last(arith.square(x))
+        y = arith.mul(x, inv_sqrt(ms.add_public(eps)))
+        return _affine(y, weight, None)
+
+
+def _affine(y: AShare, weight, bias) -> AShare:
+    if weight is not None:
+        y = arith.mul(y, weight) if isinstance(weight, AShare) else arith.mul_public(y, weight)
+    if bias is not None:
+        y = y + bias if isinstance(bias, AShare) else y.add_public(bias)
+    return y
+
+
+def _affine_cost(mpc: MPC, n: int, d: int, secret_weight: bool) -> Cost:
+    return arith.mul_cost(mpc, n, d, n) if secret_weight else arith.truncate_cost(mpc, n)
+
+
+def layernorm_cost(mpc: MPC, rows: int, d: int, secret_weight: bool = True) -> Cost:
+    n = rows * d
+    t = arith.truncate_cost(mpc, rows)
+    return (t + arith.square_cost(mpc, n) + t + inv_sqrt_cost(mpc, rows)
+            + arith.mul_cost(mpc, n, rows, n) + _affine_cost(mpc, n, d, secret_weight))
+
+
+def rmsnorm_cost(mpc: MPC, rows: int, d: int, secret_weight: bool = True) -> Cost:
+    n = rows * d
+    return (arith.square_cost(mpc, n) + arith.truncate_cost(mpc, rows) + inv_sqrt_cost(mpc, rows)
+            + arith.mul_cost(mpc, n, rows, n) + _affine_cost(mpc, n, d, secret_weight))
+
+
+def sigmoid(x: AShare) -> AShare:
+    """1 / (1 + e^-x) by the reciprocal method (CrypTen).
+
+    1. s = [x < 0].   2. a = x * (1 - 2s) = |x|.   3. d = 1 + exp(-a), in (1, 2].
+    4. p = 1/d by sigmoid_nr_iters Newton steps from the public guess 0.75 (2 muls each).
+    5. out = select(s, 1 - p, p).
+    Cost: ltz_cost(N) + mul_cost(N,N,N) [no trunc] + exp_cost(N)
+          + (2 iters - 1) mul_cost(N,N,N) [first x*y0 is public] + mul_cost(N,N,N) [select].
+    """
+    mpc = x.mpc
+    with mpc.ledger.protocol("sigmoid"):
+        s = compare.ltz(x)
+        sign = s.mul_int(-2)
+        sign.data[0] += 1
+        a = arith.mul(x, sign)
+        d = exp(-a).add_public(1.0)
+        # Newton for 1/d from y0 = 0.75: the first step's d * y0 is a public multiplication
+        y = None
+        for i in range(mpc.fn.sigmoid_nr_iters):
+            if y is None:
+                y = (-arith.mul_public(d, 0.75)).add_public(2.0)
+                y = arith.mul_public(y, 0.75)
+            else:
+                y = arith.mul(y, (-arith.mul(d, y)).add_public(2.0))
+        return compare.select(s, (-y).add_public(1.0), y)
+
+
+def sigmoid_cost(mpc: MPC, n: int) -> Cost:
+    m = arith.mul_cost(mpc, n, n, n)
+    t = arith.truncate_cost(mpc, n)
+    iters = mpc.fn.sigmoid_nr_iters
+    newton = (t + t) + (iters - 1) * (m + m) if iters >= 1 else Cost()
+    return (compare.ltz_cost(mpc, n) + arith.mul_cost(mpc, n, n, n, frac_sum=mpc.frac_bits)
+            + exp_cost(mpc, n) + newton + arith.mul_cost(mpc, n, n, n, frac_sum=mpc.frac_bits))
+
+
+def silu(x: AShare) -> AShare:
+    """x * sigmoid(x). Cost: sigmoid_cost(N) + mul_cost(N, N, N)."""
+    with x.mpc.ledger.protocol("silu"):
+        return arith.mul(x, sigmoid(x))
+
+
+def silu_cost(mpc: MPC, n: int) -> Cost:
+    return sigmoid_cost(mpc, n) + arith.mul_cost(mpc, n, n, n)
+
+
+def gelu(x: AShare) -> AShare:
+    """GeLU, tanh form: x * sigmoid(K (x + 0.044715 x^3)), K = 2 sqrt(2/pi) (|error| < 1e-3 vs erf).
+
+    Cost: square_cost(N) + mul_cost(N,N,N) + truncate(N) [x 0.044715] + truncate(N) [x K]
+          + sigmoid_cost(N) + mul_cost(N,N,N).
+    """
+    with x.mpc.ledger.protocol("gelu"):
+        x3 = arith.mul(arith.square(x), x)
+        z = arith.mul_public(x + arith.mul_public(x3, 0.044715), GELU_K)
+        return arith.mul(x, sigmoid(z))
+
+
+def gelu_cost(mpc: MPC, n: int) -> Cost:
+    m = arith.mul_cost(mpc, n, n, n)
+    t = arith.truncate_cost(mpc, n)
+    return arith.square_cost(mpc, n) + m + t + t + sigmoid_cost(mpc, n) + m
