@@ -43,17 +43,42 @@ def exp_cost(mpc: MPC, n: int) -> Cost:
     return arith.truncate_cost(mpc, n) + mpc.fn.exp_iterations * arith.square_cost(mpc, n)
 
 
-def reciprocal(x: AShare) -> AShare:
-    """1 / x for x > 0 by Newton-Raphson (CrypTen, reciprocal_all_pos).
+def pow2_guess(x: AShare, lo: int, hi: int, power: float) -> AShare:
+    """A first guess of x^power (power < 0) within a factor 2^(|power|/2), for x > 0.
 
-    1. y0 = 3 exp(1/2 - x) + 0.003.
-    2. Repeat reciprocal_nr_iters times: y = y * (2 - x * y)   (2 multiplications).
-    Accurate to ~1e-4 relative for 0.1 < x < 100 (slower convergence outside).
-    Cost: exp_cost(N) + iters * 2 * mul_cost(N, N, N).
+    1. b_k = [x >= 2^k] for k = lo+1 .. hi: one batched comparison of x - 2^k (local shifts).
+    2. x in [2^j, 2^(j+1)) gives b_k = 1 exactly for k <= j, so the guess g(j) = 2^(power (j + 1/2))
+       is g(lo) + sum_k b_k (g(k) - g(k-1)): public coefficients times integer shares (local).
+    Valid for 2^lo <= x < 2^(hi+1); below, the guess saturates at g(lo), above at g(hi).
+    Cost: drelu_cost(rows * (hi - lo)).
+    """
+    ks = torch.arange(lo + 1, hi + 1, dtype=torch.float64)
+    with x.mpc.ledger.protocol("pow2_guess"):
+        diffs = x.unsqueeze(-1).add_public(-(2.0 ** ks))               # (..., K)
+        bits = compare.drelu(diffs)                                      # integer 0/1 shares
+        g = lambda j: 2.0 ** (power * (j + 0.5))                         # noqa: E731
+        coef = g(ks) - g(ks - 1)
+        y = arith.mul_public(bits, coef).sum(-1)                         # frac 0 * frac f: no truncation
+        return y.add_public(g(lo))
+
+
+def pow2_guess_cost(mpc: MPC, rows: int, lo: int, hi: int) -> Cost:
+    return compare.drelu_cost(mpc, rows * (hi - lo))
+
+
+def reciprocal(x: AShare) -> AShare:
+    """1 / x for x > 0 by Newton-Raphson from a power-of-two guess.
+
+    1. y0 = pow2_guess(x, power -1): relative error <= 2^(1/2) - 1 in 2^lo <= x < 2^(hi+1)
+       (engine.reciprocal_range).
+    2. Repeat reciprocal_nr_iters times: y = y * (2 - x * y) (the error squares each time).
+    Unlike CrypTen's exp-based guess (valid only for x < ~600) it holds across the whole range.
+    Cost: pow2_guess_cost(N) + iters * 2 * mul_cost(N, N, N).
     """
     mpc = x.mpc
+    lo, hi = mpc.fn.reciprocal_range
     with mpc.ledger.protocol("reciprocal"):
-        y = exp((-x).add_public(0.5)).mul_int(3).add_public(0.003)
+        y = pow2_guess(x, lo, hi, -1.0)
         for _ in range(mpc.fn.reciprocal_nr_iters):
             y = arith.mul(y, (-arith.mul(x, y)).add_public(2.0))
         return y
@@ -61,22 +86,23 @@ def reciprocal(x: AShare) -> AShare:
 
 def reciprocal_cost(mpc: MPC, n: int) -> Cost:
     m = arith.mul_cost(mpc, n, n, n)
-    return exp_cost(mpc, n) + mpc.fn.reciprocal_nr_iters * (m + m)
+    lo, hi = mpc.fn.reciprocal_range
+    return pow2_guess_cost(mpc, n, lo, hi) + mpc.fn.reciprocal_nr_iters * (m + m)
 
 
 def inv_sqrt(x: AShare) -> AShare:
-    """1 / sqrt(x) for x > 0 by Newton-Raphson (CrypTen).
+    """1 / sqrt(x) for x > 0 by Newton-Raphson from a power-of-two guess.
 
-    1. y0 = 2.2 exp(-(x/2 + 0.2)) + 0.2 - x/1024.
+    1. y0 = pow2_guess(x, power -1/2): relative error <= 2^(1/4) - 1 in the range
+       2^lo <= x < 2^(hi+1) (engine.inv_sqrt_range; CrypTen's exp-based guess holds only for
+       ~0.1 < x < 20, too narrow for LayerNorm variances of real models).
     2. Repeat inv_sqrt_nr_iters times: y = y * (3 - x * y^2) / 2   (square, 2 multiplications).
-    Accurate to ~1e-3 relative for 0.1 < x < 20; use a range reduction outside.
-    Cost: truncate(N) [x/2] + exp_cost(N) + truncate(N) [x/1024]
-          + iters * (square_cost(N) + 2 mul_cost(N, N, N) + truncate_cost(N) [/2]).
+    Cost: pow2_guess_cost(N) + iters * (square_cost(N) + 2 mul_cost(N, N, N) + truncate_cost(N)).
     """
     mpc = x.mpc
+    lo, hi = mpc.fn.inv_sqrt_range
     with mpc.ledger.protocol("inv_sqrt"):
-        y = exp((-_scale_pow2(x, 1)).add_public(-0.2))
-        y = arith.mul_public(y, 2.2).add_public(0.2) - _scale_pow2(x, 10)
+        y = pow2_guess(x, lo, hi, -0.5)
         for _ in range(mpc.fn.inv_sqrt_nr_iters):
             t = arith.mul(x, arith.square(y))
             y = _scale_pow2(arith.mul(y, (-t).add_public(3.0)), 1)
@@ -87,7 +113,8 @@ def inv_sqrt_cost(mpc: MPC, n: int) -> Cost:
     t = arith.truncate_cost(mpc, n)
     m = arith.mul_cost(mpc, n, n, n)
     per_iter = arith.square_cost(mpc, n) + m + m + t
-    return t + exp_cost(mpc, n) + t + t + mpc.fn.inv_sqrt_nr_iters * per_iter
+    lo, hi = mpc.fn.inv_sqrt_range
+    return pow2_guess_cost(mpc, n, lo, hi) + mpc.fn.inv_sqrt_nr_iters * per_iter
 
 
 def softmax(x: AShare, dim: int = -1, mask: torch.Tensor | None = None) -> AShare:

@@ -1,0 +1,77 @@
+"""Greedy generation: private (2PC, KV-cached) and plaintext (the HF model), token for token."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from comet_core.mpc.engine import MPC
+from comet_core.models.secure import SecureDecoder
+from comet_core.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    tokens: list[int]                                  # generated ids (without the prompt)
+    logits: list[torch.Tensor] = field(default_factory=list)   # revealed last-position logits per step
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def one_hot(ids: list[int], vocab: int, device) -> torch.Tensor:
+    """(T, V) int64 one-hot rows (integers: the embedding product needs no truncation)."""
+    if torch.device(device).type == "meta":
+        return torch.empty((len(ids), vocab), dtype=torch.int64, device="meta")
+    oh = torch.zeros((len(ids), vocab), dtype=torch.int64, device=device)
+    oh[torch.arange(len(ids)), torch.tensor(ids)] = 1
+    return oh
+
+
+def private_generate(mpc: MPC, model: SecureDecoder, prompt_ids: list[int], new_tokens: int,
+                     vocab: int) -> Generation:
+    """Prefill the prompt, then decode: `new_tokens` forward passes in all (the first is prefill).
+
+    The client shares each new token as a one-hot row and receives the last position's logits; it
+    picks the argmax itself. In cost mode there are no values: the next id is a placeholder 0.
+    """
+    cache = model.new_cache()
+    gen = Generation(tokens=[])
+    gen.stage_seconds = {"prefill": 0.0, "decode": 0.0}
+    ids = list(prompt_ids)
+    with mpc.inference():
+        for step in progress(range(new_tokens), desc="private generation", unit="tok"):
+            stage = "prefill" if step == 0 else "decode"
+            t0 = time.perf_counter()
+            with mpc.label(stage=stage):
+                new = ids if step == 0 else ids[-1:]
+                onehot = mpc.share(one_hot(new, vocab, mpc.device), owner="client")
+                logits = model.forward(onehot, cache)
+                plain = mpc.reveal(logits)[0]
+            gen.stage_seconds[stage] += time.perf_counter() - t0
+            nxt = 0 if mpc.is_cost else int(torch.argmax(plain))
+            if not mpc.is_cost:
+                gen.logits.append(plain.float().cpu())
+            gen.tokens.append(nxt)
+            ids.append(nxt)
+            log.debug("step %d (%s): token %d", step, stage, nxt)
+    return gen
+
+
+@torch.no_grad()
+def plaintext_generate(model, prompt_ids: list[int], new_tokens: int) -> Generation:
+    """Greedy decoding with the plaintext HF model (full forward per step, no cache)."""
+    ids = list(prompt_ids)
+    gen = Generation(tokens=[])
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        logits = model(torch.tensor([ids])).logits[0, -1].double()
+        nxt = int(torch.argmax(logits))
+        gen.logits.append(logits.float())
+        gen.tokens.append(nxt)
+        ids.append(nxt)
+    gen.stage_seconds = {"total": time.perf_counter() - t0}
+    return gen

@@ -1,0 +1,93 @@
+"""Model weights as the servers hold them: secret-shared by the model owner, one layout for all families.
+
+Linear weights are stored as (in, out) matrices so that y = x @ W + b. The model owner shares every
+tensor once per deployment (ledger phase `setup`, not counted in per-inference traffic).
+
+Layer keys:
+  OPT:   ln1_w ln1_b wq bq wk bk wv bv wo bo ln2_w ln2_b w1 b1 w2 b2
+  Llama: ln1_w wq wk wv wo ln2_w w_gate w_up w_down
+Global keys: embed (V, d), pos (positions, d; OPT only), final_w, final_b (OPT), head (d, V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from comet_core.mpc.engine import MPC, AShare
+
+
+@dataclass
+class PlainWeights:
+    family: str
+    layers: list[dict[str, torch.Tensor]]
+    globals: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)  # num_heads, num_kv_heads, head_dim, eps, rope_theta, act
+
+
+def _t(linear) -> torch.Tensor:
+    return linear.weight.detach().t()
+
+
+def extract(model, family: str, activation: str) -> PlainWeights:
+    """Pull the weights out of an HF OPTForCausalLM / LlamaForCausalLM (real or meta tensors)."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    hd = cfg.hidden_size // heads
+    if family == "opt":
+        dec = model.model.decoder
+        assert dec.project_in is None and dec.project_out is None, "word_embed_proj_dim != hidden_size"
+        layers = []
+        for L in dec.layers:
+            a = L.self_attn
+            layers.append(dict(
+                ln1_w=L.self_attn_layer_norm.weight.detach(), ln1_b=L.self_attn_layer_norm.bias.detach(),
+                wq=_t(a.q_proj), bq=a.q_proj.bias.detach(), wk=_t(a.k_proj), bk=a.k_proj.bias.detach(),
+                wv=_t(a.v_proj), bv=a.v_proj.bias.detach(), wo=_t(a.out_proj), bo=a.out_proj.bias.detach(),
+                ln2_w=L.final_layer_norm.weight.detach(), ln2_b=L.final_layer_norm.bias.detach(),
+                w1=_t(L.fc1), b1=L.fc1.bias.detach(), w2=_t(L.fc2), b2=L.fc2.bias.detach(),
+            ))
+        glob = dict(embed=dec.embed_tokens.weight.detach(),
+                    pos=dec.embed_positions.weight.detach()[2:],  # OPT offsets positions by 2
+                    final_w=dec.final_layer_norm.weight.detach(), final_b=dec.final_layer_norm.bias.detach(),
+                    head=model.lm_head.weight.detach().t())
+        meta = dict(num_heads=heads, num_kv_heads=heads, head_dim=hd, eps=1e-5, act=activation)
+        return PlainWeights("opt", layers, glob, meta)
+    if family == "llama":
+        m = model.model
+        layers = []
+        for L in m.layers:
+            a, f = L.self_attn, L.mlp
+            layers.append(dict(
+                ln1_w=L.input_layernorm.weight.detach(), wq=_t(a.q_proj), wk=_t(a.k_proj), wv=_t(a.v_proj),
+                wo=_t(a.o_proj), ln2_w=L.post_attention_layernorm.weight.detach(),
+                w_gate=_t(f.gate_proj), w_up=_t(f.up_proj), w_down=_t(f.down_proj),
+            ))
+        glob = dict(embed=m.embed_tokens.weight.detach(), final_w=m.norm.weight.detach(),
+                    head=model.lm_head.weight.detach().t())
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+        meta = dict(num_heads=heads, num_kv_heads=cfg.num_key_value_heads, head_dim=hd,
+                    eps=float(cfg.rms_norm_eps), rope_theta=theta, act=activation)
+        return PlainWeights("llama", layers, glob, meta)
+    raise ValueError(f"unknown family {family}")
+
+
+@dataclass
+class SharedWeights:
+    family: str
+    layers: list[dict[str, AShare]]
+    globals: dict[str, AShare]
+    meta: dict
+
+
+def share_weights(mpc: MPC, w: PlainWeights) -> SharedWeights:
+    """The model owner secret-shares every tensor (phase `setup`)."""
+    def sh(t: torch.Tensor) -> AShare:
+        return mpc.share(t, owner="model_owner", phase="setup")
+
+    with mpc.label(stage="setup"):
+        layers = [{k: sh(v) for k, v in layer.items()} for layer in w.layers]
+        glob = {k: sh(v) for k, v in w.globals.items()}
+    return SharedWeights(w.family, layers, glob, dict(w.meta))

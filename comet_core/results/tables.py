@@ -1,0 +1,78 @@
+"""Tidy tables from a ledger: metrics (one row per network x stage) and per-operator costs."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from comet_core.comm.network import Network
+
+STAGES = ("prefill", "decode")
+
+
+def git_revision() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (rev or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def stage_totals(ledger_df: pd.DataFrame, stage: str | None) -> dict:
+    """Bytes by phase and direction, and online rounds, for one stage (None: all stages)."""
+    df = ledger_df if stage is None else ledger_df[ledger_df.stage == stage]
+    on = df[df.phase == "online"]
+    p01 = int(on[on.sender == "P0"].bytes.sum())
+    p10 = int(on[on.sender == "P1"].bytes.sum())
+    return dict(
+        online_bytes=p01 + p10,
+        online_bytes_sent_p0=p01,
+        online_bytes_sent_p1=p10,
+        offline_bytes=int(df[df.phase == "offline"].bytes.sum()),
+        input_bytes=int(df[df.phase == "input"].bytes.sum()),
+        output_bytes=int(df[df.phase == "output"].bytes.sum()),
+        rounds=int(on["round"].nunique()),
+        busiest_direction_bytes=max(p01, p10),
+    )
+
+
+def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], networks: list[Network],
+                  labels: dict, compute_measured: bool) -> pd.DataFrame:
+    """One row per network x phase (prefill, decode, total); time = compute + modelled comm."""
+    rows = []
+    for net in networks:
+        for stage in (*STAGES, "total"):
+            t = stage_totals(ledger_df, None if stage == "total" else stage)
+            if stage == "total":
+                compute = sum(stage_seconds.get(s, 0.0) for s in STAGES)
+            else:
+                compute = stage_seconds.get(stage, 0.0)
+            compute = compute if compute_measured else math.nan
+            comm = net.comm_seconds(t["rounds"], t["busiest_direction_bytes"])
+            rows.append(dict(
+                **labels, network=net.name, phase=stage, **t,
+                compute_s=compute, comm_s=comm, total_s=(0.0 if math.isnan(compute) else compute) + comm,
+                bandwidth_bps=net.bandwidth_bps, latency_s=net.latency_s,
+                compute_measured=compute_measured,
+                bytes_convention="online_bytes: both directions P0<->P1; offline_bytes: dealer to both parties",
+                time_convention="rounds x one-way latency + busiest-direction bytes / bandwidth",
+            ))
+    return pd.DataFrame(rows)
+
+
+def ops_table(ledger_df: pd.DataFrame) -> pd.DataFrame:
+    """Per (stage, layer, op): online/offline bytes and online rounds."""
+    df = ledger_df[ledger_df.phase.isin(["online", "offline"])]
+    keys = ["stage", "layer", "op"]
+    on = df[df.phase == "online"].groupby(keys).agg(online_bytes=("bytes", "sum"), rounds=("round", "nunique"))
+    off = df[df.phase == "offline"].groupby(keys).agg(offline_bytes=("bytes", "sum"))
+    out = on.join(off, how="outer").fillna(0).astype({"online_bytes": "int64", "rounds": "int64",
+                                                       "offline_bytes": "int64"})
+    return out.reset_index().sort_values(["stage", "layer", "op"]).reset_index(drop=True)

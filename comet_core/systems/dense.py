@@ -1,0 +1,64 @@
+"""The `dense` system: every operator with the engine's exact functions, no sparsity.
+
+A system decides which protocol runs for each operator of a decoder layer. The secure model
+(comet_core/models/secure.py) calls only these methods, so a baseline or Comet replaces an operator
+by overriding one method. Every method labels its messages with the operator name (ops.csv).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from comet_core.mpc import arith, compare, nonlinear as nl
+from comet_core.mpc.engine import AShare
+
+
+class DenseSystem:
+    name = "dense"
+
+    def __init__(self, cfg=None) -> None:
+        self.cfg = cfg
+
+    # -- linear layers ---------------------------------------------------------------------------
+    def linear(self, x: AShare, w: AShare, b: AShare | None = None, op: str = "linear",
+               reuse_mask: bool | None = None) -> AShare:
+        """y = x @ W (+ b): Beaver matmul of two secrets (masks re-opened per call by default)."""
+        with x.mpc.label(op=op):
+            y = arith.matmul(x, w, reuse_mask=reuse_mask)
+            return y + b if b is not None else y
+
+    # -- activations / norms ---------------------------------------------------------------------
+    def activation(self, x: AShare, kind: str, op: str = "ffn.act") -> AShare:
+        with x.mpc.label(op=op):
+            if kind == "relu":
+                return compare.relu(x)
+            if kind == "silu":
+                return nl.silu(x)
+            if kind in ("gelu", "gelu_new"):
+                return nl.gelu(x)
+            raise ValueError(f"unsupported activation {kind!r}; valid: relu, silu, gelu")
+
+    def norm(self, x: AShare, w: AShare, b: AShare | None, family: str, eps: float, op: str) -> AShare:
+        with x.mpc.label(op=op):
+            if family == "opt":
+                return nl.layernorm(x, w, b, eps)
+            return nl.rmsnorm(x, w, eps)
+
+    def softmax(self, scores: AShare, mask: torch.Tensor | None, op: str = "attn.softmax") -> AShare:
+        with scores.mpc.label(op=op):
+            return nl.softmax(scores, -1, mask)
+
+    # -- blocks ----------------------------------------------------------------------------------
+    def ffn(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:
+        """OPT: fc2(act(fc1 x)); Llama: down(act(gate x) * up x)."""
+        act = meta["act"]
+        if "w1" in lw:
+            h = self.linear(x, lw["w1"], lw["b1"], op="ffn.fc1")
+            h = self.activation(h, act)
+            return self.linear(h, lw["w2"], lw["b2"], op="ffn.fc2")
+        g = self.linear(x, lw["w_gate"], op="ffn.gate")
+        u = self.linear(x, lw["w_up"], op="ffn.up")
+        g = self.activation(g, act)
+        with x.mpc.label(op="ffn.gate_mul"):
+            h = arith.mul(g, u)
+        return self.linear(h, lw["w_down"], op="ffn.down")
