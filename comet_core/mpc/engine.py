@@ -268,7 +268,7 @@ class AShare:
         t = torch.as_tensor(t, dtype=torch.float64)
         enc = ring.encode(t.to(self.data.device), self.frac)
         out = self.data.clone() if enc.shape == self.shape else \
-            self.data.expand(2, *torch.broadcast_shapes(self.shape, enc.shape)).clone()
+            _lift(self.data, enc.dim()).expand(2, *torch.broadcast_shapes(self.shape, enc.shape)).clone()
         out[0] = out[0] + enc
         return self._wrap(out)
 
