@@ -520,3 +520,29 @@ def test_nonlinear_shapes_preserved(mpc, gen):
     for f in (nl.exp, nl.sigmoid, nl.silu, nl.gelu, compare.relu, compare.ltz):
         assert tuple(f(x).shape) == (2, 3, 4), f.__name__
     assert isinstance(nl.softmax(x), AShare)
+
+
+# ---- fixed-point range ----------------------------------------------------------------------------
+
+def test_local_truncation_at_max_frac_bits():
+    """EngineConfig accepts frac_bits up to 24 as safe. Local truncation fails (a share wrap: a huge
+    error) with probability ~|word| / 2^63 per element, and a product's word is |x y| 2^(2f): at f=24
+    that is |x y| / 2^15, so ~1 in 50,000 products of N(0,1) values is wrong. Here 200,000 of them
+    must all be within one LSB."""
+    f = 24
+    m = MPC(EngineConfig(frac_bits=f, truncation="local"), seed=1)
+    g = torch.Generator().manual_seed(0)
+    x = quantize(torch.randn(200_000, generator=g, dtype=torch.float64), f)
+    y = quantize(torch.randn(200_000, generator=g, dtype=torch.float64), f)
+    got = m.reveal(arith.mul(m.share(x), m.share(y)))
+    assert_close(got, x * y, 2.0 ** -f, what="mul at frac_bits=24, local truncation", x=x)
+
+
+@pytest.mark.parametrize("frac_bits", [8, 20])
+def test_mul_other_frac_bits(truncation, frac_bits, gen):
+    m = MPC(EngineConfig(frac_bits=frac_bits, truncation=truncation), seed=1)
+    x, y = quantize(torch.randn(2000, generator=gen, dtype=torch.float64) * 4, frac_bits), \
+        quantize(torch.randn(2000, generator=gen, dtype=torch.float64) * 4, frac_bits)
+    out, cost = measure(m, arith.mul, m.share(x), m.share(y))
+    assert cost == arith.mul_cost(m, 2000, 2000, 2000)
+    assert_close(m.reveal(out), x * y, 2.0 ** -frac_bits, what=f"mul at frac_bits={frac_bits}")
