@@ -15,6 +15,7 @@ Columns:
   rounds         online communication rounds of one op (ledger).
   offline_bytes  the dealer's traffic to the parties (CrypTen's TFP dealer costs no messages; not comparable).
   seconds        median wall time of the op, both parties in one process (in-process channel, no network).
+  dealer_seconds the part of `seconds` spent in the dealer (correlated randomness), median over reps.
   plain_seconds  median wall time of the plaintext float32 torch op.
   max_abs_err    max |opened result - float64 plaintext| over the warm-up and all reps.
   crypten_*      CrypTen 0.4.1's row of the same case (2 processes x 1 thread, gloo over loopback).
@@ -102,8 +103,10 @@ def run_op(op: str, args) -> dict:
     ref = case["ref"](*[x for x, _ in case["inputs"]])
 
     marks = []
+    dealer_time = _time_dealer(m)
 
     def secure():
+        dealer_time.append(0.0)
         marks.append(m.ledger.mark())
         out = case["protocol"](*shares)
         marks.append(m.ledger.mark())
@@ -111,6 +114,7 @@ def run_op(op: str, args) -> dict:
 
     log.info("%s %s: 1 warm-up + %d reps (exact mode)", op, case["shape"], args.reps)
     seconds, times, outs = _median_time(secure, args.reps)
+    dealer_seconds = statistics.median(dealer_time[1:])  # per timed rep (index 0 is the warm-up)
     costs = {_cost_between(m, a, b) for a, b in zip(marks[::2], marks[1::2])}
     if len(costs) != 1:
         raise RuntimeError(f"{op}: the ledger differs between reps: {costs}")
@@ -120,11 +124,32 @@ def run_op(op: str, args) -> dict:
         raise RuntimeError(f"{op}: ledger {cost} != cost formula {formula}")
     err = max(float((m.reveal(o) - ref).abs().max()) for o in outs)
     plain_seconds, _, _ = _median_time(lambda: case["plain"](*plain_in), args.reps)
-    log.info("%s: %.4f s (reps %s), plaintext %.5f s, max abs err %.3g", op, seconds,
-             ", ".join(f"{t:.3f}" for t in times), plain_seconds, err)
+    log.info("%s: %.4f s (reps %s; dealer %.4f s of it), plaintext %.5f s, max abs err %.3g", op, seconds,
+             ", ".join(f"{t:.3f}" for t in times), dealer_seconds, plain_seconds, err)
     return dict(op=op, shape=case["shape"], online_bytes=cost.online_bytes, rounds=cost.rounds,
-                offline_bytes=cost.offline_bytes, seconds=seconds, plain_seconds=plain_seconds,
-                max_abs_err=err)
+                offline_bytes=cost.offline_bytes, seconds=seconds, dealer_seconds=dealer_seconds,
+                plain_seconds=plain_seconds, max_abs_err=err)
+
+
+def _time_dealer(m: MPC) -> list[float]:
+    """Wrap the dealer's item methods so that their time adds to the last entry of the returned list
+    (the caller appends a 0.0 before each protocol call)."""
+    acc: list[float] = []
+    dealer = m.dealer
+    for name in ("mul_triple", "matmul_triple", "square_pair", "trunc_pair", "compare_mask", "and_triples",
+                 "dabit", "shuffle_pair"):
+        fn = getattr(dealer, name, None)
+        if fn is None:
+            continue
+
+        def timed(*a, _fn=fn, **k):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                acc[-1] += time.perf_counter() - t0
+        setattr(dealer, name, timed)
+    return acc
 
 
 def _cost_between(m: MPC, a, b):
@@ -198,13 +223,13 @@ def main(argv=None) -> int:
                  timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     df = pd.DataFrame(rows)
 
-    show = df[["op", "shape", "online_bytes", "rounds", "seconds", "plain_seconds", "max_abs_err",
+    show = df[["op", "shape", "online_bytes", "rounds", "seconds", "dealer_seconds", "plain_seconds", "max_abs_err",
                "crypten_seconds", "crypten_rounds", "crypten_bytes_per_party", "speedup_vs_crypten"]]
     print(f"# 2PC engine, exact mode, {args.threads} torch threads, {args.reps} reps (median), "
           f"truncation={args.truncation}, load average (1 min) {load_before:.2f} before / {load_after:.2f} after")
     print("# online_bytes = both directions between P0 and P1 = CrypTen's bytes per party (sent + received)")
     print(show.to_string(index=False, formatters={
-        "online_bytes": "{:,}".format, "seconds": "{:.4f}".format, "plain_seconds": "{:.5f}".format,
+        "online_bytes": "{:,}".format, "seconds": "{:.4f}".format, "dealer_seconds": "{:.4f}".format, "plain_seconds": "{:.5f}".format,
         "max_abs_err": "{:.3g}".format, "crypten_seconds": "{:.4f}".format,
         "speedup_vs_crypten": "{:.2f}x".format}))
     out.parent.mkdir(parents=True, exist_ok=True)
