@@ -104,6 +104,33 @@ def truncate_layers(model, n: int):
     return model
 
 
+def seeded_init(model, seed: int) -> None:
+    """Re-initialise weights so that decoder layer i depends only on (seed, i): a random model built
+    with ``layers: n`` equals the first n layers of the full model (embeddings, final norm and head
+    depend only on the seed)."""
+    import torch
+
+    def init(module):
+        for mod in module.modules():
+            for p in mod.parameters(recurse=False):
+                p._is_hf_initialized = False  # transformers 5 skips parameters flagged as initialised
+            model._init_weights(mod)
+
+    layers = decoder_layers(model)
+    in_layers = {id(m) for m in layers.modules()}
+    torch.manual_seed(seed)
+    for mod in model.modules():
+        if id(mod) not in in_layers and mod is not model:
+            init_one = [mod] if not list(mod.children()) else []
+            for m in init_one:
+                init(m)
+    for i, layer in enumerate(layers):
+        torch.manual_seed(seed * 1_000_003 + i + 1)
+        init(layer)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+
+
 def _check_shape(model, model_cfg, where: str, fix: str):
     c = model.config
     ffn = getattr(c, "ffn_dim", None) or getattr(c, "intermediate_size", None)
@@ -154,8 +181,8 @@ def load_plain_model(model_cfg, seed: int = 0, empty: bool = False) -> tuple[Any
                 model = AutoModelForCausalLM.from_config(hf_cfg)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
                 model = AutoModelForCausalLM.from_config(hf_cfg)
+                seeded_init(model, int(seed))
     elif source == "smollm2-gguf":
         from comet_core.models.smollm2 import load_smollm2_model
 

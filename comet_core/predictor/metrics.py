@@ -6,6 +6,8 @@ precision = TP / (TP + FP). true_sparsity = 1 - mean(truth); predicted_sparsity 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -36,7 +38,7 @@ def threshold_for_recall(pos_logits: torch.Tensor, target_recall: float) -> floa
     if pos_logits.numel() == 0:
         return float("inf")
     s = torch.sort(pos_logits.float().reshape(-1)).values
-    k = int((1.0 - float(target_recall)) * s.numel())  # at most k positives may fall at or below delta
+    k = int(math.floor((1.0 - float(target_recall)) * s.numel() + 1e-9))  # at most k positives may fall at or below delta
     if k <= 0:
         return float(s[0]) - 1e-6
     # delta just below s[k]: positives s[k:] are above it (count n-k >= target*n)
