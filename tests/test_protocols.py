@@ -546,3 +546,26 @@ def test_mul_other_frac_bits(truncation, frac_bits, gen):
     out, cost = measure(m, arith.mul, m.share(x), m.share(y))
     assert cost == arith.mul_cost(m, 2000, 2000, 2000)
     assert_close(m.reveal(out), x * y, 2.0 ** -frac_bits, what=f"mul at frac_bits={frac_bits}")
+
+
+# ---- ledger rows ----------------------------------------------------------------------------------
+
+def test_mul_ledger_rows(mpc, gen):
+    """One Beaver multiply (3,4) * (4,): each party sends its shares of e and f in one round (both
+    directions share the round index); the dealer sends c's correction to P1; dealer truncation adds
+    one more round and two dealer rows."""
+    xs, ys = mpc.share(randn(gen, 3, 4)), mpc.share(randn(gen, 4))
+    start, r0 = mpc.ledger.mark()
+    arith.mul(xs, ys)
+    rows = mpc.ledger.rows[start:]
+    online = [(r[5], r[6], r[7], r[8], r[9], r[10] - r0) for r in rows if r[0] == "online"]
+    offline = [(r[5], r[6], r[7], r[8], r[9]) for r in rows if r[0] == "offline"]
+    assert all(r[4] == "mul" for r in rows)  # the outermost protocol names every row
+    expect_on = [("P0", "P1", 12, 64, 96, 1), ("P1", "P0", 12, 64, 96, 1),
+                 ("P0", "P1", 4, 64, 32, 1), ("P1", "P0", 4, 64, 32, 1)]
+    expect_off = [("dealer", "P1", 12, 64, 96)]
+    if mpc.config.truncation == "dealer":
+        expect_on += [("P0", "P1", 12, 64, 96, 2), ("P1", "P0", 12, 64, 96, 2)]
+        expect_off += [("dealer", "P1", 12, 64, 96)] * 2
+    assert sorted(online) == sorted(expect_on)
+    assert sorted(offline) == sorted(expect_off)
