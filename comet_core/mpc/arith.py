@@ -20,15 +20,18 @@ W = ring.BYTES_PER_ELEMENT  # bytes of one ring element on the wire
 def truncate(x: AShare, shift: int) -> AShare:
     """Divide the secret by 2^shift (fixed-point rescale), result scale x.frac - shift.
 
+    dealer (default; exact up to 1 LSB for every |x| < 2^62, perfectly hiding):
+      1. Dealer: uniform r in Z_2^64, shares of r, of r >> s (logical) and of its top bit r_63.
+      2. P0 adds 2^62, so x' = x + 2^62 lies in [0, 2^63). Open c = x' + r (1 round).
+      3. The addition wrapped iff r_63 = 1 and c_63 = 0, so the wrap bit is w = (1 - c_63) r_63:
+         x' >> s = (c >> s) - (r >> s) + w 2^(64 - s) (- a borrow bit, the 1-LSB error).
+      4. Subtract 2^(62 - s) (P0).
+      Cost: online 2*8n bytes, 1 round; offline 3*8n bytes.
     local (SecureML / CrypTen):
       1. P0 computes x0 >> s; P1 computes -((-x1) >> s).
-      Cost: 0 bytes, 0 rounds. Error <= 1 LSB, except with probability ~|x| / 2^63 per element
-      (a share wrap), as in CrypTen.
-    dealer:
-      1. Dealer: r < 2^62 and r >> s, both shared.
-      2. Open c = x + 2^46 + r (no wrap for |x| < 2^46; hides x statistically, distance 2^-15).
-      3. Result = (c >> s) - (r >> s) - 2^(46 - s) (P0 adds the public terms).
-      Cost: online 2*8n bytes, 1 round; offline 16n bytes. Error <= 1 LSB.
+      Cost: 0 bytes, 0 rounds. Error <= 1 LSB, except with probability ~|x| / 2^63 per element,
+      when the result is off by ~2^(64 - s): with squared activations of a few hundred this happens
+      in real models, so it is an option (CrypTen's choice), not the default.
     """
     if shift == 0:
         return x
@@ -37,20 +40,20 @@ def truncate(x: AShare, shift: int) -> AShare:
         if mpc.config.truncation == "local":
             out = torch.stack([x.data[0] >> shift, -((-x.data[1]) >> shift)])
             return AShare(out, mpc, x.frac - shift)
-        bound = 1 << 46
-        r, rhi = mpc.dealer.trunc_pair(x.shape, shift)
+        r, r_shift, r_top = mpc.dealer.trunc_triple(x.shape, shift)
         masked = x._wrap(x.data + r.data)  # raw ring elements (r is not a fixed-point value)
-        masked.data[0] += bound
+        masked.data[0] += 1 << 62
         (c,) = mpc.open(masked)
-        out = -rhi.data
-        out[0] += (c >> shift) - (bound >> shift)
+        c_top = (c >> 63) & 1
+        out = -r_shift.data + r_top.data * ((1 - c_top) << (64 - shift))
+        out[0] += ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift))
         return AShare(out, mpc, x.frac - shift)
 
 
 def truncate_cost(mpc: MPC, n: int) -> Cost:
     if mpc.config.truncation == "local":
         return Cost()
-    return Cost(2 * W * n, 2 * W * n, 1)
+    return Cost(2 * W * n, 3 * W * n, 1)
 
 
 def _rescale_to_f(z: AShare) -> AShare:

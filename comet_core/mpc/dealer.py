@@ -4,7 +4,8 @@ The dealer shares a PRG seed with each party, so any share that is itself unifor
 nothing to deliver; only the correction that makes the shares correlated is sent, always to P1:
   * Beaver triple (a, b, c=a*b or a@b): P1 receives c1 = c - c0 -> numel(c) * 64 bits
   * square pair (a, a^2): numel * 64 bits
-  * truncation pair (r, r >> f) with r bounded: 2 * numel * 64 bits (both are structured)
+  * truncation triple (r, r >> f, r_63): 3 * numel * 64 bits (r itself is random, but P1's share
+    of r must match the other two, so all three are corrections)
   * comparison mask r with arithmetic and bitwise (XOR) shares: numel * (64 + 64) bits
   * AND triples (a, b_i, a & b_i) of width w, n right operands: numel * n * w bits
   * daBit (a random bit as XOR and arithmetic share): numel * (64 + 1) bits
@@ -17,9 +18,6 @@ import torch
 
 from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, AShare
-
-TRUNC_R_BITS = 62  # truncation mask r < 2^62 (statistical hiding of |x| < 2^46: distance 2^-15)
-
 
 class Dealer:
     def __init__(self, mpc: MPC) -> None:
@@ -69,12 +67,18 @@ class Dealer:
         self._book(c.numel(), 64)
         return a, c
 
-    def trunc_pair(self, shape, f: int) -> tuple[AShare, AShare]:
-        r = self._rand(shape, TRUNC_R_BITS)
-        rs, rhi = self._arith(r), self._arith(r >> f if not r.is_meta else r)
-        self._book(rs.numel(), 64)
-        self._book(rhi.numel(), 64)
-        return rs, rhi
+    def trunc_triple(self, shape, f: int) -> tuple[AShare, AShare, AShare]:
+        """Uniform r with shares of r, of r >> f (logical shift) and of its top bit r_63."""
+        r = self._rand(shape)
+        if r.is_meta:
+            shifted, top = r, r
+        else:
+            shifted = (r >> f) & ((1 << (64 - f)) - 1)
+            top = (r >> 63) & 1
+        out = self._arith(r), self._arith(shifted), self._arith(top)
+        for _ in out:
+            self._book(out[0].numel(), 64)
+        return out
 
     def compare_mask(self, shape) -> tuple[AShare, torch.Tensor]:
         """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word)."""

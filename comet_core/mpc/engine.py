@@ -40,7 +40,7 @@ class FunctionConfig:
 @dataclass
 class EngineConfig:
     frac_bits: int = 16
-    truncation: str = "local"  # local | dealer
+    truncation: str = "dealer"  # dealer (exact, 1 round) | local (CrypTen's, 0 rounds, rare failures)
     reuse_weight_masks: bool = False
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
