@@ -93,8 +93,9 @@ def run(cfg, out: Path) -> dict:
     from comet_core.comm.network import Network
     from comet_core.models.generate import plaintext_generate, private_generate
     from comet_core.models.secure import SecureDecoder
-    from comet_core.models.weights import extract, share_weights
-    from comet_core.models.zoo import load_plain_model
+    from comet_core.models.tokenizers import load_tokenizer
+    from comet_core.models.weights import extract, share_weights, weight_shapes
+    from comet_core.models.zoo import load_plain_model, n_layers
     from comet_core.mpc.engine import MPC
     from comet_core.results import tables
     from comet_core.systems import load_system
@@ -103,17 +104,19 @@ def run(cfg, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     cost = cfg.mode == "cost"
-    model_cfg = cfg.model
-    if cost:  # cost mode: the same shapes on the meta device (no weights are loaded)
-        model_cfg = OmegaConf.merge(cfg.model, {"source": "random"})
     log.info("loading model %s (%s)", cfg.model.name, "shapes only" if cost else cfg.model.source)
-    plain, tok = load_plain_model(model_cfg, seed=cfg.seed, empty=cost)
+    if cost:  # cost mode: the same protocol code on data-free shapes; no weights are loaded
+        plain, tok = None, load_tokenizer(cfg.model.get("tokenizer", "bytes"))
+        plain_weights = weight_shapes(cfg.model, n_layers(cfg.model))
+    else:
+        plain, tok = load_plain_model(cfg.model, seed=cfg.seed)
+        plain_weights = extract(plain, cfg.model.family, cfg.model.activation)
     ids = prompt_ids(tok, cfg)
     vocab = int(cfg.model.vocab_size)
 
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
     system = load_system(cfg.system)
-    weights = share_weights(mpc, extract(plain, cfg.model.family, cfg.model.activation))
+    weights = share_weights(mpc, plain_weights)
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)

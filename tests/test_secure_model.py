@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 
 from comet_core.models.generate import plaintext_generate, private_generate
 from comet_core.models.secure import SecureDecoder
-from comet_core.models.weights import extract, share_weights
-from comet_core.models.zoo import load_plain_model
+from comet_core.models.weights import extract, share_weights, weight_shapes
+from comet_core.models.zoo import decoder_layers, load_plain_model
 from comet_core.mpc.engine import MPC
 from comet_core.systems.dense import DenseSystem
 
@@ -25,9 +25,11 @@ def _model(name, **over):
 
 def _private(cfg, plain, ids, steps, mode="exact", seed=0):
     mpc = MPC(seed=seed, mode=mode)
-    if mode == "cost":
-        plain, _ = load_plain_model(OmegaConf.merge(cfg, {"source": "random"}), empty=True)
-    model = SecureDecoder(mpc, share_weights(mpc, extract(plain, cfg.family, cfg.activation)), DenseSystem())
+    if mode == "cost":  # what `comet run-experiment mode=cost` does: shapes from the config alone
+        weights = weight_shapes(cfg, len(decoder_layers(plain)))
+    else:
+        weights = extract(plain, cfg.family, cfg.activation)
+    model = SecureDecoder(mpc, share_weights(mpc, weights), DenseSystem())
     return mpc, private_generate(mpc, model, ids, steps, cfg.vocab_size)
 
 

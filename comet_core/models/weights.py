@@ -91,3 +91,27 @@ def share_weights(mpc: MPC, w: PlainWeights) -> SharedWeights:
         layers = [{k: sh(v) for k, v in layer.items()} for layer in w.layers]
         glob = {k: sh(v) for k, v in w.globals.items()}
     return SharedWeights(w.family, layers, glob, dict(w.meta))
+
+
+def weight_shapes(model_cfg, n_layers: int) -> PlainWeights:
+    """The same layout as `extract`, as data-free `Shape`s from a model config (cost mode: no HF model)."""
+    from comet_core.mpc.shape import Shape
+
+    f = lambda *s: Shape(s, torch.float32)  # noqa: E731
+    d, ff, V = int(model_cfg.hidden_size), int(model_cfg.ffn_dim), int(model_cfg.vocab_size)
+    H, Hkv = int(model_cfg.num_heads), int(model_cfg.num_kv_heads)
+    hd = d // H
+    act = str(model_cfg.activation)
+    if model_cfg.family == "opt":
+        layer = dict(ln1_w=f(d), ln1_b=f(d), wq=f(d, d), bq=f(d), wk=f(d, d), bk=f(d), wv=f(d, d), bv=f(d),
+                     wo=f(d, d), bo=f(d), ln2_w=f(d), ln2_b=f(d), w1=f(d, ff), b1=f(ff), w2=f(ff, d), b2=f(d))
+        glob = dict(embed=f(V, d), pos=f(int(model_cfg.max_positions), d), final_w=f(d), final_b=f(d),
+                    head=f(d, V))
+        meta = dict(num_heads=H, num_kv_heads=H, head_dim=hd, eps=1e-5, act=act)
+    else:
+        layer = dict(ln1_w=f(d), wq=f(d, H * hd), wk=f(d, Hkv * hd), wv=f(d, Hkv * hd), wo=f(H * hd, d),
+                     ln2_w=f(d), w_gate=f(d, ff), w_up=f(d, ff), w_down=f(ff, d))
+        glob = dict(embed=f(V, d), final_w=f(d), head=f(d, V))
+        meta = dict(num_heads=H, num_kv_heads=Hkv, head_dim=hd, eps=float(model_cfg.get("rms_norm_eps", 1e-5)),
+                    rope_theta=float(model_cfg.get("rope_theta", 10000.0)), act=act)
+    return PlainWeights(str(model_cfg.family), [dict(layer) for _ in range(n_layers)], glob, meta)

@@ -17,6 +17,7 @@ import torch
 from comet_core.comm.ledger import Cost, wire_bytes
 from comet_core.mpc import arith, ring
 from comet_core.mpc.engine import MPC, AShare
+from comet_core.mpc.shape import Shape
 
 _LOW63 = (1 << 63) - 1
 _LEVEL_WIDTHS = (32, 16, 8, 4, 2, 1)  # bits per element of the AND operands at each tree level
@@ -32,6 +33,9 @@ def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n
     Cost: online 2 * (1 + len(rights)) * packed(n, bits); offline len(rights) * packed(n, bits).
     """
     a, bs, cs = mpc.dealer.and_triples(left.shape[1:], n, bits, len(rights))
+    if left.is_meta:
+        mpc.channel.exchange_packed([left] * (1 + len(rights)), n, bits)
+        return list(rights)
     masked = [left ^ a] + [r ^ b for r, b in zip(rights, bs)]
     mpc.channel.exchange_packed(masked, n, bits)
     d = masked[0][0] ^ masked[0][1]
@@ -57,7 +61,7 @@ def _pack_pairs(x: torch.Tensor) -> torch.Tensor:
 def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
     """(2, nw) words holding one bit per element (element 64*i + p at bit p of word i) -> (2, n)."""
     if x.is_meta:
-        return torch.empty((2, n), dtype=torch.int64, device="meta")
+        return Shape((2, n))
     pos = torch.arange(64, device=x.device)
     return ((x.unsqueeze(-1) >> pos) & 1).reshape(2, -1)[:, :n]
 
@@ -81,6 +85,13 @@ def ltz(x: AShare) -> AShare:
     with mpc.ledger.protocol("ltz"):
         r_a, r_b = mpc.dealer.compare_mask(shape)
         (c,) = mpc.open(x._wrap(x.data + r_a.data))  # c = x + r (raw ring elements)
+        if c.is_meta:  # cost mode: the same dealer items and messages, no local bit work
+            nw = n
+            for w in _LEVEL_WIDTHS:
+                nw = (nw + 1) // 2 if nw >= 2 else nw
+                words = Shape((2, nw))
+                _and_shared_left(mpc, words, [words] * (2 if w > 1 else 1), n, w)
+            return b2a_bit(mpc, Shape((2, *shape)))
         c = c.reshape(n)
         r_b = r_b.reshape(2, n)
         c_low = c & _LOW63

@@ -21,6 +21,7 @@ from comet_core.comm.channel import InProcessChannel
 from comet_core.comm.ledger import Ledger
 from comet_core.errors import require
 from comet_core.mpc import ring
+from comet_core.mpc.shape import Shape
 
 _uid = itertools.count()
 
@@ -107,19 +108,17 @@ class MPC:
         shared once per deployment), 0 online rounds. Integer tensors are shared as integers.
         """
         frac = self.frac_bits if frac is None else frac
-        x = x.to(self.device)
         if not x.is_floating_point():
             frac = 0
-        enc = ring.encode(x, frac) if x.is_floating_point() else x.to(torch.int64)
+        if self.is_cost:
+            enc = Shape(x.shape)
+        else:
+            x = x.to(self.device)
+            enc = ring.encode(x, frac) if x.is_floating_point() else x.to(torch.int64)
         r = ring.random_ring(enc.shape, self.input_gen, self.device)
         data = torch.stack([r, enc - r])
         self.ledger.record(phase, owner, "P1", enc.numel(), 64, -1)
         return AShare(data, self, frac)
-
-    def share_from_cost(self, shape, frac: int | None = None, owner: str = "client") -> "AShare":
-        """Cost mode: a data-free share of the given shape (the ledger sees the same sharing)."""
-        x = torch.empty(tuple(shape), device="meta")
-        return self.share(x, owner=owner, frac=frac)
 
     def reveal(self, x: "AShare", to: str = "client") -> torch.Tensor:
         """Open `x` to the client: both parties send their share (phase `output`). Returns floats."""
@@ -127,7 +126,7 @@ class MPC:
         self.ledger.record("output", "P0", to, n, 64, -1)
         self.ledger.record("output", "P1", to, n, 64, -1)
         if self.is_cost:
-            return torch.empty(x.shape, dtype=torch.float64, device="meta")
+            return Shape(x.shape, torch.float64)
         return ring.decode(x.data[0] + x.data[1], x.frac)
 
     def open(self, *xs: "AShare") -> list[torch.Tensor]:
@@ -137,6 +136,8 @@ class MPC:
 
     def zeros(self, shape, frac: int | None = None) -> "AShare":
         frac = self.frac_bits if frac is None else frac
+        if self.is_cost:
+            return AShare(Shape((2, *shape)), self, frac)
         return AShare(torch.zeros((2, *shape), dtype=torch.int64, device=self.device), self, frac)
 
     def public(self, x: torch.Tensor, frac: int | None = None) -> "AShare":

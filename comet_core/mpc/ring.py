@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from comet_core.mpc.shape import Shape, broadcast
+
 RING_BITS = 64
 BYTES_PER_ELEMENT = 8
 
@@ -22,7 +24,7 @@ _MAX_INNER = 1 << 11
 def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
     """Fixed point: round(x * 2^f) as int64 (meta tensors pass through as int64 meta)."""
     if x.is_meta:
-        return torch.empty(x.shape, dtype=torch.int64, device="meta")
+        return Shape(x.shape)
     return torch.round(x.to(torch.float64) * (1 << frac_bits)).to(torch.int64)
 
 
@@ -34,7 +36,7 @@ def decode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
 def random_ring(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """Uniform elements of Z_2^64 (an empty meta tensor in cost mode)."""
     if torch.device(device).type == "meta":
-        return torch.empty(shape, dtype=torch.int64, device="meta")
+        return Shape(shape)
     lo, hi = -(1 << 63), (1 << 63) - 1
     return torch.randint(lo, hi, tuple(shape), generator=generator, dtype=torch.int64, device=device)
 
@@ -56,8 +58,17 @@ def _limbs(x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _matmul_shape(a: torch.Tensor, b: torch.Tensor) -> torch.Size:
-    return torch.matmul(torch.empty(a.shape, device="meta"), torch.empty(b.shape, device="meta")).shape
+def _matmul_shape(a, b) -> tuple:
+    """torch.matmul's output shape (1-D operands and batch broadcasting included)."""
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if len(sa) == 1 and len(sb) == 1:
+        return ()
+    if len(sa) == 1:
+        return (*sb[:-2], sb[-1])
+    if len(sb) == 1:
+        return sa[:-1]
+    batch = broadcast(sa[:-2], sb[:-2])
+    return (*batch, sa[-2], sb[-1])
 
 
 def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,7 +82,7 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Cost: 6 float64 matmuls of the same shape (3 calls: a's limbs are stacked along the rows).
     """
     if a.is_meta or b.is_meta:
-        return torch.empty(_matmul_shape(a, b), dtype=torch.int64, device="meta")
+        return Shape(_matmul_shape(a, b))
     k = a.shape[-1]
     if k > _MAX_INNER:
         out = None
