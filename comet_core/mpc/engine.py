@@ -31,6 +31,7 @@ class FunctionConfig:
     """Iteration counts and input ranges of the function approximations."""
 
     exp_iterations: int = 8                    # CrypTen's default
+    exp_clamp: bool = True                     # relu(1 + x/2^n) so that x < -2^n gives 0 (not in CrypTen)
     reciprocal_nr_iters: int = 4               # from a guess within 2^0.5: error 0.41 -> 8e-7 in 4 steps
     reciprocal_range: tuple = (-8, 24)         # 2^-8 <= x < 2^25 (softmax sums lie in [1, context])
     inv_sqrt_nr_iters: int = 3                 # from a guess within 2^0.25: error 0.19 -> 3e-5 in 3 steps

@@ -27,20 +27,26 @@ def _scale_pow2(x: AShare, n: int) -> AShare:
 def exp(x: AShare) -> AShare:
     """e^x ~ (1 + x / 2^n)^(2^n), n = engine.exp_iterations (CrypTen's limit method).
 
-    1. y = 1 + x / 2^n (a truncation by n bits).   2. Square y n times.
-    Accurate to ~1e-3 relative for -2^n/4 < x < 6; wrong for x < -2^n.
-    Cost: truncate_cost(N) + n * square_cost(N); n rounds (+1 with dealer truncation).
+    1. y = 1 + x / 2^n (a truncation by n bits).
+    2. With engine.exp_clamp: y = relu(y), so that x < -2^n gives 0 instead of a huge even power
+       (CrypTen omits this; real models' attention scores and gate values reach it).
+    3. Square y n times.
+    Accurate to ~1e-3 relative for -2^n/4 < x < 6 (and ~0 below with the clamp).
+    Cost: truncate_cost(N) + [clamp] relu_cost(N) + n * square_cost(N).
     """
     mpc = x.mpc
     with mpc.ledger.protocol("exp"):
         y = _scale_pow2(x, mpc.fn.exp_iterations).add_public(1.0)
+        if mpc.fn.exp_clamp:
+            y = compare.relu(y)
         for _ in range(mpc.fn.exp_iterations):
             y = arith.square(y)
         return y
 
 
 def exp_cost(mpc: MPC, n: int) -> Cost:
-    return arith.truncate_cost(mpc, n) + mpc.fn.exp_iterations * arith.square_cost(mpc, n)
+    clamp = compare.relu_cost(mpc, n) if mpc.fn.exp_clamp else Cost()
+    return arith.truncate_cost(mpc, n) + clamp + mpc.fn.exp_iterations * arith.square_cost(mpc, n)
 
 
 def pow2_guess(x: AShare, lo: int, hi: int, power: float) -> AShare:
