@@ -1,0 +1,88 @@
+"""The command-line contract (DESIGN.md section 8): files, columns, last line, and bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+METRIC_COLUMNS = {"model", "system", "network", "mode", "phase", "online_bytes", "offline_bytes", "rounds",
+                  "compute_s", "comm_s", "total_s", "seed", "frac_bits"}
+
+
+def comet(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CI": "true"})
+
+
+def test_run_experiment_writes_the_contract_files(tmp_path):
+    out = tmp_path / "run"
+    r = comet("run-experiment", "gen_tokens=2", f"output_dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(out.resolve())
+    for f in ("config.yaml", "metrics.csv", "ops.csv", "generation.csv", "ledger.csv.gz"):
+        assert (out / f).is_file(), f
+    m = pd.read_csv(out / "metrics.csv")
+    assert METRIC_COLUMNS <= set(m.columns)
+    assert {"prefill", "decode", "total"} <= set(m.phase)
+    assert "lan" in set(m.network) and len(set(m.network)) >= 4  # every preset is priced
+    tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
+    parts = m[(m.network == "lan") & (m.phase != "total")]
+    assert tot.online_bytes == parts.online_bytes.sum() > 0 and tot.rounds == parts.rounds.sum() > 0
+    ops = pd.read_csv(out / "ops.csv")
+    assert {"stage", "layer", "op", "online_bytes", "offline_bytes", "rounds"} <= set(ops.columns)
+    assert ops.online_bytes.sum() == tot.online_bytes
+    g = pd.read_csv(out / "generation.csv")
+    assert {"source", "step", "token_id", "text"} <= set(g.columns)
+    assert set(g.source) == {"private", "plaintext"} and len(g) == 4
+
+    # existing results are never overwritten silently
+    r2 = comet("run-experiment", "gen_tokens=1", f"output_dir={out}", cwd=tmp_path)
+    assert r2.returncode == 2 and "overwrite=true" in r2.stderr and len(r2.stderr.strip().splitlines()) == 1
+
+
+def test_cost_mode_and_overrides(tmp_path):
+    out = tmp_path / "cost"
+    r = comet("run-experiment", "model=opt-125m", "mode=cost", "model.layers=2", "prompt_len=16", "gen_tokens=2",
+              "network=wan-100m", "network.bandwidth_bps=5e7", f"output_dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = pd.read_csv(out / "metrics.csv")
+    row = m[(m.network == "wan-100m") & (m.phase == "total")].iloc[0]
+    assert row.bandwidth_bps == 5e7 and row["mode"] == "cost" and row.layers == 2 and row.prompt_tokens == 16
+    assert abs(row.comm_s - (row.rounds * 0.08 + row.busiest_direction_bytes * 8 / 5e7)) < 1e-9 * row.comm_s
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["network=moon"], "valid choices: lan, lan-3g, wan-100m, wan-200m"),
+    (["system=nope"], "valid choices: dense"),
+    (["model=gpt-9"], "valid choices:"),
+    (["network.bandwidth_bps=-1"], "bandwidth_bps must be > 0"),
+    (["network.bandwidth_bps=0"], "bandwidth_bps must be > 0"),
+    (["network.latency_s=-0.1"], "latency_s must be >= 0"),
+    (["gen_tokens=0"], "gen_tokens must be"),
+    (["engine.frac_bits=40"], "frac_bits must be an integer in 8..24"),
+    (["mode=fast"], "mode must be exact or cost"),
+    (["model.layers=99"], "out of range"),
+])
+def test_bad_input_fails_fast_with_one_line(tmp_path, args, needle):
+    r = comet("run-experiment", *args, f"output_dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "x" / "metrics.csv").exists()
+
+
+def test_hydra_flags_pass_through(tmp_path):
+    r = comet("run-experiment", "--cfg", "job", "network=wan-200m", cwd=tmp_path)
+    assert r.returncode == 0 and "bandwidth_bps: 200000000.0" in r.stdout
+
+
+def test_multirun_sweep(tmp_path):
+    r = comet("run-experiment", "-m", "mode=cost", "gen_tokens=1", "network=lan,wan-100m",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+    nets = {pd.read_csv(tmp_path / "sweep" / j / "metrics.csv").network.iloc[0] for j in ("0", "1")}
+    assert nets == {"lan", "wan-100m"}
