@@ -127,7 +127,7 @@ def test_mul_int(mpc, gen):
 # ---- truncation and multiplications ---------------------------------------------------------------
 
 def test_truncate(mpc, gen):
-    # shares at scale 2^20 holding values up to 2^25.9 (ring words up to 2^45.9: dealer mode's no-wrap bound 2^46)
+    # shares at scale 2^20 holding values up to 2^25.9 (ring words up to 2^45.9), negative ones included
     x = torch.cat([randn(gen, 300, scale=3.0), uniform(gen, -(2 ** 25.9), 2 ** 25.9, 100),
                    torch.tensor([0.0, 2.0 ** -20, -(2.0 ** -20), 2.0 ** 25.9, -(2.0 ** 25.9)], dtype=torch.float64)])
     x = quantize(x, 20)
@@ -141,9 +141,23 @@ def test_truncate(mpc, gen):
     assert same is xs and cost == Cost()
 
 
+@pytest.mark.parametrize("shift", [1, 16, 32])
+def test_dealer_truncate_near_2_62(gen, shift):
+    """Dealer truncation is documented exact (<= 1 LSB) for every ring word |x| < 2^62."""
+    m = MPC(EngineConfig(truncation="dealer"), seed=2)
+    words = torch.randint(-(1 << 62), (1 << 62) - 1, (500,), generator=gen, dtype=torch.int64)
+    words[:6] = torch.tensor([-(1 << 62), (1 << 62) - 1, -1, 0, 1, (1 << 61) + 12345])
+    out = arith.truncate(m.share(words, frac=0), shift)
+    got = (out.data[0] + out.data[1]).tolist()
+    exp = [w >> shift for w in words.tolist()]  # floor division
+    bad = [(w, e, g) for w, e, g in zip(words.tolist(), exp, got) if g - e not in (0, 1, -1)]
+    assert not bad, f"{len(bad)} words off by more than 1 LSB, e.g. (word, floor(word/2^s), got) {bad[:3]}"
+
+
 def test_truncate_cost_formula_values(truncation):
     m = MPC(EngineConfig(truncation=truncation), seed=0)
-    expect = Cost() if truncation == "local" else Cost(2 * W * 10, 2 * W * 10, 1)
+    # docstring: local 0 bytes, 0 rounds; dealer online 2*8n bytes, 1 round, offline 3*8n bytes
+    expect = Cost() if truncation == "local" else Cost(2 * W * 10, 3 * W * 10, 1)
     assert arith.truncate_cost(m, 10) == expect
 
 
@@ -386,7 +400,8 @@ def test_exp(mpc, gen):
 
 
 def test_exp_very_negative_goes_to_zero(mpc):
-    x = torch.tensor([-30.0, -64.0, -128.0, -200.0], dtype=torch.float64)
+    # below -2^n the limit's base 1 + x/2^n is negative: engine.exp_clamp (default) makes it 0
+    x = torch.tensor([-30.0, -64.0, -128.0, -200.0, -256.0, -300.0, -700.0, -5000.0], dtype=torch.float64)
     assert_close(mpc.reveal(nl.exp(mpc.share(x))), torch.exp(x), EXP_ATOL, what="exp far below 0", x=x)
 
 
@@ -566,6 +581,6 @@ def test_mul_ledger_rows(mpc, gen):
     expect_off = [("dealer", "P1", 12, 64, 96)]
     if mpc.config.truncation == "dealer":
         expect_on += [("P0", "P1", 12, 64, 96, 2), ("P1", "P0", 12, 64, 96, 2)]
-        expect_off += [("dealer", "P1", 12, 64, 96)] * 2
+        expect_off += [("dealer", "P1", 12, 64, 96)] * 3  # shares of r, r >> s and r's top bit
     assert sorted(online) == sorted(expect_on)
     assert sorted(offline) == sorted(expect_off)
