@@ -56,26 +56,28 @@ def truncate_cost(mpc: MPC, n: int) -> Cost:
     return Cost(2 * W * n, 3 * W * n, 1)
 
 
-def _rescale_to_f(z: AShare) -> AShare:
-    """Bring a product back to the engine's scale (truncate the surplus fractional bits)."""
-    f = z.mpc.frac_bits
+def _rescale_to_f(z: AShare, out_frac: int | None = None) -> AShare:
+    """Bring a product back to `out_frac` (default: the engine's scale) by truncating the surplus."""
+    f = z.mpc.frac_bits if out_frac is None else out_frac
     return truncate(z, z.frac - f) if z.frac > f else z
 
 
 # ---- public multiplications --------------------------------------------------------------------
 
-def mul_public(x: AShare, t) -> AShare:
+def mul_public(x: AShare, t, frac: int | None = None) -> AShare:
     """x * t for a public real tensor or scalar t.
 
-    1. Encode t at frac_bits; each party multiplies its share (local).
-    2. Truncate back to frac_bits.
-    Cost: truncate_cost(n).
+    1. Encode t at `frac` bits (default frac_bits); each party multiplies its share (local).
+    2. Truncate back to max(x.frac, frac_bits) (nothing to do for an integer or 0/1 x).
+    Cost: truncate_cost(n), or 0 when no truncation is needed.
     """
     mpc = x.mpc
+    frac = mpc.frac_bits if frac is None else frac
     t = torch.as_tensor(t, dtype=torch.float64)
-    enc = ring.encode(t.to(x.data.device), mpc.frac_bits)
+    enc = ring.encode(t.to(x.data.device), frac)
     with mpc.ledger.protocol("mul_public"):
-        return _rescale_to_f(AShare(x.data * enc, mpc, x.frac + mpc.frac_bits))
+        z = AShare(x.data * enc, mpc, x.frac + frac)
+        return _rescale_to_f(z, max(x.frac, frac, mpc.frac_bits) if x.frac == 0 else None)
 
 
 def matmul_public(x: AShare, w: torch.Tensor) -> AShare:
@@ -88,13 +90,14 @@ def matmul_public(x: AShare, w: torch.Tensor) -> AShare:
 
 # ---- Beaver multiplication ---------------------------------------------------------------------
 
-def mul(x: AShare, y: AShare) -> AShare:
+def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
     """Elementwise x * y of two secrets (broadcasting), Beaver's protocol.
 
     1. Dealer: a (x's shape), b (y's shape), c = a * b.
     2. Open e = x - a and f = y - b in one round.
     3. z = c + e*b + a*f (+ e*f on P0); scale x.frac + y.frac.
-    4. Truncate to frac_bits if the scale exceeds it (a 0/1 or integer factor needs none).
+    4. Truncate to `out_frac` (default frac_bits) if the scale exceeds it (a 0/1 or integer
+       factor needs none).
     Cost: online 2*8*(n_x + n_y) bytes, 1 round; offline 8*n_z; + truncate_cost(n_z).
     """
     mpc = x.mpc
@@ -104,7 +107,7 @@ def mul(x: AShare, y: AShare) -> AShare:
         nd = len(c.shape)
         z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
         z[0] += e * f
-        return _rescale_to_f(AShare(z, mpc, x.frac + y.frac))
+        return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
 
 
 def mul_cost(mpc: MPC, n_x: int, n_y: int, n_z: int, frac_sum: int | None = None) -> Cost:
@@ -132,7 +135,7 @@ def square_cost(mpc: MPC, n: int) -> Cost:
     return Cost(2 * W * n, W * n, 1) + truncate_cost(mpc, n)
 
 
-def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None) -> AShare:
+def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int | None = None) -> AShare:
     """x @ y of two secrets (torch.matmul broadcasting), Beaver's protocol for matrices.
 
     1. Dealer: a (x's shape), b (y's shape), c = a @ b.
@@ -157,11 +160,16 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None) -> AShare:
             e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
             if reuse:
                 mpc.weight_masks[y.uid] = (b, bv, f)
-        # e @ [f + b0, b1] as one product (a stacked batch), then [a0, a1] @ f
-        eb = ring.ring_matmul(e, torch.stack([f + b.data[0], b.data[1]]))
-        af = ring.ring_matmul(a.data, f)
-        z = eb + af + c.data
-        return _rescale_to_f(AShare(z, mpc, x.frac + y.frac))
+        # e @ [f + b0, b1] as one product (a stacked batch), then [a0, a1] @ f; the party dim is
+        # lifted past the operands' batch dims so that broadcasting lines up (1-D operands too)
+        bs = torch.stack([f + b.data[0], b.data[1]])
+        ev, ad = (e.unsqueeze(0), a.data.unsqueeze(1)) if x.dim() == 1 else (e, a.data)
+        fv, bs = (f.unsqueeze(-1), bs.unsqueeze(-1)) if y.dim() == 1 else (f, bs)
+        nd = max(ev.dim(), fv.dim())
+        eb = ring.ring_matmul(ev, _lift(bs, nd))
+        af = ring.ring_matmul(_lift(ad, nd), fv)
+        z = (eb + af).reshape(c.data.shape) + c.data
+        return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
 
 
 def matmul_cost(mpc: MPC, n_x: int, n_y: int, n_z: int, reused: bool = False) -> Cost:

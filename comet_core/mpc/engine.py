@@ -36,6 +36,7 @@ class FunctionConfig:
     reciprocal_range: tuple = (-8, 24)         # 2^-8 <= x < 2^25 (softmax sums lie in [1, context])
     inv_sqrt_nr_iters: int = 3                 # from a guess within 2^0.25: error 0.19 -> 3e-5 in 3 steps
     inv_sqrt_range: tuple = (-16, 31)          # 2^-16 (one LSB at f=16) <= x < 2^32 (variances)
+    # reciprocal and inv_sqrt return their result at scale frac_bits + 12 (nonlinear.hi_frac)
     sigmoid_nr_iters: int = 3                  # CrypTen's default (denominator in (1, 2])
 
 
@@ -52,6 +53,9 @@ class EngineConfig:
                 f"got {self.frac_bits}")
         require(self.truncation in ("local", "dealer"),
                 f"engine.truncation must be one of local, dealer; got {self.truncation!r}")
+        require(self.truncation == "dealer" or self.frac_bits <= 20,
+                f"engine.frac_bits={self.frac_bits} with truncation=local fails often (probability "
+                f"~|x y| 2^(2f-63) per product); use frac_bits <= 20 or truncation=dealer")
 
 
 class MPC:
@@ -87,12 +91,11 @@ class MPC:
     def is_cost(self) -> bool:
         return self.mode == "cost"
 
-    def _generator(self, stream: int) -> torch.Generator | None:
+    def _generator(self, stream: int) -> "ring.PRG | None":
+        """The PRG of one stream (1: input owners, 2: dealer), derived from the one seed."""
         if self.device.type == "meta":
             return None
-        g = torch.Generator(device=self.device)
-        g.manual_seed((self.seed * 1_000_003 + stream * 7919) % (2**63 - 1))
-        return g
+        return ring.PRG(self.seed * 1_000_003 + stream * 7919)
 
     # -- labels --------------------------------------------------------------------------------
     def label(self, **labels):

@@ -49,8 +49,19 @@ def exp_cost(mpc: MPC, n: int) -> Cost:
     return arith.truncate_cost(mpc, n) + clamp + mpc.fn.exp_iterations * arith.square_cost(mpc, n)
 
 
-def pow2_guess(x: AShare, lo: int, hi: int, power: float) -> AShare:
-    """A first guess of x^power (power < 0) within a factor 2^(|power|/2), for x > 0.
+def hi_frac(mpc: MPC) -> int:
+    """Scale of reciprocal and inverse square root results: frac_bits + 12 (28 at f = 16).
+
+    1/sqrt(var) of a real model's LayerNorm can be ~2^-10, which has only ~6 significant bits at
+    f = 16; at f + 12 it keeps ~18, and products with it still fit: |x * y| 2^(2f+12) < 2^62.
+    With local truncation the larger words would fail often (probability ~word / 2^63), so there
+    the results stay at frac_bits.
+    """
+    return mpc.frac_bits + 12 if mpc.config.truncation == "dealer" else mpc.frac_bits
+
+
+def pow2_guess(x: AShare, lo: int, hi: int, power: float, frac: int) -> AShare:
+    """A first guess of x^power (power < 0) within a factor 2^(|power|/2), for x > 0, at scale `frac`.
 
     1. b_k = [x >= 2^k] for k = lo+1 .. hi: one batched comparison of x - 2^k (local shifts).
     2. x in [2^j, 2^(j+1)) gives b_k = 1 exactly for k <= j, so the guess g(j) = 2^(power (j + 1/2))
@@ -63,8 +74,7 @@ def pow2_guess(x: AShare, lo: int, hi: int, power: float) -> AShare:
         diffs = x.unsqueeze(-1).add_public(-(2.0 ** ks))               # (..., K)
         bits = compare.drelu(diffs)                                      # integer 0/1 shares
         g = lambda j: 2.0 ** (power * (j + 0.5))                         # noqa: E731
-        coef = g(ks) - g(ks - 1)
-        y = arith.mul_public(bits, coef).sum(-1)                         # frac 0 * frac f: no truncation
+        y = arith.mul_public(bits, g(ks) - g(ks - 1), frac=frac).sum(-1)  # frac 0 * frac: no truncation
         return y.add_public(g(lo))
 
 
@@ -73,20 +83,22 @@ def pow2_guess_cost(mpc: MPC, rows: int, lo: int, hi: int) -> Cost:
 
 
 def reciprocal(x: AShare) -> AShare:
-    """1 / x for x > 0 by Newton-Raphson from a power-of-two guess.
+    """1 / x for x > 0 by Newton-Raphson from a power-of-two guess; result at scale hi_frac.
 
     1. y0 = pow2_guess(x, power -1): relative error <= 2^(1/2) - 1 in 2^lo <= x < 2^(hi+1)
        (engine.reciprocal_range).
-    2. Repeat reciprocal_nr_iters times: y = y * (2 - x * y) (the error squares each time).
+    2. Repeat reciprocal_nr_iters times: t = x * y (~1, scale f); y = y * (2 - t) (scale hi_frac).
     Unlike CrypTen's exp-based guess (valid only for x < ~600) it holds across the whole range.
     Cost: pow2_guess_cost(N) + iters * 2 * mul_cost(N, N, N).
     """
     mpc = x.mpc
     lo, hi = mpc.fn.reciprocal_range
+    F, f = hi_frac(mpc), mpc.frac_bits
     with mpc.ledger.protocol("reciprocal"):
-        y = pow2_guess(x, lo, hi, -1.0)
+        y = pow2_guess(x, lo, hi, -1.0, F)
         for _ in range(mpc.fn.reciprocal_nr_iters):
-            y = arith.mul(y, (-arith.mul(x, y)).add_public(2.0))
+            t = arith.mul(x, y, out_frac=f)
+            y = arith.mul(y, (-t).add_public(2.0), out_frac=F)
         return y
 
 
@@ -97,30 +109,38 @@ def reciprocal_cost(mpc: MPC, n: int) -> Cost:
 
 
 def inv_sqrt(x: AShare) -> AShare:
-    """1 / sqrt(x) for x > 0 by Newton-Raphson from a power-of-two guess.
+    """1 / sqrt(x) for x > 0 by Newton-Raphson from a power-of-two guess; result at scale hi_frac.
 
     1. y0 = pow2_guess(x, power -1/2): relative error <= 2^(1/4) - 1 in the range
        2^lo <= x < 2^(hi+1) (engine.inv_sqrt_range; CrypTen's exp-based guess holds only for
        ~0.1 < x < 20, too narrow for LayerNorm variances of real models).
-    2. Repeat inv_sqrt_nr_iters times: y = y * (3 - x * y^2) / 2   (square, 2 multiplications).
-    Cost: pow2_guess_cost(N) + iters * (square_cost(N) + 2 mul_cost(N, N, N) + truncate_cost(N)).
+    2. Repeat inv_sqrt_nr_iters times: t = x * y (= sqrt(x), scale hi_frac); u = t * y (~1, scale f);
+       y = y * (3 - u) / 2 (scale hi_frac). Never squares y, which would underflow for large x.
+       (With local truncation, hi_frac = f and u = x * y^2, more precise at that scale for tiny x.)
+    Cost: pow2_guess_cost(N) + iters * 3 * mul_cost(N, N, N)
+          (local: iters * (square_cost(N) + 2 mul_cost(N, N, N))).
     """
     mpc = x.mpc
     lo, hi = mpc.fn.inv_sqrt_range
+    F, f = hi_frac(mpc), mpc.frac_bits
     with mpc.ledger.protocol("inv_sqrt"):
-        y = pow2_guess(x, lo, hi, -0.5)
+        y = pow2_guess(x, lo, hi, -0.5, F)
         for _ in range(mpc.fn.inv_sqrt_nr_iters):
-            t = arith.mul(x, arith.square(y))
-            y = _scale_pow2(arith.mul(y, (-t).add_public(3.0)), 1)
+            if F > f:
+                t = arith.mul(x, y, out_frac=F)     # sqrt(x) keeps F bits for tiny x
+                u = arith.mul(t, y, out_frac=f)
+            else:                                   # at F = f, x * y^2 is the more precise order
+                u = arith.mul(x, arith.square(y))
+            y = arith.mul(y, (-u).add_public(3.0), out_frac=F - 1)
+            y = AShare(y.data, mpc, F)  # the same integers read at scale F: a division by 2
         return y
 
 
 def inv_sqrt_cost(mpc: MPC, n: int) -> Cost:
-    t = arith.truncate_cost(mpc, n)
     m = arith.mul_cost(mpc, n, n, n)
-    per_iter = arith.square_cost(mpc, n) + m + m + t
     lo, hi = mpc.fn.inv_sqrt_range
-    return pow2_guess_cost(mpc, n, lo, hi) + mpc.fn.inv_sqrt_nr_iters * per_iter
+    first = m if hi_frac(mpc) > mpc.frac_bits else arith.square_cost(mpc, n)
+    return pow2_guess_cost(mpc, n, lo, hi) + mpc.fn.inv_sqrt_nr_iters * (first + m + m)
 
 
 def softmax(x: AShare, dim: int = -1, mask: torch.Tensor | None = None) -> AShare:
