@@ -18,7 +18,15 @@ def cache_dir() -> Path:
     return path
 
 
+SHIPPED_DIR = REPO_ROOT / "models"  # small checkpoints the toolkit ships (made by its own commands)
+
+
 def resolve_in_cache(path: str | os.PathLike) -> Path:
-    """An absolute path as is; a relative one inside the cache dir."""
+    """An absolute path as is; a relative one inside the cache dir, or, when the cache does not hold it,
+    in the repo's models/ folder (the shipped copy, e.g. shakespeare-opt made by `comet train-lm`)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else cache_dir() / p
+    if p.is_absolute():
+        return p
+    cached = cache_dir() / p
+    shipped = SHIPPED_DIR / p
+    return shipped if not cached.exists() and shipped.exists() else cached
