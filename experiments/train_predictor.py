@@ -82,6 +82,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
     shutil.rmtree(work, ignore_errors=True)
     data = {s: collect(model, win[s], ffn_tau, head_tau, work, s, int(P.forward_batch)) for s in win}
     t_collect = time.monotonic() - t_start
+    log.info("collected activations in %.1f s", t_collect)
 
     # (3) predictors per layer and kind
     rows, sweep_thr, sweep_rows, ffn_preds, head_preds, prof_layers = [], {}, [], [], [], []
@@ -115,6 +116,9 @@ def train_predictor_task(cfg: DictConfig) -> None:
                 sweep_thr.setdefault((kind, float(r)), []).append(d)
                 sweep_rows.append({"kind": kind, "target_recall": float(r), "layer": l,
                                    **scores(confusion(lte > d, Yte))})
+            log.info("layer %d %s: recall %.3f precision %.3f true/pred sparsity %.3f/%.3f (%d epochs, %.1f s)",
+                     l, kind, sc["recall"], sc["precision"], sc["true_sparsity"], sc["predicted_sparsity"],
+                     info["epochs"], time.monotonic() - t0)
             (ffn_preds if kind == "ffn" else head_preds).append(pred)
             masks[kind] = ((lte > pred.threshold).numpy(), Yte.numpy())
         prof_layers.append(layer_profile(l, masks["ffn"][0], masks["ffn"][1], masks["head"][0], masks["head"][1], sl))
