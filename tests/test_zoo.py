@@ -72,13 +72,19 @@ def test_prompt_longer_than_positions_is_refused():
 
 def test_missing_and_corrupt_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("COMET_CACHE", str(tmp_path))
-    cfg = model_cfg("shakespeare-opt")
+    cfg = model_cfg("shakespeare-opt", checkpoint="not-trained-yet")  # neither cached nor shipped in models/
     with pytest.raises(CometError, match="comet train-lm"):
         load_plain_model(cfg)
-    (tmp_path / "shakespeare-opt").mkdir()
-    (tmp_path / "shakespeare-opt" / "config.json").write_text("{not json")
+    (tmp_path / "not-trained-yet").mkdir()
+    (tmp_path / "not-trained-yet" / "config.json").write_text("{not json")
     with pytest.raises(CometError, match="corrupt"):
         load_plain_model(cfg)
+
+
+def test_shipped_checkpoint_is_the_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMET_CACHE", str(tmp_path))  # an empty cache: models/shakespeare-opt is used
+    m, tok = load_plain_model(model_cfg("shakespeare-opt"))
+    assert m.config.hidden_size == 256 and tok.vocab_size == 256
 
 
 def test_checkpoint_shape_mismatch_is_refused(tmp_path, monkeypatch):
