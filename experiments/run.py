@@ -139,7 +139,8 @@ def run(cfg, out: Path) -> dict:
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     metrics.to_csv(out / "metrics.csv", index=False)
     ops.to_csv(out / "ops.csv", index=False)
-    ledger.to_csv(out / "ledger.csv.gz", index=False)
+    if cfg.get("save_ledger", True):
+        ledger.to_csv(out / "ledger.csv.gz", index=False)
     summary = dict(out=out, metrics=metrics, ids=ids, private=gen.tokens)
     if ref is not None:
         import pandas as pd
