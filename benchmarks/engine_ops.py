@@ -62,13 +62,20 @@ def _load_avg() -> float:
         return float("nan")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median_time(fn, reps: int) -> tuple[float, list[float], list]:
     """1 warm-up + reps timed calls; returns (median seconds, all timed seconds, all results)."""
     results = [fn()]
     times = []
     for _ in range(reps):
+        _sync()
         t0 = time.perf_counter()
         results.append(fn())
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times, results
 
@@ -97,9 +104,10 @@ def make_case(op: str, gen: torch.Generator):
 def run_op(op: str, args) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     case = make_case(op, gen)
-    m = MPC(EngineConfig(frac_bits=args.frac_bits, truncation=args.truncation), seed=args.seed, mode="exact")
+    m = MPC(EngineConfig(frac_bits=args.frac_bits, truncation=args.truncation), seed=args.seed, mode="exact",
+            device=args.device)
     shares = [m.share(x, owner=owner) for x, owner in case["inputs"]]
-    plain_in = [x.to(torch.float32) for x, _ in case["inputs"]]
+    plain_in = [x.to(torch.float32).to(args.device) for x, _ in case["inputs"]]
     ref = case["ref"](*[x for x, _ in case["inputs"]])
 
     marks = []
@@ -122,7 +130,7 @@ def run_op(op: str, args) -> dict:
     formula = case["cost"](m)
     if cost != formula:
         raise RuntimeError(f"{op}: ledger {cost} != cost formula {formula}")
-    err = max(float((m.reveal(o) - ref).abs().max()) for o in outs)
+    err = max(float((m.reveal(o).cpu() - ref).abs().max()) for o in outs)
     plain_seconds, _, _ = _median_time(lambda: case["plain"](*plain_in), args.reps)
     log.info("%s: %.4f s (reps %s; dealer %.4f s of it), plaintext %.5f s, max abs err %.3g", op, seconds,
              ", ".join(f"{t:.3f}" for t in times), dealer_seconds, plain_seconds, err)
@@ -136,7 +144,7 @@ def _time_dealer(m: MPC) -> list[float]:
     (the caller appends a 0.0 before each protocol call)."""
     acc: list[float] = []
     dealer = m.dealer
-    for name in ("mul_triple", "matmul_triple", "square_pair", "trunc_pair", "compare_mask", "and_triples",
+    for name in ("mul_triple", "matmul_triple", "square_pair", "trunc_triple", "compare_mask", "and_triples",
                  "dabit", "shuffle_pair"):
         fn = getattr(dealer, name, None)
         if fn is None:
@@ -180,6 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--frac-bits", type=int, default=16)
     ap.add_argument("--truncation", choices=["local", "dealer"], default="local",
                     help="local = CrypTen's 2-party choice (default)")
@@ -217,7 +226,8 @@ def main(argv=None) -> int:
         r["crypten_rounds"] = c["rounds"] if c else pd.NA
         r["crypten_bytes_per_party"] = c["bytes_per_party"] if c else pd.NA
         r["speedup_vs_crypten"] = r["crypten_seconds"] / r["seconds"] if c else float("nan")
-        r.update(threads=args.threads, reps=args.reps, truncation=args.truncation, frac_bits=args.frac_bits,
+        r.update(device=args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+                 threads=args.threads, reps=args.reps, truncation=args.truncation, frac_bits=args.frac_bits,
                  load_avg_1m_before=round(load_before, 2), load_avg_1m_after=round(load_after, 2),
                  cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
                  timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))

@@ -122,7 +122,7 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.is_meta or b.is_meta:
         return Shape(_matmul_shape(a, b))
-    if a.dim() == 1 or a.shape[-2] <= _INT64_MAX_ROWS:
+    if a.device.type == "cpu" and (a.dim() == 1 or a.shape[-2] <= _INT64_MAX_ROWS):
         # a few rows (decode: one token): torch's int64 matmul beats splitting b into limbs
         return torch.matmul(a, b)
     k = a.shape[-1]
