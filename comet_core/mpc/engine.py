@@ -225,18 +225,19 @@ class AShare:
         return self._wrap(self.data.index_select(self._d(dim), index.to(self.data.device)))
 
     @staticmethod
-    def cat(xs: list["AShare"], dim: int) -> "AShare":
-        fr = xs[0].frac
-        assert all(x.frac == fr for x in xs), "cat of shares with different scales"
+    def _join(fn, xs: list["AShare"], dim: int) -> "AShare":
+        """torch.cat / torch.stack of shares along a share dim (the party dim stays first)."""
+        fr = max(x.frac for x in xs)
         d = dim + 1 if dim >= 0 else dim
-        return AShare(torch.cat([x.data for x in xs], dim=d), xs[0].mpc, fr)
+        return AShare(fn([x.rescale(fr).data for x in xs], dim=d), xs[0].mpc, fr)
+
+    @staticmethod
+    def cat(xs: list["AShare"], dim: int) -> "AShare":
+        return AShare._join(torch.cat, xs, dim)
 
     @staticmethod
     def stack(xs: list["AShare"], dim: int) -> "AShare":
-        fr = xs[0].frac
-        assert all(x.frac == fr for x in xs), "stack of shares with different scales"
-        d = dim + 1 if dim >= 0 else dim
-        return AShare(torch.stack([x.data for x in xs], dim=d), xs[0].mpc, fr)
+        return AShare._join(torch.stack, xs, dim)
 
     # -- local linear operations (no communication) --------------------------------------------
     def rescale(self, frac: int) -> "AShare":
