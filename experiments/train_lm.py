@@ -49,12 +49,12 @@ def train_lm_task(cfg: DictConfig) -> None:
     import torch
 
     from comet_core.errors import CometError
-    from comet_core.models.cache import resolve_in_cache
+    from comet_core.models.cache import cache_path
     from comet_core.models.lm_training import train_lm
 
     torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.output_dir)
-    ckpt = resolve_in_cache(cfg.checkpoint)
+    ckpt = cache_path(cfg.checkpoint)
     if not cfg.overwrite:
         if (ckpt / "config.json").exists():
             raise CometError(f"checkpoint {ckpt} exists; pass overwrite=true to retrain it")

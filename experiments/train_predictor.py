@@ -40,7 +40,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
     import torch
 
     from comet_core.errors import CometError
-    from comet_core.models.cache import resolve_in_cache
+    from comet_core.models.cache import cache_path
     from comet_core.models.corpus import spread_windows, token_ids
     from comet_core.models.zoo import load_plain_model, n_layers
     from comet_core.predictor import apply as ap
@@ -55,7 +55,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads))
     P, M = cfg.predictor, cfg.model
     out = Path(cfg.output_dir)
-    ckpt = resolve_in_cache(cfg.checkpoint)
+    ckpt = cache_path(cfg.checkpoint)
     if not cfg.overwrite and ((out / "metrics.csv").exists() or ckpt.exists()):
         raise CometError(f"results in {out} or checkpoint {ckpt} exist; pass overwrite=true to replace them")
 
@@ -78,7 +78,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
                                   None if relu else float(P.ffn_target_sparsity), float(P.head_target_sparsity),
                                   batch_size=int(P.forward_batch), seed=int(cfg.seed))
     # (2) activations
-    work = resolve_in_cache(cfg.work_dir)
+    work = cache_path(cfg.work_dir)
     shutil.rmtree(work, ignore_errors=True)
     data = {s: collect(model, win[s], ffn_tau, head_tau, work, s, int(P.forward_batch)) for s in win}
     t_collect = time.monotonic() - t_start

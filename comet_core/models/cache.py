@@ -30,3 +30,10 @@ def resolve_in_cache(path: str | os.PathLike) -> Path:
     cached = cache_dir() / p
     shipped = SHIPPED_DIR / p
     return shipped if not cached.exists() and shipped.exists() else cached
+
+
+def cache_path(path: str | os.PathLike) -> Path:
+    """Where a command WRITES an artefact: an absolute path as is, a relative one in the cache dir
+    (never the shipped models/ folder, which only serves as a read fallback)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else cache_dir() / p
