@@ -51,5 +51,22 @@ def launch(task: Callable, config_name: str, args: list[str], prog: str) -> None
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
     sys.argv = [prog, *args]
-    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)
+    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(_guarded(task))
     main()
+
+
+def _guarded(task: Callable) -> Callable:
+    """The task, with a CometError turned into one line on stderr and exit status 2 (no traceback)."""
+    import functools
+
+    from comet_core.errors import CometError
+
+    @functools.wraps(task)
+    def run(cfg):
+        try:
+            return task(cfg)
+        except CometError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run

@@ -104,14 +104,15 @@ def run(cfg, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     cost = cfg.mode == "cost"
+    tok = load_tokenizer(cfg.model.get("tokenizer", "bytes"))
+    ids = prompt_ids(tok, cfg)  # a prompt too long for the model fails here, before any loading
     log.info("loading model %s (%s)", cfg.model.name, "shapes only" if cost else cfg.model.source)
     if cost:  # cost mode: the same protocol code on data-free shapes; no weights are loaded
-        plain, tok = None, load_tokenizer(cfg.model.get("tokenizer", "bytes"))
+        plain = None
         plain_weights = weight_shapes(cfg.model, n_layers(cfg.model))
     else:
         plain, tok = load_plain_model(cfg.model, seed=cfg.seed)
         plain_weights = extract(plain, cfg.model.family, cfg.model.activation)
-    ids = prompt_ids(tok, cfg)
     vocab = int(cfg.model.vocab_size)
 
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
