@@ -54,8 +54,9 @@ def main() -> int:
 
     torch.set_num_threads(a.threads)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={a.model}", f"prompt={a.prompt}", f"prompt_len={a.prompt_len}",
+        cfg = compose("config", overrides=[f"model={a.model}", f"prompt_len={a.prompt_len}", "save_ledger=false",
                                            f"gen_tokens={a.gen}", *a.overrides])
+    cfg.prompt = a.prompt  # set directly: Hydra's override grammar would split text at commas
     load_avg = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
