@@ -595,3 +595,28 @@ def test_mul_ledger_rows(mpc, gen):
         expect_off += [("dealer", "P1", 12, 64, 96)] * 3  # shares of r, r >> s and r's top bit
     assert sorted(online) == sorted(expect_on)
     assert sorted(offline) == sorted(expect_off)
+
+
+@pytest.mark.parametrize("power, lo, hi", [(-1.0, -8, 24), (-0.5, -16, 31)])
+def test_pow2_guess_is_within_its_factor(mpc, gen, power, lo, hi):
+    """The first guess of reciprocal / inv_sqrt: within 2^(|power|/2) of x^power over [2^lo, 2^(hi+1))."""
+    x = log_uniform(gen, lo, hi + 1, 300)
+    F = nl.hi_frac(mpc)
+    out, cost = measure(mpc, nl.pow2_guess, mpc.share(x), lo, hi, power, F)
+    assert cost == nl.pow2_guess_cost(mpc, x.numel(), lo, hi)
+    got, ref = mpc.reveal(out), x.pow(power)
+    bound = 2.0 ** (abs(power) / 2)
+    lsb = 2.0 ** -F  # the guess is encoded at scale F: allow its half-LSB rounding on top of the factor
+    assert bool((got <= ref * bound + lsb).all()) and bool((got >= ref / bound - lsb).all())
+
+
+def test_prg_is_deterministic_and_uniform():
+    from comet_core.mpc.ring import PRG
+
+    a, b = PRG(7).ring((200_000,), "cpu"), PRG(7).ring((200_000,), "cpu")
+    assert torch.equal(a, b) and not torch.equal(a, PRG(8).ring((200_000,), "cpu"))
+    bits = ((a.unsqueeze(1) >> torch.arange(64)) & 1).double().mean(0)
+    assert float((bits - 0.5).abs().max()) < 0.01  # every bit position fair (200k draws: sd 0.0011)
+    p = PRG(7)
+    first, second = p.ring((10,), "cpu"), p.ring((10,), "cpu")
+    assert torch.equal(torch.cat([first, second]), PRG(7).ring((20,), "cpu"))  # a stream, not a reset

@@ -5,7 +5,7 @@ An `AShare` holds both parties' additive shares of a tensor over Z_2^64 along di
 `frac` is its fixed-point scale: the secret encodes value * 2^frac (0 for integers and bits).
 
 `MPC` ties together the ring settings, the ledger, the channel, the dealer and the generators.
-In `cost` mode every tensor lives on torch's `meta` device: the same protocol code runs on shapes
+In `cost` mode every tensor is a data-free `Shape` (device `meta`): the same protocol code runs on shapes
 only and writes the same ledger as `exact` mode would.
 """
 
@@ -137,18 +137,6 @@ class MPC:
         """Open masked values to both parties in one round (each sends its share of each)."""
         self.channel.exchange([x.data for x in xs], 64)
         return [x.data[0] + x.data[1] for x in xs]
-
-    def zeros(self, shape, frac: int | None = None) -> "AShare":
-        frac = self.frac_bits if frac is None else frac
-        if self.is_cost:
-            return AShare(Shape((2, *shape)), self, frac)
-        return AShare(torch.zeros((2, *shape), dtype=torch.int64, device=self.device), self, frac)
-
-    def public(self, x: torch.Tensor, frac: int | None = None) -> "AShare":
-        """A public value as a share (P0 holds it, P1 holds 0): no communication."""
-        frac = self.frac_bits if frac is None else frac
-        enc = ring.encode(x.to(self.device), frac)
-        return AShare(torch.stack([enc, torch.zeros_like(enc)]), self, frac)
 
     @contextlib.contextmanager
     def inference(self):

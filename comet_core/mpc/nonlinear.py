@@ -65,7 +65,8 @@ def pow2_guess(x: AShare, lo: int, hi: int, power: float, frac: int) -> AShare:
 
     1. b_k = [x >= 2^k] for k = lo+1 .. hi: one batched comparison of x - 2^k (local shifts).
     2. x in [2^j, 2^(j+1)) gives b_k = 1 exactly for k <= j, so the guess g(j) = 2^(power (j + 1/2))
-       is g(lo) + sum_k b_k (g(k) - g(k-1)): public coefficients times integer shares (local).
+       is g(lo) + sum_k b_k (g(k) - g(k-1)): public integer coefficients (differences of the encoded
+       guesses, so the sum is exactly the encoding of g(j)) times integer shares (local).
     Valid for 2^lo <= x < 2^(hi+1); below, the guess saturates at g(lo), above at g(hi).
     Cost: drelu_cost(rows * (hi - lo)).
     """
@@ -73,9 +74,10 @@ def pow2_guess(x: AShare, lo: int, hi: int, power: float, frac: int) -> AShare:
     with x.mpc.ledger.protocol("pow2_guess"):
         diffs = x.unsqueeze(-1).add_public(-(2.0 ** ks))               # (..., K)
         bits = compare.drelu(diffs)                                      # integer 0/1 shares
-        g = lambda j: 2.0 ** (power * (j + 0.5))                         # noqa: E731
-        y = arith.mul_public(bits, g(ks) - g(ks - 1), frac=frac).sum(-1)  # frac 0 * frac: no truncation
-        return y.add_public(g(lo))
+        enc = torch.round(2.0 ** (power * (torch.arange(lo, hi + 1, dtype=torch.float64) + 0.5) + frac))
+        steps = (enc[1:] - enc[:-1]).to(torch.int64)  # differences of the encoded guesses: the sum telescopes
+        y = bits.mul_int(steps).sum(-1)                 # to round(g(j) 2^frac) exactly, no rounding build-up
+        return AShare(y.data, x.mpc, frac).add_public(float(enc[0]) / 2.0 ** frac)
 
 
 def pow2_guess_cost(mpc: MPC, rows: int, lo: int, hi: int) -> Cost:

@@ -1,7 +1,8 @@
 """The ring Z_2^64 on torch.int64, fixed-point encoding and the fast exact ring matmul.
 
 Ring elements are torch.int64; two's-complement wrap-around of +, -, * is the ring's arithmetic.
-Tensors on torch's `meta` device carry shapes only (cost mode): every function here accepts them.
+In cost mode, data-free `Shape` objects (is_meta = True) stand in for tensors: every function here
+accepts them and returns Shapes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _INT64_MAX_ROWS = 3  # up to this many rows of a, int64 matmul is faster (measur
 
 
 def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
-    """Fixed point: round(x * 2^f) as int64 (meta tensors pass through as int64 meta)."""
+    """Fixed point: round(x * 2^f) as int64 (a data-free input gives an int64 Shape)."""
     if x.is_meta:
         return Shape(x.shape)
     return torch.round(x.to(torch.float64) * (1 << frac_bits)).to(torch.int64)
