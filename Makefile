@@ -23,8 +23,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# a scratch copy under outputs/; results/engine_ops.csv is refreshed only by an explicit --overwrite run
 bench: install
-	$(BIN)/python benchmarks/engine_ops.py
+	$(BIN)/python benchmarks/engine_ops.py --out outputs/bench/engine_ops.csv --overwrite
 
 clean:
 	rm -rf $(VENV) outputs multirun
