@@ -1,9 +1,19 @@
-"""Shared fixtures for the engine tests: engines in both truncation modes and a closeness check.
+"""Shared fixtures for the engine tests: engines in both truncation modes, both ways of running the
+parties, and a closeness check.
 
 Tests build small shapes only (2 shared CPU cores); every random input comes from a fixed seed.
+
+Two ways of running (the `parties` parameter, DESIGN 3 and engine.MPC):
+  * `sim`: one engine holds both parties' shares (the default simulation);
+  * `spmd`: the test body runs twice, in two threads, once as P0 and once as P1, each engine holding
+    only its own shares, over an in-memory link with a simulated dealer and client
+    (comet_core/mpc/parties.py). Every engine a test gets from the `mpc` or `engines` fixture is then
+    a single party; outputs (revealed through the client) and ledgers must be what `sim` gives.
 """
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
@@ -43,10 +53,111 @@ def truncation(request) -> str:
     return request.param
 
 
+class _Pending:
+    """An engine to be built inside each party's thread (spmd)."""
+
+    def __init__(self, config, seed, kwargs) -> None:
+        self.config, self.seed, self.kwargs = config, seed, kwargs
+
+
+class Engines:
+    """`engines(config, seed=..)`: a new exact-mode engine; a single party when the test runs as spmd."""
+
+    def __init__(self, parties: str, rank: int | None = None, registry=None) -> None:
+        self.parties, self.rank, self.registry = parties, rank, registry
+        self._count = 0
+
+    def __call__(self, config=None, seed: int | None = 0, **kwargs):
+        if self.parties == "sim" or kwargs.get("mode") == "cost":
+            return MPC(config, seed=seed, **kwargs)
+        if self.rank is None:  # fixture time, outside the party threads
+            return _Pending(config, seed, kwargs)
+        k = self._count
+        self._count += 1
+        return self.registry.engine(k, self.rank, config, seed, kwargs)
+
+
+class _PeersRegistry:
+    """The n-th engine of P0 and the n-th engine of P1 share one LocalPeers (dealer, client, link)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.peers = {}
+
+    def engine(self, k: int, rank: int, config, seed, kwargs) -> MPC:
+        from comet_core.mpc.parties import LocalPeers
+
+        with self.lock:
+            if k not in self.peers:
+                self.peers[k] = LocalPeers(config, seed=seed, timeout_s=60.0)
+            peers = self.peers[k]
+        return MPC(config, seed=seed, party=rank, peers=peers, **kwargs)
+
+    def fail(self, rank: int, exc: BaseException) -> None:
+        with self.lock:
+            for p in self.peers.values():
+                p.fail(rank, exc)
+
+
+@pytest.fixture(params=["sim", "spmd"])
+def parties(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def mpc(truncation) -> MPC:
-    """An exact-mode engine, once per truncation mode."""
-    return MPC(EngineConfig(frac_bits=FRAC_BITS, truncation=truncation), seed=7, mode="exact")
+def engines(parties) -> Engines:
+    return Engines(parties)
+
+
+@pytest.fixture
+def mpc(truncation, engines) -> MPC:
+    """An exact-mode engine, once per truncation mode (and, through `engines`, per way of running)."""
+    return engines(EngineConfig(frac_bits=FRAC_BITS, truncation=truncation), seed=7, mode="exact")
+
+
+def _clone(v):
+    if isinstance(v, torch.Generator):
+        g = torch.Generator()
+        g.set_state(v.get_state())
+        return g
+    return v
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """spmd: run the test body as P0 and as P1 in two threads (see the module docstring)."""
+    engines = pyfuncitem.funcargs.get("engines")
+    if not isinstance(engines, Engines) or engines.parties != "spmd":
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    registry = _PeersRegistry()
+    errors: list = [None, None]
+
+    def body(rank: int) -> None:
+        try:
+            mine = Engines("spmd", rank, registry)
+            args = {k: _clone(pyfuncitem.funcargs[k]) for k in names}
+            args = {k: (mine(v.config, v.seed, **v.kwargs) if isinstance(v, _Pending) else v) for k, v in args.items()}
+            if "engines" in args:
+                args["engines"] = mine
+            pyfuncitem.obj(**args)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            errors[rank] = e
+            registry.fail(rank, e)
+
+    threads = [threading.Thread(target=body, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+        assert not t.is_alive(), "a party thread hung"
+    from comet_core.comm.channel import PeerError
+
+    first = next((e for e in errors if e is not None and not isinstance(e, PeerError)), None)
+    first = first or next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return True
 
 
 @pytest.fixture

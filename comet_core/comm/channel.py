@@ -1,49 +1,118 @@
 """Transport between the two computing servers, with every message booked in the ledger.
 
-`InProcessChannel` runs both parties in one process in lock-step: a party's "send" is its half of a
-share tensor laid along dim 0 (shape (2, ...)), and one `exchange` is one round in which each party
-sends its half of every listed tensor to the other. A TCP transport implements the same two calls.
+One interface, two views:
+  * `InProcessChannel` (simulation): both parties live in one process in lock-step; a tensor's dim 0
+    holds both parties' halves, so an exchange moves nothing and only books the messages.
+  * `PartyChannel` (single party, SPMD): this process is one party; `exchange` sends its own half of
+    every listed tensor to the peer and returns the peer's halves. It runs over any `Pipe` (a pair of
+    in-memory queues for the two-threads harness; a socket for the TCP transport).
+Both views book the same ledger rows (both directions of every exchange), so a single party's ledger
+equals the simulation's: each party knows the sizes of what it sends and of what it receives.
 """
 
 from __future__ import annotations
 
+import queue
+
 import torch
 
 from comet_core.comm.ledger import Ledger
+from comet_core.errors import CometError
 
 PARTIES = ("P0", "P1")
 
 
-class InProcessChannel:
+class PeerError(CometError):
+    """The other party stopped, hung or sent something unexpected."""
+
+
+class _Booking:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    def exchange(self, tensors: list[torch.Tensor], bits: list[int] | int = 64) -> list[torch.Tensor]:
+    def _book_exchange(self, tensors: list, bits: int | list[int], packed: int | None) -> None:
+        bits_l = [bits] * len(tensors) if isinstance(bits, int) else list(bits)
+        r = self.ledger.new_round()
+        for t, b in zip(tensors, bits_l):
+            n = packed if packed is not None else t[0].numel()
+            self.ledger.record("online", "P0", "P1", n, b, r)
+            self.ledger.record("online", "P1", "P0", n, b, r)
+
+    def _book_one_way(self, sender: int, n: int, bits: int) -> None:
+        r = self.ledger.new_round()
+        self.ledger.record("online", PARTIES[sender], PARTIES[1 - sender], n, bits, r)
+
+
+class InProcessChannel(_Booking):
+    """Both parties in one process: messages are booked, nothing moves."""
+
+    def exchange(self, tensors: list[torch.Tensor], bits: list[int] | int = 64,
+                 packed: int | None = None) -> None:
         """One round: P0 sends tensors[i][0] to P1 and P1 sends tensors[i][1] to P0, for every i.
 
         Each tensor has shape (2, ...); `bits` is the width of one element on the wire (packed).
-        Returns what each party holds afterwards (in-process: the same tensors).
+        `packed` = elements when the words carry several fields of `bits` bits (only those bits go on
+        the wire, whatever padding the words hold). Returns None: both halves are already here.
         """
-        if isinstance(bits, int):
-            bits = [bits] * len(tensors)
-        r = self.ledger.new_round()
-        for t, b in zip(tensors, bits):
-            n = t[0].numel()
-            self.ledger.record("online", "P0", "P1", n, b, r)
-            self.ledger.record("online", "P1", "P0", n, b, r)
-        return tensors
-
-    def exchange_packed(self, tensors: list[torch.Tensor], elements: int, bits: int) -> list[torch.Tensor]:
-        """One round like `exchange`, for packed words that carry `elements` fields of `bits` bits
-        each (only those bits go on the wire, whatever padding the words hold)."""
-        r = self.ledger.new_round()
-        for _ in tensors:
-            self.ledger.record("online", "P0", "P1", elements, bits, r)
-            self.ledger.record("online", "P1", "P0", elements, bits, r)
-        return tensors
+        self._book_exchange(tensors, bits, packed)
+        return None
 
     def send_one_way(self, sender: int, tensor: torch.Tensor, bits: int = 64) -> torch.Tensor:
         """One round in which only `sender` sends `tensor` (one party's data) to the other."""
-        r = self.ledger.new_round()
-        self.ledger.record("online", PARTIES[sender], PARTIES[1 - sender], tensor.numel(), bits, r)
+        self._book_one_way(sender, tensor.numel(), bits)
         return tensor
+
+
+class QueuePipe:
+    """One end of an in-memory duplex pipe between two threads (the single-party test harness)."""
+
+    def __init__(self, send_q: queue.Queue, recv_q: queue.Queue, timeout_s: float) -> None:
+        self.send_q, self.recv_q, self.timeout_s = send_q, recv_q, timeout_s
+
+    def send(self, obj) -> None:
+        self.send_q.put(obj)
+
+    def recv(self):
+        try:
+            obj = self.recv_q.get(timeout=self.timeout_s)
+        except queue.Empty:
+            raise PeerError(f"no message from the peer within {self.timeout_s:g} s") from None
+        if isinstance(obj, BaseException):
+            raise PeerError(f"the peer stopped: {obj}")
+        return obj
+
+    @staticmethod
+    def pair(timeout_s: float = 120.0) -> tuple["QueuePipe", "QueuePipe"]:
+        a, b = queue.Queue(), queue.Queue()
+        return QueuePipe(a, b, timeout_s), QueuePipe(b, a, timeout_s)
+
+
+class PartyChannel(_Booking):
+    """One party's end of the P0-P1 link."""
+
+    def __init__(self, rank: int, ledger: Ledger, pipe) -> None:
+        super().__init__(ledger)
+        self.rank = rank
+        self.pipe = pipe
+
+    def exchange(self, tensors: list[torch.Tensor], bits: list[int] | int = 64,
+                 packed: int | None = None) -> list[torch.Tensor]:
+        """One round: send my half (dim 0 of size 1) of every tensor, receive the peer's halves."""
+        self._book_exchange(tensors, bits, packed)
+        if tensors and tensors[0].is_meta:
+            return [t[0] for t in tensors]
+        self.pipe.send([t[0] for t in tensors])
+        got = self.pipe.recv()
+        if not isinstance(got, list) or len(got) != len(tensors) or any(
+                g.shape != t.shape[1:] for g, t in zip(got, tensors)):
+            raise PeerError(f"P{1 - self.rank} sent a message that does not match this step "
+                            f"(expected {len(tensors)} tensors of shapes {[tuple(t.shape[1:]) for t in tensors]})")
+        return got
+
+    def send_one_way(self, sender: int, tensor: torch.Tensor, bits: int = 64) -> torch.Tensor:
+        """One round in which only `sender` sends; the receiver returns what arrived."""
+        self._book_one_way(sender, tensor.numel(), bits)
+        if self.rank == sender:
+            self.pipe.send(tensor)
+            return tensor
+        return self.pipe.recv()

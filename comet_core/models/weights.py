@@ -85,7 +85,7 @@ class SharedWeights:
 def share_weights(mpc: MPC, w: PlainWeights) -> SharedWeights:
     """The model owner secret-shares every tensor (phase `setup`)."""
     def sh(t: torch.Tensor) -> AShare:
-        return mpc.share(t, owner="model_owner", phase="setup")
+        return mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup"))
 
     with mpc.label(stage="setup"):
         layers = [{k: sh(v) for k, v in layer.items()} for layer in w.layers]

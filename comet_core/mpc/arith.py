@@ -38,15 +38,14 @@ def truncate(x: AShare, shift: int) -> AShare:
     mpc = x.mpc
     with mpc.ledger.protocol("truncate"):
         if mpc.config.truncation == "local":
-            out = torch.stack([x.data[0] >> shift, -((-x.data[1]) >> shift)])
+            out = mpc.per_party(x.data, lambda p, s: s >> shift if p == 0 else -((-s) >> shift))
             return AShare(out, mpc, x.frac - shift)
         r, r_shift, r_top = mpc.dealer.trunc_triple(x.shape, shift)
-        masked = x._wrap(x.data + r.data)  # raw ring elements (r is not a fixed-point value)
-        masked.data[0] += 1 << 62
-        (c,) = mpc.open(masked)
+        masked = mpc.add_p0_(x.data + r.data, 1 << 62)  # raw ring elements (r is not a fixed-point value)
+        (c,) = mpc.open_raw([masked])
         c_top = (c >> 63) & 1
         out = -r_shift.data + r_top.data * ((1 - c_top) << (64 - shift))
-        out[0] += ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift))
+        mpc.add_p0_(out, ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift)))
         return AShare(out, mpc, x.frac - shift)
 
 
@@ -106,7 +105,7 @@ def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
         e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
         nd = len(c.shape)
         z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
-        z[0] += e * f
+        mpc.add_p0_(z, e * f)
         return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
 
 
@@ -126,8 +125,7 @@ def square(x: AShare) -> AShare:
     with mpc.ledger.protocol("square"):
         a, c = mpc.dealer.square_pair(x.shape)
         (e,) = mpc.open(x._wrap(x.data - a.data))
-        z = c.data + 2 * e * a.data
-        z[0] += e * e
+        z = mpc.add_p0_(c.data + 2 * e * a.data, e * e)
         return _rescale_to_f(AShare(z, mpc, 2 * x.frac))
 
 
@@ -142,27 +140,28 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     2. Open e = x - a and f = y - b in one round.
     3. P0: z0 = e @ (f + b0) + a0 @ f + c0;  P1: z1 = e @ b1 + a1 @ f + c1.
     4. Truncate to frac_bits.
-    With `reuse_mask` (engine.reuse_weight_masks) y's mask b and the opened f are kept for the rest
-    of the inference (MPC.inference), so later calls with the same secret y open only e.
+    With `reuse_mask` (engine.reuse_weight_masks) and a registered weight y (MPC.register_weight),
+    y's mask b and the opened f are kept for the rest of the inference (MPC.inference), so later calls
+    with the same y open only e. Activations are never cached (they are not reused).
     Cost: online 2*8*(n_x + n_y) bytes (n_y dropped on a reuse), 1 round; offline 8*n_z;
     + truncate_cost(n_z).
     """
     mpc = x.mpc
     reuse = mpc.config.reuse_weight_masks if reuse_mask is None else reuse_mask
     with mpc.ledger.protocol("matmul"):
-        cached = mpc.weight_masks.get(y.uid) if reuse else None
+        key = y.uid if reuse else None
+        cached = mpc.weight_masks.get(key) if key is not None else None
+        a, b, c = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_key=key)
         if cached is not None:
-            b, bv, f = cached
-            a, b, bv, c = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_b=(b, bv))
+            f = cached
             (e,) = mpc.open(x._wrap(x.data - a.data))
         else:
-            a, b, bv, c = mpc.dealer.matmul_triple(x.shape, y.shape)
             e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
-            if reuse:
-                mpc.weight_masks[y.uid] = (b, bv, f)
+            if key is not None:
+                mpc.weight_masks[key] = f
         # e @ [f + b0, b1] as one product (a stacked batch), then [a0, a1] @ f; the party dim is
         # lifted past the operands' batch dims so that broadcasting lines up (1-D operands too)
-        bs = torch.stack([f + b.data[0], b.data[1]])
+        bs = mpc.add_p0_(b.data.clone(), f)
         ev, ad = (e.unsqueeze(0), a.data.unsqueeze(1)) if x.dim() == 1 else (e, a.data)
         fv, bs = (f.unsqueeze(-1), bs.unsqueeze(-1)) if y.dim() == 1 else (f, bs)
         nd = max(ev.dim(), fv.dim())

@@ -34,22 +34,18 @@ def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n
     """
     a, bs, cs = mpc.dealer.and_triples(left.shape[1:], n, bits, len(rights))
     if left.is_meta:
-        mpc.channel.exchange_packed([left] * (1 + len(rights)), n, bits)
+        mpc.open_raw([left] * (1 + len(rights)), bits, xor=True, packed=n)
         return list(rights)
-    masked = [left ^ a] + [r ^ b for r, b in zip(rights, bs)]
-    mpc.channel.exchange_packed(masked, n, bits)
-    d = masked[0][0] ^ masked[0][1]
+    d, *es = mpc.open_raw([left ^ a] + [r ^ b for r, b in zip(rights, bs)], bits, xor=True, packed=n)
     outs = []
-    for e_sh, b, c in zip(masked[1:], bs, cs):
-        e = e_sh[0] ^ e_sh[1]
+    for e, b, c in zip(es, bs, cs):
         z = c ^ (d & b) ^ (e & a)
-        z[0] ^= d & e
-        outs.append(z)
+        outs.append(mpc.xor_p0_(z, d & e))
     return outs
 
 
 def _pack_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(2, nw) words with 32-bit payloads -> (2, ceil(nw/2)) full words, element order kept."""
+    """(P, nw) words with 32-bit payloads -> (P, ceil(nw/2)) full words, element order kept."""
     nw = x.shape[-1]
     if nw < 2:
         return x
@@ -59,11 +55,11 @@ def _pack_pairs(x: torch.Tensor) -> torch.Tensor:
 
 
 def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
-    """(2, nw) words holding one bit per element (element 64*i + p at bit p of word i) -> (2, n)."""
+    """(P, nw) words holding one bit per element (element 64*i + p at bit p of word i) -> (P, n)."""
     if x.is_meta:
-        return Shape((2, n))
+        return Shape((x.shape[0], n))
     pos = torch.arange(64, device=x.device)
-    return ((x.unsqueeze(-1) >> pos) & 1).reshape(2, -1)[:, :n]
+    return ((x.unsqueeze(-1) >> pos) & 1).reshape(x.shape[0], -1)[:, :n]
 
 
 def ltz(x: AShare) -> AShare:
@@ -85,20 +81,20 @@ def ltz(x: AShare) -> AShare:
     with mpc.ledger.protocol("ltz"):
         r_a, r_b = mpc.dealer.compare_mask(shape)
         (c,) = mpc.open(x._wrap(x.data + r_a.data))  # c = x + r (raw ring elements)
+        P = x.data.shape[0]
         if c.is_meta:  # cost mode: the same dealer items and messages, no local bit work
             nw = n
             for w in _LEVEL_WIDTHS:
                 nw = (nw + 1) // 2 if nw >= 2 else nw
-                words = Shape((2, nw))
+                words = Shape((P, nw))
                 _and_shared_left(mpc, words, [words] * (2 if w > 1 else 1), n, w)
-            return b2a_bit(mpc, Shape((2, *shape)))
+            return b2a_bit(mpc, Shape((P, *shape)))
         c = c.reshape(n)
-        r_b = r_b.reshape(2, n)
+        r_b = r_b.reshape(P, n)
         c_low = c & _LOW63
         r_low = r_b & _LOW63
         lt = r_low & ~c_low                  # public AND: share-wise
-        eq = r_low.clone()
-        eq[0] ^= ~c_low                      # eq = r ^ ~c: P0 folds in the public part
+        eq = mpc.xor_p0_(r_low.clone(), ~c_low)   # eq = r ^ ~c: P0 folds in the public part
         for w in _LEVEL_WIDTHS:
             lt_lo, lt_hi = _pack_pairs(ring.even_bits(lt, 64)), _pack_pairs(ring.odd_bits(lt, 64))
             eq_lo, eq_hi = _pack_pairs(ring.even_bits(eq, 64)), _pack_pairs(ring.odd_bits(eq, 64))
@@ -110,12 +106,12 @@ def ltz(x: AShare) -> AShare:
                 lt = lt_hi ^ t_lt
         msb = _unpack_bits(lt, n)
         msb ^= (r_b >> 63) & 1               # r's top bit, share-wise
-        msb[0] ^= (c >> 63) & 1              # public top bit of c
-        return b2a_bit(mpc, msb.reshape(2, *shape))
+        mpc.xor_p0_(msb, (c >> 63) & 1)      # public top bit of c
+        return b2a_bit(mpc, msb.reshape(P, *shape))
 
 
 def b2a_bit(mpc: MPC, bit: torch.Tensor) -> AShare:
-    """XOR-shared bit (2, ...) -> additive 0/1 share, with a daBit.
+    """XOR-shared bit (P, ...) -> additive 0/1 share, with a daBit.
 
     1. Dealer: random bit b as XOR and additive shares.
     2. Open d = bit ^ b (1 round, 1 bit per element).
@@ -124,11 +120,8 @@ def b2a_bit(mpc: MPC, bit: torch.Tensor) -> AShare:
     """
     with mpc.ledger.protocol("b2a"):
         bx, ba = mpc.dealer.dabit(bit.shape[1:])
-        masked = bit ^ bx
-        mpc.channel.exchange([masked], 1)
-        d = masked[0] ^ masked[1]
-        out = ba.data * (1 - 2 * d)
-        out[0] += d
+        (d,) = mpc.open_raw([bit ^ bx], 1, xor=True)
+        out = mpc.add_p0_(ba.data * (1 - 2 * d), d)
         return AShare(out, mpc, 0)
 
 
@@ -153,9 +146,7 @@ def drelu(x: AShare) -> AShare:
 
 
 def _one_minus(bit: AShare) -> AShare:
-    out = -bit.data
-    out[0] += 1
-    return AShare(out, bit.mpc, 0)
+    return AShare(bit.mpc.add_p0_(-bit.data, 1), bit.mpc, 0)
 
 
 def drelu_cost(mpc: MPC, n: int) -> Cost:

@@ -1,7 +1,9 @@
 """The trusted dealer: all correlated randomness, booked as offline traffic.
 
-The dealer shares a PRG seed with each party, so any share that is itself uniformly random costs
-nothing to deliver; only the correction that makes the shares correlated is sent, always to P1:
+The dealer shares a key with each party (dealer-P0, dealer-P1: prg.Keys), so any share that is itself
+uniformly random costs nothing to deliver (both ends expand the same AES-CTR stream); only the
+correction that makes the shares correlated is sent, always to P1. The dealer's own secrets (the
+truncation and comparison masks, daBits) come from its private stream.
   * Beaver triple (a, b, c=a*b or a@b): P1 receives c1 = c - c0 -> numel(c) * 64 bits
   * square pair (a, a^2): numel * 64 bits
   * truncation triple (r, r >> f, r_63): 3 * numel * 64 bits (r itself is random, but P1's share
@@ -10,6 +12,10 @@ nothing to deliver; only the correction that makes the shares correlated is sent
   * AND triples (a, b_i, a & b_i) of width w, n right operands: numel * n * w bits
   * daBit (a random bit as XOR and arithmetic share): numel * (64 + 1) bits
 Every item is recorded in the ledger (phase `offline`, sender `dealer`, receiver `P1`).
+
+This class computes both parties' halves of every item. In simulation the engine holds both; a single
+party gets only its own half through `parties.DealerView` (the dealer hands each party only its own
+correlations).
 """
 
 from __future__ import annotations
@@ -22,27 +28,36 @@ from comet_core.mpc.engine import MPC, AShare
 class Dealer:
     def __init__(self, mpc: MPC) -> None:
         self.mpc = mpc
-        self.gen = mpc._generator(2)
+        self.gen_p0 = mpc._generator("dealer", "P0", "correlations")   # P0's random halves
+        self.gen_p1 = mpc._generator("dealer", "P1", "correlations")   # P1's random halves
+        self.gen_own = mpc._generator("dealer", "dealer", "secrets")   # the dealer's own secrets
+        self._reused: dict = {}  # reuse key -> (b share, b value): weight masks kept for one inference
 
     # -- helpers -------------------------------------------------------------------------------
-    def _rand(self, shape, bits: int = 64) -> torch.Tensor:
-        return ring.random_bits(shape, bits, self.gen, self.mpc.device)
+    def _rand(self, shape, bits: int = 64, gen=None) -> torch.Tensor:
+        return ring.random_bits(shape, bits, gen or self.gen_own, self.mpc.device)
+
+    def _rand0(self, shape, bits: int = 64) -> torch.Tensor:
+        return ring.random_bits(shape, bits, self.gen_p0, self.mpc.device)
+
+    def _rand1(self, shape, bits: int = 64) -> torch.Tensor:
+        return ring.random_bits(shape, bits, self.gen_p1, self.mpc.device)
 
     def _book(self, elements: int, bits: int) -> None:
         self.mpc.ledger.record("offline", "dealer", "P1", elements, bits, -1)
 
     def _arith(self, value: torch.Tensor, frac: int = 0) -> AShare:
         """Additive shares of a correlated value: P0's from its seed, P1's is the correction."""
-        s0 = self._rand(value.shape)
+        s0 = self._rand0(value.shape)
         return AShare(torch.stack([s0, value - s0]), self.mpc, frac)
 
     def _random_arith(self, shape, frac: int = 0) -> tuple[AShare, torch.Tensor]:
         """A uniformly random shared value (both shares from seeds: free). Returns (share, value)."""
-        a = torch.stack([self._rand(shape), self._rand(shape)])
+        a = torch.stack([self._rand0(shape), self._rand1(shape)])
         return AShare(a, self.mpc, frac), a[0] + a[1]
 
     def _xor_shares(self, value: torch.Tensor, bits: int) -> torch.Tensor:
-        s0 = self._rand(value.shape, bits)
+        s0 = self._rand0(value.shape, bits)
         return torch.stack([s0, value ^ s0])
 
     # -- items ---------------------------------------------------------------------------------
@@ -53,13 +68,23 @@ class Dealer:
         self._book(c.numel(), 64)
         return a, b, c
 
-    def matmul_triple(self, shape_a, shape_b, reuse_b: tuple[AShare, torch.Tensor] | None = None):
-        """(a, b, c = a @ b); with `reuse_b` = (b, b's value) only a is fresh (weight-mask reuse)."""
+    def matmul_triple(self, shape_a, shape_b, reuse_key=None):
+        """(a, b, c = a @ b). With `reuse_key` (a registered weight) the first call draws b and keeps
+        it until `forget_reused`; later calls with the same key reuse that b (weight-mask reuse)."""
         a, av = self._random_arith(shape_a)
-        b, bv = reuse_b if reuse_b is not None else self._random_arith(shape_b)
+        if reuse_key is not None and reuse_key in self._reused:
+            b, bv = self._reused[reuse_key]
+        else:
+            b, bv = self._random_arith(shape_b)
+            if reuse_key is not None:
+                self._reused[reuse_key] = (b, bv)
         c = self._arith(ring.ring_matmul(av, bv))
         self._book(c.numel(), 64)
-        return a, b, bv, c
+        return a, b, c
+
+    def forget_reused(self) -> None:
+        """End of an inference: reused weight masks are dropped."""
+        self._reused.clear()
 
     def square_pair(self, shape) -> tuple[AShare, AShare]:
         a, av = self._random_arith(shape)
@@ -92,11 +117,11 @@ class Dealer:
     def and_triples(self, word_shape, elements: int, bits: int, n_right: int):
         """XOR-shared (a, [b_1..b_k], [a & b_1 .. a & b_k]) as packed words holding `elements`
         fields of `bits` bits; only those bits are booked."""
-        a = torch.stack([self._rand(word_shape), self._rand(word_shape)])
+        a = torch.stack([self._rand0(word_shape), self._rand1(word_shape)])
         av = a[0] ^ a[1]
         bs, cs = [], []
         for _ in range(n_right):
-            b = torch.stack([self._rand(word_shape), self._rand(word_shape)])
+            b = torch.stack([self._rand0(word_shape), self._rand1(word_shape)])
             bs.append(b)
             cs.append(self._xor_shares(av & (b[0] ^ b[1]), 64))
             self._book(elements, bits)

@@ -1,7 +1,8 @@
 """The engine context and additive shares.
 
-An `AShare` holds both parties' additive shares of a tensor over Z_2^64 along dim 0:
-`data[0]` is P0's, `data[1]` is P1's, and the secret is data[0] + data[1] (mod 2^64).
+An `AShare` holds the additive shares of a tensor over Z_2^64 that this process holds, along dim 0:
+in simulation both (`data[0]` is P0's, `data[1]` P1's; the secret is data[0] + data[1] mod 2^64),
+as a single party only its own (dim 0 of size 1). Protocol code is the same for both.
 `frac` is its fixed-point scale: the secret encodes value * 2^frac (0 for integers and bits).
 
 `MPC` ties together the ring settings, the ledger, the channel, the dealer and the generators.
@@ -21,9 +22,8 @@ from comet_core.comm.channel import InProcessChannel
 from comet_core.comm.ledger import Ledger
 from comet_core.errors import require
 from comet_core.mpc import ring
+from comet_core.mpc.prg import PRG, Keys
 from comet_core.mpc.shape import Shape
-
-_uid = itertools.count()
 
 
 @dataclass
@@ -59,25 +59,47 @@ class EngineConfig:
 
 
 class MPC:
-    """The 2PC engine: two parties P0 and P1, a dealer, one channel and one ledger."""
+    """The 2PC engine: parties P0 and P1, a dealer, one channel and one ledger.
 
-    def __init__(self, config: EngineConfig | None = None, seed: int = 0, device: str = "cpu",
-                 mode: str = "exact", ledger: Ledger | None = None) -> None:
+    Two ways to run the same protocol code:
+      * simulation (`party=None`, the default): this object holds both parties' shares, stacked on
+        dim 0 of every share tensor, and runs them in lock-step in one process;
+      * single party (`party=0|1`, SPMD as in CrypTen): this object is one party and holds only its
+        own share (dim 0 has size 1); messages go through a two-party channel, correlated randomness
+        and input shares come from `peers` (the dealer, the client and the model owner).
+    Protocols never index parties directly: the few party-specific steps go through `add_p0_`,
+    `xor_p0_` and `per_party`, and openings through `open`/`open_bits`.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, seed: int | None = None, device: str = "cpu",
+                 mode: str = "exact", ledger: Ledger | None = None, party: int | None = None,
+                 peers=None, check_ranges: bool = True) -> None:
         require(mode in ("exact", "cost"), f"mode must be one of exact, cost; got {mode!r}")
         if device == "cuda":
             require(torch.cuda.is_available(), "device=cuda but no CUDA device is available; use device=cpu")
+        require(party in (None, 0, 1), f"party must be 0, 1 or None (simulation), got {party!r}")
+        require(party is None or peers is not None, "a single party needs `peers` (channel, dealer, inputs)")
         self.config = config or EngineConfig()
         self.mode = mode
         self.device = torch.device("meta") if mode == "cost" else torch.device(device)
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
+        self.keys = Keys.from_os() if seed is None else Keys.from_seed(seed)
         self.ledger = ledger or Ledger()
-        self.channel = InProcessChannel(self.ledger)
+        self.rank = party
+        self.parties = (0, 1) if party is None else (party,)
+        self.weight_masks: dict[int, tuple] = {}   # registered weight id -> (mask share, opened masked value)
+        self._weight_ids = itertools.count()
         from comet_core.mpc.dealer import Dealer  # dealer imports engine types
 
-        self.dealer = Dealer(self)
-        # generators derived from the one seed: input owners' masks
-        self.input_gen = self._generator(1)
-        self.weight_masks: dict[int, tuple] = {}  # share uid -> (mask share, opened masked value)
+        if party is None:
+            self.channel = InProcessChannel(self.ledger)
+            self.dealer = Dealer(self)
+            self.peers = None
+            self._input_gens = {o: self._generator(o, "P0", "input") for o in ("client", "model_owner")}
+        else:
+            self.peers = peers
+            self.channel = peers.channel(party, self.ledger)
+            self.dealer = peers.dealer_view(self)
 
     @property
     def frac_bits(self) -> int:
@@ -91,52 +113,106 @@ class MPC:
     def is_cost(self) -> bool:
         return self.mode == "cost"
 
-    def _generator(self, stream: int) -> "ring.PRG | None":
-        """The PRG of one stream (1: input owners, 2: dealer), derived from the one seed."""
+    @property
+    def simulated(self) -> bool:
+        """True when this process holds both parties' shares (in-process simulation)."""
+        return self.rank is None
+
+    def _generator(self, a: str, b: str, stream: str) -> "PRG | None":
+        """The keyed stream `stream` of the pair (a, b) (None in cost mode: no data)."""
         if self.device.type == "meta":
             return None
-        return ring.PRG(self.seed * 1_000_003 + stream * 7919)
+        return self.keys.prg(a, b, stream)
 
     # -- labels --------------------------------------------------------------------------------
     def label(self, **labels):
         return self.ledger.label(**labels)
+
+    # -- party-specific steps (the only places where P0 and P1 differ) ---------------------------
+    def add_p0_(self, data: torch.Tensor, value) -> torch.Tensor:
+        """P0 adds a public value to its share (in place); P1 does nothing. Returns data."""
+        if 0 in self.parties and not data.is_meta:
+            data[0] += value
+        return data
+
+    def xor_p0_(self, data: torch.Tensor, value) -> torch.Tensor:
+        """P0 XORs a public value into its binary share (in place); P1 does nothing."""
+        if 0 in self.parties and not data.is_meta:
+            data[0] ^= value
+        return data
+
+    def per_party(self, data: torch.Tensor, fn) -> torch.Tensor:
+        """Apply fn(rank, my_share) to each locally held share: for steps whose formula differs by party."""
+        if data.is_meta:
+            return data
+        return torch.stack([fn(p, data[i]) for i, p in enumerate(self.parties)])
+
+    def public_share(self, value: torch.Tensor) -> torch.Tensor:
+        """Shares of a public ring tensor: P0 holds it, P1 holds 0 (local, no message)."""
+        if value.is_meta:
+            return Shape((len(self.parties), *value.shape))
+        return torch.stack([value if p == 0 else torch.zeros_like(value) for p in self.parties])
 
     # -- sharing and revealing -----------------------------------------------------------------
     def share(self, x: torch.Tensor, owner: str = "client", frac: int | None = None,
               phase: str = "input") -> "AShare":
         """Secret-share a plaintext tensor held by `owner` (client or model_owner).
 
-        1. The owner draws r from a seed it shares with P0 (P0's share, nothing sent).
+        1. The owner draws r from the key it shares with P0 (P0's share, nothing sent).
         2. The owner sends x - r to P1.
         Cost: numel * 64 bits from the owner to P1 (phase `input`; `setup` for model weights,
         shared once per deployment), 0 online rounds. Integer tensors are shared as integers.
+        A single party receives its share from the owner (`peers`); only the owner sees x.
         """
         frac = self.frac_bits if frac is None else frac
         if not x.is_floating_point():
             frac = 0
+        if not self.simulated:
+            data = self.peers.share(self.rank, x, owner, frac, phase)
+            self.ledger.record(phase, owner, "P1", data[0].numel(), 64, -1)
+            return AShare(data, self, frac)
         if self.is_cost:
             enc = Shape(x.shape)
         else:
             x = x.to(self.device)
             enc = ring.encode(x, frac) if x.is_floating_point() else x.to(torch.int64)
-        r = ring.random_ring(enc.shape, self.input_gen, self.device)
+        r = ring.random_ring(enc.shape, self._input_gens.get(owner, self._input_gens["client"]), self.device)
         data = torch.stack([r, enc - r])
         self.ledger.record(phase, owner, "P1", enc.numel(), 64, -1)
         return AShare(data, self, frac)
 
-    def reveal(self, x: "AShare", to: str = "client") -> torch.Tensor:
-        """Open `x` to the client: both parties send their share (phase `output`). Returns floats."""
+    def reveal(self, x: "AShare", to: str = "client", raw: bool = False) -> torch.Tensor:
+        """Open `x` to the client: both parties send their share (phase `output`). Returns floats, or
+        the ring elements with `raw` (what the client receives; a single party gets it back from the
+        simulated client of the harness)."""
         n = x.numel()
         self.ledger.record("output", "P0", to, n, 64, -1)
         self.ledger.record("output", "P1", to, n, 64, -1)
         if self.is_cost:
-            return Shape(x.shape, torch.float64)
-        return ring.decode(x.data[0] + x.data[1], x.frac)
+            return Shape(x.shape, torch.int64 if raw else torch.float64)
+        value = self.peers.reveal(self.rank, x.data, to) if not self.simulated else x.data[0] + x.data[1]
+        return value if raw else ring.decode(value, x.frac)
 
     def open(self, *xs: "AShare") -> list[torch.Tensor]:
         """Open masked values to both parties in one round (each sends its share of each)."""
-        self.channel.exchange([x.data for x in xs], 64)
-        return [x.data[0] + x.data[1] for x in xs]
+        return self.open_raw([x.data for x in xs], 64)
+
+    def open_raw(self, tensors: list[torch.Tensor], bits: int = 64, xor: bool = False,
+                 packed: int | None = None) -> list[torch.Tensor]:
+        """One round that opens party-stacked tensors (additive, or XOR with `xor`): returns the public
+        values. `bits` is one element's width on the wire; `packed` = elements when the words pack
+        several fields of `bits` bits (only those bits are booked)."""
+        peer = self.channel.exchange(tensors, bits, packed=packed)
+        if tensors and tensors[0].is_meta:
+            return [t[0] for t in tensors]
+        if peer is None:  # simulation: both shares are here
+            return [t[0] ^ t[1] if xor else t[0] + t[1] for t in tensors]
+        return [t[0] ^ p if xor else t[0] + p for t, p in zip(tensors, peer)]
+
+    def register_weight(self, w: "AShare") -> "AShare":
+        """Mark a shared model weight whose Beaver mask may be opened once per inference and reused."""
+        w.uid = next(self._weight_ids)
+        return w
 
     @contextlib.contextmanager
     def inference(self):
@@ -145,16 +221,17 @@ class MPC:
             yield self
         finally:
             self.weight_masks.clear()
+            self.dealer.forget_reused()
 
 
 def _lift(data: torch.Tensor, nd: int) -> torch.Tensor:
-    """Party-stacked data (2, *s) viewed with rank nd + 1 so it broadcasts like a tensor of shape s."""
+    """Party-stacked data (P, *s) viewed with rank nd + 1 so it broadcasts like a tensor of shape s."""
     extra = nd - (data.dim() - 1)
-    return data if extra <= 0 else data.reshape(2, *([1] * extra), *data.shape[1:])
+    return data if extra <= 0 else data.reshape(data.shape[0], *([1] * extra), *data.shape[1:])
 
 
 class AShare:
-    """Additive shares of one tensor: data (2, *shape) int64, scale 2^frac."""
+    """Additive shares of one tensor: data (P, *shape) int64 (P = the parties held here), scale 2^frac."""
 
     __slots__ = ("data", "mpc", "frac", "uid")
 
@@ -162,7 +239,7 @@ class AShare:
         self.data = data
         self.mpc = mpc
         self.frac = frac
-        self.uid = next(_uid)
+        self.uid = None  # set by MPC.register_weight for model weights (mask reuse)
 
     # -- shape ---------------------------------------------------------------------------------
     @property
@@ -182,7 +259,7 @@ class AShare:
         return d + 1 if d >= 0 else d
 
     def reshape(self, *shape) -> "AShare":
-        return self._wrap(self.data.reshape(2, *shape))
+        return self._wrap(self.data.reshape(self.data.shape[0], *shape))
 
     view = reshape
 
@@ -196,7 +273,7 @@ class AShare:
         return self._wrap(self.data.unsqueeze(self._d(d)))
 
     def expand(self, *shape) -> "AShare":
-        return self._wrap(self.data.expand(2, *shape))
+        return self._wrap(self.data.expand(self.data.shape[0], *shape))
 
     def contiguous(self) -> "AShare":
         return self._wrap(self.data.contiguous())
@@ -261,10 +338,9 @@ class AShare:
         """x + t for a public scalar or tensor: P0 adds the encoding of t."""
         t = torch.as_tensor(t, dtype=torch.float64)
         enc = ring.encode(t.to(self.data.device), self.frac)
-        out = self.data.clone() if enc.shape == self.shape else \
-            _lift(self.data, enc.dim()).expand(2, *torch.broadcast_shapes(self.shape, enc.shape)).clone()
-        out[0] = out[0] + enc
-        return self._wrap(out)
+        out = self.data.clone() if enc.shape == self.shape else _lift(self.data, enc.dim()).expand(
+            self.data.shape[0], *torch.broadcast_shapes(self.shape, enc.shape)).clone()
+        return self._wrap(self.mpc.add_p0_(out, enc))
 
     def mul_int(self, k) -> "AShare":
         """x * k for a public integer scalar or int tensor: local, no truncation."""

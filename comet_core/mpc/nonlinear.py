@@ -172,10 +172,8 @@ def _set_public(x: AShare, keep: torch.Tensor, value: float) -> AShare:
     if x.data.is_meta:
         return x
     keep = keep.to(x.data.device, torch.bool).expand(x.shape)
-    data = x.data.clone()
-    data[0] = torch.where(keep, data[0], torch.full_like(data[0], int(round(value * (1 << x.frac)))))
-    data[1] = torch.where(keep, data[1], torch.zeros_like(data[1]))
-    return x._wrap(data)
+    enc = int(round(value * (1 << x.frac)))
+    return x._wrap(x.mpc.per_party(x.data, lambda p, s: torch.where(keep, s, torch.full_like(s, enc if p == 0 else 0))))
 
 
 def softmax_cost(mpc: MPC, rows: int, n: int) -> Cost:
@@ -254,7 +252,7 @@ def sigmoid(x: AShare) -> AShare:
     with mpc.ledger.protocol("sigmoid"):
         s = compare.ltz(x)
         sign = s.mul_int(-2)
-        sign.data[0] += 1
+        mpc.add_p0_(sign.data, 1)
         a = arith.mul(x, sign)
         d = exp(-a).add_public(1.0)
         # Newton for 1/d from y0 = 0.75: the first step's d * y0 is a public multiplication

@@ -7,10 +7,9 @@ accepts them and returns Shapes.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from comet_core.mpc.prg import PRG
 from comet_core.mpc.shape import Shape, broadcast
 
 RING_BITS = 64
@@ -37,38 +36,8 @@ def decode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
     return x.to(torch.float64) / float(1 << frac_bits)
 
 
-_GOLDEN = -7046029254386353131          # 0x9E3779B97F4A7C15 as int64 (splitmix64 increment)
-_MIX1 = -4658895280553007687            # 0xBF58476D1CE4E5B9
-_MIX2 = -7723592293110705685            # 0x94D049BB133111EB
-
-
-def _logical_rshift_(z: torch.Tensor, s: int) -> torch.Tensor:
-    return (z >> s).bitwise_and_((1 << (64 - s)) - 1)
-
-
-class PRG:
-    """Counter-mode splitmix64: a seeded stream of uniform ring elements, ~2x faster than
-    torch.randint on int64 and identical on every device. Statistically strong (it passes
-    BigCrush), not a cryptographic PRF: the engine simulates the protocols' randomness; a deployment
-    would swap in AES-CTR here."""
-
-    def __init__(self, seed: int) -> None:
-        self.key = int(seed) * 0x2545F491 % (1 << 61)
-        self.counter = 0
-
-    def ring(self, shape, device) -> torch.Tensor:
-        n = math.prod(shape)
-        z = torch.arange(self.counter, self.counter + n, dtype=torch.int64, device=device)
-        self.counter += n
-        z.mul_(_GOLDEN).add_(self.key)
-        z.bitwise_xor_(_logical_rshift_(z, 30)).mul_(_MIX1)
-        z.bitwise_xor_(_logical_rshift_(z, 27)).mul_(_MIX2)
-        z.bitwise_xor_(_logical_rshift_(z, 31))
-        return z.reshape(tuple(shape))
-
-
 def random_ring(shape, generator: "PRG | torch.Generator | None", device) -> torch.Tensor:
-    """Uniform elements of Z_2^64 (a data-free Shape in cost mode)."""
+    """Uniform elements of Z_2^64 from a keyed stream (prg.PRG); a data-free Shape in cost mode."""
     if torch.device(device).type == "meta":
         return Shape(shape)
     if isinstance(generator, PRG):

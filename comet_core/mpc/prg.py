@@ -1,0 +1,97 @@
+"""Keys and pseudo-random generators: one key per pair of parties, AES-128-CTR streams.
+
+Every piece of shared randomness belongs to a pair of parties that both hold its key and nobody else
+does: the dealer with P0 and with P1 (correlated randomness), the client and the model owner with P0
+(the zero-cost half of each input sharing) and with P1, and P0 with P1. A stream is AES-128 in
+counter mode under a key derived from the pair's key and a stream label (HKDF-style, SHA-256), so
+streams are independent and a party can never predict a stream whose key it does not hold (unlike
+the previous splitmix64, which is invertible: P0 could recover its own state and predict P1's share).
+
+Keys come from the OS (`os.urandom`) unless a reproducibility seed is given: then every party derives
+every key from the seed, which is a declared **insecure** mode for tests, benchmarks and
+reproducible ledgers (whoever knows the seed knows every share). Runs record which it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import torch
+
+PAIRS = (
+    ("dealer", "P0"), ("dealer", "P1"),
+    ("client", "P0"), ("client", "P1"),
+    ("model_owner", "P0"), ("model_owner", "P1"),
+    ("P0", "P1"),
+)
+# each party's own secret randomness (the dealer's masks, say) is the "pair" (party, party)
+PRIVATE = tuple((p, p) for p in ("dealer", "client", "model_owner", "P0", "P1"))
+_ZEROS = bytes(1 << 20)
+
+
+class PRG:
+    """AES-128-CTR keystream as uniform ring elements (int64), read in order like a stream.
+
+    `ring(shape)` returns the next numel * 8 bytes of keystream as int64 words; the counter advances
+    by whole 16-byte blocks, so a stream read in pieces equals the same stream read at once only when
+    every piece is an even number of words (odd pieces skip the rest of their last block).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        if len(key) != 16:
+            raise ValueError("PRG key must be 16 bytes")
+        self._cipher = lambda counter: Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big")))
+        self.block = 0  # next unused 16-byte counter block
+
+    def bytes(self, n: int) -> bytearray:
+        enc = self._cipher(self.block).encryptor()
+        self.block += -(-n // 16)
+        out = bytearray(n + 15)  # update_into wants 15 spare bytes
+        done = 0
+        while done < n:
+            k = min(len(_ZEROS), n - done)
+            enc.update_into(_ZEROS[:k] if k < len(_ZEROS) else _ZEROS, memoryview(out)[done:])
+            done += k
+        return out
+
+    def ring(self, shape, device="cpu") -> torch.Tensor:
+        n = math.prod(shape)
+        if n == 0:
+            return torch.empty(tuple(shape), dtype=torch.int64, device=device)
+        words = torch.frombuffer(self.bytes(8 * n), dtype=torch.int64, count=n).reshape(tuple(shape))
+        return words if torch.device(device).type == "cpu" else words.to(device)
+
+
+def _kdf(*parts: bytes) -> bytes:
+    return hashlib.sha256(b"comet/v1\0" + b"\0".join(parts)).digest()[:16]
+
+
+class Keys:
+    """The pairwise keys of one deployment. `source` is 'os' (secure) or 'seed' (reproducible, insecure)."""
+
+    def __init__(self, keys: dict[tuple[str, str], bytes], source: str) -> None:
+        self._keys = keys
+        self.source = source
+
+    @classmethod
+    def from_os(cls) -> "Keys":
+        return cls({p: os.urandom(16) for p in PAIRS + PRIVATE}, "os")
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "Keys":
+        s = str(int(seed)).encode()
+        return cls({p: _kdf(b"seed", s, p[0].encode(), p[1].encode()) for p in PAIRS + PRIVATE}, "seed")
+
+    def key(self, a: str, b: str) -> bytes:
+        pair = (a, b) if (a, b) in self._keys else (b, a)
+        if pair not in self._keys:
+            raise KeyError(f"no key for the pair {a}-{b}; pairs: {', '.join('-'.join(p) for p in PAIRS)}")
+        return self._keys[pair]
+
+    def prg(self, a: str, b: str, stream: str) -> PRG:
+        """A fresh generator of one named stream under the key of the pair (a, b)."""
+        return PRG(_kdf(b"stream", self.key(a, b), stream.encode()))
