@@ -24,6 +24,7 @@ import torch
 
 from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, AShare
+from comet_core.mpc.shape import Shape
 
 class Dealer:
     def __init__(self, mpc: MPC) -> None:
@@ -32,6 +33,7 @@ class Dealer:
         self.gen_p1 = mpc._generator("dealer", "P1", "correlations")   # P1's random halves
         self.gen_own = mpc._generator("dealer", "dealer", "secrets")   # the dealer's own secrets
         self._reused: dict = {}  # reuse key -> (b share, b value): weight masks kept for one inference
+        self._perms: dict = {}   # permutation handle -> party-stacked (pi0, pi1)
 
     # -- helpers -------------------------------------------------------------------------------
     def _rand(self, shape, bits: int = 64, gen=None) -> torch.Tensor:
@@ -43,8 +45,8 @@ class Dealer:
     def _rand1(self, shape, bits: int = 64) -> torch.Tensor:
         return ring.random_bits(shape, bits, self.gen_p1, self.mpc.device)
 
-    def _book(self, elements: int, bits: int) -> None:
-        self.mpc.ledger.record("offline", "dealer", "P1", elements, bits, -1)
+    def _book(self, elements: int, bits: int, to: str = "P1") -> None:
+        self.mpc.ledger.record("offline", "dealer", to, elements, bits, -1)
 
     def _arith(self, value: torch.Tensor, frac: int = 0) -> AShare:
         """Additive shares of a correlated value: P0's from its seed, P1's is the correction."""
@@ -83,8 +85,9 @@ class Dealer:
         return a, b, c
 
     def forget_reused(self) -> None:
-        """End of an inference: reused weight masks are dropped."""
+        """End of an inference: reused weight masks and the request's permutations are dropped."""
         self._reused.clear()
+        self._perms.clear()
 
     def square_pair(self, shape) -> tuple[AShare, AShare]:
         a, av = self._random_arith(shape)
@@ -135,3 +138,47 @@ class Dealer:
         self._book(ba.numel(), 64)
         self._book(ba.numel(), 1)
         return bx, ba
+
+    # -- oblivious permutation (mpc/shuffle.py) ------------------------------------------------
+    def new_permutation(self, n: int, handle: int) -> torch.Tensor:
+        """A permutation pi = pi1 o pi0 of n indices that neither party knows: pi0 from the dealer-P0
+        key (P0's), pi1 from the dealer-P1 key (P1's); free to deliver. Returns them party-stacked
+        (2, n) as gather indices; the dealer keeps them under `handle` for `permute_masks`."""
+        if self.mpc.device.type == "meta":
+            perms = Shape((2, n))
+        else:
+            p0 = torch.argsort(self._rand0((n,)))
+            p1 = torch.argsort(self._rand1((n,)))
+            perms = torch.stack([p0, p1])
+        self._perms[handle] = perms
+        return perms
+
+    def permutation(self, handle: int) -> torch.Tensor:
+        """The composed gather index pi (v[pi] = pi1(pi0(v))): the dealer's knowledge, for checks only."""
+        p = self._perms[handle]
+        return p[0][p[1]]
+
+    def permute_masks(self, shape, dim: int, handle: int):
+        """Masks for permuting a tensor of `shape` along `dim` by the handle's permutation.
+
+        Half 1 (pi0): P1 holds random a, b; P0 gets D = pi0(a) - b (a correction, numel to P0).
+        Half 2 (pi1): P0 holds random a', b'; P1 gets D' = pi1(a') - b' (numel to P1).
+        Returns party-stacked (a, b, D, a', b', D') with zeros in the slot of the party that does not
+        hold the item (a single party receives only its own slot).
+        """
+        perms = self._perms[handle]
+        if self.mpc.device.type == "meta":
+            z = Shape((2, *shape))
+            n = z[0].numel()
+            self._book(n, 64, to="P0")
+            self._book(n, 64, to="P1")
+            return z, z, z, z, z, z
+        zeros = torch.zeros(tuple(shape), dtype=torch.int64, device=self.mpc.device)
+        a, b = self._rand1(shape), self._rand1(shape)
+        d = a.index_select(dim, perms[0]) - b
+        a2, b2 = self._rand0(shape), self._rand0(shape)
+        d2 = a2.index_select(dim, perms[1]) - b2
+        self._book(d.numel(), 64, to="P0")
+        self._book(d.numel(), 64, to="P1")
+        st = torch.stack
+        return (st([zeros, a]), st([zeros, b]), st([d, zeros]), st([a2, zeros]), st([b2, zeros]), st([zeros, d2]))

@@ -89,6 +89,7 @@ class MPC:
         self.parties = (0, 1) if party is None else (party,)
         self.weight_masks: dict[int, tuple] = {}   # registered weight id -> (mask share, opened masked value)
         self._weight_ids = itertools.count()
+        self._handles = itertools.count()
         from comet_core.mpc.dealer import Dealer  # dealer imports engine types
 
         if party is None:
@@ -146,6 +147,28 @@ class MPC:
         if data.is_meta:
             return data
         return torch.stack([fn(p, data[i]) for i, p in enumerate(self.parties)])
+
+    def for_parties(self, fn, shape=None) -> torch.Tensor:
+        """Stack fn(rank, i) over the locally held parties (i: index in dim 0): a party-specific step
+        whose inputs are several party-stacked tensors. `shape` (one share's) is used in cost mode."""
+        if self.is_cost:
+            return Shape((len(self.parties), *shape))
+        return torch.stack([fn(p, i) for i, p in enumerate(self.parties)])
+
+    def send_one_way(self, sender: int, data: torch.Tensor, bits: int = 64) -> torch.Tensor | None:
+        """One round in which only `sender` sends its slot of party-stacked `data` to the other party.
+        Returns what the receiver holds afterwards (None for a single party that is the sender)."""
+        if self.simulated or data.is_meta:
+            self.channel.send_one_way(sender, data[0], bits)
+            return data[0] if data.is_meta else data[sender]
+        got = self.channel.send_one_way(sender, data[0], bits)
+        return None if self.rank == sender else got
+
+    def peek(self, x: "AShare") -> torch.Tensor:
+        """The plaintext of x without any message (simulation only): for checks such as the mask-flip
+        count, never for protocol decisions. A single party cannot peek."""
+        require(self.simulated and not self.is_cost, "peek needs the simulation (both shares in one process)")
+        return ring.decode(x.data[0] + x.data[1], x.frac)
 
     def public_share(self, value: torch.Tensor) -> torch.Tensor:
         """Shares of a public ring tensor: P0 holds it, P1 holds 0 (local, no message)."""
@@ -208,6 +231,10 @@ class MPC:
         if peer is None:  # simulation: both shares are here
             return [t[0] ^ t[1] if xor else t[0] + t[1] for t in tensors]
         return [t[0] ^ p if xor else t[0] + p for t, p in zip(tensors, peer)]
+
+    def next_handle(self) -> int:
+        """A name for a dealer-held object (a permutation): the same in both parties of an SPMD run."""
+        return next(self._handles)
 
     def register_weight(self, w: "AShare") -> "AShare":
         """Mark a shared model weight whose Beaver mask may be opened once per inference and reused."""
