@@ -91,7 +91,7 @@ def run(cfg, out: Path) -> dict:
     from omegaconf import OmegaConf
 
     from comet_core.comm.network import Network
-    from comet_core.models.generate import plaintext_generate, private_generate
+    from comet_core.models.generate import private_generate
     from comet_core.models.secure import SecureDecoder
     from comet_core.models.tokenizers import load_tokenizer
     from comet_core.models.weights import extract, share_weights, weight_shapes
@@ -118,14 +118,15 @@ def run(cfg, out: Path) -> dict:
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
     system = load_system(cfg.system)
     weights = share_weights(mpc, plain_weights)
+    system.prepare(mpc, weights, cfg.model)   # e.g. Comet's predictors, shared by the model owner
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
     gen = private_generate(mpc, model, ids, cfg.gen_tokens, vocab)
 
-    ref = None
+    ref, extra_refs = None, []
     if not cost:
-        ref = plaintext_generate(plain, ids, cfg.gen_tokens)
+        ref, extra_refs = plaintext_references(system, plain, ids, cfg.gen_tokens)
 
     # -- tables -------------------------------------------------------------------------------------
     ledger = mpc.ledger.frame()
@@ -142,12 +143,13 @@ def run(cfg, out: Path) -> dict:
     ops.to_csv(out / "ops.csv", index=False)
     if cfg.get("save_ledger", True):
         ledger.to_csv(out / "ledger.csv.gz", index=False)
+    write_sparsity(system, cfg, out)
     summary = dict(out=out, metrics=metrics, ids=ids, private=gen.tokens)
     if ref is not None:
         import pandas as pd
 
         rows = []
-        for src, g in (("private", gen), ("plaintext", ref)):
+        for src, g in (("private", gen), ("plaintext", ref), *extra_refs):
             for step, t in enumerate(g.tokens):
                 rows.append(dict(source=src, step=step, token_id=t, text=tok.decode([t])))
         pd.DataFrame(rows).to_csv(out / "generation.csv", index=False)
@@ -166,6 +168,40 @@ def run(cfg, out: Path) -> dict:
         metrics["max_logit_err"] = summary["max_logit_err"]
         metrics.to_csv(out / "metrics.csv", index=False)
     return summary
+
+
+def plaintext_references(system, plain, ids: list[int], gen_tokens: int):
+    """(the reference private must equal, [(source, generation), ...] shown beside it).
+
+    dense: the plaintext model. comet: the plaintext model with the private run's FFN masks (KV-cached
+    semantics, sparse/reference.py), beside the unmodified model as `plaintext_dense`.
+    """
+    from comet_core.models.generate import plaintext_generate
+
+    dense = plaintext_generate(plain, ids, gen_tokens)
+    records = getattr(getattr(system, "state", None), "records", None)
+    if not records:
+        return dense, []
+    from comet_core.sparse.reference import masked_generate
+
+    masks = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None}
+    return masked_generate(plain, ids, gen_tokens, masks), [("plaintext_dense", dense)]
+
+
+def write_sparsity(system, cfg, out: Path) -> None:
+    """sparsity.csv: per (layer, step, kind) the revealed count of active units (sparse systems only)."""
+    records = getattr(getattr(system, "state", None), "records", None)
+    if not records:
+        return
+    import pandas as pd
+
+    from comet_core.sparse.predictors import density_note
+
+    source = "revealed" if cfg.mode == "exact" else density_note(cfg.model, cfg.system)
+    pd.DataFrame([dict(layer=r.layer, step=r.step, kind="ffn", active=r.active, total=r.total,
+                       density=r.active / r.total if r.total else float("nan"), flips=r.flips,
+                       max_flip_margin=r.max_flip_margin, source=source) for r in records]
+                 ).to_csv(out / "sparsity.csv", index=False)
 
 
 def _print_summary(s: dict) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from comet_core.comm.network import Network
 
-STAGES = ("prefill", "decode")
+STAGES = ("setup", "prefill", "decode")  # setup: per-request work (Comet's shuffle), counted in total
 
 
 def git_revision() -> str:

@@ -1,1 +1,1 @@
-
+"""Comet's protocol pieces: predictors inside MPC, the mask reveal, and their sparsity inputs for cost mode."""

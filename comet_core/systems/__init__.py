@@ -12,4 +12,8 @@ def load_system(cfg):
         from comet_core.systems.dense import DenseSystem
 
         return DenseSystem(cfg)
-    raise ConfigError(f"system '{name}' is not implemented yet; implemented: dense")
+    if name == "comet":
+        from comet_core.systems.comet import CometSystem
+
+        return CometSystem(cfg)
+    raise ConfigError(f"system '{name}' is not implemented yet; implemented: dense, comet")

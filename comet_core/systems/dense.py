@@ -19,6 +19,16 @@ class DenseSystem:
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg
 
+    # -- request and step hooks (systems with per-request state override them) ----------------------
+    def prepare(self, mpc, weights, model_cfg) -> None:
+        """Once per deployment, after the model owner shared the weights (e.g. share predictors)."""
+
+    def start_request(self, mpc, decoder) -> None:
+        """At the start of one inference request (inside MPC.inference)."""
+
+    def start_step(self, step: int, n_tokens: int) -> None:
+        """Before each forward pass: step 0 is the prefill of n_tokens, later steps decode one token."""
+
     # -- linear layers ---------------------------------------------------------------------------
     def linear(self, x: AShare, w: AShare, b: AShare | None = None, op: str = "linear",
                reuse_mask: bool | None = None) -> AShare:

@@ -1,0 +1,53 @@
+"""The plaintext reference that private Comet must equal: the plaintext model with the same FFN masks.
+
+"The same masks" are the masks the private run revealed (in real coordinates: the simulation knows pi),
+with KV-cached semantics: every position keeps the mask of the step that computed it (the prefill's
+positions the union mask of step 0, the position decoded at step s the mask of step s). Applying
+per-position masks in a full recomputation is then the same function as the cached private run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from comet_core.models.generate import Generation
+from comet_core.predictor.sites import layer_sites
+
+
+@torch.no_grad()
+def masked_generate(model, prompt_ids: list[int], new_tokens: int, masks: dict[tuple[int, int], torch.Tensor]) -> Generation:
+    """Greedy decoding of the HF model with FFN masks[(layer, step)] (F,) bool applied per position."""
+    sites = layer_sites(model)
+    P = len(prompt_ids)
+    hooks = []
+
+    def position_masks(layer: int, T: int, F: int, dtype) -> torch.Tensor:
+        rows = []
+        for t in range(T):
+            step = 0 if t < P else t - P + 1
+            m = masks.get((layer, step))
+            rows.append(torch.ones(F, dtype=torch.bool) if m is None else m)
+        return torch.stack(rows).to(dtype)
+
+    for l, s in enumerate(sites):
+        def pre(module, args, l=l):
+            h = args[0]                                    # (B, T, F) input of fc2 / down_proj
+            return (h * position_masks(l, h.shape[-2], h.shape[-1], h.dtype),) + tuple(args[1:])
+        hooks.append(s.ffn_down.register_forward_pre_hook(pre))
+    ids = list(prompt_ids)
+    gen = Generation(tokens=[])
+    t0 = time.perf_counter()
+    try:
+        for _ in range(new_tokens):
+            logits = model(torch.tensor([ids])).logits[0, -1].double()
+            nxt = int(torch.argmax(logits))
+            gen.logits.append(logits.float())
+            gen.tokens.append(nxt)
+            ids.append(nxt)
+    finally:
+        for h in hooks:
+            h.remove()
+    gen.stage_seconds = {"total": time.perf_counter() - t0}
+    return gen

@@ -1,0 +1,229 @@
+"""The `comet` system (Yan et al., S&P 2025): predicted FFN sparsity skipped under 2PC.
+
+Per request (stage `setup`, phase online, counted in `total`):
+  1. For every layer, a fresh permutation pi of the FFN's F neurons that neither server knows
+     (mpc/shuffle.py), applied obliviously and consistently to every tensor indexed by neuron: the
+     columns of W_in (OPT fc1 + b1; Llama gate and up), the rows of W_out (fc2 / down) and the
+     predictor's second layer (W2 columns, b2). One `permute` call per layer (all those tensors
+     stacked along their neuron axis): 2 rounds and 8 * (numel) bytes each way in total.
+Per layer and step (ops `ffn.predict`, `ffn.reveal`, `ffn.somm`, `ffn.act`, `ffn.simm`):
+  2. Predictor in MPC on the FFN input h (T, d): [z] = ([h] W1 + b1) W2pi + b2pi (two Beaver
+     matmuls): the scores come out already permuted, so no per-step mask shuffle is needed.
+  3. [m] = [z > threshold] (union over the T tokens of a prefill), opened as one bit per neuron:
+     a public mask S in permuted coordinates (sparse/masks.py states the leakage).
+  4. SOMM: y = h W_in pi[:, S] (+ b_in pi[S]): one Beaver matmul of (T, d) by (d, |S|), each operand
+     masked and opened once (Llama: gate and up side by side, (d, 2|S|), so h is opened once).
+  5. Sparse activation: ReLU / SiLU (x up) on the |S| active columns only; the others are exactly 0.
+  6. SIMM: out = act(y) W_out pi[S, :] (+ b_out): one Beaver matmul of (T, |S|) by (|S|, d).
+With an empty S the FFN outputs b_out (no matmul, nothing opened).
+
+Cost mode runs the same code: the reveal returns the count of the sparsity profile (conf/system/comet.yaml
+`profile`) at fixed positions, or the counts of an exact run's `sparsity.csv` (`mask_trace`), so the
+two modes' ledgers are equal for the same masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from comet_core.errors import CometError
+from comet_core.mpc import arith
+from comet_core.mpc.engine import AShare
+from comet_core.mpc.shuffle import Permutation, permute
+from comet_core.sparse.masks import active_bits, reveal_bits
+from comet_core.systems.dense import DenseSystem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerRequest:
+    """One layer's FFN weights in the request's permuted coordinates, and the permutation."""
+
+    perm: Permutation
+    w_in: AShare          # (d, F) or (d, 2F) for Llama [gate | up]
+    b_in: AShare | None   # (F,)
+    w_out: AShare         # (F, d)
+    p2: AShare            # (r, F) predictor second layer
+    pb2: AShare           # (F,)
+
+
+@dataclass
+class StepRecord:
+    """What one (layer, step) revealed, for sparsity.csv and the masked plaintext reference."""
+
+    layer: int
+    step: int
+    active: int
+    total: int
+    real_mask: torch.Tensor | None = None    # (F,) bool in real coordinates (simulation only)
+    flips: int | float = math.nan             # MPC mask != float predictor mask
+    max_flip_margin: float = math.nan         # largest |score - threshold| among flipped units
+
+
+@dataclass
+class CometState:
+    request: list[LayerRequest] = field(default_factory=list)
+    records: list[StepRecord] = field(default_factory=list)
+    step: int = 0
+    n_tokens: int = 1
+
+
+class CometSystem(DenseSystem):
+    name = "comet"
+
+    def __init__(self, cfg=None) -> None:
+        super().__init__(cfg)
+        get = (lambda k, d=None: cfg.get(k, d)) if cfg is not None else (lambda k, d=None: d)
+        self.indexing = str(get("indexing", "shuffle"))
+        if self.indexing != "shuffle":
+            raise CometError(f"system.indexing={self.indexing!r} is not implemented yet; valid: shuffle")
+        self.flip_eps = float(get("flip_epsilon", 0.05))
+        self.state = CometState()
+        self.predictors: list[dict] = []     # per layer: shared W1 (d, r), b1 (r,), W2 (r, F), b2 (F,)
+        self.thresholds: list[float] = []
+        self.plain_predictors = None         # float predictors (exact mode; flips check)
+        self.counts = None                   # cost mode: (layer, step, n_tokens) -> active count
+
+    # -- deployment ------------------------------------------------------------------------------------
+    def prepare(self, mpc, weights, model_cfg) -> None:
+        """The model owner shares the predictors with the model (phase setup, once per deployment)."""
+        from comet_core.sparse.predictors import cost_counts, load_for_system, shared_predictor_shapes
+
+        L = len(weights.layers)
+        if mpc.is_cost:
+            shapes = shared_predictor_shapes(model_cfg, self.cfg, L)
+            plain = shapes
+            self.thresholds = [0.0] * L
+            self.counts = cost_counts(model_cfg, self.cfg, L)
+        else:
+            ps = load_for_system(model_cfg, self.cfg)
+            self.plain_predictors = ps.ffn[:L]
+            plain = [dict(w1=p.w1.weight.detach().t().double(), b1=p.w1.bias.detach().double(),
+                          w2=p.w2.weight.detach().t().double(), b2=p.w2.bias.detach().double())
+                     for p in ps.ffn[:L]]
+            self.thresholds = [float(p.threshold) for p in ps.ffn[:L]]
+        with mpc.label(stage="setup", op="ffn.predictor_weights"):
+            self.predictors = [{k: mpc.register_weight(mpc.share(v, owner="model_owner", phase="setup"))
+                                for k, v in layer.items()} for layer in plain]
+
+    def start_request(self, mpc, decoder) -> None:
+        """Step 1: one permutation per layer, applied to every neuron-indexed tensor in one call."""
+        self.state = CometState()
+        for layer, lw in enumerate(decoder.w.layers):
+            with mpc.label(layer=layer, op="ffn.shuffle"):
+                self.state.request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
+
+    def _permute_layer(self, mpc, lw: dict, pred: dict) -> LayerRequest:
+        llama = "w_gate" in lw
+        ins = [lw["w_gate"], lw["w_up"]] if llama else [lw["w1"]]
+        d = ins[0].shape[0]
+        F = ins[0].shape[1]
+        w_out = lw["w_down"] if llama else lw["w2"]
+        rows = [*ins, w_out.transpose(0, 1), pred["w2"], pred["b2"].unsqueeze(0)]
+        if not llama:
+            rows.append(lw["b1"].unsqueeze(0))
+        perm = Permutation(mpc, F)
+        stacked = permute(AShare.cat([r for r in rows], 0), -1, perm)     # [M]: (k, F) over Z_2^64
+        o = 0
+        parts = []
+        for r in rows:
+            parts.append(stacked[o:o + r.shape[0]])
+            o += r.shape[0]
+        w_in = AShare.cat(parts[:2], 1) if llama else parts[0]            # (d, F) | (d, 2F)
+        k = 2 if llama else 1
+        return LayerRequest(perm=perm, w_in=w_in, b_in=None if llama else parts[-1][0],
+                            w_out=parts[k].transpose(0, 1), p2=parts[k + 1], pb2=parts[k + 2][0])
+
+    def start_step(self, step: int, n_tokens: int) -> None:
+        self.state.step, self.state.n_tokens = step, n_tokens
+
+    # -- the FFN ---------------------------------------------------------------------------------------
+    def ffn(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:
+        mpc = x.mpc
+        req = self.state.request[layer]
+        pred = self.predictors[layer]
+        llama = "w_gate" in lw
+        F = req.w_out.shape[0]
+        with mpc.label(op="ffn.predict"):
+            z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], req.p2) + req.pb2   # (T, F) permuted
+        with mpc.label(op="ffn.reveal"):
+            bits = active_bits(z, self.thresholds[layer])
+            count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
+            mask = reveal_bits(mpc, bits, count)
+        S = torch.nonzero(mask).flatten()
+        self._record(mpc, x, layer, mask, req)
+        b_out = lw.get("b2")
+        if S.numel() == 0:   # nothing active: the FFN adds only its output bias
+            zeros = torch.zeros((x.shape[0], req.w_out.shape[1]), dtype=torch.int64, device=mpc.device)
+            zero = AShare(mpc.public_share(zeros), mpc, mpc.frac_bits)
+            return zero + b_out if b_out is not None else zero
+        if llama:
+            cols = torch.cat([S, S + F])
+            with mpc.label(op="ffn.somm"):
+                gu = arith.matmul(x, req.w_in.index_select(1, cols))              # (T, 2|S|)
+            k = S.numel()
+            with mpc.label(op="ffn.act"):
+                g = self.activation(gu[:, :k], meta["act"], op="ffn.act")
+                h = arith.mul(g, gu[:, k:])
+        else:
+            with mpc.label(op="ffn.somm"):
+                y = arith.matmul(x, req.w_in.index_select(1, S)) + req.b_in.index_select(0, S)
+            h = self.activation(y, meta["act"], op="ffn.act")
+        with mpc.label(op="ffn.simm"):
+            out = arith.matmul(h, req.w_out.index_select(0, S))
+            return out + b_out if b_out is not None else out
+
+    def _record(self, mpc, x: AShare, layer: int, mask: torch.Tensor, req: LayerRequest) -> None:
+        rec = StepRecord(layer, self.state.step, int(mask.sum()), int(mask.numel()))
+        if mpc.simulated and not mpc.is_cost:
+            pi = req.perm.composed().cpu()
+            real = torch.zeros_like(mask)
+            real[pi[mask]] = True                       # permuted position j holds real neuron pi[j]
+            rec.real_mask = real
+            # independent check: the float predictor on the decoded input (no message, simulation only)
+            p = self.plain_predictors[layer]
+            h = mpc.peek(x).float()
+            with torch.no_grad():
+                scores = p(h)                            # (T, F) real coordinates
+            thr = float(p.threshold)
+            fmask = (scores > thr).any(0)
+            flipped = fmask != real
+            rec.flips = int(flipped.sum())
+            if rec.flips:
+                margin = (scores - thr).abs().min(0).values    # closest token's distance, per unit
+                rec.max_flip_margin = float(margin[flipped].max())
+        self.state.records.append(rec)
+
+
+
+# ---- cost formulas (pinned against the ledger by tests/test_comet.py) ------------------------------------
+
+def setup_cost(mpc, d: int, F: int, r: int, llama: bool):
+    """Step 1 for one layer: one permute of the stacked neuron-indexed tensors, (rows, F)."""
+    from comet_core.mpc.shuffle import permute_cost
+
+    rows = (2 * d if llama else d) + d + r + 1 + (0 if llama else 1)
+    return permute_cost(mpc, rows * F)
+
+
+def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
+    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons."""
+    from comet_core.mpc import compare, nonlinear as nl
+    from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
+
+    c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
+    c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
+    if k == 0:
+        return c
+    w = 2 * k if llama else k
+    c = c + arith.matmul_cost(mpc, T * d, d * w, T * w)
+    if llama:
+        c = c + nl.silu_cost(mpc, T * k) + arith.mul_cost(mpc, T * k, T * k, T * k)
+    else:
+        c = c + compare.relu_cost(mpc, T * k)
+    return c + arith.matmul_cost(mpc, T * k, k * d, T * d)

@@ -1,0 +1,232 @@
+"""The Comet system (part 1, FFN sparsity): private == the plaintext model with the same masks, every
+cost formula pinned to the ledger, cost == exact ledger for the same masks, the ledger depends on the
+counts only, and the revealed masks hide the real neuron positions (with a positive control).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from comet_core.comm.ledger import Cost
+from comet_core.errors import CometError
+from comet_core.mpc import arith
+from comet_core.mpc.engine import MPC, EngineConfig
+from comet_core.mpc.shuffle import Permutation, permute, permute_cost
+from comet_core.predictor.checkpoint import PredictorSet, model_signature, save_predictors
+from comet_core.predictor.model import LowRankPredictor
+from comet_core.sparse import masks as M
+from comet_core.systems import comet as C
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+LOGIT_TOL = 2e-2   # as tests/test_secure_model.py: fixed point vs float64 on tiny random models
+
+
+def cfg_for(model: str, tmp: Path, *over: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"model={model}", "system=comet", f"output_dir={tmp}", "seed=1",
+                                             *over])
+
+
+def make_predictors(model_cfg, path: Path, rank: int = 8, density: float = 0.4) -> Path:
+    """Random low-rank predictors for a random tiny model, thresholds at the (1 - density) quantile of
+    their scores on random inputs (no training: the protocol only needs their shapes and a threshold)."""
+    g = torch.Generator().manual_seed(0)
+    d, F, H = int(model_cfg.hidden_size), int(model_cfg.ffn_dim), int(model_cfg.num_heads)
+    n = int(model_cfg.num_layers)
+    ffn, head = [], []
+    for _ in range(n):
+        p = LowRankPredictor(d, rank, F)
+        with torch.no_grad():
+            for t in p.parameters():
+                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
+            p.threshold.fill_(float(torch.quantile(p(torch.randn(256, d, generator=g)).flatten(), 1 - density)))
+        ffn.append(p)
+        head.append(LowRankPredictor(d, 4, H))
+    save_predictors(PredictorSet(model_signature(model_cfg), ffn, head, [0.0] * n, [0.0] * n), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictors(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pred")
+    out = {}
+    for name in ("tiny-opt", "tiny-llama"):
+        cfg = cfg_for(name, tmp)
+        out[name] = make_predictors(cfg.model, tmp / f"{name}.pt")
+    return out
+
+
+def run_comet(model: str, tmp: Path, ckpt: Path, *over: str):
+    from experiments.run import run
+
+    cfg = cfg_for(model, tmp, f"system.predictor_checkpoint={ckpt}", *over)
+    return run(cfg, tmp), tmp
+
+
+@pytest.mark.parametrize("model", ["tiny-opt", "tiny-llama"])
+def test_private_equals_masked_plaintext(model, predictors, tmp_path):
+    s, out = run_comet(model, tmp_path, predictors[model], "gen_tokens=3", "prompt='To be, or not'")
+    assert s["match"], f"private {s['private']} != masked plaintext {s['plaintext']}"
+    assert s["max_logit_err"] < LOGIT_TOL
+    sp = pd.read_csv(out / "sparsity.csv")
+    assert set(sp.step) == {0, 1, 2} and (sp.kind == "ffn").all()
+    assert ((sp.active > 0) & (sp.active < sp.total)).any()          # really sparse, not all or nothing
+    assert (sp.max_flip_margin.fillna(0) <= 0.05).all()               # flips only near the threshold
+    g = pd.read_csv(out / "generation.csv")
+    assert set(g.source) == {"private", "plaintext", "plaintext_dense"}
+    ops = pd.read_csv(out / "ops.csv")
+    assert {"ffn.predict", "ffn.reveal", "ffn.somm", "ffn.act", "ffn.simm", "ffn.shuffle"} <= set(ops.op)
+    m = pd.read_csv(out / "metrics.csv")
+    tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
+    setup = m[(m.network == "lan") & (m.phase == "setup")].iloc[0]
+    assert setup.online_bytes > 0 and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
+
+
+def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path):
+    _, ex = run_comet("tiny-opt", tmp_path / "exact", predictors["tiny-opt"], "gen_tokens=3", "prompt='Hello there'")
+    _, co = run_comet("tiny-opt", tmp_path / "cost", predictors["tiny-opt"], "gen_tokens=3", "prompt='Hello there'",
+                      "mode=cost", f"system.mask_trace={ex / 'sparsity.csv'}")
+    a, b = pd.read_csv(ex / "ledger.csv.gz"), pd.read_csv(co / "ledger.csv.gz")
+    assert len(a) == len(b) and a.equals(b), "cost-mode ledger differs from exact mode's for the same masks"
+
+
+def test_missing_predictors_say_how_to_make_them(tmp_path):
+    with pytest.raises(CometError, match="comet train-predictor model=tiny-opt"):
+        run_comet("tiny-opt", tmp_path, tmp_path / "none.pt")
+
+
+def test_predictors_of_another_model_are_refused(predictors, tmp_path):
+    with pytest.raises(CometError, match="trained for model 'tiny-llama'"):
+        run_comet("tiny-opt", tmp_path, predictors["tiny-llama"])
+
+
+# ---- cost formulas -------------------------------------------------------------------------------
+
+def _measure(m, fn, *a):
+    mark = m.ledger.mark()
+    out = fn(*a)
+    return out, m.ledger.cost_since(mark)
+
+
+def test_permute_and_reveal_costs(engines):
+    m = engines(EngineConfig(), seed=3)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    xs = m.share(x)
+    perm = Permutation(m, 12)
+    y, c = _measure(m, permute, xs, -1, perm)
+    assert c == permute_cost(m, 60)
+    ref = x[:, m.dealer.permutation(perm.handle)] if m.simulated else None
+    got = m.reveal(y)
+    if ref is not None:
+        assert torch.allclose(got, ref, atol=2 ** -16)
+    for T in (1, 3):
+        z = m.share(torch.randn(T, 40, dtype=torch.float64))
+        bits, c1 = _measure(m, M.active_bits, z, 0.2)
+        assert c1 == M.active_bits_cost(m, T, 40)
+        mask, c2 = _measure(m, M.reveal_bits, m, bits)
+        assert c2 == M.reveal_bits_cost(40)
+        zt = m.reveal(z)
+        assert torch.equal(mask, (zt > 0.2).any(0))
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_ffn_step_and_setup_cost_formulas(family):
+    """One whole FFN step of the system (predict, reveal, SOMM, act, SIMM) and one layer's setup."""
+    from comet_core.mpc.shape import Shape
+
+    m = MPC(EngineConfig(), seed=0, mode="cost")
+    d, F, r = 16, 48, 8
+    f = lambda *s: m.share(Shape(s, torch.float32))  # noqa: E731
+    lw = dict(w_gate=f(d, F), w_up=f(d, F), w_down=f(F, d)) if family == "llama" else \
+        dict(w1=f(d, F), b1=f(F), w2=f(F, d), b2=f(d))
+    pred = dict(w1=f(d, r), b1=f(r), w2=f(r, F), b2=f(F))
+    sysm = C.CometSystem(None)
+    sysm.predictors, sysm.thresholds = [pred], [0.0]
+    for T, k in ((1, 7), (4, 30), (1, 0)):
+        sysm.counts = lambda layer, step, n, k=k: k
+        (req, c0) = _measure(m, sysm._permute_layer, m, lw, pred)
+        assert c0 == C.setup_cost(m, d, F, r, family == "llama")
+        sysm.state = C.CometState(request=[req])
+        _, c = _measure(m, sysm.ffn, f(T, d), lw, {"act": "silu" if family == "llama" else "relu"}, 0)
+        assert c == C.ffn_step_cost(m, T, d, F, r, k, family == "llama"), (T, k)
+
+
+def test_ledger_depends_on_counts_only(predictors, tmp_path, monkeypatch):
+    """Moving the active positions while keeping the counts leaves every ledger row unchanged."""
+    real = M.reveal_bits
+    g = torch.Generator().manual_seed(0)
+    counts: list[int] = []
+
+    def recorded(mpc, bits, count=None):        # run a: the real masks; remember their counts
+        mask = real(mpc, bits, count)
+        counts.append(int(mask.sum()))
+        return mask
+
+    def moved(mpc, bits, count=None):           # run b: the same counts at other positions
+        mask = real(mpc, bits, count)
+        out = torch.zeros_like(mask)
+        out[torch.randperm(mask.numel(), generator=g)[:counts.pop(0)]] = True
+        return out
+
+    monkeypatch.setattr(C, "reveal_bits", recorded)
+    _, a = run_comet("tiny-opt", tmp_path / "a", predictors["tiny-opt"], "gen_tokens=2", "prompt='abc'")
+    monkeypatch.setattr(C, "reveal_bits", moved)
+    _, b = run_comet("tiny-opt", tmp_path / "b", predictors["tiny-opt"], "gen_tokens=2", "prompt='abc'")
+    assert not counts
+    la, lb = pd.read_csv(a / "ledger.csv.gz"), pd.read_csv(b / "ledger.csv.gz")
+    assert la.equals(lb)
+    sa, sb = pd.read_csv(a / "sparsity.csv"), pd.read_csv(b / "sparsity.csv")
+    assert sa.active.tolist() == sb.active.tolist()
+
+
+# ---- leakage --------------------------------------------------------------------------------------
+
+def _p1_view_first_half(active: torch.Tensor, runs: int, weak: bool, monkeypatch) -> float:
+    """Mean over requests of: the fraction of revealed-active units that P1, undoing the half of pi it
+    knows (pi1), places in the first half of the neurons. Inputs with the active set in the first half
+    vs the last half must look alike (0.5 in expectation) unless P1 can undo all of pi."""
+    from comet_core.mpc.dealer import Dealer
+
+    if weak:  # positive control: pi0 = identity, so pi = pi1, which P1 knows
+        orig = Dealer.new_permutation
+
+        def weak_perm(self, n, handle):
+            p = orig(self, n, handle)
+            p[0] = torch.arange(n)
+            return p
+        monkeypatch.setattr(Dealer, "new_permutation", weak_perm)
+    F = active.numel()
+    scores = torch.where(active, 1.0, -1.0).double()[None, :]      # predictor output (1, F): active iff > 0
+    fracs = []
+    for _ in range(runs):
+        m = MPC(EngineConfig(), seed=None)                            # fresh OS keys per request
+        perm = Permutation(m, F)
+        z = permute(m.share(scores), -1, perm)                        # what the permuted predictor outputs
+        mask = M.reveal_bits(m, M.active_bits(z, 0.0))
+        pi1 = perm.halves[1]                                          # P1's knowledge
+        undone = torch.zeros_like(mask)
+        undone[pi1[mask]] = True                                      # P1's best placement guess
+        fracs.append(float(undone[: F // 2].sum()) / max(1, int(mask.sum())))
+    monkeypatch.undo()
+    return sum(fracs) / len(fracs)
+
+
+def test_revealed_masks_hide_positions_with_positive_control(monkeypatch):
+    F, k, runs = 32, 8, 40
+    first = torch.zeros(F, dtype=torch.bool)
+    first[:k] = True
+    last = torch.zeros(F, dtype=torch.bool)
+    last[-k:] = True
+    # under a uniform pi the fraction is hypergeometric: mean 0.5, sd ~ 0.16 per run, ~0.026 over 40
+    # runs; |a - b| > 0.2 is a ~7 sd event (false alarm < 1e-9)
+    a = _p1_view_first_half(first, runs, False, monkeypatch)
+    b = _p1_view_first_half(last, runs, False, monkeypatch)
+    assert abs(a - b) < 0.2, (a, b)
+    wa = _p1_view_first_half(first, runs, True, monkeypatch)
+    wb = _p1_view_first_half(last, runs, True, monkeypatch)
+    assert abs(wa - wb) > 0.9, "the positive control (P1 knows all of pi) must be caught"
