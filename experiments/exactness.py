@@ -7,6 +7,8 @@ whether the privately generated tokens equal plaintext greedy decoding and the m
 
     python experiments/exactness.py --model shakespeare-opt --prompts 5 --gen 8
     python experiments/exactness.py --model smollm2-135m --prompts 5 --gen 8
+    python experiments/exactness.py --model shakespeare-opt --prompts 5 --gen 8 --overrides system=comet \
+        --out results/exactness/shakespeare-opt-comet.csv   (private vs the plaintext model with the same masks)
 Writes results/exactness/<model>.csv (refuses to overwrite without --overwrite).
 """
 
@@ -70,6 +72,8 @@ def main() -> int:
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 s = run(cfg, Path(tmp) / "run")
+                sp_path = Path(tmp) / "run" / "sparsity.csv"
+                sp = pd.read_csv(sp_path) if sp_path.exists() else None
             m = s["metrics"]
             tot = m[(m.network == cfg.network.name) & (m.phase == "total")].iloc[0]
             rows.append(dict(model=a.model, prompt=i, prompt_tokens=len(s["ids"]), new_tokens=a.gen,
@@ -78,7 +82,10 @@ def main() -> int:
                              private_text=s["private_text"], plaintext_text=s["plaintext_text"],
                              online_bytes=int(tot.online_bytes), rounds=int(tot.rounds),
                              wall_s=round(time.perf_counter() - t0, 1), truncation=cfg.engine.truncation,
-                             frac_bits=cfg.engine.frac_bits))
+                             frac_bits=cfg.engine.frac_bits, system=cfg.system.name,
+                             ffn_decode_density=float(sp[sp.step > 0].density.mean()) if sp is not None else float("nan"),
+                             ffn_prefill_density=float(sp[sp.step == 0].density.mean()) if sp is not None else float("nan"),
+                             mask_flips=int(sp.flips.sum()) if sp is not None else 0))
             log.info("prompt %d: match=%s max|logit err|=%.3g (%s)", i, s["match"], s["max_logit_err"],
                      repr(s["private_text"]))
     df = pd.DataFrame(rows)

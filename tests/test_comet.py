@@ -68,9 +68,11 @@ def run_comet(model: str, tmp: Path, ckpt: Path, *over: str):
     return run(cfg, tmp), tmp
 
 
-@pytest.mark.parametrize("model", ["tiny-opt", "tiny-llama"])
-def test_private_equals_masked_plaintext(model, predictors, tmp_path):
-    s, out = run_comet(model, tmp_path, predictors[model], "gen_tokens=3", "prompt='To be, or not'")
+@pytest.mark.parametrize("model, indexing", [("tiny-opt", "shuffle"), ("tiny-llama", "shuffle"),
+                                             ("tiny-opt", "oblivious"), ("tiny-llama", "oblivious")])
+def test_private_equals_masked_plaintext(model, indexing, predictors, tmp_path):
+    s, out = run_comet(model, tmp_path, predictors[model], "gen_tokens=3", "prompt='To be, or not'",
+                       f"system.indexing={indexing}")
     assert s["match"], f"private {s['private']} != masked plaintext {s['plaintext']}"
     assert s["max_logit_err"] < LOGIT_TOL
     sp = pd.read_csv(out / "sparsity.csv")
@@ -80,11 +82,13 @@ def test_private_equals_masked_plaintext(model, predictors, tmp_path):
     g = pd.read_csv(out / "generation.csv")
     assert set(g.source) == {"private", "plaintext", "plaintext_dense"}
     ops = pd.read_csv(out / "ops.csv")
-    assert {"ffn.predict", "ffn.reveal", "ffn.somm", "ffn.act", "ffn.simm", "ffn.shuffle"} <= set(ops.op)
+    assert {"ffn.predict", "ffn.reveal", "ffn.somm", "ffn.act", "ffn.simm"} <= set(ops.op)
+    assert ("ffn.shuffle" in set(ops.op)) == (indexing == "shuffle")
+    assert ("ffn.select" in set(ops.op)) == (indexing == "oblivious")
     m = pd.read_csv(out / "metrics.csv")
     tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
     setup = m[(m.network == "lan") & (m.phase == "setup")].iloc[0]
-    assert setup.online_bytes > 0 and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
+    assert (setup.online_bytes > 0) == (indexing == "shuffle") and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
 
 
 def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path):
@@ -147,13 +151,18 @@ def test_ffn_step_and_setup_cost_formulas(family):
     pred = dict(w1=f(d, r), b1=f(r), w2=f(r, F), b2=f(F))
     sysm = C.CometSystem(None)
     sysm.predictors, sysm.thresholds = [pred], [0.0]
+    meta = {"act": "silu" if family == "llama" else "relu"}
     for T, k in ((1, 7), (4, 30), (1, 0)):
         sysm.counts = lambda layer, step, n, k=k: k
+        sysm.indexing = "shuffle"
         (req, c0) = _measure(m, sysm._permute_layer, m, lw, pred)
         assert c0 == C.setup_cost(m, d, F, r, family == "llama")
         sysm.state = C.CometState(request=[req])
-        _, c = _measure(m, sysm.ffn, f(T, d), lw, {"act": "silu" if family == "llama" else "relu"}, 0)
+        _, c = _measure(m, sysm.ffn, f(T, d), lw, meta, 0)
         assert c == C.ffn_step_cost(m, T, d, F, r, k, family == "llama"), (T, k)
+        sysm.indexing = "oblivious"
+        _, c = _measure(m, sysm.ffn, f(T, d), lw, meta, 0)
+        assert c == C.ffn_oblivious_step_cost(m, T, d, F, r, k, family == "llama"), ("oblivious", T, k)
 
 
 def test_ledger_depends_on_counts_only(predictors, tmp_path, monkeypatch):

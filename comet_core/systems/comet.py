@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from comet_core.errors import CometError
-from comet_core.mpc import arith
+from comet_core.mpc import arith, compare
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse.masks import active_bits, reveal_bits
@@ -80,8 +80,8 @@ class CometSystem(DenseSystem):
         super().__init__(cfg)
         get = (lambda k, d=None: cfg.get(k, d)) if cfg is not None else (lambda k, d=None: d)
         self.indexing = str(get("indexing", "shuffle"))
-        if self.indexing != "shuffle":
-            raise CometError(f"system.indexing={self.indexing!r} is not implemented yet; valid: shuffle")
+        if self.indexing not in ("shuffle", "oblivious"):
+            raise CometError(f"system.indexing must be shuffle or oblivious, got {self.indexing!r}")
         self.flip_eps = float(get("flip_epsilon", 0.05))
         self.state = CometState()
         self.predictors: list[dict] = []     # per layer: shared W1 (d, r), b1 (r,), W2 (r, F), b2 (F,)
@@ -114,6 +114,8 @@ class CometSystem(DenseSystem):
     def start_request(self, mpc, decoder) -> None:
         """Step 1: one permutation per layer, applied to every neuron-indexed tensor in one call."""
         self.state = CometState()
+        if self.indexing == "oblivious":
+            return
         for layer, lw in enumerate(decoder.w.layers):
             with mpc.label(layer=layer, op="ffn.shuffle"):
                 self.state.request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
@@ -144,6 +146,8 @@ class CometSystem(DenseSystem):
 
     # -- the FFN ---------------------------------------------------------------------------------------
     def ffn(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:
+        if self.indexing == "oblivious":
+            return self._ffn_oblivious(x, lw, meta, layer)
         mpc = x.mpc
         req = self.state.request[layer]
         pred = self.predictors[layer]
@@ -156,43 +160,100 @@ class CometSystem(DenseSystem):
             count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
             mask = reveal_bits(mpc, bits, count)
         S = torch.nonzero(mask).flatten()
-        self._record(mpc, x, layer, mask, req)
+        self._record(mpc, x, layer, mask, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
+        cols = torch.cat([S, S + F]) if llama else S
+        w_in = req.w_in.index_select(1, cols)                          # public indices: local selection
+        b_in = None if llama else req.b_in.index_select(0, S)
+        return self._sparse_ffn(x, w_in, b_in, req.w_out.index_select(0, S), lw, meta, S.numel())
+
+    def _sparse_ffn(self, x: AShare, w_in: AShare, b_in, w_out: AShare, lw: dict, meta: dict, k: int) -> AShare:
+        """Steps 4-6 on the k selected neurons: SOMM, sparse activation, SIMM."""
+        mpc = x.mpc
         b_out = lw.get("b2")
-        if S.numel() == 0:   # nothing active: the FFN adds only its output bias
-            zeros = torch.zeros((x.shape[0], req.w_out.shape[1]), dtype=torch.int64, device=mpc.device)
+        if k == 0:   # nothing active: the FFN adds only its output bias
+            zeros = torch.zeros((x.shape[0], w_out.shape[1]), dtype=torch.int64, device=mpc.device)
             zero = AShare(mpc.public_share(zeros), mpc, mpc.frac_bits)
             return zero + b_out if b_out is not None else zero
-        if llama:
-            cols = torch.cat([S, S + F])
+        if "w_gate" in lw:
             with mpc.label(op="ffn.somm"):
-                gu = arith.matmul(x, req.w_in.index_select(1, cols))              # (T, 2|S|)
-            k = S.numel()
+                gu = arith.matmul(x, w_in)                                   # (T, 2k): h opened once
             with mpc.label(op="ffn.act"):
                 g = self.activation(gu[:, :k], meta["act"], op="ffn.act")
                 h = arith.mul(g, gu[:, k:])
         else:
             with mpc.label(op="ffn.somm"):
-                y = arith.matmul(x, req.w_in.index_select(1, S)) + req.b_in.index_select(0, S)
+                y = arith.matmul(x, w_in) + b_in                             # (T, k)
             h = self.activation(y, meta["act"], op="ffn.act")
         with mpc.label(op="ffn.simm"):
-            out = arith.matmul(h, req.w_out.index_select(0, S))
+            out = arith.matmul(h, w_out)                                     # (T, d)
             return out + b_out if b_out is not None else out
 
-    def _record(self, mpc, x: AShare, layer: int, mask: torch.Tensor, req: LayerRequest) -> None:
-        rec = StepRecord(layer, self.state.step, int(mask.sum()), int(mask.numel()))
+    def _ffn_oblivious(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:
+        """The oblivious-indexing variant (no shuffle), defined before measuring:
+
+        1. Predictor as in step 2, with the unpermuted W2, b2: [z] (T, F).
+        2. [u] = [z > threshold] per neuron (union over the T tokens: [sum_t m_t > 0]) as 0/1 shares;
+           only the count k = sum u is opened (64 bits each way, 1 round).
+        3. Selection matrix [Sel] (k, F), Sel[i, j] = u_j [c_j = i + 1] with c = prefix sums of u (local):
+           g_i = [c - i >= 0] for i = 1 .. k + 1 ((k + 1) F comparisons), [c_j = i] = g_i - g_(i+1)
+           (local), times u (one Beaver multiply of k F integers).
+        4. The active weights by secret selection: [W_in b_in]^T Sel^T... as Beaver matmuls of the whole
+           weights with Sel: (d + 1, F) x (F, k) and (k, F) x (F, d), opening both full weight masks
+           and Sel every step (the weights cannot be re-indexed locally without the shuffle).
+        5. SOMM / activation / SIMM on the k selected neurons as in steps 4-6.
+        Leaks k per layer and step only. Cost: ffn_oblivious_step_cost.
+        """
+        mpc = x.mpc
+        pred = self.predictors[layer]
+        llama = "w_gate" in lw
+        with mpc.label(op="ffn.predict"):
+            z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], pred["w2"]) + pred["b2"]   # (T, F)
+        F = z.shape[1]
+        with mpc.label(op="ffn.reveal"):
+            m = compare.ltz((-z).add_public(self.thresholds[layer]))                 # (T, F) 0/1
+            u = m[0] if z.shape[0] == 1 else compare.ltz(-(m.sum(0)))                 # (F,) union
+            (cnt,) = mpc.open(u.sum(0, keepdim=True))
+            k = int(self.counts(layer, self.state.step, x.shape[0])) if mpc.is_cost else int(cnt[0])
+        self._record(mpc, x, layer, None, None, oblivious=(u, k, F))
+        if k == 0:
+            return self._sparse_ffn(x, None, None, _empty_rows(mpc, lw), lw, meta, 0)
+        with mpc.label(op="ffn.select"):
+            c = AShare(torch.cumsum(u.data, dim=-1) if not mpc.is_cost else u.data, mpc, 0)   # prefix sums
+            idx = torch.arange(1, k + 2, dtype=torch.float64)[:, None]
+            g = compare.drelu(c.unsqueeze(0).expand(k + 1, F).add_public(-idx))      # (k + 1, F): [c >= i]
+            sel = arith.mul(g[:-1] - g[1:], u.unsqueeze(0))                           # (k, F) integers
+            ins = [lw["w_gate"], lw["w_up"]] if llama else [lw["w1"], lw["b1"].unsqueeze(0)]
+            w_in_all = AShare.cat(ins, 0)                                              # (rows, F)
+            picked = arith.matmul(w_in_all, sel.transpose(0, 1))                      # (rows, k)
+            w_out = arith.matmul(sel, lw["w_down"] if llama else lw["w2"])            # (k, d)
+        d = x.shape[1]
+        if llama:
+            w_in, b_in = AShare.cat([picked[:d], picked[d:2 * d]], 1), None
+        else:
+            w_in, b_in = picked[:d], picked[d]
+        return self._sparse_ffn(x, w_in, b_in, w_out, lw, meta, k)
+
+    def _record(self, mpc, x: AShare, layer: int, mask, pi, oblivious=None) -> None:
+        """Count what was revealed; in the simulation also the real-coordinate mask (for the masked
+        plaintext reference) and the flips against the float predictor on the decoded input."""
+        if oblivious is not None:
+            u, k, F = oblivious
+            rec = StepRecord(layer, self.state.step, k, F)
+        else:
+            rec = StepRecord(layer, self.state.step, int(mask.sum()), int(mask.numel()))
         if mpc.simulated and not mpc.is_cost:
-            pi = req.perm.composed().cpu()
-            real = torch.zeros_like(mask)
-            real[pi[mask]] = True                       # permuted position j holds real neuron pi[j]
-            rec.real_mask = real
-            # independent check: the float predictor on the decoded input (no message, simulation only)
-            p = self.plain_predictors[layer]
-            h = mpc.peek(x).float()
+            if oblivious is not None:
+                real = mpc.peek(u) > 0.5
+            else:
+                real = torch.zeros_like(mask)
+                real[pi[mask]] = True                    # permuted position j holds real neuron pi[j]
+            rec.real_mask = real.cpu()
+            p = self.plain_predictors[layer]             # independent check: the float predictor on the
+            h = mpc.peek(x).float()                      # decoded input (no message, simulation only)
             with torch.no_grad():
                 scores = p(h)                            # (T, F) real coordinates
             thr = float(p.threshold)
-            fmask = (scores > thr).any(0)
-            flipped = fmask != real
+            flipped = (scores > thr).any(0) != rec.real_mask
             rec.flips = int(flipped.sum())
             if rec.flips:
                 margin = (scores - thr).abs().min(0).values    # closest token's distance, per unit
@@ -200,6 +261,9 @@ class CometSystem(DenseSystem):
         self.state.records.append(rec)
 
 
+def _empty_rows(mpc, lw):
+    w = lw["w_down"] if "w_down" in lw else lw["w2"]
+    return w[:0]
 
 # ---- cost formulas (pinned against the ledger by tests/test_comet.py) ------------------------------------
 
@@ -220,6 +284,30 @@ def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
     c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
     if k == 0:
         return c
+    w = 2 * k if llama else k
+    c = c + arith.matmul_cost(mpc, T * d, d * w, T * w)
+    if llama:
+        c = c + nl.silu_cost(mpc, T * k) + arith.mul_cost(mpc, T * k, T * k, T * k)
+    else:
+        c = c + compare.relu_cost(mpc, T * k)
+    return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
+
+
+def ffn_oblivious_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
+    """The oblivious-indexing variant's steps 1-5 (CometSystem._ffn_oblivious)."""
+    from comet_core.comm.ledger import Cost
+    from comet_core.mpc import nonlinear as nl
+
+    W = 8
+    c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
+    c = c + compare.ltz_cost(mpc, T * F) + (compare.ltz_cost(mpc, F) if T > 1 else Cost())
+    c = c + Cost(2 * W, 0, 1)                                   # open the count
+    if k == 0:
+        return c
+    rows = 2 * d if llama else d + 1
+    c = c + compare.drelu_cost(mpc, (k + 1) * F) + arith.mul_cost(mpc, k * F, F, k * F, frac_sum=0)
+    c = c + Cost(2 * W * (rows * F + F * k), W * rows * k, 1)   # [W_in b_in] Sel^T: integer Sel, no truncation
+    c = c + Cost(2 * W * (k * F + F * d), W * k * d, 1)         # Sel W_out
     w = 2 * k if llama else k
     c = c + arith.matmul_cost(mpc, T * d, d * w, T * w)
     if llama:
