@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One FFN block of OPT-1.3B shape under Comet vs dense, exact mode, at controlled predicted sparsity.
 
-Shape: d = 2048, F = 8192 (OPT-1.3B), ReLU, secret weights and predictor (rank r = d / 8 = 256), one
+Shape: d = 2048, F = 8192 (OPT-1.3B), ReLU, secret weights and predictor (rank r = d / 4 = 512, as conf/system/comet.yaml), one
 decode token (T = 1) and a 32-token prefill (T = 32), predicted sparsity 0.5 / 0.7 / 0.9 / 0.95.
 The predictor's weights are set so that exactly (1 - s) F real neurons score above its threshold
 (W2 = 0, b2 = +-1): its matmuls, comparison and reveal run and cost exactly what a trained one would.
@@ -179,7 +179,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--ffn", type=int, default=8192)
-    ap.add_argument("--rank", type=int, default=None, help="predictor rank (default d / 8)")
+    ap.add_argument("--rank", type=int, default=None, help="predictor rank (default d / 4)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/comet_ffn.csv")
@@ -192,7 +192,7 @@ def main() -> int:
         return 2
     torch.set_num_threads(a.threads)
     load0 = os.getloadavg()[0]
-    rows = run(a.d, a.ffn, a.rank or a.d // 8, a.reps)
+    rows = run(a.d, a.ffn, a.rank or a.d // 4, a.reps)
     df = pd.DataFrame(rows)
     df["cpu"] = _cpu()
     df["threads"] = a.threads

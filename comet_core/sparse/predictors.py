@@ -47,7 +47,8 @@ def load_for_system(model_cfg, system_cfg):
 def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
     """Data-free predictor weights for cost mode: rank from the checkpoint if one exists, else the config."""
     d, F = int(model_cfg.hidden_size), int(model_cfg.ffn_dim)
-    r = int(system_cfg.get("predictor_rank", 1024))
+    r = system_cfg.get("predictor_rank")
+    r = int(r) if r is not None else d // 4
     path = checkpoint_path(model_cfg, system_cfg)
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=False)
