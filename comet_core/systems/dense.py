@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import torch
 
+import math
+
 from comet_core.mpc import arith, compare, nonlinear as nl
 from comet_core.mpc.engine import AShare
+from comet_core.models.secure import _rotate_half, rope_tables
 
 
 class DenseSystem:
@@ -59,6 +62,42 @@ class DenseSystem:
             return nl.softmax(scores, -1, mask)
 
     # -- blocks ----------------------------------------------------------------------------------
+    def attention(self, dec, x: AShare, lw: dict, layer: int, cache, start: int) -> AShare:
+        """Multi-head (grouped-query) attention with the decoder's KV cache: q, k, v projections,
+        RoPE (Llama) / scaling, scores over all cached positions (causal mask in prefill), softmax,
+        context and the output projection. Every head, every step."""
+        sysm, meta, mpc, family = self, dec.meta, dec.mpc, dec.family
+        T = x.shape[0]
+        H, Hkv, hd = meta["num_heads"], meta["num_kv_heads"], meta["head_dim"]
+        q = sysm.linear(x, lw["wq"], lw.get("bq"), op="attn.q")
+        k = sysm.linear(x, lw["wk"], lw.get("bk"), op="attn.k")
+        v = sysm.linear(x, lw["wv"], lw.get("bv"), op="attn.v")
+        q = q.reshape(T, H, hd).transpose(0, 1)          # (H, T, hd)
+        k = k.reshape(T, Hkv, hd).transpose(0, 1)        # (Hkv, T, hd)
+        v = v.reshape(T, Hkv, hd).transpose(0, 1)
+        with mpc.label(op="attn.rope" if family == "llama" else "attn.scale"):
+            if family == "llama":
+                cos, sin = rope_tables(torch.arange(start, start + T), hd, meta["rope_theta"])
+                q = arith.mul_public(q, cos) + arith.mul_public(_rotate_half(q), sin)
+                k = arith.mul_public(k, cos) + arith.mul_public(_rotate_half(k), sin)
+            q = arith.mul_public(q, 1.0 / math.sqrt(hd))
+        k_all, v_all = cache.append(layer, k, v)         # (Hkv, S, hd)
+        if Hkv != H:                                     # grouped-query attention: repeat KV heads
+            rep = torch.arange(Hkv).repeat_interleave(H // Hkv)
+            k_all, v_all = k_all.index_select(0, rep), v_all.index_select(0, rep)
+        S = k_all.shape[1]
+        with mpc.label(op="attn.scores"):
+            scores = arith.matmul(q, k_all.transpose(1, 2))   # (H, T, S)
+        mask = None
+        if T > 1:
+            pos_q = torch.arange(start, start + T)[:, None]
+            mask = (torch.arange(S)[None, :] <= pos_q).to(torch.int64)   # (T, S) causal
+        probs = sysm.softmax(scores, mask)
+        with mpc.label(op="attn.context"):
+            ctx = arith.matmul(probs, v_all)                # (H, T, hd)
+        ctx = ctx.transpose(0, 1).contiguous().reshape(T, H * hd)
+        return sysm.linear(ctx, lw["wo"], lw.get("bo"), op="attn.out")
+
     def ffn(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:
         """OPT: fc2(act(fc1 x)); Llama: down(act(gate x) * up x)."""
         act = meta["act"]
