@@ -184,8 +184,9 @@ def plaintext_references(system, plain, ids: list[int], gen_tokens: int):
         return dense, []
     from comet_core.sparse.reference import masked_generate
 
-    masks = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None}
-    return masked_generate(plain, ids, gen_tokens, masks), [("plaintext_dense", dense)]
+    masks = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "ffn"}
+    heads = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "head"}
+    return masked_generate(plain, ids, gen_tokens, masks, heads), [("plaintext_dense", dense)]
 
 
 def write_sparsity(system, cfg, out: Path) -> None:
@@ -198,9 +199,9 @@ def write_sparsity(system, cfg, out: Path) -> None:
     from comet_core.sparse.predictors import density_note
 
     source = "revealed" if cfg.mode == "exact" else density_note(cfg.model, cfg.system)
-    pd.DataFrame([dict(layer=r.layer, step=r.step, kind="ffn", active=r.active, total=r.total,
+    pd.DataFrame([dict(layer=r.layer, step=r.step, kind=r.kind, active=r.active, total=r.total,
                        density=r.active / r.total if r.total else float("nan"), flips=r.flips,
-                       max_flip_margin=r.max_flip_margin, source=source) for r in records]
+                       max_flip_margin=r.max_flip_margin, revealed=r.revealed, source=source) for r in records]
                  ).to_csv(out / "sparsity.csv", index=False)
 
 

@@ -46,7 +46,12 @@ def make_predictors(model_cfg, path: Path, rank: int = 8, density: float = 0.4) 
                 t.copy_(torch.randn(t.shape, generator=g) * 0.5)
             p.threshold.fill_(float(torch.quantile(p(torch.randn(256, d, generator=g)).flatten(), 1 - density)))
         ffn.append(p)
-        head.append(LowRankPredictor(d, 4, H))
+        q = LowRankPredictor(d, 4, H)
+        with torch.no_grad():
+            for t in q.parameters():
+                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
+            q.threshold.fill_(float(torch.quantile(q(torch.randn(256, d, generator=g)).flatten(), 0.5)))
+        head.append(q)
     save_predictors(PredictorSet(model_signature(model_cfg), ffn, head, [0.0] * n, [0.0] * n), path)
     return path
 

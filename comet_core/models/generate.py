@@ -45,7 +45,7 @@ def private_generate(mpc: MPC, model: SecureDecoder, prompt_ids: list[int], new_
     with mpc.inference():
         t0 = time.perf_counter()
         with mpc.label(stage="setup"):
-            model.system.start_request(mpc, model)   # per-request work (Comet: the oblivious shuffle)
+            model.system.start_request(mpc, model, new_tokens)   # per-request work (Comet: the oblivious shuffle)
         gen.stage_seconds["setup"] = time.perf_counter() - t0
         for step in progress(range(new_tokens), desc="private generation", unit="tok"):
             stage = "prefill" if step == 0 else "decode"

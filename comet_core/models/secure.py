@@ -41,6 +41,7 @@ class KVCache:
     def __init__(self, n_layers: int) -> None:
         self.k: list[AShare | None] = [None] * n_layers
         self.v: list[AShare | None] = [None] * n_layers
+        self.positions = 0   # tokens processed so far (a system may keep its own K/V, e.g. Comet's heads)
 
     def append(self, layer: int, k: AShare, v: AShare) -> tuple[AShare, AShare]:
         if self.k[layer] is not None:
@@ -51,7 +52,7 @@ class KVCache:
 
     @property
     def length(self) -> int:
-        return 0 if self.k[0] is None else self.k[0].shape[1]
+        return self.positions
 
 
 class SecureDecoder:
@@ -105,4 +106,5 @@ class SecureDecoder:
         x = self.embed(onehot, start)
         for i in range(self.n_layers):
             x = self.layer(x, i, cache, start)
+        cache.positions += onehot.shape[0]
         return self.head(x[-1:])

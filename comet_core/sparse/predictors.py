@@ -120,3 +120,103 @@ def density_note(model_cfg, system_cfg) -> str:
 
 
 
+
+
+# ---- attention heads (part 2) ---------------------------------------------------------------------
+
+def shared_head_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
+    """Data-free head predictor weights for cost mode: rank from the checkpoint if any, else d / 8 (the
+    ratio of our trained head predictors, rank 32 at d = 256)."""
+    d, H = int(model_cfg.hidden_size), int(model_cfg.num_heads)
+    r = system_cfg.get("head_predictor_rank")
+    r = int(r) if r is not None else max(1, d // 8)
+    path = checkpoint_path(model_cfg, system_cfg)
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        r = int(blob["head"][0]["shape"][1])
+    f = lambda *s: Shape(s, torch.float32)  # noqa: E731
+    return [dict(w1=f(d, r), b1=f(r), w2=f(r, H), b2=f(H)) for _ in range(n_layers)]
+
+
+def _head_profile(model_cfg, system_cfg):
+    """(profile, measured?) for head statistics: the model's own if it exists, else the reference one."""
+    from comet_core.predictor.profile import SparsityProfile
+
+    path = _profile_path(model_cfg, system_cfg)
+    if str(system_cfg.get("profile", "auto")) in ("auto", "measured") and path.is_file():
+        return SparsityProfile(json.loads(path.read_text())), True
+    der = system_cfg.get("derived")
+    ref = der.get("union_growth_profile") if der is not None else None
+    if ref and (REPO_ROOT / str(ref)).is_file():
+        return SparsityProfile(json.loads((REPO_ROOT / str(ref)).read_text())), False
+    return None, False
+
+
+def reactivation_model(model_cfg, system_cfg):
+    """p(layer, horizon): P(a head skipped now is needed within `horizon` steps), from the profile (the
+    model's own, else the reference model's mean over layers; 1.0 without any profile). Public input."""
+    prof, measured = _head_profile(model_cfg, system_cfg)
+    if prof is None:
+        return lambda layer, horizon: 1.0
+    if measured:
+        return lambda layer, horizon: prof.head_reactivation(min(layer, prof.num_layers - 1), horizon)
+    return lambda layer, horizon: sum(prof.head_reactivation(l, horizon) for l in range(prof.num_layers)) / prof.num_layers
+
+
+class HeadMaskModel:
+    """Cost mode's KV-group masks: replayed from an exact run (`mask_trace`), or drawn from a seeded
+    two-state Markov model of the profile per layer: per-head density pi and reactivation p01 at horizon 1;
+    a group of G heads is taken active with probability 1 - (1 - pi)^G (heads independent: an assumption,
+    stated), staying active with p11 = 1 - p01 (1 - pi_g) / pi_g so that pi_g is stationary. The prefill
+    of T tokens draws round(H_kv * group union density(T)) groups at random. Paper shapes use the reference
+    model's profile averaged over layers (labelled `derived`)."""
+
+    def __init__(self, model_cfg, system_cfg, n_layers: int) -> None:
+        self.Hkv = int(model_cfg.num_kv_heads)
+        self.G = int(model_cfg.num_heads) // self.Hkv
+        self.gen = torch.Generator().manual_seed(int(system_cfg.get("head_seed", 0)))
+        self.prev: dict[int, torch.Tensor] = {}
+        self.reactivation = reactivation_model(model_cfg, system_cfg)
+        self.trace = None
+        trace = system_cfg.get("mask_trace")
+        if trace:
+            import pandas as pd
+
+            df = pd.read_csv(trace, dtype={"revealed": str})
+            df = df[df.kind == "head"]
+            self.trace = {(int(r.layer), int(r.step)): torch.tensor([c == "1" for c in str(r.revealed)])
+                          for r in df.itertuples()}
+        self.prof, self.measured = _head_profile(model_cfg, system_cfg)
+
+    def _stat(self, name: str, layer: int, *arg) -> float:
+        if self.prof is None:
+            return 1.0
+        fn = getattr(self.prof, name)
+        if self.measured:
+            return fn(min(layer, self.prof.num_layers - 1), *arg)
+        return sum(fn(l, *arg) for l in range(self.prof.num_layers)) / self.prof.num_layers
+
+    def __call__(self, layer: int, step: int, n_tokens: int) -> torch.Tensor:
+        if self.trace is not None:
+            if (layer, step) not in self.trace:
+                raise CometError(f"mask_trace has no head mask for layer {layer}, step {step}")
+            return self.trace[(layer, step)]
+        g = lambda p: 1.0 - (1.0 - p) ** self.G  # noqa: E731
+        if layer not in self.prev or n_tokens > 1:
+            u = g(self._stat("head_union_density", layer, n_tokens) if n_tokens > 1 else self._stat("head_density", layer))
+            k = int(round(u * self.Hkv))
+            m = torch.zeros(self.Hkv, dtype=torch.bool)
+            m[torch.randperm(self.Hkv, generator=self.gen)[:k]] = True
+        else:
+            pi = min(max(g(self._stat("head_density", layer)), 1e-6), 1.0)
+            p01 = min(max(self._stat("head_reactivation", layer, 1), 0.0), 1.0)
+            p11 = min(max(1.0 - p01 * (1.0 - pi) / pi, 0.0), 1.0)
+            r = torch.rand(self.Hkv, generator=self.gen)
+            prev = self.prev[layer]
+            m = torch.where(prev, r < p11, r < p01)
+        self.prev[layer] = m
+        return m
+
+
+def head_mask_model(model_cfg, system_cfg, n_layers: int) -> HeadMaskModel:
+    return HeadMaskModel(model_cfg, system_cfg, n_layers)

@@ -17,17 +17,21 @@ from comet_core.predictor.sites import layer_sites
 
 
 @torch.no_grad()
-def masked_generate(model, prompt_ids: list[int], new_tokens: int, masks: dict[tuple[int, int], torch.Tensor]) -> Generation:
-    """Greedy decoding of the HF model with FFN masks[(layer, step)] (F,) bool applied per position."""
+def masked_generate(model, prompt_ids: list[int], new_tokens: int, masks: dict[tuple[int, int], torch.Tensor],
+                    head_masks: dict[tuple[int, int], torch.Tensor] | None = None) -> Generation:
+    """Greedy decoding of the HF model with FFN masks[(layer, step)] (F,) bool and KV-group masks
+    head_masks[(layer, step)] (H_kv,) bool applied per position: a masked neuron contributes nothing, a
+    masked group's query heads output zero (their K/V stay complete: the refilled cache's semantics)."""
+    head_masks = head_masks or {}
     sites = layer_sites(model)
     P = len(prompt_ids)
     hooks = []
 
-    def position_masks(layer: int, T: int, F: int, dtype) -> torch.Tensor:
+    def position_masks(layer: int, T: int, F: int, dtype, table=masks) -> torch.Tensor:
         rows = []
         for t in range(T):
             step = 0 if t < P else t - P + 1
-            m = masks.get((layer, step))
+            m = table.get((layer, step))
             rows.append(torch.ones(F, dtype=torch.bool) if m is None else m)
         return torch.stack(rows).to(dtype)
 
@@ -36,6 +40,18 @@ def masked_generate(model, prompt_ids: list[int], new_tokens: int, masks: dict[t
             h = args[0]                                    # (B, T, F) input of fc2 / down_proj
             return (h * position_masks(l, h.shape[-2], h.shape[-1], h.dtype),) + tuple(args[1:])
         hooks.append(s.ffn_down.register_forward_pre_hook(pre))
+
+        def pre_heads(module, args, l=l, s=s):
+            a = args[0]                                    # (B, T, H*hd) input of out_proj / o_proj
+            if not any(k[0] == l for k in head_masks):
+                return None
+            H = s.num_heads
+            T = a.shape[-2]
+            g = position_masks(l, T, next(v for k, v in head_masks.items() if k[0] == l).numel(), a.dtype,
+                               head_masks)                 # (T, H_kv)
+            per_head = g.repeat_interleave(H // g.shape[-1], dim=-1)              # (T, H)
+            return (a * per_head.repeat_interleave(a.shape[-1] // H, dim=-1),) + tuple(args[1:])
+        hooks.append(s.attn_out.register_forward_pre_hook(pre_heads))
     ids = list(prompt_ids)
     gen = Generation(tokens=[])
     t0 = time.perf_counter()

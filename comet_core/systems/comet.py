@@ -35,6 +35,7 @@ from comet_core.mpc import arith, compare
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse.masks import active_bits, reveal_bits
+from comet_core.systems.comet_heads import HeadSparsity
 from comet_core.systems.dense import DenseSystem
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class StepRecord:
     step: int
     active: int
     total: int
+    kind: str = "ffn"                         # ffn (neurons) | head (KV groups)
+    revealed: str = ""                        # head groups: the opened mask in permuted coordinates
     real_mask: torch.Tensor | None = None    # (F,) bool in real coordinates (simulation only)
     flips: int | float = math.nan             # MPC mask != float predictor mask
     max_flip_margin: float = math.nan         # largest |score - threshold| among flipped units
@@ -68,12 +71,15 @@ class StepRecord:
 @dataclass
 class CometState:
     request: list[LayerRequest] = field(default_factory=list)
+    heads: list = field(default_factory=list)       # per layer: HeadRequest (permuted attention weights)
+    kv: list = field(default_factory=list)          # per layer: HeadCache
     records: list[StepRecord] = field(default_factory=list)
     step: int = 0
     n_tokens: int = 1
+    total_steps: int = 1
 
 
-class CometSystem(DenseSystem):
+class CometSystem(HeadSparsity, DenseSystem):
     name = "comet"
 
     def __init__(self, cfg=None) -> None:
@@ -83,6 +89,15 @@ class CometSystem(DenseSystem):
         if self.indexing not in ("shuffle", "oblivious"):
             raise CometError(f"system.indexing must be shuffle or oblivious, got {self.indexing!r}")
         self.flip_eps = float(get("flip_epsilon", 0.05))
+        self.heads = bool(get("heads", False))
+        self.kv_refill = str(get("kv_refill", "merged"))
+        self.kv_prefetch = str(get("kv_prefetch", "cost_benefit"))
+        if self.kv_refill not in ("merged", "naive"):
+            raise CometError(f"system.kv_refill must be merged or naive, got {self.kv_refill!r}")
+        if self.kv_prefetch not in ("cost_benefit", "always", "never"):
+            raise CometError(f"system.kv_prefetch must be cost_benefit, always or never, got {self.kv_prefetch!r}")
+        if self.heads and self.indexing == "oblivious":
+            raise CometError("system.indexing=oblivious covers the FFN only; set system.heads=false with it")
         self.state = CometState()
         self.predictors: list[dict] = []     # per layer: shared W1 (d, r), b1 (r,), W2 (r, F), b2 (F,)
         self.thresholds: list[float] = []
@@ -102,6 +117,7 @@ class CometSystem(DenseSystem):
             self.counts = cost_counts(model_cfg, self.cfg, L)
         else:
             ps = load_for_system(model_cfg, self.cfg)
+            self._ps = ps
             self.plain_predictors = ps.ffn[:L]
             plain = [dict(w1=p.w1.weight.detach().t().double(), b1=p.w1.bias.detach().double(),
                           w2=p.w2.weight.detach().t().double(), b2=p.w2.bias.detach().double())
@@ -110,15 +126,23 @@ class CometSystem(DenseSystem):
         with mpc.label(stage="setup", op="ffn.predictor_weights"):
             self.predictors = [{k: mpc.register_weight(mpc.share(v, owner="model_owner", phase="setup"))
                                 for k, v in layer.items()} for layer in plain]
+        if self.heads:
+            self._prepare_heads(mpc, model_cfg, L, getattr(self, "_ps", None))
 
-    def start_request(self, mpc, decoder) -> None:
-        """Step 1: one permutation per layer, applied to every neuron-indexed tensor in one call."""
-        self.state = CometState()
-        if self.indexing == "oblivious":
-            return
+    def start_request(self, mpc, decoder, steps: int = 1) -> None:
+        """Step 1: one permutation per layer, applied to every neuron-indexed tensor in one call (and,
+        with heads, one per layer for the head groups)."""
+        from comet_core.sparse.heads import HeadCache
+
+        self.state = CometState(total_steps=steps)
         for layer, lw in enumerate(decoder.w.layers):
-            with mpc.label(layer=layer, op="ffn.shuffle"):
-                self.state.request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
+            if self.indexing == "shuffle":
+                with mpc.label(layer=layer, op="ffn.shuffle"):
+                    self.state.request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
+            if self.heads:
+                with mpc.label(layer=layer, op="attn.shuffle"):
+                    self.state.heads.append(self._permute_heads(mpc, lw, decoder.meta, layer))
+                self.state.kv.append(HeadCache(decoder.meta["num_kv_heads"]))
 
     def _permute_layer(self, mpc, lw: dict, pred: dict) -> LayerRequest:
         llama = "w_gate" in lw

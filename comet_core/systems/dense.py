@@ -26,8 +26,8 @@ class DenseSystem:
     def prepare(self, mpc, weights, model_cfg) -> None:
         """Once per deployment, after the model owner shared the weights (e.g. share predictors)."""
 
-    def start_request(self, mpc, decoder) -> None:
-        """At the start of one inference request (inside MPC.inference)."""
+    def start_request(self, mpc, decoder, steps: int = 1) -> None:
+        """At the start of one inference request (inside MPC.inference) of `steps` forward passes."""
 
     def start_step(self, step: int, n_tokens: int) -> None:
         """Before each forward pass: step 0 is the prefill of n_tokens, later steps decode one token."""
