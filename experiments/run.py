@@ -160,7 +160,8 @@ def run(cfg, out: Path) -> dict:
             if p != q:
                 break
             same_prefix += 1
-        summary.update(plaintext=ref.tokens, match=gen.tokens == ref.tokens,
+        gaps = [float(t[0] - t[1]) for t in (torch.topk(lg.double(), 2).values for lg in ref.logits)]
+        summary.update(plaintext=ref.tokens, match=gen.tokens == ref.tokens, reference_top2_gaps=gaps,
                        max_logit_err=max(errs[: same_prefix + 1]) if errs else float("nan"),
                        private_text=tok.decode(gen.tokens), plaintext_text=tok.decode(ref.tokens),
                        prompt_text=tok.decode(ids))

@@ -184,7 +184,7 @@ class HeadMaskModel:
 
             df = pd.read_csv(trace, dtype={"revealed": str})
             df = df[df.kind == "head"]
-            self.trace = {(int(r.layer), int(r.step)): torch.tensor([c == "1" for c in str(r.revealed)])
+            self.trace = {(int(r.layer), int(r.step)): torch.tensor([c == "1" for c in str(r.revealed).removeprefix("0b")])
                           for r in df.itertuples()}
         self.prof, self.measured = _head_profile(model_cfg, system_cfg)
 

@@ -35,7 +35,7 @@ from comet_core.mpc import arith, compare
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse.masks import active_bits, reveal_bits
-from comet_core.systems.comet_heads import HeadSparsity
+from comet_core.systems.comet_heads import HeadSparsity, attention_step_cost  # noqa: F401 (re-exported)
 from comet_core.systems.dense import DenseSystem
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class CometSystem(HeadSparsity, DenseSystem):
         self.predictors: list[dict] = []     # per layer: shared W1 (d, r), b1 (r,), W2 (r, F), b2 (F,)
         self.thresholds: list[float] = []
         self.plain_predictors = None         # float predictors (exact mode; flips check)
+        self.plain_head_predictors = None
         self.counts = None                   # cost mode: (layer, step, n_tokens) -> active count
 
     # -- deployment ------------------------------------------------------------------------------------
@@ -272,6 +273,9 @@ class CometSystem(HeadSparsity, DenseSystem):
                 real = torch.zeros_like(mask)
                 real[pi[mask]] = True                    # permuted position j holds real neuron pi[j]
             rec.real_mask = real.cpu()
+            if not self.plain_predictors:
+                self.state.records.append(rec)
+                return
             p = self.plain_predictors[layer]             # independent check: the float predictor on the
             h = mpc.peek(x).float()                      # decoded input (no message, simulation only)
             with torch.no_grad():

@@ -66,7 +66,7 @@ class DenseSystem:
         """Multi-head (grouped-query) attention with the decoder's KV cache: q, k, v projections,
         RoPE (Llama) / scaling, scores over all cached positions (causal mask in prefill), softmax,
         context and the output projection. Every head, every step."""
-        sysm, meta, mpc, family = self, dec.meta, dec.mpc, dec.family
+        sysm, meta, mpc, family = self, dec.meta, x.mpc, dec.family
         T = x.shape[0]
         H, Hkv, hd = meta["num_heads"], meta["num_kv_heads"], meta["head_dim"]
         q = sysm.linear(x, lw["wq"], lw.get("bq"), op="attn.q")
