@@ -204,6 +204,12 @@ def write_sparsity(system, cfg, out: Path) -> None:
                        density=r.active / r.total if r.total else float("nan"), flips=r.flips,
                        max_flip_margin=r.max_flip_margin, revealed=r.revealed, source=source) for r in records]
                  ).to_csv(out / "sparsity.csv", index=False)
+    kv = getattr(system.state, "kv", None)
+    if kv:   # head-sparse attention: how often an active group found its past K/V (cache hits)
+        rows = [dict(layer=l, hits=c.stats["hits"], misses=c.stats["misses"], prefetched=c.stats["prefetched"],
+                     hit_rate=c.stats["hits"] / max(1, c.stats["hits"] + c.stats["misses"]),
+                     refill=system.kv_refill, prefetch=system.kv_prefetch) for l, c in enumerate(kv)]
+        pd.DataFrame(rows).to_csv(out / "kv.csv", index=False)
 
 
 def _print_summary(s: dict) -> None:

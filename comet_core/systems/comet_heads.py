@@ -139,11 +139,18 @@ class HeadSparsity:
                 q = arith.mul_public(q, 1.0 / math.sqrt(hd))
         # 4. fill the cache: only entries that did not exist
         pos_index = {int(p): i for i, p in enumerate(rows_pos)}
-        for i, g in enumerate(A.tolist()):
+        if mpc.is_cost:          # no values: only the validity bitmap changes (same decisions as exact)
+            for g in A.tolist():
+                hc.valid[g, torch.cat([cur, miss[g]]) if merged else cur] = True
+            hc.valid[B[:, None], cur[None, :]] = True
+            A_fill = []
+        else:
+            A_fill = A.tolist()
+        for i, g in enumerate(A_fill):
             need = torch.cat([cur, miss[g]]) if merged else cur
             idx = torch.tensor([pos_index[int(p)] for p in need], dtype=torch.long)
             hc.fill(g, need, kA[i].index_select(0, idx), vA[i].index_select(0, idx))
-        for j, g in enumerate(B.tolist()):
+        for j, g in enumerate(B.tolist() if not mpc.is_cost else []):
             hc.fill(g, cur, kB[j], vB[j])
         if not merged:
             self._naive_refill(mpc, hc, req, A, miss, hd, family, theta)
