@@ -18,6 +18,19 @@ app = typer.Typer(
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
+def check_run(cfg, multirun: bool) -> None:
+    """Preflight of one `run-experiment` job: its config, and (single runs) its output folder."""
+    from pathlib import Path
+
+    from comet_core.results.run_folder import check_destination, probe_writable
+    from experiments.run import validate_config
+
+    validate_config(cfg)
+    if not multirun:
+        probe_writable(Path(cfg.output_dir))
+        check_destination(Path(cfg.output_dir).resolve(), bool(cfg.overwrite))
+
+
 @app.command("run-experiment", context_settings=HYDRA_ARGS)
 def run_experiment(ctx: typer.Context) -> None:
     """Run one private-inference experiment (Hydra overrides: model=, system=, network=, mode=, ...).
@@ -28,7 +41,7 @@ def run_experiment(ctx: typer.Context) -> None:
     from cli.hydra_launch import launch
     from experiments.run import run_experiment_task
 
-    launch(run_experiment_task, "config", list(ctx.args), "comet run-experiment")
+    launch(run_experiment_task, "config", list(ctx.args), "comet run-experiment", check=check_run)
 
 
 @app.command("train-lm", context_settings=HYDRA_ARGS)

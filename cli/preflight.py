@@ -1,0 +1,126 @@
+"""Check a command line before any work: compose the config of every job (all values of a ``-m`` sweep)
+and run the task's checks on each, so that a bad value fails in one line before the first job starts.
+
+1. Parse the command line with Hydra's own parser (``-m``, ``--cfg``, overrides).
+2. List the jobs: one, or the cartesian product of a sweep (with ``hydra.sweeper.params`` of the config,
+   as Hydra's basic sweeper does).
+3. Compose each job's config (types and unknown keys are checked by the schema, cli/schema.py) and call
+   ``check(cfg, multirun)``. Hydra's several-line errors become one line (``one_line``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from comet_core.errors import ConfigError
+
+
+def one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf errors (several lines, causes chained) as one line naming the key and the problem."""
+    parts, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).strip()
+        if text:
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            keep = [ln for ln in lines if not ln.startswith(("object_type=", "reference_type=", "full_key:",
+                                                             "invalid literal")) and "$VALUE" not in ln]
+            full_key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+            msg = " ".join(keep)
+            if full_key and full_key not in msg:
+                msg = f"{full_key}: {msg}"
+            if msg:
+                parts.append(msg)
+        e = e.__cause__ or e.__context__
+    msg = "; ".join(dict.fromkeys(parts)) or type(exc).__name__
+    msg = re.sub(r"\s*To append to your config use \+(\S+)", r" (no such key: check its spelling; "
+                 r"`--cfg job` lists every key)", msg)
+    msg = re.sub(r"\s+", " ", msg)
+    return msg
+
+
+def strict_bools(job: list[str], schema) -> None:
+    """`overwrite=no`, `save_ledger=yes`: a boolean key takes only true or false (OmegaConf alone would
+    read yes/no/on/off/1/0 as booleans, which hides typos such as `overwrite=on`)."""
+    import dataclasses
+    import typing
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if schema is None:
+        return
+    for o in OverridesParser.create().parse_overrides(job):
+        typ = schema
+        for part in o.key_or_group.split("."):
+            hints = typing.get_type_hints(typ) if dataclasses.is_dataclass(typ) else {}
+            typ = hints.get(part)
+        if typ is bool and not isinstance(o.value(), bool) and o.value() is not None:
+            raise ConfigError(f"{o.key_or_group} must be true or false, got {o.get_value_element_as_str()!r}")
+
+
+def _parse(args: list[str]):
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        return get_args_parser().parse_args(args)
+    except SystemExit:
+        raise ConfigError(f"cannot parse the command line {' '.join(args)!r}; see --help") from None
+
+
+def jobs(config_name: str, overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job this command line would run."""
+    if not multirun:
+        return [list(overrides)]
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    base = compose(config_name, overrides=fixed, return_hydra_config=True)
+    params = base.hydra.sweeper.get("params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
+    return [job for batch in batches for job in batch]
+
+
+def preflight(config_name: str, args: list[str], conf_dir: str, check: Callable) -> None:
+    """Raise ConfigError (one line) if any job of this command line has a bad config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cli.schema import PRIMARY
+
+    schema = PRIMARY.get(config_name)
+    ns = _parse(args)
+    if any(getattr(ns, k, None) for k in ("cfg", "help", "hydra_help", "info", "shell_completion", "experimental_rerun")):
+        return
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            try:
+                all_jobs = jobs(config_name, ns.overrides, ns.multirun)
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001  Hydra's grammar and composition errors
+                raise ConfigError(one_line(e)) from None
+            for i, job in enumerate(all_jobs):
+                shown = " ".join(o for o in job if not o.lstrip("+~").startswith("hydra."))
+                where = f"job {i} ({shown}): " if ns.multirun and len(all_jobs) > 1 else ""
+                try:
+                    strict_bools(job, schema)
+                    cfg = compose(config_name, overrides=job)
+                    check(cfg, ns.multirun)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}{e}") from None
+                except Exception as e:  # noqa: BLE001
+                    from comet_core.errors import CometError
+
+                    if isinstance(e, CometError):
+                        raise CometError(f"{where}{e}") from None
+                    raise ConfigError(f"{where}{one_line(e)}") from None
+    finally:
+        GlobalHydra.instance().clear()
