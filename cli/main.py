@@ -15,6 +15,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from comet_core.results.run_info import toolkit_version
+        from comet_core.results.tables import git_revision
+
+        typer.echo(f"comet {toolkit_version()} (git {git_revision()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the toolkit's version and git revision, then exit.")) -> None:
+    """Comet toolkit: private LLM inference under 2PC with activation-sparsity prediction."""
+
+
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
@@ -50,16 +65,30 @@ def train_lm(ctx: typer.Context) -> None:
     from cli.hydra_launch import launch
     from experiments.train_lm import train_lm_task
 
-    launch(train_lm_task, "train_lm", list(ctx.args), "comet train-lm")
+    from cli.schema import check_train_config
+
+    launch(train_lm_task, "train_lm", list(ctx.args), "comet train-lm", check=lambda cfg, multirun: check_train_config(cfg))
 
 
 @app.command("train-predictor", context_settings=HYDRA_ARGS)
 def train_predictor(ctx: typer.Context) -> None:
     """Train and evaluate the activation-sparsity predictors for a model."""
     from cli.hydra_launch import launch
-    from experiments.train_predictor import train_predictor_task
+    from experiments.train_predictor import check_train_predictor, train_predictor_task
 
-    launch(train_predictor_task, "train_predictor", list(ctx.args), "comet train-predictor")
+    launch(train_predictor_task, "train_predictor", list(ctx.args), "comet train-predictor", check=check_train_predictor)
+
+
+@app.command("list")
+def list_configs(group: str = typer.Argument(None, help="a config group (model, system, network, ...); all if omitted")) -> None:
+    """List the configs of each group (conf/<group>/*.yaml) with a one-line description."""
+    from cli.listing import describe_groups
+
+    try:
+        typer.echo(describe_groups(group))
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

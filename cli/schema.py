@@ -176,6 +176,11 @@ PRIMARY = {"config": RunSchema, "train_lm": TrainLMSchema, "train_predictor": Tr
 _registered = False
 
 
+def preset_dir(model: str, preset: str) -> str:
+    """Predictor results folder below results/predictor: `<model>` for the default preset, else `<model>/<preset>`."""
+    return str(model) if str(preset) == "default" else f"{model}/{preset}"
+
+
 def register() -> None:
     """Store the schemas in Hydra's ConfigStore (group `schema`) and register the resolvers (idempotent)."""
     global _registered
@@ -190,6 +195,7 @@ def register() -> None:
         cs.store(group="schema", name=name, node=node, package="_global_")
     OmegaConf.register_new_resolver("comet.run_id", run_token, replace=True)
     OmegaConf.register_new_resolver("comet.staging", lambda d: str(staging_path(d)), replace=True)
+    OmegaConf.register_new_resolver("comet.preset_dir", preset_dir, replace=True)
     _registered = True
 
 

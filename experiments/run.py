@@ -212,6 +212,7 @@ def execute(cfg) -> Outcome:
     from comet_core.models.weights import extract, share_weights, weight_shapes
     from comet_core.models.zoo import load_plain_model, n_layers
     from comet_core.mpc.engine import MPC
+    from comet_core.progress import layer_progress
     from comet_core.systems import load_system
 
     if cfg.seed is not None:
@@ -234,12 +235,22 @@ def execute(cfg) -> Outcome:
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
-    gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size))
+    with layer_progress(model, passes=cfg.gen_tokens):
+        gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size))
     ref = None if cost else plaintext_generate(plain, ids, cfg.gen_tokens)
     return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers)
 
 
 # -- 4. tables ---------------------------------------------------------------------------------------
+
+
+def decode(tok, ids) -> str:
+    """Text of token ids; ids the tokenizer cannot decode (a random-weight model with a byte tokenizer
+    emits ids >= 256) are written as <id> instead of failing the run."""
+    try:
+        return tok.decode(list(ids))
+    except (ValueError, KeyError, IndexError):
+        return "".join(decode(tok, [i]) if i < 256 else f"<{i}>" for i in ids) if len(ids) > 1 else f"<{ids[0]}>"
 
 
 def _comparison(o: Outcome) -> dict:
@@ -252,8 +263,8 @@ def _comparison(o: Outcome) -> dict:
         same_prefix += 1
     return dict(plaintext=o.ref.tokens, match=o.gen.tokens == o.ref.tokens,
                 max_logit_err=max(errs[: same_prefix + 1]) if errs else float("nan"),
-                private_text=o.tok.decode(o.gen.tokens), plaintext_text=o.tok.decode(o.ref.tokens),
-                prompt_text=o.tok.decode(o.ids))
+                private_text=decode(o.tok, o.gen.tokens), plaintext_text=decode(o.tok, o.ref.tokens),
+                prompt_text=decode(o.tok, o.ids))
 
 
 def metrics_frame(cfg, o: Outcome, summary: dict):
@@ -283,7 +294,7 @@ def generation_frame(o: Outcome):
     rows = []
     for src, g in (("private", o.gen), ("plaintext", o.ref)):
         for step, t in enumerate(g.tokens):
-            rows.append(dict(source=src, step=step, token_id=t, text=o.tok.decode([t])))
+            rows.append(dict(source=src, step=step, token_id=t, text=decode(o.tok, [t])))
     return pd.DataFrame(rows)
 
 
