@@ -33,12 +33,12 @@ class layer_progress:
         model, n = self.model, int(self.model.n_layers)
         self.bar = progress(total=self.passes * n, desc=self.desc, unit="layer", position=1)
         orig = model.layer
-        done = [0]
+        self.done = 0
 
         def layer(x, i, *args, **kwargs):
             out = orig(x, i, *args, **kwargs)
-            done[0] += 1
-            self.bar.set_postfix_str(f"token {(done[0] - 1) // n + 1}/{self.passes}, layer {i + 1}/{n}", refresh=False)
+            self.done += 1
+            self.bar.set_postfix_str(f"token {(self.done - 1) // n + 1}/{self.passes}, layer {i + 1}/{n}", refresh=False)
             self.bar.update(1)
             return out
 

@@ -25,7 +25,7 @@ def fmt_seconds(s: float) -> str:
         return "n/a"
     if s == 0:
         return "0ms"
-    if abs(s) < 1e-3:
+    if abs(s) < 1e-4:
         return f"{_num(s * 1e6)}us"
     if abs(s) < 1:
         return f"{_num(s * 1e3)}ms"
