@@ -60,6 +60,25 @@ def strict_bools(job: list[str], schema) -> None:
             raise ConfigError(f"{o.key_or_group} must be true or false, got {o.get_value_element_as_str()!r}")
 
 
+def _note_network_sweep(overrides: list[str], all_jobs: list[list[str]], compose) -> None:
+    """An exact-mode sweep over network presets only repeats one computation: say so (stderr, one line)."""
+    import sys
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    if len(all_jobs) < 2 or not swept or not all(k == "network" or k.startswith("network.") for k in swept):
+        return
+    try:
+        mode = compose("config", overrides=all_jobs[0]).mode
+    except Exception:  # noqa: BLE001  the job checks below report it
+        return
+    if mode == "exact":
+        print(f"note: this sweep repeats the same exact computation {len(all_jobs)} times: only the network "
+              "changes, and every run's metrics.csv already prices every preset of conf/network (column "
+              "`network`); one run gives the same bytes, rounds and modelled times", file=sys.stderr)
+
+
 def _parse(args: list[str]):
     from hydra._internal.utils import get_args_parser
 
@@ -107,6 +126,8 @@ def preflight(config_name: str, args: list[str], conf_dir: str, check: Callable)
                 raise
             except Exception as e:  # noqa: BLE001  Hydra's grammar and composition errors
                 raise ConfigError(one_line(e)) from None
+            if ns.multirun and config_name == "config":
+                _note_network_sweep(ns.overrides, all_jobs, compose)
             for i, job in enumerate(all_jobs):
                 shown = " ".join(o for o in job if not o.lstrip("+~").startswith("hydra."))
                 where = f"job {i} ({shown}): " if ns.multirun and len(all_jobs) > 1 else ""

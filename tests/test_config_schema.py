@@ -54,6 +54,7 @@ def test_bad_values_are_refused_in_one_line(tmp_path, args, needle):
     ["network.bandwidth_bps=1e8", "network.latency_s=0.01"], ["engine.truncation=local"], ["device=cpu"],
     ["prompt_len=127", "gen_tokens=2", "model=tiny-opt"],  # 128 positions: fits
     ["engine.reuse_weight_masks=true"], ["prompt=it is the east"],
+    ["prompt=\"'Tis but thy name, a=b, $5\""],  # the README's quoting example, as the shell passes it
 ])
 def test_documented_keys_are_accepted(tmp_path, args):
     pre(f"output_dir={tmp_path / 'x'}", *args)

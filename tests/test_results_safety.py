@@ -158,8 +158,12 @@ def test_memory_estimate_grows_with_the_model():
 
 
 def test_prompt_file_takes_any_text(tmp_path):
-    text = "JULIET. 'Tis but thy name that is my enemy; \"quoted\", a=b, $HOME, ${y}, 100% {x}"
-    (tmp_path / "prompt.txt").write_text(text + "\n")
+    """The README's prompt_file example, run as written (apostrophes, quotes, =, $ and ${...})."""
+    readme = (REPO / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("printf ") and "prompt.txt" in ln)
+    subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True)
+    text = (tmp_path / "prompt.txt").read_text()[:-1]
+    assert "'Tis" in text and '"quoted"' in text and "a=b" in text and "$HOME" in text and "${y}" in text
     out = tmp_path / "p"
     r = comet("run-experiment", *COST, "prompt_file=prompt.txt", f"output_dir={out}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
