@@ -130,6 +130,7 @@ class RunFolder:
             raise CometError(f"output_dir {self.dest} cannot be written ({e.strerror}); choose another output_dir=") \
                 from None
         self.hydra_dir = Path(os.path.abspath(hydra_dir)) if hydra_dir else None
+        self._moved_from: Path | None = None
         if self.hydra_dir is not None and self.hydra_dir != self.staging:
             self._adopt_hydra_files(move=self.hydra_dir == self.dest)
 
@@ -143,12 +144,18 @@ class RunFolder:
                 target = self.staging / p.name
                 if move:
                     shutil.move(str(p), target)
+                    self._moved_from = self.hydra_dir
                 elif p.is_dir():
                     shutil.copytree(p, target, dirs_exist_ok=True)
                 else:
                     shutil.copy2(p, target)
 
     def discard(self) -> None:
+        """Delete the unfinished folder; a sweep job's folder gets Hydra's files (config, log) back."""
+        if self._moved_from is not None and self._moved_from.is_dir():
+            for p in list(self.staging.iterdir()):
+                if p.name in HYDRA_FILES or p.suffix == ".log":
+                    shutil.move(str(p), self._moved_from / p.name)
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def publish(self) -> Path:
