@@ -34,11 +34,69 @@ def one_line(exc: BaseException) -> str:
             if msg:
                 parts.append(msg)
         e = e.__cause__ or e.__context__
-    msg = "; ".join(dict.fromkeys(parts)) or type(exc).__name__
+    uniq = []
+    for part in parts:  # drop a cause already quoted by an earlier part
+        if not any(part in u for u in uniq):
+            uniq.append(part)
+    msg = "; ".join(uniq) or type(exc).__name__
+    if "LexerNoViableAltException" in msg or "token recognition error" in msg or "mismatched input" in msg:
+        bad = next((p.split(" ^")[0].split(": ", 1)[-1] for p in uniq if " ^" in p), "an override")
+        return (f"cannot parse {bad}: Hydra's grammar reads quotes, commas, '=', '$' and brackets in values; quote "
+                "the whole value (\"key='a, b'\") or, for a prompt, use prompt_file=<path> (README: quoting)")
     msg = re.sub(r"\s*To append to your config use \+(\S+)", r" (no such key: check its spelling; "
                  r"`--cfg job` lists every key)", msg)
     msg = re.sub(r"\s+", " ", msg)
     return msg
+
+
+def declared(schema, key: str) -> bool:
+    """Whether a dotted key is a field of the schema's dataclasses (an open dict's sub-keys are not)."""
+    import dataclasses
+    import typing
+
+    typ = schema
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(typ):
+            return False
+        typ = typing.get_type_hints(typ).get(part)
+        if typ is None:
+            return False
+    return True
+
+
+def no_forced_keys(job: list[str], schema, conf_dir: str) -> None:
+    """`+key=value` may add a config group (`+experiment=x`) but no key the schema does not declare:
+    a typo forced in with `+` would otherwise run the defaults and store the stray key."""
+    import difflib
+    import os
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if schema is None:
+        return
+    for o in OverridesParser.create().parse_overrides(job):
+        key = o.key_or_group
+        if not (o.is_add() or o.is_force_add()) or key.startswith("hydra.") or o.is_delete():
+            continue
+        if os.path.isdir(os.path.join(conf_dir, key.split("@")[0])) or declared(schema, key):
+            continue
+        near = difflib.get_close_matches(key, _field_names(schema), n=1) if not key.startswith("system.") else []
+        hint = f"did you mean {near[0]}=? " if near else ""
+        where = ("; a system's own keys belong in its conf/system/<name>.yaml" if key.startswith("system.")
+                 else "")
+        raise ConfigError(f"unknown config key '{key}' (forced in with +); {hint}`--cfg job` lists every key{where}")
+
+
+def _field_names(schema, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    out = []
+    for name, typ in typing.get_type_hints(schema).items():
+        out.append(prefix + name)
+        if dataclasses.is_dataclass(typ):
+            out += _field_names(typ, f"{prefix}{name}.")
+    return out
 
 
 def strict_bools(job: list[str], schema) -> None:
@@ -133,6 +191,7 @@ def preflight(config_name: str, args: list[str], conf_dir: str, check: Callable)
                 where = f"job {i} ({shown}): " if ns.multirun and len(all_jobs) > 1 else ""
                 try:
                     strict_bools(job, schema)
+                    no_forced_keys(job, schema, conf_dir)
                     cfg = compose(config_name, overrides=job)
                     check(cfg, ns.multirun)
                 except ConfigError as e:

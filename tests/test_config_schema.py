@@ -34,6 +34,8 @@ def pre(*args, conf=CONF, config="config", check=check_run):
     (["gen_token=2"], "gen_token"),
     (["+gen_token=2"], "did you mean gen_tokens="),
     (["+model.layerz=2"], "unknown config key 'model.layerz'"),
+    (["+system.threshold=0.5"], "unknown config key 'system.threshold' (forced in with +)"),
+    (["prompt=it's"], "use prompt_file="),
     (["prompt='a ${y}'"], "prompt_file="),
     (["engine.frac_bits=x"], "engine.frac_bits"),
     (["mode=fast"], "mode must be exact or cost"),
