@@ -12,8 +12,10 @@ Exact run (``mode=exact``), for P weights of the layers that run (embedding and 
    KV cache 2 x layers x T x d x 2 parties x 8 bytes (T = prompt + generated positions)
 7. interpreter, torch and transformers: 0.8 GB
 
-Predictor collection (``comet train-predictor``): the float32 model (4 P) plus one forward batch's
-activations (batch x seq_len x (hidden + ffn + heads) x 4 bytes x layers, x 3 for the memmaps' pages).
+Predictor collection (``comet train-predictor``): the float32 model while it is built and initialised
+(2 x 4 P) plus one forward batch: the hooked activations of every layer (batch x seq_len x (hidden +
+ffn + heads) x 4 bytes x layers x 2), the logits (x 3) and one layer's attention scores. Measured:
+shakespeare-opt with predictor=tiny peaks at 0.46 GB (estimate 0.8 GiB, mostly the 0.8 GiB base).
 Calibrated against measured peak RSS: opt-125m with 4 layers, 32 + 2 tokens, exact: 5.4 GiB measured,
 6.1 GiB estimated; shakespeare-opt, 77 + 2 tokens: 0.55 GiB measured, 0.9 GiB estimated.
 """
@@ -60,8 +62,11 @@ def collection_bytes(model_cfg, layers: int, batch: int, seq_len: int) -> int:
     total, _ = weight_counts(model_cfg, layers)
     d, F = int(_g(model_cfg, "hidden_size")), int(_g(model_cfg, "ffn_dim"))
     V, H = int(_g(model_cfg, "vocab_size")), int(_g(model_cfg, "num_heads"))
-    acts = batch * seq_len * (d + F + H + V) * 4 * max(layers, 1) * 3 + batch * H * seq_len * seq_len * 4 * 4
-    return BASE_BYTES + 4 * total * 2 + acts
+    tokens = batch * seq_len
+    captured = tokens * (d + F + H) * 4 * max(layers, 1) * 2   # hooked activations of every layer, and a copy
+    logits = tokens * V * 4 * 3                                  # logits, log-softmax, gathered
+    scores = batch * H * seq_len * seq_len * 4 * 4               # one layer's attention scores and softmax
+    return BASE_BYTES + 2 * 4 * total + captured + logits + scores
 
 
 def available_bytes() -> int:

@@ -129,3 +129,17 @@ def test_one_line_wraps_chained_multiline_errors():
             raise RuntimeError("Error merging override a=b\nmore\n    full_key: a") from inner
     except RuntimeError as e:
         assert "\n" not in one_line(e) and "Error merging override a=b" in one_line(e)
+
+
+def test_memory_checks_refuse_what_does_not_fit(monkeypatch, tmp_path):
+    from comet_core import memory
+    from experiments.train_predictor import check_train_predictor
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 16 * 2 ** 30)
+    with pytest.raises(CometError, match=r"model.layers=\d+ fits.*force=true"):
+        pre("model=opt-6.7b", "predictor=tiny", config="train_predictor", check=check_train_predictor)
+    pre("model=opt-6.7b", "predictor=tiny", "force=true", config="train_predictor", check=check_train_predictor)
+    with pytest.raises(CometError, match=r"needs about .* GiB .* use mode=cost.*force=true"):
+        pre(f"output_dir={tmp_path / 'x'}", "model=opt-1.3b")
+    pre(f"output_dir={tmp_path / 'x'}", "model=opt-1.3b", "force=true")
+    pre(f"output_dir={tmp_path / 'x'}", "model=opt-1.3b", "mode=cost")
