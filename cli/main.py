@@ -50,8 +50,10 @@ def check_run(cfg, multirun: bool) -> None:
 def run_experiment(ctx: typer.Context) -> None:
     """Run one private-inference experiment (Hydra overrides: model=, system=, network=, mode=, ...).
 
-    Writes config.yaml, metrics.csv, ops.csv (and generation.csv) into the output folder and
-    prints that folder's absolute path as the last line of stdout. `--help` shows Hydra's help.
+    Writes config.yaml, metrics.csv, ops.csv, run_info.json (and generation.csv, ledger.csv.gz) into a
+    staging folder that moves into place when complete (COMPLETE marks it), and prints the output
+    folder's absolute path as the last line of stdout. Every value, of every job of a -m sweep, is
+    checked first. `--help` shows Hydra's help.
     """
     from cli.hydra_launch import launch
     from experiments.run import run_experiment_task
