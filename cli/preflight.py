@@ -46,6 +46,8 @@ def one_line(exc: BaseException) -> str:
     msg = re.sub(r"\s*To append to your config use \+(\S+)", r" (no such key: check its spelling; "
                  r"`--cfg job` lists every key)", msg)
     msg = re.sub(r"\s+", " ", msg)
+    if re.search(r"Key '[^']+' not in '\w+Schema'", msg) and "In '" in msg:  # a YAML file's key, not a typo
+        msg += " (a new config key must be declared in cli/schema.py)"
     return msg
 
 
