@@ -97,7 +97,9 @@ def test_ctrl_c_keeps_earlier_results_and_says_so(tmp_path):
     time.sleep(3)  # inside the private generation
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
+    # 130, or killed by SIGINT once the message is out (a library thread still running at exit can turn the
+    # exit into the signal's): the shell reports 130 either way
+    assert p.returncode in (130, -signal.SIGINT), err
     lines = one_line(err)
     assert len(lines) == 1 and "interrupted" in lines[0], err
     assert snapshot(out) == before and leftovers(tmp_path) == []
