@@ -8,11 +8,15 @@ lists the valid choices, before Hydra composes anything.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Callable
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+REQUIRED_GROUPS = ("model", "system", "network", "engine", "lm", "predictor")  # `experiment=null` is fine
 
 
 def group_choices(group: str) -> list[str]:
@@ -28,6 +32,8 @@ def check_group_overrides(args: list[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
+        if key in REQUIRED_GROUPS and key in groups and value in ("", "null"):
+            raise SystemExit(f"error: {key}= must name a config; valid choices: {', '.join(group_choices(key))}")
         if key not in groups or value in ("", "null"):
             continue
         # multirun sweeps: a,b,c ; Hydra sweep functions (choice(...), glob(...)) are left to Hydra
@@ -41,28 +47,74 @@ def check_group_overrides(args: list[str]) -> None:
                 )
 
 
-def launch(task: Callable, config_name: str, args: list[str], prog: str) -> None:
-    """Call `task(cfg)` through hydra.main with `args` as the command line."""
+def launch(task: Callable, config_name: str, args: list[str], prog: str, check: Callable | None = None) -> None:
+    """Call `task(cfg)` through hydra.main with `args` as the command line.
+
+    1. group names and (with `check`) every job's composed config are checked first (cli/preflight.py):
+       a bad value fails in one line, exit 2, before any work or folder;
+    2. Hydra runs the job(s); a job's CometError is one line (exit 2), Ctrl-C one line (exit 130);
+    3. in a sweep a failing job is recorded and the others still run; the sweep ends with a summary,
+       one table across its jobs, and exit status 1 if any job failed (cli/sweep.py).
+    """
     import hydra  # imported here so `comet --help` stays fast
 
+    from cli import sweep
+    from cli.preflight import preflight
+    from cli.schema import register
+    from comet_core.errors import CometError
+
+    register()
     try:
         check_group_overrides(args)
+        if check is not None:
+            preflight(config_name, args, str(CONF_DIR), check)
     except SystemExit as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
+    except CometError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     sys.argv = [prog, *args]
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(_guarded(task))
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: the unfinished run's files were removed; earlier results are untouched", file=sys.stderr)
+        raise SystemExit(130) from None
+    status = sweep.finish()
+    if status:
+        raise SystemExit(status)
 
 
 def _guarded(task: Callable) -> Callable:
-    """The task, with a CometError turned into one line on stderr and exit status 2 (no traceback)."""
+    """The task, with a CometError turned into one line on stderr and exit status 2 (no traceback);
+    in a sweep, any job error is recorded (cli/sweep.py) and the sweep goes on."""
     import functools
 
     from comet_core.errors import CometError
 
     @functools.wraps(task)
     def run(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from cli import sweep
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            args = (hc.job.num, list(hc.overrides.task), hc.sweep.dir)
+            try:
+                out = task(cfg)
+            except CometError as e:
+                print(f"error: job {hc.job.num}: {e}", file=sys.stderr)
+                sweep.record(*args, error=str(e))
+                return None
+            except Exception as e:  # noqa: BLE001  a bug in one job must not stop the sweep
+                logging.getLogger("comet.sweep").exception("job %d failed", hc.job.num)
+                sweep.record(*args, error=f"{type(e).__name__}: {e}".splitlines()[0])
+                return None
+            sweep.record(*args, out=out)
+            return out
         try:
             return task(cfg)
         except CometError as e:

@@ -15,20 +15,50 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from comet_core.results.run_info import toolkit_version
+        from comet_core.results.tables import git_revision
+
+        typer.echo(f"comet {toolkit_version()} (git {git_revision()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the toolkit's version and git revision, then exit.")) -> None:
+    """Comet toolkit: private LLM inference under 2PC with activation-sparsity prediction."""
+
+
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def check_run(cfg, multirun: bool) -> None:
+    """Preflight of one `run-experiment` job: its config, and (single runs) its output folder."""
+    from pathlib import Path
+
+    from comet_core.results.run_folder import check_destination, probe_writable
+    from experiments.run import validate_config
+
+    validate_config(cfg)
+    if not multirun:
+        probe_writable(Path(cfg.output_dir))
+        check_destination(Path(cfg.output_dir).resolve(), bool(cfg.overwrite))
 
 
 @app.command("run-experiment", context_settings=HYDRA_ARGS)
 def run_experiment(ctx: typer.Context) -> None:
     """Run one private-inference experiment (Hydra overrides: model=, system=, network=, mode=, ...).
 
-    Writes config.yaml, metrics.csv, ops.csv (and generation.csv) into the output folder and
-    prints that folder's absolute path as the last line of stdout. `--help` shows Hydra's help.
+    Writes config.yaml, metrics.csv, ops.csv, run_info.json (and generation.csv, ledger.csv.gz) into a
+    staging folder that moves into place when complete (COMPLETE marks it), and prints the output
+    folder's absolute path as the last line of stdout. Every value, of every job of a -m sweep, is
+    checked first. `--help` shows Hydra's help.
     """
     from cli.hydra_launch import launch
     from experiments.run import run_experiment_task
 
-    launch(run_experiment_task, "config", list(ctx.args), "comet run-experiment")
+    launch(run_experiment_task, "config", list(ctx.args), "comet run-experiment", check=check_run)
 
 
 @app.command("train-lm", context_settings=HYDRA_ARGS)
@@ -37,16 +67,30 @@ def train_lm(ctx: typer.Context) -> None:
     from cli.hydra_launch import launch
     from experiments.train_lm import train_lm_task
 
-    launch(train_lm_task, "train_lm", list(ctx.args), "comet train-lm")
+    from cli.schema import check_train_config
+
+    launch(train_lm_task, "train_lm", list(ctx.args), "comet train-lm", check=lambda cfg, multirun: check_train_config(cfg))
 
 
 @app.command("train-predictor", context_settings=HYDRA_ARGS)
 def train_predictor(ctx: typer.Context) -> None:
     """Train and evaluate the activation-sparsity predictors for a model."""
     from cli.hydra_launch import launch
-    from experiments.train_predictor import train_predictor_task
+    from experiments.train_predictor import check_train_predictor, train_predictor_task
 
-    launch(train_predictor_task, "train_predictor", list(ctx.args), "comet train-predictor")
+    launch(train_predictor_task, "train_predictor", list(ctx.args), "comet train-predictor", check=check_train_predictor)
+
+
+@app.command("list")
+def list_configs(group: str = typer.Argument(None, help="a config group (model, system, network, ...); all if omitted")) -> None:
+    """List the configs of each group (conf/<group>/*.yaml) with a one-line description."""
+    from cli.listing import describe_groups
+
+    try:
+        typer.echo(describe_groups(group))
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

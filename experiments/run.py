@@ -1,50 +1,130 @@
 """`comet run-experiment`: private generation with one model x system x network, as tidy tables.
 
 A Hydra task function (module imports no torch at import time; heavy imports happen inside).
-Writes config.yaml, metrics.csv, ops.csv, ledger.csv.gz and generation.csv into the output folder
-and prints that folder's absolute path as the last line of stdout.
+
+1. ``validate_config``: every value checked before any work (schema, ranges, positions, memory).
+2. ``check_destination``: the output folder may receive the results (never a silent overwrite).
+3. ``execute``: the private generation (and the plaintext reference in exact mode).
+4. ``write_results`` into a hidden staging folder: config.yaml, metrics.csv, ops.csv, generation.csv,
+   ledger.csv.gz, run_info.json; then ``RunFolder.publish`` writes ``COMPLETE`` and moves the folder
+   into place in one rename (comet_core/results/run_folder.py). The folder's absolute path is the last
+   line of stdout.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from cli.schema import register as _register_schemas
+from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
+
+_register_schemas()  # scripts that compose conf/config.yaml themselves need the schemas and resolvers
 
 log = logging.getLogger("comet.run")
 
-RESULT_FILES = ("metrics.csv", "ops.csv", "generation.csv")
+EXACT_ONLY_COLUMNS = ("plaintext_s", "tokens_match", "max_logit_err")  # NaN in cost mode
 
 
 def output_dir(cfg) -> Path:
+    """Where this run's results go: the sweep job's folder in a multirun, else ``output_dir``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:  # called outside Hydra (tests, scripts)
+        return Path(cfg.output_dir).resolve()
+    if hc.mode == RunMode.MULTIRUN:
+        return Path(hc.runtime.output_dir).resolve()
+    return Path(cfg.output_dir).resolve()
+
+
+def hydra_dir() -> Path | None:
+    """The folder Hydra wrote its `.hydra/` files and log into (None outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        return Path(HydraConfig.get().runtime.output_dir).resolve()
-    except ValueError:  # called outside Hydra (tests): use cfg.output_dir
-        return Path(cfg.output_dir).resolve()
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return None
 
 
-def validate(cfg, out: Path) -> None:
-    """Reject bad values before any work starts (one-line ConfigError)."""
+# -- 1. checks before any work --------------------------------------------------------------------
+
+
+def load_prompt(cfg) -> str:
+    """The client's text: ``prompt_file`` if set (read verbatim, one trailing newline dropped), else ``prompt``."""
+    from comet_core.errors import ConfigError
+
+    if cfg.get("prompt_file"):
+        p = Path(cfg.prompt_file).expanduser()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"prompt_file={cfg.prompt_file} cannot be read "
+                              f"({getattr(e, 'strerror', None) or e}); give a readable UTF-8 text file") from None
+        text = text[:-1] if text.endswith("\n") else text
+        if not text.strip():
+            raise ConfigError(f"prompt_file={cfg.prompt_file} is empty; put the prompt text in it")
+        return text
+    if not isinstance(cfg.prompt, str) or cfg.prompt.strip() == "":
+        raise ConfigError("prompt must be a non-empty string (or use prompt_file=<path>)")
+    return cfg.prompt
+
+
+def validate_config(cfg) -> None:
+    """Reject bad values before any work starts (one-line ConfigError). No file system writes."""
+    from cli.schema import check_run_config
     from comet_core.comm.network import Network
     from comet_core.errors import require
-    from comet_core.models.zoo import n_layers
+    from comet_core.models.zoo import check_positions, n_layers
 
+    check_run_config(cfg)
     require(cfg.mode in ("exact", "cost"), f"mode must be exact or cost, got {cfg.mode!r}")
-    require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
     require(isinstance(cfg.gen_tokens, int) and 1 <= cfg.gen_tokens <= 1024,
             f"gen_tokens must be an integer in 1..1024 (the paper: 1-16), got {cfg.gen_tokens!r}")
     require(cfg.prompt_len is None or (isinstance(cfg.prompt_len, int) and cfg.prompt_len >= 1),
             f"prompt_len must be a positive integer or null, got {cfg.prompt_len!r}")
     require(cfg.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {cfg.device!r}")
-    require(isinstance(cfg.prompt, str) and cfg.prompt.strip() != "", "prompt must be a non-empty string")
+    load_prompt(cfg)
     Network.from_cfg(cfg.network)
     engine_config(cfg)
     n_layers(cfg.model)
-    existing = [f for f in RESULT_FILES if (out / f).exists()]
-    require(not existing or cfg.overwrite,
-            f"{out} already holds results ({', '.join(existing)}); choose another output_dir= or pass overwrite=true")
+    if cfg.prompt_len is not None:
+        check_positions(int(cfg.prompt_len), cfg.model, cfg.gen_tokens)
+    check_memory(cfg)
+
+
+def check_memory(cfg, prompt_tokens: int | None = None) -> None:
+    """Refuse an exact run whose estimated peak memory exceeds what the machine has (force=true runs it)."""
+    from comet_core import memory
+    from comet_core.errors import CometError
+    from comet_core.models.zoo import n_layers
+
+    if cfg.mode != "exact" or cfg.get("force", False):
+        return
+    T = (prompt_tokens or cfg.prompt_len or 128) + cfg.gen_tokens
+    L = n_layers(cfg.model)
+    reuse = bool(cfg.engine.reuse_weight_masks)
+    need = memory.exact_run_bytes(cfg.model, L, T, reuse)
+    have = memory.available_bytes()
+    if need <= have:
+        return
+    fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, reuse) <= have), default=0)
+    layers_hint = f"model.layers={fit} (of {L}) fits, " if fit else ""
+    raise CometError(f"an exact run of {cfg.model.name} ({L} layers) needs about {memory.gib(need)} but "
+                     f"{memory.gib(have)} is available; use mode=cost (prices the full model on shapes), "
+                     f"{layers_hint}or force=true to try anyway")
+
+
+def validate(cfg, out: Path) -> None:
+    """Every check that runs before any work: the config, then the output folder."""
+    validate_config(cfg)
+    check_destination(Path(out), bool(cfg.overwrite))
 
 
 def engine_config(cfg):
@@ -58,6 +138,30 @@ def engine_config(cfg):
                                  inv_sqrt_range=tuple(e.inv_sqrt_range), sigmoid_nr_iters=e.sigmoid_nr_iters))
 
 
+# -- networks: what was run, and every preset ------------------------------------------------------
+
+NETWORK_DIR = Path(__file__).resolve().parent.parent / "conf" / "network"
+
+
+def _preset(name: str) -> dict | None:
+    import yaml
+
+    p = NETWORK_DIR / f"{name}.yaml"
+    return yaml.safe_load(p.read_text()) if p.is_file() else None
+
+
+def network_label(net_cfg) -> str:
+    """The preset's name if its bandwidth and latency are the preset's, else ``custom(<bw>,<latency>)``:
+    rows are labelled by the link that was priced (a ``network.bandwidth_bps=`` override is not ``lan``)."""
+    from comet_core.results.units import fmt_bps, fmt_seconds
+
+    bw, lat = float(net_cfg.bandwidth_bps), float(net_cfg.latency_s)
+    p = _preset(str(net_cfg.name))
+    if p is None or (math.isclose(float(p["bandwidth_bps"]), bw) and math.isclose(float(p["latency_s"]), lat)):
+        return str(net_cfg.name)
+    return f"custom({fmt_bps(bw)},{fmt_seconds(lat)})"
+
+
 def preset_networks(selected):
     """The selected network first, then every other preset of conf/network (modelled time for each)."""
     import yaml
@@ -65,8 +169,7 @@ def preset_networks(selected):
     from comet_core.comm.network import Network
 
     nets = [selected]
-    conf = Path(__file__).resolve().parent.parent / "conf" / "network"
-    for p in sorted(conf.glob("*.yaml")):
+    for p in sorted(NETWORK_DIR.glob("*.yaml")):
         d = yaml.safe_load(p.read_text())
         if d["name"] != selected.name:
             nets.append(Network(d["name"], float(d["bandwidth_bps"]), float(d["latency_s"])))
@@ -77,7 +180,7 @@ def prompt_ids(tok, cfg) -> list[int]:
     """The client's prompt as token ids; prompt_len repeats the text's tokens to reach that length."""
     from comet_core.models.zoo import check_positions
 
-    ids = tok.encode(cfg.prompt)
+    ids = tok.encode(load_prompt(cfg))
     if cfg.prompt_len is not None:
         reps = -(-cfg.prompt_len // max(len(ids), 1))
         ids = (ids * reps)[: cfg.prompt_len]
@@ -85,35 +188,47 @@ def prompt_ids(tok, cfg) -> list[int]:
     return ids
 
 
-def run(cfg, out: Path) -> dict:
-    """The experiment itself (plain function: the CLI, tests and sweeps call it)."""
-    import torch
-    from omegaconf import OmegaConf
+# -- 3. the experiment ------------------------------------------------------------------------------
 
-    from comet_core.comm.network import Network
+
+@dataclass
+class Outcome:
+    """What a run computed (no files yet)."""
+    ids: list
+    tok: object
+    gen: object            # private Generation
+    ref: object | None     # plaintext Generation (exact mode)
+    ledger: object         # pandas DataFrame of every message
+    n_layers: int
+    system: object = None  # the system (sparse systems keep what they revealed: sparsity.csv)
+    extra_refs: list = field(default_factory=list)   # [(source, Generation)] shown beside the reference
+
+
+def execute(cfg) -> Outcome:
+    """The private generation (and, in exact mode, the plaintext reference)."""
+    import torch
+
     from comet_core.models.generate import private_generate
     from comet_core.models.secure import SecureDecoder
     from comet_core.models.tokenizers import load_tokenizer
     from comet_core.models.weights import extract, share_weights, weight_shapes
     from comet_core.models.zoo import load_plain_model, n_layers
     from comet_core.mpc.engine import MPC
-    from comet_core.results import tables
+    from comet_core.progress import layer_progress
     from comet_core.systems import load_system
 
-    validate(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.model_seed)
     cost = cfg.mode == "cost"
     tok = load_tokenizer(cfg.model.get("tokenizer", "bytes"))
     ids = prompt_ids(tok, cfg)  # a prompt too long for the model fails here, before any loading
+    check_memory(cfg, len(ids))
     log.info("loading model %s (%s)", cfg.model.name, "shapes only" if cost else cfg.model.source)
     if cost:  # cost mode: the same protocol code on data-free shapes; no weights are loaded
         plain = None
         plain_weights = weight_shapes(cfg.model, n_layers(cfg.model))
     else:
-        plain, tok = load_plain_model(cfg.model, seed=cfg.seed)
+        plain, tok = load_plain_model(cfg.model, seed=cfg.model_seed)
         plain_weights = extract(plain, cfg.model.family, cfg.model.activation)
-    vocab = int(cfg.model.vocab_size)
 
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
     system = load_system(cfg.system)
@@ -122,52 +237,110 @@ def run(cfg, out: Path) -> dict:
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
-    gen = private_generate(mpc, model, ids, cfg.gen_tokens, vocab)
+    with layer_progress(model, passes=cfg.gen_tokens):
+        gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size))
+    ref, extra_refs = (None, []) if cost else plaintext_references(system, plain, ids, cfg.gen_tokens)
+    return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers,
+                   system=system, extra_refs=extra_refs)
 
-    ref, extra_refs = None, []
-    if not cost:
-        ref, extra_refs = plaintext_references(system, plain, ids, cfg.gen_tokens)
 
-    # -- tables -------------------------------------------------------------------------------------
-    ledger = mpc.ledger.frame()
+# -- 4. tables ---------------------------------------------------------------------------------------
+
+
+def decode(tok, ids) -> str:
+    """Text of token ids; ids the tokenizer cannot decode (a random-weight model with a byte tokenizer
+    emits ids >= 256) are written as <id> instead of failing the run."""
+    try:
+        return tok.decode(list(ids))
+    except (ValueError, KeyError, IndexError):
+        return "".join(decode(tok, [i]) if i < 256 else f"<{i}>" for i in ids) if len(ids) > 1 else f"<{ids[0]}>"
+
+
+def _comparison(o: Outcome) -> dict:
+    """Private vs plaintext: tokens equal, and the largest logit error up to the first differing token."""
+    errs = [float((a.double() - b.double()).abs().max()) for a, b in zip(o.gen.logits, o.ref.logits)]
+    same_prefix = 0
+    for p, q in zip(o.gen.tokens, o.ref.tokens):
+        if p != q:
+            break
+        same_prefix += 1
+    import torch
+
+    gaps = [float(t[0] - t[1]) for t in (torch.topk(lg.double(), 2).values for lg in o.ref.logits)]
+    return dict(plaintext=o.ref.tokens, match=o.gen.tokens == o.ref.tokens, reference_top2_gaps=gaps,
+                max_logit_err=max(errs[: same_prefix + 1]) if errs else float("nan"),
+                private_text=decode(o.tok, o.gen.tokens), plaintext_text=decode(o.tok, o.ref.tokens),
+                prompt_text=decode(o.tok, o.ids))
+
+
+def metrics_frame(cfg, o: Outcome, summary: dict):
+    """metrics.csv: the same columns in exact and cost mode (NaN where a value was not measured)."""
+    from comet_core.comm.network import Network
+    from comet_core.results import tables
+
+    cost = cfg.mode == "cost"
     labels = dict(model=cfg.model.name, system=cfg.system.name, mode=cfg.mode, seed=cfg.seed,
-                  frac_bits=cfg.engine.frac_bits, layers=model.n_layers, prompt_tokens=len(ids),
+                  keys="os" if cfg.seed is None else "seed (insecure, reproducible)", model_seed=cfg.model_seed,
+                  frac_bits=cfg.engine.frac_bits, layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
-    nets = preset_networks(Network.from_cfg(cfg.network))
-    metrics = tables.metrics_table(ledger, gen.stage_seconds, nets, labels, compute_measured=not cost)
-    if ref is not None:
-        metrics["plaintext_s"] = ref.stage_seconds["total"]
-    ops = tables.ops_table(ledger)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    metrics.to_csv(out / "metrics.csv", index=False)
-    ops.to_csv(out / "ops.csv", index=False)
-    if cfg.get("save_ledger", True):
-        ledger.to_csv(out / "ledger.csv.gz", index=False)
-    write_sparsity(system, cfg, out)
-    summary = dict(out=out, metrics=metrics, ids=ids, private=gen.tokens)
-    if ref is not None:
-        import pandas as pd
+    selected = Network.from_cfg(cfg.network)
+    selected = Network(network_label(cfg.network), selected.bandwidth_bps, selected.latency_s)
+    metrics = tables.metrics_table(o.ledger, o.gen.stage_seconds, preset_networks(selected), labels,
+                                   compute_measured=not cost)
+    metrics.insert(metrics.columns.get_loc("network") + 1, "network_preset", metrics.network)
+    metrics.loc[metrics.network == selected.name, "network_preset"] = cfg.network.name
+    metrics["plaintext_s"] = o.ref.stage_seconds["total"] if o.ref is not None else math.nan
+    metrics["tokens_match"] = summary["match"] if o.ref is not None else math.nan
+    metrics["max_logit_err"] = summary["max_logit_err"] if o.ref is not None else math.nan
+    return metrics
 
-        rows = []
-        for src, g in (("private", gen), ("plaintext", ref), *extra_refs):
-            for step, t in enumerate(g.tokens):
-                rows.append(dict(source=src, step=step, token_id=t, text=tok.decode([t])))
-        pd.DataFrame(rows).to_csv(out / "generation.csv", index=False)
-        errs = [float((a.double() - b.double()).abs().max()) for a, b, p, q in
-                zip(gen.logits, ref.logits, gen.tokens, ref.tokens)]
-        same_prefix = 0
-        for p, q in zip(gen.tokens, ref.tokens):
-            if p != q:
-                break
-            same_prefix += 1
-        gaps = [float(t[0] - t[1]) for t in (torch.topk(lg.double(), 2).values for lg in ref.logits)]
-        summary.update(plaintext=ref.tokens, match=gen.tokens == ref.tokens, reference_top2_gaps=gaps,
-                       max_logit_err=max(errs[: same_prefix + 1]) if errs else float("nan"),
-                       private_text=tok.decode(gen.tokens), plaintext_text=tok.decode(ref.tokens),
-                       prompt_text=tok.decode(ids))
-        metrics["tokens_match"] = summary["match"]
-        metrics["max_logit_err"] = summary["max_logit_err"]
-        metrics.to_csv(out / "metrics.csv", index=False)
+
+def generation_frame(o: Outcome):
+    import pandas as pd
+
+    rows = []
+    for src, g in (("private", o.gen), ("plaintext", o.ref), *o.extra_refs):
+        for step, t in enumerate(g.tokens):
+            rows.append(dict(source=src, step=step, token_id=t, text=decode(o.tok, [t])))
+    return pd.DataFrame(rows)
+
+
+def write_results(cfg, o: Outcome, folder: Path) -> dict:
+    """Every table of the run into ``folder`` (the staging folder); returns the printed summary."""
+    from omegaconf import OmegaConf
+
+    from comet_core.results import tables
+
+    summary = dict(ids=o.ids, private=o.gen.tokens, network_label=network_label(cfg.network))
+    if o.ref is not None:
+        summary.update(_comparison(o))
+    metrics = metrics_frame(cfg, o, summary)
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved["prompt"] = load_prompt(cfg)  # the text that ran (also when it came from prompt_file)
+    OmegaConf.save(OmegaConf.create(saved), folder / "config.yaml")
+    metrics.to_csv(folder / "metrics.csv", index=False)
+    tables.ops_table(o.ledger).to_csv(folder / "ops.csv", index=False)
+    if cfg.get("save_ledger", True):
+        o.ledger.to_csv(folder / "ledger.csv.gz", index=False)
+    if o.ref is not None:  # cost mode has no token values to list (README: Conventions)
+        generation_frame(o).to_csv(folder / "generation.csv", index=False)
+    write_sparsity(o.system, cfg, folder)
+    summary["metrics"] = metrics
+    return summary
+
+
+def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
+    """The experiment (plain function: the CLI, tests and scripts call it); results land in ``summary['out']``,
+    which is ``out`` unless another run took that folder meanwhile."""
+    from comet_core.results.run_info import RunInfo
+
+    validate(cfg, out)
+    info = RunInfo.start()
+    with RunFolder(out, overwrite=bool(cfg.overwrite), hydra_dir=hydra_dir) as folder:
+        outcome = execute(cfg)
+        summary = write_results(cfg, outcome, folder.staging)
+        info.finish().save(folder.staging)
+        summary["out"] = folder.publish()
     return summary
 
 
@@ -213,6 +386,8 @@ def write_sparsity(system, cfg, out: Path) -> None:
 
 
 def _print_summary(s: dict) -> None:
+    from comet_core.results.units import readable_table
+
     m = s["metrics"]
     first = m[m.network == m.network.iloc[0]]
     lines = []
@@ -221,20 +396,13 @@ def _print_summary(s: dict) -> None:
                   f"private:   {s['private_text']!r}",
                   f"plaintext: {s['plaintext_text']!r}",
                   f"tokens match: {s['match']}   max |logit error| vs plaintext: {s['max_logit_err']:.3g}"]
-    cols = ["network", "phase", "online_bytes", "offline_bytes", "rounds", "compute_s", "comm_s", "total_s"]
-    lines.append(first[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    lines.append(readable_table(first))
     print("\n".join(lines))
 
 
-def run_experiment_task(cfg) -> None:
+def run_experiment_task(cfg) -> str:
     """Hydra entry point: run, print a summary, and the output folder as the last line."""
-    from comet_core.errors import CometError
-
-    out = output_dir(cfg)
-    try:
-        summary = run(cfg, out)
-    except CometError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    summary = run(cfg, output_dir(cfg), hydra_dir=hydra_dir())
     _print_summary(summary)
-    print(out)
+    print(summary["out"])
+    return str(summary["out"])

@@ -34,6 +34,34 @@ def _layer_costs(model_cfg, kind: str, seq_len: int) -> tuple[int, int]:
     return proj, proj + 2 * H * hd * seq_len
 
 
+def check_collection_memory(cfg) -> None:
+    """Refuse (one line) a run whose activation collection would not fit in memory; force=true runs it."""
+    from comet_core import memory
+    from comet_core.errors import CometError
+    from comet_core.models.zoo import n_layers
+
+    if cfg.get("force", False):
+        return
+    M, P = cfg.model, cfg.predictor
+    L = n_layers(M)
+    need = memory.collection_bytes(M, L, int(P.forward_batch), int(P.seq_len))
+    have = memory.available_bytes()
+    if need > have:
+        fit = max((n for n in range(1, L + 1)
+                   if memory.collection_bytes(M, n, int(P.forward_batch), int(P.seq_len)) <= have), default=0)
+        hint = f"model.layers={fit} fits, " if fit else ""
+        raise CometError(f"collecting {M.name}'s activations needs about {memory.gib(need)} but {memory.gib(have)} is "
+                         f"available; {hint}or lower predictor.forward_batch=, or force=true to try anyway")
+
+
+def check_train_predictor(cfg, multirun: bool = False) -> None:
+    """Preflight of `comet train-predictor` (cli/preflight.py): schema, then memory."""
+    from cli.schema import check_train_config
+
+    check_train_config(cfg)
+    check_collection_memory(cfg)
+
+
 def train_predictor_task(cfg: DictConfig) -> None:
     import numpy as np
     import pandas as pd
@@ -56,8 +84,12 @@ def train_predictor_task(cfg: DictConfig) -> None:
     P, M = cfg.predictor, cfg.model
     out = Path(cfg.output_dir)
     ckpt = cache_path(cfg.checkpoint)
-    if not cfg.overwrite and ((out / "metrics.csv").exists() or ckpt.exists()):
-        raise CometError(f"results in {out} or checkpoint {ckpt} exist; pass overwrite=true to replace them")
+    if not cfg.overwrite:
+        taken = [str(p) for p in (out / "metrics.csv", ckpt) if p.exists()]
+        if taken:
+            raise CometError(f"{' and '.join(taken)} already exist(s) for model {M.name} preset {P.name}; "
+                             "pass overwrite=true to replace, or choose output_dir= and checkpoint=")
+    check_collection_memory(cfg)
 
     model, tok = load_plain_model(M, seed=int(cfg.seed))
     L = n_layers(M)

@@ -49,14 +49,15 @@ def test_cost_mode_and_overrides(tmp_path):
               "network=wan-100m", "network.bandwidth_bps=5e7", f"output_dir={out}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = pd.read_csv(out / "metrics.csv")
-    row = m[(m.network == "wan-100m") & (m.phase == "total")].iloc[0]
+    row = m[(m.network == "custom(50Mbps,80ms)") & (m.phase == "total")].iloc[0]  # labelled by what ran
+    assert row.network_preset == "wan-100m" and m.network.iloc[0] == row.network
     assert row.bandwidth_bps == 5e7 and row["mode"] == "cost" and row.layers == 2 and row.prompt_tokens == 16
     assert abs(row.comm_s - (row.rounds * 0.08 + row.busiest_direction_bytes * 8 / 5e7)) < 1e-9 * row.comm_s
 
 
 @pytest.mark.parametrize("args, needle", [
     (["network=moon"], "valid choices: lan, lan-3g, wan-100m, wan-200m"),
-    (["system=nope"], "valid choices: dense"),
+    (["system=nope"], "unknown system 'nope'; valid choices:"),
     (["model=gpt-9"], "valid choices:"),
     (["network.bandwidth_bps=-1"], "bandwidth_bps must be > 0"),
     (["network.bandwidth_bps=0"], "bandwidth_bps must be > 0"),

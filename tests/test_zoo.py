@@ -62,10 +62,11 @@ def test_byte_tokenizer_round_trip():
 def test_prompt_longer_than_positions_is_refused():
     cfg = model_cfg("tiny-opt")
     tok = ByteTokenizer()
-    ids = encode_prompt(tok, "x" * 100, cfg, gen_tokens=28)
-    assert len(ids) == 100
+    ids = encode_prompt(tok, "x" * 100, cfg, gen_tokens=29)  # 100 + 29 - 1 = 128 positions: the last token is
+    assert len(ids) == 100                                     # never fed back
     with pytest.raises(CometError, match="positions"):
-        encode_prompt(tok, "x" * 100, cfg, gen_tokens=29)
+        encode_prompt(tok, "x" * 100, cfg, gen_tokens=30)
+    check_positions(127, cfg, 2)  # 128 positions: fits (was refused: off by one)
     with pytest.raises(CometError, match="positions"):
         check_positions(129, cfg)
 

@@ -201,12 +201,20 @@ def load_plain_model(model_cfg, seed: int = 0, empty: bool = False) -> tuple[Any
     return model, tok
 
 
+def positions_needed(n_tokens: int, gen_tokens: int = 0) -> int:
+    """Positions a greedy run occupies: the prompt plus every generated token but the last, which is
+    produced by the final forward pass and never fed back (prompt 127 + 2 new tokens needs 128)."""
+    return n_tokens + max(int(gen_tokens) - 1, 0)
+
+
 def check_positions(n_tokens: int, model_cfg, gen_tokens: int = 0) -> None:
-    """Raise a one-line CometError if prompt + generated tokens exceed the model's positions."""
+    """Raise a one-line CometError if prompt + generated tokens need more than the model's positions."""
     limit = int(_get(model_cfg, "max_positions"))
-    if n_tokens + gen_tokens > limit:
-        raise CometError(f"prompt of {n_tokens} tokens + {gen_tokens} generated exceeds the "
-                         f"{limit} positions of model '{_get(model_cfg, 'name')}'; shorten the prompt or set prompt_len=")
+    need = positions_needed(n_tokens, gen_tokens)
+    if need > limit:
+        raise CometError(f"prompt of {n_tokens} tokens + {gen_tokens} generated needs {need} positions and exceeds "
+                         f"the {limit} positions of model '{_get(model_cfg, 'name')}'; shorten the prompt or set "
+                         f"prompt_len= (at most {limit - max(int(gen_tokens) - 1, 0)}) or fewer gen_tokens=")
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str, model_cfg, gen_tokens: int = 0,

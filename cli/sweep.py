@@ -1,0 +1,75 @@
+"""Multirun bookkeeping: every job's outcome, a summary line, and one table across the jobs.
+
+A failing job is recorded and the sweep goes on (cli/hydra_launch.py); at the end ``finish`` prints
+where each job's tables are, writes ``<sweep dir>/metrics.csv`` (every finished job's metrics.csv with
+``job`` and ``overrides`` columns in front) and returns the exit status (1 if any job failed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("comet.sweep")
+
+
+@dataclass
+class Job:
+    num: int
+    overrides: list[str]
+    out: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Sweep:
+    dir: Path | None = None
+    jobs: list[Job] = field(default_factory=list)
+
+
+SWEEP = Sweep()
+
+
+def record(num: int, overrides: list[str], sweep_dir: str, out: str | None = None, error: str | None = None) -> None:
+    SWEEP.dir = Path(sweep_dir).resolve()
+    SWEEP.jobs.append(Job(num, list(overrides), out, error))
+
+
+def aggregate(sweep: Sweep, table: str = "metrics.csv") -> Path | None:
+    """One table across the finished jobs (``job``, ``overrides`` first), written into the sweep dir."""
+    import pandas as pd
+
+    frames = []
+    for j in sweep.jobs:
+        if j.out and (Path(j.out) / table).is_file():
+            df = pd.read_csv(Path(j.out) / table)
+            df.insert(0, "overrides", " ".join(j.overrides))
+            df.insert(0, "job", j.num)
+            frames.append(df)
+    if not frames or sweep.dir is None:
+        return None
+    path = sweep.dir / table
+    tmp = path.with_name(f".{table}.tmp")
+    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def finish() -> int:
+    """Print the sweep's outcome (failures in one summary line); 0 if every job finished, else 1."""
+    import sys
+
+    s = SWEEP
+    if not s.jobs:
+        return 0
+    done = [j for j in s.jobs if j.error is None]
+    failed = [j for j in s.jobs if j.error is not None]
+    table = aggregate(s)
+    print(f"sweep: {len(done)} of {len(s.jobs)} jobs finished; tables in {s.dir}/<job>/"
+          + (f"; all jobs' metrics in {table}" if table else ""))
+    if failed:
+        desc = "; ".join(f"job {j.num} ({' '.join(j.overrides)}): {j.error}" for j in failed)
+        print(f"error: {len(failed)} of {len(s.jobs)} sweep jobs failed: {desc}", file=sys.stderr)
+    print(s.dir)
+    return 1 if failed else 0

@@ -1,0 +1,204 @@
+"""Run folders that are never lost, mixed up or left half-written.
+
+A run writes every file into a hidden staging sibling of its destination and moves it into place
+only when it is complete:
+
+1. ``check_destination(dest, overwrite)`` before any work: ``dest`` must not be a file, must not hold
+   a finished run (unless ``overwrite``), and ``overwrite`` replaces only folders that are comet runs.
+2. ``RunFolder(dest)`` creates ``<parent>/.<name>.tmp-<pid>-<rand>`` (or adopts the one Hydra already
+   made for its own ``.hydra/`` files and log, see cli/schema.py ``comet.staging``).
+3. The run writes into ``folder.staging``; on success ``folder.publish()`` writes the completion
+   marker ``COMPLETE`` last and renames the staging folder onto ``dest`` (one atomic ``rename``).
+   With ``overwrite`` the old folder is renamed aside first and deleted afterwards: nothing of the old
+   run (a stale ``generation.csv`` or ``ledger.csv.gz``) survives beside the new tables.
+4. On any error or Ctrl-C (``with folder:``) the staging folder is deleted; ``dest`` is untouched.
+
+If another run took ``dest`` while this one worked (parallel runs), the result lands in
+``<dest>-2`` (``-3``, ...) instead, and the caller prints the path it really used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from comet_core.errors import CometError
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+RESULT_FILES = ("metrics.csv", "ops.csv", "generation.csv", "ledger.csv.gz", MARKER)
+RUN_SIGNS = (*RESULT_FILES, "config.yaml", ".hydra", "run_info.json")  # a folder with any of these is a run
+HYDRA_FILES = (".hydra",)  # plus *.log: what Hydra writes into its job folder before the task starts
+
+_TOKEN = f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def run_token() -> str:
+    """`<pid>-<4 hex>`: unique among concurrent processes, fixed within one process."""
+    return _TOKEN
+
+
+def staging_path(dest: str | os.PathLike) -> Path:
+    """The hidden sibling a run of ``dest`` is written into: ``<parent>/.<name>.tmp-<pid>-<rand>``."""
+    d = Path(os.path.abspath(dest))
+    return d.parent / f".{d.name}.tmp-{_TOKEN}"
+
+
+def finished_results(dest: Path) -> list[str]:
+    """Result files of a run already in ``dest`` (empty if none)."""
+    return [f for f in RESULT_FILES if (dest / f).exists()]
+
+
+def _is_run_folder(dest: Path) -> bool:
+    return any((dest / f).exists() for f in RUN_SIGNS)
+
+
+def _only_hydra_files(dest: Path) -> bool:
+    return all(p.name in HYDRA_FILES or p.suffix == ".log" for p in dest.iterdir())
+
+
+def check_destination(dest: Path, overwrite: bool) -> None:
+    """Refuse, in one line, a destination that cannot or must not receive this run's results."""
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise CometError(f"output_dir {dest} is a file; choose a folder path with output_dir=")
+    parent = next((p for p in (dest, *dest.parents) if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        raise CometError(f"output_dir {dest} cannot be written (no write permission in {parent}); "
+                         "choose another output_dir=")
+    if not dest.is_dir() or not any(dest.iterdir()) or _only_hydra_files(dest):
+        return
+    existing = finished_results(dest)
+    if existing and not overwrite:
+        raise CometError(f"{dest} already holds results ({', '.join(existing)}); choose another output_dir= "
+                         "or pass overwrite=true")
+    if not _is_run_folder(dest):
+        raise CometError(f"output_dir {dest} holds files that are not a comet run; choose a new or empty folder "
+                         "(overwrite=true replaces only run folders)")
+
+
+def probe_writable(dest: Path) -> None:
+    """Create and remove a scratch folder where ``dest``'s staging folder will go (one-line error if not)."""
+    import tempfile
+
+    d = Path(os.path.abspath(dest))
+    parent = next((p for p in d.parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise CometError(f"output_dir {dest} cannot be created: {parent} is not a folder; choose another output_dir=")
+    try:
+        tempfile.TemporaryDirectory(dir=parent, prefix=".comet-probe-").cleanup()
+    except OSError as e:
+        raise CometError(f"output_dir {dest} cannot be written ({e.strerror} in {parent}); choose another output_dir=") \
+            from None
+
+
+@contextmanager
+def _no_interrupt():
+    """Defer Ctrl-C while the folder is swapped (main thread only), then deliver it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if caught:
+            raise KeyboardInterrupt
+
+
+class RunFolder:
+    """Stage a run's files and publish them atomically (module docstring, steps 2-4)."""
+
+    def __init__(self, dest: str | os.PathLike, overwrite: bool = False, hydra_dir: str | os.PathLike | None = None):
+        self.dest = Path(os.path.abspath(dest))
+        self.overwrite = bool(overwrite)
+        self.staging = staging_path(self.dest)
+        self.final: Path | None = None
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CometError(f"output_dir {self.dest} cannot be written ({e.strerror}); choose another output_dir=") \
+                from None
+        self.hydra_dir = Path(os.path.abspath(hydra_dir)) if hydra_dir else None
+        self._moved_from: Path | None = None
+        if self.hydra_dir is not None and self.hydra_dir != self.staging:
+            self._adopt_hydra_files(move=self.hydra_dir == self.dest)
+
+    def _adopt_hydra_files(self, move: bool) -> None:
+        """Bring Hydra's `.hydra/` and log into the staging folder (moved out of a fresh sweep job folder,
+        copied from a user-chosen hydra.run.dir)."""
+        if not self.hydra_dir.is_dir():
+            return
+        for p in list(self.hydra_dir.iterdir()):
+            if p.name in HYDRA_FILES or p.suffix == ".log":
+                target = self.staging / p.name
+                if move:
+                    shutil.move(str(p), target)
+                    self._moved_from = self.hydra_dir
+                elif p.is_dir():
+                    shutil.copytree(p, target, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(p, target)
+
+    def discard(self) -> None:
+        """Delete the unfinished folder; a sweep job's folder gets Hydra's files (config, log) back."""
+        if self._moved_from is not None and self._moved_from.is_dir():
+            for p in list(self.staging.iterdir()):
+                if p.name in HYDRA_FILES or p.suffix == ".log":
+                    shutil.move(str(p), self._moved_from / p.name)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def publish(self) -> Path:
+        """Write the completion marker, then move the staging folder onto dest (or a free sibling)."""
+        (self.staging / MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+        with _no_interrupt():
+            self.final = self._swap()
+        return self.final
+
+    def _swap(self) -> Path:
+        dest = self.dest
+        if dest.is_dir() and _only_hydra_files(dest):  # a sweep job folder: Hydra's files only (or empty)
+            for p in list(dest.iterdir()):
+                target = self.staging / p.name
+                if not target.exists():
+                    shutil.move(str(p), target)
+                else:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if dest.exists() and self.overwrite and _is_run_folder(dest) and not _only_hydra_files(dest):
+            old = dest.parent / f".{dest.name}.old-{_TOKEN}"
+            os.rename(dest, old)
+            os.rename(self.staging, dest)
+            shutil.rmtree(old, ignore_errors=True)
+            return dest
+        for n in range(1, 1000):
+            target = dest if n == 1 else dest.with_name(f"{dest.name}-{n}")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(self.staging, target)  # atomic; succeeds onto a missing or empty folder only
+            except OSError as e:
+                if target.exists():
+                    continue
+                raise CometError(f"could not move results into {target} ({e.strerror}); they are in {self.staging}") \
+                    from None
+            if n > 1:
+                log.warning("%s was taken by another run meanwhile; results are in %s", dest, target)
+            return target
+        raise CometError(f"no free folder name next to {dest}; results are in {self.staging}")
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.discard()
+        return False

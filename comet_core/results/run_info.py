@@ -1,0 +1,97 @@
+"""What a run ran on: software versions, git revision, machine, threads, load; saved as run_info.json.
+
+``RunInfo.start()`` records the machine state before the work (load average, time), ``finish()`` after
+it (load average, wall time, peak memory); ``as_dict()`` is what ``run_info.json`` holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "numpy", "pandas", "hydra-core", "omegaconf")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def toolkit_version() -> str:
+    """The installed distribution's version (pyproject.toml), or the source tree's if not installed."""
+    try:
+        return metadata.version("comet-mpc")
+    except metadata.PackageNotFoundError:
+        import re
+
+        text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+        m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+        return m.group(1) if m else "unknown"
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+    except (ImportError, OSError):
+        return -1
+
+
+@dataclass
+class RunInfo:
+    started: float = 0.0
+    load_before: list[float] = field(default_factory=list)
+    load_after: list[float] = field(default_factory=list)
+    wall_s: float = float("nan")
+    peak_rss_bytes: int = -1
+
+    @classmethod
+    def start(cls) -> "RunInfo":
+        return cls(started=time.time(), load_before=_load())
+
+    def finish(self) -> "RunInfo":
+        self.load_after = _load()
+        self.wall_s = round(time.time() - self.started, 3)
+        self.peak_rss_bytes = _peak_rss_bytes()
+        return self
+
+    def as_dict(self) -> dict:
+        from comet_core.results.tables import git_revision
+
+        try:
+            import torch
+
+            threads = torch.get_num_threads()
+        except ImportError:  # pragma: no cover
+            threads = -1
+        return {
+            "toolkit_version": toolkit_version(), "git_revision": git_revision(), "packages": package_versions(),
+            "python": sys.version.split()[0], "platform": platform.platform(), "host": socket.gethostname(),
+            "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "wall_s": self.wall_s, "load_avg_before": self.load_before, "load_avg_after": self.load_after,
+            "peak_rss_bytes": self.peak_rss_bytes, "argv": sys.argv,
+        }
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / "run_info.json").write_text(json.dumps(self.as_dict(), indent=2) + "\n")
