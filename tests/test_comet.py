@@ -21,6 +21,7 @@ from comet_core.predictor.checkpoint import PredictorSet, model_signature, save_
 from comet_core.predictor.model import LowRankPredictor
 from comet_core.sparse import masks as M
 from comet_core.systems import comet as C
+import experiments.run  # noqa: F401  (registers the config schemas before compose)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 LOGIT_TOL = 2e-2   # as tests/test_secure_model.py: fixed point vs float64 on tiny random models
@@ -90,6 +91,7 @@ VARIANTS = [  # (model, overrides): FFN + heads (merged refill) is the default s
     ("tiny-opt", ("system.kv_refill=naive",)),
     ("tiny-llama", ("system.kv_refill=naive", "system.kv_prefetch=always")),
     ("tiny-opt", ("system.kv_prefetch=always",)),
+    ("tiny-llama", ("engine.reuse_weight_masks=true",)),                  # slices cut from masks opened once
     ("tiny-opt", ("system.heads=false",)),                                # part 1 only
     ("tiny-opt", ("system.heads=false", "system.indexing=oblivious")),
     ("tiny-llama", ("system.heads=false", "system.indexing=oblivious")),

@@ -29,6 +29,7 @@ PROGRAMS = {
     "square": lambda m: arith.square(m.share(X)),
     "matmul": lambda m: arith.matmul(m.share(X), m.share(Y, owner="model_owner")),
     "matmul_reuse": lambda m: _reuse(m),
+    "matmul_slice_reuse": lambda m: _reuse(m, select=True),
     "mul_public": lambda m: arith.mul_public(m.share(X), -1.7),
     "matmul_public": lambda m: arith.matmul_public(m.share(X), Y),
     "ltz": lambda m: compare.ltz(m.share(X)),
@@ -47,11 +48,12 @@ PROGRAMS = {
 }
 
 
-def _reuse(m: MPC):
+def _reuse(m: MPC, select: bool = False):
     w = m.register_weight(m.share(Y, owner="model_owner"))
+    sel = (1, torch.tensor([4, 0, 2])) if select else None
     with m.inference():
-        a = arith.matmul(m.share(X), w, reuse_mask=True)
-        b = arith.matmul(m.share(X[:2]), w, reuse_mask=True)
+        a = arith.matmul(m.share(X), w, reuse_mask=True, select=sel)
+        b = arith.matmul(m.share(X[:2]), w, reuse_mask=True, select=sel)
     return arith.mul(a[:2], b)
 
 

@@ -621,3 +621,24 @@ def test_prg_is_deterministic_and_uniform():
     p = PRG(k7)
     first, second = p.ring((10,)), p.ring((10,))
     assert torch.equal(torch.cat([first, second]), PRG(k7).ring((20,)))  # a stream, not a reset
+
+def test_matmul_with_public_slice_and_mask_reuse(engines, gen):
+    """select=(dim, index): the product with a public slice of a registered weight. Without reuse only
+    the slice is opened; with reuse the whole weight's mask is opened once and slices are cut from it."""
+    w = randn(gen, 16, 12, scale=0.5)
+    cols_a, cols_b = torch.tensor([0, 3, 7]), torch.tensor([11, 2])
+    x1, x2 = randn(gen, 2, 16), randn(gen, 3, 16)
+    for reuse in (False, True):
+        m = engines(EngineConfig(reuse_weight_masks=reuse), seed=3)
+        ws = m.register_weight(m.share(w, owner="model_owner"))
+        with m.inference():
+            z1, c1 = measure(m, arith.matmul, m.share(x1), ws, None, None, (1, cols_a))
+            z2, c2 = measure(m, arith.matmul, m.share(x2), ws, None, None, (1, cols_b))
+        if reuse:
+            assert c1 == Cost(2 * W * (x1.numel() + w.numel()), W * 2 * 3, 1) + arith.truncate_cost(m, 6)
+            assert c2 == arith.matmul_cost(m, x2.numel(), 0, 3 * 2, reused=True)
+        else:
+            assert c1 == arith.matmul_cost(m, x1.numel(), 16 * 3, 2 * 3)
+            assert c2 == arith.matmul_cost(m, x2.numel(), 16 * 2, 3 * 2)
+        assert_close(m.reveal(z1), x1 @ w[:, cols_a], TRUNC_ATOL, what=f"slice matmul (reuse={reuse})")
+        assert_close(m.reveal(z2), x2 @ w[:, cols_b], TRUNC_ATOL, what=f"second slice (reuse={reuse})")

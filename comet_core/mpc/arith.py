@@ -133,7 +133,8 @@ def square_cost(mpc: MPC, n: int) -> Cost:
     return Cost(2 * W * n, W * n, 1) + truncate_cost(mpc, n)
 
 
-def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int | None = None) -> AShare:
+def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int | None = None,
+           select: tuple | None = None) -> AShare:
     """x @ y of two secrets (torch.matmul broadcasting), Beaver's protocol for matrices.
 
     1. Dealer: a (x's shape), b (y's shape), c = a @ b.
@@ -143,6 +144,9 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     With `reuse_mask` (engine.reuse_weight_masks) and a registered weight y (MPC.register_weight),
     y's mask b and the opened f are kept for the rest of the inference (MPC.inference), so later calls
     with the same y open only e. Activations are never cached (they are not reused).
+    `select` = (dim, index): multiply by the public slice y.index_select(dim, index) (Comet's SOMM / SIMM
+    columns and rows). Without reuse only the slice is masked and opened; with reuse the whole weight's
+    mask is opened at its first use in the inference and every later slice is cut from it locally.
     Cost: online 2*8*(n_x + n_y) bytes (n_y dropped on a reuse), 1 round; offline 8*n_z;
     + truncate_cost(n_z).
     """
@@ -150,15 +154,20 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     reuse = mpc.config.reuse_weight_masks if reuse_mask is None else reuse_mask
     with mpc.ledger.protocol("matmul"):
         key = y.uid if reuse else None
+        if select is not None and key is None:   # no reuse: the slice is the operand
+            y, select = y.index_select(*select), None
         cached = mpc.weight_masks.get(key) if key is not None else None
-        a, b, c = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_key=key)
+        a, b, c, *full = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_key=key, select=select)
+        b_full = full[0] if full else b
         if cached is not None:
             f = cached
             (e,) = mpc.open(x._wrap(x.data - a.data))
         else:
-            e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
+            e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b_full.data))
             if key is not None:
                 mpc.weight_masks[key] = f
+        if select is not None:
+            f = f.index_select(select[0], select[1].to(f.device) if not f.is_meta else select[1])
         # e @ [f + b0, b1] as one product (a stacked batch), then [a0, a1] @ f; the party dim is
         # lifted past the operands' batch dims so that broadcasting lines up (1-D operands too)
         bs = mpc.add_p0_(b.data.clone(), f)

@@ -70,9 +70,11 @@ class Dealer:
         self._book(c.numel(), 64)
         return a, b, c
 
-    def matmul_triple(self, shape_a, shape_b, reuse_key=None):
+    def matmul_triple(self, shape_a, shape_b, reuse_key=None, select=None):
         """(a, b, c = a @ b). With `reuse_key` (a registered weight) the first call draws b and keeps
-        it until `forget_reused`; later calls with the same key reuse that b (weight-mask reuse)."""
+        it until `forget_reused`; later calls with the same key reuse that b (weight-mask reuse).
+        With `select` = (dim, index) the product is with b.index_select(dim, index) (a public slice of
+        the weight's mask): returns (a, b_slice, c, b_full)."""
         a, av = self._random_arith(shape_a)
         if reuse_key is not None and reuse_key in self._reused:
             b, bv = self._reused[reuse_key]
@@ -80,6 +82,11 @@ class Dealer:
             b, bv = self._random_arith(shape_b)
             if reuse_key is not None:
                 self._reused[reuse_key] = (b, bv)
+        if select is not None:
+            dim, idx = select
+            c = self._arith(ring.ring_matmul(av, bv.index_select(dim, idx)))
+            self._book(c.numel(), 64)
+            return a, b.index_select(dim, idx), c, b
         c = self._arith(ring.ring_matmul(av, bv))
         self._book(c.numel(), 64)
         return a, b, c

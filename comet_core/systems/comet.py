@@ -163,8 +163,9 @@ class CometSystem(HeadSparsity, DenseSystem):
             o += r.shape[0]
         w_in = AShare.cat(parts[:2], 1) if llama else parts[0]            # (d, F) | (d, 2F)
         k = 2 if llama else 1
-        return LayerRequest(perm=perm, w_in=w_in, b_in=None if llama else parts[-1][0],
-                            w_out=parts[k].transpose(0, 1), p2=parts[k + 1], pb2=parts[k + 2][0])
+        reg = mpc.register_weight   # this request's weights: their masks may be reused (engine policy)
+        return LayerRequest(perm=perm, w_in=reg(w_in), b_in=None if llama else parts[-1][0],
+                            w_out=reg(parts[k].transpose(0, 1)), p2=reg(parts[k + 1]), pb2=parts[k + 2][0])
 
     def start_step(self, step: int, n_tokens: int) -> None:
         self.state.step, self.state.n_tokens = step, n_tokens
@@ -186,31 +187,32 @@ class CometSystem(HeadSparsity, DenseSystem):
             mask = reveal_bits(mpc, bits, count)
         S = torch.nonzero(mask).flatten()
         self._record(mpc, x, layer, mask, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
-        cols = torch.cat([S, S + F]) if llama else S
-        w_in = req.w_in.index_select(1, cols)                          # public indices: local selection
+        cols = torch.cat([S, S + F]) if llama else S                   # public indices (permuted)
         b_in = None if llama else req.b_in.index_select(0, S)
-        return self._sparse_ffn(x, w_in, b_in, req.w_out.index_select(0, S), lw, meta, S.numel())
+        return self._sparse_ffn(x, req.w_in, b_in, req.w_out, lw, meta, S.numel(), (1, cols), (0, S))
 
-    def _sparse_ffn(self, x: AShare, w_in: AShare, b_in, w_out: AShare, lw: dict, meta: dict, k: int) -> AShare:
-        """Steps 4-6 on the k selected neurons: SOMM, sparse activation, SIMM."""
+    def _sparse_ffn(self, x: AShare, w_in: AShare, b_in, w_out: AShare, lw: dict, meta: dict, k: int,
+                    in_select=None, out_select=None) -> AShare:
+        """Steps 4-6 on the k selected neurons: SOMM, sparse activation, SIMM. The selections are public
+        slices of the request's permuted weights (None: the operands are the selected weights already)."""
         mpc = x.mpc
         b_out = lw.get("b2")
         if k == 0:   # nothing active: the FFN adds only its output bias
-            zeros = torch.zeros((x.shape[0], w_out.shape[1]), dtype=torch.int64, device=mpc.device)
+            zeros = torch.zeros((x.shape[0], w_out.shape[-1]), dtype=torch.int64, device=mpc.device)
             zero = AShare(mpc.public_share(zeros), mpc, mpc.frac_bits)
             return zero + b_out if b_out is not None else zero
         if "w_gate" in lw:
             with mpc.label(op="ffn.somm"):
-                gu = arith.matmul(x, w_in)                                   # (T, 2k): h opened once
+                gu = arith.matmul(x, w_in, select=in_select)                 # (T, 2k): h opened once
             with mpc.label(op="ffn.act"):
                 g = self.activation(gu[:, :k], meta["act"], op="ffn.act")
                 h = arith.mul(g, gu[:, k:])
         else:
             with mpc.label(op="ffn.somm"):
-                y = arith.matmul(x, w_in) + b_in                             # (T, k)
+                y = arith.matmul(x, w_in, select=in_select) + b_in           # (T, k)
             h = self.activation(y, meta["act"], op="ffn.act")
         with mpc.label(op="ffn.simm"):
-            out = arith.matmul(h, w_out)                                     # (T, d)
+            out = arith.matmul(h, w_out, select=out_select)                  # (T, d)
             return out + b_out if b_out is not None else out
 
     def _ffn_oblivious(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:

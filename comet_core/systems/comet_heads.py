@@ -25,10 +25,11 @@ class HeadRequest:
     """One layer's attention weights in the request's permuted group coordinates (group-major)."""
 
     perm: Permutation
+    wqkv: AShare          # (d, Hkv*G*hd + 2*Hkv*hd): [W_q | W_k | W_v], groups permuted (registered)
     wq: AShare            # (Hkv, d, G*hd)
     wk: AShare            # (Hkv, d, hd)
     wv: AShare            # (Hkv, d, hd)
-    wo: AShare            # (Hkv, G*hd, d)
+    wo: AShare            # (H*hd, d): rows by permuted group blocks of G*hd (registered)
     bq: AShare | None     # (Hkv, G*hd)
     bk: AShare | None     # (Hkv, hd)
     bv: AShare | None
@@ -88,7 +89,11 @@ class HeadSparsity:
             m = math.prod(shp[1:])
             got[k] = out[:, o:o + m].reshape(*shp)
             o += m
-        return HeadRequest(perm=perm, wq=got["wq"], wk=got["wk"], wv=got["wv"], wo=got["wo"],
+        cat2d = lambda t, m: t.permute(1, 0, 2).reshape(d, Hkv * m)  # noqa: E731  (Hkv, d, m) -> (d, Hkv m)
+        wqkv = mpc.register_weight(AShare.cat([cat2d(got["wq"], G * hd), cat2d(got["wk"], hd),
+                                               cat2d(got["wv"], hd)], 1))
+        return HeadRequest(perm=perm, wqkv=wqkv, wq=got["wq"], wk=got["wk"], wv=got["wv"],
+                           wo=mpc.register_weight(got["wo"].reshape(H * hd, d)),
                            bq=got.get("bq"), bk=got.get("bk"), bv=got.get("bv"),
                            p2=got["p2"].permute(1, 0, 2).reshape(r, H), pb2=got["pb2"].reshape(H))
 
@@ -173,9 +178,9 @@ class HeadSparsity:
         with mpc.label(op="attn.context"):
             ctx = arith.matmul(probs, v_all)                                      # (a, G*T, hd)
         ctx = ctx.reshape(a, G, T, hd).permute(2, 0, 1, 3).reshape(T, a * G * hd)
-        wo = req.wo.index_select(0, A).reshape(a * G * hd, -1)
+        rows_o = (A[:, None] * (G * hd) + torch.arange(G * hd)[None, :]).reshape(-1)
         with mpc.label(op="attn.out"):
-            out = arith.matmul(ctx, wo)                                           # SIMM by head block
+            out = arith.matmul(ctx, req.wo, select=(0, rows_o))                   # SIMM by head block
             return out + lw["bo"] if "bo" in lw else out
 
     def _qkv(self, mpc, x, hc, req, A, B, U, G, hd, lw):
@@ -185,15 +190,15 @@ class HeadSparsity:
         K = torch.cat([A, B])
         rows = AShare.cat([x, hc.inputs.index_select(0, U)], 0) if U.numel() else x     # (R, d)
         R = rows.shape[0]
-        sel = lambda w, idx, m: w.index_select(0, idx).permute(1, 0, 2).reshape(d, idx.numel() * m)  # noqa: E731
-        cols = [sel(req.wq, A, G * hd), sel(req.wk, K, hd), sel(req.wv, K, hd)]
-        w = AShare.cat(cols, 1)
+        Hkv = req.wq.shape[0]
+        block = lambda base, idx, m: (base + idx[:, None] * m + torch.arange(m)[None, :]).reshape(-1)  # noqa: E731
+        cols = torch.cat([block(0, A, G * hd), block(Hkv * G * hd, K, hd), block(Hkv * (G + 1) * hd, K, hd)])
         nq, nk = a * G * hd, (a + b) * hd
         with mpc.label(op="attn.qkv"):
-            if w.shape[1] == 0:
+            if cols.numel() == 0:
                 e = AShare(mpc.public_share(torch.zeros((0,), dtype=torch.int64, device=mpc.device)), mpc, mpc.frac_bits)
                 return (e.reshape(0, T, hd),) + (e.reshape(0, R, hd),) * 2 + (e.reshape(0, T, hd),) * 2
-            raw = arith.matmul(rows, w, out_frac=rows.frac + w.frac)              # no truncation yet
+            raw = arith.matmul(rows, req.wqkv, out_frac=rows.frac + req.wqkv.frac, select=(1, cols))   # no truncation yet
             pieces = [raw[:T, :nq],                                               # q: current rows
                       raw[:, nq:nq + a * hd], raw[:T, nq + a * hd:nq + nk],       # k: A all rows, B current
                       raw[:, nq + nk:nq + nk + a * hd], raw[:T, nq + nk + a * hd:]]
