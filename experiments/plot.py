@@ -23,7 +23,7 @@ import pandas as pd
 
 from comet_core.errors import CometError
 from experiments.plot_artifacts import ARTIFACTS, exp_block
-from experiments.plot_compare import EXPECTED_DIR, compare, comparison_text
+from experiments.plot_compare import EXPECTED_DIR, compare, comparison_text, load_expected
 from experiments.plot_figures import draw
 from experiments.plot_sweeps import NoSweepError, Sweep, select_sweep
 
@@ -151,8 +151,13 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
     files += [out / "data.csv", out / "comparison.csv"]
     fig_names = []
     for f in analysis.figures:
-        if f.data.empty or f.y not in f.data or f.data[f.y].dropna().empty:
-            log.info("figure %s skipped: no %s values", f.stem, f.y)
+        if f.band_metric and not cmp.empty:
+            exp_rows = load_expected(name, expected_dir)
+            row = exp_rows[exp_rows.metric == f.band_metric]
+            if len(row) and not row[["paper_value_lo", "paper_value_hi"]].isna().any(axis=None):
+                f.band = (float(row.paper_value_lo.iloc[0]), float(row.paper_value_hi.iloc[0]))
+        if f.data.empty or f.y not in f.data or not (f.data[f.y].dropna() != 0).any():
+            log.info("figure %s skipped: no non-zero %s values", f.stem, f.y)
             continue
         files += draw(f, out)
         fig_names.append(f"{f.stem}.png")

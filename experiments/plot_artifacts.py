@@ -95,8 +95,8 @@ def time_and_bytes_figures(name: str, t: pd.DataFrame, x: str = "model") -> list
     t = gb(t)
     return [
         Figure(f"{name}_time", "bars", t, x=x, y="total_s", hue="system", xlabel=x,
-               ylabel="time per request (s; compute + modelled communication)", logy=True,
-               title=f"{name}: end-to-end time per system"),
+               ylabel="time per request (s)", logy=True,
+               title=f"{name}: time per request (compute + modelled communication, lan)"),
         Figure(f"{name}_communication", "bars", t, x=x, y="online_GB", hue="system", xlabel=x,
                ylabel="online communication (GB, both directions)", logy=True,
                title=f"{name}: online communication per system"),
@@ -123,11 +123,11 @@ def end_to_end(sweep: Sweep, exp: dict) -> Analysis:
         a.claims["comm_reduction"] = list(cr.comm_reduction)
         a.figures += [
             Figure("end_to_end_speedup", "bars", both, x="model", y="speedup", hue="baseline", xlabel="model",
-                   ylabel=f"speedup of {ref} (x, baseline time / {ref} time)", hline=1.0,
-                   title=f"end_to_end: {ref}'s speedup over each baseline (lan)"),
+                   ylabel=f"speedup of {ref} (x)", hline=1.0, band_metric="speedup",
+                   title=f"end_to_end: {ref}'s speedup over each baseline (baseline time / {ref} time, lan)"),
             Figure("end_to_end_comm_reduction", "bars", both, x="model", y="comm_reduction", hue="baseline",
-                   xlabel="model", ylabel=f"communication reduction (x, baseline bytes / {ref} bytes)", hline=1.0,
-                   title=f"end_to_end: {ref}'s communication reduction over each baseline"),
+                   xlabel="model", ylabel="communication reduction (x)", hline=1.0, band_metric="comm_reduction",
+                   title=f"end_to_end: {ref}'s communication reduction (baseline bytes / {ref} bytes)"),
         ]
     return a
 
@@ -162,7 +162,7 @@ def bandwidth_sweep(sweep: Sweep, exp: dict) -> Analysis:
         a.figures.append(Figure("bandwidth_sweep_speedup", "lines", sp, x="bandwidth_bps", y="speedup",
                                 hue="baseline", panel="model", xlabel="bandwidth (bit/s)",
                                 ylabel=f"speedup of {ref} (x)", logx=True, hline=1.0,
-                                title=f"bandwidth_sweep: {ref}'s speedup vs bandwidth"))
+                                band_metric="speedup_at_lowest_bandwidth", title=f"bandwidth_sweep: {ref}'s speedup vs bandwidth"))
     return a
 
 
@@ -194,6 +194,7 @@ def ffn_sparsity(sweep: Sweep, exp: dict) -> Analysis:
     a.figures.append(Figure("ffn_sparsity_speedup", "lines", sp, x="ffn_sparsity", y="ffn_speedup", hue="model",
                             xlabel="FFN sparsity (fraction of neurons skipped)",
                             ylabel=f"FFN speedup (x, {ref} FFN time / {target} FFN time)", hline=1.0,
+                            band_metric="ffn_speedup_at_90",
                             title="ffn_sparsity: FFN speedup vs sparsity"))
     return a
 
@@ -317,14 +318,15 @@ def time_breakdown(sweep: Sweep, exp: dict) -> Analysis:
         a.claims["predictor_share"] = list(t[t.system == ref].predictor_share.dropna())
     else:
         a.notes.append(f"predictor share needs system {ref!r} in the sweep (conf/experiment/time_breakdown.yaml)")
-    parts = t.melt(id_vars=["model", "system"], value_vars=["compute_s", "comm_s"], var_name="component",
-                   value_name="seconds")
+    parts = t.rename(columns={"compute_s": "compute (measured)", "comm_s": "communication (modelled)"}).melt(
+        id_vars=["model", "system"], value_vars=["compute (measured)", "communication (modelled)"],
+        var_name="component", value_name="seconds")
     a.figures += [
         Figure("time_breakdown_share", "bars", t, x="model", y="comm_share", hue="system", xlabel="model",
-               ylabel="communication share of runtime (fraction)",
+               ylabel="communication share of runtime (fraction)", band_metric=None,
                title="time_breakdown: communication share (measured compute + modelled communication, lan)"),
         Figure("time_breakdown_seconds", "bars", parts, x="system", y="seconds", hue="component", panel="model",
-               xlabel="system", ylabel="time (s)", logy=True, title="time_breakdown: compute vs communication"),
+               xlabel="system", ylabel="time per request (s)", title="time_breakdown: compute vs communication (lan)"),
     ]
     return a
 

@@ -24,6 +24,8 @@ class Figure:
     logx: bool = False
     logy: bool = False
     hline: float | None = None    # a reference line (e.g. speedup 1)
+    band_metric: str | None = None  # shade the paper's value of this expected/<name>.csv metric
+    band: tuple[float, float] | None = None   # filled in by plot.py from the expected file
     notes: list[str] = field(default_factory=list)
 
 
@@ -44,7 +46,7 @@ def draw(spec: Figure, out_dir: Path) -> list[Path]:
     n = len(panels)
     cols = min(n, 2)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.0 * cols, 4.0 * rows), squeeze=False)
     for ax, (pv, d) in zip(axes.flat, panels):
         if spec.kind == "bars":
             _bars(ax, d, spec)
@@ -54,15 +56,24 @@ def draw(spec: Figure, out_dir: Path) -> list[Path]:
         ax.set_ylabel(spec.ylabel)
         if spec.logy:
             ax.set_yscale("log")
+            pos = d[spec.y][d[spec.y] > 0]
+            if spec.kind == "bars" and len(pos):   # bars grow from a floor below the smallest value
+                ax.set_ylim(bottom=float(pos.min()) / 5)
         if spec.logx and spec.kind == "lines":
             ax.set_xscale("log")
         if spec.hline is not None:
             ax.axhline(spec.hline, color="grey", lw=0.8, ls="--")
+        if spec.band is not None:
+            lo, hi = spec.band
+            if lo == hi:
+                ax.axhline(lo, color="tab:red", lw=1.0, ls=":", label=f"paper: {lo:g}")
+            else:
+                ax.axhspan(lo, hi, color="tab:red", alpha=0.12, label=f"paper: {lo:g}-{hi:g}")
         if pv is not None:
             ax.set_title(f"{spec.panel} = {pv}", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-        if spec.hue and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, title=spec.hue, title_fontsize=8)
+        if (spec.hue or spec.band) and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, title=spec.hue, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.suptitle(spec.title, fontsize=11)

@@ -24,36 +24,48 @@ LAN = dict(name="lan", bandwidth_bps=5e9, latency_s=8e-4)
 
 
 def make_sweep(folder: Path, jobs: list[dict], artifact="end_to_end", preset="full", launched=None,
-               params=None) -> Path:
-    """A multirun folder as Hydra and run-experiment leave it; jobs: dicts of model, system, rounds, bytes."""
+               params=None, experiment=None) -> Path:
+    """A multirun folder as Hydra and run-experiment leave it. Each job: model, system, rounds, bytes, and
+    optionally `set` ({dotted key: value}: config values that are also the job's overrides), `ops` (ops.csv
+    rows), `compute` (measured compute seconds: exact mode), `done` (False: no result files)."""
     folder.mkdir(parents=True)
     n = launched if launched is not None else len(jobs)
+    exp = {"name": artifact, "preset": preset, "command": "run-experiment", "reference": "comet", **(experiment or {})}
     mr = {"hydra": {"sweeper": {"params": params or {"system": ",".join(f"s{i}" for i in range(n))}},
-                    "overrides": {"task": []}},
-          "experiment": {"name": artifact, "preset": preset}}
+                    "overrides": {"task": []}}, "experiment": exp}
     (folder / "multirun.yaml").write_text(yaml.safe_dump(mr))
     for i, j in enumerate(jobs):
         d = folder / str(i)
         (d / ".hydra").mkdir(parents=True)
-        cfg = {"experiment": {"name": artifact, "preset": preset, "command": "run-experiment", "reference": "comet"},
-               "model": {"name": j["model"]}, "system": {"name": j["system"]}, "network": LAN, "mode": "cost",
-               "gen_tokens": j.get("gen_tokens", 16)}
+        cfg = {"experiment": exp, "model": {"name": j["model"]}, "system": {"name": j["system"]}, "network": LAN,
+               "mode": "cost" if "compute" not in j else "exact", "gen_tokens": 16, "engine": {}}
+        ov = [f"model={j['model']}", f"system={j['system']}"]
+        for key, v in j.get("set", {}).items():
+            node = cfg
+            *head, last = key.split(".")
+            for h in head:
+                node = node.setdefault(h, {})
+            node[last] = v
+            ov.append(f"{key}={v}")
+        ov.append(f"experiment={artifact}")
         (d / "config.yaml").write_text(yaml.safe_dump(cfg))
         (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-        ov = [f"model={j['model']}", f"system={j['system']}", f"experiment={artifact}"]
         (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(ov))
-        if j.get("done", True):
-            rows = []
-            for phase, f in (("prefill", 0.25), ("decode", 0.75), ("total", 1.0)):
-                r, b = int(j["rounds"] * f), int(j["bytes"] * f)
-                comm = r * LAN["latency_s"] + (b // 2) * 8 / LAN["bandwidth_bps"]
-                rows.append(dict(model=j["model"], system=j["system"], mode="cost", phase=phase, network="lan",
-                                 online_bytes=b, offline_bytes=b // 10, rounds=r, busiest_direction_bytes=b // 2,
-                                 compute_s=math.nan, comm_s=comm, total_s=comm, compute_measured=False,
-                                 bandwidth_bps=5e9, latency_s=8e-4, git_rev="abc1234", gen_tokens=16))
-            pd.DataFrame(rows).to_csv(d / "metrics.csv", index=False)
-            pd.DataFrame([dict(stage="decode", layer=0, op="ffn.fc1", online_bytes=100, rounds=1,
-                               offline_bytes=0)]).to_csv(d / "ops.csv", index=False)
+        if not j.get("done", True):
+            continue
+        rows = []
+        for phase, f in (("prefill", 0.25), ("decode", 0.75), ("total", 1.0)):
+            r, b = int(j["rounds"] * f), int(j["bytes"] * f)
+            comm = r * LAN["latency_s"] + (b // 2) * 8 / LAN["bandwidth_bps"]
+            comp = j.get("compute", math.nan) * f
+            rows.append(dict(model=j["model"], system=j["system"], mode=cfg["mode"], phase=phase, network="lan",
+                             online_bytes=b, offline_bytes=b // 10, rounds=r, busiest_direction_bytes=b // 2,
+                             compute_s=comp, comm_s=comm, total_s=(0 if math.isnan(comp) else comp) + comm,
+                             compute_measured="compute" in j, bandwidth_bps=5e9, latency_s=8e-4,
+                             git_rev="abc1234", gen_tokens=cfg["gen_tokens"]))
+        pd.DataFrame(rows).to_csv(d / "metrics.csv", index=False)
+        ops = j.get("ops", [dict(stage="decode", layer=0, op="ffn.fc1", online_bytes=100, rounds=1)])
+        pd.DataFrame([{"offline_bytes": 0, **o} for o in ops]).to_csv(d / "ops.csv", index=False)
     return folder
 
 
@@ -199,3 +211,58 @@ def test_readme_table_between_markers(tmp_path):
     write_readme_table(readme, res)
     text2 = readme.read_text()
     assert text2.count(START) == 1 and text2.endswith("tail text\n")
+
+
+def op(name, online_bytes, rounds, stage="decode"):
+    return dict(stage=stage, layer=0, op=name, online_bytes=online_bytes, rounds=rounds)
+
+
+def test_ffn_sparsity_speedup_from_ffn_ops(tmp_path):
+    jobs = [dict(model="m", system="dense", rounds=10, bytes=1000, set={"system.ffn_sparsity": s},
+                 ops=[op("ffn.fc1", int(8e9), 10), op("attn.q", 50, 1)]) for s in (0.5, 0.9)]
+    jobs += [dict(model="m", system="comet", rounds=10, bytes=1000, set={"system.ffn_sparsity": s},
+                  ops=[op("ffn.fc1", int(8e9 * (1 - s)), 10), op("ffn.pred", int(1e8), 5), op("attn.q", 50, 1)])
+             for s in (0.5, 0.9)]
+    make_sweep(tmp_path / "runs" / "a", jobs, artifact="ffn_sparsity",
+               experiment={"reference": "dense", "target": "comet", "ops": "ffn.*", "x_key": "system.ffn_sparsity"})
+    r = plot_artifact("ffn_sparsity", runs_root=tmp_path / "runs", results_dir=tmp_path / "res")
+    # dense FFN: 10 rounds + 4e9 busiest bytes; comet at 0.9: 15 rounds + (8e8 + 1e8) / 2 bytes (ops.csv halves)
+    dense_s = 10 * 8e-4 + 4e9 * 8 / 5e9
+    comet_s = 15 * 8e-4 + 4.5e8 * 8 / 5e9
+    got = r.comparison.set_index("metric").loc["ffn_speedup_at_90"]
+    assert float(got.ours) == pytest.approx(dense_s / comet_s, rel=1e-3) and got.status == "ok"
+    assert (r.out_dir / "ffn_sparsity_speedup.png").is_file()
+
+
+def test_shuffle_vs_oblivious_and_time_breakdown_and_mask_reuse(tmp_path):
+    runs = tmp_path / "runs"
+    idx = {"shuffle": 1e8, "oblivious": 4.5e8}
+    make_sweep(runs / "s", [dict(model="m", system="comet", rounds=100, bytes=int(1e10), set={"system.indexing": k},
+                                 ops=[op("ffn.index", int(v), 2), op("ffn.fc1", 10, 1)]) for k, v in idx.items()],
+               artifact="shuffle_vs_oblivious", experiment={"x_key": "system.indexing", "reference": "oblivious",
+                                                            "target": "shuffle", "ops": "*index*"})
+    r = plot_artifact("shuffle_vs_oblivious", runs_root=runs, results_dir=tmp_path / "res")
+    want = (2 * 8e-4 + 2.25e8 * 8 / 5e9) / (2 * 8e-4 + 5e7 * 8 / 5e9)
+    assert float(r.comparison.set_index("metric").loc["indexing_speedup", "ours"].split("-")[0]) == \
+        pytest.approx(want, rel=1e-2)
+
+    make_sweep(runs / "t", [dict(model="m", system="dense", rounds=1000, bytes=int(1e10), compute=2.0),
+                            dict(model="m", system="comet", rounds=1000, bytes=int(4e9), compute=1.0,
+                                 ops=[op("ffn.pred", int(1e9), 100)])], artifact="time_breakdown",
+               experiment={"predictor_ops": "*pred*"})
+    r = plot_artifact("time_breakdown", runs_root=runs, results_dir=tmp_path / "res")
+    d = pd.read_csv(r.out_dir / "data.csv")
+    t = d[d.phase == "total"].set_index("system")
+    dense_comm = 1000 * 8e-4 + 5e9 * 8 / 5e9
+    assert t.loc["dense", "comm_share"] == pytest.approx(dense_comm / (dense_comm + 2.0))
+    assert t.loc["comet", "predictor_share"] == pytest.approx((100 * 8e-4 + 5e8 * 8 / 5e9) / t.loc["comet", "total_s"])
+    assert set(r.comparison.status) <= {"ok", "OUTSIDE"}
+
+    jobs = [dict(model="m", system=s, rounds=100, bytes=int(b * (0.5 if reuse else 1)),
+                 set={"engine.reuse_weight_masks": reuse})
+            for s, b in (("dense", 1e10), ("comet", 4e9)) for reuse in (False, True)]
+    make_sweep(runs / "u", jobs, artifact="mask_reuse", experiment={"x_key": "engine.reuse_weight_masks"})
+    r = plot_artifact("mask_reuse", runs_root=runs, results_dir=tmp_path / "res")
+    table = (r.out_dir / "table.md").read_text()
+    assert "surviving_fraction" in table and "reuse_speedup" in table
+    assert (r.out_dir / "mask_reuse_speedup.png").is_file()
