@@ -147,7 +147,8 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
         (out / f).unlink()
     files = []
     analysis.data.to_csv(out / "data.csv", index=False)
-    cmp.assign(preset=sweep.preset, sweep=_rel(sweep.dir)).to_csv(out / "comparison.csv", index=False)
+    cmp.assign(preset=sweep.preset, sweep=_rel(sweep.dir), analysis_notes="; ".join(analysis.notes)).to_csv(
+        out / "comparison.csv", index=False)
     files += [out / "data.csv", out / "comparison.csv"]
     fig_names = []
     for f in analysis.figures:

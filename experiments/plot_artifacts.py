@@ -110,8 +110,8 @@ def end_to_end(sweep: Sweep, exp: dict) -> Analysis:
     df = pdata.sweep_metrics(sweep)
     t = totals(df)
     a = Analysis(df)
-    a.tables["per system (phase total)"] = t[["model", "system", "online_bytes", "offline_bytes", "rounds",
-                                             "compute_s", "comm_s", "total_s"]]
+    a.tables["per system (phase total, lan)"] = gb(gb(t), "offline_bytes")[
+        ["model", "system", "online_GB", "offline_GB", "rounds", "compute_s", "comm_s", "total_s"]]
     a.figures += time_and_bytes_figures("end_to_end", t)
     sp = advantage(t, ref, ["model"], "total_s", "speedup")
     cr = advantage(t, ref, ["model"], "online_bytes", "comm_reduction")
@@ -336,8 +336,9 @@ def real_models(sweep: Sweep, exp: dict) -> Analysis:
     df = pdata.sweep_metrics(sweep)
     a = Analysis(df)
     t = totals(df)
-    cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err", "online_bytes",
-                        "offline_bytes", "rounds", "compute_s", "comm_s", "total_s", "plaintext_s") if c in t]
+    t = gb(gb(t), "offline_bytes")
+    cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err", "online_GB",
+                        "offline_GB", "rounds", "compute_s", "comm_s", "total_s", "plaintext_s") if c in t]
     cols += [c for c in t.columns if ("ppl" in c or "perplexity" in c) and c not in cols]
     a.tables["per model and system (exact mode, lan)"] = t[cols]
     a.figures += time_and_bytes_figures("real_models", t)
@@ -357,7 +358,7 @@ def mask_reuse(sweep: Sweep, exp: dict) -> Analysis:
     a = Analysis(df)
     t = gb(totals(df))
     a.tables["per system and mask policy (phase total, lan)"] = t[["model", "system", "reuse_weight_masks",
-                                                                   "online_bytes", "rounds", "total_s"]]
+                                                                   "online_GB", "rounds", "total_s"]]
     own = t.pivot_table(index=["model", "system"], columns="reuse_weight_masks", values="total_s").reset_index()
     if True in own.columns and False in own.columns:
         own["reuse_speedup"] = own[False] / own[True]

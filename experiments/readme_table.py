@@ -45,7 +45,8 @@ def _status(row: pd.Series | None, note: str, preset: str | None) -> str:
         return "ok (within our tolerance)"
     if st == "OUTSIDE":
         return f"**deviation**: {note}" if note else "**deviation**, not yet explained (add a `note` in the expected file)"
-    return "not measured" + (f": {note}" if note else "")
+    why = str(row.get("analysis_notes", "") or "")
+    return "not measured" + (f" ({why})" if why else "")
 
 
 def table_block(results_dir: Path, expected_dir: Path = EXPECTED_DIR, base: Path | None = None) -> str:
@@ -69,9 +70,11 @@ def table_block(results_dir: Path, expected_dir: Path = EXPECTED_DIR, base: Path
                 m = cmp[cmp.metric == r.metric]
                 got = m.iloc[0] if len(m) else None
             preset = str(got["preset"]) if got is not None and "preset" in got.index else None
-            ours = (f"{got['ours']} {r.unit}" if got is not None and str(got["ours"]) else "-")
+            unit = {"pct_points": "points", "fraction": ""}.get(str(r.unit), str(r.unit))
+            ours = f"{got['ours']} {unit}".strip() if got is not None and str(got["ours"]) else "-"
             note = "" if pd.isna(r.note) else str(r.note)
-            paper = f"{paper_text(float(r.paper_value_lo), float(r.paper_value_hi))} {r.unit}"
+            unit = {"pct_points": "points", "fraction": ""}.get(str(r.unit), str(r.unit))
+            paper = f"{paper_text(float(r.paper_value_lo), float(r.paper_value_hi))} {unit}".strip()
             lines.append(f"| {_cell(r.claim)} | {_cell(paper)} | {_cell(ours)} | {cmd} | "
                          f"{_cell(_status(got, note, preset))} |")
     out = [START, "", "Paper values and their sources: `experiments/expected/<artifact>.csv` (tolerances are ours, "

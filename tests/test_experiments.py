@@ -8,20 +8,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
+from typer.testing import CliRunner
 
+from cli.main import app
 from experiments.plot_artifacts import ARTIFACTS
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf" / "experiment"
-
-
-def comet(*args, cwd):
-    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]   # plugins installed --target
-    env = {"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin", "CI": "true"}
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def quick_command(name: str, sweep_dir: Path) -> list[str]:
@@ -50,10 +44,10 @@ def joblib_installed() -> bool:
 
 
 def test_quick_presets_end_to_end_through_comet_plot(tmp_path):
-    """All quick sweeps, output_length's through the joblib launcher when installed
-    (the lead's venv: a pyproject dependency), then `comet plot all`."""
+    """All quick sweeps (output_length's through the joblib launcher with progress lines when it is installed:
+    a pyproject dependency), then `comet plot all` into a temporary results folder."""
     runs, results = tmp_path / "multirun", tmp_path / "results"
-    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
+    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]   # plugins installed --target
     env = {"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin", "CI": "true"}
     for name in ARTIFACTS:
         args = quick_command(name, runs / name)
@@ -62,10 +56,12 @@ def test_quick_presets_end_to_end_through_comet_plot(tmp_path):
         r = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, (name, r.stderr[-2000:])
+        if "hydra/launcher=parallel" in args:   # joblib's progress lines
+            assert "LokyBackend" in r.stderr and "Done   3 out of   3" in r.stderr, r.stderr[-2000:]
     for name in ARTIFACTS:
         assert (runs / name / "multirun.yaml").is_file(), name
-    r = comet("plot", "all", "--runs-root", str(runs), "--results-dir", str(results), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = CliRunner().invoke(app, ["plot", "all", "--runs-root", str(runs), "--results-dir", str(results)])
+    assert r.exit_code == 0, r.stderr[-2000:]
     for name in ARTIFACTS:
         out = results / name
         assert str(out.resolve()) in r.stdout, (name, r.stdout[-2000:], r.stderr[-2000:])
@@ -90,15 +86,5 @@ def test_quick_presets_end_to_end_through_comet_plot(tmp_path):
     pa = pd.read_csv(results / "predictor_accuracy" / "comparison.csv")
     assert set(pa.metric) == {"recall", "accuracy_loss_pts"} and (pa.status != "not measured").all()
     # a second `plot all` refuses to replace the curated files
-    r2 = comet("plot", "all", "--runs-root", str(runs), "--results-dir", str(results), cwd=tmp_path)
-    assert r2.returncode == 2 and "--overwrite" in r2.stderr
-
-
-def test_joblib_launcher_shows_progress(tmp_path):
-    if not joblib_installed():
-        pytest.skip("hydra-joblib-launcher is not installed (a pyproject dependency: reinstall the venv)")
-    r = comet("run-experiment", "-m", "experiment=end_to_end_quick", "hydra/launcher=parallel",
-              "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'mr'}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "LokyBackend" in r.stderr and "Done   2 out of   2" in r.stderr   # joblib's progress lines
-    assert (tmp_path / "mr" / "0" / "metrics.csv").is_file() and (tmp_path / "mr" / "1" / "metrics.csv").is_file()
+    r2 = CliRunner().invoke(app, ["plot", "all", "--runs-root", str(runs), "--results-dir", str(results)])
+    assert r2.exit_code == 2 and "--overwrite" in r2.stderr

@@ -175,19 +175,28 @@ def comet(*args, cwd):
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    r = comet("plot", "nope", cwd=tmp_path)    # the real process: exit status and stderr
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: unknown artifact 'nope'; choose one of: end_to_end, bandwidth_sweep, ffn_sparsity, "
+        "predictor_accuracy, shuffle_vs_oblivious, kv_refill_ablation, output_length, time_breakdown, "
+        "real_models, mask_reuse, all, readme")
     runs = tmp_path / "empty"
     runs.mkdir()
-    cases = [(["plot", "nope"], "unknown artifact 'nope'; choose one of: end_to_end"),
-             (["plot", "end_to_end", "--runs-root", str(runs)], "no sweep of experiment 'end_to_end'"),
+    cases = [(["plot", "end_to_end", "--runs-root", str(runs)], "no sweep of experiment 'end_to_end'"),
              (["plot", "end_to_end", "--run", str(runs)], "not a Hydra multirun folder"),
-             (["plot", "all", "--runs-root", str(runs), "--run", str(runs)], "--run names one sweep")]
+             (["plot", "all", "--runs-root", str(runs), "--run", str(runs)], "--run names one sweep"),
+             (["plot", "end_to_end", "--preset", "big"], "--preset must be any, full or quick"),
+             (["plot", "readme", "--readme", str(runs / "README.md")], "does not exist; pass --readme")]
     for args, needle in cases:
-        r = comet(*args, cwd=tmp_path)
-        assert r.returncode == 2, (args, r.stderr)
+        r = CliRunner().invoke(app, args)
         err = [line for line in r.stderr.splitlines() if not line.startswith("[comet.")]
-        assert len(err) == 1 and needle in err[0] and "Traceback" not in r.stderr, (args, r.stderr)
-    r = comet("plot", "all", "--runs-root", str(runs), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
-    assert r.returncode != 0 and "skipped end_to_end: no sweep" in r.stderr
+        assert r.exit_code == 2 and len(err) == 1 and needle in err[0], (args, r.stderr)
+    r = CliRunner().invoke(app, ["plot", "all", "--runs-root", str(runs), "--results-dir", str(tmp_path / "res")])
+    assert r.exit_code == 1 and "skipped end_to_end: no sweep" in r.stderr
     assert "run: comet run-experiment -m experiment=end_to_end" in r.stderr
     assert "comet train-predictor -m +experiment=predictor_accuracy" in r.stderr
 
