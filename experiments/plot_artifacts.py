@@ -174,10 +174,15 @@ def ffn_sparsity(sweep: Sweep, exp: dict) -> Analysis:
     t = totals(df)
     cols = ["model", "system", "ffn_sparsity", "ffn_online_bytes", "ffn_rounds", "ffn_comm_s", "total_s"]
     a.tables["FFN cost (phase total, lan)"] = t[cols]
-    a.figures.append(Figure("ffn_sparsity_ffn_time", "bars", t.assign(
-        label=t.system + t.ffn_sparsity.map(lambda v: "" if pd.isna(v) else f" @{v:g}")),
-        x="model", y="ffn_comm_s", hue="label", xlabel="model", ylabel="FFN communication time (s, lan)",
-        logy=True, title="ffn_sparsity: FFN time per system and sparsity"))
+    if t.ffn_sparsity.notna().any():
+        a.figures.append(Figure("ffn_sparsity_ffn_time", "lines", t, x="ffn_sparsity", y="ffn_comm_s", hue="system",
+                                panel="model", xlabel="FFN sparsity (fraction of neurons skipped)",
+                                ylabel="FFN communication time (s, lan)", logy=True,
+                                title="ffn_sparsity: FFN time vs sparsity"))
+    else:
+        a.figures.append(Figure("ffn_sparsity_ffn_time", "bars", t, x="model", y="ffn_comm_s", hue="system",
+                                xlabel="model", ylabel="FFN communication time (s, lan)", logy=True,
+                                title="ffn_sparsity: FFN time per system"))
     r = t[t.system == ref][["model", "ffn_sparsity", "ffn_comm_s"]]
     g = t[t.system == target][["model", "ffn_sparsity", "ffn_comm_s"]]
     if r.empty or g.empty:
@@ -193,9 +198,8 @@ def ffn_sparsity(sweep: Sweep, exp: dict) -> Analysis:
     a.claims["ffn_speedup"] = list(sp.ffn_speedup)
     a.figures.append(Figure("ffn_sparsity_speedup", "lines", sp, x="ffn_sparsity", y="ffn_speedup", hue="model",
                             xlabel="FFN sparsity (fraction of neurons skipped)",
-                            ylabel=f"FFN speedup (x, {ref} FFN time / {target} FFN time)", hline=1.0,
-                            band_metric="ffn_speedup_at_90",
-                            title="ffn_sparsity: FFN speedup vs sparsity"))
+                            ylabel="FFN speedup (x)", hline=1.0, band_metric="ffn_speedup_at_90",
+                            title=f"ffn_sparsity: FFN speedup ({ref} FFN time / {target} FFN time, lan)"))
     return a
 
 

@@ -60,7 +60,9 @@ def draw(spec: Figure, out_dir: Path) -> list[Path]:
             if spec.kind == "bars" and len(pos):   # bars grow from a floor below the smallest value
                 ax.set_ylim(bottom=float(pos.min()) / 5)
         if spec.logx and spec.kind == "lines":
-            ax.set_xscale("log")
+            _log_x(ax, d[spec.x], spec.x)
+        if spec.logy:
+            _plain_log_labels(ax.yaxis, d[spec.y])
         if spec.hline is not None:
             ax.axhline(spec.hline, color="grey", lw=0.8, ls="--")
         if spec.band is not None:
@@ -103,3 +105,35 @@ def _lines(ax, d: pd.DataFrame, spec: Figure) -> None:
     for h in hues:
         dh = (d if h is None else d[d[spec.hue] == h]).sort_values(spec.x)
         ax.plot(dh[spec.x], dh[spec.y], marker="o", ms=3, label=None if h is None else str(h))
+
+
+def _log_x(ax, xs: pd.Series, col: str) -> None:
+    """Log x axis; bandwidths labelled in Mbps/Gbps, integer data (token counts) on base 2, at the data's values."""
+    from matplotlib.ticker import NullFormatter
+
+    vals = sorted(set(float(v) for v in xs.dropna()))
+    if vals and col.endswith("_bps"):
+        ax.set_xscale("log")
+        ax.set_xticks(vals)
+        ax.set_xticklabels([f"{v / 1e9:g} Gbps" if v >= 1e9 else f"{v / 1e6:g} Mbps" for v in vals], fontsize=8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    elif vals and all(v == int(v) and v > 0 for v in vals) and max(vals) <= 4096:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(vals)
+        ax.set_xticklabels([str(int(v)) for v in vals])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_xscale("log")
+
+
+def _plain_log_labels(axis, ys: pd.Series) -> None:
+    """Log-axis tick labels as plain numbers (0.6, 2, 300) instead of 6x10^-1; minor labels on short ranges."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    pos = ys[ys > 0]
+    short = len(pos) and math.log10(float(pos.max()) / float(pos.min())) < 1.5
+    axis.set_minor_formatter(fmt if short else NullFormatter())
