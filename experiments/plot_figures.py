@@ -127,7 +127,7 @@ def _log_x(ax, xs: pd.Series, col: str) -> None:
 
 
 def _plain_log_labels(axis, ys: pd.Series) -> None:
-    """Log-axis tick labels as plain numbers (0.6, 2, 300) instead of 6x10^-1; minor labels on short ranges."""
+    """Log-axis tick labels as plain numbers (0.6, 2, 300) instead of 6x10^-1; a few minor labels on short ranges."""
     import math
 
     from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -135,5 +135,7 @@ def _plain_log_labels(axis, ys: pd.Series) -> None:
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_formatter(fmt)
     pos = ys[ys > 0]
-    short = len(pos) and math.log10(float(pos.max()) / float(pos.min())) < 1.5
-    axis.set_minor_formatter(fmt if short else NullFormatter())
+    span = math.log10(float(pos.max()) / float(pos.min())) if len(pos) else 9.0
+    digits = "235" if span < 0.7 else "25" if span < 2.0 else ""
+    minor = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in digits else "")
+    axis.set_minor_formatter(minor if digits else NullFormatter())
