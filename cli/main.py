@@ -6,6 +6,8 @@ Each command is a thin wrapper: it hands every argument it does not own to Hydra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -90,6 +92,59 @@ def list_configs(group: str = typer.Argument(None, help="a config group (model, 
         typer.echo(describe_groups(group))
     except KeyError as e:
         typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("plot")
+def plot(
+    name: str = typer.Argument(..., help="artifact (conf/experiment/<name>.yaml), `all`, or `readme` (README table)"),
+    run: Path = typer.Option(None, "--run", help="plot this sweep folder (outputs/multirun/<time>) instead of the newest complete one"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing files in results/<name>/"),
+    runs_root: Path = typer.Option(Path("outputs/multirun"), "--runs-root", help="where sweeps are searched"),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="where results/<name>/ is written"),
+    preset: str = typer.Option("any", "--preset", help="any | full | quick: which sweeps qualify"),
+    readme: Path = typer.Option(Path("README.md"), "--readme", help="`plot readme`: the README to update"),
+) -> None:
+    """Collect an artifact's newest complete sweep into results/<name>/ (data.csv, table.md, PNG/PDF figures)
+    and print the comparison with the paper (experiments/expected/<name>.csv).
+
+    `comet plot readme` writes the reproduction table into README.md between its markers.
+    """
+    import logging
+    import sys
+
+    from comet_core.errors import CometError
+
+    logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s", stream=sys.stderr)
+    try:
+        if name == "readme":
+            from experiments.readme_table import write_readme_table
+
+            path = write_readme_table(readme, results_dir)
+            typer.echo(f"reproduction table written into {path}")
+            return
+        from experiments.plot import plot_all, plot_artifact
+
+        kw = dict(overwrite=overwrite, runs_root=runs_root, results_dir=results_dir, preset=preset)
+        if name == "all":
+            if run is not None:
+                raise CometError("--run names one sweep: use it with one artifact, not `all`")
+            done, skipped, failed = plot_all(**kw)
+            for r in done:
+                typer.echo(r.text)
+                typer.echo(f"wrote {len(r.files)} files into {r.out_dir}")
+            for line in skipped:
+                typer.echo(f"skipped {line}", err=True)
+            for line in failed:
+                typer.echo(f"error: {line}", err=True)
+            if failed or not done:
+                raise typer.Exit(2 if failed else 1)
+            return
+        r = plot_artifact(name, run=run, **kw)
+        typer.echo(r.text)
+        typer.echo(f"wrote {len(r.files)} files into {r.out_dir}")
+    except CometError as e:
+        typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -68,6 +68,11 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
     from comet_core.predictor.profile import SparsityProfile
 
     F = int(model_cfg.ffn_dim)
+    forced = system_cfg.get("ffn_sparsity")
+    if forced is not None:
+        if not 0.0 <= float(forced) <= 1.0:
+            raise CometError(f"system.ffn_sparsity must be in [0, 1], got {forced}")
+        return lambda layer, step, n: int(round(F * (1.0 - float(forced))))
     trace = system_cfg.get("mask_trace")
     if trace:
         import pandas as pd
@@ -111,6 +116,8 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
 
 def density_note(model_cfg, system_cfg) -> str:
     """One line saying where cost mode's counts came from (written into sparsity.csv's source column)."""
+    if system_cfg.get("ffn_sparsity") is not None:
+        return f"forced:ffn_sparsity={system_cfg.get('ffn_sparsity')}"
     if system_cfg.get("mask_trace"):
         return f"mask_trace:{system_cfg.get('mask_trace')}"
     path = _profile_path(model_cfg, system_cfg)

@@ -117,6 +117,9 @@ class CometSystem(HeadSparsity, DenseSystem):
             self.thresholds = [0.0] * L
             self.counts = cost_counts(model_cfg, self.cfg, L)
         else:
+            if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
+                raise CometError("system.ffn_sparsity forces counts in cost mode only; exact mode reveals the "
+                                 "predictor's real masks (use mode=cost, or drop system.ffn_sparsity)")
             ps = load_for_system(model_cfg, self.cfg)
             self._ps = ps
             self.plain_predictors = ps.ffn[:L]

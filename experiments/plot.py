@@ -1,0 +1,183 @@
+"""`comet plot <name>|all`: a paper artifact's sweep -> results/<name>/ (data.csv, table.md, figures, comparison).
+
+Steps (plot_artifact):
+1. pick the sweep: the newest complete multirun sweep whose jobs say `experiment.name: <name>` under the runs
+   root (default outputs/multirun), or the one `run` names (plot_sweeps.py);
+2. analyse it (plot_artifacts.py): one tidy data.csv (one row per job x phase, or per job x metric for
+   train-predictor), derived tables, the measured values of the paper's claims, figures;
+3. refuse when results/<name>/ already holds any file this would write, unless overwrite;
+4. write data.csv, table.md, comparison.csv and every figure as PNG and PDF;
+5. return the comparison with experiments/expected/<name>.csv (the CLI prints it).
+Library code: logs, never prints; user errors are CometError (one line).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from comet_core.errors import CometError
+from experiments.plot_artifacts import ARTIFACTS, exp_block
+from experiments.plot_compare import EXPECTED_DIR, compare, comparison_text, load_expected
+from experiments.plot_figures import draw
+from experiments.plot_sweeps import NoSweepError, Sweep, select_sweep
+
+log = logging.getLogger("comet.plot")
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_EXPERIMENT = REPO / "conf" / "experiment"
+DEFAULT_RUNS = Path("outputs/multirun")
+DEFAULT_RESULTS = Path("results")
+
+
+@dataclass
+class PlotResult:
+    name: str
+    out_dir: Path
+    sweep: Sweep
+    files: list[Path] = field(default_factory=list)
+    comparison: pd.DataFrame | None = None
+    text: str = ""
+
+
+def how_to_run(name: str) -> str:
+    """The command that makes a sweep of artifact `name` (from its conf/experiment yaml)."""
+    import yaml
+
+    p = CONF_EXPERIMENT / f"{name}.yaml"
+    cmd = "run-experiment"
+    if p.is_file():
+        cmd = (yaml.safe_load(p.read_text()) or {}).get("experiment", {}).get("command", cmd)
+    plus = "+" if cmd == "train-predictor" else ""
+    return f"comet {cmd} -m {plus}experiment={name}"
+
+
+def check_name(name: str) -> None:
+    if name not in ARTIFACTS:
+        raise CometError(f"unknown artifact {name!r}; choose one of: {', '.join(ARTIFACTS)}, all, readme")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if v == int(v) and abs(v) >= 1e4:
+            return f"{int(v)}"
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A pipe table (no tabulate dependency); floats to 4 significant digits."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v.item() if hasattr(v, "item") else v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _rel(p: Path) -> str:
+    try:
+        return os.path.relpath(p)
+    except ValueError:
+        return str(p)
+
+
+def _table_md(name: str, sweep: Sweep, analysis, cmp: pd.DataFrame, figures: list[str]) -> str:
+    art = ARTIFACTS[name]
+    revs = sorted(set(analysis.data["git_rev"].astype(str))) if "git_rev" in analysis.data else []
+    out = [f"# {name}: {art.title}", "",
+           f"Made by `comet plot {name}` from the sweep `{_rel(sweep.dir)}` ({sweep.preset} preset, "
+           f"{len(sweep.done_jobs)} jobs{'; git ' + ', '.join(revs) if revs else ''}).",
+           f"Sweep: `{how_to_run(name)}` (conf/experiment/{name}.yaml).", ""]
+    if sweep.preset != "full":
+        out += [f"**{sweep.preset} preset**: tiny shapes; a pipeline check, not a reproduction.", ""]
+    for n in analysis.notes:
+        out.append(f"- note: {n}")
+    if analysis.notes:
+        out.append("")
+    for title, t in analysis.tables.items():
+        out += [f"## {title}", "", markdown(t), ""]
+    out += ["## Comparison with the paper", ""]
+    if cmp.empty:
+        out += [f"The paper gives no value for this artifact (no experiments/expected/{name}.csv).", ""]
+    else:
+        out += ["Tolerances are ours (see experiments/expected/" + name + ".csv for each reason).", "",
+                markdown(cmp[["claim", "metric", "stat", "paper", "ours", "unit", "tolerance", "status", "source"]]),
+                ""]
+    if figures:
+        out += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    return "\n".join(out)
+
+
+def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, runs_root: Path = DEFAULT_RUNS,
+                  results_dir: Path = DEFAULT_RESULTS, preset: str = "any",
+                  expected_dir: Path = EXPECTED_DIR) -> PlotResult:
+    """Collect the sweep of artifact `name` into results_dir/<name>/ and compare with the paper."""
+    check_name(name)
+    if preset not in ("any", "full", "quick"):
+        raise CometError(f"--preset must be any, full or quick, got {preset!r}")
+    art = ARTIFACTS[name]
+    sweep = select_sweep(name, art.accepts, Path(runs_root), None if run is None else Path(run), preset,
+                         how_to_run(name))
+    log.info("plotting %s from %s", name, sweep.describe())
+    exp = exp_block(sweep)
+    analysis = art.analyze(sweep, exp)
+    cmp = compare(name, analysis.claims, expected_dir)
+
+    out = Path(results_dir) / name
+    planned = ["data.csv", "table.md", "comparison.csv"] + [f"{f.stem}.{e}" for f in analysis.figures
+                                                            for e in ("png", "pdf")]
+    stale = sorted(p.name for p in out.glob(f"{name}_*.png")) + sorted(p.name for p in out.glob(f"{name}_*.pdf"))
+    existing = sorted({f for f in planned if (out / f).exists()} | set(stale))
+    if existing and not overwrite:
+        raise CometError(f"{out} already holds {', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}; "
+                         f"pass --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in stale:  # figures of an earlier version of this artifact's plot
+        (out / f).unlink()
+    files = []
+    analysis.data.to_csv(out / "data.csv", index=False)
+    cmp.assign(preset=sweep.preset, sweep=_rel(sweep.dir), analysis_notes="; ".join(analysis.notes)).to_csv(
+        out / "comparison.csv", index=False)
+    files += [out / "data.csv", out / "comparison.csv"]
+    fig_names = []
+    for f in analysis.figures:
+        if f.band_metric and not cmp.empty:
+            exp_rows = load_expected(name, expected_dir)
+            row = exp_rows[exp_rows.metric == f.band_metric]
+            if len(row) and not row[["paper_value_lo", "paper_value_hi"]].isna().any(axis=None):
+                f.band = (float(row.paper_value_lo.iloc[0]), float(row.paper_value_hi.iloc[0]))
+        if f.data.empty or f.y not in f.data or not (f.data[f.y].dropna() != 0).any():
+            log.info("figure %s skipped: no non-zero %s values", f.stem, f.y)
+            continue
+        files += draw(f, out)
+        fig_names.append(f"{f.stem}.png")
+    (out / "table.md").write_text(_table_md(name, sweep, analysis, cmp, fig_names))
+    files.append(out / "table.md")
+    text = comparison_text(name, cmp, sweep.preset)
+    if analysis.notes:
+        text += "\n" + "\n".join(f"  note: {n}" for n in analysis.notes)
+    return PlotResult(name, out.resolve(), sweep, files, cmp, text)
+
+
+def plot_all(**kw) -> tuple[list[PlotResult], list[str], list[str]]:
+    """Every artifact that has a sweep: (results, artifacts skipped for want of a sweep, failures)."""
+    done, skipped, failed = [], [], []
+    for name in ARTIFACTS:
+        try:
+            done.append(plot_artifact(name, **kw))
+        except NoSweepError as e:
+            skipped.append(f"{name}: {e}")
+        except CometError as e:
+            failed.append(f"{name}: {e}")
+    return done, skipped, failed

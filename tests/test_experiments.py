@@ -1,0 +1,90 @@
+"""Every paper artifact's quick preset, end to end: `comet run-experiment -m experiment=<name>_quick` (or
+`comet train-predictor -m +experiment=...`) into a temporary sweep folder, then `comet plot all` into a
+temporary results folder; and the joblib launcher. Nothing lands in the repository."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from typer.testing import CliRunner
+
+from cli.main import app
+from experiments.plot_artifacts import ARTIFACTS
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf" / "experiment"
+
+
+def quick_command(name: str, sweep_dir: Path) -> list[str]:
+    cmd = yaml.safe_load((CONF / f"{name}_quick.yaml").read_text())["experiment"]["command"]
+    plus = "+" if cmd == "train-predictor" else ""
+    return [cmd, "-m", f"{plus}experiment={name}_quick", f"hydra.sweep.dir={sweep_dir}"]
+
+
+def test_every_artifact_has_a_full_and_a_quick_preset():
+    for name in ARTIFACTS:
+        for suffix, preset in (("", "full"), ("_quick", "quick")):
+            p = CONF / f"{name}{suffix}.yaml"
+            text = p.read_text()
+            cfg = yaml.safe_load(text)
+            assert text.startswith("# @package _global_"), p
+            assert cfg["experiment"]["name"] == name and cfg["experiment"]["preset"] == preset, p
+            assert cfg["hydra"]["sweeper"]["params"], p
+            if preset == "quick":   # tiny shapes only
+                assert str(cfg["hydra"]["sweeper"]["params"]["model"]).startswith("tiny"), p
+
+
+def joblib_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+
+
+def test_quick_presets_end_to_end_through_comet_plot(tmp_path):
+    """All quick sweeps (output_length's through the joblib launcher with progress lines when it is installed:
+    a pyproject dependency), then `comet plot all` into a temporary results folder."""
+    runs, results = tmp_path / "multirun", tmp_path / "results"
+    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]   # plugins installed --target
+    env = {"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin", "CI": "true"}
+    for name in ARTIFACTS:
+        args = quick_command(name, runs / name)
+        if name == "output_length" and joblib_installed():
+            args += ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]
+        r = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+        if "hydra/launcher=parallel" in args:   # joblib's progress lines
+            assert "LokyBackend" in r.stderr and "Done   3 out of   3" in r.stderr, r.stderr[-2000:]
+    for name in ARTIFACTS:
+        assert (runs / name / "multirun.yaml").is_file(), name
+    r = CliRunner().invoke(app, ["plot", "all", "--runs-root", str(runs), "--results-dir", str(results)])
+    assert r.exit_code == 0, r.stderr[-2000:]
+    for name in ARTIFACTS:
+        out = results / name
+        assert str(out.resolve()) in r.stdout, (name, r.stdout[-2000:], r.stderr[-2000:])
+        for f in ("data.csv", "table.md", "comparison.csv"):
+            assert (out / f).is_file(), (name, f)
+        pngs, pdfs = sorted(out.glob("*.png")), sorted(out.glob("*.pdf"))
+        assert pngs and [p.stem for p in pngs] == [p.stem for p in pdfs], name
+        assert "quick preset" in (out / "table.md").read_text()
+        data = pd.read_csv(out / "data.csv")
+        assert len(data) > 0, name
+        if name != "predictor_accuracy":
+            assert {"model", "system", "phase", "online_bytes", "rounds", "total_s"} <= set(data.columns), name
+    # the swept values are columns: gen_tokens for output_length, the mask policy for mask_reuse
+    ol = pd.read_csv(results / "output_length" / "data.csv")
+    assert sorted(ol[ol.phase == "total"].gen_tokens) == [1, 2, 4]
+    mr = pd.read_csv(results / "mask_reuse" / "data.csv")
+    t = mr[mr.phase == "total"].set_index("reuse_weight_masks")
+    assert t.loc[True, "online_bytes"] < t.loc[False, "online_bytes"]     # masks opened once: fewer bytes
+    tb = pd.read_csv(results / "time_breakdown" / "data.csv")
+    share = tb[tb.phase == "total"].comm_share
+    assert ((share > 0) & (share < 1)).all()                              # exact mode: compute was measured
+    pa = pd.read_csv(results / "predictor_accuracy" / "comparison.csv")
+    assert set(pa.metric) == {"recall", "accuracy_loss_pts"} and (pa.status != "not measured").all()
+    # a second `plot all` refuses to replace the curated files
+    r2 = CliRunner().invoke(app, ["plot", "all", "--runs-root", str(runs), "--results-dir", str(results)])
+    assert r2.exit_code == 2 and "--overwrite" in r2.stderr
