@@ -100,6 +100,7 @@ class RunSchema:
     overwrite: bool = False
     save_ledger: bool = True
     force: bool = False
+    experiment: Optional[Dict[str, Any]] = None   # paper artifact metadata (conf/experiment/*: name, preset, ...)
 
 
 @dataclass
@@ -169,6 +170,7 @@ class TrainPredictorSchema:
     keep_activations: bool = False
     overwrite: bool = False
     force: bool = False
+    experiment: Optional[Dict[str, Any]] = None   # paper artifact metadata (conf/experiment/predictor_accuracy*)
 
 
 SCHEMAS = {"run": RunSchema, "train_lm": TrainLMSchema, "train_predictor": TrainPredictorSchema}

@@ -3,6 +3,7 @@
 temporary results folder; and the joblib launcher. Nothing lands in the repository."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_quick_presets_end_to_end_through_comet_plot(tmp_path):
                            text=True, timeout=300)
         assert r.returncode == 0, (name, r.stderr[-2000:])
         if "hydra/launcher=parallel" in args:   # joblib's progress lines
-            assert "LokyBackend" in r.stderr and "Done   3 out of   3" in r.stderr, r.stderr[-2000:]
+            assert "LokyBackend" in r.stderr and re.search(r"Done +(\d+) out of +\1 ", r.stderr), r.stderr[-2000:]
     for name in ARTIFACTS:
         assert (runs / name / "multirun.yaml").is_file(), name
     r = CliRunner().invoke(app, ["plot", "all", "--runs-root", str(runs), "--results-dir", str(results)])
@@ -76,10 +77,11 @@ def test_quick_presets_end_to_end_through_comet_plot(tmp_path):
             assert {"model", "system", "phase", "online_bytes", "rounds", "total_s"} <= set(data.columns), name
     # the swept values are columns: gen_tokens for output_length, the mask policy for mask_reuse
     ol = pd.read_csv(results / "output_length" / "data.csv")
-    assert sorted(ol[ol.phase == "total"].gen_tokens) == [1, 2, 4]
+    assert sorted(set(ol[ol.phase == "total"].gen_tokens)) == [1, 2, 4]
     mr = pd.read_csv(results / "mask_reuse" / "data.csv")
-    t = mr[mr.phase == "total"].set_index("reuse_weight_masks")
-    assert t.loc[True, "online_bytes"] < t.loc[False, "online_bytes"]     # masks opened once: fewer bytes
+    for system, t in mr[mr.phase == "total"].groupby("system"):
+        t = t.set_index("reuse_weight_masks")
+        assert t.loc[True, "online_bytes"] < t.loc[False, "online_bytes"], system   # masks opened once: fewer bytes
     tb = pd.read_csv(results / "time_breakdown" / "data.csv")
     share = tb[tb.phase == "total"].comm_share
     assert ((share > 0) & (share < 1)).all()                              # exact mode: compute was measured
