@@ -80,7 +80,7 @@ class Ledger:
 
     # -- recording ----------------------------------------------------------------------------
     def record(self, phase: str, sender: str, receiver: str, elements: int, bits: int,
-               round_index: int, cost_source: str = "protocol") -> None:
+               round_index: int, cost_source: str = "measured") -> None:
         lab = self._labels
         self.rows.append((phase, lab["stage"], lab["layer"], lab["op"], self.current_protocol(), sender,
                           receiver, int(elements), int(bits), wire_bytes(int(elements), int(bits)),
