@@ -85,13 +85,29 @@ def prompt_ids(tok, cfg) -> list[int]:
     return ids
 
 
+def plaintext_references(cfg, plain, plain_weights, system, ids):
+    """What the private tokens are compared with: (reference, [(source, generation), ...] extra rows).
+
+    dense: the unmodified HF model. Any other system: the plaintext reference decoder with the system's
+    own approximations (what the private run must equal), plus the unmodified model as `plaintext_dense`
+    (how far the approximations move the model).
+    """
+    from comet_core.models.generate import plaintext_generate
+    from comet_core.models.reference import PlainDecoder, reference_generate
+
+    dense = plaintext_generate(plain, ids, cfg.gen_tokens)
+    if cfg.system.name == "dense":
+        return dense, []
+    return reference_generate(PlainDecoder(plain_weights, system), ids, cfg.gen_tokens), [("plaintext_dense", dense)]
+
+
 def run(cfg, out: Path) -> dict:
     """The experiment itself (plain function: the CLI, tests and sweeps call it)."""
     import torch
     from omegaconf import OmegaConf
 
     from comet_core.comm.network import Network
-    from comet_core.models.generate import plaintext_generate, private_generate
+    from comet_core.models.generate import private_generate
     from comet_core.models.secure import SecureDecoder
     from comet_core.models.tokenizers import load_tokenizer
     from comet_core.models.weights import extract, share_weights, weight_shapes
@@ -123,9 +139,7 @@ def run(cfg, out: Path) -> dict:
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
     gen = private_generate(mpc, model, ids, cfg.gen_tokens, vocab)
 
-    ref = None
-    if not cost:
-        ref = plaintext_generate(plain, ids, cfg.gen_tokens)
+    ref, extra_refs = (None, []) if cost else plaintext_references(cfg, plain, plain_weights, system, ids)
 
     # -- tables -------------------------------------------------------------------------------------
     ledger = mpc.ledger.frame()
@@ -147,7 +161,7 @@ def run(cfg, out: Path) -> dict:
         import pandas as pd
 
         rows = []
-        for src, g in (("private", gen), ("plaintext", ref)):
+        for src, g in (("private", gen), ("plaintext", ref), *extra_refs):
             for step, t in enumerate(g.tokens):
                 rows.append(dict(source=src, step=step, token_id=t, text=tok.decode([t])))
         pd.DataFrame(rows).to_csv(out / "generation.csv", index=False)

@@ -56,7 +56,7 @@ def test_cost_mode_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["network=moon"], "valid choices: lan, lan-3g, wan-100m, wan-200m"),
-    (["system=nope"], "valid choices: dense"),
+    (["system=nope"], "valid choices: bolt, dense, iron, mpcformer, puma, secformer"),
     (["model=gpt-9"], "valid choices:"),
     (["network.bandwidth_bps=-1"], "bandwidth_bps must be > 0"),
     (["network.bandwidth_bps=0"], "bandwidth_bps must be > 0"),
