@@ -44,3 +44,10 @@ def test_cost_mode_equals_exact_mode_ledger(tmp_path, system):
     e = pd.read_csv(tmp_path / "e" / "ledger.csv.gz")
     c = pd.read_csv(tmp_path / "c" / "ledger.csv.gz")
     pd.testing.assert_frame_equal(e, c)
+
+
+def test_system_table_is_up_to_date():
+    """conf/system/README.md and the README section are generated from the YAML files."""
+    from experiments.system_table import main
+
+    assert main(["--check"]) == 0, "run: python experiments/system_table.py"

@@ -106,13 +106,14 @@ class PlainDecoder:
         return h @ g["head"].double()
 
     @torch.no_grad()
-    def forward(self, ids: list[int], cache: PlainCache) -> torch.Tensor:
-        """New tokens through the model (appending to `cache`); logits (1, V) of the last one."""
+    def forward(self, ids: list[int], cache: PlainCache, all_positions: bool = False) -> torch.Tensor:
+        """New tokens through the model (appending to `cache`); logits (1, V) of the last one, or (T, V)
+        of every position with `all_positions` (perplexity; the private run computes only the last)."""
         start = cache.length
         x = self.embed(ids, start)
         for i in range(self.n_layers):
             x = self.layer(x, i, cache, start)
-        return self.head(x[-1:])
+        return self.head(x if all_positions else x[-1:])
 
 
 @dataclass

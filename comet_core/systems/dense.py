@@ -107,7 +107,8 @@ class DenseSystem:
         out = {"linear": ("beaver", "secret x secret Beaver matmul, masks re-opened per call", "engine")}
         for k in ACT_KINDS:
             o = self.act_ops[k]
-            out[k] = (self.act_names[k], o.protocol, o.source)
+            what = ops.EXACT_ACT[k] if self.act_names[k] == "exact" else o.protocol
+            out[k] = (self.act_names[k], what, o.source)
         out["softmax"] = (self.softmax_name, self.softmax_op.protocol, self.softmax_op.source)
         out["norm"] = (self.norm_name, self.norm_op.protocol, self.norm_op.source)
         return out

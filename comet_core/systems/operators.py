@@ -59,6 +59,12 @@ def _bolt_params(p) -> ideal.Params:
                         gelu_ell=int(p.get("gelu_ell", 20)), gelu_scale=int(p.get("gelu_scale", 11)))
 
 
+EXACT_ACT = {  # what `exact` computes per kind (for the table)
+    "relu": "ReLU by comparison: x [x >= 0]",
+    "silu": "x sigmoid(x), sigmoid by the reciprocal method",
+    "gelu": "tanh-form GeLU via sigmoid (|err| < 1e-3 vs erf)",
+}
+
 ACTIVATIONS: dict[str, Op] = {
     "exact": Op(_exact_act, _plain_exact_act,
                 "ReLU: comparison x [x>=0]; SiLU: x sigmoid(x); GeLU: tanh form via sigmoid (reciprocal method)",

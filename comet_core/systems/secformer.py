@@ -12,7 +12,7 @@ Operators (conf/system/secformer.yaml):
   * softmax -> 2Quad (x + 5)^2 / sum with a Goldschmidt division, 13 iterations (`operation/softmax.py`),
     deflated by a public power of two 2^ceil(log2(n * 256)) so it converges (SecFormer's code has none).
   * LayerNorm -> Goldschmidt inverse square root, 8 iterations (`operation/layernorm.py`), deflated by
-    4^j (params.rsqrt_deflate_log4); RMSNorm (Llama) uses the same inverse square root.
+    4^j (params.rsqrt_deflate_log4, default 1: the variances of shakespeare-opt reach 3.03, past the undeflated limit 3); RMSNorm (Llama) uses the same inverse square root.
   * linear -> dense Beaver matmul.
 """
 
