@@ -107,3 +107,27 @@ def test_goldschmidt_inv_sqrt_working_range():
     r = A.plain_goldschmidt_inv_sqrt(v, 8, 4)
     assert ((r * v.sqrt()) - 1).abs().max() < 1e-3
     assert ((A.plain_goldschmidt_inv_sqrt(torch.tensor([0.1]), 8, 4) * 0.1 ** 0.5) - 1).abs().max() > 0.1  # below: off
+
+
+@pytest.mark.parametrize("truncation", ["local", "dealer"])
+def test_cost_mode_books_the_exact_mode_ledger(truncation):
+    """Every approximation on data-free shapes writes the same ledger as on real shares."""
+    from comet_core.mpc.engine import MPC, EngineConfig
+    from comet_core.mpc.shape import Shape
+
+    progs = [
+        lambda m, s: A.quad(s(X)),
+        lambda m, s: A.fourier_gelu(s(X)),
+        lambda m, s: A.piecewise_poly(s(X), A.PUMA_GELU),
+        lambda m, s: A.piecewise_poly(s(X), A.PUMA_SILU),
+        lambda m, s: A.softmax_2quad(s(S), CAUSAL),
+        lambda m, s: A.softmax_2quad_goldschmidt(s(S), CAUSAL),
+        lambda m, s: A.softmax_clipped_exp(s(S), CAUSAL),
+        lambda m, s: A.goldschmidt_norm(s(H), s(W), s(B), "opt", 1e-5, 8, 4),
+    ]
+    for prog in progs:
+        cfg = EngineConfig(truncation=truncation)
+        e, c = MPC(cfg, seed=2), MPC(cfg, seed=2, mode="cost")
+        prog(e, lambda t: e.share(t))
+        prog(c, lambda t: c.share(Shape(t.shape, torch.float64)))
+        assert e.ledger.rows == c.ledger.rows
