@@ -34,18 +34,19 @@ def _params(system) -> str:
 
 
 def table() -> str:
-    lines = ["| system | operator | protocol | computes | source | cost |", "|---|---|---|---|---|---|"]
+    lines = ["| system | operator | protocol | computes | source | cost | why |", "|---|---|---|---|---|---|---|"]
     for name in SYSTEMS:
         cfg = OmegaConf.load(REPO / "conf" / "system" / f"{name}.yaml")
         system = load_system(cfg)
         desc = system.describe()
+        notes = dict(cfg.get("notes") or {})
         for key, label in OPERATORS:
             proto, what, source = desc[key]
             cost = "model" if proto.startswith(("ot_", "iron", "bolt")) else "measured"
-            lines.append(f"| {name} | {label} | `{proto}` | {what} | {source} | {cost} |")
+            lines.append(f"| {name} | {label} | `{proto}` | {what} | {source} | {cost} | {notes.get(key, '')} |")
         lines.append(f"| {name} | sparsity | `{cfg.get('sparsity', 'none')}` | no predictor, every neuron and head "
-                     f"computed | - | - |")
-        lines.append(f"| {name} | parameters | | {_params(system)} | `conf/system/{name}.yaml` | |")
+                     f"computed | - | - | |")
+        lines.append(f"| {name} | parameters | | {_params(system)} | `conf/system/{name}.yaml` | | |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,10 @@ cannot compute itself comes from `peers`:
   * `channel(rank, ledger)`: its end of the P0-P1 link;
   * `dealer_view(mpc)`: the dealer, handing this party only its own half of every correlation;
   * `share(rank, x, owner, ...)`: its share of an input from the client or the model owner;
-  * `reveal(rank, share, to)`: sends its share of an output to the client.
+  * `reveal(rank, share, to)`: sends its share of an output to the client;
+  * `ideal(rank, share, evaluate)`: hands its share to the trusted party of an ideal functionality
+    (comet_core/mpc/ideal.py: Iron's and BOLT's OT-based protocols, priced by a model), which waits for
+    both shares, evaluates once and returns each party its half of fresh shares of the result.
 
 `LocalPeers` plays the dealer, the client and the model owner inside one process for two party
 threads (the test harness, and the contract the TCP transport relies on): it runs a simulation
