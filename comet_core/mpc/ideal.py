@@ -229,9 +229,7 @@ def steps_cost(steps: list[Step]) -> Cost:
     """What `book` writes for these steps (bytes per direction rounded up per row)."""
     online = 0
     for st in steps:
-        total = st.count * st.bits
         online += wire_bytes(st.count, (st.bits + 1) // 2) + wire_bytes(st.count, st.bits // 2)
-        assert total >= 0
     return Cost(online, 0, sum(st.rounds for st in steps))
 
 
