@@ -239,7 +239,7 @@ def execute(cfg) -> Outcome:
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
     with layer_progress(model, passes=cfg.gen_tokens):
         gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size))
-    ref, extra_refs = (None, []) if cost else plaintext_references(system, plain, ids, cfg.gen_tokens)
+    ref, extra_refs = (None, []) if cost else plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
     return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers,
                    system=system, extra_refs=extra_refs)
 
@@ -344,23 +344,29 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
     return summary
 
 
-def plaintext_references(system, plain, ids: list[int], gen_tokens: int):
-    """(the reference private must equal, [(source, generation), ...] shown beside it).
+def plaintext_references(system, plain, plain_weights, ids: list[int], gen_tokens: int):
+    """What the private tokens are compared with: (reference, [(source, generation), ...] extra rows).
 
-    dense: the plaintext model. comet: the plaintext model with the private run's FFN masks (KV-cached
-    semantics, sparse/reference.py), beside the unmodified model as `plaintext_dense`.
+    dense: the unmodified HF model. comet: the plaintext model with the private run's FFN and head masks
+    (KV-cached semantics, sparse/reference.py). Any other system: the plaintext reference decoder with the
+    system's own approximations (models/reference.py). Both are shown beside the unmodified model as
+    `plaintext_dense` (how far sparsity or approximations move the model).
     """
     from comet_core.models.generate import plaintext_generate
 
     dense = plaintext_generate(plain, ids, gen_tokens)
     records = getattr(getattr(system, "state", None), "records", None)
-    if not records:
-        return dense, []
-    from comet_core.sparse.reference import masked_generate
+    if records:
+        from comet_core.sparse.reference import masked_generate
 
-    masks = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "ffn"}
-    heads = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "head"}
-    return masked_generate(plain, ids, gen_tokens, masks, heads), [("plaintext_dense", dense)]
+        masks = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "ffn"}
+        heads = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "head"}
+        return masked_generate(plain, ids, gen_tokens, masks, heads), [("plaintext_dense", dense)]
+    if system.name == "dense":
+        return dense, []
+    from comet_core.models.reference import PlainDecoder, reference_generate
+
+    return reference_generate(PlainDecoder(plain_weights, system), ids, gen_tokens), [("plaintext_dense", dense)]
 
 
 def write_sparsity(system, cfg, out: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from comet_core.comm.channel import PeerError
-from comet_core.mpc import arith, compare, nonlinear as nl
+from comet_core.mpc import approx, arith, compare, ideal, nonlinear as nl
 from comet_core.mpc.engine import MPC, EngineConfig
 from comet_core.mpc.parties import run_pair
 
@@ -45,6 +45,21 @@ PROGRAMS = {
     "sigmoid": lambda m: nl.sigmoid(m.share(X)),
     "silu": lambda m: nl.silu(m.share(X)),
     "gelu": lambda m: nl.gelu(m.share(X)),
+    # the baselines' approximations (mpc/approx.py) and ideal functionalities (mpc/ideal.py)
+    "quad": lambda m: approx.quad(m.share(X)),
+    "fourier_gelu": lambda m: approx.fourier_gelu(m.share(X)),
+    "puma_gelu": lambda m: approx.piecewise_poly(m.share(X), approx.PUMA_GELU),
+    "puma_silu": lambda m: approx.piecewise_poly(m.share(X), approx.PUMA_SILU),
+    "softmax_2quad": lambda m: approx.softmax_2quad(m.share(X[:, :6]), CAUSAL),
+    "softmax_goldschmidt": lambda m: approx.softmax_2quad_goldschmidt(m.share(X[:, :6]), CAUSAL),
+    "softmax_puma": lambda m: approx.softmax_clipped_exp(m.share(X[:, :6]), CAUSAL),
+    "goldschmidt_norm": lambda m: approx.goldschmidt_norm(m.share(X), m.share(torch.ones(16)), m.share(torch.zeros(16)),
+                                                          "opt", 1e-5, 8, 2),
+    "ideal_bolt_gelu": lambda m: ideal.ideal_op(m.share(X), "bolt_gelu", ideal.bolt_gelu_steps(ideal.Params(), 96)),
+    "ideal_softmax": lambda m: ideal.ideal_op(m.share(X[:, :6]), "softmax", ideal.iron_softmax_steps(ideal.Params(), 6, 6),
+                                              mask=CAUSAL),
+    "ideal_twice": lambda m: ideal.ideal_op(arith.square(ideal.ideal_op(m.share(X), "relu", ideal.relu_steps(ideal.Params(), 96))),
+                                            "silu", ideal.silu_steps(ideal.Params(), 96)),
 }
 
 

@@ -4,6 +4,9 @@ Phases: `online` (P0 <-> P1), `offline` (dealer -> parties: correlated randomnes
 (client / model owner -> parties: sharing), `output` (parties -> client: revealing).
 A round is one communication step of the online phase; messages both parties send in the same
 step share one round index.
+`cost_source` says where a row's size comes from: `measured` (the default: a protocol that ran on shares
+and sent these bytes) or `model` (an ideal functionality priced by a published per-element formula,
+comet_core/mpc/ideal.py: Iron's and BOLT's OT-based protocols).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class Ledger:
 
     # -- recording ----------------------------------------------------------------------------
     def record(self, phase: str, sender: str, receiver: str, elements: int, bits: int,
-               round_index: int, cost_source: str = "protocol") -> None:
+               round_index: int, cost_source: str = "measured") -> None:
         lab = self._labels
         self.rows.append((phase, lab["stage"], lab["layer"], lab["op"], self.current_protocol(), sender,
                           receiver, int(elements), int(bits), wire_bytes(int(elements), int(bits)),

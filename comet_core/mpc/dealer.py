@@ -189,3 +189,33 @@ class Dealer:
         self._book(d.numel(), 64, to="P1")
         st = torch.stack
         return (st([zeros, a]), st([zeros, b]), st([d, zeros]), st([a2, zeros]), st([b2, zeros]), st([zeros, d2]))
+
+    def fourier_mask(self, shape, period: int, n_terms: int, frac: int, bits: int):
+        """SecFormer's mask for a Fourier series: t uniform in [0, 2^bits) (ring units) with additive shares
+        of t and of sin(2 pi k t / period), cos(2 pi k t / period) for k = 1..n_terms at scale `frac`
+        (shape (*shape, n_terms)); `period` in ring units. Books t: 64 n; sin, cos: 2 * 64 n n_terms."""
+        t = self._rand(shape, bits)
+        if t.is_meta:
+            sin = cos = Shape((*t.shape, n_terms))
+        else:
+            ang = torch.remainder(t, period).to(torch.float64) * (2 * torch.pi / period)
+            kt = ang.unsqueeze(-1) * torch.arange(1, n_terms + 1, dtype=torch.float64, device=t.device)
+            sin, cos = ring.encode(torch.sin(kt), frac), ring.encode(torch.cos(kt), frac)
+        out = self._arith(t), self._arith(sin, frac), self._arith(cos, frac)
+        self._book(out[0].numel(), 64)
+        self._book(out[1].numel(), 64)
+        self._book(out[2].numel(), 64)
+        return out
+
+    def ideal(self, data: torch.Tensor, frac: int, fn: str, out_frac: int, kwargs: dict) -> AShare:
+        """An ideal functionality (comet_core/mpc/ideal.py): open both parties' shares `data` (2, ...) at
+        scale `frac`, evaluate the plaintext function `fn` (ideal.FUNCTIONS) in float64, and re-share the
+        result at `out_frac` with fresh randomness (P0's half from its dealer stream). Nothing is booked
+        here: the functionality's traffic is the modelled cost that ideal.py books (cost_source=model)."""
+        from comet_core.mpc.ideal import FUNCTIONS
+
+        if data.is_meta:
+            return self._arith(Shape(tuple(data.shape[1:])), out_frac)
+        x = ring.decode(data[0] + data[1], frac)
+        y = FUNCTIONS[fn](x, **kwargs)
+        return self._arith(ring.encode(y, out_frac), out_frac)

@@ -5,7 +5,10 @@ cannot compute itself comes from `peers`:
   * `channel(rank, ledger)`: its end of the P0-P1 link;
   * `dealer_view(mpc)`: the dealer, handing this party only its own half of every correlation;
   * `share(rank, x, owner, ...)`: its share of an input from the client or the model owner;
-  * `reveal(rank, share, to)`: sends its share of an output to the client.
+  * `reveal(rank, share, to)`: sends its share of an output to the client;
+  * `ideal(rank, share, evaluate)`: hands its share to the trusted party of an ideal functionality
+    (comet_core/mpc/ideal.py: Iron's and BOLT's OT-based protocols, priced by a model), which waits for
+    both shares, evaluates once and returns each party its half of fresh shares of the result.
 
 `LocalPeers` plays the dealer, the client and the model owner inside one process for two party
 threads (the test harness, and the contract the TCP transport relies on): it runs a simulation
@@ -81,6 +84,13 @@ class DealerView:
             return _my_half(result, self.mpc.rank, self.mpc)
         return call
 
+    def ideal(self, data: torch.Tensor, frac: int, fn: str, out_frac: int, kwargs: dict):
+        """An ideal functionality: this party hands its share to the simulated trusted party, which waits
+        for the other party's share, evaluates once (Dealer.ideal) and hands each its half."""
+        result = self.peers.ideal(self.mpc.rank, data,
+                                  lambda both: self.peers.full.dealer.ideal(both, frac, fn, out_frac, kwargs))
+        return _my_half(result, self.mpc.rank, self.mpc)
+
 
 class LocalPeers:
     """The dealer, the client and the model owner for two single-party engines in one process."""
@@ -96,6 +106,8 @@ class LocalPeers:
         self._reveals: dict[int, dict] = {}
         self._cv = threading.Condition()
         self._nreveal = {0: 0, 1: 0}
+        self._ideals: dict[int, dict] = {}
+        self._nideal = {0: 0, 1: 0}
         self.failed: BaseException | None = None
 
     def channel(self, rank: int, ledger: Ledger) -> PartyChannel:
@@ -139,6 +151,27 @@ class LocalPeers:
             if len(slot["done"]) == 2:
                 del self._reveals[k]
             return value
+
+    def ideal(self, rank: int, data: torch.Tensor, evaluate):
+        """The trusted party of an ideal functionality: collect both shares of call k, evaluate once."""
+        with self._cv:
+            k = self._nideal[rank]
+            self._nideal[rank] += 1
+            slot = self._ideals.setdefault(k, {})
+            slot[rank] = data[0]
+            self._cv.notify_all()
+            if not self._cv.wait_for(lambda: "out" in slot or (0 in slot and 1 in slot) or self.failed is not None,
+                                     timeout=self.timeout_s):
+                raise PeerError(f"the ideal functionality got no share from P{1 - rank} within {self.timeout_s:g} s")
+            if "out" not in slot:
+                if not (0 in slot and 1 in slot):
+                    raise PeerError(f"the ideal functionality got no share from P{1 - rank}: it stopped ({self.failed})")
+                slot["out"] = evaluate(torch.stack([slot[0], slot[1]]))
+            out = slot["out"]
+            slot.setdefault("done", set()).add(rank)
+            if len(slot["done"]) == 2:
+                del self._ideals[k]
+            return out
 
     def fail(self, rank: int, exc: BaseException) -> None:
         """A party died: wake its peer with the error instead of letting it wait."""

@@ -11,6 +11,7 @@ import pandas as pd
 from comet_core.comm.network import Network
 
 STAGES = ("setup", "prefill", "decode")  # setup: per-request work (Comet's shuffle), counted in total
+COST_SOURCES = ("measured", "model")  # ledger cost_source: bytes of protocols that ran | of a cost model
 
 
 def git_revision() -> str:
@@ -31,8 +32,14 @@ def stage_totals(ledger_df: pd.DataFrame, stage: str | None) -> dict:
     on = df[df.phase == "online"]
     p01 = int(on[on.sender == "P0"].bytes.sum())
     p10 = int(on[on.sender == "P1"].bytes.sum())
+    split = {}
+    for src in COST_SOURCES:  # real protocols (measured) vs modelled ideal functionalities (model)
+        part = on[on.cost_source == src] if "cost_source" in on else on.iloc[:0]
+        split[f"online_bytes_{src}"] = int(part.bytes.sum())
+        split[f"rounds_{src}"] = int(part["round"].nunique())
     return dict(
         online_bytes=p01 + p10,
+        **split,
         online_bytes_sent_p0=p01,
         online_bytes_sent_p1=p10,
         offline_bytes=int(df[df.phase == "offline"].bytes.sum()),
@@ -68,11 +75,13 @@ def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], netw
 
 
 def ops_table(ledger_df: pd.DataFrame) -> pd.DataFrame:
-    """Per (stage, layer, op): online/offline bytes and online rounds."""
+    """Per (stage, layer, op, cost_source): online/offline bytes and online rounds. cost_source is
+    `measured` for protocols that ran on shares, `model` for ideal functionalities priced by a formula
+    (comet_core/mpc/ideal.py); an operator with both parts has two rows."""
     df = ledger_df[ledger_df.phase.isin(["online", "offline"])]
-    keys = ["stage", "layer", "op"]
+    keys = ["stage", "layer", "op", "cost_source"]
     on = df[df.phase == "online"].groupby(keys).agg(online_bytes=("bytes", "sum"), rounds=("round", "nunique"))
     off = df[df.phase == "offline"].groupby(keys).agg(offline_bytes=("bytes", "sum"))
     out = on.join(off, how="outer").fillna(0).astype({"online_bytes": "int64", "rounds": "int64",
                                                        "offline_bytes": "int64"})
-    return out.reset_index().sort_values(["stage", "layer", "op"]).reset_index(drop=True)
+    return out.reset_index().sort_values(keys).reset_index(drop=True)

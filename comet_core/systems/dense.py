@@ -3,24 +3,57 @@
 A system decides which protocol runs for each operator of a decoder layer. The secure model
 (comet_core/models/secure.py) calls only these methods, so a baseline or Comet replaces an operator
 by overriding one method. Every method labels its messages with the operator name (ops.csv).
+
+Operators are chosen by name from comet_core/systems/operators.py: the class attributes below are a
+system's defaults, its YAML (`activations:`, `softmax:`, `norm:`, `params:`) may override them. Each
+secure method has a plaintext twin (`plain_*`, float64 torch) that computes the same function, used by
+the plaintext reference decoder (comet_core/models/reference.py).
 """
 
 from __future__ import annotations
 
-import torch
-
 import math
 
-from comet_core.mpc import arith, compare, nonlinear as nl
+import torch
+
+from comet_core.errors import ConfigError
+from comet_core.mpc import arith, nonlinear as nl
 from comet_core.mpc.engine import AShare
 from comet_core.models.secure import _rotate_half, rope_tables
+from comet_core.systems import operators as ops
+
+ACT_KINDS = ("relu", "silu", "gelu")
 
 
 class DenseSystem:
     name = "dense"
+    ACTIVATIONS = {"relu": "exact", "silu": "exact", "gelu": "exact"}
+    SOFTMAX = "exact"
+    NORM = "exact"
+    IDEAL_PARAMS = staticmethod(ops._iron_params)   # building-block sizes of modelled (OT) operators
 
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg
+        get = (lambda k: cfg.get(k)) if cfg is not None else (lambda k: None)
+        acts = dict(self.ACTIVATIONS)
+        acts.update({str(k): str(v) for k, v in dict(get("activations") or {}).items()})
+        unknown = set(acts) - set(ACT_KINDS)
+        if unknown:
+            raise ConfigError(f"system '{self.name}': activations has unknown kinds {sorted(unknown)}; valid: {', '.join(ACT_KINDS)}")
+        self.params = {str(k): v for k, v in dict(get("params") or {}).items()}
+        self.params["_ideal"] = self.IDEAL_PARAMS(self.params)
+        self.act_ops = {k: ops.lookup(ops.ACTIVATIONS, v, "activation", self.name) for k, v in acts.items()}
+        self.act_names = acts
+        self.softmax_name = str(get("softmax") or self.SOFTMAX)
+        self.norm_name = str(get("norm") or self.NORM)
+        self.softmax_op = ops.lookup(ops.SOFTMAXES, self.softmax_name, "softmax", self.name)
+        self.norm_op = ops.lookup(ops.NORMS, self.norm_name, "norm", self.name)
+
+    def _act(self, kind: str):
+        k = "gelu" if kind in ("gelu", "gelu_new") else kind
+        if k not in self.act_ops:
+            raise ValueError(f"unsupported activation {kind!r}; valid: relu, silu, gelu")
+        return self.act_ops[k]
 
     # -- request and step hooks (systems with per-request state override them) ----------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
@@ -42,24 +75,56 @@ class DenseSystem:
 
     # -- activations / norms ---------------------------------------------------------------------
     def activation(self, x: AShare, kind: str, op: str = "ffn.act") -> AShare:
+        """The FFN activation of `kind` (relu | silu | gelu | gelu_new) with this system's protocol."""
+        fn = self._act(kind)
         with x.mpc.label(op=op):
-            if kind == "relu":
-                return compare.relu(x)
-            if kind == "silu":
-                return nl.silu(x)
-            if kind in ("gelu", "gelu_new"):
-                return nl.gelu(x)
-            raise ValueError(f"unsupported activation {kind!r}; valid: relu, silu, gelu")
+            return fn.secure(x, kind, self.params)
 
     def norm(self, x: AShare, w: AShare, b: AShare | None, family: str, eps: float, op: str) -> AShare:
+        """LayerNorm (family opt) or RMSNorm (llama) with secret weight (and bias)."""
         with x.mpc.label(op=op):
-            if family == "opt":
-                return nl.layernorm(x, w, b, eps)
-            return nl.rmsnorm(x, w, eps)
+            return self.norm_op.secure(x, w, b, family, eps, self.params)
 
     def softmax(self, scores: AShare, mask: torch.Tensor | None, op: str = "attn.softmax") -> AShare:
+        """Softmax along the last dim; `mask` (T, S) public 0/1 (1 = attend) or None."""
         with scores.mpc.label(op=op):
-            return nl.softmax(scores, -1, mask)
+            return self.softmax_op.secure(scores, mask, self.params)
+
+    # -- plaintext twins (float64; the function the secure methods compute) -----------------------
+    def plain_linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        y = x.double() @ w.double()
+        return y + b.double() if b is not None else y
+
+    def plain_activation(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        return self._act(kind).plain(x, kind, self.params)
+
+    def plain_norm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, family: str,
+                   eps: float) -> torch.Tensor:
+        return self.norm_op.plain(x, w, b, family, eps, self.params)
+
+    def plain_softmax(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.softmax_op.plain(scores, mask, self.params)
+
+    def plain_ffn(self, x: torch.Tensor, lw: dict, meta: dict, layer: int) -> torch.Tensor:
+        """OPT: fc2(act(fc1 x)); Llama: down(act(gate x) * up x), in float64."""
+        act = meta["act"]
+        if "w1" in lw:
+            h = self.plain_activation(self.plain_linear(x, lw["w1"], lw["b1"]), act)
+            return self.plain_linear(h, lw["w2"], lw["b2"])
+        g = self.plain_activation(self.plain_linear(x, lw["w_gate"]), act)
+        return self.plain_linear(g * self.plain_linear(x, lw["w_up"]), lw["w_down"])
+
+    # -- description (conf/system/README.md table) ------------------------------------------------
+    def describe(self) -> dict[str, tuple[str, str, str]]:
+        """operator -> (protocol name, what it computes, source)."""
+        out = {"linear": ("beaver", "secret x secret Beaver matmul, masks re-opened per call", "engine")}
+        for k in ACT_KINDS:
+            o = self.act_ops[k]
+            what = ops.EXACT_ACT[k] if self.act_names[k] == "exact" else o.protocol
+            out[k] = (self.act_names[k], what, o.source)
+        out["softmax"] = (self.softmax_name, self.softmax_op.protocol, self.softmax_op.source)
+        out["norm"] = (self.norm_name, self.norm_op.protocol, self.norm_op.source)
+        return out
 
     # -- blocks ----------------------------------------------------------------------------------
     def attention(self, dec, x: AShare, lw: dict, layer: int, cache, start: int) -> AShare:
