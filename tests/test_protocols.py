@@ -415,8 +415,9 @@ def log_uniform(gen, lo_exp, hi_exp, n) -> torch.Tensor:
 
 def test_reciprocal(mpc, gen):
     lo, hi = mpc.fn.reciprocal_range  # documented: 2^lo <= x < 2^(hi+1)
-    x = torch.cat([log_uniform(gen, lo, hi + 1, 400),
-                   quantize(torch.tensor([2.0 ** lo, 0.1, 0.5, 1.0, 16.0, 100.0, 2.0 ** (hi + 1) - 1]))])
+    x = torch.cat([log_uniform(gen, lo, hi + 1, 400).clamp_max(2.0 ** (hi + 1) - 1),
+                   quantize(torch.tensor([2.0 ** lo, 0.1, 0.5, 1.0, 16.0, 100.0, 2.0 ** (hi + 1) - 1],
+                                           dtype=torch.float64))])  # float32 would round 2^25 - 1 up to 2^25
     out, cost = measure(mpc, nl.reciprocal, mpc.share(x))
     assert cost == nl.reciprocal_cost(mpc, x.numel())
     assert_close(mpc.reveal(out), 1.0 / x, RECIP_ATOL, RECIP_RTOL, what="reciprocal", x=x)
@@ -491,9 +492,11 @@ def test_layernorm(mpc, gen, secret_weight):
 def test_layernorm_no_affine(mpc, gen):
     x = _norm_input(gen, 4, 16)
     out, cost = measure(mpc, nl.layernorm, mpc.share(x), None, None)
-    # no weight: the formula without its affine term
+    # no weight: the formula without its affine term (mean: one truncation per row; mean square: x/sqrt(d)
+    # truncated, squared at scale 2f, one truncation per row)
     n, t = 4 * 16, arith.truncate_cost(mpc, 4)
-    assert cost == (t + arith.square_cost(mpc, n) + t + nl.inv_sqrt_cost(mpc, 4) + arith.mul_cost(mpc, n, 4, n))
+    assert cost == (t + arith.truncate_cost(mpc, n) + arith.square_cost(mpc, n, truncated=False) + t
+                    + nl.inv_sqrt_cost(mpc, 4) + arith.mul_cost(mpc, n, 4, n))
     assert_close(mpc.reveal(out), F.layer_norm(x, (16,)), NORM_ATOL, NORM_RTOL, what="layernorm (no affine)")
 
 
@@ -508,6 +511,39 @@ def test_rmsnorm(mpc, gen, secret_weight):
     assert cost == nl.rmsnorm_cost(mpc, rows, d, secret_weight=secret_weight)
     ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
     assert_close(mpc.reveal(out), ref, NORM_ATOL, NORM_RTOL, what=f"rmsnorm (secret weight={secret_weight})")
+
+
+@pytest.mark.parametrize("d", [576, 768, 2560, 5120])  # SmolLM2, OPT-125m, OPT-2.7B, Llama/OPT-13B widths
+def test_norms_at_model_widths(mpc, gen, d):
+    """Widths that are not powers of two: 1/d used to be encoded with frac_bits bits, biasing the mean and
+    the variance by up to d / 2^17 relative (before the fix: max error 0.0087 at d=576, 0.014 at 768,
+    0.054 at 2560, 0.096 at 5120 on this input recipe; now within NORM_ATOL + NORM_RTOL)."""
+    x = _norm_input(gen, 2, d)
+    out, cost = measure(mpc, nl.layernorm, mpc.share(x), None, None)
+    t, n = arith.truncate_cost, 2 * d
+    assert cost == (t(mpc, 2) + t(mpc, n) + arith.square_cost(mpc, n, truncated=False) + t(mpc, 2)
+                    + nl.inv_sqrt_cost(mpc, 2) + arith.mul_cost(mpc, n, 2, n))
+    assert_close(mpc.reveal(out), F.layer_norm(x, (d,)), NORM_ATOL, NORM_RTOL, what=f"layernorm d={d}")
+    out = nl.rmsnorm(mpc.share(x), None)
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    assert_close(mpc.reveal(out), ref, NORM_ATOL, NORM_RTOL, what=f"rmsnorm d={d}")
+
+
+def test_norms_large_activations(mpc, gen):
+    """Outliers far beyond 2^15 (where x^2 at frac_bits 16 overflowed the ring: a row with 3e4, 4e4, 6e4
+    gave 5.65, 7.53, 11.3 instead of 3.07, 4.10, 6.15): the mean square is taken of x / sqrt(d).
+    Local truncation fails with probability ~|word| / 2^63 per element, so large values are promised only
+    with the default dealer truncation (README: supported ranges)."""
+    if mpc.config.truncation == "local":
+        pytest.skip("local truncation: large activations fail with probability ~|x| 2^(f+20) / 2^63")
+    x = randn(gen, 3, 576)
+    x[0, :3] = torch.tensor([3e4, 4e4, -6e4])
+    x[1, 7] = 17860.0    # SmolLM2's largest activation
+    x[2] *= 3000.0       # rms ~ 3000
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    assert_close(mpc.reveal(nl.rmsnorm(mpc.share(x), None)), ref, NORM_ATOL, NORM_RTOL, what="rmsnorm, outliers")
+    assert_close(mpc.reveal(nl.layernorm(mpc.share(x), None, None)), F.layer_norm(x, (576,)), NORM_ATOL,
+                 NORM_RTOL, what="layernorm, outliers")
 
 
 ACT_X = torch.cat([torch.linspace(-10.0, 10.0, 321, dtype=torch.float64),

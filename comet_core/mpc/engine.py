@@ -20,7 +20,7 @@ import torch
 
 from comet_core.comm.channel import InProcessChannel
 from comet_core.comm.ledger import Ledger
-from comet_core.errors import require
+from comet_core.errors import RangeError, require
 from comet_core.mpc import ring
 from comet_core.mpc.prg import PRG, Keys
 from comet_core.mpc.shape import Shape
@@ -45,6 +45,7 @@ class EngineConfig:
     frac_bits: int = 16
     truncation: str = "dealer"  # dealer (exact, 1 round) | local (CrypTen's, 0 rounds, rare failures)
     reuse_weight_masks: bool = False
+    check_ranges: bool = True   # simulation only: raise a RangeError when a secret leaves a protocol's range
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
     def __post_init__(self) -> None:
@@ -80,6 +81,7 @@ class MPC:
         require(party in (None, 0, 1), f"party must be 0, 1 or None (simulation), got {party!r}")
         require(party is None or peers is not None, "a single party needs `peers` (channel, dealer, inputs)")
         self.config = config or EngineConfig()
+        self.check_ranges = bool(check_ranges) and self.config.check_ranges
         self.mode = mode
         self.device = torch.device("meta") if mode == "cost" else torch.device(device)
         self.seed = None if seed is None else int(seed)
@@ -89,6 +91,7 @@ class MPC:
         self.parties = (0, 1) if party is None else (party,)
         self.weight_masks: dict[int, tuple] = {}   # registered weight id -> (mask share, opened masked value)
         self._weight_ids = itertools.count()
+        self.weight_abs_max: dict[int, float] = {}  # range check: max |w| per registered weight (simulation)
         from comet_core.mpc.dealer import Dealer  # dealer imports engine types
 
         if party is None:
@@ -117,6 +120,33 @@ class MPC:
     def simulated(self) -> bool:
         """True when this process holds both parties' shares (in-process simulation)."""
         return self.rank is None
+
+    @property
+    def checking(self) -> bool:
+        """Whether the range check runs: exact-mode simulation (both shares here, so the check costs no
+        message) with `check_ranges` on (EngineConfig.check_ranges and the MPC argument). A single party
+        holds only its own share and cannot check: there the check is absent."""
+        return self.check_ranges and self.simulated and not self.is_cost
+
+    def secret(self, x: "AShare") -> torch.Tensor:
+        """The secret ring elements of x (simulation only: both shares are here; never booked)."""
+        assert self.simulated, "only the simulation holds both shares"
+        return x.data[0] + x.data[1]
+
+    def range_error(self, what: str, value: float, limit: float, hint: str = "") -> RangeError:
+        """A one-line error naming the layer, the operator and the protocol, and the offending value."""
+        lab = self.ledger._labels
+        where = []
+        if lab.get("stage"):
+            where.append(f"stage {lab['stage']}")
+        where.append(f"layer {lab['layer']}" if lab.get("layer", -1) != -1 else "outside the decoder layers")
+        if lab.get("op"):
+            where.append(f"op {lab['op']}")
+        proto = "/".join(self.ledger._protocol) or "engine"
+        msg = (f"value out of range in {', '.join(where)} (protocol {proto}): {what} = {value:.6g}, beyond "
+               f"+-{limit:.6g} at frac_bits={self.frac_bits}")
+        return RangeError(msg + (f"; {hint}" if hint else "; see the README's supported ranges (lower "
+                                 "engine.frac_bits for a wider range, or rescale the input)"))
 
     def _generator(self, a: str, b: str, stream: str) -> "PRG | None":
         """The keyed stream `stream` of the pair (a, b) (None in cost mode: no data)."""
