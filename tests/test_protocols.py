@@ -425,8 +425,9 @@ def test_reciprocal(mpc, gen):
 
 def test_inv_sqrt(mpc, gen):
     """On [2^lo, 2^8]: variances of normalised activations, and where the Newton steps have precision."""
-    lo, _ = mpc.fn.inv_sqrt_range
-    x = torch.cat([log_uniform(gen, lo, 8, 400), quantize(torch.tensor([LSB, 0.1, 0.5, 1.0, 16.0, 256.0]))])
+    lo, top = mpc.fn.inv_sqrt_range[0], min(8, nl.inv_sqrt_hi(mpc) + 1)   # local truncation: x < 2^8
+    x = torch.cat([log_uniform(gen, lo, top, 400).clamp_max(2.0 ** top - 1),
+                   quantize(torch.tensor([LSB, 0.1, 0.5, 1.0, 16.0, 2.0 ** top - 1]))])
     out, cost = measure(mpc, nl.inv_sqrt, mpc.share(x))
     assert cost == nl.inv_sqrt_cost(mpc, x.numel())
     assert_close(mpc.reveal(out), torch.rsqrt(x), INV_SQRT_ATOL, INV_SQRT_RTOL, what="inv_sqrt", x=x)
@@ -580,6 +581,58 @@ def test_nonlinear_shapes_preserved(mpc, gen):
 
 # ---- fixed-point range ----------------------------------------------------------------------------
 
+FRAC_ENDS = [(14, "dealer"), (24, "dealer"), (14, "local"), (20, "local")]  # engine.FRAC_BITS_RANGE's ends
+
+
+@pytest.mark.parametrize("f,trunc", FRAC_ENDS)
+def test_every_nonlinear_function_at_the_ends_of_frac_bits(f, trunc, engines):
+    """Each non-linear function at both ends of the accepted frac_bits (local truncation: 14..20), on its
+    documented domain there, within the f=16 tolerances scaled by the LSB ratio below 16. Before the fix,
+    f=24 gave inv_sqrt(0.01) = 4.12 and inv_sqrt(1) = -5.16 (LayerNorm errors of 12.5) and f=20 gave
+    inv_sqrt(1) = 2.61: the Newton products at scale frac_bits + 12 left the ring."""
+    m = engines(EngineConfig(frac_bits=f, truncation=trunc), seed=5)
+    g = torch.Generator().manual_seed(f)
+    k = 2.0 ** max(0, 16 - f)          # tolerances of the f=16 tests, scaled below f=16
+    lsb = 2.0 ** -f
+    q = lambda t: quantize(t, f)      # noqa: E731
+
+    x = q(torch.cat([torch.linspace(-8.0, 4.0, 97, dtype=torch.float64), torch.tensor([0.0, -30.0])]))
+    n = 2 ** m.fn.exp_iterations
+    assert_close(m.reveal(nl.exp(m.share(x))), (1 + x / n).clamp_min(0) ** n, k * EXP_ATOL, k * EXP_LIMIT_RTOL,
+                 what=f"exp at f={f} ({trunc})", x=x)
+
+    lo, hi = m.fn.reciprocal_range
+    x = q(2.0 ** torch.linspace(lo, hi + 0.999, 80, dtype=torch.float64))
+    assert_close(m.reveal(nl.reciprocal(m.share(x))), 1 / x, k * RECIP_ATOL + 2 ** -nl.hi_frac(m) * 4,
+                 k * RECIP_RTOL, what=f"reciprocal at f={f} ({trunc})", x=x)
+
+    hi = nl.inv_sqrt_hi(m)
+    x = q(2.0 ** torch.linspace(max(m.fn.inv_sqrt_range[0], -f), hi + 0.999, 80, dtype=torch.float64)).clamp_min(lsb)
+    x = torch.cat([x, q(torch.tensor([0.01, 1.0], dtype=torch.float64))])
+    assert_close(m.reveal(nl.inv_sqrt(m.share(x))), torch.rsqrt(x), k * INV_SQRT_ATOL, k * INV_SQRT_RTOL * 10,
+                 what=f"inv_sqrt at f={f} ({trunc}), x < 2^{hi + 1}", x=x)
+
+    x = q(ACT_X)
+    for fn, ref, tol in ((nl.sigmoid, torch.sigmoid, SIGMOID_ATOL), (nl.silu, F.silu, SILU_ATOL),
+                         (nl.gelu, F.gelu, GELU_ATOL), (compare.relu, torch.relu, EXACT)):
+        assert_close(m.reveal(fn(m.share(x))), ref(x), k * tol, what=f"{fn.__name__} at f={f} ({trunc})", x=x)
+
+    x = q(torch.randn(3, 10, generator=g, dtype=torch.float64) * 2)
+    assert_close(m.reveal(nl.softmax(m.share(x))), torch.softmax(x, -1), k * SOFTMAX_ATOL, k * SOFTMAX_RTOL,
+                 what=f"softmax at f={f} ({trunc})")
+    x = q(_norm_input(g, 3, 96))
+    assert_close(m.reveal(nl.layernorm(m.share(x), None, None)), F.layer_norm(x, (96,)), k * NORM_ATOL,
+                 k * NORM_RTOL, what=f"layernorm at f={f} ({trunc})")
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    assert_close(m.reveal(nl.rmsnorm(m.share(x), None)), ref, k * NORM_ATOL, k * NORM_RTOL,
+                 what=f"rmsnorm at f={f} ({trunc})")
+
+
+@pytest.mark.parametrize("f", [13, 25])
+def test_frac_bits_outside_the_accepted_range_refused(f):
+    with pytest.raises(ConfigError, match="14..24"):
+        EngineConfig(frac_bits=f)
+
 def test_local_truncation_rejected_at_high_frac_bits():
     """Local truncation fails (a share wrap: a huge error) with probability ~|word| / 2^63 per element,
     and a product's word is |x y| 2^(2f): at f=24 that is |x y| / 2^15, so ~1 in 50,000 products of
@@ -600,7 +653,7 @@ def test_dealer_truncation_at_max_frac_bits(engines):
     assert_close(got, x * y, 2.0 ** -f, what="mul at frac_bits=24, dealer truncation", x=x)
 
 
-@pytest.mark.parametrize("frac_bits", [8, 20])
+@pytest.mark.parametrize("frac_bits", [14, 20])
 def test_mul_other_frac_bits(truncation, frac_bits, gen, engines):
     m = engines(EngineConfig(frac_bits=frac_bits, truncation=truncation), seed=1)
     x, y = quantize(torch.randn(2000, generator=gen, dtype=torch.float64) * 4, frac_bits), \

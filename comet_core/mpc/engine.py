@@ -40,6 +40,9 @@ class FunctionConfig:
     sigmoid_nr_iters: int = 3                  # CrypTen's default (denominator in (1, 2])
 
 
+FRAC_BITS_RANGE = (14, 24)  # every non-linear function is tested at both ends (tests/test_protocols.py)
+
+
 @dataclass
 class EngineConfig:
     frac_bits: int = 16
@@ -49,9 +52,11 @@ class EngineConfig:
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
     def __post_init__(self) -> None:
-        require(isinstance(self.frac_bits, int) and 8 <= self.frac_bits <= 24,
-                f"engine.frac_bits must be an integer in 8..24 (products need 2*frac_bits well below 63), "
-                f"got {self.frac_bits}")
+        require(isinstance(self.frac_bits, int) and not isinstance(self.frac_bits, bool)
+                and FRAC_BITS_RANGE[0] <= self.frac_bits <= FRAC_BITS_RANGE[1],
+                f"engine.frac_bits must be an integer in {FRAC_BITS_RANGE[0]}..{FRAC_BITS_RANGE[1]} (below "
+                f"{FRAC_BITS_RANGE[0]} exp, reciprocal and sigmoid lose all accuracy; above "
+                f"{FRAC_BITS_RANGE[1]} products leave the 64-bit ring), got {self.frac_bits}")
         require(self.truncation in ("local", "dealer"),
                 f"engine.truncation must be one of local, dealer; got {self.truncation!r}")
         require(self.truncation == "dealer" or self.frac_bits <= 20,
