@@ -121,7 +121,7 @@ def run(cfg, out: Path) -> dict:
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
-    gen = private_generate(mpc, model, ids, cfg.gen_tokens, vocab)
+    gen = private_generate(mpc, model, ids, cfg.gen_tokens, vocab, output=cfg.get("output", "token"))
 
     ref = None
     if not cost:

@@ -386,6 +386,34 @@ def test_max_along_rounds(truncation):
         assert compare.max_along_cost(m, 4, n).rounds == 9 * math.ceil(math.log2(n))
 
 
+@pytest.mark.parametrize("rows,n", [(1, 1), (1, 2), (3, 7), (2, 64), (1, 1001)])
+def test_argmax(mpc, gen, rows, n):
+    """Secure argmax: the revealed index equals torch.argmax (ties: the lowest index), at the pinned cost."""
+    x = randn(gen, rows, n, scale=3.0)
+    if n >= 7:
+        x[0, 2] = x[0, n - 1] = 40.0                     # a tie: the lowest index wins, as torch.argmax
+        x[-1, n // 2] = -LSB                             # negative entries and a one-LSB gap
+        x[-1] = x[-1] - 50.0
+        x[-1, n // 2 + 1] = x[-1, n // 2] - LSB
+        x[-1, n // 2] = -LSB
+    out, cost = measure(mpc, compare.argmax, mpc.share(x))
+    assert cost == compare.argmax_cost(mpc, rows, n)
+    assert cost.rounds == 9 * math.ceil(math.log2(n))
+    got = mpc.reveal(out)
+    assert tuple(got.shape) == (rows,)
+    assert got.tolist() == x.argmax(-1).to(torch.float64).tolist()
+
+
+def test_argmax_cost_formula_values(truncation):
+    """Per pair: one comparison (253 bits each way, 8 rounds) and a Beaver product of the bit with
+    (value, index) differences (3 words each way, 1 round); n - 1 pairs in all."""
+    m = MPC(EngineConfig(truncation=truncation), mode="cost")
+    c = compare.argmax_cost(m, 1, 50272)
+    assert c.rounds == 9 * 16
+    per_pair = 2 * 253 / 8 + 2 * 8 * 3
+    assert 0 <= c.online_bytes - 50271 * per_pair <= 16 * 8 * 2  # packed fields round up to a byte per level
+
+
 # ---- non-linear functions -------------------------------------------------------------------------
 
 def test_exp(mpc, gen):

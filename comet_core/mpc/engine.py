@@ -228,6 +228,14 @@ class MPC:
         value = self.peers.reveal(self.rank, x.data, to) if not self.simulated else x.data[0] + x.data[1]
         return value if raw else ring.decode(value, x.frac)
 
+    def peek(self, x: "AShare") -> torch.Tensor | None:
+        """Debug only, never a protocol step: x's value when this process holds both shares (exact-mode
+        simulation), None otherwise (a single party, cost mode). Books nothing: used to report the
+        logit error of a run whose client receives only the token (output=token)."""
+        if not self.simulated or self.is_cost:
+            return None
+        return ring.decode(x.data[0] + x.data[1], x.frac)
+
     def open(self, *xs: "AShare") -> list[torch.Tensor]:
         """Open masked values to both parties in one round (each sends its share of each)."""
         return self.open_raw([x.data for x in xs], 64)
