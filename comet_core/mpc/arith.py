@@ -55,12 +55,16 @@ def check_product(x: AShare, y, frac_sum: int, truncated: bool = True, matrix: b
     if not mpc.checking:
         return
     limit = (TRUNC_LIMIT if truncated else WORD_LIMIT) / 2.0 ** frac_sum
-    xv = ring.decode(mpc.secret(x), x.frac)
-    if xv.numel() == 0 or (isinstance(y, AShare) and y.numel() == 0):
+    xs = mpc.secret(x)
+    if xs.numel() == 0 or (isinstance(y, AShare) and y.numel() == 0):
         return
-    xa = xv.abs().sum(-1).max() if matrix else xv.abs().max()
-    if float(xa * _abs_max(mpc, y)) < limit:
+    if matrix:  # row L1 norms in float64 (an int64 sum of large words could wrap)
+        xa = float(ring.decode(xs, x.frac).abs().sum(-1).max())
+    else:       # int64 abs-max: no float copy
+        xa = float(xs.abs().max()) / 2.0 ** x.frac
+    if xa * _abs_max(mpc, y) < limit:
         return
+    xv = ring.decode(xs, x.frac)
     yv = ring.decode(mpc.secret(y), y.frac) if isinstance(y, AShare) else torch.as_tensor(y, dtype=torch.float64)
     yv = yv.to(xv.device)
     p = torch.matmul(xv, yv) if matrix else xv * yv
