@@ -568,7 +568,8 @@ def test_norms_at_model_widths(mpc, gen, d):
 
 def test_norms_large_activations(mpc, gen):
     """Outliers far beyond 2^15 (where x^2 at frac_bits 16 overflowed the ring: a row with 3e4, 4e4, 6e4
-    gave 5.65, 7.53, 11.3 instead of 3.07, 4.10, 6.15): the mean square is taken of x / sqrt(d).
+    gave 5.65, 7.53, 11.3 instead of 3.07, 4.10, 6.15): the mean square is taken of x / sqrt(d)
+    (rms(x) < 8,192 at f = 16; each |x| < 8,192 sqrt(d)).
     Local truncation fails with probability ~|word| / 2^63 per element, so large values are promised only
     with the default dealer truncation (README: supported ranges)."""
     if mpc.config.truncation == "local":

@@ -213,6 +213,7 @@ def softmax_cost(mpc: MPC, rows: int, n: int) -> Cost:
             + arith.mul_cost(mpc, big, rows, big))
 
 
+NORM_EXTRA_BITS = 2  # x / sqrt(d) is held at frac_bits + 2: 4x the precision, rms range 2^(15-2) at f = 16
 MEAN_BITS = 18  # significant bits of the public 1/d factor: relative error <= 2^-18 for every width d
 
 
@@ -237,20 +238,23 @@ def _mean_last(x: AShare) -> AShare:
 def _mean_square_last(x: AShare) -> AShare:
     """mean(x^2) over the last dim, pre-scaled so that large activations cannot overflow.
 
-    1. xs = x * (1 / sqrt(d)) (public factor with >= 20 significant bits; one truncation to frac_bits).
-    2. q = xs^2 at scale 2 f (square pair, no truncation).
+    1. xs = x * (2^k / sqrt(d)) (public factor with >= 20 significant bits; one truncation to frac_bits),
+       read as x / sqrt(d) at scale f + k (k = NORM_EXTRA_BITS = 2).
+    2. q = xs^2 at scale 2 (f + k) (square pair, no truncation).
     3. ms = sum(q) (local) = mean(x^2), truncated once per row back to frac_bits.
-    Squaring x / sqrt(d) instead of x moves the overflow from |x| >= 2^(31-f) (2^15 at f = 16: a
-    margin of 1.8x over SmolLM2's outliers of 17,860) to mean(x^2) >= 2^(62-2f) (rms(x) < 2^15,
-    any single |x| < 2^15 sqrt(d)); the truncation of xs is unbiased (stochastic rounding), so the
-    mean square keeps a relative error ~ 2^-f / rms(x).
+    Squaring x / sqrt(d) instead of x moves the overflow from any |x| >= 2^(31-f) (2^15 at f = 16: a
+    margin of only 1.8x over SmolLM2's outliers of 17,860) to mean(x^2) >= 2^(62 - 2(f+k)), i.e.
+    rms(x) < 2^(31-f-k) = 8,192 at f = 16 (any single |x| < 8,192 sqrt(d): 196,608 at d = 576). The
+    truncation of xs is unbiased (stochastic rounding), so the mean square has a relative error
+    ~ 2^-(f+k) / rms(x) (k buys precision for rows of small rms, at the price of range).
     Cost: truncate_cost(N) + square_cost(N, truncated=False) + truncate_cost(R).
     """
-    d = x.shape[-1]
+    d, k = x.shape[-1], NORM_EXTRA_BITS
     bits = 20 + (d - 1).bit_length() // 2 + 1
-    xs = arith.mul_public(x, 1.0 / math.sqrt(d), frac=bits)
+    xs = arith.mul_public(x, 2.0 ** k / math.sqrt(d), frac=bits)   # x 2^k / sqrt(d) at scale f ...
+    xs = AShare(xs.data, x.mpc, xs.frac + k)                      # ... is x / sqrt(d) at scale f + k
     q = arith.square(xs, out_frac=2 * xs.frac)
-    return arith.truncate(q.sum(-1, keepdim=True), xs.frac)
+    return arith.truncate(q.sum(-1, keepdim=True), 2 * xs.frac - x.mpc.frac_bits)
 
 
 def _mean_square_cost(mpc: MPC, rows: int, n: int) -> Cost:
@@ -263,7 +267,7 @@ def layernorm(x: AShare, weight: AShare | torch.Tensor | None, bias: AShare | to
     """LayerNorm over the last dim; weight/bias secret (model privacy) or public.
 
     1. mu = _mean_last(x) (one truncation per row, exact 1/d for any d).   2. xc = x - mu.
-    3. var = _mean_square_last(xc) (pre-scaled by 1/sqrt(d)).   4. inv = inv_sqrt(var + eps) per row.
+    3. var = _mean_square_last(xc) (pre-scaled by 1/sqrt(d): rms(xc) < 8,192 at f = 16).   4. inv = inv_sqrt(var + eps) per row.
     5. y = xc * inv (broadcast).   6. y * weight + bias (secret weight: Beaver; public: local).
     Cost: truncate(R) + [truncate(N) + square_cost(N, untruncated) + truncate(R)] + inv_sqrt_cost(R)
           + mul_cost(N, R, N) + [secret weight] mul_cost(N, d, N) | [public] truncate_cost(N).
