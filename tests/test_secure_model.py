@@ -109,3 +109,18 @@ def test_output_must_be_token_or_logits():
     cfg, plain, tok = _model("tiny-opt")
     with pytest.raises(ConfigError, match="output must be one of token, logits"):
         _private(cfg, plain, tok.encode("a"), 1, output="probs")
+
+
+def test_out_of_range_activation_names_the_layer_and_operator():
+    """A model whose activations leave the fixed-point range stops with a one-line RangeError naming the
+    layer and the operator (before: a silently wrong token)."""
+    from comet_core.errors import RangeError
+
+    cfg, plain, tok = _model("tiny-llama")
+    with torch.no_grad():
+        layer = decoder_layers(plain)[1]
+        layer.mlp.gate_proj.weight.mul_(1e10)  # gate activations ~1e9: beyond 2^30 in layer 1's FFN
+    with pytest.raises(RangeError) as e:
+        _private(cfg, plain, tok.encode("abc"), 1)
+    msg = str(e.value)
+    assert "layer 1" in msg and "op ffn." in msg and "\n" not in msg, msg
