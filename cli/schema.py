@@ -78,6 +78,7 @@ class EngineSchema:
     inv_sqrt_nr_iters: int = 3
     inv_sqrt_range: List[int] = field(default_factory=lambda: [-16, 31])
     sigmoid_nr_iters: int = 3
+    check_ranges: bool = True
     max_method: str = "tree"
 
 
@@ -101,6 +102,7 @@ class RunSchema:
     save_ledger: bool = True
     force: bool = False
     experiment: Optional[Dict[str, Any]] = None   # paper artifact metadata (conf/experiment/*: name, preset, ...)
+    output: str = "token"                         # token | logits: what the client receives per step
 
 
 @dataclass

@@ -13,3 +13,7 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds."""
     if not condition:
         raise ConfigError(message)
+
+
+class RangeError(CometError):
+    """A secret value left the fixed-point range of a protocol (caught by the simulation's range check)."""

@@ -85,6 +85,8 @@ def validate_config(cfg) -> None:
 
     check_run_config(cfg)
     require(cfg.mode in ("exact", "cost"), f"mode must be exact or cost, got {cfg.mode!r}")
+    require(cfg.get("output", "token") in ("token", "logits"),
+            f"output must be token (secure argmax; the client learns only the next token) or logits, got {cfg.output!r}")
     require(isinstance(cfg.gen_tokens, int) and 1 <= cfg.gen_tokens <= 1024,
             f"gen_tokens must be an integer in 1..1024 (the paper: 1-16), got {cfg.gen_tokens!r}")
     require(cfg.prompt_len is None or (isinstance(cfg.prompt_len, int) and cfg.prompt_len >= 1),
@@ -133,6 +135,7 @@ def engine_config(cfg):
     e = cfg.engine
     return EngineConfig(
         frac_bits=e.frac_bits, truncation=e.truncation, reuse_weight_masks=bool(e.reuse_weight_masks),
+        check_ranges=bool(e.get("check_ranges", True)),
         functions=FunctionConfig(exp_iterations=e.exp_iterations, exp_clamp=bool(e.exp_clamp), reciprocal_nr_iters=e.reciprocal_nr_iters,
                                  reciprocal_range=tuple(e.reciprocal_range), inv_sqrt_nr_iters=e.inv_sqrt_nr_iters,
                                  inv_sqrt_range=tuple(e.inv_sqrt_range), sigmoid_nr_iters=e.sigmoid_nr_iters))
@@ -238,7 +241,8 @@ def execute(cfg) -> Outcome:
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
     with layer_progress(model, passes=cfg.gen_tokens):
-        gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size))
+        gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size),
+                               output=cfg.get("output", "token"))
     ref, extra_refs = (None, []) if cost else plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
     return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers,
                    system=system, extra_refs=extra_refs)

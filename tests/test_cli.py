@@ -63,7 +63,7 @@ def test_cost_mode_and_overrides(tmp_path):
     (["network.bandwidth_bps=0"], "bandwidth_bps must be > 0"),
     (["network.latency_s=-0.1"], "latency_s must be >= 0"),
     (["gen_tokens=0"], "gen_tokens must be"),
-    (["engine.frac_bits=40"], "frac_bits must be an integer in 8..24"),
+    (["engine.frac_bits=40"], "frac_bits must be an integer in 14..24"),
     (["mode=fast"], "mode must be exact or cost"),
     (["model.layers=99"], "out of range"),
     (["prompt_len=600"], "exceeds the 512 positions"),

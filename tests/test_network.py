@@ -57,13 +57,13 @@ def test_network_presets(name):
     assert (net.bandwidth_bps, net.latency_s) == pytest.approx(PRESETS[name])
 
 
-@pytest.mark.parametrize("frac_bits", [7, 25, 0, -16, 64, 16.0, "16"])
+@pytest.mark.parametrize("frac_bits", [7, 8, 13, 25, 0, -16, 64, 16.0, "16", True])
 def test_engine_rejects_bad_frac_bits(frac_bits):
     with pytest.raises(ConfigError, match="frac_bits"):
         EngineConfig(frac_bits=frac_bits)
 
 
-@pytest.mark.parametrize("frac_bits", [8, 16, 24])
+@pytest.mark.parametrize("frac_bits", [14, 16, 24])
 def test_engine_accepts_frac_bits_in_range(frac_bits):
     assert EngineConfig(frac_bits=frac_bits).frac_bits == frac_bits
 

@@ -155,12 +155,17 @@ def test_train_predictor_cli_end_to_end(tmp_path):
     assert {"layer", "kind", "recall", "precision", "true_sparsity", "predicted_sparsity",
             "predictor_params", "flops_ratio"} <= set(met.columns)
     assert set(met.kind) == {"ffn", "head"} and len(met) == 2 * 2
-    assert ((met.recall >= 0) & (met.recall <= 1)).all()
+    # thresholds are tuned to the target recall 0.93 on validation windows; the test windows stay near it
+    # (measured 0.93-0.96; was "recall within [0, 1]", which no result can fail)
+    assert (met.val_recall >= 0.93 - 1e-3).all(), met[["layer", "kind", "val_recall"]]
+    assert (met.recall >= 0.8).all(), met[["layer", "kind", "recall"]]
     acc = pd.read_csv(out / "accuracy.csv")
     assert list(acc.variant)[:3] == ["dense", "oracle-ffn", "predicted-ffn"]
     assert pd.read_csv(out / "sweep.csv").target_recall.nunique() == 2
     prof = load_profile(out / "profile.json", model_cfg("tiny-opt"))
-    assert prof.num_layers == 2 and 0 <= prof.ffn_union_density(0, 8) <= 1
+    # a union over more tokens covers at least as many neurons (was "within [0, 1]", which cannot fail)
+    assert prof.num_layers == 2 and prof.ffn_density(0) - 1e-9 <= prof.ffn_union_density(0, 8) \
+        <= prof.ffn_union_density(0, 32) + 1e-9
     assert prof.ffn_union_density(0, 32) >= prof.ffn_density(0) - 1e-9
     ps = load_predictors(tmp_path / "cache" / "predictors" / "tiny-opt" / "tiny.pt", model_cfg("tiny-opt"))
     assert len(ps.ffn) == 2

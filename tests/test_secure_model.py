@@ -23,14 +23,14 @@ def _model(name, **over):
     return cfg, plain, tok
 
 
-def _private(cfg, plain, ids, steps, mode="exact", seed=0):
+def _private(cfg, plain, ids, steps, mode="exact", seed=0, output="token"):
     mpc = MPC(seed=seed, mode=mode)
     if mode == "cost":  # what `comet run-experiment mode=cost` does: shapes from the config alone
         weights = weight_shapes(cfg, len(decoder_layers(plain)))
     else:
         weights = extract(plain, cfg.family, cfg.activation)
     model = SecureDecoder(mpc, share_weights(mpc, weights), DenseSystem())
-    return mpc, private_generate(mpc, model, ids, steps, cfg.vocab_size)
+    return mpc, private_generate(mpc, model, ids, steps, cfg.vocab_size, output=output)
 
 
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
@@ -78,3 +78,49 @@ def test_layers_override_runs_first_n_layers():
     mpc, gen = _private(cfg, plain, tok.encode("x"), 1)
     layers = {r[2] for r in mpc.ledger.rows if r[0] == "online"}
     assert layers == {-1, 0}
+
+
+def test_output_token_reveals_only_the_id():
+    """output=token (default): a secure argmax (op lm_head.argmax) and one element to the client per step;
+    output=logits: the whole vocabulary per step. Same tokens, same logits at the first step (the token
+    run reads them by MPC.peek, which books nothing; later steps draw other masks, hence other roundings)."""
+    cfg, plain, tok = _model("tiny-opt")
+    with torch.no_grad():
+        for p in plain.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    ids = tok.encode("abc")
+    mt, gt = _private(cfg, plain, ids, 3, output="token")
+    ml, gl = _private(cfg, plain, ids, 3, output="logits")
+    assert gt.tokens == gl.tokens
+    assert torch.equal(gt.logits[0], gl.logits[0]) and len(gt.logits) == 3
+    assert all((a - b).abs().max() < LOGIT_TOL for a, b in zip(gt.logits, gl.logits))
+    ft, fl = mt.ledger.frame(), ml.ledger.frame()
+    out_t, out_l = ft[ft.phase == "output"], fl[fl.phase == "output"]
+    assert set(out_t.receiver) == {"client"} and out_t.elements.tolist() == [1] * 6      # P0 and P1, 3 steps
+    assert out_l.elements.tolist() == [cfg.vocab_size] * 6
+    am = ft[ft.op == "lm_head.argmax"]
+    assert len(am) > 0 and set(am.protocol) == {"argmax"} and not (fl.op == "lm_head.argmax").any()
+
+
+def test_output_must_be_token_or_logits():
+    from comet_core.errors import ConfigError
+
+    cfg, plain, tok = _model("tiny-opt")
+    with pytest.raises(ConfigError, match="output must be one of token, logits"):
+        _private(cfg, plain, tok.encode("a"), 1, output="probs")
+
+
+def test_out_of_range_activation_names_the_layer_and_operator():
+    """A model whose activations leave the fixed-point range stops with a one-line RangeError naming the
+    layer and the operator (before: a silently wrong token)."""
+    from comet_core.errors import RangeError
+
+    cfg, plain, tok = _model("tiny-llama")
+    with torch.no_grad():
+        layer = decoder_layers(plain)[1]
+        layer.mlp.gate_proj.weight.mul_(1e10)  # gate activations ~1e9: beyond 2^30 in layer 1's FFN
+    with pytest.raises(RangeError) as e:
+        _private(cfg, plain, tok.encode("abc"), 1)
+    msg = str(e.value)
+    assert "layer 1" in msg and "op ffn." in msg and "\n" not in msg, msg

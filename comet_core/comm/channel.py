@@ -94,6 +94,8 @@ class PartyChannel(_Booking):
         super().__init__(ledger)
         self.rank = rank
         self.pipe = pipe
+        # view recording (security tests): a list receives (bits, sent halves, received halves) per exchange
+        self.recorder: list | None = None
 
     def exchange(self, tensors: list[torch.Tensor], bits: list[int] | int = 64,
                  packed: int | None = None) -> list[torch.Tensor]:
@@ -107,6 +109,8 @@ class PartyChannel(_Booking):
                 g.shape != t.shape[1:] for g, t in zip(got, tensors)):
             raise PeerError(f"P{1 - self.rank} sent a message that does not match this step "
                             f"(expected {len(tensors)} tensors of shapes {[tuple(t.shape[1:]) for t in tensors]})")
+        if self.recorder is not None:
+            self.recorder.append((bits, [t[0].clone() for t in tensors], [g.clone() for g in got]))
         return got
 
     def send_one_way(self, sender: int, tensor: torch.Tensor, bits: int = 64) -> torch.Tensor:

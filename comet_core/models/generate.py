@@ -31,13 +31,25 @@ def one_hot(ids: list[int], vocab: int, device) -> torch.Tensor:
     return oh
 
 
+OUTPUTS = ("token", "logits")
+
+
 def private_generate(mpc: MPC, model: SecureDecoder, prompt_ids: list[int], new_tokens: int,
-                     vocab: int) -> Generation:
+                     vocab: int, output: str = "token") -> Generation:
     """Prefill the prompt, then decode: `new_tokens` forward passes in all (the first is prefill).
 
-    The client shares each new token as a one-hot row and receives the last position's logits; it
-    picks the argmax itself. In cost mode there are no values: the next id is a placeholder 0.
+    The client shares each new token as a one-hot row. What it receives (`output`):
+      * token (default): the servers run a secure argmax over the vocabulary and reveal only the id.
+        `Generation.logits` then holds the logits read by `MPC.peek` (exact-mode simulation only: a
+        debug read of both shares that is not booked and that no party of a deployment could make),
+        so the logit error against plaintext can still be reported; a single party leaves it empty
+        (reported as NaN).
+      * logits: the whole last-position logit vector is revealed; the client takes the argmax.
+    In cost mode there are no values: the next id is a placeholder 0.
     """
+    from comet_core.errors import require
+
+    require(output in OUTPUTS, f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
     cache = model.new_cache()
     gen = Generation(tokens=[])
     gen.stage_seconds = {"setup": 0.0, "prefill": 0.0, "decode": 0.0}
@@ -55,10 +67,17 @@ def private_generate(mpc: MPC, model: SecureDecoder, prompt_ids: list[int], new_
                 model.system.start_step(step, len(new))
                 onehot = mpc.share(one_hot(new, vocab, mpc.device), owner="client")
                 logits = model.forward(onehot, cache)
-                plain = mpc.reveal(logits)[0]
+                if output == "logits":
+                    plain = mpc.reveal(logits)[0]
+                    nxt = 0 if mpc.is_cost else int(torch.argmax(plain))
+                else:
+                    tok = mpc.reveal(model.next_token(logits))
+                    nxt = 0 if mpc.is_cost else int(torch.round(tok.reshape(-1)[0]))
             gen.stage_seconds[stage] += time.perf_counter() - t0
-            nxt = 0 if mpc.is_cost else int(torch.argmax(plain))
-            if not mpc.is_cost:
+            if output == "token":  # the debug read, outside the measured time
+                plain = mpc.peek(logits)
+                plain = None if plain is None else plain[0]
+            if plain is not None and not mpc.is_cost:
                 gen.logits.append(plain.float().cpu())
             gen.tokens.append(nxt)
             ids.append(nxt)

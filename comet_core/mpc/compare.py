@@ -216,3 +216,46 @@ def max_along_cost(mpc: MPC, rest: int, n: int) -> Cost:
         total = total + relu_cost(mpc, rest * (n // 2))
         n = n - n // 2
     return total
+
+
+def argmax(x: AShare) -> AShare:
+    """Index of the largest entry along the last dim, as a share (exact integer index at x's scale: the
+    index i is held as i * 2^frac, so `reveal` gives i); ties go to the lowest index, as torch.argmax.
+
+    A tournament over adjacent pairs that carries (value, index), so that only the index need be opened:
+    1. State: (x_i, i) for every position i (the indices are public: P0 holds them, local).
+    2. Per level, pair positions 2j and 2j+1 (an odd last entry waits for the next level; adjacent
+       pairing keeps every pair's left entry the lower index, hence the tie rule).
+    3. b_j = [x_2j >= x_2j+1] = drelu(x_2j - x_2j+1)   (ltz: 8 rounds).
+    4. (value, index)_j = right + b_j * (left - right): one Beaver product of the integer b with the
+       stacked (value, index) differences (1 round, no truncation).
+    5. After ceil(log2 n) levels one pair is left; its index share is the result.
+    Cost, with p_l = rows * floor(n_l / 2) pairs at level l:
+      sum_l drelu_cost(p_l) + mul_cost(p_l, 2 p_l, 2 p_l, untruncated)  -> 9 ceil(log2 n) rounds.
+    """
+    mpc = x.mpc
+    with mpc.ledger.protocol("argmax"):
+        n = x.shape[-1]
+        idx = torch.arange(n, dtype=torch.int64, device=mpc.device if not mpc.is_cost else "cpu")
+        if mpc.is_cost:
+            idx_share = AShare(Shape((len(mpc.parties), *x.shape)), mpc, 0)
+        else:
+            idx_share = AShare(mpc.public_share(idx.expand(x.shape).contiguous()), mpc, 0)
+        s = AShare.stack([x, idx_share], -1)                       # (..., n, 2) at x's scale
+        while n > 1:
+            h = n // 2
+            left, right = s[..., 0:2 * h:2, :], s[..., 1:2 * h:2, :]  # (..., h, 2)
+            b = drelu(left[..., 0] - right[..., 0])                # (..., h) integer 0/1
+            win = right + arith.mul(b.unsqueeze(-1), left - right, out_frac=s.frac)
+            s = AShare.cat([win, s[..., 2 * h:, :]], -2) if n % 2 else win
+            n = n - h
+        return s[..., 0, 1]
+
+
+def argmax_cost(mpc: MPC, rows: int, n: int) -> Cost:
+    total = Cost()
+    while n > 1:
+        p = rows * (n // 2)
+        total = total + drelu_cost(mpc, p) + arith.mul_cost(mpc, p, 2 * p, 2 * p, frac_sum=0)
+        n = n - n // 2
+    return total

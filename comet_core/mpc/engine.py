@@ -20,7 +20,7 @@ import torch
 
 from comet_core.comm.channel import InProcessChannel
 from comet_core.comm.ledger import Ledger
-from comet_core.errors import require
+from comet_core.errors import RangeError, require
 from comet_core.mpc import ring
 from comet_core.mpc.prg import PRG, Keys
 from comet_core.mpc.shape import Shape
@@ -40,17 +40,23 @@ class FunctionConfig:
     sigmoid_nr_iters: int = 3                  # CrypTen's default (denominator in (1, 2])
 
 
+FRAC_BITS_RANGE = (14, 24)  # every non-linear function is tested at both ends (tests/test_protocols.py)
+
+
 @dataclass
 class EngineConfig:
     frac_bits: int = 16
     truncation: str = "dealer"  # dealer (exact, 1 round) | local (CrypTen's, 0 rounds, rare failures)
     reuse_weight_masks: bool = False
+    check_ranges: bool = True   # simulation only: raise a RangeError when a secret leaves a protocol's range
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
     def __post_init__(self) -> None:
-        require(isinstance(self.frac_bits, int) and 8 <= self.frac_bits <= 24,
-                f"engine.frac_bits must be an integer in 8..24 (products need 2*frac_bits well below 63), "
-                f"got {self.frac_bits}")
+        require(isinstance(self.frac_bits, int) and not isinstance(self.frac_bits, bool)
+                and FRAC_BITS_RANGE[0] <= self.frac_bits <= FRAC_BITS_RANGE[1],
+                f"engine.frac_bits must be an integer in {FRAC_BITS_RANGE[0]}..{FRAC_BITS_RANGE[1]} (below "
+                f"{FRAC_BITS_RANGE[0]} exp, reciprocal and sigmoid lose all accuracy; above "
+                f"{FRAC_BITS_RANGE[1]} products leave the 64-bit ring), got {self.frac_bits}")
         require(self.truncation in ("local", "dealer"),
                 f"engine.truncation must be one of local, dealer; got {self.truncation!r}")
         require(self.truncation == "dealer" or self.frac_bits <= 20,
@@ -80,6 +86,7 @@ class MPC:
         require(party in (None, 0, 1), f"party must be 0, 1 or None (simulation), got {party!r}")
         require(party is None or peers is not None, "a single party needs `peers` (channel, dealer, inputs)")
         self.config = config or EngineConfig()
+        self.check_ranges = bool(check_ranges) and self.config.check_ranges
         self.mode = mode
         self.device = torch.device("meta") if mode == "cost" else torch.device(device)
         self.seed = None if seed is None else int(seed)
@@ -90,6 +97,7 @@ class MPC:
         self.weight_masks: dict[int, tuple] = {}   # registered weight id -> (mask share, opened masked value)
         self._weight_ids = itertools.count()
         self._handles = itertools.count()
+        self.weight_abs_max: dict[int, float] = {}  # range check: max |w| per registered weight (simulation)
         from comet_core.mpc.dealer import Dealer  # dealer imports engine types
 
         if party is None:
@@ -118,6 +126,44 @@ class MPC:
     def simulated(self) -> bool:
         """True when this process holds both parties' shares (in-process simulation)."""
         return self.rank is None
+
+    @property
+    def checking(self) -> bool:
+        """Whether the range check runs: exact-mode simulation (both shares here, so the check costs no
+        message) with `check_ranges` on (EngineConfig.check_ranges and the MPC argument). A single party
+        holds only its own share and cannot check: there the check is absent."""
+        return self.check_ranges and self.simulated and not self.is_cost
+
+    @contextlib.contextmanager
+    def ranges_unchecked(self):
+        """Suspend the range check inside a protocol step whose out-of-range intermediates are provably
+        discarded (multiplied by an exact 0/1 integer share afterwards, e.g. PUMA's clipped exp)."""
+        old = self.check_ranges
+        self.check_ranges = False
+        try:
+            yield
+        finally:
+            self.check_ranges = old
+
+    def secret(self, x: "AShare") -> torch.Tensor:
+        """The secret ring elements of x (simulation only: both shares are here; never booked)."""
+        assert self.simulated, "only the simulation holds both shares"
+        return x.data[0] + x.data[1]
+
+    def range_error(self, what: str, value: float, limit: float, hint: str = "") -> RangeError:
+        """A one-line error naming the layer, the operator and the protocol, and the offending value."""
+        lab = self.ledger._labels
+        where = []
+        if lab.get("stage"):
+            where.append(f"stage {lab['stage']}")
+        where.append(f"layer {lab['layer']}" if lab.get("layer", -1) != -1 else "outside the decoder layers")
+        if lab.get("op"):
+            where.append(f"op {lab['op']}")
+        proto = "/".join(self.ledger._protocol) or "engine"
+        msg = (f"value out of range in {', '.join(where)} (protocol {proto}): {what} = {value:.6g}, beyond "
+               f"+-{limit:.6g} at frac_bits={self.frac_bits}")
+        return RangeError(msg + (f"; {hint}" if hint else "; see the README's supported ranges (lower "
+                                 "engine.frac_bits for a wider range, or rescale the input)"))
 
     def _generator(self, a: str, b: str, stream: str) -> "PRG | None":
         """The keyed stream `stream` of the pair (a, b) (None in cost mode: no data)."""
@@ -215,6 +261,14 @@ class MPC:
             return Shape(x.shape, torch.int64 if raw else torch.float64)
         value = self.peers.reveal(self.rank, x.data, to) if not self.simulated else x.data[0] + x.data[1]
         return value if raw else ring.decode(value, x.frac)
+
+    def peek(self, x: "AShare") -> torch.Tensor | None:
+        """Debug only, never a protocol step: x's value when this process holds both shares (exact-mode
+        simulation), None otherwise (a single party, cost mode). Books nothing: used to report the
+        logit error of a run whose client receives only the token (output=token)."""
+        if not self.simulated or self.is_cost:
+            return None
+        return ring.decode(x.data[0] + x.data[1], x.frac)
 
     def open(self, *xs: "AShare") -> list[torch.Tensor]:
         """Open masked values to both parties in one round (each sends its share of each)."""

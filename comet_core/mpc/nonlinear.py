@@ -50,14 +50,43 @@ def exp_cost(mpc: MPC, n: int) -> Cost:
 
 
 def hi_frac(mpc: MPC) -> int:
-    """Scale of reciprocal and inverse square root results: frac_bits + 12 (28 at f = 16).
+    """Scale of reciprocal and inverse square root results: min(frac_bits + 12, 30, 50 - frac_bits)
+    (28 at f = 16, 30 at f = 18..20, 26 at f = 24).
 
     1/sqrt(var) of a real model's LayerNorm can be ~2^-10, which has only ~6 significant bits at
-    f = 16; at f + 12 it keeps ~18, and products with it still fit: |x * y| 2^(2f+12) < 2^62.
-    With local truncation the larger words would fail often (probability ~word / 2^63), so there
-    the results stay at frac_bits.
+    f = 16; at f + 12 it keeps ~18. The caps keep every Newton product inside 2^62: u = t * y (~1)
+    at scale 2F needs F <= 30, and y * (2 - t) or y * (3 - u) with y <= 2^8 at scale F + f needs
+    F + f <= 50. With local truncation the larger words would fail often (probability
+    ~word / 2^63), so there the results stay at frac_bits.
     """
-    return mpc.frac_bits + 12 if mpc.config.truncation == "dealer" else mpc.frac_bits
+    f = mpc.frac_bits
+    return min(f + 12, 30, 50 - f) if mpc.config.truncation == "dealer" else f
+
+
+def inv_sqrt_hi(mpc: MPC) -> int:
+    """The effective top of engine.inv_sqrt_range: x < 2^(hi+1) with hi = min(configured, 2 (61 - F - f) - 2).
+
+    t = x * y (~sqrt(x)) is a product at scale f + F, so sqrt(x) 2^(f+F) must stay below 2^62:
+    31 (x < 2^32) at f = 16, 20 (x < 2^21) at f = 20 and at f = 24. With local truncation the result
+    stays at frac_bits and the Newton step uses y^2 = 1/x, which needs x < 2^(f - 8) to keep 8
+    significant bits: hi = f - 9 (x < 256 at f = 16; measured relative error <= 4e-4 there, 4e-2 at 2^12).
+    """
+    f, F = mpc.frac_bits, hi_frac(mpc)
+    if mpc.config.truncation == "local":  # y^2 = 1/x at frac_bits keeps >= 8 significant bits below 2^(f-8)
+        return min(mpc.fn.inv_sqrt_range[1], f - 9)
+    return min(mpc.fn.inv_sqrt_range[1], 2 * (61 - F - f) - 2)
+
+
+def _check_domain(x: AShare, hi: int, name: str) -> None:
+    """Simulation only: inputs at or above 2^(hi+1) would overflow the Newton products; say so."""
+    mpc = x.mpc
+    if not mpc.checking:
+        return
+    v = mpc.secret(x)
+    top = float(v.max()) / 2.0 ** x.frac if v.numel() else 0.0
+    if top >= 2.0 ** (hi + 1):
+        raise mpc.range_error(f"the {name} input", top, 2.0 ** (hi + 1),
+                              f"{name} holds x < 2^{hi + 1} at frac_bits={mpc.frac_bits} (README: supported ranges)")
 
 
 def pow2_guess(x: AShare, lo: int, hi: int, power: float, frac: int) -> AShare:
@@ -97,6 +126,7 @@ def reciprocal(x: AShare) -> AShare:
     lo, hi = mpc.fn.reciprocal_range
     F, f = hi_frac(mpc), mpc.frac_bits
     with mpc.ledger.protocol("reciprocal"):
+        _check_domain(x, hi, "reciprocal")
         y = pow2_guess(x, lo, hi, -1.0, F)
         for _ in range(mpc.fn.reciprocal_nr_iters):
             t = arith.mul(x, y, out_frac=f)
@@ -114,7 +144,7 @@ def inv_sqrt(x: AShare) -> AShare:
     """1 / sqrt(x) for x > 0 by Newton-Raphson from a power-of-two guess; result at scale hi_frac.
 
     1. y0 = pow2_guess(x, power -1/2): relative error <= 2^(1/4) - 1 in the range
-       2^lo <= x < 2^(hi+1) (engine.inv_sqrt_range; CrypTen's exp-based guess holds only for
+       2^lo <= x < 2^(hi+1) (engine.inv_sqrt_range, hi capped by inv_sqrt_hi; CrypTen's exp-based guess holds only for
        ~0.1 < x < 20, too narrow for LayerNorm variances of real models).
     2. Repeat inv_sqrt_nr_iters times: t = x * y (= sqrt(x), scale hi_frac); u = t * y (~1, scale f);
        y = y * (3 - u) / 2 (scale hi_frac). Never squares y, which would underflow for large x.
@@ -123,9 +153,10 @@ def inv_sqrt(x: AShare) -> AShare:
           (local: iters * (square_cost(N) + 2 mul_cost(N, N, N))).
     """
     mpc = x.mpc
-    lo, hi = mpc.fn.inv_sqrt_range
+    lo, hi = mpc.fn.inv_sqrt_range[0], inv_sqrt_hi(mpc)
     F, f = hi_frac(mpc), mpc.frac_bits
     with mpc.ledger.protocol("inv_sqrt"):
+        _check_domain(x, hi, "inv_sqrt")
         y = pow2_guess(x, lo, hi, -0.5, F)
         for _ in range(mpc.fn.inv_sqrt_nr_iters):
             if F > f:
@@ -140,7 +171,7 @@ def inv_sqrt(x: AShare) -> AShare:
 
 def inv_sqrt_cost(mpc: MPC, n: int) -> Cost:
     m = arith.mul_cost(mpc, n, n, n)
-    lo, hi = mpc.fn.inv_sqrt_range
+    lo, hi = mpc.fn.inv_sqrt_range[0], inv_sqrt_hi(mpc)
     first = m if hi_frac(mpc) > mpc.frac_bits else arith.square_cost(mpc, n)
     return pow2_guess_cost(mpc, n, lo, hi) + mpc.fn.inv_sqrt_nr_iters * (first + m + m)
 
@@ -182,23 +213,68 @@ def softmax_cost(mpc: MPC, rows: int, n: int) -> Cost:
             + arith.mul_cost(mpc, big, rows, big))
 
 
+NORM_EXTRA_BITS = 2  # x / sqrt(d) is held at frac_bits + 2: 4x the precision, rms range 2^(15-2) at f = 16
+MEAN_BITS = 18  # significant bits of the public 1/d factor: relative error <= 2^-18 for every width d
+
+
 def _mean_last(x: AShare) -> AShare:
-    return arith.mul_public(x.sum(-1, keepdim=True), 1.0 / x.shape[-1])
+    """mean over the last dim for any width d (not only powers of two).
+
+    1. s = sum(x) (local).
+    2. c = round(2^(t + MEAN_BITS) / d), t = ceil(log2 d): a public integer with MEAN_BITS significant
+       bits (1/d encoded at frac_bits would be off by up to d / 2^(f+1) relative: 0.39% at d = 768).
+    3. mean = (s * c) >> (t + MEAN_BITS) (local product, one truncation).
+    Range: |mean| < 2^(62 - MEAN_BITS - t - f) (2^18 at d = 768, f = 16). Cost: truncate_cost(R).
+    """
+    mpc = x.mpc
+    d = x.shape[-1]
+    t = (d - 1).bit_length()
+    c = round(2.0 ** (t + MEAN_BITS) / d)
+    s = x.sum(-1, keepdim=True)
+    arith.check_product(s, torch.tensor(float(c)), s.frac, what=f"row sum * round(2^{t + MEAN_BITS}/d)")
+    return arith.truncate(AShare(s.mul_int(c).data, mpc, s.frac + t + MEAN_BITS), t + MEAN_BITS)
+
+
+def _mean_square_last(x: AShare) -> AShare:
+    """mean(x^2) over the last dim, pre-scaled so that large activations cannot overflow.
+
+    1. xs = x * (2^k / sqrt(d)) (public factor with >= 20 significant bits; one truncation to frac_bits),
+       read as x / sqrt(d) at scale f + k (k = NORM_EXTRA_BITS = 2).
+    2. q = xs^2 at scale 2 (f + k) (square pair, no truncation).
+    3. ms = sum(q) (local) = mean(x^2), truncated once per row back to frac_bits.
+    Squaring x / sqrt(d) instead of x moves the overflow from any |x| >= 2^(31-f) (2^15 at f = 16: a
+    margin of only 1.8x over SmolLM2's outliers of 17,860) to mean(x^2) >= 2^(62 - 2(f+k)), i.e.
+    rms(x) < 2^(31-f-k) = 8,192 at f = 16 (any single |x| < 8,192 sqrt(d): 196,608 at d = 576). The
+    truncation of xs is unbiased (stochastic rounding), so the mean square has a relative error
+    ~ 2^-(f+k) / rms(x) (k buys precision for rows of small rms, at the price of range).
+    Cost: truncate_cost(N) + square_cost(N, truncated=False) + truncate_cost(R).
+    """
+    d, k = x.shape[-1], NORM_EXTRA_BITS
+    bits = 20 + (d - 1).bit_length() // 2 + 1
+    xs = arith.mul_public(x, 2.0 ** k / math.sqrt(d), frac=bits)   # x 2^k / sqrt(d) at scale f ...
+    xs = AShare(xs.data, x.mpc, xs.frac + k)                      # ... is x / sqrt(d) at scale f + k
+    q = arith.square(xs, out_frac=2 * xs.frac)
+    return arith.truncate(q.sum(-1, keepdim=True), 2 * xs.frac - x.mpc.frac_bits)
+
+
+def _mean_square_cost(mpc: MPC, rows: int, n: int) -> Cost:
+    t = arith.truncate_cost
+    return t(mpc, n) + arith.square_cost(mpc, n, truncated=False) + t(mpc, rows)
 
 
 def layernorm(x: AShare, weight: AShare | torch.Tensor | None, bias: AShare | torch.Tensor | None,
               eps: float = 1e-5) -> AShare:
     """LayerNorm over the last dim; weight/bias secret (model privacy) or public.
 
-    1. mu = sum(x) / d (local + truncation).   2. xc = x - mu.
-    3. var = sum(xc^2) / d (square + truncation).   4. inv = inv_sqrt(var + eps) per row.
+    1. mu = _mean_last(x) (one truncation per row, exact 1/d for any d).   2. xc = x - mu.
+    3. var = _mean_square_last(xc) (pre-scaled by 1/sqrt(d): rms(xc) < 8,192 at f = 16).   4. inv = inv_sqrt(var + eps) per row.
     5. y = xc * inv (broadcast).   6. y * weight + bias (secret weight: Beaver; public: local).
-    Cost: 2 truncate(R) + square_cost(N) + inv_sqrt_cost(R) + mul_cost(N, R, N)
-          + [secret weight] mul_cost(N, d, N) | [public] truncate_cost(N).
+    Cost: truncate(R) + [truncate(N) + square_cost(N, untruncated) + truncate(R)] + inv_sqrt_cost(R)
+          + mul_cost(N, R, N) + [secret weight] mul_cost(N, d, N) | [public] truncate_cost(N).
     """
     with x.mpc.ledger.protocol("layernorm"):
         xc = x - _mean_last(x)
-        var = _mean_last(arith.square(xc))
+        var = _mean_square_last(xc)
         y = arith.mul(xc, inv_sqrt(var.add_public(eps)))
         return _affine(y, weight, bias)
 
@@ -206,10 +282,12 @@ def layernorm(x: AShare, weight: AShare | torch.Tensor | None, bias: AShare | to
 def rmsnorm(x: AShare, weight: AShare | torch.Tensor | None, eps: float = 1e-6) -> AShare:
     """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight.
 
-    Cost: square_cost(N) + truncate(R) + inv_sqrt_cost(R) + mul_cost(N, R, N) + weight term.
+    1. ms = _mean_square_last(x).   2. inv = inv_sqrt(ms + eps).   3. y = x * inv.   4. y * weight.
+    Cost: [truncate(N) + square_cost(N, untruncated) + truncate(R)] + inv_sqrt_cost(R)
+          + mul_cost(N, R, N) + weight term.
     """
     with x.mpc.ledger.protocol("rmsnorm"):
-        ms = _mean_last(arith.square(x))
+        ms = _mean_square_last(x)
         y = arith.mul(x, inv_sqrt(ms.add_public(eps)))
         return _affine(y, weight, None)
 
@@ -228,14 +306,13 @@ def _affine_cost(mpc: MPC, n: int, d: int, secret_weight: bool) -> Cost:
 
 def layernorm_cost(mpc: MPC, rows: int, d: int, secret_weight: bool = True) -> Cost:
     n = rows * d
-    t = arith.truncate_cost(mpc, rows)
-    return (t + arith.square_cost(mpc, n) + t + inv_sqrt_cost(mpc, rows)
+    return (arith.truncate_cost(mpc, rows) + _mean_square_cost(mpc, rows, n) + inv_sqrt_cost(mpc, rows)
             + arith.mul_cost(mpc, n, rows, n) + _affine_cost(mpc, n, d, secret_weight))
 
 
 def rmsnorm_cost(mpc: MPC, rows: int, d: int, secret_weight: bool = True) -> Cost:
     n = rows * d
-    return (arith.square_cost(mpc, n) + arith.truncate_cost(mpc, rows) + inv_sqrt_cost(mpc, rows)
+    return (_mean_square_cost(mpc, rows, n) + inv_sqrt_cost(mpc, rows)
             + arith.mul_cost(mpc, n, rows, n) + _affine_cost(mpc, n, d, secret_weight))
 
 

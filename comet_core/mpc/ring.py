@@ -24,11 +24,32 @@ _MAX_INNER = 1 << 11
 _INT64_MAX_ROWS = 3  # up to this many rows of a, int64 matmul is faster (measured on 576x1536)
 
 
+ENCODE_LIMIT = 2.0 ** 62  # |round(x 2^f)| <= 2^62: the range in which dealer truncation is exact
+
+
 def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
-    """Fixed point: round(x * 2^f) as int64 (a data-free input gives an int64 Shape)."""
+    """Fixed point: round(x * 2^f) as int64 (a data-free input gives an int64 Shape).
+
+    Refuses (CometError) NaN, +-inf and values with |x| 2^f > 2^62, which would wrap to a wrong ring
+    element (torch turns them all into -2^63) instead of encoding x.
+    """
     if x.is_meta:
         return Shape(x.shape)
-    return torch.round(x.to(torch.float64) * (1 << frac_bits)).to(torch.int64)
+    scaled = torch.round(x.to(torch.float64) * (1 << frac_bits))
+    if scaled.numel() and not bool((scaled.abs() <= ENCODE_LIMIT).all()):  # NaN compares False too
+        from comet_core.errors import CometError
+
+        flat = x.reshape(-1).to(torch.float64)
+        bad = ~torch.isfinite(flat)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise CometError(f"cannot encode {flat[i].item()} in fixed point (element {i} of a tensor of shape "
+                             f"{tuple(x.shape)}): inputs and weights must be finite")
+        i = int(flat.abs().argmax())
+        raise CometError(f"cannot encode {flat[i].item():.6g} (element {i} of a tensor of shape {tuple(x.shape)}): "
+                         f"fixed point with frac_bits={frac_bits} holds |x| <= 2^{62 - frac_bits} = "
+                         f"{ENCODE_LIMIT / 2.0 ** frac_bits:.6g}; rescale the input or lower engine.frac_bits")
+    return scaled.to(torch.int64)
 
 
 def decode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:

@@ -1,0 +1,175 @@
+"""View-independence regression tests: what P1 receives, and what it opens, must not depend on the secrets.
+
+P1 runs as a single party (comet_core/mpc/parties.run_pair) with its channel recording every exchange
+(`PartyChannel.recorder`). For two different secret inputs, each run under its own keys (a fresh seed, as
+a deployment's OS keys would be), the view must look uniform and the same:
+  * per-bit test: each of the 64 bits of every received word and of every opened 64-bit value is 1 with
+    frequency 1/2 (binomial z-test, Bonferroni over the 64 bits);
+  * two-sample Kolmogorov-Smirnov test between the opened values of the two inputs (as fractions of 2^64).
+False-alarm rate: each call of `assert_uniform_bits` or `assert_same_distribution` rejects a correct
+protocol with probability <= 1e-6 (asymptotic binomial and KS bounds), so this file's ~40 checks raise a
+false alarm with probability < 1e-4.
+Positive controls: the same checks must fail on deliberately weakened randomness (the dealer's masks, or
+every keyed stream, with their top 32 bits zero, monkeypatched in), so the tests have power.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from comet_core.mpc import arith, compare, nonlinear as nl, ring
+from comet_core.mpc.dealer import Dealer
+from comet_core.mpc.engine import AShare
+from comet_core.mpc.parties import run_pair
+from comet_core.mpc.prg import PRG
+
+ALPHA = 1e-6                 # false-alarm probability of one check
+N = 1024                     # secret elements per run
+Z_BIT = 5.73                 # two-sided normal quantile for ALPHA / 64 (Bonferroni over the bits)
+KS_C = math.sqrt(-math.log(ALPHA / 2) / 2)   # Kolmogorov's asymptotic critical constant: 2.69
+
+
+def _trunc(x: AShare) -> AShare:  # a product-sized word: x at scale 32, truncated by 16
+    return arith.truncate(AShare(x.data * (1 << 16), x.mpc, x.frac + 16), 16)
+
+
+PROTOCOLS = {
+    "relu": (compare.relu, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 4),
+    "truncation": (_trunc, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 100),
+    "reciprocal": (nl.reciprocal, lambda g: 2.0 ** (torch.rand(N, generator=g, dtype=torch.float64) * 10)),
+    "inv_sqrt": (nl.inv_sqrt, lambda g: 2.0 ** (torch.rand(N, generator=g, dtype=torch.float64) * 16 - 8)),
+    "argmax": (lambda x: compare.argmax(x.reshape(8, N // 8)),
+               lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
+}
+SECOND = {  # a second secret input, far from the first: constants, other signs, other magnitudes
+    "relu": lambda: torch.full((N,), -7.25, dtype=torch.float64),
+    "truncation": lambda: torch.full((N,), 3.0e4, dtype=torch.float64),
+    "reciprocal": lambda: torch.full((N,), 0.01, dtype=torch.float64),
+    "inv_sqrt": lambda: torch.full((N,), 1.0e6, dtype=torch.float64),
+    "argmax": lambda: torch.arange(N, dtype=torch.float64) % 8,
+}
+
+
+def p1_view(fn, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run fn on a secret x as two single parties; return P1's (received words, opened 64-bit values)."""
+    def body(m):
+        if m.rank == 1:
+            m.channel.recorder = []
+        fn(m.share(x))
+        return m.channel.recorder
+
+    _, log, _ = run_pair(body, seed=seed)
+    received, opened = [], []
+    for bits, sent, got in log:
+        for s, g in zip(sent, got):
+            if bits == 64:   # additive openings (Beaver, truncation, comparison masks)
+                received.append(g.reshape(-1))
+                opened.append((s + g).reshape(-1))
+    return torch.cat(received), torch.cat(opened)
+
+
+def assert_uniform_bits(words: torch.Tensor, what: str) -> None:
+    """Each bit of the words is 1 with frequency 1/2 (false alarm <= ALPHA)."""
+    n = words.numel()
+    ones = torch.stack([((words >> b) & 1).sum() for b in range(64)]).to(torch.float64)
+    z = (ones - n / 2) / math.sqrt(n / 4)
+    worst = int(z.abs().argmax())
+    assert float(z.abs().max()) < Z_BIT, (f"{what}: bit {worst} is 1 in {int(ones[worst])} of {n} words "
+                                          f"(z = {float(z[worst]):.1f}, limit {Z_BIT})")
+
+
+def _unit(words: torch.Tensor) -> torch.Tensor:
+    """Ring elements as fractions of 2^64 in [0, 1) (the top 53 bits)."""
+    return ((words >> 11) & ((1 << 53) - 1)).to(torch.float64) / 2.0 ** 53
+
+
+def assert_same_distribution(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Two-sample Kolmogorov-Smirnov test of the opened values for two inputs (false alarm <= ALPHA)."""
+    ua, ub = torch.sort(_unit(a)).values, torch.sort(_unit(b)).values
+    grid = torch.cat([ua, ub])
+    fa = torch.searchsorted(ua, grid, right=True).to(torch.float64) / ua.numel()
+    fb = torch.searchsorted(ub, grid, right=True).to(torch.float64) / ub.numel()
+    d = float((fa - fb).abs().max())
+    n, m = ua.numel(), ub.numel()
+    limit = KS_C * math.sqrt((n + m) / (n * m))
+    assert d < limit, f"{what}: KS distance {d:.4f} between the two inputs' openings (limit {limit:.4f})"
+
+
+def check_view(name: str) -> None:
+    fn, first = PROTOCOLS[name]
+    xa = first(torch.Generator().manual_seed(11))
+    xb = SECOND[name]()
+    rec_a, open_a = p1_view(fn, xa, seed=101)
+    rec_b, open_b = p1_view(fn, xb, seed=202)
+    assert open_a.numel() == open_b.numel() >= N  # the view's shape does not depend on the secret either
+    for tag, rec, opened in (("input A", rec_a, open_a), ("input B", rec_b, open_b)):
+        assert_uniform_bits(rec, f"{name}: words P1 receives ({tag})")
+        assert_uniform_bits(opened, f"{name}: values P1 opens ({tag})")
+    assert_same_distribution(open_a, open_b, f"{name}: opened values")
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_p1_view_is_independent_of_the_secret(name):
+    check_view(name)
+
+
+# ---- positive controls: the same checks catch weakened randomness --------------------------------
+
+LOW32 = (1 << 32) - 1
+
+
+@pytest.fixture
+def weak_dealer(monkeypatch):
+    """A broken dealer: its own secrets (truncation and comparison masks) and the Beaver masks a, b
+    have their top 32 bits zero (their shares still look random)."""
+    orig_rand, orig_arith = Dealer._rand, Dealer._random_arith
+
+    def rand(self, shape, bits=64, gen=None):
+        r = orig_rand(self, shape, bits, gen)
+        return r if r.is_meta or bits < 64 else r & LOW32
+
+    def random_arith(self, shape, frac=0):
+        share, _ = orig_arith(self, shape, frac)
+        weak = share.data[1] & LOW32
+        data = torch.stack([share.data[0], weak - share.data[0]])
+        return AShare(data, self.mpc, frac), weak
+
+    monkeypatch.setattr(Dealer, "_rand", rand)
+    monkeypatch.setattr(Dealer, "_random_arith", random_arith)
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_positive_control_weak_dealer_masks_are_caught(name, weak_dealer):
+    with pytest.raises(AssertionError, match="values P1 opens|opened values"):
+        check_view(name)
+
+
+@pytest.fixture
+def weak_streams(monkeypatch):
+    """Every keyed stream (input shares, dealer shares) with its top 32 bits zero."""
+    orig = PRG.ring
+
+    def ring_words(self, shape, device="cpu"):
+        return orig(self, shape, device) & LOW32
+
+    monkeypatch.setattr(PRG, "ring", ring_words)
+
+
+def test_positive_control_weak_streams_are_caught_in_what_p1_receives(weak_streams):
+    with pytest.raises(AssertionError, match="words P1 receives"):
+        check_view("relu")
+
+
+def test_checks_reject_a_plain_leak():
+    """The statistics themselves: a view equal to the secret (no mask at all) fails both."""
+    x = ring.encode(torch.randn(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 16)
+    with pytest.raises(AssertionError, match="bit"):
+        assert_uniform_bits(x.abs(), "unmasked")
+    with pytest.raises(AssertionError, match="KS distance"):
+        assert_same_distribution(x, x + (1 << 62), "unmasked, shifted")
+    u = torch.randint(-(1 << 63), (1 << 63) - 1, (4096,), generator=torch.Generator().manual_seed(1))
+    assert_uniform_bits(u, "uniform words")      # and they pass uniform words
+    assert_same_distribution(u[:2048], u[2048:], "uniform words")
