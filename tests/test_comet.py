@@ -372,3 +372,16 @@ def test_attention_step_cost_and_merged_refill_adds_no_round(family, Hkv, G, ref
         start += T
     if refill == "merged":
         assert qkv_rounds[3] == qkv_rounds[4] == 2    # the step with refills takes no extra round
+
+
+def test_client_aided_correlations_are_booked_from_the_client(predictors, tmp_path):
+    """system.correlations=client: the permutation correlations come from the client (same bytes)."""
+    ledgers = {}
+    for who in ("dealer", "client"):
+        _, out = run_comet("tiny-opt", tmp_path / who, predictors["tiny-opt"], "gen_tokens=1", "mode=cost",
+                           f"system.correlations={who}")
+        ledgers[who] = pd.read_csv(out / "ledger.csv.gz")
+    for who, lg in ledgers.items():
+        shuffle = lg[(lg.phase == "offline") & lg.op.isin(["ffn.shuffle", "attn.shuffle"])]
+        assert len(shuffle) and set(shuffle.sender) == {who}
+    assert ledgers["dealer"].bytes.sum() == ledgers["client"].bytes.sum()

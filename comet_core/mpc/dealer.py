@@ -45,8 +45,8 @@ class Dealer:
     def _rand1(self, shape, bits: int = 64) -> torch.Tensor:
         return ring.random_bits(shape, bits, self.gen_p1, self.mpc.device)
 
-    def _book(self, elements: int, bits: int, to: str = "P1") -> None:
-        self.mpc.ledger.record("offline", "dealer", to, elements, bits, -1)
+    def _book(self, elements: int, bits: int, to: str = "P1", sender: str = "dealer") -> None:
+        self.mpc.ledger.record("offline", sender, to, elements, bits, -1)
 
     def _arith(self, value: torch.Tensor, frac: int = 0) -> AShare:
         """Additive shares of a correlated value: P0's from its seed, P1's is the correction."""
@@ -165,28 +165,30 @@ class Dealer:
         p = self._perms[handle]
         return p[0][p[1]]
 
-    def permute_masks(self, shape, dim: int, handle: int):
+    def permute_masks(self, shape, dim: int, handle: int, sender: str = "dealer"):
         """Masks for permuting a tensor of `shape` along `dim` by the handle's permutation.
 
         Half 1 (pi0): P1 holds random a, b; P0 gets D = pi0(a) - b (a correction, numel to P0).
         Half 2 (pi1): P0 holds random a', b'; P1 gets D' = pi1(a') - b' (numel to P1).
         Returns party-stacked (a, b, D, a', b', D') with zeros in the slot of the party that does not
-        hold the item (a single party receives only its own slot).
+        hold the item (a single party receives only its own slot). `sender` names who plays the dealer
+        for this correlation in the ledger (the trusted dealer, or the client in a client-aided setting:
+        the same bytes, offline either way).
         """
         perms = self._perms[handle]
         if self.mpc.device.type == "meta":
             z = Shape((2, *shape))
             n = z[0].numel()
-            self._book(n, 64, to="P0")
-            self._book(n, 64, to="P1")
+            self._book(n, 64, to="P0", sender=sender)
+            self._book(n, 64, to="P1", sender=sender)
             return z, z, z, z, z, z
         zeros = torch.zeros(tuple(shape), dtype=torch.int64, device=self.mpc.device)
         a, b = self._rand1(shape), self._rand1(shape)
         d = a.index_select(dim, perms[0]) - b
         a2, b2 = self._rand0(shape), self._rand0(shape)
         d2 = a2.index_select(dim, perms[1]) - b2
-        self._book(d.numel(), 64, to="P0")
-        self._book(d.numel(), 64, to="P1")
+        self._book(d.numel(), 64, to="P0", sender=sender)
+        self._book(d.numel(), 64, to="P1", sender=sender)
         st = torch.stack
         return (st([zeros, a]), st([zeros, b]), st([d, zeros]), st([a2, zeros]), st([b2, zeros]), st([zeros, d2]))
 

@@ -19,8 +19,8 @@ W = ring.BYTES_PER_ELEMENT
 class Permutation:
     """One request's secret permutation of n indices: the party-stacked halves this process holds."""
 
-    def __init__(self, mpc: MPC, n: int) -> None:
-        self.mpc, self.n = mpc, n
+    def __init__(self, mpc: MPC, n: int, source: str = "dealer") -> None:
+        self.mpc, self.n, self.source = mpc, n, source   # source: who makes its correlations (ledger sender)
         self.handle = mpc.next_handle()   # the same in both parties (SPMD: same call order)
         self.halves = mpc.dealer.new_permutation(n, self.handle)   # (P, n): pi0 for P0, pi1 for P1
 
@@ -47,7 +47,7 @@ def permute(x: AShare, dim: int, perm: Permutation) -> AShare:
     d = dim if dim >= 0 else x.dim() + dim
     shape = tuple(x.shape)
     with mpc.ledger.protocol("permute"):
-        a, b, dd, a2, b2, dd2 = mpc.dealer.permute_masks(shape, d, perm.handle)
+        a, b, dd, a2, b2, dd2 = mpc.dealer.permute_masks(shape, d, perm.handle, sender=perm.source)
         if x.data.is_meta:
             mpc.send_one_way(1, x.data)
             mpc.send_one_way(0, x.data)

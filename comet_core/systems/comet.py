@@ -89,6 +89,9 @@ class CometSystem(HeadSparsity, DenseSystem):
         if self.indexing not in ("shuffle", "oblivious"):
             raise CometError(f"system.indexing must be shuffle or oblivious, got {self.indexing!r}")
         self.flip_eps = float(get("flip_epsilon", 0.05))
+        self.correlations = str(get("correlations", "dealer"))
+        if self.correlations not in ("dealer", "client"):
+            raise CometError(f"system.correlations must be dealer or client, got {self.correlations!r}")
         self.heads = bool(get("heads", False))
         self.kv_refill = str(get("kv_refill", "merged"))
         self.kv_prefetch = str(get("kv_prefetch", "cost_benefit"))
@@ -157,7 +160,7 @@ class CometSystem(HeadSparsity, DenseSystem):
         rows = [*ins, w_out.transpose(0, 1), pred["w2"], pred["b2"].unsqueeze(0)]
         if not llama:
             rows.append(lw["b1"].unsqueeze(0))
-        perm = Permutation(mpc, F)
+        perm = Permutation(mpc, F, source=self.correlations)
         stacked = permute(AShare.cat([r for r in rows], 0), -1, perm)     # [M]: (k, F) over Z_2^64
         o = 0
         parts = []

@@ -82,7 +82,7 @@ class HeadSparsity:
                 parts[k] = lw[k].reshape(Hkv, -1)
         shapes = {k: tuple(v.shape) for k, v in parts.items()}
         flat = AShare.cat([v.reshape(Hkv, -1) for v in parts.values()], 1)
-        perm = Permutation(mpc, Hkv)
+        perm = Permutation(mpc, Hkv, source=self.correlations)
         out = permute(flat, 0, perm)                                     # [M]: (Hkv, m) permuted groups
         o, got = 0, {}
         for k, shp in shapes.items():
