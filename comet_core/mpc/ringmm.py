@@ -43,11 +43,11 @@ Reused operands: `split_right(b)` returns a `Limbs` object with b's limbs in GEM
 `ring_matmul(a, b, b_limbs=...)` to skip b's split (the dominant elementwise cost when b is a
 weight-sized mask used in several products). `split_left(a)` does the same for a left operand.
 
-Few rows (decode: one token): on CPU, with at most `INT64_ROWS` rows in a, splitting a weight-sized
-b costs more than the whole product, so b is never split: one row is multiplied as an elementwise
-int64 product and a column sum over blocks of `_DECODE_BLOCK` rows of b (vectorised int64 multiply,
-about 2x torch's int64 matmul), and 2-3 rows use torch's int64 matmul (which reads b once for all
-rows; per-row passes lose there). CUDA has no int64 matmul, so it always takes the limb path.
+Few rows (decode: one token): on CPU, with at most 3 rows in a, splitting a weight-sized b costs more
+than the whole product, so b is never split: one row (`INT64_ROWS`) is an elementwise int64 product
+and a column sum (vectorised int64 multiply, ~2x torch's int64 matmul on an idle machine), and 2-3
+rows use torch's int64 matmul (it reads b once for all rows; per-row passes lose there). CUDA has no
+int64 matmul, so it always takes the limb path.
 
 Everything is device-agnostic (buffers are created on the operands' device); cost mode passes
 data-free `Shape`s through `comet_core.mpc.ring.ring_matmul`, not here.
@@ -68,7 +68,7 @@ _M21 = (1 << 21) - 1
 _M22 = (1 << 22) - 1
 # weights of [P0, P2, P11, Pm] in a @ b (mod 2^64)
 _WEIGHTS = (1 - (1 << 21), 1 << 43, (1 << 42) - (1 << 21), 1 << 21)
-_DECODE_BLOCK = 128                  # rows of b per elementwise block on the decode path
+USE_WORKSPACE = True                 # CPU: reuse per-thread workspaces (see _Scratch); False for A/B timing
 
 
 # ---- chunking and limb splitting -------------------------------------------------------------------
@@ -260,28 +260,19 @@ def matmul_limbs(la: Limbs, lb: Limbs, _scratch: "_Scratch | None" = None) -> to
     return gi.sum(dim=(0, -3))                                       # over the 4 products and the chunks
 
 
-def _few_rows_cpu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _one_row_cpu(a: torch.Tensor, b: torch.Tensor, scratch: "_Scratch | None") -> torch.Tensor:
     """a @ b in int64 for one row of a (a: (*Ba, 1, k), b: (*Bb, k, n)) without splitting b.
 
-    The product is accumulated over blocks of _DECODE_BLOCK rows of b: a vectorised elementwise
-    int64 multiply into a cache-sized scratch block, then a column sum (2 passes over b's block,
-    against torch's scalar int64 GEMM loop). Wrap-around is the ring.
+    Two vectorised passes (AVX2/AVX-512 int64 multiply into a workspace of b's size, then a column
+    sum), against torch's scalar int64 GEMM loop; only two parallel regions, so a loaded machine
+    (where every OpenMP barrier can cost a time slice) hurts it little. Wrap-around is the ring.
     """
-    k = a.shape[-1]
-    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    n = b.shape[-1]
-    out = torch.zeros((*batch, 1, n), dtype=torch.int64, device=a.device)
     col = a.transpose(-1, -2)                                        # (*Ba, k, 1)
-    scratch = None
-    for s in range(0, k, _DECODE_BLOCK):
-        e = min(s + _DECODE_BLOCK, k)
-        bb, cc = b[..., s:e, :], col[..., s:e, :]
-        shape = torch.broadcast_shapes(bb.shape, cc.shape)
-        if scratch is None or tuple(scratch.shape) != shape:
-            scratch = torch.empty(shape, dtype=torch.int64, device=a.device)
-        torch.mul(bb, cc, out=scratch)
-        out.add_(scratch.sum(dim=-2, keepdim=True))
-    return out
+    shape = torch.broadcast_shapes(b.shape, col.shape)
+    prod = torch.empty(shape, dtype=torch.int64, device=a.device) if scratch is None else \
+        scratch.get("t", shape, torch.int64, a.device)
+    torch.mul(b, col, out=prod)
+    return prod.sum(dim=-2, keepdim=True)
 
 
 def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
@@ -316,11 +307,12 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
         batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         out = torch.zeros((*batch, a.shape[-2], b.shape[-1]), dtype=torch.int64, device=a.device)
     elif a.device.type == "cpu" and a.shape[-2] <= INT64_ROWS:
-        out = _few_rows_cpu(a, b)
+        out = _one_row_cpu(a, b, _SCRATCH if USE_WORKSPACE else None)
     elif a.device.type == "cpu" and a.shape[-2] <= _INT64_MATMUL_ROWS and b_limbs is None:
         out = torch.matmul(a, b)
     else:
-        scratch = _SCRATCH if a.device.type == "cpu" else None     # CUDA: torch's caching allocator
+        # CUDA has torch's caching allocator; on CPU fresh pages cost a fault each
+        scratch = _SCRATCH if a.device.type == "cpu" and USE_WORKSPACE else None
         lb = b_limbs if b_limbs is not None and b_limbs.c == chunking(k, chunk)[0] else \
             split_right(b, chunk, scratch)
         out = matmul_limbs(split_left(a, chunk, scratch), lb, scratch)
