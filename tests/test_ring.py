@@ -22,7 +22,7 @@ def full_range(shape, gen) -> torch.Tensor:
     return x
 
 
-C = ringmm.CHUNK  # 910: the exactness bound of the 5-GEMM kernel's inner chunks
+C = ringmm.CHUNK  # 455: the exactness bound of the 5-GEMM kernel's inner chunks
 
 MATMUL_SHAPES = [
     ((1, 1), (1, 1)),
@@ -85,44 +85,66 @@ def test_limb_kernel_on_few_rows_and_noncontiguous(sa, sb, gen):
 
 
 def _word(x0: int, x1: int, x2: int) -> int:
-    """The signed int64 whose balanced limbs at offsets 0/21/43 are (x0, x1, x2)."""
+    """The signed int64 x0 + x1 * 2^21 + x2 * 2^43 (mod 2^64)."""
     v = (x0 + (x1 << 21) + (x2 << 43)) % (1 << 64)
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _limbs_of(w: int) -> list[float]:
+def _limbs_of(w: int, side: str) -> list[float]:
+    """[x0, x1, x2, xs] of one word as the left (balanced) or right (unsigned low limbs) split makes them."""
     x = torch.tensor([[w]], dtype=torch.int64)
     outs = [torch.empty((1, 1), dtype=torch.float64) for _ in range(4)]
-    ringmm._split(x, *outs)
+    (ringmm._split if side == "left" else ringmm._split_unsigned)(x, *outs)
     return [float(t) for t in outs]
 
 
-def test_split_limbs_are_balanced_and_exact(gen):
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_split_limbs_are_bounded_and_exact(side, gen):
     x = full_range((4000,), gen)
     l0, l1, l2, ls = (torch.empty(x.shape, dtype=torch.float64) for _ in range(4))
-    ringmm._split(x, l0, l1, l2, ls)
-    assert float(l0.min()) >= -(2 ** 20) and float(l0.max()) < 2 ** 20
-    assert float(l1.min()) >= -(2 ** 21) and float(l1.max()) < 2 ** 21
+    (ringmm._split if side == "left" else ringmm._split_unsigned)(x, l0, l1, l2, ls)
+    lo0, lo1 = (-(2 ** 20), -(2 ** 21)) if side == "left" else (0, 0)
+    assert float(l0.min()) >= lo0 and float(l0.max()) < lo0 + 2 ** 21
+    assert float(l1.min()) >= lo1 and float(l1.max()) < lo1 + 2 ** 22
     assert float(l2.min()) >= -(2 ** 20) and float(l2.max()) <= 2 ** 20
     assert torch.equal(ls, l0 + l1)
     back = l0.to(torch.int64) + l1.to(torch.int64) * (1 << 21) + l2.to(torch.int64) * (1 << 43)
     assert torch.equal(back, x)
-    # the extreme limbs are reached: the Karatsuba sum limb spans [-3*2^20, 3*2^20 - 2]
-    assert _limbs_of(_word(-(2 ** 20), -(2 ** 21), 0))[3] == -3 * 2 ** 20
-    assert _limbs_of(_word(2 ** 20 - 1, 2 ** 21 - 1, 0))[3] == 3 * 2 ** 20 - 2
-    assert _limbs_of(I64_MIN)[:3] == [0.0, 0.0, -(2.0 ** 20)]
 
 
-# the worst odd Karatsuba term: |as| = 3*2^20 - 1 on both sides, product (3*2^20 - 1)^2 (odd, ~9*2^40)
-WORST = _word(-(2 ** 20) + 1, -(2 ** 21), -(2 ** 20))
+def test_split_reaches_the_extreme_sum_limbs():
+    """The Karatsuba sum limbs span [-3*2^20, 3*2^20 - 2] (left) and [0, 3*2^21 - 2] (right)."""
+    assert _limbs_of(_word(-(2 ** 20), -(2 ** 21), 0), "left")[3] == -3 * 2 ** 20
+    assert _limbs_of(_word(2 ** 20 - 1, 2 ** 21 - 1, 0), "left")[3] == 3 * 2 ** 20 - 2
+    assert _limbs_of(_word(2 ** 21 - 1, 2 ** 22 - 1, 0), "right")[3] == 3 * 2 ** 21 - 2
+    assert _limbs_of(I64_MIN, "left")[:3] == [0.0, 0.0, -(2.0 ** 20)]
+    assert _limbs_of(I64_MIN, "right")[:3] == [0.0, 0.0, -(2.0 ** 20)]
+    assert _limbs_of(-1, "right")[:3] == [2.0 ** 21 - 1, 2.0 ** 22 - 1, -1.0]
+
+
+# the largest odd Karatsuba terms: as = -(3*2^20 - 1) (left), bs = 3*2^21 - 3 (right); EVEN_A has the
+# extreme as = -3*2^20 (its products are even)
+WORST_A = _word(-(2 ** 20) + 1, -(2 ** 21), -(2 ** 20))
+EVEN_A = _word(-(2 ** 20), -(2 ** 21), -(2 ** 20))
+WORST_B = _word(2 ** 21 - 1, 2 ** 22 - 2, -(2 ** 20))
+
+
+def _bound_operands(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """5 x k and k x 3 operands whose every sum-limb product is within 2^22 of the bound 9 * 2^41; one
+    even term makes the k-term sum odd (a sum above 2^53 then cannot be a float64)."""
+    assert _limbs_of(WORST_A, "left")[3] == -(3 * 2 ** 20 - 1)
+    assert _limbs_of(EVEN_A, "left")[3] == -3 * 2 ** 20
+    assert _limbs_of(WORST_B, "right")[3] == 3 * 2 ** 21 - 3
+    a = torch.full((5, k), WORST_A, dtype=torch.int64)          # 5 rows: the limb kernel on CPU too
+    a[:, 0] = EVEN_A
+    b = torch.full((k, 3), WORST_B, dtype=torch.int64)
+    return a, b
 
 
 @pytest.mark.parametrize("k", [C, C + 1, 2 * C, 2 * C + 1])
 def test_exact_at_the_float64_bound(k):
-    """Every sum limb at its largest odd magnitude over whole chunks: partial sums reach 910*9*2^40."""
-    assert _limbs_of(WORST)[3] == -(3 * 2 ** 20 - 1)
-    a = torch.full((5, k), WORST, dtype=torch.int64)            # 5 rows: the limb kernel on CPU too
-    b = torch.full((k, 3), WORST, dtype=torch.int64)
+    """Every sum limb at its largest magnitude over whole chunks: partial sums reach ~455 * 9 * 2^41."""
+    a, b = _bound_operands(k)
     assert torch.equal(ring.ring_matmul(a, b), ring.naive_ring_matmul(a, b))
     a[1] = I64_MIN
     b[:, 2] = I64_MAX
@@ -130,13 +152,12 @@ def test_exact_at_the_float64_bound(k):
 
 
 def test_chunk_one_past_the_bound_breaks():
-    """Positive control: a chunk of 911 (one past the proven bound) really loses exactness, so the
-    bound tests above can fail. 911 odd terms of (3*2^20 - 1)^2 sum to an odd integer > 2^53."""
-    k = C + 1
-    a = torch.full((5, k), WORST, dtype=torch.int64)
-    b = torch.full((k, 3), WORST, dtype=torch.int64)
+    """Positive control: a chunk of 456 (one past the proven bound) really loses exactness, so the
+    bound tests above can fail: 455 odd terms and one even term, each ~9 * 2^41, sum to an odd
+    integer above 2^53."""
+    a, b = _bound_operands(C + 1)
     ref = ring.naive_ring_matmul(a, b)
-    assert not torch.equal(ringmm.ring_matmul(a, b, chunk=k), ref)
+    assert not torch.equal(ringmm.ring_matmul(a, b, chunk=C + 1), ref)
     assert torch.equal(ringmm.ring_matmul(a, b, chunk=C), ref)
 
 
@@ -151,12 +172,12 @@ def test_extreme_words(k, rows):
 
 
 def test_chunking_covers_and_divides():
-    for k in [1, 2, 909, 910, 911, 1536, 1820, 1821, 2048, 3072, 5000, 7919, 100003]:
+    for k in [1, 2, C - 1, C, C + 1, 2 * C, 2 * C + 1, 768, 1536, 2048, 3072, 5000, 7919, 100003]:
         c, kc = ringmm.chunking(k)
         assert kc <= C and c * kc >= k and c == max(1, -(-k // kc)), k
-        if k in (1536, 2048, 3072, 5000):
+        if k in (768, 1536, 2048, 3072, 5000):
             assert c * kc == k, k                   # a divisor exists: no zero padding
-    assert ringmm.chunking(7919) == (9, 880)        # a prime: padded to 9 x 880
+    assert ringmm.chunking(7919) == (18, 440)       # a prime: padded to 18 x 440
 
 
 def test_cached_right_limbs(gen):
@@ -202,8 +223,8 @@ def test_ring_matmul_cuda_equals_cpu(sa, sb, gen):
     a, b = full_range(sa, gen), full_range(sb, gen)
     got = ring.ring_matmul(a.cuda(), b.cuda())
     assert got.is_cuda and torch.equal(got.cpu(), ring.naive_ring_matmul(a, b))
-    w = torch.full((2, C), WORST, dtype=torch.int64)
-    assert torch.equal(ring.ring_matmul(w.cuda(), w.t().cuda()).cpu(), ring.naive_ring_matmul(w, w.t()))
+    a, b = _bound_operands(C)
+    assert torch.equal(ring.ring_matmul(a.cuda(), b.cuda()).cpu(), ring.naive_ring_matmul(a, b))
 
 
 def _worst_limbs22_word() -> int:

@@ -6,15 +6,19 @@ GEMMs whose every partial sum stays an integer of magnitude <= 2^53 (float64 is 
 
 The 5-GEMM kernel (`ring_matmul`)
 ---------------------------------
-1. Split each operand at bit offsets 0 / 21 / 43 into balanced limbs (`_split`):
-       x = x0 + x1 * 2^21 + x2 * 2^43   (mod 2^64)
-   with x0 in [-2^20, 2^20), x1 in [-2^21, 2^21), x2 in [-2^20, 2^20) and the sum limb xs = x0 + x1 in
-   [-3*2^20, 3*2^20 - 2]. Nine elementwise passes write the four float64 limbs straight into the
-   GEMM operand buffers (no concatenation copies):
-       t = x + (2^20 + 2^42);  x0 = (t & (2^21-1)) - 2^20;  t >>= 21   (t = (x - x0)/2^21 + 2^21)
-       x1 = (t & (2^22-1)) - 2^21;  t >>= 22 (= x2);  xs = x0 + x1
-   Wrap-around in `x + ...` is harmless: only the limbs' residues (x2 mod 2^21, x1 mod 2^22) enter
-   the result mod 2^64, and the arithmetic shifts bound every limb whatever t is.
+1. Split both operands at bit offsets 0 / 21 / 43 into limbs held exactly as float64:
+       x = x0 + x1 * 2^21 + x2 * 2^43   (mod 2^64),   xs = x0 + x1 (the Karatsuba sum limb)
+   Left operand a, balanced limbs (`_split`, 9 elementwise passes):
+       t = a + (2^20 + 2^42);  a0 = (t & (2^21-1)) - 2^20;  t >>= 21   (t = (a - a0)/2^21 + 2^21)
+       a1 = (t & (2^22-1)) - 2^21;  t >>= 22 (= a2)
+       a0 in [-2^20, 2^20),  a1 in [-2^21, 2^21),  a2 in [-2^20, 2^20),  as in [-3*2^20, 3*2^20 - 2]
+   (wrap-around in `a + ...` is harmless: only a2 mod 2^21 and a1 mod 2^22 enter the result, and the
+   arithmetic shifts bound every limb whatever t is).
+   Right operand b (the weight-sized one in the engine), unsigned low limbs (`_split_unsigned`,
+   5 passes, no temporaries; two's complement makes the identity exact, not only mod 2^64):
+       b0 = b & (2^21-1) in [0, 2^21),  b1 = (b >> 21) & (2^22-1) in [0, 2^22),
+       b2 = b >> 43 in [-2^20, 2^20),   bs in [0, 3*2^21 - 2]
+   The limbs are written straight into the GEMM operand buffers (no concatenation copies).
 2. Of the products a_i b_j only those with shift < 64 matter:
        shift 0: a0 b0;  21: a0 b1 + a1 b0;  42: a1 b1;  43: a0 b2 + a2 b0.
    Karatsuba gives the middle term from one product, and the two shift-43 products are one GEMM over
@@ -25,17 +29,19 @@ The 5-GEMM kernel (`ring_matmul`)
    Cost: 5 m*k*n multiply-adds in 3 GEMM calls (P0; P2; P11 and Pm as one batch of 2), against 6
    for the 22-bit-limb schoolbook kernel (`ring_matmul_6gemm`, kept for the benchmark and tests).
 3. Exactness bound, which sets the inner-dimension chunk. With K terms per dot product:
-       |as * bs| <= (3*2^20)^2 = 9 * 2^40   ->  K * 9 * 2^40 <= 2^53  <=>  K <= floor(2^13 / 9) = 910
-       |a1 * b1| <= 2^42                    ->  K <= 2^11
-       |a0 * b0|, |a0 * b2|, |a2 * b0| <= 2^40, P2 has 2K terms  ->  K <= 2^12
+       |as * bs| <= 3*2^20 * (3*2^21 - 2) < 9 * 2^41  ->  K * 9 * 2^41 <= 2^53  <=>  K <= floor(2^12 / 9) = 455
+       |a1 * b1| < 2^43                              ->  K <= 2^10
+       |a0 b0|, |a2 b0| < 2^41, |a0 b2| <= 2^40; P2 has 2K terms  ->  K <= 2^11
    Each term is an integer of magnitude < 2^53 (exact in float64); every partial sum, in any order
    BLAS or cuBLAS chooses and with or without fused multiply-add, is an integer bounded by the sum of
-   the |terms| <= K * 9 * 2^40 <= 2^53, hence exactly representable, so every rounding step is exact.
-   Hence CHUNK = 910: the inner dimension is cut into c = ceil(k / 910) chunks of equal length
-   (zero-padded when no c up to 2*ceil(k/910) divides k); the chunks are a batch dimension of the
-   same GEMM calls and their int64 results are summed (wrap-around is the ring). At K = 911 the bound
-   fails: 911 equal odd products of (3*2^20 - 1)^2 sum to an odd integer above 2^53 that float64
-   cannot hold (tests/test_ring.py checks that this positive control really breaks).
+   the |terms| < K * 9 * 2^41 <= 2^53, hence exactly representable, so no step ever rounds.
+   Hence CHUNK = 455: the inner dimension is cut into c = ceil(k / 455) chunks of equal length
+   (zero-padded when no c up to 2*ceil(k/455) divides k); the chunks are a batch dimension of the
+   same GEMM calls and their int64 results are summed (wrap-around is the ring). At K = 456 the bound
+   fails: 455 odd products of -(3*2^20 - 1) * (3*2^21 - 3) and one even one of -3*2^20 * (3*2^21 - 3)
+   sum to an odd integer of magnitude above 2^53 that float64 cannot hold (tests/test_ring.py checks
+   that this positive control really breaks). Balanced right limbs would allow K <= 910 but cost
+   8 more passes over the (large) right operand than the extra chunk outputs cost.
 4. Recombine: the four float64 products are converted to int64 once (exact: |P| <= 2^53), weighted
    and summed over the 4 products and the chunks in two passes.
 
@@ -61,7 +67,7 @@ import threading
 import torch
 
 LIMB_OFFSETS = (0, 21, 43)
-CHUNK = 910                          # max inner dimension per float64 GEMM chunk (proof above)
+CHUNK = 455                          # max inner dimension per float64 GEMM chunk (proof above)
 INT64_ROWS = 1                       # CPU: up to this many rows of a, never split b (measured)
 _ADD = (1 << 20) + (1 << 42)         # balances limb 0 and pre-adds limb 1's 2^21 offset
 _M21 = (1 << 21) - 1
@@ -87,7 +93,7 @@ def chunking(k: int, chunk: int = CHUNK) -> tuple[int, int]:
 
 def _split(x: torch.Tensor, l0: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, ls: torch.Tensor,
            scratch: "_Scratch | None" = None) -> None:
-    """Write x's balanced limbs (offsets 0/21/43) and l0 + l1 as float64 into the given views.
+    """Write x's balanced limbs (offsets 0/21/43) and l0 + l1 as float64 into the given views (left operand).
 
     # x: int64 of any strides; l0, l1, l2, ls: float64 views of x's shape. 9 elementwise passes; the two
     # int64 temporaries come from `scratch` when given (no fresh pages, see _Scratch).
@@ -107,6 +113,21 @@ def _split(x: torch.Tensor, l0: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor
     t.bitwise_right_shift_(22)                   # x2 in [-2^20, 2^20)
     l2.copy_(t)
     torch.add(l0, l1, out=ls)                    # xs in [-3*2^20, 3*2^20 - 2]
+
+
+def _split_unsigned(x: torch.Tensor, l0: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor,
+                    ls: torch.Tensor) -> None:
+    """Write x's limbs at offsets 0/21/43 with unsigned low limbs, and l0 + l1, as float64 (right operand).
+
+    # x: int64 of any strides; l0 in [0, 2^21), l1 in [0, 2^22), l2 = x >> 43 in [-2^20, 2^20),
+    # ls in [0, 3*2^21 - 2]; x = l0 + l1 * 2^21 + l2 * 2^43 exactly (two's complement).
+    # 5 passes (11 reads + writes of 8 bytes per element, against 19 for the balanced split), no temporaries.
+    """
+    torch.bitwise_and(x, _M21, out=l0)
+    torch.bitwise_and(x, _M22 << 21, out=l1)     # x1 * 2^21 < 2^43: exact in float64
+    l1.mul_(2.0 ** -21)
+    torch.bitwise_right_shift(x, 43, out=l2)
+    torch.add(l0, l1, out=ls)
 
 
 class _Scratch(threading.local):
@@ -164,6 +185,7 @@ class Limbs:
 
     side "left"  (a: (*B, m, k)):  wide (*B, c, m, 2kc) = [a0 | a2];  pair (2, *B, c, m, kc) = [a1, as]
     side "right" (b: (*B, k, n)):  wide (*B, c, 2kc, n) = [b2 ; b0];  pair (2, *B, c, kc, n) = [b1, bs]
+    (left limbs are balanced, right limbs have unsigned b0, b1: see the module doc, step 1)
     `source` records the tensor it was made from (shape, strides, storage, version counter) so that
     `ring_matmul(a, b, b_limbs=...)` can refuse limbs of another or a since-modified tensor.
     Memory: 4 float64 words per element of the operand (32 bytes per element, with padding).
@@ -219,7 +241,7 @@ def split_right(b: torch.Tensor, chunk: int = CHUNK, _scratch: "_Scratch | None"
     src = bp.unflatten(-2, (c, kc))                                  # (*B, c, kc, n) view
     wide = _empty(_scratch, "bw", (*batch, c, 2 * kc, n), b.device)
     pair = _empty(_scratch, "bp", (2, *batch, c, kc, n), b.device)
-    _split(src, wide[..., kc:, :], pair[0], wide[..., :kc, :], pair[1], _scratch)
+    _split_unsigned(src, wide[..., kc:, :], pair[0], wide[..., :kc, :], pair[1])
     return Limbs("right", tuple(batch), n, k, c, kc, wide, pair, _fingerprint(b))
 
 
