@@ -254,6 +254,16 @@ def _lift(t: torch.Tensor, lead: int, extra: int) -> torch.Tensor:
     return t.reshape((*t.shape[:lead], *([1] * extra), *t.shape[lead:]))
 
 
+_WEIGHT_TENSORS: dict[str, torch.Tensor] = {}
+
+
+def _weights(device) -> torch.Tensor:
+    key = str(device)
+    if key not in _WEIGHT_TENSORS:
+        _WEIGHT_TENSORS[key] = torch.tensor(_WEIGHTS, dtype=torch.int64, device=device)
+    return _WEIGHT_TENSORS[key]
+
+
 def matmul_limbs(la: Limbs, lb: Limbs, _scratch: "_Scratch | None" = None) -> torch.Tensor:
     """a @ b over Z_2^64 from both operands' limbs: (*broadcast(Ba, Bb), m, n) int64.
 
@@ -277,8 +287,7 @@ def matmul_limbs(la: Limbs, lb: Limbs, _scratch: "_Scratch | None" = None) -> to
     gi = torch.empty(g.shape, dtype=torch.int64, device=g.device) if _scratch is None else \
         _scratch.get("gi", g.shape, torch.int64, g.device)
     gi.copy_(g)
-    w = torch.tensor(_WEIGHTS, dtype=torch.int64, device=gi.device).view(4, *([1] * (gi.dim() - 1)))
-    gi.mul_(w)                                                       # wraps mod 2^64
+    gi.mul_(_weights(gi.device).view(4, *([1] * (gi.dim() - 1))))    # wraps mod 2^64
     return gi.sum(dim=(0, -3))                                       # over the 4 products and the chunks
 
 
