@@ -26,6 +26,8 @@ Columns:
   speedup_vs_crypten = crypten_seconds / seconds.
   cpu_model, vector_ext  /proc/cpuinfo's model name and its vector extensions (avx2, avx512f, ...).
   malloc_tunables        the GLIBC_TUNABLES of the run (glibc.malloc.hugetlb=1 cuts page-fault time).
+  omp_wait_policy        the OMP_WAIT_POLICY of the run (PASSIVE: idle OpenMP threads sleep instead of
+                         spinning; on a loaded shared machine that decides the timings).
 Machine load matters on a shared 2-core machine: the 1-minute load average before and after each op
 is written into its row.
 
@@ -275,6 +277,7 @@ def main(argv=None) -> int:
         r.update(device=args.device if args.device == "cpu" else torch.cuda.get_device_name(),
                  threads=args.threads, reps=args.reps, truncation=args.truncation, frac_bits=args.frac_bits,
                  cpu_model=model, vector_ext=vec, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                 omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
                  cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
                  timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     df = pd.DataFrame(rows)

@@ -17,8 +17,8 @@ Every kernel's result is checked against torch's int64 matmul before timing.
 
 Columns: group, shape_a, shape_b, kernel, median_ms, min_ms, max_ms, reps, speedup (baseline median /
 median; baseline = 6gemm for large, int64 for decode), minor_faults (median per call), threads,
-cpu_model, vector_ext, malloc_tunables (GLIBC_TUNABLES), load_avg_1m_before/after (per shape), cpus,
-torch, timestamp.
+cpu_model, vector_ext, malloc_tunables (GLIBC_TUNABLES), omp_wait_policy (OMP_WAIT_POLICY),
+load_avg_1m_before/after (per shape), cpus, torch, timestamp.
 
 Usage: python benchmarks/ring_matmul.py [--reps 15] [--threads 2] [--groups large,decode]
                                         [--out results/ring_matmul.csv] [--overwrite]
@@ -146,7 +146,8 @@ def main(argv=None) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for r in rows:
         r.update(threads=args.threads, cpu_model=model, vector_ext=vec,
-                 malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""), cpus=os.cpu_count(),
+                 malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                 omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""), cpus=os.cpu_count(),
                  torch=torch.__version__, timestamp=stamp)
     df = pd.DataFrame(rows)
     print(df[["group", "shape_a", "shape_b", "kernel", "median_ms", "min_ms", "speedup", "minor_faults",
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/ring_matmul.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(out, "w") as f:
-        f.write(f"# {cmd}  (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}; {model}; {vec})\n")
+        env = " ".join(f"{k}={os.environ[k]}" for k in ("GLIBC_TUNABLES", "OMP_WAIT_POLICY") if k in os.environ)
+        f.write(f"# {(env + ' ') if env else ''}{cmd}  ({model}; {vec}; {args.threads} threads)\n")
         df.to_csv(f, index=False)
     log.info("wrote %s", out)
     return 0
