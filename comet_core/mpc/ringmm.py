@@ -42,8 +42,8 @@ The 5-GEMM kernel (`ring_matmul`)
    sum to an odd integer of magnitude above 2^53 that float64 cannot hold (tests/test_ring.py checks
    that this positive control really breaks). Balanced right limbs would allow K <= 910 but cost
    8 more passes over the (large) right operand than the extra chunk outputs cost.
-4. Recombine: the four float64 products are converted to int64 once (exact: |P| <= 2^53), weighted
-   and summed over the 4 products and the chunks in two passes.
+4. Recombine: the four float64 products are converted to int64 once (exact: |P| <= 2^53), summed
+   over the chunks, weighted and summed over the 4 products (int64 wrap-around is the ring).
 
 Reused operands: `split_right(b)` returns a `Limbs` object with b's limbs in GEMM layout; pass it as
 `ring_matmul(a, b, b_limbs=...)` to skip b's split (the dominant elementwise cost when b is a
@@ -286,9 +286,10 @@ def matmul_limbs(la: Limbs, lb: Limbs, _scratch: "_Scratch | None" = None) -> to
     torch.matmul(ap, bp, out=g[2:])                                  # [a1 @ b1, as @ bs]
     gi = torch.empty(g.shape, dtype=torch.int64, device=g.device) if _scratch is None else \
         _scratch.get("gi", g.shape, torch.int64, g.device)
-    gi.copy_(g)
-    gi.mul_(_weights(gi.device).view(4, *([1] * (gi.dim() - 1))))    # wraps mod 2^64
-    return gi.sum(dim=(0, -3))                                       # over the 4 products and the chunks
+    gi.copy_(g)                                                      # exact: |P| <= 2^53
+    gs = gi.sum(dim=-3) if la.c > 1 else gi.squeeze(-3)              # over the chunks: (4, *B, m, n)
+    gs.mul_(_weights(gi.device).view(4, *([1] * (gs.dim() - 1))))    # wraps mod 2^64
+    return gs.sum(dim=0)
 
 
 def _one_row_cpu(a: torch.Tensor, b: torch.Tensor, scratch: "_Scratch | None") -> torch.Tensor:
