@@ -11,7 +11,8 @@ that load spikes on a shared machine hit all kernels alike; medians reported):
     split_b       split_right(b) alone (the elementwise part that caching saves)
   decode shapes (1-3 rows, SmolLM2-135M and OPT-125m projections):
     int64         torch's int64 matmul (what the previous kernel used for <= 3 rows on CPU)
-    5gemm         the new ring_matmul's choice (one row: blocked elementwise int64; 2-3 rows: int64)
+    5gemm         the new ring_matmul's choice (one row: elementwise int64 multiply + column sum;
+                  2-3 rows: torch's int64 matmul)
     limbs         the float64 limb kernel forced (split of both operands; what CUDA runs)
 Every kernel's result is checked against torch's int64 matmul before timing.
 

@@ -51,9 +51,16 @@ weight-sized mask used in several products). `split_left(a)` does the same for a
 
 Few rows (decode: one token): on CPU, with at most 3 rows in a, splitting a weight-sized b costs more
 than the whole product, so b is never split: one row (`INT64_ROWS`) is an elementwise int64 product
-and a column sum (vectorised int64 multiply, ~2x torch's int64 matmul on an idle machine), and 2-3
-rows use torch's int64 matmul (it reads b once for all rows; per-row passes lose there). CUDA has no
-int64 matmul, so it always takes the limb path.
+and a column sum (vectorised int64 multiply), and 2-3 rows use torch's int64 matmul (single-threaded,
+but it reads b once for all rows; per-row passes lose there). Measured on the 2-core AMD EPYC
+(results/ring_matmul.csv, 2 threads): one row 1.2-1.7x faster than torch's int64 matmul on the
+768x3072 and 3072x768 weights, ~1.0-1.2x on 576x1536 (1 thread: 1.0-1.3x). CUDA has no int64
+matmul, so it always takes the limb path.
+
+Measured speed (results/ring_matmul.csv, interleaved medians, 2 threads, load ~1.9): 1.17x the
+previous kernel on 128x768 @ 768x3072 and on 128x3072 @ 3072x768, 1.54x on (12,128,64) @ (12,64,128);
+with b's limbs cached 1.40x / 1.37x / 1.58x. The 5 GEMMs are 5/6 of the old flops; the rest is the
+cheaper split and no page faults (workspaces).
 
 Everything is device-agnostic (buffers are created on the operands' device); cost mode passes
 data-free `Shape`s through `comet_core.mpc.ring.ring_matmul`, not here.
@@ -133,13 +140,15 @@ def _split_unsigned(x: torch.Tensor, l0: torch.Tensor, l1: torch.Tensor, l2: tor
 class _Scratch(threading.local):
     """Per-thread workspaces of the CPU kernel, reused across calls.
 
-    Every fresh large tensor costs one page fault per 4 KiB page on first touch (glibc returns freed
-    large blocks to the kernel): on the development machine that was ~1.4 us per page, ~40 ms of
-    the ~80 ms that the split of a 768x3072 operand took. One flat buffer per role, grown to the
-    largest size seen, removes those faults after the first call. Held memory: about 48 bytes per
-    element of the largest right operand seen (its 4 float64 limbs and 2 int64 temporaries) plus the
-    left operand's and the output's share; `release_workspace()` frees it. Per thread, so concurrent
-    callers never share a buffer.
+    Every fresh large tensor costs one page fault per 4 KiB page on first touch (glibc hands freed
+    large blocks back to the kernel). In results/ring_matmul_allocator.csv the previous kernel takes
+    ~22k faults per 128x768 @ 768x3072 product, 126 ms against 90 ms without them (1 thread). One
+    flat buffer per role, grown to the largest size seen, removes those faults after the first call.
+    Held memory: about 40 bytes per element of the largest right operand seen (4 float64 limbs; the
+    one-row path's int64 product) plus the left operand's limbs and the chunked products;
+    `release_workspace()` frees it. Per thread, so concurrent callers never share a buffer.
+    The process-wide alternative for all other large temporaries: GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+    (2 MiB pages via madvise: 512x fewer faults).
     """
 
     def __init__(self) -> None:
