@@ -53,14 +53,15 @@ Few rows (decode: one token): on CPU, with at most 3 rows in a, splitting a weig
 than the whole product, so b is never split: one row (`INT64_ROWS`) is an elementwise int64 product
 and a column sum (vectorised int64 multiply), and 2-3 rows use torch's int64 matmul (single-threaded,
 but it reads b once for all rows; per-row passes lose there). Measured on the 2-core AMD EPYC
-(results/ring_matmul.csv, 2 threads): one row 1.2-1.7x faster than torch's int64 matmul on the
-768x3072 and 3072x768 weights, ~1.0-1.2x on 576x1536 (1 thread: 1.0-1.3x). CUDA has no int64
-matmul, so it always takes the limb path.
+(results/ring_matmul.csv, 2 threads, load 0.7-1.0): one row 1.6-1.9x faster than torch's int64 matmul
+on 576x1536, 1536x576, 768x3072 and 3072x768 (1 thread: 1.0-1.3x). CUDA has no int64 matmul, so it
+always takes the limb path.
 
-Measured speed (results/ring_matmul.csv, interleaved medians, 2 threads, load ~1.9): 1.17x the
-previous kernel on 128x768 @ 768x3072 and on 128x3072 @ 3072x768, 1.54x on (12,128,64) @ (12,64,128);
-with b's limbs cached 1.40x / 1.37x / 1.58x. The 5 GEMMs are 5/6 of the old flops; the rest is the
-cheaper split and no page faults (workspaces).
+Measured speed against the previous kernel (same file, interleaved medians): 1.12x on
+128x768 @ 768x3072, 0.96x on 128x3072 @ 3072x768, 1.12x on (12,128,64) @ (12,64,128); with b's limbs
+cached 1.55x / 1.24x / 1.22x. The 5 GEMMs are 5/6 of the old flops, but writing b's 4 float64 limbs
+is memory-bound (~1 GEMM's time for a 768x3072 operand), so the uncached gain is small; caching the
+limbs of a reused operand, and the absent page faults (workspaces), are where the time goes.
 
 Everything is device-agnostic (buffers are created on the operands' device); cost mode passes
 data-free `Shape`s through `comet_core.mpc.ring.ring_matmul`, not here.
