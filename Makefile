@@ -23,9 +23,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# a scratch copy under outputs/; results/engine_ops.csv is refreshed only by an explicit --overwrite run
+# scratch copies under outputs/; results/*.csv are refreshed only by explicit runs (README, Results)
 bench: install
 	$(BIN)/python benchmarks/engine_ops.py --out outputs/bench/engine_ops.csv --overwrite
+	$(BIN)/python benchmarks/ring_matmul.py --out outputs/bench/ring_matmul.csv --overwrite
 
 clean:
 	rm -rf $(VENV) outputs multirun

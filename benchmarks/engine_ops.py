@@ -6,6 +6,10 @@ Operations (the shapes of shared/benchmarks/crypten, same input domains):
            the dealer's triple generation (a, b, c = a @ b) timed inside the op, as in CrypTen (TFP)
   relu     128x3072
   softmax  12x128x128 along the last dim
+  ffn_decode  OPT-125m FFN for one decode token: relu(x @ W1 + b1) @ W2 + b2 with x 1x768 (client),
+           W1 768x3072, b1, W2 3072x768, b2 secret (model owner). The dense system's default mask
+           policy: the weight masks are drawn and W - B opened again in every call (reuse_mask=False),
+           the dealer's work (masks, triples) inside the timed op, as in the CrypTen and SPU harnesses.
 Each op runs in exact mode on real shares: 1 warm-up + N timed reps, median reported. Inputs are
 shared once before timing and the result is opened after it (neither is timed), like CrypTen's harness.
 
@@ -20,8 +24,12 @@ Columns:
   max_abs_err    max |opened result - float64 plaintext| over the warm-up and all reps.
   crypten_*      CrypTen 0.4.1's row of the same case (2 processes x 1 thread, gloo over loopback).
   speedup_vs_crypten = crypten_seconds / seconds.
-Machine load matters on a shared 2-core machine: the 1-minute load average before and after the run
-is written into every row.
+  cpu_model, vector_ext  /proc/cpuinfo's model name and its vector extensions (avx2, avx512f, ...).
+  malloc_tunables        the GLIBC_TUNABLES of the run (glibc.malloc.hugetlb=1 cuts page-fault time).
+  omp_wait_policy        the OMP_WAIT_POLICY of the run (PASSIVE: idle OpenMP threads sleep instead of
+                         spinning; on a loaded shared machine that decides the timings).
+Machine load matters on a shared 2-core machine: the 1-minute load average before and after each op
+is written into its row.
 
 Usage: python benchmarks/engine_ops.py [--reps 5] [--threads 2] [--out results/engine_ops.csv] [--overwrite]
 """
@@ -52,7 +60,7 @@ log = logging.getLogger("engine_ops")
 
 DEFAULT_OUT = "results/engine_ops.csv"
 DEFAULT_CRYPTEN = "../shared/benchmarks/crypten/results.csv"
-OPS = ("matmul", "relu", "softmax")
+OPS = ("matmul", "relu", "softmax", "ffn_decode")
 
 
 def _load_avg() -> float:
@@ -60,6 +68,22 @@ def _load_avg() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
+
+
+def cpu_info() -> tuple[str, str]:
+    """(model name, vector extensions) from /proc/cpuinfo; ("unknown", "") elsewhere."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = val.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(val.split())
+    except OSError:
+        pass
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512_vnni", "amx_tile")
+    return model or platform.processor() or "unknown", "+".join(f for f in wanted if f in flags)
 
 
 def _sync() -> None:
@@ -98,6 +122,25 @@ def make_case(op: str, gen: torch.Generator):
         return dict(shape="12x128x128 dim=-1", inputs=[(x, "client")], protocol=nl.softmax,
                     ref=lambda a: torch.softmax(a, -1), plain=lambda a: torch.softmax(a, -1),
                     cost=lambda m: nl.softmax_cost(m, rows=12 * 128, n=128))
+    if op == "ffn_decode":
+        d, ff = 768, 3072
+        x = torch.randn(1, d, generator=gen, dtype=torch.float64)
+        w1 = torch.randn(d, ff, generator=gen, dtype=torch.float64) / d ** 0.5
+        b1 = torch.randn(ff, generator=gen, dtype=torch.float64) * 0.02
+        w2 = torch.randn(ff, d, generator=gen, dtype=torch.float64) / ff ** 0.5
+        b2 = torch.randn(d, generator=gen, dtype=torch.float64) * 0.02
+
+        def ffn(x, w1, b1, w2, b2):  # masks of W1, W2 re-opened per call (the dense default)
+            h = compare.relu(arith.matmul(x, w1, reuse_mask=False) + b1)
+            return arith.matmul(h, w2, reuse_mask=False) + b2
+
+        return dict(shape=f"1x{d}; fc1 {d}->{ff} +b; relu; fc2 {ff}->{d} +b",
+                    inputs=[(x, "client"), (w1, "model_owner"), (b1, "model_owner"), (w2, "model_owner"),
+                            (b2, "model_owner")],
+                    protocol=ffn, ref=lambda x, w1, b1, w2, b2: torch.relu(x @ w1 + b1) @ w2 + b2,
+                    plain=lambda x, w1, b1, w2, b2: torch.relu(x @ w1 + b1) @ w2 + b2,
+                    cost=lambda m: arith.matmul_cost(m, d, d * ff, ff) + compare.relu_cost(m, ff)
+                    + arith.matmul_cost(m, ff, ff * d, d))
     raise ValueError(op)
 
 
@@ -215,9 +258,14 @@ def main(argv=None) -> int:
     crypten = read_crypten(_resolve(args.crypten, DEFAULT_CRYPTEN))
 
     load_before = _load_avg()
-    log.info("torch %s, %d threads, %d CPUs, load average (1 min) %.2f", torch.__version__,
-             torch.get_num_threads(), os.cpu_count() or 0, load_before)
-    rows = [run_op(op, args) for op in ops]
+    model, vec = cpu_info()
+    log.info("torch %s, %d threads, %d CPUs (%s; %s), load average (1 min) %.2f", torch.__version__,
+             torch.get_num_threads(), os.cpu_count() or 0, model, vec, load_before)
+    rows = []
+    for op in ops:
+        before = _load_avg()
+        rows.append(run_op(op, args))
+        rows[-1].update(load_avg_1m_before=round(before, 2), load_avg_1m_after=round(_load_avg(), 2))
     load_after = _load_avg()
 
     for r in rows:
@@ -228,10 +276,16 @@ def main(argv=None) -> int:
         r["speedup_vs_crypten"] = r["crypten_seconds"] / r["seconds"] if c else float("nan")
         r.update(device=args.device if args.device == "cpu" else torch.cuda.get_device_name(),
                  threads=args.threads, reps=args.reps, truncation=args.truncation, frac_bits=args.frac_bits,
-                 load_avg_1m_before=round(load_before, 2), load_avg_1m_after=round(load_after, 2),
+                 cpu_model=model, vector_ext=vec, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                 omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
                  cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
                  timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     df = pd.DataFrame(rows)
+    first = ["op", "shape", "online_bytes", "rounds", "offline_bytes", "seconds", "dealer_seconds", "plain_seconds",
+             "max_abs_err", "crypten_seconds", "crypten_rounds", "crypten_bytes_per_party", "speedup_vs_crypten",
+             "device", "threads", "reps", "truncation", "frac_bits", "load_avg_1m_before", "load_avg_1m_after", "cpus",
+             "torch", "python", "timestamp"]                 # the columns of earlier runs keep their order
+    df = df[first + [c for c in df.columns if c not in first]]
 
     show = df[["op", "shape", "online_bytes", "rounds", "seconds", "dealer_seconds", "plain_seconds", "max_abs_err",
                "crypten_seconds", "crypten_rounds", "crypten_bytes_per_party", "speedup_vs_crypten"]]

@@ -1,4 +1,4 @@
-"""The ring Z_2^64 on torch.int64, fixed-point encoding and the fast exact ring matmul.
+"""The ring Z_2^64 on torch.int64, fixed-point encoding and the fast exact ring matmul (kernel in ringmm).
 
 Ring elements are torch.int64; two's-complement wrap-around of +, -, * is the ring's arithmetic.
 In cost mode, data-free `Shape` objects (is_meta = True) stand in for tensors: every function here
@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from comet_core.mpc import ringmm
 from comet_core.mpc.prg import PRG
+from comet_core.mpc.ringmm import Limbs, ring_matmul_6gemm  # noqa: F401  (re-exported)
 from comet_core.mpc.shape import Shape, broadcast
 
 RING_BITS = 64
 BYTES_PER_ELEMENT = 8
-
-# Balanced 22-bit limbs for the float64 matmul: |limb| <= 2^21, so one limb product is <= 2^42 and a sum
-# of up to 2^11 of them stays <= 2^53, where float64 is exact.
-_LIMB_BITS = 22
-_LIMB_HALF = 1 << (_LIMB_BITS - 1)
-_LIMB_MASK = (1 << _LIMB_BITS) - 1
-_MAX_INNER = 1 << 11
-_INT64_MAX_ROWS = 3  # up to this many rows of a, int64 matmul is faster (measured on 576x1536)
-
 
 ENCODE_LIMIT = 2.0 ** 62  # |round(x 2^f)| <= 2^62: the range in which dealer truncation is exact
 
@@ -73,19 +66,6 @@ def random_bits(shape, bits: int, generator: "PRG | None", device) -> torch.Tens
     return r if bits >= 64 or r.is_meta else r.bitwise_and_((1 << bits) - 1)
 
 
-def _limbs(x: torch.Tensor) -> list[torch.Tensor]:
-    """Split int64 into 3 balanced limbs (22, 22, 20 bits) as float64: x = l0 + l1*2^22 + l2*2^44."""
-    out = []
-    t = x + _LIMB_HALF  # low limb = (t mod 2^22) - 2^21, and (x - low) >> 22 == t >> 22
-    for i in range(2):
-        out.append((t & _LIMB_MASK).sub_(_LIMB_HALF).to(torch.float64))
-        t = t.__irshift__(_LIMB_BITS)
-        if i == 0:
-            t.add_(_LIMB_HALF)
-    out.append(t.to(torch.float64))
-    return out
-
-
 def _matmul_shape(a, b) -> tuple:
     """torch.matmul's output shape (1-D operands and batch broadcasting included)."""
     sa, sb = tuple(a.shape), tuple(b.shape)
@@ -99,52 +79,20 @@ def _matmul_shape(a, b) -> tuple:
     return (*batch, sa[-2], sb[-1])
 
 
-def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b over Z_2^64, exactly, through float64 BLAS (torch.matmul broadcasting rules).
+def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: "Limbs | None" = None) -> torch.Tensor:
+    """a @ b over Z_2^64, exactly (torch.matmul broadcasting); a Shape in cost mode.
 
-    int64 matmul has no BLAS path (about 100x slower), so both operands are split into balanced
-    22-bit limbs; only the 6 limb pairs whose shift is below 64 are multiplied:
-      shift 0: a0 b0;  shift 22: a0 b1 + a1 b0;  shift 44: a0 b2 + a1 b1 + a2 b0.
-    Each float64 product is exact while the inner dimension is <= 2^11; longer inner dimensions are
-    split into chunks whose int64 results are summed (wrap-around is the ring).
-    Cost: 6 float64 matmuls of the same shape (3 calls: a's limbs are stacked along the rows).
-    With at most 3 rows in a, torch's own int64 matmul is used instead: limb splitting of b would
-    dominate (6x slower for one row).
+    The 5-GEMM float64 limb kernel of comet_core.mpc.ringmm (its docstring has the exactness proof);
+    `b_limbs = split_right(b)` skips b's split when b (a weight mask) is used in several products.
     """
     if a.is_meta or b.is_meta:
         return Shape(_matmul_shape(a, b))
-    if a.device.type == "cpu" and (a.dim() == 1 or a.shape[-2] <= _INT64_MAX_ROWS):
-        # a few rows (decode: one token): torch's int64 matmul beats splitting b into limbs
-        return torch.matmul(a, b)
-    k = a.shape[-1]
-    if k > _MAX_INNER:
-        out = None
-        for s in range(0, k, _MAX_INNER):
-            part = ring_matmul(a[..., s : s + _MAX_INNER], b[..., s : s + _MAX_INNER, :])
-            out = part if out is None else out + part
-        return out
-    vec_a = a.dim() == 1
-    vec_b = b.dim() == 1
-    if vec_a:
-        a = a.unsqueeze(0)
-    if vec_b:
-        b = b.unsqueeze(-1)
-    a0, a1, a2 = _limbs(a)
-    b0, b1, b2 = _limbs(b)
-    m = a.shape[-2]
-    # b0 meets all three limbs of a, b1 two of them, b2 one: stack a's limbs along rows.
-    p0 = torch.matmul(torch.cat([a0, a1, a2], dim=-2), b0).to(torch.int64)
-    p1 = torch.matmul(torch.cat([a0, a1], dim=-2), b1).to(torch.int64)
-    p2 = torch.matmul(a0, b2).to(torch.int64)
-    s0 = p0[..., :m, :]
-    s22 = p0[..., m : 2 * m, :] + p1[..., :m, :]
-    s44 = p0[..., 2 * m :, :] + p1[..., m:, :] + p2
-    out = s0 + s22 * (1 << 22) + s44 * (1 << 44)
-    if vec_a:
-        out = out.squeeze(-2)
-    if vec_b:
-        out = out.squeeze(-1)
-    return out
+    return ringmm.ring_matmul(a, b, b_limbs=b_limbs)
+
+
+def split_right(b: torch.Tensor) -> "Limbs | None":
+    """Pre-split a reused right operand for ring_matmul(a, b, b_limbs=...); None in cost mode."""
+    return None if b.is_meta else ringmm.split_right(b)
 
 
 def naive_ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
