@@ -76,8 +76,6 @@ def ltz(x: AShare) -> AShare:
     (CrypTen: 1344 bits, 8 rounds); offline 64+64 + 2*(32+16+8+4+2)+1 + 65 bits.
     """
     mpc = x.mpc
-    shape = x.shape
-    n = x.numel()
     with mpc.ledger.protocol("ltz"):
         return b2a_bit(mpc, ltz_bits(x))
 

@@ -210,12 +210,6 @@ class MPC:
         got = self.channel.send_one_way(sender, data[0], bits)
         return None if self.rank == sender else got
 
-    def peek(self, x: "AShare") -> torch.Tensor:
-        """The plaintext of x without any message (simulation only): for checks such as the mask-flip
-        count, never for protocol decisions. A single party cannot peek."""
-        require(self.simulated and not self.is_cost, "peek needs the simulation (both shares in one process)")
-        return ring.decode(x.data[0] + x.data[1], x.frac)
-
     def public_share(self, value: torch.Tensor) -> torch.Tensor:
         """Shares of a public ring tensor: P0 holds it, P1 holds 0 (local, no message)."""
         if value.is_meta:

@@ -8,11 +8,9 @@ per-position masks in a full recomputation is then the same function as the cach
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from comet_core.models.generate import Generation
+from comet_core.models.generate import Generation, plaintext_generate
 from comet_core.predictor.sites import layer_sites
 
 
@@ -52,18 +50,8 @@ def masked_generate(model, prompt_ids: list[int], new_tokens: int, masks: dict[t
             per_head = g.repeat_interleave(H // g.shape[-1], dim=-1)              # (T, H)
             return (a * per_head.repeat_interleave(a.shape[-1] // H, dim=-1),) + tuple(args[1:])
         hooks.append(s.attn_out.register_forward_pre_hook(pre_heads))
-    ids = list(prompt_ids)
-    gen = Generation(tokens=[])
-    t0 = time.perf_counter()
     try:
-        for _ in range(new_tokens):
-            logits = model(torch.tensor([ids])).logits[0, -1].double()
-            nxt = int(torch.argmax(logits))
-            gen.logits.append(logits.float())
-            gen.tokens.append(nxt)
-            ids.append(nxt)
+        return plaintext_generate(model, prompt_ids, new_tokens)   # the hooks apply the masks
     finally:
         for h in hooks:
             h.remove()
-    gen.stage_seconds = {"total": time.perf_counter() - t0}
-    return gen

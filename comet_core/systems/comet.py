@@ -154,7 +154,6 @@ class CometSystem(HeadSparsity, DenseSystem):
     def _permute_layer(self, mpc, lw: dict, pred: dict) -> LayerRequest:
         llama = "w_gate" in lw
         ins = [lw["w_gate"], lw["w_up"]] if llama else [lw["w1"]]
-        d = ins[0].shape[0]
         F = ins[0].shape[1]
         w_out = lw["w_down"] if llama else lw["w2"]
         rows = [*ins, w_out.transpose(0, 1), pred["w2"], pred["b2"].unsqueeze(0)]
@@ -311,17 +310,12 @@ def setup_cost(mpc, d: int, F: int, r: int, llama: bool):
     return permute_cost(mpc, rows * F)
 
 
-def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
-    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons."""
-    from comet_core.mpc import compare, nonlinear as nl
-    from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
+def sparse_ffn_cost(mpc, T: int, d: int, k: int, llama: bool):
+    """Steps 4-6 (CometSystem._sparse_ffn) on k > 0 selected neurons: SOMM, activation, SIMM."""
+    from comet_core.mpc import nonlinear as nl
 
-    c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
-    c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
-    if k == 0:
-        return c
     w = 2 * k if llama else k
-    c = c + arith.matmul_cost(mpc, T * d, d * w, T * w)
+    c = arith.matmul_cost(mpc, T * d, d * w, T * w)
     if llama:
         c = c + nl.silu_cost(mpc, T * k) + arith.mul_cost(mpc, T * k, T * k, T * k)
     else:
@@ -329,10 +323,20 @@ def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
     return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
 
 
+def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
+    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons."""
+    from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
+
+    c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
+    c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
+    if k == 0:
+        return c
+    return c + sparse_ffn_cost(mpc, T, d, k, llama)
+
+
 def ffn_oblivious_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
     """The oblivious-indexing variant's steps 1-5 (CometSystem._ffn_oblivious)."""
     from comet_core.comm.ledger import Cost
-    from comet_core.mpc import nonlinear as nl
 
     W = 8
     c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
@@ -344,10 +348,4 @@ def ffn_oblivious_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: 
     c = c + compare.drelu_cost(mpc, (k + 1) * F) + arith.mul_cost(mpc, k * F, F, k * F, frac_sum=0)
     c = c + Cost(2 * W * (rows * F + F * k), W * rows * k, 1)   # [W_in b_in] Sel^T: integer Sel, no truncation
     c = c + Cost(2 * W * (k * F + F * d), W * k * d, 1)         # Sel W_out
-    w = 2 * k if llama else k
-    c = c + arith.matmul_cost(mpc, T * d, d * w, T * w)
-    if llama:
-        c = c + nl.silu_cost(mpc, T * k) + arith.mul_cost(mpc, T * k, T * k, T * k)
-    else:
-        c = c + compare.relu_cost(mpc, T * k)
-    return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
+    return c + sparse_ffn_cost(mpc, T, d, k, llama)

@@ -16,7 +16,6 @@ from comet_core.mpc import arith
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.models.secure import _rotate_half, rope_tables
-from comet_core.sparse.heads import HeadCache
 from comet_core.sparse.masks import active_bits, reveal_bits
 
 
