@@ -219,3 +219,14 @@ def test_layer_progress_counts_every_layer_and_restores_the_model(monkeypatch):
     assert "layer" not in m.__dict__
     monkeypatch.setenv("CI", "true")
     assert progress.quiet()
+
+
+def test_parallel_sweep_lands_in_one_folder(tmp_path):
+    """joblib workers resolve the sweep folder to the launcher's (COMET_RUN_ID), not one per worker."""
+    r = comet("run-experiment", "-m", "experiment=output_length_quick", "hydra/launcher=parallel",
+              "hydra.launcher.n_jobs=2", "system=dense", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 1, sweeps
+    jobs = [p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.csv").exists()]
+    assert (sweeps[0] / "multirun.yaml").exists() and len(jobs) == 3

@@ -42,8 +42,10 @@ _TOKEN = f"{os.getpid()}-{secrets.token_hex(2)}"
 
 
 def run_token() -> str:
-    """`<pid>-<4 hex>`: unique among concurrent processes, fixed within one process."""
-    return _TOKEN
+    """`<pid>-<4 hex>`: unique among concurrent processes, fixed within one process and inherited by the
+    processes it starts (COMET_RUN_ID): a parallel sweep's workers (joblib) resolve the sweep folder to the
+    launcher's, not to one folder per worker."""
+    return os.environ.setdefault("COMET_RUN_ID", _TOKEN)
 
 
 def staging_path(dest: str | os.PathLike) -> Path:
