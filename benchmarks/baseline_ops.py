@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from omegaconf import OmegaConf  # noqa: E402
 
+from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
 from comet_core.mpc.engine import MPC, EngineConfig  # noqa: E402
 from comet_core.systems import SYSTEMS, load_system  # noqa: E402
 
@@ -68,16 +69,6 @@ def _load_avg() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _inputs(g: torch.Generator) -> dict:
@@ -147,7 +138,7 @@ def run(reps: int, systems: list[str]) -> pd.DataFrame:
             log.info("%s %s (%s): %d B, %d rounds, %.3f s, err %.2g / exact %.2g", name, op, proto,
                      cost["online_bytes"], cost["rounds"], rows[-1]["seconds"], err, err_exact)
     df = pd.DataFrame(rows)
-    df["cpu"] = _cpu_model()
+    df["cpu"] = cpu_info()[0]
     df["cpus"] = os.cpu_count()
     df["threads"] = torch.get_num_threads()
     df["load_avg_1m_before"] = load0
@@ -167,8 +158,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        print(f"error: {out} exists; pass --overwrite or choose another --out", file=sys.stderr)
+    if refuse_existing(out, a.overwrite):
         return 2
     df = run(a.reps, [s for s in a.systems.split(",") if s])
     out.parent.mkdir(parents=True, exist_ok=True)

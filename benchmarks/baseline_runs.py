@@ -28,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from comet_core.results.machine import refuse_existing  # noqa: E402
 SYSTEMS = ("dense", "mpcformer", "secformer", "puma", "iron", "bolt")
 MODES = {
     "exact": [],
@@ -73,8 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        print(f"error: {out} exists; pass --overwrite or choose another --out", file=sys.stderr)
+    if refuse_existing(out, a.overwrite):
         return 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

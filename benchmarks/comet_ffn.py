@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
 from comet_core.comm.network import Network  # noqa: E402
-from comet_core.mpc.engine import MPC, AShare, EngineConfig  # noqa: E402
+from comet_core.mpc.engine import MPC, EngineConfig  # noqa: E402
 from comet_core.mpc.shape import Shape  # noqa: E402
 from comet_core.predictor.model import LowRankPredictor  # noqa: E402
 from comet_core.systems.comet import CometState, CometSystem  # noqa: E402
@@ -48,16 +48,6 @@ from comet_core.systems.dense import DenseSystem  # noqa: E402
 log = logging.getLogger("comet_ffn")
 NETS = (Network("lan", 5e9, 8e-4), Network("wan-100m", 1e8, 8e-2))
 SPARSITIES = (0.5, 0.7, 0.9, 0.95)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _measure(m: MPC, fn, *args):
@@ -187,14 +177,13 @@ def main() -> int:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        print(f"error: {out} exists; pass --overwrite or --out", file=sys.stderr)
+    if refuse_existing(out, a.overwrite):
         return 2
     torch.set_num_threads(a.threads)
     load0 = os.getloadavg()[0]
     rows = run(a.d, a.ffn, a.rank or a.d // 4, a.reps)
     df = pd.DataFrame(rows)
-    df["cpu"] = _cpu()
+    df["cpu"], df["vector_ext"] = cpu_info()
     df["threads"] = a.threads
     df["load_before"], df["load_after"] = load0, os.getloadavg()[0]
     com = df[df.system == "comet"].set_index(["tokens", "sparsity"])

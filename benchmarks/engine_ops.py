@@ -52,6 +52,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
 from comet_core.comm.ledger import Cost  # noqa: E402
 from comet_core.mpc import arith, compare, nonlinear as nl  # noqa: E402
 from comet_core.mpc.engine import MPC, EngineConfig  # noqa: E402
@@ -68,22 +69,6 @@ def _load_avg() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
-
-
-def cpu_info() -> tuple[str, str]:
-    """(model name, vector extensions) from /proc/cpuinfo; ("unknown", "") elsewhere."""
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = val.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(val.split())
-    except OSError:
-        pass
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512_vnni", "amx_tile")
-    return model or platform.processor() or "unknown", "+".join(f for f in wanted if f in flags)
 
 
 def _sync() -> None:
@@ -251,8 +236,7 @@ def main(argv=None) -> int:
     if args.reps < 1 or args.threads < 1:
         ap.error("--reps and --threads must be >= 1")
     out = _resolve(args.out, DEFAULT_OUT)
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists; pass --overwrite to replace it or --out for another path", file=sys.stderr)
+    if refuse_existing(out, args.overwrite):
         return 2
     torch.set_num_threads(args.threads)
     crypten = read_crypten(_resolve(args.crypten, DEFAULT_CRYPTEN))

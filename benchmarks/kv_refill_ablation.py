@@ -27,6 +27,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from comet_core.results.machine import refuse_existing  # noqa: E402
 log = logging.getLogger("kv_ablation")
 
 VARIANTS = {
@@ -47,8 +48,7 @@ def main() -> int:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        print(f"error: {out} exists; pass --overwrite or --out", file=sys.stderr)
+    if refuse_existing(out, a.overwrite):
         return 2
     from hydra import compose, initialize_config_dir
 

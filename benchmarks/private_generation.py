@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from comet_core.results.machine import refuse_existing  # noqa: E402
 log = logging.getLogger("bench.generation")
 
 DEFAULT_PROMPT = ("Duncan. What bloody man is that? He can report, As seemeth by his plight, of the revolt "
@@ -42,8 +43,7 @@ def main() -> int:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        print(f"error: {out} exists; pass --overwrite or --out", file=sys.stderr)
+    if refuse_existing(out, a.overwrite):
         return 2
 
     import pandas as pd

@@ -44,8 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
 from comet_core.mpc import ringmm  # noqa: E402
-from engine_ops import cpu_info  # noqa: E402
+
 
 log = logging.getLogger("ring_matmul")
 DEFAULT_OUT = "results/ring_matmul.csv"
@@ -134,8 +135,7 @@ def main(argv=None) -> int:
     if not groups or any(g not in ("large", "decode") for g in groups) or args.reps < 1 or args.threads < 1:
         ap.error("--groups is a subset of large,decode; --reps and --threads >= 1")
     out = (REPO / args.out) if args.out == DEFAULT_OUT else Path(args.out).expanduser().resolve()
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists; pass --overwrite to replace it or --out for another path", file=sys.stderr)
+    if refuse_existing(out, args.overwrite):
         return 2
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)

@@ -36,6 +36,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from comet_core.results.machine import refuse_existing  # noqa: E402
 
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -145,8 +146,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists; pass --overwrite or choose another --out", file=sys.stderr)
+    if refuse_existing(out, args.overwrite):
         return 2
     df = run(args)
     out.parent.mkdir(parents=True, exist_ok=True)

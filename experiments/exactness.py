@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from comet_core.results.machine import refuse_existing  # noqa: E402
 log = logging.getLogger("exactness")
 
 
@@ -51,8 +52,7 @@ def main() -> int:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(a.out or REPO / "results" / "exactness" / f"{a.model}.csv")
-    if out.exists() and not a.overwrite:
-        print(f"error: {out} exists; pass --overwrite or --out", file=sys.stderr)
+    if refuse_existing(out, a.overwrite):
         return 2
 
     import pandas as pd
