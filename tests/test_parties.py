@@ -16,6 +16,8 @@ from comet_core.comm.channel import PeerError
 from comet_core.mpc import approx, arith, compare, ideal, nonlinear as nl
 from comet_core.mpc.engine import MPC, EngineConfig
 from comet_core.mpc.parties import run_pair
+from comet_core.mpc.shuffle import Permutation, permute
+from comet_core.sparse.masks import active_bits, reveal_bits
 
 g = torch.Generator().manual_seed(5)
 X = torch.randn(6, 16, generator=g, dtype=torch.float64) * 2
@@ -30,6 +32,9 @@ PROGRAMS = {
     "matmul": lambda m: arith.matmul(m.share(X), m.share(Y, owner="model_owner")),
     "matmul_reuse": lambda m: _reuse(m),
     "matmul_slice_reuse": lambda m: _reuse(m, select=True),
+    "permute": lambda m: permute(m.share(X), -1, Permutation(m, 16)),          # Comet's oblivious shuffle
+    "comet_reveal": lambda m: m.share(X).mul_int(                              # Comet's mask reveal (union of rows)
+        reveal_bits(m, active_bits(m.share(X), 0.3)).long()),
     "mul_public": lambda m: arith.mul_public(m.share(X), -1.7),
     "matmul_public": lambda m: arith.matmul_public(m.share(X), Y),
     "ltz": lambda m: compare.ltz(m.share(X)),
@@ -127,3 +132,14 @@ def test_parties_out_of_step_are_detected():
 
     with pytest.raises(PeerError, match="out of step|does not match"):
         run_pair(prog, EngineConfig(), seed=1, timeout_s=10)
+
+
+def test_a_malformed_one_way_message_is_refused():
+    from comet_core.comm.channel import PartyChannel, QueuePipe
+    from comet_core.comm.ledger import Ledger
+
+    a, b = QueuePipe.pair(timeout_s=5)
+    p0, p1 = PartyChannel(0, Ledger(), a), PartyChannel(1, Ledger(), b)
+    p0.send_one_way(0, torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(PeerError, match="does not match"):
+        p1.send_one_way(0, torch.zeros(4, dtype=torch.int64))

@@ -64,11 +64,14 @@ def p1_view(fn, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]
     _, log, _ = run_pair(body, seed=seed)
     received, opened = [], []
     for bits, sent, got in log:
+        if sent is None:     # a one-way message (the shuffle's resharings): received, nothing opened
+            received += [g.reshape(-1) for g in got if bits == 64]
+            continue
         for s, g in zip(sent, got):
             if bits == 64:   # additive openings (Beaver, truncation, comparison masks)
                 received.append(g.reshape(-1))
                 opened.append((s + g).reshape(-1))
-    return torch.cat(received), torch.cat(opened)
+    return torch.cat(received), torch.cat(opened) if opened else torch.zeros(0, dtype=torch.int64)
 
 
 def assert_uniform_bits(words: torch.Tensor, what: str) -> None:
@@ -173,3 +176,31 @@ def test_checks_reject_a_plain_leak():
     u = torch.randint(-(1 << 63), (1 << 63) - 1, (4096,), generator=torch.Generator().manual_seed(1))
     assert_uniform_bits(u, "uniform words")      # and they pass uniform words
     assert_same_distribution(u[:2048], u[2048:], "uniform words")
+
+
+# ---- Comet's oblivious shuffle: P1 only receives (one way) values masked by the dealer-P0 stream ------
+
+def _shuffle(x: AShare) -> AShare:
+    from comet_core.mpc.shuffle import Permutation, permute
+
+    return permute(x.reshape(32, N // 32), -1, Permutation(x.mpc, N // 32))
+
+
+def check_shuffle_view() -> None:
+    xa = torch.randn(N, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    xb = torch.full((N,), 3.0e4, dtype=torch.float64)
+    rec_a, _ = p1_view(_shuffle, xa, seed=101)
+    rec_b, _ = p1_view(_shuffle, xb, seed=202)
+    assert rec_a.numel() == rec_b.numel() == N
+    assert_uniform_bits(rec_a, "shuffle: words P1 receives (input A)")
+    assert_uniform_bits(rec_b, "shuffle: words P1 receives (input B)")
+    assert_same_distribution(rec_a, rec_b, "shuffle: words P1 receives")
+
+
+def test_shuffle_view_is_independent_of_the_secret():
+    check_shuffle_view()
+
+
+def test_positive_control_weak_streams_are_caught_in_the_shuffle(weak_streams):
+    with pytest.raises(AssertionError, match="words P1 receives"):
+        check_shuffle_view()

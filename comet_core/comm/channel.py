@@ -95,6 +95,7 @@ class PartyChannel(_Booking):
         self.rank = rank
         self.pipe = pipe
         # view recording (security tests): a list receives (bits, sent halves, received halves) per exchange
+        # (sent halves None for a one-way message)
         self.recorder: list | None = None
 
     def exchange(self, tensors: list[torch.Tensor], bits: list[int] | int = 64,
@@ -114,9 +115,16 @@ class PartyChannel(_Booking):
         return got
 
     def send_one_way(self, sender: int, tensor: torch.Tensor, bits: int = 64) -> torch.Tensor:
-        """One round in which only `sender` sends; the receiver returns what arrived."""
+        """One round in which only `sender` sends; the receiver returns what arrived (`tensor` is its own
+        slot of the same shape, which the message must match)."""
         self._book_one_way(sender, tensor.numel(), bits)
         if self.rank == sender:
             self.pipe.send(tensor)
             return tensor
-        return self.pipe.recv()
+        got = self.pipe.recv()
+        if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:
+            raise PeerError(f"P{sender} sent a message that does not match this step "
+                            f"(expected one tensor of shape {tuple(tensor.shape)})")
+        if self.recorder is not None:   # one-way: nothing of this party's was sent, nothing is opened
+            self.recorder.append((bits, None, [got.clone()]))
+        return got
