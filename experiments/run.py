@@ -98,6 +98,9 @@ def validate_config(cfg) -> None:
     n_layers(cfg.model)
     if cfg.prompt_len is not None:
         check_positions(int(cfg.prompt_len), cfg.model, cfg.gen_tokens)
+    from comet_core.systems import load_system
+
+    load_system(cfg.system).validate(cfg)   # a system's own keys and files, before any model is loaded
     check_memory(cfg)
 
 

@@ -385,3 +385,21 @@ def test_client_aided_correlations_are_booked_from_the_client(predictors, tmp_pa
         shuffle = lg[(lg.phase == "offline") & lg.op.isin(["ffn.shuffle", "attn.shuffle"])]
         assert len(shuffle) and set(shuffle.sender) == {who}
     assert ledgers["dealer"].bytes.sum() == ledgers["client"].bytes.sum()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model=opt-125m"], "comet train-predictor model=opt-125m"),           # no predictors: refused up front
+    (["system.ffn_sparsity=0.9"], "cost mode only"),
+    (["system.indexing=sorted"], "system.indexing must be shuffle or oblivious"),
+    (["system.heads=true", "system.indexing=oblivious"], "set system.heads=false"),
+])
+def test_bad_comet_settings_fail_before_any_work(tmp_path, args, needle):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cli.main", "run-experiment", "system=comet", *args,
+                        f"output_dir={tmp_path / 'x'}"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(CONF.parent), "PATH": "/usr/bin:/bin", "CI": "true"})
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-1500:]
+    assert "loading model" not in r.stderr and not (tmp_path / "x").exists()

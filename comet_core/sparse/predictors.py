@@ -38,10 +38,14 @@ def load_for_system(model_cfg, system_cfg):
 
     path = checkpoint_path(model_cfg, system_cfg)
     if not path.is_file():
-        raise CometError(f"system=comet needs trained predictors for model '{model_cfg.name}' ({path} not found); "
-                         f"create them with: comet train-predictor model={model_cfg.name}  "
-                         f"(or price the run without them: mode=cost)")
+        raise CometError(missing_predictors_message(model_cfg, system_cfg))
     return load_predictors(path, model_cfg)
+
+
+def missing_predictors_message(model_cfg, system_cfg) -> str:
+    return (f"system=comet needs trained predictors for model '{model_cfg.name}' "
+            f"({checkpoint_path(model_cfg, system_cfg)} not found); create them with: "
+            f"comet train-predictor model={model_cfg.name}  (or price the run without them: mode=cost)")
 
 
 def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:

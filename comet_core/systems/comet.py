@@ -108,6 +108,19 @@ class CometSystem(HeadSparsity, DenseSystem):
         self.plain_head_predictors = None
         self.counts = None                   # cost mode: (layer, step, n_tokens) -> active count
 
+    def validate(self, cfg) -> None:
+        """Exact mode needs the model's trained predictors (checked here, before the model loads); a forced
+        ffn_sparsity only prices cost mode."""
+        if cfg.mode != "exact":
+            return
+        if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
+            raise CometError("system.ffn_sparsity forces counts in cost mode only; exact mode reveals the "
+                             "predictor's real masks (use mode=cost, or drop system.ffn_sparsity)")
+        from comet_core.sparse.predictors import checkpoint_path, missing_predictors_message
+
+        if not checkpoint_path(cfg.model, self.cfg).is_file():
+            raise CometError(missing_predictors_message(cfg.model, self.cfg))
+
     # -- deployment ------------------------------------------------------------------------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
         """The model owner shares the predictors with the model (phase setup, once per deployment)."""
@@ -120,9 +133,6 @@ class CometSystem(HeadSparsity, DenseSystem):
             self.thresholds = [0.0] * L
             self.counts = cost_counts(model_cfg, self.cfg, L)
         else:
-            if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
-                raise CometError("system.ffn_sparsity forces counts in cost mode only; exact mode reveals the "
-                                 "predictor's real masks (use mode=cost, or drop system.ffn_sparsity)")
             ps = load_for_system(model_cfg, self.cfg)
             self._ps = ps
             self.plain_predictors = ps.ffn[:L]

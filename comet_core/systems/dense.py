@@ -55,6 +55,9 @@ class DenseSystem:
             raise ValueError(f"unsupported activation {kind!r}; valid: relu, silu, gelu")
         return self.act_ops[k]
 
+    def validate(self, cfg) -> None:
+        """Refuse (one-line CometError) a run this system cannot do, before any work: the full run config."""
+
     # -- request and step hooks (systems with per-request state override them) ----------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
         """Once per deployment, after the model owner shared the weights (e.g. share predictors)."""
