@@ -48,17 +48,25 @@ def missing_predictors_message(model_cfg, system_cfg) -> str:
             f"comet train-predictor model={model_cfg.name}  (or price the run without them: mode=cost)")
 
 
-def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
-    """Data-free predictor weights for cost mode: rank from the checkpoint if one exists, else the config."""
-    d, F = int(model_cfg.hidden_size), int(model_cfg.ffn_dim)
-    r = system_cfg.get("predictor_rank")
-    r = int(r) if r is not None else d // 4
+def _predictor_shapes(model_cfg, system_cfg, n_layers: int, kind: str, rank_key: str, rank: int,
+                      units: int) -> list[dict]:
+    """Data-free weights of the `kind` (ffn | head) predictors for cost mode: the checkpoint's rank if one
+    exists (so cost and exact ledgers agree), else system_cfg[rank_key], else `rank`."""
+    d = int(model_cfg.hidden_size)
+    r = system_cfg.get(rank_key)
+    r = int(r) if r is not None else rank
     path = checkpoint_path(model_cfg, system_cfg)
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=False)
-        r = int(blob["ffn"][0]["shape"][1])
+        r = int(blob[kind][0]["shape"][1])
     f = lambda *s: Shape(s, torch.float32)  # noqa: E731
-    return [dict(w1=f(d, r), b1=f(r), w2=f(r, F), b2=f(F)) for _ in range(n_layers)]
+    return [dict(w1=f(d, r), b1=f(r), w2=f(r, units), b2=f(units)) for _ in range(n_layers)]
+
+
+def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
+    """FFN predictors: default rank d / 4 (the ratio of our trained predictors, rank 64 at d = 256)."""
+    return _predictor_shapes(model_cfg, system_cfg, n_layers, "ffn", "predictor_rank",
+                             int(model_cfg.hidden_size) // 4, int(model_cfg.ffn_dim))
 
 
 def _profile_path(model_cfg, system_cfg) -> Path:
@@ -136,17 +144,9 @@ def density_note(model_cfg, system_cfg) -> str:
 # ---- attention heads (part 2) ---------------------------------------------------------------------
 
 def shared_head_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
-    """Data-free head predictor weights for cost mode: rank from the checkpoint if any, else d / 8 (the
-    ratio of our trained head predictors, rank 32 at d = 256)."""
-    d, H = int(model_cfg.hidden_size), int(model_cfg.num_heads)
-    r = system_cfg.get("head_predictor_rank")
-    r = int(r) if r is not None else max(1, d // 8)
-    path = checkpoint_path(model_cfg, system_cfg)
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        r = int(blob["head"][0]["shape"][1])
-    f = lambda *s: Shape(s, torch.float32)  # noqa: E731
-    return [dict(w1=f(d, r), b1=f(r), w2=f(r, H), b2=f(H)) for _ in range(n_layers)]
+    """Head predictors: default rank d / 8 (the ratio of our trained head predictors, rank 32 at d = 256)."""
+    return _predictor_shapes(model_cfg, system_cfg, n_layers, "head", "head_predictor_rank",
+                             max(1, int(model_cfg.hidden_size) // 8), int(model_cfg.num_heads))
 
 
 def _head_profile(model_cfg, system_cfg):
