@@ -403,3 +403,17 @@ def test_bad_comet_settings_fail_before_any_work(tmp_path, args, needle):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-1500:]
     assert "loading model" not in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_derived_profile_inputs_match_their_sources():
+    """conf/system/comet.yaml's derivation for the paper shapes quotes our predictors' recall and precision:
+    they must equal results/predictor/shakespeare-opt/summary.json (to the 3 decimals written)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    der = OmegaConf.load(CONF / "system" / "comet.yaml").derived
+    summary = json.loads((CONF.parent / "results/predictor/shakespeare-opt/summary.json").read_text())
+    assert round(summary["mean_recall"]["ffn"], 3) == der.recall
+    assert round(summary["mean_precision"]["ffn"], 3) == der.precision
+    assert (CONF.parent / der.union_growth_profile).is_file()
