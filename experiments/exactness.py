@@ -7,7 +7,7 @@ whether the privately generated tokens equal plaintext greedy decoding and the m
 
     python experiments/exactness.py --model shakespeare-opt --prompts 5 --gen 8
     python experiments/exactness.py --model smollm2-135m --prompts 5 --gen 8
-    python experiments/exactness.py --model shakespeare-opt --prompts 5 --gen 8 --overrides system=comet \
+    python experiments/exactness.py --model shakespeare-opt --prompts 5 --gen 8 --overrides system=comet system.heads=false \
         --out results/exactness/shakespeare-opt-comet.csv   (private vs the plaintext model with the same masks)
 Writes results/exactness/<model>.csv (refuses to overwrite without --overwrite).
 """
