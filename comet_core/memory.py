@@ -7,7 +7,8 @@ Exact run (``mode=exact``), for P weights of the layers that run (embedding and 
 2. extracted plaintext weights (float64 copies):     8 P
 3. shares of both parties, int64 over Z_2^64:        2 x 8 P = 16 P
 4. with ``engine.reuse_weight_masks``: the dealer's weight masks and their openings kept: + 3 x 16 P
-5. transient of the largest matmul (Beaver mask, opening, limb products): 8 x 8 bytes x its weight
+5. transient of the largest matmul (Beaver mask, opening, limb products, kernel workspaces): 17 x 8 bytes
+   x its weight (8 x 8 until the 5-GEMM kernel and the weight-mask cache; re-measured 2026-11-26)
 6. activations: 2 parties x 8 bytes x T x max(ffn_dim, vocab, heads x T) x 24 live tensors,
    KV cache 2 x layers x T x d x 2 parties x 8 bytes (T = prompt + generated positions)
 7. interpreter, torch, transformers and the rest of the stack: 1.1 GB (a tiny-opt exact run peaks at ~1.0 GB)
@@ -16,8 +17,10 @@ Predictor collection (``comet train-predictor``): the float32 model while it is 
 (2 x 4 P) plus one forward batch: the hooked activations of every layer (batch x seq_len x (hidden +
 ffn + heads) x 4 bytes x layers x 2), the logits (x 3) and one layer's attention scores. Measured:
 shakespeare-opt with predictor=tiny peaks at 0.46 GB (estimate 0.8 GiB, mostly the 0.8 GiB base).
-Calibrated against measured peak RSS: opt-125m with 4 layers, 32 + 2 tokens, exact: 5.4 GiB measured,
-6.1 GiB estimated; shakespeare-opt, 77 + 2 tokens: 0.55 GiB measured, 0.9 GiB estimated.
+Calibrated against measured peak RSS (2026-11-26, git 070fb22): opt-125m with 4 layers, 32 + 2 tokens,
+exact: 8.7 GiB measured, 9.4 GiB estimated; opt-1.3b with 1 layer, 32 + 4 tokens: 21.4 GiB measured,
+21.6 GiB estimated (the 8 x 8 transient said 6.8 and 14.7 GiB: a time_breakdown job was refused on a
+machine where it fits and would have been let through where it does not).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def exact_run_bytes(model_cfg, layers: int, positions: int, reuse_weight_masks: 
     V, H = int(_g(model_cfg, "vocab_size")), int(_g(model_cfg, "num_heads"))
     T = max(int(positions), 1)
     weights = (4 + 8 + 16 + (48 if reuse_weight_masks else 0)) * total
-    transient = 8 * 8 * largest
+    transient = 17 * 8 * largest
     acts = 2 * 8 * T * max(F, V, H * T) * 24 + 2 * layers * T * d * 2 * 8
     return BASE_BYTES + weights + transient + acts
 
@@ -69,8 +72,24 @@ def collection_bytes(model_cfg, layers: int, batch: int, seq_len: int) -> int:
     return BASE_BYTES + 2 * 4 * total + captured + logits + scores
 
 
+def release_free_heap() -> None:
+    """Hand memory this process has freed back to the kernel (glibc keeps freed heap pages otherwise):
+    the jobs of a sweep run one after another in one process, and the next job's check must not count
+    the last job's freed tensors as used."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to trim
+        pass
+
+
 def available_bytes() -> int:
     """Memory the kernel can give this process now (MemAvailable, capped by a cgroup limit)."""
+    release_free_heap()
     avail = None
     try:
         with open("/proc/meminfo") as f:

@@ -17,9 +17,10 @@ from typing import Callable
 import pandas as pd
 from omegaconf import OmegaConf
 
+from comet_core.errors import CometError
 from experiments import plot_data as pdata
 from experiments.plot_figures import Figure
-from experiments.plot_sweeps import Sweep
+from experiments.plot_sweeps import Sweep, select_sweep
 
 GB = 1e9
 
@@ -304,16 +305,44 @@ def output_length(sweep: Sweep, exp: dict) -> Analysis:
     return a
 
 
+def _comm_share(df: pd.DataFrame) -> list[float]:
+    return [c / (c + p) if bool(m) and (c + p) > 0 else math.nan
+            for c, p, m in zip(df.comm_s, df.compute_s.fillna(0.0), df.compute_measured)]
+
+
+def _companion_predictor_share(sweep: Sweep, ref: str, patterns: str, companion: str) -> pd.DataFrame:
+    """Comet's predictor share from the newest complete sweep of `companion` (end_to_end: the paper's
+    models in cost mode) under the same root, when this sweep has no `ref` run (exact mode at the
+    paper's shapes needs trained predictors, which do not exist for them). Empty if there is none."""
+    try:
+        other = select_sweep(companion, (), sweep.dir.parent, None, "full", "")
+    except CometError:
+        return pd.DataFrame()
+    df = pdata.with_op_groups(other, pdata.sweep_metrics(other), {"predictor": patterns})
+    t = totals(df)
+    t = t[t.system == ref].copy()
+    t["predictor_share"] = t.predictor_comm_s / t.total_s
+    t["source"] = f"{companion} sweep {other.dir.name} ({t['mode'].iloc[0] if len(t) else '?'} mode)"
+    return t[["model", "system", "network", "mode", "predictor_comm_s", "total_s", "predictor_share", "source"]]
+
+
 def time_breakdown(sweep: Sweep, exp: dict) -> Analysis:
     ref = exp.get("reference", "comet")
-    df = pdata.with_op_groups(sweep, pdata.sweep_metrics(sweep), {"predictor": exp.get("predictor_ops", "*pred*")})
-    df["comm_share"] = [c / (c + p) if bool(m) and (c + p) > 0 else math.nan
-                        for c, p, m in zip(df.comm_s, df.compute_s.fillna(0.0), df.compute_measured)]
+    patterns = exp.get("predictor_ops", "*pred*")
+    df = pdata.with_op_groups(sweep, pdata.sweep_metrics(sweep), {"predictor": patterns})
+    df["comm_share"] = _comm_share(df)
     df["predictor_share"] = df.predictor_comm_s / df.total_s
     a = Analysis(df)
     t = totals(df)
-    a.tables["time breakdown (phase total, lan)"] = t[["model", "system", "compute_s", "comm_s", "total_s",
-                                                       "comm_share", "predictor_comm_s", "predictor_share"]]
+    net = t.network.iloc[0] if len(t) else "lan"
+    a.tables[f"time breakdown (phase total, {net})"] = t[["model", "system", "compute_s", "comm_s", "total_s",
+                                                          "comm_share", "predictor_comm_s", "predictor_share"]]
+    # the same ledgers priced on every network preset (metrics.csv holds them all): where the claim holds
+    every = totals(pdata.sweep_metrics(sweep, every_network=True))
+    every["comm_share"] = _comm_share(every)
+    every = every.sort_values("bandwidth_bps", ascending=False, kind="stable")   # fastest link first
+    a.tables["communication share per network preset (same ledgers, measured compute)"] = every.pivot_table(
+        index=["model", "system"], columns="network", values="comm_share").reset_index()
     if not t.compute_measured.all():
         a.notes.append("some jobs ran in cost mode: compute is not measured there and their comm_share is NaN")
     base = t[t.system != ref]
@@ -321,16 +350,24 @@ def time_breakdown(sweep: Sweep, exp: dict) -> Analysis:
     if (t.system == ref).any():
         a.claims["predictor_share"] = list(t[t.system == ref].predictor_share.dropna())
     else:
-        a.notes.append(f"predictor share needs system {ref!r} in the sweep (conf/experiment/time_breakdown.yaml)")
+        comp = _companion_predictor_share(sweep, ref, patterns, exp.get("predictor_sweep", "end_to_end"))
+        if comp.empty:
+            a.notes.append(f"predictor share needs system {ref!r} in the sweep or a complete "
+                           f"{exp.get('predictor_sweep', 'end_to_end')} sweep (conf/experiment/time_breakdown.yaml)")
+        else:
+            a.tables[f"{ref}'s predictor share (modelled communication of its predictor ops / its total time)"] = comp
+            a.claims["predictor_share"] = list(comp.predictor_share.dropna())
+            a.notes.append(f"predictor share from the {comp.source.iloc[0]}: cost mode, so it is a share of "
+                           f"modelled communication time (compute is not measured there)")
     parts = t.rename(columns={"compute_s": "compute (measured)", "comm_s": "communication (modelled)"}).melt(
         id_vars=["model", "system"], value_vars=["compute (measured)", "communication (modelled)"],
         var_name="component", value_name="seconds")
     a.figures += [
-        Figure("time_breakdown_share", "bars", t, x="model", y="comm_share", hue="system", xlabel="model",
-               ylabel="communication share of runtime (fraction)", band_metric=None,
-               title="time_breakdown: communication share (measured compute + modelled communication, lan)"),
+        Figure("time_breakdown_share", "bars", every, x="network", y="comm_share", hue="system", panel="model",
+               xlabel="network preset", ylabel="communication share of runtime (fraction)", band_metric=None,
+               title="time_breakdown: communication share (measured compute + modelled communication)"),
         Figure("time_breakdown_seconds", "bars", parts, x="system", y="seconds", hue="component", panel="model",
-               xlabel="system", ylabel="time per request (s)", title="time_breakdown: compute vs communication (lan)"),
+               xlabel="system", ylabel="time per request (s)", title=f"time_breakdown: compute vs communication ({net})"),
     ]
     return a
 

@@ -50,11 +50,14 @@ def config_value(job: Job, key: str | None):
     return math.nan if v is None or isinstance(v, DictConfig) else v
 
 
-def job_metrics(job: Job) -> pd.DataFrame:
-    """The job's own-network rows of metrics.csv (one per phase), with its swept keys as columns."""
+def job_metrics(job: Job, every_network: bool = False) -> pd.DataFrame:
+    """The job's own-network rows of metrics.csv (one per phase), with its swept keys as columns.
+
+    `every_network`: the rows of every network preset metrics.csv prices (the same ledger re-priced).
+    """
     m = pd.read_csv(job.dir / "metrics.csv")
     own = OmegaConf.select(job.cfg, "network.name", default=None) or m.network.iloc[0]
-    m = m[m.network == own].copy()
+    m = m.copy() if every_network else m[m.network == own].copy()
     for k, v in swept_values(job).items():
         if k not in ("model", "system", "network"):  # those three are metrics.csv columns already
             m[k] = v
@@ -62,9 +65,9 @@ def job_metrics(job: Job) -> pd.DataFrame:
     return m.reset_index(drop=True)
 
 
-def sweep_metrics(sweep: Sweep) -> pd.DataFrame:
+def sweep_metrics(sweep: Sweep, every_network: bool = False) -> pd.DataFrame:
     """All finished jobs' own-network metrics rows (data.csv of run-experiment artifacts)."""
-    frames = [job_metrics(j) for j in sweep.done_jobs]
+    frames = [job_metrics(j, every_network) for j in sweep.done_jobs]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
