@@ -389,6 +389,8 @@ def test_client_aided_correlations_are_booked_from_the_client(predictors, tmp_pa
 
 @pytest.mark.parametrize("args, needle", [
     (["model=opt-125m"], "comet train-predictor model=opt-125m"),           # no predictors: refused up front
+    (["model=smollm2-135m", "system.predictor_checkpoint='predictors/{model}/none-{preset}.pt'"],
+     "none-smollm2.pt not found); create them with: comet train-predictor model=smollm2-135m predictor=smollm2"),
     (["system.ffn_sparsity=0.9"], "cost mode only"),
     (["system.indexing=sorted"], "system.indexing must be shuffle or oblivious"),
     (["system.heads=true", "system.indexing=oblivious"], "set system.heads=false"),

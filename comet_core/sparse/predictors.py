@@ -27,9 +27,14 @@ from comet_core.models.cache import REPO_ROOT, resolve_in_cache
 from comet_core.mpc.shape import Shape
 
 
+def predictor_preset(model_cfg) -> str:
+    """The conf/predictor preset a model's predictors are trained with (model key `predictor_preset`)."""
+    return str(model_cfg.get("predictor_preset") or "default")
+
+
 def checkpoint_path(model_cfg, system_cfg) -> Path:
-    rel = str(system_cfg.get("predictor_checkpoint") or f"predictors/{model_cfg.name}/default.pt")
-    return resolve_in_cache(rel.replace("{model}", str(model_cfg.name)))
+    rel = str(system_cfg.get("predictor_checkpoint") or "predictors/{model}/{preset}.pt")
+    return resolve_in_cache(rel.replace("{model}", str(model_cfg.name)).replace("{preset}", predictor_preset(model_cfg)))
 
 
 def load_for_system(model_cfg, system_cfg):
@@ -45,7 +50,8 @@ def load_for_system(model_cfg, system_cfg):
 def missing_predictors_message(model_cfg, system_cfg) -> str:
     return (f"system=comet needs trained predictors for model '{model_cfg.name}' "
             f"({checkpoint_path(model_cfg, system_cfg)} not found); create them with: "
-            f"comet train-predictor model={model_cfg.name}  (or price the run without them: mode=cost)")
+            f"comet train-predictor model={model_cfg.name}"
+            f"{'' if predictor_preset(model_cfg) == 'default' else ' predictor=' + predictor_preset(model_cfg)}  (or price the run without them: mode=cost)")
 
 
 def _predictor_shapes(model_cfg, system_cfg, n_layers: int, kind: str, rank_key: str, rank: int,
