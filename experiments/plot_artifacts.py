@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from comet_core.errors import CometError
+from comet_core.models.cache import REPO_ROOT
 from experiments import plot_data as pdata
 from experiments.plot_figures import Figure
 from experiments.plot_sweeps import Sweep, select_sweep
@@ -372,6 +374,41 @@ def time_breakdown(sweep: Sweep, exp: dict) -> Analysis:
     return a
 
 
+def plaintext_quality(sweep: Sweep, ref: str, results: Path = REPO_ROOT / "results") -> pd.DataFrame:
+    """Perplexity and next-token accuracy of the plaintext model with each system's approximations or masks.
+
+    The client sees only tokens, so quality is measured in plaintext on the held-out plays, from committed
+    tables: the baselines' from results/baselines/accuracy.csv (every approximation on, test split;
+    `python experiments/baseline_accuracy.py`), Comet's from results/predictor/<model>/accuracy.csv
+    (predicted FFN masks, and head masks when the sweep ran with system.heads; `comet train-predictor`).
+    Each row carries the dense model's perplexity on the same text, since the two tables use different windows.
+    """
+    rows = []
+    acc = results / "baselines" / "accuracy.csv"
+    if acc.is_file():
+        b = pd.read_csv(acc)
+        b = b[(b.variant == "all") & (b.split == "test")]
+        dense = b[b.system == "dense"].set_index("model").perplexity
+        for r in b.itertuples():
+            rows.append(dict(model=r.model, system=r.system, quality_ppl=r.perplexity,
+                             quality_next_token_acc=r.next_token_acc, quality_dense_ppl=dense.get(r.model, math.nan),
+                             quality_source="results/baselines/accuracy.csv (variant all, test)"))
+    heads = any(bool(OmegaConf.select(j.cfg, "system.heads", default=False)) for j in sweep.done_jobs
+                if str(OmegaConf.select(j.cfg, "system.name", default="")) == ref)
+    variant = "predicted-both" if heads else "predicted-ffn"
+    for f in sorted(results.glob("predictor/*/accuracy.csv")):
+        p = pd.read_csv(f).set_index("variant")
+        if variant in p.index and "dense" in p.index:
+            rows.append(dict(model=f.parent.name, system=ref, quality_ppl=p.loc[variant, "ppl"],
+                             quality_next_token_acc=p.loc[variant, "next_token_acc"],
+                             quality_dense_ppl=p.loc["dense", "ppl"],
+                             quality_source=f"{f.relative_to(results.parent)} ({variant})"))
+    q = pd.DataFrame(rows, columns=["model", "system", "quality_ppl", "quality_next_token_acc", "quality_dense_ppl",
+                                    "quality_source"])
+    q["quality_ppl_change_pct"] = 100 * (q.quality_ppl / q.quality_dense_ppl - 1)
+    return q
+
+
 def real_models(sweep: Sweep, exp: dict) -> Analysis:
     ref = exp.get("reference", "comet")
     df = pdata.sweep_metrics(sweep)
@@ -380,7 +417,8 @@ def real_models(sweep: Sweep, exp: dict) -> Analysis:
     t = gb(gb(t), "offline_bytes")
     cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err", "online_GB",
                         "offline_GB", "rounds", "compute_s", "comm_s", "total_s", "plaintext_s") if c in t]
-    cols += [c for c in t.columns if ("ppl" in c or "perplexity" in c) and c not in cols]
+    t = t.merge(plaintext_quality(sweep, ref), on=["model", "system"], how="left")
+    cols += [c for c in t.columns if ("ppl" in c or "perplexity" in c or c.startswith("quality_")) and c not in cols]
     a.tables["per model and system (exact mode, lan)"] = t[cols]
     a.figures += time_and_bytes_figures("real_models", t)
     sp = advantage(t, ref, ["model"], "total_s", "speedup")
