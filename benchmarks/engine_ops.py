@@ -31,10 +31,9 @@ Columns:
   malloc_tunables        the GLIBC_TUNABLES of the run (glibc.malloc.hugetlb=1 cuts page-fault time).
   omp_wait_policy        the OMP_WAIT_POLICY of the run (PASSIVE: idle OpenMP threads sleep instead of
                          spinning; on a loaded shared machine that decides the timings).
+  comet_revision         the toolkit's git revision (-dirty: uncommitted changes).
 Machine load matters on a shared 2-core machine: the 1-minute load average before and after each op
 is written into its row.
-
-  comet_revision         the toolkit's git revision (-dirty: uncommitted changes).
 
 Usage: python benchmarks/engine_ops.py [--reps 5] [--threads 2] [--out outputs/bench/engine_ops.csv] [--overwrite]
 """
