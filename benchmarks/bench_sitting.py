@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     if not ran:
         log.error("nothing ran; see %s", folder)
         return 1
-    table = anchors.combine(collect(folder, ran), stamp, model, vec)
+    table = anchors.combine(collect(folder, ran), stamp, model, vec, os.cpu_count())
     table.to_csv(folder / "anchors.csv", index=False)
     show = table[["op", "system", "seconds", "bytes", "rounds", "engine_over_anchor", "speedup", "target_speedup",
                   "target_met"]]

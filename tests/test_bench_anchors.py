@@ -63,7 +63,7 @@ def sitting_rows(ops=SECONDS, systems=("engine", "crypten", "spu")) -> list[dict
 
 
 def table(**kw) -> pd.DataFrame:
-    return anchors.combine(sitting_rows(**kw), "20261126-115800", "AMD EPYC 7B13", "sse4_2+avx+avx2+fma")
+    return anchors.combine(sitting_rows(**kw), "20261126-115800", "AMD EPYC 7B13", "sse4_2+avx+avx2+fma", 2)
 
 
 def test_each_system_maps_to_the_same_columns():
@@ -123,8 +123,11 @@ def test_readme_section_marks_targets_and_names_the_machine(tmp_path):
     assert "11.00x (target >= 10x: met)" in lines["matmul"] and "1.60x (target >= 2x: **not met**)" in lines["matmul"]
     assert "9.50x (target >= 10x: **not met**)" in lines["relu"] and "9.00x (target >= 3x: met)" in lines["relu"]
     assert "3.00x (target >= 3x: met)" in lines["ffn_decode"]
-    assert "CrypTen 0.4.1: 2 processes x 1 thread, 5 reps" in body and "engine: 1 process x 2 threads" in body
-    assert "Not measured" not in body
+    assert "CrypTen 0.4.1: 2 processes x 1 thread, 5 timed reps" in body and "engine: 1 process x 2 threads" in body
+    assert "Not measured" not in body and "loaded" not in body
+    busy = table()
+    busy.loc[3, "load_avg_1m_after"] = 2.5                                 # above the 2 CPUs
+    assert "**The machine was loaded**: the load average (2.50) exceeded its 2 CPUs" in anchors.performance_section(busy)
     partial = anchors.performance_section(table(systems=("engine", "crypten")))
     assert "Not measured in this sitting: SecretFlow-SPU" in partial and "not run" in partial
     mixed = table()

@@ -40,7 +40,7 @@ TARGETS = {
 
 COLUMNS = ["sitting", "op", "system", "shape", "seconds", "bytes", "rounds", "max_abs_err",
            "engine_over_anchor", "speedup", "target_speedup", "target_met", "reps", "processes",
-           "threads_per_process", "cpu_model", "vector_ext", "load_avg_1m_before", "load_avg_1m_after",
+           "threads_per_process", "cpu_model", "vector_ext", "cpus", "load_avg_1m_before", "load_avg_1m_after",
            "date", "versions"]
 
 MARK_START = "<!-- performance:start"
@@ -94,7 +94,7 @@ def spu_rows(records: list[dict]) -> list[dict]:
             for r in records]
 
 
-def combine(rows: list[dict], sitting: str, cpu_model: str, vector_ext: str) -> pd.DataFrame:
+def combine(rows: list[dict], sitting: str, cpu_model: str, vector_ext: str, cpus: int | None = None) -> pd.DataFrame:
     """One sitting's rows -> the ``anchors.csv`` table (``COLUMNS``), engine first, then the anchors.
 
     On each anchor row: engine_over_anchor = engine seconds / anchor seconds of the same op,
@@ -108,7 +108,7 @@ def combine(rows: list[dict], sitting: str, cpu_model: str, vector_ext: str) -> 
     if not dup.empty:
         raise CometError(f"two rows for the same op and system: {sorted(set(zip(dup.op, dup.system)))}")
     engine = {r["op"]: r["seconds"] for r in rows if r["system"] == "engine"}
-    df["sitting"], df["cpu_model"], df["vector_ext"] = sitting, cpu_model, vector_ext
+    df["sitting"], df["cpu_model"], df["vector_ext"], df["cpus"] = sitting, cpu_model, vector_ext, cpus
     ratio, speed, target, met = [], [], [], []
     for r in df.to_dict("records"):
         e = engine.get(r["op"], math.nan) if r["system"] != "engine" else math.nan
@@ -142,6 +142,11 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
+def _n(k, word: str, plural: str = "s") -> str:
+    k = int(k)
+    return f"{k} {word}{'' if k == 1 else plural}"
+
+
 def _s(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f} s"
 
@@ -167,9 +172,8 @@ def performance_section(df: pd.DataFrame, source: str = "results/engine_ops.csv"
     for r in df.to_dict("records"):
         seen.setdefault(r["system"], r)
     threads = {s: seen[s] for s in SYSTEMS if s in seen}  # how each system ran (first row of each)
-    run = "; ".join(f"{LABELS[s]}: {int(r['processes'])} process{'es' if r['processes'] != 1 else ''} x "
-                    f"{int(r['threads_per_process'])} thread{'s' if r['threads_per_process'] != 1 else ''}, "
-                    f"{r['reps']} reps" for s, r in threads.items())
+    run = "; ".join(f"{LABELS[s]}: {_n(r['processes'], 'process', 'es')} x {_n(r['threads_per_process'], 'thread')}, "
+                    f"{_n(r['reps'], 'timed rep')}" for s, r in threads.items())
     lines = [
         f"One sitting ({sittings[0]}): {run}. CPU: {first['cpu_model']} ({first['vector_ext'] or 'no AVX'}); "
         f"1-minute load average {loads.min():.2f}-{loads.max():.2f} during the sitting. Median seconds of one op "
@@ -196,6 +200,10 @@ def performance_section(df: pd.DataFrame, source: str = "results/engine_ops.csv"
             r = by.get((sysname, op))
             cells.append("-" if r is None else f"{int(r['bytes']):,} B, {int(r['rounds'])} rounds")
         lines.append("| " + " | ".join(cells) + " |")
+    cpus = _f(first.get("cpus"))
+    if not math.isnan(cpus) and loads.max() > cpus:
+        lines += ["", f"**The machine was loaded**: the load average ({loads.max():.2f}) exceeded its {int(cpus)} CPUs "
+                  "during this sitting, so other work competed with the timed ops; rerun on a quiet machine."]
     missing = [LABELS[s] for s in SYSTEMS if s not in threads]
     if missing:
         lines += ["", f"Not measured in this sitting: {', '.join(missing)} (its virtualenv did not install or "
