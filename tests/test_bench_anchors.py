@@ -192,23 +192,37 @@ def test_publish_refuses_a_sitting_without_the_engine_or_a_table_that_is_not_one
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_sitting_without_an_anchor_venv_still_runs_the_engine(tmp_path):
-    """--no-setup with no SPU venv: SPU is reported skipped in one line, the engine's rows are written."""
-    env = {"PATH": "/usr/bin:/bin", "ANCHOR_SPU_VENV": str(tmp_path / "no-venv"), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_sitting.py"), "--systems", "spu,engine",
-                        "--ops", "relu", "--reps", "1", "--engine-threads", "1", "--no-setup",
-                        "--out-root", str(tmp_path), "--stamp", "t1", "--anchors", str(tmp_path / "anchors")],
-                       capture_output=True, text=True, timeout=300, env=env)
+def test_sitting_whose_anchors_cannot_install_still_runs_the_engine(tmp_path):
+    """CrypTen's setup fails (as offline) and SPU's harness is absent: each is reported in one line,
+    nothing of theirs is timed, the engine's rows are written; an existing sitting folder is refused."""
+    harness = tmp_path / "anchors"
+    (harness / "crypten").mkdir(parents=True)
+    (harness / "crypten" / "setup.sh").write_text("echo 'ERROR: Could not find a version that satisfies crypten' >&2\nexit 1\n")
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "ANCHOR_CRYPTEN_VENV": str(tmp_path / "cv"),
+           "ANCHOR_SPU_VENV": str(tmp_path / "sv")}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_sitting.py"), "--ops", "relu", "--reps", "1",
+           "--engine-threads", "1", "--out-root", str(tmp_path), "--stamp", "t1", "--anchors", str(harness)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr
-    assert "WARNING: spu not in this sitting: skipped: no venv" in p.stderr
+    assert ("WARNING: crypten not in this sitting: skipped: CrypTen setup failed (exit 1; offline or no wheel?): "
+            "$ bash") in p.stderr and "Could not find a version" in p.stderr
+    assert f"WARNING: spu not in this sitting: skipped: no SPU harness at {harness / 'spu'}" in p.stderr
+    assert not (tmp_path / "cv").exists() and not (tmp_path / "sv").exists()
     folder = tmp_path / "t1"
     t = anchors.read_table(folder / "anchors.csv")
     assert list(zip(t.system, t.op)) == [("engine", "relu")]
-    assert t.bytes[0] > 0 and t.rounds[0] == 9 and t.seconds[0] > 0 and t.reps[0] == 1
+    assert t.bytes[0] > 0 and t.rounds[0] == 9 and t.seconds[0] > 0 and t.reps[0] == 1 and t.cpus[0] >= 1
     meta = json.loads((folder / "sitting.json").read_text())
-    assert meta["status"]["engine"] == "ok" and meta["status"]["spu"].startswith("skipped")
+    assert meta["status"]["engine"] == "ok" and meta["status"]["crypten"].startswith("skipped")
     assert (folder / "engine.csv").is_file() and p.stdout.strip().splitlines()[-1] == str(folder)
-    again = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_sitting.py"), "--systems", "engine",
-                            "--out-root", str(tmp_path), "--stamp", "t1"], capture_output=True, text=True,
-                           timeout=120, env=env)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_sitting_with_no_setup_skips_an_anchor_without_its_venv(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "ANCHOR_SPU_VENV": str(tmp_path / "no-venv")}
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_sitting.py"), "--systems", "spu",
+                        "--no-setup", "--out-root", str(tmp_path), "--stamp", "t2"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 1 and "WARNING" not in p.stderr and "nothing ran" in p.stderr
+    assert json.loads((tmp_path / "t2" / "sitting.json").read_text())["status"]["spu"].startswith("skipped: no venv")
