@@ -4,7 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-kernel clean
+
+# make bench: one sitting, CrypTen 0.4.1 + SecretFlow-SPU 0.9.5 (their harnesses where they are, never
+# copied here; each sets up its own venv under $$TMPDIR on first use) + the engine, into
+# outputs/bench/<stamp>/. REPS=1 for a quick run; publish with benchmarks/bench_publish.py.
+ANCHORS ?= ../shared/benchmarks
+REPS ?= 5
+ENGINE_THREADS ?= 2
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -25,7 +32,9 @@ test: install
 
 # scratch copies under outputs/; results/*.csv are refreshed only by explicit runs (README, Results)
 bench: install
-	$(BIN)/python benchmarks/engine_ops.py --out outputs/bench/engine_ops.csv --overwrite
+	$(BIN)/python benchmarks/bench_sitting.py --anchors $(ANCHORS) --reps $(REPS) --engine-threads $(ENGINE_THREADS)
+
+bench-kernel: install
 	$(BIN)/python benchmarks/ring_matmul.py --out outputs/bench/ring_matmul.csv --overwrite
 
 clean:

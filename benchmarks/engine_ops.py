@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Time the 2PC engine's core operations in exact mode next to plaintext torch and CrypTen 0.4.1.
+"""Time the 2PC engine's core operations in exact mode next to plaintext torch.
 
-Operations (the shapes of shared/benchmarks/crypten, same input domains):
+The anchors (CrypTen 0.4.1, SecretFlow-SPU 0.9.5) run beside it in one sitting through `make bench`
+(benchmarks/bench_sitting.py), which also forms the ratios: this script never divides by a stored
+number from another host.
+
+Operations (the shapes of the CrypTen and SPU harnesses in ../shared/benchmarks, same input domains,
+16 fractional bits like both):
   matmul   (128x768) x (768x3072), secret x secret (client's x, model owner's W), Beaver's protocol,
            the dealer's triple generation (a, b, c = a @ b) timed inside the op, as in CrypTen (TFP)
   relu     128x3072
@@ -22,16 +27,15 @@ Columns:
   dealer_seconds the part of `seconds` spent in the dealer (correlated randomness), median over reps.
   plain_seconds  median wall time of the plaintext float32 torch op.
   max_abs_err    max |opened result - float64 plaintext| over the warm-up and all reps.
-  crypten_*      CrypTen 0.4.1's row of the same case (2 processes x 1 thread, gloo over loopback).
-  speedup_vs_crypten = crypten_seconds / seconds.
   cpu_model, vector_ext  /proc/cpuinfo's model name and its vector extensions (avx2, avx512f, ...).
   malloc_tunables        the GLIBC_TUNABLES of the run (glibc.malloc.hugetlb=1 cuts page-fault time).
   omp_wait_policy        the OMP_WAIT_POLICY of the run (PASSIVE: idle OpenMP threads sleep instead of
                          spinning; on a loaded shared machine that decides the timings).
+  comet_revision         the toolkit's git revision (-dirty: uncommitted changes).
 Machine load matters on a shared 2-core machine: the 1-minute load average before and after each op
 is written into its row.
 
-Usage: python benchmarks/engine_ops.py [--reps 5] [--threads 2] [--out results/engine_ops.csv] [--overwrite]
+Usage: python benchmarks/engine_ops.py [--reps 5] [--threads 2] [--out outputs/bench/engine_ops.csv] [--overwrite]
 """
 
 from __future__ import annotations
@@ -53,14 +57,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
+from comet_core.results.tables import git_revision  # noqa: E402
 from comet_core.comm.ledger import Cost  # noqa: E402
 from comet_core.mpc import arith, compare, nonlinear as nl  # noqa: E402
 from comet_core.mpc.engine import MPC, EngineConfig  # noqa: E402
 
 log = logging.getLogger("engine_ops")
 
-DEFAULT_OUT = "results/engine_ops.csv"
-DEFAULT_CRYPTEN = "../shared/benchmarks/crypten/results.csv"
+DEFAULT_OUT = "outputs/bench/engine_ops.csv"
 OPS = ("matmul", "relu", "softmax", "ffn_decode")
 
 
@@ -195,15 +199,6 @@ def _cost_between(m: MPC, a, b):
     return Cost(online, offline, b[1] - a[1])
 
 
-def read_crypten(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        log.warning("no CrypTen results at %s: CrypTen columns left empty", path)
-        return {}
-    df = pd.read_csv(path)
-    log.info("CrypTen results from %s", path)
-    return {r["case"]: r for r in df.to_dict("records")}
-
-
 def _resolve(p: str, default: str) -> Path:
     """User paths are relative to the working directory; the defaults to the repository root."""
     return (REPO / p) if p == default else Path(p).expanduser().resolve()
@@ -220,8 +215,6 @@ def main(argv=None) -> int:
     ap.add_argument("--frac-bits", type=int, default=16)
     ap.add_argument("--truncation", choices=["local", "dealer"], default="local",
                     help="local = CrypTen's 2-party choice (default)")
-    ap.add_argument("--crypten", default=DEFAULT_CRYPTEN,
-                    help=f"CrypTen results.csv (default {DEFAULT_CRYPTEN}, relative to the repo root)")
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"CSV to write (default {DEFAULT_OUT} in the repo root)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -239,12 +232,12 @@ def main(argv=None) -> int:
     if refuse_existing(out, args.overwrite):
         return 2
     torch.set_num_threads(args.threads)
-    crypten = read_crypten(_resolve(args.crypten, DEFAULT_CRYPTEN))
 
     load_before = _load_avg()
     model, vec = cpu_info()
     log.info("torch %s, %d threads, %d CPUs (%s; %s), load average (1 min) %.2f", torch.__version__,
              torch.get_num_threads(), os.cpu_count() or 0, model, vec, load_before)
+    revision = git_revision()
     rows = []
     for op in ops:
         before = _load_avg()
@@ -253,33 +246,27 @@ def main(argv=None) -> int:
     load_after = _load_avg()
 
     for r in rows:
-        c = crypten.get(r["op"])
-        r["crypten_seconds"] = c["seconds_median"] if c else float("nan")
-        r["crypten_rounds"] = c["rounds"] if c else pd.NA
-        r["crypten_bytes_per_party"] = c["bytes_per_party"] if c else pd.NA
-        r["speedup_vs_crypten"] = r["crypten_seconds"] / r["seconds"] if c else float("nan")
         r.update(device=args.device if args.device == "cpu" else torch.cuda.get_device_name(),
                  threads=args.threads, reps=args.reps, truncation=args.truncation, frac_bits=args.frac_bits,
                  cpu_model=model, vector_ext=vec, malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
                  omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
                  cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
+                 comet_revision=revision,
                  timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     df = pd.DataFrame(rows)
     first = ["op", "shape", "online_bytes", "rounds", "offline_bytes", "seconds", "dealer_seconds", "plain_seconds",
-             "max_abs_err", "crypten_seconds", "crypten_rounds", "crypten_bytes_per_party", "speedup_vs_crypten",
-             "device", "threads", "reps", "truncation", "frac_bits", "load_avg_1m_before", "load_avg_1m_after", "cpus",
+             "max_abs_err", "device", "threads", "reps", "truncation", "frac_bits", "load_avg_1m_before", "load_avg_1m_after", "cpus",
              "torch", "python", "timestamp"]                 # the columns of earlier runs keep their order
     df = df[first + [c for c in df.columns if c not in first]]
 
-    show = df[["op", "shape", "online_bytes", "rounds", "seconds", "dealer_seconds", "plain_seconds", "max_abs_err",
-               "crypten_seconds", "crypten_rounds", "crypten_bytes_per_party", "speedup_vs_crypten"]]
+    show = df[["op", "shape", "online_bytes", "rounds", "seconds", "dealer_seconds", "plain_seconds", "max_abs_err"]]
     print(f"# 2PC engine, exact mode, {args.threads} torch threads, {args.reps} reps (median), "
           f"truncation={args.truncation}, load average (1 min) {load_before:.2f} before / {load_after:.2f} after")
     print("# online_bytes = both directions between P0 and P1 = CrypTen's bytes per party (sent + received)")
+    print(f"# {model} ({vec})")
     print(show.to_string(index=False, formatters={
         "online_bytes": "{:,}".format, "seconds": "{:.4f}".format, "dealer_seconds": "{:.4f}".format, "plain_seconds": "{:.5f}".format,
-        "max_abs_err": "{:.3g}".format, "crypten_seconds": "{:.4f}".format,
-        "speedup_vs_crypten": "{:.2f}x".format}))
+        "max_abs_err": "{:.3g}".format}))
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     log.info("wrote %s", out)
