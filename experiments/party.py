@@ -112,31 +112,39 @@ def open_links(cfg, role: str, keys: str, hello: dict, shaper=None) -> dict:
     t = cfg.transport
     mk = lambda sock, peer: SocketPipe(sock, role, peer, int(t.max_frame_bytes), float(t.timeout_s),  # noqa: E731
                                       shaper=shaper if {role, peer} == {"p0", "p1"} else None)
-    socks = {}
-    if role in ("p0", "p1"):
-        host, port = _addr(cfg, role)
-        if port <= 0:
-            from comet_core.errors import ConfigError
+    links: dict = {}
 
-            raise ConfigError(f"transport.ports.{role} must be a port number for `comet party` (0 is for run-experiment)")
-        listener = Listener(role, t.bind or host, port, server_context(keys, role))
-        log.info("%s listening on %s:%d", role, *listener.address[:2])
-        try:
-            if role == "p1":
-                socks["p0"] = connect(role, "p0", *_addr(cfg, "p0"), client_context(keys, role), float(t.connect_timeout_s))
-            expected = {"dealer", "client", "owner"} | ({"p1"} if role == "p0" else set())
-            socks.update(listener.accept(expected, float(t.connect_timeout_s)))
-        finally:
-            listener.close()
-    else:
-        ctx = client_context(keys, role)
-        for party in ("p0", "p1"):
-            socks[party] = connect(role, party, *_addr(cfg, party), ctx, float(t.connect_timeout_s))
-    links = {peer: mk(s, peer) for peer, s in socks.items()}
-    for peer in sorted(links):
-        theirs = handshake(links[peer], hello)
-        links[peer].hello = theirs
+    def link(peer: str, sock) -> None:
+        pipe = mk(sock, peer)
+        links[peer] = pipe
+        pipe.hello = handshake(pipe, hello)
         log.info("%s: handshake with %s ok (config %s)", role, peer, hello["config_sha256"][:12])
+
+    try:
+        if role in ("p0", "p1"):
+            host, port = _addr(cfg, role)
+            if port <= 0:
+                from comet_core.errors import ConfigError
+
+                raise ConfigError(f"transport.ports.{role} must be a port number for `comet party` (0 is for run-experiment)")
+            listener = Listener(role, t.bind or host, port, server_context(keys, role))
+            log.info("%s listening on %s:%d", role, *listener.address[:2])
+            try:
+                if role == "p1":
+                    link("p0", connect(role, "p0", *_addr(cfg, "p0"), client_context(keys, role), float(t.connect_timeout_s)))
+                expected = {"dealer", "client", "owner"} | ({"p1"} if role == "p0" else set())
+                listener.accept(expected, float(t.connect_timeout_s), each=link)
+            finally:
+                listener.close()
+        else:
+            ctx = client_context(keys, role)
+            for party in ("p0", "p1"):
+                link(party, connect(role, party, *_addr(cfg, party), ctx, float(t.connect_timeout_s)))
+    except BaseException as e:
+        for pipe in links.values():
+            pipe.send_error(f"{role}: {e}")
+            pipe.close()
+        raise
     return links
 
 
@@ -208,33 +216,42 @@ def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:
     return res
 
 
-def owner_items(cfg):
-    """The owner's plaintext weights, shared once in the order the parties ask (share_weights, then the
-    system's setup): [(shares (2, ...), frac, phase)], and the SHA-256 of the plaintext tensors."""
+def owner_weights(cfg):
+    """The owner's plaintext weights (extract layout) and the SHA-256 of their bytes (the hello's model hash)."""
     import torch
 
-    from comet_core.models.weights import extract, share_weights
+    from comet_core.models.weights import extract
     from comet_core.models.zoo import load_plain_model
-    from comet_core.mpc.engine import MPC
-    from comet_core.systems import load_system
 
     torch.manual_seed(cfg.model_seed)
     plain, _ = load_plain_model(cfg.model, seed=cfg.model_seed)
     pw = extract(plain, cfg.model.family, cfg.model.activation)
+    h = hashlib.sha256()
+    for t in [t for layer in pw.layers for t in layer.values()] + list(pw.globals.values()):
+        h.update(t.detach().cpu().contiguous().reshape(-1).numpy().tobytes())
+    return pw, h.hexdigest()
+
+
+def owner_items(cfg, pw) -> list:
+    """Every share the parties will ask the owner for, in their order (share_weights, then the system's
+    setup): [(shares (2, ...), frac, phase)], made as LocalPeers makes them (the simulation's sharing)."""
+    from comet_core.models.weights import share_weights
+    from comet_core.mpc.engine import MPC
+    from comet_core.systems import load_system
+
     full = MPC(_engine(cfg), seed=cfg.seed, device=cfg.device, mode="exact")
-    items, h = [], hashlib.sha256()
+    items = []
     orig = full.share
 
     def recording(x, owner="client", frac=None, phase="input"):
         s = orig(x, owner=owner, frac=frac, phase=phase)
         if owner == "model_owner":
             items.append((s.data, s.frac, phase))
-            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return s
     full.share = recording
     weights = share_weights(full, pw)
     load_system(cfg.system).prepare(full, weights, cfg.model)
-    return items, h.hexdigest()
+    return items
 
 
 def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
@@ -260,8 +277,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
         hello = dict(role=role, pid=os.getpid(), config_sha256=config_hash(flat), config=flat)
         ctx: dict = {}
         if role == "owner":
-            ctx["owner_service"] = None
-            items, wsha = owner_items(cfg)
+            plain_weights, wsha = owner_weights(cfg)
             hello["weights_sha256"] = wsha
         if role == "client":
             from comet_core.models.tokenizers import load_tokenizer
@@ -269,11 +285,12 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
 
             ctx["ids"] = prompt_ids(load_tokenizer(cfg.model.get("tokenizer", "bytes")), cfg)
             hello["prompt_tokens"] = len(ctx["ids"])
+        log.info("role %s is pid %d", role, os.getpid())
         links = open_links(cfg, role, keys, hello, shaper=shaper)
         if role == "owner":
             from comet_core.comm.remote import OwnerService
 
-            ctx["owner_service"] = OwnerService(items, float(cfg.transport.timeout_s), wsha)
+            ctx["owner_service"] = OwnerService(owner_items(cfg, plain_weights), float(cfg.transport.timeout_s), wsha)
         res = run_party(cfg, int(role[1]), links, out_dir) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
         if role in ("p0", "p1"):
             res["owner_weights_sha256"] = links["owner"].hello.get("weights_sha256") if "owner" in links else None
@@ -282,7 +299,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
         (out_dir / "result.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
         return 0
     except (CometError, PeerError) as e:
-        msg = f"{role}: {e}"
+        msg = str(e) if str(e).startswith(f"{role}:") else f"{role}: {e}"
     except KeyboardInterrupt:
         msg = f"{role}: interrupted"
     except Exception as e:  # noqa: BLE001 - a bug: the traceback goes to the log, one line to stderr

@@ -72,23 +72,18 @@ def wait_roles(procs: dict, grace_s: float) -> None:
     Raises CometError with the failing role's line."""
     from comet_core.errors import CometError
 
-    failed_at, first = None, None
+    failed_at = None
     try:
         while True:
             states = {r: p.poll() for r, (p, _) in procs.items()}
-            bad = [r for r, s in states.items() if s not in (None, 0)]
-            if bad and first is None:
-                # prefer the role whose error is not just "the peer stopped"
-                lines = {r: _last_error(procs[r][1]) or f"exited with status {states[r]}" for r in bad}
-                first = min(bad, key=lambda r: ("stopped" in lines[r] or "closed the link" in lines[r], r))
-                first = (first, lines[first])
+            if failed_at is None and any(s not in (None, 0) for s in states.values()):
                 failed_at = time.monotonic()
             if all(s is not None for s in states.values()):
                 break
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
                 for r, (p, _) in procs.items():
                     if p.poll() is None:
-                        log.warning("killing %s (pid %d): it did not stop after %s failed", r, p.pid, first[0])
+                        log.warning("killing %s (pid %d): it did not stop after another role failed", r, p.pid)
                         os.killpg(p.pid, signal.SIGKILL)
                         p.wait()
                 break
@@ -99,11 +94,31 @@ def wait_roles(procs: dict, grace_s: float) -> None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         raise
-    if first is not None:
-        # the root cause: a role whose line does not merely report that a peer stopped
-        lines = {r: _last_error(lf) for r, (p, lf) in procs.items() if p.returncode not in (0, None)}
-        root = [ln for ln in lines.values() if ln and "stopped" not in ln and "closed the link" not in ln]
-        raise CometError(f"transport=tcp run failed: {root[0] if root else first[1]} (logs: {procs[first[0]][1].parent})")
+    if failed_at is not None:
+        raise CometError(f"transport=tcp run failed: {failure_line(procs)} (logs: {next(iter(procs.values()))[1].parent})")
+
+
+def failure_line(procs: dict) -> str:
+    """One line: the root cause (a role killed by a signal, or whose error is not just that a peer
+    stopped) first, then what the parties saw (which peer, which step)."""
+    lines = {}
+    for r, (p, logf) in procs.items():
+        code = p.returncode
+        if code in (0, None):
+            continue
+        if code < 0:
+            lines[r] = f"{r} was killed (signal {-code})"
+        else:
+            lines[r] = _last_error(logf) or f"{r} exited with status {code}"
+    def secondary(text: str) -> bool:
+        return any(w in text for w in ("stopped", "closed the link", "broke", "dropped the link"))
+    order = sorted(lines, key=lambda r: (secondary(lines[r]), ROLE_RANK.get(r, 9)))
+    root = lines[order[0]]
+    seen = next((lines[r] for r in order[1:] if r in ("p0", "p1")), None)
+    return root + (f"; {seen}" if seen and seen != root else "")
+
+
+ROLE_RANK = {"p0": 0, "p1": 1, "dealer": 2, "owner": 3, "client": 4}
 
 
 def keep_logs(work: Path, staging: Path) -> Path:

@@ -206,8 +206,9 @@ class Listener:
         self.sock.listen(8)
         self.address = self.sock.getsockname()
 
-    def accept(self, roles: set[str], timeout_s: float) -> dict[str, ssl.SSLSocket]:
-        """Accept one connection from each role within timeout_s; others are refused and logged."""
+    def accept(self, roles: set[str], timeout_s: float, each=None) -> dict[str, ssl.SSLSocket]:
+        """Accept one connection from each role within timeout_s; others are refused and logged.
+        `each(role, sock)` runs on every accepted connection at once (the hello: a mismatch stops here)."""
         got: dict[str, ssl.SSLSocket] = {}
         deadline = time.monotonic() + timeout_s
         last = ""
@@ -238,6 +239,8 @@ class Listener:
                 continue
             log.info("%s: %s connected from %s:%d", self.me, role, addr[0], addr[1])
             got[role] = conn
+            if each is not None:
+                each(role, conn)
         return got
 
     def close(self) -> None:
