@@ -142,7 +142,7 @@ def open_links(cfg, role: str, keys: str, hello: dict, shaper=None) -> dict:
                 link(party, connect(role, party, *_addr(cfg, party), ctx, float(t.connect_timeout_s)))
     except BaseException as e:
         for pipe in links.values():
-            pipe.send_error(f"{role}: {e}")
+            pipe.send_error(str(e) if str(e).startswith(f"{role}:") else f"{role}: {e}")
             pipe.close()
         raise
     return links

@@ -91,6 +91,7 @@ class SocketPipe:
         self.sent_frame = self.recv_frame = 0
         self.unpacked_excess = 0
         self.closed = False
+        self.failed: PeerError | None = None   # the first error on this link: every later use repeats it
         sock.settimeout(self.timeout_s)
 
     def _at(self) -> str:
@@ -99,6 +100,25 @@ class SocketPipe:
 
     def send(self, obj, bits=None, packed: int | None = None) -> int:
         """Send one message; returns its payload bytes."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            return self._send(obj, bits, packed)
+        except PeerError as e:
+            self.failed = e
+            raise
+
+    def recv(self):
+        """The next message (PeerError if none comes in time, the link closed, or the frame is bad)."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            return self._recv()
+        except PeerError as e:
+            self.failed = e
+            raise
+
+    def _send(self, obj, bits, packed) -> int:
         enc = encode(obj, bits, packed)
         if len(enc.body) > self.max_frame:
             raise PeerError(f"{self.me}: a message to {self.peer} of {len(enc.body)} bytes exceeds "
@@ -131,8 +151,7 @@ class SocketPipe:
             buf += chunk
         return bytes(buf)
 
-    def recv(self):
-        """The next message (PeerError if none comes in time, the link closed, or the frame is bad)."""
+    def _recv(self):
         try:
             head = self._read(_LEN.size)
             (n,) = _LEN.unpack(head)
