@@ -322,6 +322,8 @@ def serve_links(service: _Service, links: dict) -> None:
                 msg = pipe.recv()
                 if not isinstance(msg, dict):
                     raise PeerError(f"P{rank} sent a message that is not a request")
+                if service.failed is not None:   # the other party's link failed: tell this one why
+                    raise PeerError(f"stopped: {service.failed}")
                 if msg.get("op") == "bye":
                     if not service.finished(rank):
                         raise PeerError(f"P{rank} said goodbye before its work with this role was done")
@@ -332,8 +334,7 @@ def serve_links(service: _Service, links: dict) -> None:
         except BaseException as e:  # noqa: BLE001 - reported once, below
             errors.append(e)
             service.fail(rank, e)
-            for p in links.values():
-                p.send_error(str(e))
+            pipe.send_error(str(e))   # only this thread's own link (an SSL socket is not shared by threads)
 
     threads = [threading.Thread(target=body, args=(r,), name=f"serve-P{r}", daemon=True) for r in (0, 1)]
     for t in threads:
