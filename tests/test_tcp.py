@@ -47,7 +47,7 @@ def _cfg(tmp_path, *over):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=[f"output_dir={tmp_path / 'run'}", "model=tiny-opt", "model.layers=1",
                                             "gen_tokens=2", "prompt=To be", "seed=3", "transport=tcp",
-                                            "transport.timeout_s=8", "transport.connect_timeout_s=30", "force=true",
+                                            "transport.timeout_s=30", "transport.connect_timeout_s=30", "force=true",
                                             *over])
 
 
@@ -399,3 +399,21 @@ def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
     assert proc.returncode != 0
     assert "p1 was killed" in stderr and "Traceback" not in stderr, stderr
     assert not (out / "COMPLETE").exists()
+
+
+def test_an_ideal_functionality_runs_through_the_dealer(tmp_path, keys):
+    """system=iron: the parties hand their shares to the dealer process (the trusted party); tokens and
+    ledger equal the in-process run."""
+    from experiments.run import execute
+
+    cfg = _ports(_cfg(tmp_path, "system=iron"))
+    rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path)
+    assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
+    sim_cfg = cfg.copy()
+    sim_cfg.transport.name = "inprocess"
+    sim = execute(sim_cfg)
+    client = json.loads((tmp_path / "client" / "result.json").read_text())
+    assert client["tokens"] == sim.gen.tokens
+    led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
+    assert (led.astype(str).values == sim.ledger.astype(str).values).all()
+    assert (sim.ledger.cost_source == "model").any()
