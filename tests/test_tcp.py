@@ -417,3 +417,35 @@ def test_an_ideal_functionality_runs_through_the_dealer(tmp_path, keys):
     led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
     assert (led.astype(str).values == sim.ledger.astype(str).values).all()
     assert (sim.ledger.cost_source == "model").any()
+
+
+def test_party_config_from_overrides_hashes_like_the_launchers_file(tmp_path):
+    """Two machines compose the config from overrides; run-experiment passes a saved file: same hash.
+    Keys that may differ per role (output_dir, the prompt, keys_dir) are not hashed."""
+    from omegaconf import OmegaConf
+
+    from experiments.party import compose, config_hash, flat_config, load_config
+
+    over = ["transport=tcp", "model=tiny-opt", "seed=2", "transport.ports.p0=29500", "transport.ports.p1=29501"]
+    a = compose(over)
+    OmegaConf.save(a, tmp_path / "c.yaml", resolve=False)
+    b = load_config(str(tmp_path / "c.yaml"))
+    c = compose([*over, "prompt=secret text", "transport.keys_dir=/elsewhere", "output_dir=x"])
+    assert config_hash(flat_config(a)) == config_hash(flat_config(b)) == config_hash(flat_config(c))
+    assert "prompt" not in flat_config(a)
+    d = compose([*over[:-1], "transport.ports.p1=29502"])
+    assert config_hash(flat_config(d)) != config_hash(flat_config(a))
+
+
+def test_comet_party_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "cli.main", "party", "--role", "p0", "transport=tcp",
+                        "transport.ports.p0=29500", "transport.ports.p1=29501", f"transport.keys_dir={tmp_path}"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [ln for ln in r.stderr.splitlines() if "error" in ln.lower() and "INFO" not in ln]
+    assert len(errors) == 1 and "missing key files" in errors[0] and "comet keys" in errors[0]
