@@ -175,10 +175,19 @@ def tcp_execute(cfg, staging: Path):
     # the launcher's own reference (and, with check_inprocess, the in-process run of the same config)
     ref_outcome = _reference(cfg)
     client = res["client"]
+    import torch
+
     gen = Generation(tokens=[int(t) for t in client["tokens"]],
-                     logits=[__import__("torch").tensor(lg) for lg in client.get("logits", [])],
+                     logits=[torch.tensor(lg) for lg in client.get("logits", [])],
                      stage_seconds=res["p0"]["stage_seconds"])
     transport = transport_summary(cfg, res, procs, led0, ref_outcome, wall, keys)
+    from experiments.party import owner_weights
+
+    # the owner served the model the launcher's reference runs (hash of the plaintext tensors)
+    transport["weights_equal_reference"] = owner_weights(cfg)[1] == res["owner"].get("weights_sha256")
+    if not transport["weights_equal_reference"]:
+        raise CometError("the owner process served other weights than the launcher's plaintext model "
+                         f"(weights SHA-256 {res['owner'].get('weights_sha256')}); check model= and model_seed=")
     from experiments.run import Outcome
     from comet_core.models.tokenizers import load_tokenizer
 
@@ -230,8 +239,6 @@ def _reference(cfg):
 
 def transport_summary(cfg, res: dict, procs: dict, ledger, ref_outcome, wall: float, keys: str) -> dict:
     """Socket counters next to the ledger, the in-process comparison, and each role's pid and address."""
-    from comet_core.comm.tls import tcp_bytes  # noqa: F401 - the counters' source, for the reader
-
     p0, p1 = res["p0"], res["p1"]
     stages = sorted(set(p0["socket_bytes"]) | set(p1["socket_bytes"]))
     by_stage = {s: int(p0["socket_bytes"].get(s, 0)) + int(p1["socket_bytes"].get(s, 0)) for s in stages}
@@ -254,8 +261,6 @@ def transport_summary(cfg, res: dict, procs: dict, ledger, ref_outcome, wall: fl
         config_sha256=p0["config_sha256"], weights_sha256=res["owner"].get("weights_sha256"),
     )
     if getattr(ref_outcome, "inprocess", False):
-        import pandas as pd
-
         sim = ref_outcome.ledger.reset_index(drop=True)
         tcp_led = ledger.reset_index(drop=True)
         same = sim.shape == tcp_led.shape and all(
@@ -263,5 +268,4 @@ def transport_summary(cfg, res: dict, procs: dict, ledger, ref_outcome, wall: fl
         summary.update(inprocess_tokens=list(ref_outcome.gen.tokens),
                        tokens_equal_inprocess=list(ref_outcome.gen.tokens) == [int(t) for t in res["client"]["tokens"]],
                        ledger_equal_inprocess=bool(same))
-        del pd
     return summary

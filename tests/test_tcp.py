@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import struct
 import threading
 import time
@@ -90,7 +89,6 @@ def _err(out: Path, role: str) -> str:
 
 
 def test_private_generation_under_run_pair_equals_the_simulation():
-    from helpers_models import model_cfg  # noqa: F401 - conftest path
     from omegaconf import OmegaConf
 
     from comet_core.models.generate import private_generate
@@ -297,6 +295,7 @@ def test_roles_run_and_a_party_receives_only_its_own_shares(tmp_path, keys, monk
 
 def test_config_mismatch_stops_every_role(tmp_path, keys):
     cfg = _ports(_cfg(tmp_path))
+    cfg.transport.connect_timeout_s = 8.0   # roles the refusing party never reached give up after this
     other = cfg.copy()
     other.engine.frac_bits = 18
     t0 = time.monotonic()
@@ -359,6 +358,7 @@ def test_run_experiment_over_tcp_equals_inprocess(tmp_path):
     s = run(cfg, tmp_path / "run")
     t = s["transport"]
     assert t["tokens_equal_inprocess"] and t["ledger_equal_inprocess"] and t["recv_check"]
+    assert t["weights_equal_reference"] and t["unpacked_excess_bytes"] == 0
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
     assert tot.socket_bytes == tot.online_bytes > 0 and tot.tls_overhead_bytes > 0 and tot.frame_overhead_bytes > 0

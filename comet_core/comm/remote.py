@@ -79,13 +79,11 @@ class RemotePeers:
     def __init__(self, rank: int, links: dict) -> None:
         self.rank = rank
         self.links = links          # role -> SocketPipe: "p0"/"p1" (the other party), dealer, client, owner
-        self.channel_obj: PartyChannel | None = None
 
     def channel(self, rank: int, ledger: Ledger) -> PartyChannel:
         ch = PartyChannel(rank, ledger, self.links[f"p{1 - rank}"])
         for pipe in self.links.values():
             pipe.where = lambda: describe_step(ledger)
-        self.channel_obj = ch
         return ch
 
     def dealer_view(self, mpc) -> RemoteDealerView:
@@ -105,14 +103,6 @@ class RemotePeers:
         self.links["client"].send({"op": "reveal", "to": to, "data": data[0], "frac": int(frac)})
         return torch.zeros_like(data[0])   # the party learns nothing: a placeholder
 
-    def ideal(self, rank: int, data, evaluate):  # pragma: no cover - RemoteDealerView.ideal is used
-        raise NotImplementedError
-
-    def close(self, message: str | None = None) -> None:
-        for pipe in self.links.values():
-            if message is not None:
-                pipe.send_error(message)
-            pipe.close()
 
 
 # -- service side -------------------------------------------------------------------------------------
@@ -245,7 +235,7 @@ class ClientService(_Service):
         self.vocab, self.gen_tokens, self.output = int(vocab), int(gen_tokens), output
         self.tokens: list[int] = []
         self.logits: list[torch.Tensor] = []
-        self.shares: dict[int, torch.Tensor] = {}       # step -> (2, T, V) shares of the one-hot rows
+        self.shares: dict[int, list] = {}               # step -> [(2, T, V) shares of the one-hot rows, ranks served]
         self.reveals: dict[int, dict] = {}              # step -> {rank: share}
         self.n_share = {0: 0, 1: 0}
         self.n_reveal = {0: 0, 1: 0}
@@ -263,11 +253,14 @@ class ClientService(_Service):
             with self.cv:
                 if k not in self.shares:
                     new = self.ids if k == 0 else [self.tokens[-1]]
-                    self.shares[k] = self.full.share(one_hot(new, self.vocab, self.full.device), owner="client").data
-                data = self.shares[k]
-            if list(msg.get("shape", [])) != list(data.shape[1:]):
-                raise PeerError(f"P{rank} asked the client for input {k} of shape {msg.get('shape')}, "
-                                f"but it is {list(data.shape[1:])}")
+                    self.shares[k] = [self.full.share(one_hot(new, self.vocab, self.full.device), owner="client").data, set()]
+                data, taken = self.shares[k]
+                if list(msg.get("shape", [])) != list(data.shape[1:]):
+                    raise PeerError(f"P{rank} asked the client for input {k} of shape {msg.get('shape')}, "
+                                    f"but it is {list(data.shape[1:])}")
+                taken.add(rank)
+                if len(taken) == 2:
+                    del self.shares[k]     # both halves handed out: the client keeps nothing
             self.n_share[rank] += 1
             return {"share": data[rank]}
         if op == "reveal":
