@@ -316,7 +316,7 @@ def serve_links(service: _Service, links: dict) -> None:
                 if not isinstance(msg, dict):
                     raise PeerError(f"P{rank} sent a message that is not a request")
                 if service.failed is not None:   # the other party's link failed: tell this one why
-                    raise PeerError(f"stopped: {service.failed}")
+                    raise PeerError(str(service.failed))
                 if msg.get("op") == "bye":
                     if not service.finished(rank):
                         raise PeerError(f"P{rank} said goodbye before its work with this role was done")
