@@ -31,7 +31,7 @@ class Sweep:
 SWEEP = Sweep()
 
 
-JOBS_DIR = ".jobs"
+RECORD = ".job-{num}.json"    # one hidden file per job in the sweep folder (no folder: job folders stay 0, 1, ...)
 
 
 def record(num: int, overrides: list[str], sweep_dir: str, out: str | None = None, error: str | None = None) -> None:
@@ -42,11 +42,11 @@ def record(num: int, overrides: list[str], sweep_dir: str, out: str | None = Non
     SWEEP.dir = Path(sweep_dir).resolve()
     job = Job(num, list(overrides), str(Path(out).resolve()) if out else None, error)
     SWEEP.jobs = [j for j in SWEEP.jobs if j.num != num] + [job]
-    folder = SWEEP.dir / JOBS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{num}.json.tmp-{os.getpid()}"
+    SWEEP.dir.mkdir(parents=True, exist_ok=True)
+    path = SWEEP.dir / RECORD.format(num=num)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({"num": num, "overrides": job.overrides, "out": job.out, "error": error}))
-    tmp.replace(folder / f"{num}.json")
+    tmp.replace(path)
 
 
 def collect(sweep_dir: str) -> None:
@@ -56,7 +56,7 @@ def collect(sweep_dir: str) -> None:
     d = Path(sweep_dir).resolve()
     SWEEP.dir = d
     have = {j.num for j in SWEEP.jobs}
-    for f in sorted((d / JOBS_DIR).glob("*.json")):
+    for f in sorted(d.glob(RECORD.format(num="*"))):
         try:
             r = json.loads(f.read_text())
         except (OSError, ValueError) as e:
