@@ -83,6 +83,58 @@ def train_predictor(ctx: typer.Context) -> None:
     launch(train_predictor_task, "train_predictor", list(ctx.args), "comet train-predictor", check=check_train_predictor)
 
 
+@app.command("keys")
+def keys(out: Path = typer.Option(..., "--out", help="folder for ca.pem, ca.key and <role>.pem/.key"),
+         overwrite: bool = typer.Option(False, "--overwrite", help="replace keys already in --out"),
+         days: int = typer.Option(30, "--days", help="validity of the certificates in days")) -> None:
+    """Make a small CA and a certificate and key for each role (p0, p1, dealer, client, owner) for transport=tcp."""
+    from comet_core.comm.keys import make_keys
+    from comet_core.errors import CometError
+
+    try:
+        files = make_keys(out, overwrite=overwrite, days=days)
+    except CometError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {len(files)} files into {out.resolve()} (copy ca.pem and the role's .pem/.key to each machine)")
+
+
+@app.command("party", context_settings=HYDRA_ARGS)
+def party(ctx: typer.Context,
+          role: str = typer.Option(..., "--role", help="p0 | p1 | dealer | client | owner"),
+          keys_dir: Path = typer.Option(None, "--keys", help="folder with ca.pem and <role>.pem/.key (default: transport.keys_dir)"),
+          out: Path = typer.Option(None, "--out", help="folder for this role's result.json (and the parties' ledger)"),
+          config: Path = typer.Option(None, "--config", help="a resolved config.yaml (run-experiment passes one) instead of overrides")) -> None:
+    """Run one role of a transport=tcp run as this process (Hydra overrides as for run-experiment, e.g.
+    transport=tcp transport.hosts.p0=10.0.0.1 transport.ports.p0=29500 ...). README: "Two machines"."""
+    import logging
+    import sys
+
+    from cli.preflight import one_line
+    from comet_core.errors import CometError
+
+    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][{role}][%(name)s][%(levelname)s] %(message)s",
+                        stream=sys.stderr)
+    try:
+        from experiments.party import compose, load_config
+
+        cfg = load_config(str(config)) if config is not None else compose(list(ctx.args))
+        if cfg.transport.name != "tcp":
+            raise CometError("comet party needs transport=tcp (conf/transport/tcp.yaml)")
+        keys = keys_dir or cfg.transport.keys_dir
+        if not keys:
+            raise CometError("give --keys DIR or transport.keys_dir=DIR (made by `comet keys --out DIR`)")
+    except CometError as e:
+        typer.echo(f"error: {role}: {e}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf composition errors: one line
+        typer.echo(f"error: {role}: {one_line(e)}", err=True)
+        raise typer.Exit(2) from None
+    from experiments.party import main as party_main
+
+    raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path(f"party-{role}"))))
+
+
 @app.command("list")
 def list_configs(group: str = typer.Argument(None, help="a config group (model, system, network, ...); all if omitted")) -> None:
     """List the configs of each group (conf/<group>/*.yaml) with a one-line description."""

@@ -83,6 +83,21 @@ class EngineSchema:
 
 
 @dataclass
+class TransportSchema:
+    """conf/transport/*.yaml: inprocess (the default) or tcp (comet_core/comm/tls.py, experiments/party.py)."""
+    name: str = "inprocess"
+    keys_dir: Optional[str] = None
+    hosts: Dict[str, str] = field(default_factory=lambda: {r: "127.0.0.1" for r in ("p0", "p1", "dealer", "client", "owner")})
+    ports: Dict[str, int] = field(default_factory=lambda: {"p0": 0, "p1": 0})
+    bind: Optional[str] = None
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 60.0
+    max_frame_bytes: int = 1 << 30
+    exec_prefix: Dict[str, List[str]] = field(default_factory=lambda: {"p0": [], "p1": []})
+    check_inprocess: bool = True
+
+
+@dataclass
 class RunSchema:
     """conf/config.yaml (`comet run-experiment`)."""
     model: ModelSchema = MISSING
@@ -103,6 +118,7 @@ class RunSchema:
     force: bool = False
     experiment: Optional[Dict[str, Any]] = None   # paper artifact metadata (conf/experiment/*: name, preset, ...)
     output: str = "token"                         # token | logits: what the client receives per step
+    transport: TransportSchema = field(default_factory=TransportSchema)
 
 
 @dataclass

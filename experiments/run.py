@@ -101,6 +101,12 @@ def validate_config(cfg) -> None:
     from comet_core.systems import load_system
 
     load_system(cfg.system).validate(cfg)   # a system's own keys and files, before any model is loaded
+    transport = cfg.get("transport", {}).get("name", "inprocess")
+    require(transport in ("inprocess", "tcp"), f"transport must be inprocess or tcp (conf/transport/), got {transport!r}")
+    if transport == "tcp":
+        from experiments.party import check_party_config
+
+        check_party_config(cfg)
     check_memory(cfg)
 
 
@@ -208,6 +214,7 @@ class Outcome:
     n_layers: int
     system: object = None  # the system (sparse systems keep what they revealed: sparsity.csv)
     extra_refs: list = field(default_factory=list)   # [(source, Generation)] shown beside the reference
+    transport: dict | None = None   # transport=tcp: socket counters, in-process check, roles (tcp_run.py)
 
 
 def execute(cfg) -> Outcome:
@@ -299,7 +306,30 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     metrics["plaintext_s"] = o.ref.stage_seconds["total"] if o.ref is not None else math.nan
     metrics["tokens_match"] = summary["match"] if o.ref is not None else math.nan
     metrics["max_logit_err"] = summary["max_logit_err"] if o.ref is not None else math.nan
+    metrics.insert(metrics.columns.get_loc("network") + 1, "transport", cfg.transport.name)
+    if o.transport is not None:
+        add_socket_columns(metrics, o.transport)
     return metrics
+
+
+SOCKET_COLUMNS = ("socket_bytes", "frame_overhead_bytes", "tls_overhead_bytes", "unpacked_excess_bytes",
+                  "dealer_socket_bytes", "tokens_equal_inprocess", "ledger_equal_inprocess")
+
+
+def add_socket_columns(metrics, t: dict) -> None:
+    """transport=tcp: payload bytes the P0-P1 sockets carried (both directions, per stage) beside
+    online_bytes; frame and TLS overhead, the dealer's bytes and the in-process check on the total rows."""
+    at = metrics.columns.get_loc("online_bytes") + 1
+    by_stage = t["socket_bytes_by_stage"]
+    metrics.insert(at, "socket_bytes", [t["socket_bytes"] if ph == "total" else by_stage.get(ph, 0)
+                                        for ph in metrics.phase])
+    total = metrics.phase == "total"
+    for col in SOCKET_COLUMNS[1:]:
+        v = t.get(col)
+        metrics[col] = math.nan
+        if v is not None:
+            metrics[col] = metrics[col].astype(object)
+            metrics.loc[total, col] = v
 
 
 def generation_frame(o: Outcome):
@@ -333,6 +363,7 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
         generation_frame(o).to_csv(folder / "generation.csv", index=False)
     write_sparsity(o.system, cfg, folder)
     summary["metrics"] = metrics
+    summary["transport"] = o.transport
     return summary
 
 
@@ -344,7 +375,13 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
     validate(cfg, out)
     info = RunInfo.start()
     with RunFolder(out, overwrite=bool(cfg.overwrite), hydra_dir=hydra_dir) as folder:
-        outcome = execute(cfg)
+        if cfg.transport.name == "tcp":
+            from experiments.tcp_run import tcp_execute
+
+            outcome = tcp_execute(cfg, folder.staging)
+            info.extra["transport"] = outcome.transport
+        else:
+            outcome = execute(cfg)
         summary = write_results(cfg, outcome, folder.staging)
         info.finish().save(folder.staging)
         summary["out"] = folder.publish()
@@ -410,6 +447,11 @@ def _print_summary(s: dict) -> None:
                   f"plaintext: {s['plaintext_text']!r}",
                   f"tokens match: {s['match']}   max |logit error| vs plaintext: {s['max_logit_err']:.3g}"]
     lines.append(readable_table(first))
+    t = s.get("transport")
+    if t:
+        lines.append(f"tcp: socket payload {t['socket_bytes']} B (ledger online {int(first[first.phase == 'total'].online_bytes.iloc[0])} B), "
+                     f"frame overhead {t['frame_overhead_bytes']} B, TLS overhead {t['tls_overhead_bytes']} B; "
+                     f"tokens = in-process: {t.get('tokens_equal_inprocess')}, ledger = in-process: {t.get('ledger_equal_inprocess')}")
     print("\n".join(lines))
 
 

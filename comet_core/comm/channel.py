@@ -66,6 +66,8 @@ class InProcessChannel(_Booking):
 class QueuePipe:
     """One end of an in-memory duplex pipe between two threads (the single-party test harness)."""
 
+    packs = False  # moves objects, not bytes (tls.SocketPipe packs tensors to their ledger width)
+
     def __init__(self, send_q: queue.Queue, recv_q: queue.Queue, timeout_s: float) -> None:
         self.send_q, self.recv_q, self.timeout_s = send_q, recv_q, timeout_s
 
@@ -97,6 +99,15 @@ class PartyChannel(_Booking):
         # view recording (security tests): a list receives (bits, sent halves, received halves) per exchange
         # (sent halves None for a one-way message)
         self.recorder: list | None = None
+        self.socket_bytes: dict[str, int] = {}   # payload bytes this party sent per ledger stage (socket pipes)
+
+    def _send(self, obj, bits, packed: int | None = None) -> None:
+        if not getattr(self.pipe, "packs", False):
+            self.pipe.send(obj)
+            return
+        n = self.pipe.send(obj, bits=bits, packed=packed)
+        stage = self.ledger._labels.get("stage", "")
+        self.socket_bytes[stage] = self.socket_bytes.get(stage, 0) + n
 
     def exchange(self, tensors: list[torch.Tensor], bits: list[int] | int = 64,
                  packed: int | None = None) -> list[torch.Tensor]:
@@ -104,10 +115,10 @@ class PartyChannel(_Booking):
         self._book_exchange(tensors, bits, packed)
         if tensors and tensors[0].is_meta:
             return [t[0] for t in tensors]
-        self.pipe.send([t[0] for t in tensors])
+        self._send([t[0] for t in tensors], bits, packed)
         got = self.pipe.recv()
         if not isinstance(got, list) or len(got) != len(tensors) or any(
-                g.shape != t.shape[1:] for g, t in zip(got, tensors)):
+                not isinstance(g, torch.Tensor) or g.shape != t.shape[1:] for g, t in zip(got, tensors)):
             raise PeerError(f"P{1 - self.rank} sent a message that does not match this step "
                             f"(expected {len(tensors)} tensors of shapes {[tuple(t.shape[1:]) for t in tensors]})")
         if self.recorder is not None:
@@ -119,7 +130,7 @@ class PartyChannel(_Booking):
         slot of the same shape, which the message must match)."""
         self._book_one_way(sender, tensor.numel(), bits)
         if self.rank == sender:
-            self.pipe.send(tensor)
+            self._send(tensor, bits)
             return tensor
         got = self.pipe.recv()
         if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:

@@ -253,7 +253,7 @@ class MPC:
         self.ledger.record("output", "P1", to, n, 64, -1)
         if self.is_cost:
             return Shape(x.shape, torch.int64 if raw else torch.float64)
-        value = self.peers.reveal(self.rank, x.data, to) if not self.simulated else x.data[0] + x.data[1]
+        value = self.peers.reveal(self.rank, x.data, to, frac=x.frac) if not self.simulated else x.data[0] + x.data[1]
         return value if raw else ring.decode(value, x.frac)
 
     def peek(self, x: "AShare") -> torch.Tensor | None:

@@ -133,7 +133,7 @@ class LocalPeers:
         data, _ = self._inputs.get(rank, f"share:{owner}", make)
         return data[rank:rank + 1].clone()
 
-    def reveal(self, rank: int, data: torch.Tensor, to: str) -> torch.Tensor:
+    def reveal(self, rank: int, data: torch.Tensor, to: str, frac: int = 0) -> torch.Tensor:
         """The client collects both shares and returns the opened ring value."""
         with self._cv:
             k = self._nreveal[rank]

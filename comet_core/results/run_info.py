@@ -64,6 +64,7 @@ class RunInfo:
     load_after: list[float] = field(default_factory=list)
     wall_s: float = float("nan")
     peak_rss_bytes: int = -1
+    extra: dict = field(default_factory=dict)   # e.g. transport=tcp: each role's pid and address
 
     @classmethod
     def start(cls) -> "RunInfo":
@@ -90,7 +91,7 @@ class RunInfo:
             "cpu_count": os.cpu_count(), "torch_threads": threads,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "wall_s": self.wall_s, "load_avg_before": self.load_before, "load_avg_after": self.load_after,
-            "peak_rss_bytes": self.peak_rss_bytes, "argv": sys.argv,
+            "peak_rss_bytes": self.peak_rss_bytes, "argv": sys.argv, **self.extra,
         }
 
     def save(self, folder: Path) -> None:

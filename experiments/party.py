@@ -1,0 +1,318 @@
+"""`comet party --role p0|p1|dealer|client|owner`: one role of a two-party run, as its own OS process.
+
+Links (TLS 1.3, mutual authentication, comet_core/comm/tls.py): P0 and P1 listen; P1 connects to P0; the
+dealer, the client and the model owner connect to both parties. On every link both sides first send a
+hello (the SHA-256 of the resolved config, the config itself, and for the owner the SHA-256 of the
+weights) and refuse a peer whose config differs, naming the keys.
+
+What each role holds:
+  * p0 / p1: its own shares only. It builds the decoder from the model config (shapes, no weights),
+    receives every weight share from the owner and the client's one-hot rows as shares; its token ids
+    are placeholders (they only give the lengths); it sends its output shares to the client.
+  * dealer: a full dealer from the seed (as LocalPeers); also the trusted party of ideal functionalities.
+  * owner: the plaintext model; sends each party its share of each weight, then leaves.
+  * client: the prompt; shares each step's one-hot rows, opens the output shares, picks the next token.
+Each role writes `<out>/result.json` (pid, address, link counters, timings; the parties also
+`ledger.csv.gz`, the client the tokens). An error is one line on stderr (`error: <role>: ...`), exit 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("comet.party")
+
+ROLES = ("p0", "p1", "dealer", "client", "owner")
+# keys that may differ between the roles' configs (where results go; the client's private text)
+UNHASHED = ("output_dir", "overwrite", "force", "save_ledger", "prompt", "prompt_file",
+            "transport.keys_dir", "transport.exec_prefix", "transport.check_inprocess", "transport.bind")
+
+
+# -- config --------------------------------------------------------------------------------------------
+
+
+def compose(overrides: list[str]):
+    """The run config from conf/config.yaml and Hydra overrides (as `comet run-experiment` composes it)."""
+    from hydra import compose as hcompose, initialize_config_dir
+
+    from cli.hydra_launch import CONF_DIR
+    from cli.schema import register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hcompose(config_name="config", overrides=list(overrides))
+
+
+def load_config(path: str):
+    from omegaconf import OmegaConf
+
+    from cli.schema import RunSchema, register
+
+    register()
+    return OmegaConf.merge(OmegaConf.structured(RunSchema), OmegaConf.load(path))
+
+
+def flat_config(cfg) -> dict:
+    """The resolved config as {dotted key: value}, less the keys that may differ between roles."""
+    from omegaconf import OmegaConf
+
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if key in UNHASHED:
+                continue
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = v
+    data = {k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
+            for k in cfg.keys() if k not in ("hydra", "output_dir")}
+    walk(data, "")
+    return out
+
+
+def config_hash(flat: dict) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_party_config(cfg) -> None:
+    """What a tcp run needs beyond the in-process checks."""
+    from comet_core.errors import require
+
+    require(cfg.mode == "exact", "transport=tcp runs mode=exact (cost mode has no data to send)")
+    require(cfg.system.name != "comet", "transport=tcp does not run system=comet yet: its predictors are set up from "
+            "plaintext in the parties' process; use dense or a baseline (iron, bolt, mpcformer, puma, secformer)")
+    t = cfg.transport
+    require(float(t.timeout_s) > 0 and float(t.connect_timeout_s) > 0,
+            "transport.timeout_s and transport.connect_timeout_s must be positive")
+    require(int(t.max_frame_bytes) >= 1024, "transport.max_frame_bytes must be at least 1024")
+    for r in ROLES:
+        require(r in t.hosts and str(t.hosts[r]), f"transport.hosts.{r} must name the host of role {r}")
+
+
+# -- links -----------------------------------------------------------------------------------------------
+
+
+def _addr(cfg, role: str) -> tuple[str, int]:
+    return str(cfg.transport.hosts[role]), int(cfg.transport.ports[role])
+
+
+def open_links(cfg, role: str, keys: str, hello: dict, shaper=None) -> dict:
+    """Listen/connect as `role`, then hello on every link: {peer role: SocketPipe}."""
+    from comet_core.comm.tls import Listener, SocketPipe, client_context, connect, handshake, server_context
+
+    t = cfg.transport
+    mk = lambda sock, peer: SocketPipe(sock, role, peer, int(t.max_frame_bytes), float(t.timeout_s),  # noqa: E731
+                                      shaper=shaper if {role, peer} == {"p0", "p1"} else None)
+    links: dict = {}
+
+    def link(peer: str, sock) -> None:
+        pipe = mk(sock, peer)
+        links[peer] = pipe
+        pipe.hello = handshake(pipe, hello)
+        log.info("%s: handshake with %s ok (config %s)", role, peer, hello["config_sha256"][:12])
+
+    try:
+        if role in ("p0", "p1"):
+            host, port = _addr(cfg, role)
+            if port <= 0:
+                from comet_core.errors import ConfigError
+
+                raise ConfigError(f"transport.ports.{role} must be a port number for `comet party` (0 is for run-experiment)")
+            listener = Listener(role, t.bind or host, port, server_context(keys, role))
+            log.info("%s listening on %s:%d", role, *listener.address[:2])
+            try:
+                if role == "p1":
+                    link("p0", connect(role, "p0", *_addr(cfg, "p0"), client_context(keys, role), float(t.connect_timeout_s)))
+                expected = {"dealer", "client", "owner"} | ({"p1"} if role == "p0" else set())
+                listener.accept(expected, float(t.connect_timeout_s), each=link)
+            finally:
+                listener.close()
+        else:
+            ctx = client_context(keys, role)
+            for party in ("p0", "p1"):
+                link(party, connect(role, party, *_addr(cfg, party), ctx, float(t.connect_timeout_s)))
+    except BaseException as e:
+        for pipe in links.values():
+            pipe.send_error(str(e) if str(e).startswith(f"{role}:") else f"{role}: {e}")
+            pipe.close()
+        raise
+    return links
+
+
+# -- roles -----------------------------------------------------------------------------------------------
+
+
+def _engine(cfg):
+    from experiments.run import engine_config
+
+    return engine_config(cfg)
+
+
+def run_party(cfg, rank: int, links: dict, out: Path) -> dict:
+    import torch
+
+    from comet_core.comm.remote import RemotePeers
+    from comet_core.models.generate import private_generate
+    from comet_core.models.secure import SecureDecoder
+    from comet_core.models.weights import share_weights, weight_shapes
+    from comet_core.models.zoo import n_layers
+    from comet_core.mpc.engine import MPC
+    from comet_core.systems import load_system
+
+    torch.manual_seed(cfg.model_seed)
+    peers = RemotePeers(rank, links)
+    mpc = MPC(_engine(cfg), seed=cfg.seed, device=cfg.device, party=rank, peers=peers)
+    system = load_system(cfg.system)
+    t0 = time.perf_counter()
+    weights = share_weights(mpc, weight_shapes(cfg.model, n_layers(cfg.model)))   # shapes only: shares from the owner
+    system.prepare(mpc, weights, cfg.model)
+    links["owner"].send({"op": "bye"})
+    owner_counters = links["owner"].counters()
+    links["owner"].close()
+    setup_s = time.perf_counter() - t0
+    model = SecureDecoder(mpc, weights, system)
+    prompt_tokens = int(links["client"].hello["prompt_tokens"])
+    placeholder = [0] * prompt_tokens    # the party never sees the tokens: lengths only
+    gen = private_generate(mpc, model, placeholder, int(cfg.gen_tokens), int(cfg.model.vocab_size),
+                           output=cfg.get("output", "token"))
+    for r in ("dealer", "client"):
+        links[r].send({"op": "bye"})
+    peer = f"p{1 - rank}"
+    links[peer].send({"op": "done"})      # a last message each way: both have read everything the other sent
+    if links[peer].recv() != {"op": "done"}:
+        raise RuntimeError(f"{peer} did not end with done")
+    counters = {p: links[p].counters() for p in links if not links[p].closed}
+    counters["owner"] = owner_counters
+    mpc.ledger.frame().to_csv(out / "ledger.csv.gz", index=False)
+    return dict(stage_seconds=gen.stage_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
+                socket_bytes=mpc.channel.socket_bytes, links=counters, placeholder_tokens=gen.tokens)
+
+
+def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:
+    from comet_core.comm.remote import ClientService, DealerService, serve_links
+
+    timeout = float(cfg.transport.timeout_s)
+    if role == "dealer":
+        svc = DealerService(_engine(cfg), cfg.seed, cfg.device, timeout)
+    elif role == "owner":
+        svc = ctx["owner_service"]
+    else:
+        svc = ClientService(_engine(cfg), cfg.seed, cfg.device, timeout, ctx["ids"], int(cfg.model.vocab_size),
+                            int(cfg.gen_tokens), cfg.get("output", "token"))
+    serve_links(svc, links)
+    res = {"links": {p: links[p].counters() for p in links}}
+    if role == "client":
+        res.update(tokens=svc.tokens, prompt_ids=ctx["ids"],
+                   logits=[lg.tolist() for lg in svc.logits])
+    return res
+
+
+def owner_weights(cfg):
+    """The owner's plaintext weights (extract layout) and the SHA-256 of their bytes (the hello's model hash)."""
+    import torch
+
+    from comet_core.models.weights import extract
+    from comet_core.models.zoo import load_plain_model
+
+    torch.manual_seed(cfg.model_seed)
+    plain, _ = load_plain_model(cfg.model, seed=cfg.model_seed)
+    pw = extract(plain, cfg.model.family, cfg.model.activation)
+    h = hashlib.sha256()
+    for t in [t for layer in pw.layers for t in layer.values()] + list(pw.globals.values()):
+        h.update(t.detach().cpu().contiguous().reshape(-1).numpy().tobytes())
+    return pw, h.hexdigest()
+
+
+def owner_items(cfg, pw) -> list:
+    """Every share the parties will ask the owner for, in their order (share_weights, then the system's
+    setup): [(shares (2, ...), frac, phase)], made as LocalPeers makes them (the simulation's sharing)."""
+    from comet_core.models.weights import share_weights
+    from comet_core.mpc.engine import MPC
+    from comet_core.systems import load_system
+
+    full = MPC(_engine(cfg), seed=cfg.seed, device=cfg.device, mode="exact")
+    items = []
+    orig = full.share
+
+    def recording(x, owner="client", frac=None, phase="input"):
+        s = orig(x, owner=owner, frac=frac, phase=phase)
+        if owner == "model_owner":
+            items.append((s.data, s.frac, phase))
+        return s
+    full.share = recording
+    weights = share_weights(full, pw)
+    load_system(cfg.system).prepare(full, weights, cfg.model)
+    return items
+
+
+def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
+    """Run one role; returns the exit status (0, or 2 after one `error:` line on stderr)."""
+    from comet_core.comm.channel import PeerError
+    from comet_core.errors import CometError
+    from experiments.run import validate_config
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    links: dict = {}
+    t0 = time.time()
+    try:
+        if role not in ROLES:
+            raise CometError(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.force = True   # the launcher (or the operator) checked memory for the run; a role holds less
+        validate_config(cfg)
+        check_party_config(cfg)
+        flat = flat_config(cfg)
+        hello = dict(role=role, pid=os.getpid(), config_sha256=config_hash(flat), config=flat)
+        ctx: dict = {}
+        if role == "owner":
+            plain_weights, wsha = owner_weights(cfg)
+            hello["weights_sha256"] = wsha
+        if role == "client":
+            from comet_core.models.tokenizers import load_tokenizer
+            from experiments.run import prompt_ids
+
+            ctx["ids"] = prompt_ids(load_tokenizer(cfg.model.get("tokenizer", "bytes")), cfg)
+            hello["prompt_tokens"] = len(ctx["ids"])
+        log.info("role %s is pid %d", role, os.getpid())
+        links = open_links(cfg, role, keys, hello, shaper=shaper)
+        if role == "owner":
+            from comet_core.comm.remote import OwnerService
+
+            ctx["owner_service"] = OwnerService(owner_items(cfg, plain_weights), float(cfg.transport.timeout_s), wsha)
+        res = run_party(cfg, int(role[1]), links, out_dir) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
+        if role in ("p0", "p1"):
+            res["owner_weights_sha256"] = links["owner"].hello.get("weights_sha256") if "owner" in links else None
+        res.update(role=role, pid=os.getpid(), address=_address(cfg, role), wall_s=round(time.time() - t0, 3),
+                   config_sha256=hello["config_sha256"], weights_sha256=hello.get("weights_sha256"))
+        (out_dir / "result.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        return 0
+    except (CometError, PeerError) as e:
+        msg = str(e) if str(e).startswith(f"{role}:") else f"{role}: {e}"
+    except KeyboardInterrupt:
+        msg = f"{role}: interrupted"
+    except Exception as e:  # noqa: BLE001 - a bug: the traceback goes to the log, one line to stderr
+        log.exception("%s failed", role)
+        msg = f"{role}: internal error {type(e).__name__}: {e}"
+    for pipe in links.values():
+        pipe.send_error(msg)
+        pipe.close()
+    (out_dir / "error.txt").write_text(msg + "\n")
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _address(cfg, role: str) -> str:
+    host = str(cfg.transport.hosts[role])
+    return f"{host}:{int(cfg.transport.ports[role])}" if role in ("p0", "p1") else host

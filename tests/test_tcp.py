@@ -1,0 +1,451 @@
+"""transport=tcp: the wire format, TLS links, the five roles and their faults.
+
+Fast tests run the roles as threads of this process (`experiments.party.main`, the function each
+`comet party` process runs); two tests start real processes through `comet run-experiment transport=tcp`
+(tokens and ledger equal the in-process run, socket bytes equal the ledger; a killed party).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from comet_core.comm.channel import PeerError
+from comet_core.comm.keys import make_keys
+from comet_core.comm.ledger import wire_bytes
+from comet_core.comm.tls import Listener, SocketPipe, client_context, connect, handshake, server_context
+from comet_core.comm.wire import WireError, decode, encode
+from comet_core.errors import CometError
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+ROLES = ("p0", "p1", "dealer", "owner", "client")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    make_keys(d / "a")
+    make_keys(d / "b")      # another CA
+    return d
+
+
+def _cfg(tmp_path, *over):
+    from cli.schema import register
+
+    register()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=[f"output_dir={tmp_path / 'run'}", "model=tiny-opt", "model.layers=1",
+                                            "gen_tokens=2", "prompt=To be", "seed=3", "transport=tcp",
+                                            "transport.timeout_s=30", "transport.connect_timeout_s=30", "force=true",
+                                            *over])
+
+
+def _ports(cfg):
+    from omegaconf import open_dict
+
+    from experiments.tcp_run import free_port
+
+    with open_dict(cfg):
+        cfg.transport.ports.p0 = free_port("127.0.0.1")
+        cfg.transport.ports.p1 = free_port("127.0.0.1")
+    return cfg
+
+
+def _run_threads(cfgs: dict, keys: dict, out: Path, skip=()) -> dict:
+    """Run the roles as threads (party.main); returns {role: exit status}."""
+    from experiments.party import main
+
+    rc = {}
+    threads = []
+    for role in ROLES:
+        if role in skip:
+            continue
+        t = threading.Thread(target=lambda r=role: rc.__setitem__(r, main(r, cfgs[r], str(keys[r]), str(out / r))),
+                             daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "a role hung"
+    return rc
+
+
+def _err(out: Path, role: str) -> str:
+    p = out / role / "error.txt"
+    return p.read_text().strip() if p.exists() else ""
+
+
+# -- the SPMD path runs a whole private generation -------------------------------------------------
+
+
+def test_private_generation_under_run_pair_equals_the_simulation():
+    from helpers_models import model_cfg  # noqa: F401 - conftest path
+    from omegaconf import OmegaConf
+
+    from comet_core.models.generate import private_generate
+    from comet_core.models.secure import SecureDecoder
+    from comet_core.models.weights import extract, share_weights
+    from comet_core.models.zoo import load_plain_model
+    from comet_core.mpc.engine import MPC, EngineConfig
+    from comet_core.mpc.parties import run_pair
+    from comet_core.systems import load_system
+
+    mcfg = OmegaConf.load(Path(CONF) / "model" / "tiny-opt.yaml")
+    mcfg.layers = 1
+    plain, _ = load_plain_model(mcfg, seed=0)
+    pw = extract(plain, "opt", "relu")
+    sysc = OmegaConf.load(Path(CONF) / "system" / "dense.yaml")
+
+    def gen(m):
+        model = SecureDecoder(m, share_weights(m, pw), load_system(sysc))
+        return private_generate(m, model, [84, 111, 32], 3, 256).tokens
+
+    sim = MPC(EngineConfig(), seed=4)
+    ref = gen(sim)
+    t0, t1, (p0, p1) = run_pair(gen, EngineConfig(), seed=4, timeout_s=60)
+    assert t0 == t1 == ref
+    assert p0.ledger.rows == sim.ledger.rows == p1.ledger.rows
+
+
+# -- wire format --------------------------------------------------------------------------------------
+
+
+def test_wire_packs_each_tensor_to_its_ledger_width():
+    g = torch.Generator().manual_seed(0)
+    bits1 = torch.randint(0, 2, (7, 13), generator=g)
+    byte = torch.randint(0, 256, (9,), generator=g)
+    word = torch.randint(-2 ** 62, 2 ** 62, (5,), generator=g)
+    e = encode([bits1, byte, word], bits=[1, 8, 64])
+    assert e.payload == wire_bytes(91, 1) + 9 + 40 and e.unpacked_excess == 0
+    got, payload = decode(e.body)
+    assert payload == e.payload and all(torch.equal(a, b) for a, b in zip(got, [bits1, byte, word]))
+    # packed words: only ceil(n * bits / 8) bytes of the words travel; the rest arrives as zeros
+    words = torch.tensor([0x3FF_FFFF_FFFF, 0], dtype=torch.int64)
+    e = encode([words], bits=2, packed=21)
+    assert e.payload == wire_bytes(21, 2) == 6
+    (back,), _ = decode(e.body)
+    assert int(back[0]) == 0xFFFF_FFFF_FFFF & 0x3FF_FFFF_FFFF and int(back[1]) == 0
+    # a word that does not fit its width is sent whole and the excess is counted, not hidden
+    e = encode([torch.tensor([3, 1])], bits=1)
+    assert e.unpacked_excess == 16 - 1 and torch.equal(decode(e.body)[0][0], torch.tensor([3, 1]))
+
+
+def test_wire_structures_round_trip_and_bad_bodies_are_refused():
+    msg = {"a": (1, 2.5, None, torch.Size([2, 3]), "s", True), "b": [torch.zeros(2, dtype=torch.float64)],
+           "c": {"d": torch.tensor([True, False])}}
+    got, _ = decode(encode(msg).body)
+    assert got["a"] == msg["a"] and torch.equal(got["b"][0], msg["b"][0]) and torch.equal(got["c"]["d"], msg["c"]["d"])
+    body = encode([torch.arange(4)]).body
+    import pickle
+
+    bad = [b"", b"\x05\x00\x00\x00{bad}", struct.pack("<I", 10 ** 6) + b"{}",
+           body[:-3],                                           # truncated tensor bytes
+           body.replace(b'"shape":[4]', b'"shape":[5]'),        # header does not match the tensor
+           struct.pack("<I", 2) + b"{}" + pickle.dumps(object()),   # pickle is never read
+           struct.pack("<I", 14) + b'{"$t":"t0"}   '.replace(b"   ", b"")[:14]]
+    for b in bad:
+        with pytest.raises(WireError):
+            decode(b)
+
+
+# -- TLS links ----------------------------------------------------------------------------------------
+
+
+def _pair(keys_srv, keys_cli, srv_role="p0", cli_role="p1", expect="p0", max_frame=1 << 20, timeout=3.0):
+    lst = Listener(srv_role, "127.0.0.1", 0, server_context(keys_srv, srv_role))
+    got = {}
+
+    def acc():
+        try:
+            got.update(lst.accept({cli_role}, timeout))
+        except PeerError as e:
+            got["error"] = e
+    th = threading.Thread(target=acc, daemon=True)
+    th.start()
+    try:
+        c = connect(cli_role, expect, "127.0.0.1", lst.address[1], client_context(keys_cli, cli_role), timeout)
+    finally:
+        th.join(timeout + 5)
+        lst.close()
+    if "error" in got:
+        raise got["error"]
+    return (SocketPipe(got[cli_role], srv_role, cli_role, max_frame, timeout),
+            SocketPipe(c, cli_role, srv_role, max_frame, timeout))
+
+
+def test_tls13_mutual_auth_and_counted_bytes(keys):
+    a, b = _pair(keys / "a", keys / "a")
+    assert a.sock.version() == "TLSv1.3" and b.sock.version() == "TLSv1.3"
+    n = b.send([torch.randint(0, 2, (1000,))], bits=1)
+    assert n == 125 and a.recv()[0].shape == (1000,)
+    c = b.counters()
+    assert c["sent_payload"] == 125 and c["sent_frame"] > 125
+    a.close(), b.close()
+
+
+def test_a_certificate_from_another_ca_is_refused(keys):
+    with pytest.raises(PeerError, match="certificate of p0 .* is refused"):
+        _pair(keys / "a", keys / "b")          # the client does not trust the server's CA
+
+
+def test_a_certificate_for_another_role_is_refused(keys):
+    with pytest.raises(PeerError, match="certificate of p1 .* is refused"):
+        _pair(keys / "a", keys / "a", expect="p1")   # p0's certificate presented where p1 is expected
+
+
+def test_oversized_malformed_and_late_frames(keys):
+    a, b = _pair(keys / "a", keys / "a", max_frame=4096, timeout=1.0)
+    b.where = lambda: "stage decode, layer 2"
+    a.where = b.where
+    b.sock.sendall(struct.pack("<Q", 10 ** 9))
+    with pytest.raises(PeerError, match="p1 sent an oversized frame .* at stage decode, layer 2"):
+        a.recv()
+    a.close(), b.close()
+    a, b = _pair(keys / "a", keys / "a", timeout=1.0)
+    b.sock.sendall(struct.pack("<Q", 6) + b"\x02\x00\x00\x00{x")
+    with pytest.raises(PeerError, match="p1 sent a malformed frame"):
+        a.recv()
+    with pytest.raises(PeerError, match="p1 sent a malformed frame"):
+        a.send([torch.zeros(1)])    # a failed link repeats its first error
+    a.close(), b.close()
+    a, b = _pair(keys / "a", keys / "a", timeout=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(PeerError, match="no message from p1 within 1 s"):
+        a.recv()
+    assert time.monotonic() - t0 < 3
+    a.close(), b.close()
+
+
+def test_handshake_names_the_differing_keys(keys):
+    a, b = _pair(keys / "a", keys / "a")
+    mine = dict(config_sha256="x", config={"engine.frac_bits": 16, "seed": 1})
+    theirs = dict(config_sha256="y", config={"engine.frac_bits": 18, "seed": 1})
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("e", _catch(lambda: handshake(b, theirs))), daemon=True)
+    th.start()
+    with pytest.raises(PeerError, match="config mismatch with p1, refusing: engine.frac_bits: 16 here, 18 at p1"):
+        handshake(a, mine)
+    th.join(5)
+    a.close(), b.close()
+
+
+def _catch(fn):
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
+def test_keys_are_not_overwritten(tmp_path):
+    make_keys(tmp_path)
+    with pytest.raises(CometError, match="already holds keys"):
+        make_keys(tmp_path)
+    make_keys(tmp_path, overwrite=True)
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((tmp_path / "dealer.pem").read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=dealer"
+    assert (tmp_path / "dealer.key").stat().st_mode & 0o077 == 0
+
+
+# -- roles as threads: what a party holds, and faults ---------------------------------------------------
+
+
+def test_roles_run_and_a_party_receives_only_its_own_shares(tmp_path, keys, monkeypatch):
+    cfg = _ports(_cfg(tmp_path))
+    seen: dict = {"p0": [], "p1": []}
+    orig = SocketPipe.recv
+
+    def rec(self):
+        obj = orig(self)
+        if self.me in seen and self.peer == "owner" and "share" in obj:
+            seen[self.me].append(obj["share"])
+        return obj
+    monkeypatch.setattr(SocketPipe, "recv", rec)
+    rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path)
+    assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
+    client = json.loads((tmp_path / "client" / "result.json").read_text())
+    p0 = json.loads((tmp_path / "p0" / "result.json").read_text())
+    assert p0["placeholder_tokens"] == [0, 0] and len(client["tokens"]) == 2
+    # the owner's shares: each party got one half; only their sum is the weight
+    from comet_core.models.weights import extract
+    from comet_core.models.zoo import load_plain_model
+    from comet_core.mpc import ring
+
+    plain, _ = load_plain_model(cfg.model, seed=cfg.model_seed)
+    pw = extract(plain, "opt", "relu")
+    flat = [t for layer in pw.layers for t in layer.values()] + list(pw.globals.values())
+    assert len(seen["p0"]) == len(seen["p1"]) == len(flat)
+    for s0, s1, w in zip(seen["p0"], seen["p1"], flat):
+        enc = ring.encode(w.double(), 16)
+        assert torch.equal(s0 + s1, enc) and not torch.equal(s0, enc) and not torch.equal(s1, enc)
+    led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz")
+    sent = p0["links"]["p1"]["sent_payload"]
+    assert sent == led[(led.phase == "online") & (led.sender == "P0")].bytes.sum()
+
+
+def test_config_mismatch_stops_every_role(tmp_path, keys):
+    cfg = _ports(_cfg(tmp_path))
+    other = cfg.copy()
+    other.engine.frac_bits = 18
+    t0 = time.monotonic()
+    rc = _run_threads({**{r: cfg for r in ROLES}, "dealer": other}, {r: keys / "a" for r in ROLES}, tmp_path)
+    assert time.monotonic() - t0 < 30
+    assert rc["dealer"] == 2 and rc["p0"] == 2 and rc["p1"] == 2
+    assert "config mismatch" in _err(tmp_path, "dealer") and "engine.frac_bits" in _err(tmp_path, "dealer")
+
+
+def test_wrong_certificate_stops_every_role(tmp_path, keys):
+    cfg = _ports(_cfg(tmp_path))
+    cfg.transport.connect_timeout_s = 8.0
+    t0 = time.monotonic()
+    rc = _run_threads({r: cfg for r in ROLES}, {**{r: keys / "a" for r in ROLES}, "p1": keys / "b"}, tmp_path)
+    assert time.monotonic() - t0 < 30
+    assert all(rc[r] == 2 for r in ROLES), rc
+    assert "certificate of p0" in _err(tmp_path, "p1")
+    assert "no connection from" in _err(tmp_path, "p0") and "p1" in _err(tmp_path, "p0")
+
+
+@pytest.mark.parametrize("fault", ["malformed", "oversized"])
+def test_a_bad_frame_from_the_dealer_stops_the_parties(tmp_path, keys, fault):
+    """A fake dealer passes the handshake, then answers the first request with a bad frame."""
+    from experiments.party import config_hash, flat_config
+
+    cfg = _ports(_cfg(tmp_path))
+    flat = flat_config(cfg)
+
+    def fake_dealer():
+        ctx = client_context(keys / "a", "dealer")
+        pipes = []
+        for p in ("p0", "p1"):
+            s = connect("dealer", p, "127.0.0.1", int(cfg.transport.ports[p]), ctx, 30)
+            pipes.append(SocketPipe(s, "dealer", p, 1 << 20, 30))
+            handshake(pipes[-1], dict(role="dealer", config_sha256=config_hash(flat), config=flat))
+        for pipe in pipes:
+            _catch(pipe.recv)
+            frame = struct.pack("<Q", 1 << 40) if fault == "oversized" else struct.pack("<Q", 5) + b"\x01\x00\x00\x00["
+            pipe.sock.sendall(frame)
+        time.sleep(1)
+    th = threading.Thread(target=fake_dealer, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path, skip=("dealer",))
+    th.join(10)
+    assert time.monotonic() - t0 < 30
+    assert rc["p0"] == 2 and rc["p1"] == 2
+    line = _err(tmp_path, "p0")
+    assert (f"dealer sent an {fault} frame" if fault == "oversized" else "dealer sent a malformed frame") in line
+    assert "stage setup" in line or "stage prefill" in line, line
+
+
+# -- real processes ----------------------------------------------------------------------------------------
+
+
+def test_run_experiment_over_tcp_equals_inprocess(tmp_path):
+    from experiments.run import run
+
+    cfg = _cfg(tmp_path)
+    s = run(cfg, tmp_path / "run")
+    t = s["transport"]
+    assert t["tokens_equal_inprocess"] and t["ledger_equal_inprocess"] and t["recv_check"]
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
+    assert tot.socket_bytes == tot.online_bytes > 0 and tot.tls_overhead_bytes > 0 and tot.frame_overhead_bytes > 0
+    for ph in ("prefill", "decode"):
+        row = m[(m.network == "lan") & (m.phase == ph)].iloc[0]
+        assert row.socket_bytes == row.online_bytes
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert set(info["transport"]["roles"]) == set(ROLES)
+    assert all(v["pid"] > 0 and v["address"] for v in info["transport"]["roles"].values())
+    assert (tmp_path / "run" / "COMPLETE").exists()
+
+
+def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
+    """P1 is killed (SIGKILL) right after its handshakes: one line naming it, the folder is not complete."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cli.main", "run-experiment", f"output_dir={out}", "model=tiny-opt", "model.layers=1",
+           "gen_tokens=6", "prompt=To be", "transport=tcp", "transport.timeout_s=8", "transport.connect_timeout_s=20",
+           "transport.check_inprocess=false", "force=true"]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    killed = False
+    while proc.poll() is None and time.monotonic() - t0 < 120:
+        for log in tmp_path.glob(".run.tmp-*/roles/p1.log"):
+            text = log.read_text()
+            if not killed and "handshake with owner ok" in text:
+                import re
+
+                pid = int(re.search(r"role p1 is pid (\d+)", text).group(1))
+                os.kill(pid, signal.SIGKILL)     # the role process this run started (its own log names it)
+                killed = True
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert killed, stderr
+    assert proc.returncode != 0
+    assert "p1 was killed" in stderr and "Traceback" not in stderr, stderr
+    assert not (out / "COMPLETE").exists()
+
+
+def test_an_ideal_functionality_runs_through_the_dealer(tmp_path, keys):
+    """system=iron: the parties hand their shares to the dealer process (the trusted party); tokens and
+    ledger equal the in-process run."""
+    from experiments.run import execute
+
+    cfg = _ports(_cfg(tmp_path, "system=iron"))
+    rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path)
+    assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
+    sim_cfg = cfg.copy()
+    sim_cfg.transport.name = "inprocess"
+    sim = execute(sim_cfg)
+    client = json.loads((tmp_path / "client" / "result.json").read_text())
+    assert client["tokens"] == sim.gen.tokens
+    led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
+    assert (led.astype(str).values == sim.ledger.astype(str).values).all()
+    assert (sim.ledger.cost_source == "model").any()
+
+
+def test_party_config_from_overrides_hashes_like_the_launchers_file(tmp_path):
+    """Two machines compose the config from overrides; run-experiment passes a saved file: same hash.
+    Keys that may differ per role (output_dir, the prompt, keys_dir) are not hashed."""
+    from omegaconf import OmegaConf
+
+    from experiments.party import compose, config_hash, flat_config, load_config
+
+    over = ["transport=tcp", "model=tiny-opt", "seed=2", "transport.ports.p0=29500", "transport.ports.p1=29501"]
+    a = compose(over)
+    OmegaConf.save(a, tmp_path / "c.yaml", resolve=False)
+    b = load_config(str(tmp_path / "c.yaml"))
+    c = compose([*over, "prompt=secret text", "transport.keys_dir=/elsewhere", "output_dir=x"])
+    assert config_hash(flat_config(a)) == config_hash(flat_config(b)) == config_hash(flat_config(c))
+    assert "prompt" not in flat_config(a)
+    d = compose([*over[:-1], "transport.ports.p1=29502"])
+    assert config_hash(flat_config(d)) != config_hash(flat_config(a))
+
+
+def test_comet_party_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "cli.main", "party", "--role", "p0", "transport=tcp",
+                        "transport.ports.p0=29500", "transport.ports.p1=29501", f"transport.keys_dir={tmp_path}"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [ln for ln in r.stderr.splitlines() if "error" in ln.lower() and "INFO" not in ln]
+    assert len(errors) == 1 and "missing key files" in errors[0] and "comet keys" in errors[0]
