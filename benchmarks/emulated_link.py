@@ -17,6 +17,12 @@ Per network and stage (prefill, decode, total):
     measured_s = P0's wall time of the stage over the emulated link
     gap_pct    = 100 * (measured_s / model_s - 1); comm_gap_pct the same for the network part alone
                  (measured_s - compute_s vs the modelled comm_s).
+The machine is shared and the compute of two runs can differ by more than the network time; so each
+run also measures, in P0, the time spent inside the P0-P1 link's send/recv per stage (`wait_s`: shaper
+sleep, transfer, waiting for P1), and the same-run model replaces the baselines' compute by this run's own:
+    model_same_run_s = (measured_s - wait_s) + baseline_wait_s + comm_s
+(baseline_wait_s: the baselines' mean wait, i.e. P1 being slower and the loopback transfer, which an
+unshaped link has too); gap_same_run_pct = 100 * (measured_s / model_same_run_s - 1).
 The CSV also records rounds and bytes (equal in every run: same seed, a check), the bytes tbf passed,
 the time the shaper slept, who added the latency, the CPU, the load average before and after, and
 every command. It refuses to overwrite an existing file. Needs root (network namespaces).
@@ -64,6 +70,13 @@ def run_once(name: str, overrides: list[str], runs_dir: Path) -> tuple[Path, str
     return out, shown
 
 
+def waits(folder: Path) -> dict:
+    """P0's seconds inside the P0-P1 link's send/recv per stage, and their total."""
+    info = json.loads((folder / "run_info.json").read_text())
+    w = ((info.get("transport") or {}).get("link_wait_s_by_stage") or {}).get("p0") or {}
+    return {**w, "total": sum(w.values())}
+
+
 def stage_rows(folder: Path, network: str) -> pd.DataFrame:
     m = pd.read_csv(folder / "metrics.csv")
     m = m[(m.network == network) & m.phase.isin(PHASES)].set_index("phase")
@@ -106,6 +119,7 @@ def main() -> int:
     load_after = os.getloadavg()
 
     b1, b2 = stage_rows(folders["baseline1"], "lan"), stage_rows(folders["baseline2"], "lan")
+    bw1, bw2 = waits(folders["baseline1"]), waits(folders["baseline2"])
     cpu, ext = cpu_info()
     rows = []
     for net in nets:
@@ -114,6 +128,7 @@ def main() -> int:
         t = info.get("transport") or {}
         link = t.get("link") or {}
         shaper = (t.get("shaper") or {}).get("p0") or {}
+        w = waits(folders[net])
         tbf_sent = sum(int(ln.split()[1]) for ln in (link.get("qdisc_after") or "").splitlines()
                        if ln.strip().startswith("Sent"))
         for ph in PHASES:
@@ -126,6 +141,8 @@ def main() -> int:
             model_comm = float(r.comm_s)
             measured = float(r.compute_s)            # tcp runs: P0's measured wall time of the stage
             model = compute + model_comm
+            base_wait = (bw1.get(ph, 0.0) + bw2.get(ph, 0.0)) / 2
+            same_run = measured - w.get(ph, 0.0) + base_wait + model_comm
             rows.append(dict(
                 network=net, bandwidth_bps=float(r.bandwidth_bps), latency_s=float(r.latency_s),
                 latency_by=link.get("latency_by"), phase=ph, rounds=int(r.rounds),
@@ -137,6 +154,8 @@ def main() -> int:
                 gap_pct=round(100 * (measured / model - 1), 2),
                 measured_comm_s=round(measured - compute, 3),
                 comm_gap_pct=round(100 * ((measured - compute) / model_comm - 1), 2) if model_comm > 0 else None,
+                wait_s=round(w.get(ph, 0.0), 3), baseline_wait_s=round(base_wait, 3),
+                model_same_run_s=round(same_run, 3), gap_same_run_pct=round(100 * (measured / same_run - 1), 2),
                 shaper_slept_s=shaper.get("delayed_s") if ph == "total" else None,
                 shaper_messages=shaper.get("messages") if ph == "total" else None,
                 tbf_sent_bytes=tbf_sent if ph == "total" else None,
@@ -150,7 +169,8 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     print(df[["network", "phase", "rounds", "compute_s", "compute_spread_s", "model_comm_s", "model_s", "measured_s",
-              "gap_pct", "measured_comm_s", "comm_gap_pct"]].to_string(index=False))
+              "gap_pct", "comm_gap_pct", "wait_s", "baseline_wait_s", "model_same_run_s",
+              "gap_same_run_pct"]].to_string(index=False))
     print(f"wrote {out} (run folders in {runs_dir})")
     return 0
 
