@@ -57,6 +57,24 @@ def test_each_message_waits_one_latency():
     assert (s.messages, s.bytes) == (5, 500) and s.delayed_s == pytest.approx(dt, abs=0.01)
 
 
+def test_oversleep_is_carried_over(monkeypatch):
+    """A sleep that returns 4 ms late (a busy CPU) is taken off the next message: 10 messages of 10 ms take
+    100 ms + at most one oversleep, not 140 ms; the carried credit never exceeds MAX_CREDIT_S."""
+    import comet_core.comm.shaper as shaper_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(shaper_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(shaper_mod.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s + 0.004))
+    s = LinkShaper(0.01)
+    for _ in range(10):
+        s.before_send(8)
+    assert 0.100 <= clock[0] <= 0.100 + 0.004 + 1e-9, clock[0]
+    assert s.delayed_s == pytest.approx(clock[0]) and s.credit_s == pytest.approx(clock[0] - 0.1)
+    monkeypatch.setattr(shaper_mod.time, "sleep", lambda t: clock.__setitem__(0, clock[0] + t + 1.0))
+    s.before_send(8)
+    assert s.credit_s == shaper_mod.MAX_CREDIT_S
+
+
 def test_bandwidth_term():
     s = LinkShaper(0.0, 8e7)                 # 10 MB/s: 1 MB takes 0.1 s
     t0 = time.perf_counter()

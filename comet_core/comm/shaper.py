@@ -18,8 +18,14 @@ communication add up as the model assumes (no overlap); it cannot check the mode
 itself. The kernel's ``netem`` (comet_core/comm/netns.py) would; this machine's kernel has none, so
 the emulated link takes the bandwidth from the kernel (``tbf``) and the latency from this shaper.
 
+3. oversleep: ``time.sleep`` returns late when the CPU is busy (measured here: ~1 ms per 10 ms sleep
+   with five role processes and other jobs on 2 cores). That wake-up is the emulation's own (a real link
+   does not make the *sender* wait), so the shaper carries it over: the next message waits that much less
+   (never below zero; at most ``MAX_CREDIT_S`` carried), and the total delay of a run stays
+   ``rounds * latency_s`` to within one wake-up.
+
 The sleep is measured (``time.perf_counter``), so the shaper also reports what it added
-(``delayed_s``): the benchmark subtracts nothing but can say how much of the wall time it was.
+(``delayed_s``) and the oversleep it could not carry over (``credit_s`` at the end).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 
 from comet_core.errors import ConfigError
+
+MAX_CREDIT_S = 0.1   # oversleep carried over to later messages at most (module docstring, step 3)
 
 
 @dataclass
@@ -40,6 +48,7 @@ class LinkShaper:
     messages: int = 0            # messages shaped so far
     bytes: int = 0               # their payload bytes
     delayed_s: float = 0.0       # time this shaper slept in total
+    credit_s: float = 0.0        # oversleep not yet taken off later messages
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,7 +69,10 @@ class LinkShaper:
         """Block until the message may leave (module docstring); called once per message."""
         if nbytes < 0:
             raise ValueError(f"a message has >= 0 bytes, got {nbytes}")
-        target = self.delay_for(nbytes)
+        with self._lock:
+            want = self.delay_for(nbytes)
+            target = max(0.0, want - self.credit_s)
+            self.credit_s -= want - target
         t0 = time.perf_counter()
         deadline = t0 + target
         while True:                  # sleep may return early on some platforms: sleep to the deadline
@@ -68,15 +80,17 @@ class LinkShaper:
             if left <= 0:
                 break
             time.sleep(left)
+        slept = time.perf_counter() - t0
         with self._lock:
+            self.credit_s = min(MAX_CREDIT_S, self.credit_s + max(0.0, slept - target))
             self.messages += 1
             self.bytes += int(nbytes)
-            self.delayed_s += time.perf_counter() - t0
+            self.delayed_s += slept
 
     def summary(self) -> dict:
         """What the shaper did, for run_info.json: settings and totals."""
         return {"latency_s": self.latency_s, "bandwidth_bps": self.bandwidth_bps, "messages": self.messages,
-                "bytes": self.bytes, "delayed_s": round(self.delayed_s, 6)}
+                "bytes": self.bytes, "delayed_s": round(self.delayed_s, 6), "credit_s": round(self.credit_s, 6)}
 
 
 def make_shaper(emulate: str, latency_s: float, bandwidth_bps: float, latency_by: str = "shaper") -> LinkShaper | None:
