@@ -131,3 +131,15 @@ def test_interrupted_process_tears_down(sig):
             p.kill()
     assert name not in _namespaces()
     assert netns.leftover_links() == [] or all(not n.startswith(name) for n in netns.leftover_links())
+
+
+@needs_netns
+def test_a_killed_runs_namespaces_are_removed_by_the_next_link():
+    dead = f"{netns.PREFIX}4194999x0a0-p0"          # above any pid_max: no such process
+    subprocess.run(["ip", "netns", "add", dead], check=True)
+    try:
+        assert dead in netns.leftover_links()
+        with EmulatedLink(1e8):
+            assert dead not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", dead], capture_output=True)

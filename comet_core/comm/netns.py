@@ -28,8 +28,8 @@ Layout (one /24 ``10.A.B.0/24`` per link, chosen free; names unique per process 
    the rounds the ledger counts are the messages the sockets carry, not the model's assumption.
 4. ``teardown()`` deletes both namespaces (which deletes the veths inside them), the root-side veths
    and nothing else; it is idempotent and runs on exit, on errors and on Ctrl-C / SIGTERM
-   (``with EmulatedLink(...) as link:``). ``leftover_links()`` lists links of processes that died
-   without tearing down; ``teardown_stale()`` removes them.
+   (``with EmulatedLink(...) as link:``). A process killed with SIGKILL cannot clean up: the next
+   ``setup()`` removes the namespaces of links whose process no longer runs (``teardown_stale``).
 
 The processes of P0 and P1 are started with ``link.exec_prefix[role] + [command...]``
 (``ip netns exec <namespace>``) and every role's address is ``link.hosts[role]``.
@@ -145,6 +145,9 @@ class EmulatedLink:
             raise LinkError(f"delay must be auto, netem or shaper, got {self.delay!r}")
         if self.rate_bps is not None and not self.rate_bps > 0:
             raise LinkError(f"the emulated link's rate must be > 0 bit/s, got {self.rate_bps}")
+        gone = teardown_stale()
+        if gone:
+            log.warning("removed the namespaces of emulated links whose process died: %s", ", ".join(gone))
         _install_cleanup(self)
         try:
             self._build()
