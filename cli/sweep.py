@@ -111,6 +111,8 @@ def finish() -> int:
     done = [j for j in s.jobs if j.error is None]
     failed = [j for j in s.jobs if j.error is not None]
     table = aggregate(s)
+    for f in s.dir.glob(RECORD.format(num="*")) if s.dir is not None else ():
+        f.unlink(missing_ok=True)   # the records carried the jobs' outcomes here; the summary and table hold them now
     print(f"sweep: {len(done)} of {len(s.jobs)} jobs finished; tables in {s.dir}/<job>/"
           + (f"; all jobs' metrics in {table}" if table else ""))
     if failed:

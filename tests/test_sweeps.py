@@ -82,6 +82,7 @@ def test_submitit_local_two_job_sweep(tmp_path):
     s = sweeps[0]
     assert r.stdout.strip().splitlines()[-1] == str(s.resolve())
     assert "sweep: 2 of 2 jobs finished" in r.stdout
+    assert not list(s.glob(".job-*"))                                          # records read back, then removed
     assert (s / ".submitit").is_dir()                                           # really submitit's jobs
     df = pd.read_csv(s / "metrics.csv")
     assert sorted(df.job.unique()) == [0, 1]
