@@ -47,6 +47,69 @@ def check_group_overrides(args: list[str]) -> None:
                 )
 
 
+# Hydra launcher plugins (name in hydra/launcher -> the module that provides it, its pip package)
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher"),
+    "rq": ("hydra_plugins.hydra_rq_launcher", "hydra-rq-launcher"),
+}
+
+
+def _launcher_base(name: str, seen: tuple = ()) -> str:
+    """The plugin launcher a conf/hydra/launcher/<name>.yaml preset builds on (its first default), else name."""
+    import yaml
+
+    path = CONF_DIR / "hydra" / "launcher" / f"{name}.yaml"
+    if not path.is_file() or name in seen:
+        return name
+    defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    first = next((d for d in defaults if isinstance(d, str) and d != "_self_"), None)
+    return _launcher_base(first, (*seen, name)) if first else name
+
+
+def check_launcher(args: list[str]) -> None:
+    """`hydra/launcher=<name>` whose plugin is not installed: one line naming the pip package to install."""
+    import importlib.util
+
+    for arg in args:
+        if not arg.lstrip("+").startswith("hydra/launcher="):
+            continue
+        name = arg.split("=", 1)[1]
+        base = _launcher_base(name)
+        plugin = LAUNCHER_PLUGINS.get(base)
+        if plugin is None:
+            continue
+        try:
+            found = importlib.util.find_spec(plugin[0]) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found and base == "submitit_slurm" and not {"--cfg", "-c", "--help", "-h"} & set(args):
+            import shutil
+
+            if shutil.which("sbatch") is None or shutil.which("srun") is None:
+                raise SystemExit(f"error: hydra/launcher={name} submits the jobs to SLURM, but sbatch/srun are not "
+                                 "on this machine's PATH: run the sweep on the cluster's login node, or use "
+                                 "hydra/launcher=submitit_local to run the same jobs here")
+        if not found:
+            ours = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
+            usable = ["basic"] + [n for n in sorted({*LAUNCHER_PLUGINS, *ours}) if n != name and _installed(n)]
+            raise SystemExit(f"error: hydra/launcher={name} needs the Hydra plugin {plugin[1]}, which is not "
+                             f"installed: `pip install {plugin[1]}` in this environment (usable here: "
+                             f"{', '.join(usable)})")
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    plugin = LAUNCHER_PLUGINS.get(_launcher_base(name))
+    try:
+        return plugin is None or importlib.util.find_spec(plugin[0]) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def launch(task: Callable, config_name: str, args: list[str], prog: str, check: Callable | None = None) -> None:
     """Call `task(cfg)` through hydra.main with `args` as the command line.
 
@@ -66,6 +129,7 @@ def launch(task: Callable, config_name: str, args: list[str], prog: str, check: 
     register()
     try:
         check_group_overrides(args)
+        check_launcher(args)
         if check is not None:
             preflight(config_name, args, str(CONF_DIR), check)
     except SystemExit as e:

@@ -96,6 +96,8 @@ class TransportSchema:
     max_frame_bytes: int = 1 << 30
     exec_prefix: Dict[str, List[str]] = field(default_factory=lambda: {"p0": [], "p1": []})
     check_inprocess: bool = True
+    emulate: str = "none"           # none | netns | shaper: the P0-P1 link emulates network= (experiments/emulated.py)
+    latency_by: str = "auto"        # netns: who adds the one-way latency: auto (netem if the kernel has it) | netem | shaper
 
 
 @dataclass

@@ -31,9 +31,54 @@ class Sweep:
 SWEEP = Sweep()
 
 
+RECORD = ".job-{num}.json"    # one hidden file per job in the sweep folder (no folder: job folders stay 0, 1, ...)
+
+
 def record(num: int, overrides: list[str], sweep_dir: str, out: str | None = None, error: str | None = None) -> None:
+    """Keep one job's outcome (in memory, and on disk for a launcher in another process)."""
+    import json
+    import os
+
     SWEEP.dir = Path(sweep_dir).resolve()
-    SWEEP.jobs.append(Job(num, list(overrides), out, error))
+    job = Job(num, list(overrides), str(Path(out).resolve()) if out else None, error)
+    SWEEP.jobs = [j for j in SWEEP.jobs if j.num != num] + [job]
+    SWEEP.dir.mkdir(parents=True, exist_ok=True)
+    path = SWEEP.dir / RECORD.format(num=num)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"num": num, "overrides": job.overrides, "out": job.out, "error": error}))
+    tmp.replace(path)
+
+
+def collect(sweep_dir: str) -> None:
+    """Merge the job records of ``sweep_dir`` written by other processes into this process's sweep."""
+    import json
+
+    d = Path(sweep_dir).resolve()
+    SWEEP.dir = d
+    have = {j.num for j in SWEEP.jobs}
+    for f in sorted(d.glob(RECORD.format(num="*"))):
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("unreadable job record %s: %s", f, e)
+            continue
+        if r["num"] not in have:
+            SWEEP.jobs.append(Job(int(r["num"]), list(r["overrides"]), r.get("out"), r.get("error")))
+            have.add(r["num"])
+    SWEEP.jobs.sort(key=lambda j: j.num)
+
+
+try:
+    from hydra.experimental.callback import Callback as _Callback
+except ImportError:  # pragma: no cover  (hydra-core < 1.1)
+    _Callback = object
+
+
+class CollectJobs(_Callback):
+    """Hydra callback: when a sweep ends, read back the records of jobs that ran in other processes."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        collect(str(config.hydra.sweep.dir))
 
 
 def aggregate(sweep: Sweep, table: str = "metrics.csv") -> Path | None:
@@ -66,6 +111,8 @@ def finish() -> int:
     done = [j for j in s.jobs if j.error is None]
     failed = [j for j in s.jobs if j.error is not None]
     table = aggregate(s)
+    for f in s.dir.glob(RECORD.format(num="*")) if s.dir is not None else ():
+        f.unlink(missing_ok=True)   # the records carried the jobs' outcomes here; the summary and table hold them now
     print(f"sweep: {len(done)} of {len(s.jobs)} jobs finished; tables in {s.dir}/<job>/"
           + (f"; all jobs' metrics in {table}" if table else ""))
     if failed:

@@ -194,7 +194,7 @@ def run_party(cfg, rank: int, links: dict, out: Path) -> dict:
     counters["owner"] = owner_counters
     mpc.ledger.frame().to_csv(out / "ledger.csv.gz", index=False)
     return dict(stage_seconds=gen.stage_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
-                socket_bytes=mpc.channel.socket_bytes, links=counters, placeholder_tokens=gen.tokens)
+                socket_bytes=mpc.channel.socket_bytes, link_wait_s=mpc.channel.link_wait_s, links=counters, placeholder_tokens=gen.tokens)
 
 
 def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:
@@ -286,6 +286,10 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
             ctx["ids"] = prompt_ids(load_tokenizer(cfg.model.get("tokenizer", "bytes")), cfg)
             hello["prompt_tokens"] = len(ctx["ids"])
         log.info("role %s is pid %d", role, os.getpid())
+        if shaper is None:
+            from experiments.emulated import party_shaper
+
+            shaper = party_shaper(cfg, role)
         links = open_links(cfg, role, keys, hello, shaper=shaper)
         if role == "owner":
             from comet_core.comm.remote import OwnerService
@@ -294,6 +298,8 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
         res = run_party(cfg, int(role[1]), links, out_dir) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
         if role in ("p0", "p1"):
             res["owner_weights_sha256"] = links["owner"].hello.get("weights_sha256") if "owner" in links else None
+        if shaper is not None:
+            res["shaper"] = shaper.summary()
         res.update(role=role, pid=os.getpid(), address=_address(cfg, role), wall_s=round(time.time() - t0, 3),
                    config_sha256=hello["config_sha256"], weights_sha256=hello.get("weights_sha256"))
         (out_dir / "result.json").write_text(json.dumps(res, indent=1, default=str) + "\n")

@@ -103,6 +103,9 @@ def validate_config(cfg) -> None:
     load_system(cfg.system).validate(cfg)   # a system's own keys and files, before any model is loaded
     transport = cfg.get("transport", {}).get("name", "inprocess")
     require(transport in ("inprocess", "tcp"), f"transport must be inprocess or tcp (conf/transport/), got {transport!r}")
+    from experiments.emulated import check_emulation
+
+    check_emulation(cfg)
     if transport == "tcp":
         from experiments.party import check_party_config
 
@@ -376,9 +379,13 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
     info = RunInfo.start()
     with RunFolder(out, overwrite=bool(cfg.overwrite), hydra_dir=hydra_dir) as folder:
         if cfg.transport.name == "tcp":
+            from experiments.emulated import emulated
             from experiments.tcp_run import tcp_execute
 
-            outcome = tcp_execute(cfg, folder.staging)
+            with emulated(cfg) as link:      # transport.emulate=netns: P0, P1 in namespaces (experiments/emulated.py)
+                outcome = tcp_execute(cfg, folder.staging)
+            if link is not None:
+                outcome.transport["link"] = link
             info.extra["transport"] = outcome.transport
         else:
             outcome = execute(cfg)

@@ -258,6 +258,8 @@ def transport_summary(cfg, res: dict, procs: dict, ledger, ref_outcome, wall: fl
         wall_s=round(wall, 3), keys_dir=("keys/ (made for this run)" if cfg.transport.keys_dir in (None, "") else str(keys)),
         roles={r: dict(pid=res[r]["pid"], address=res[r]["address"], wall_s=res[r]["wall_s"],
                        log=f"roles/{r}.log") for r in res},
+        link_wait_s_by_stage={r: res[r].get("link_wait_s") for r in ("p0", "p1")},
+        shaper={r: res[r]["shaper"] for r in ("p0", "p1") if res[r].get("shaper")} or None,
         config_sha256=p0["config_sha256"], weights_sha256=res["owner"].get("weights_sha256"),
     )
     if getattr(ref_outcome, "inprocess", False):

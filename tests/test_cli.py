@@ -56,7 +56,7 @@ def test_cost_mode_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["network=moon"], "valid choices: lan, lan-3g, wan-100m, wan-200m"),
+    (["network=moon"], "valid choices: emu-100m-10ms, emu-1g-1ms, lan, lan-3g, wan-100m, wan-200m"),
     (["system=nope"], "unknown system 'nope'; valid choices:"),
     (["model=gpt-9"], "valid choices:"),
     (["network.bandwidth_bps=-1"], "bandwidth_bps must be > 0"),

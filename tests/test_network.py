@@ -46,7 +46,8 @@ def test_from_cfg():
 
 
 # The presets: lan 5 Gbps / 0.8 ms, lan-3g 3 Gbps / 0.8 ms, wan-200m 200 Mbps / 40 ms, wan-100m 100 Mbps / 80 ms.
-PRESETS = {"lan": (5e9, 8e-4), "lan-3g": (3e9, 8e-4), "wan-200m": (2e8, 0.04), "wan-100m": (1e8, 0.08)}
+PRESETS = {"lan": (5e9, 8e-4), "lan-3g": (3e9, 8e-4), "wan-200m": (2e8, 0.04), "wan-100m": (1e8, 0.08),
+           "emu-100m-10ms": (1e8, 0.01), "emu-1g-1ms": (1e9, 1e-3)}   # the last two: the emulation check
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

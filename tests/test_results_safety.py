@@ -230,3 +230,7 @@ def test_parallel_sweep_lands_in_one_folder(tmp_path):
     assert len(sweeps) == 1, sweeps
     jobs = [p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.csv").exists()]
     assert (sweeps[0] / "multirun.yaml").exists() and len(jobs) == 3
+    # the workers' outcomes reach the launcher (cli/sweep.py): one summary, one table, the sweep folder last
+    assert "sweep: 3 of 3 jobs finished" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == str(sweeps[0].resolve())
+    assert sorted(pd.read_csv(sweeps[0] / "metrics.csv").job.unique()) == [0, 1, 2]

@@ -13,6 +13,7 @@ equals the simulation's: each party knows the sizes of what it sends and of what
 from __future__ import annotations
 
 import queue
+import time
 
 import torch
 
@@ -100,8 +101,28 @@ class PartyChannel(_Booking):
         # (sent halves None for a one-way message)
         self.recorder: list | None = None
         self.socket_bytes: dict[str, int] = {}   # payload bytes this party sent per ledger stage (socket pipes)
+        self.link_wait_s: dict[str, float] = {}  # seconds spent in the pipe's send/recv per stage (shaper sleep,
+        #                                          transfer, waiting for the peer): the measured side of comm_s
+
+    def _waited(self, t0: float) -> None:
+        stage = self.ledger._labels.get("stage", "")
+        self.link_wait_s[stage] = self.link_wait_s.get(stage, 0.0) + time.perf_counter() - t0
+
+    def _recv(self):
+        t0 = time.perf_counter()
+        try:
+            return self.pipe.recv()
+        finally:
+            self._waited(t0)
 
     def _send(self, obj, bits, packed: int | None = None) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._send_now(obj, bits, packed)
+        finally:
+            self._waited(t0)
+
+    def _send_now(self, obj, bits, packed: int | None = None) -> None:
         if not getattr(self.pipe, "packs", False):
             self.pipe.send(obj)
             return
@@ -116,7 +137,7 @@ class PartyChannel(_Booking):
         if tensors and tensors[0].is_meta:
             return [t[0] for t in tensors]
         self._send([t[0] for t in tensors], bits, packed)
-        got = self.pipe.recv()
+        got = self._recv()
         if not isinstance(got, list) or len(got) != len(tensors) or any(
                 not isinstance(g, torch.Tensor) or g.shape != t.shape[1:] for g, t in zip(got, tensors)):
             raise PeerError(f"P{1 - self.rank} sent a message that does not match this step "
@@ -132,7 +153,7 @@ class PartyChannel(_Booking):
         if self.rank == sender:
             self._send(tensor, bits)
             return tensor
-        got = self.pipe.recv()
+        got = self._recv()
         if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:
             raise PeerError(f"P{sender} sent a message that does not match this step "
                             f"(expected one tensor of shape {tuple(tensor.shape)})")

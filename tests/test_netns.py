@@ -1,0 +1,145 @@
+"""The emulated link (comet_core/comm/netns.py): namespaces, a tbf-shaped veth pair, teardown.
+
+The throughput tests need root and iproute2 (skipped with the reason otherwise); the error tests run
+everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from comet_core.comm import netns
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+from comet_core.comm.netns import EmulatedLink, LinkError, tbf_params, tcp_throughput
+
+
+def _can_make_namespaces() -> str | None:
+    """None if this machine can make the link, else why not."""
+    try:
+        netns.check_prerequisites()
+    except LinkError as e:
+        return str(e)
+    r = subprocess.run(["ip", "netns", "add", f"{netns.PREFIX}probe{os.getpid()}t"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a network namespace here: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", f"{netns.PREFIX}probe{os.getpid()}t"], capture_output=True)
+    return None
+
+
+WHY_NOT = _can_make_namespaces()
+needs_netns = pytest.mark.skipif(WHY_NOT is not None, reason=f"emulated link unavailable: {WHY_NOT}")
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_tbf_params_scale_with_rate():
+    slow, fast = tbf_params(1e8), tbf_params(1e9)
+    assert slow["rate"] == "100000000bit" and fast["rate"] == "1000000000bit"
+    assert slow["burst"] >= 2 * 1514 and fast["burst"] == 125_000          # 1 ms of traffic at 1 Gbit/s
+    assert slow["limit"] == 1_250_000 and fast["limit"] == 12_500_000       # 100 ms of traffic
+
+
+def test_not_root_is_one_line(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(shutil, "which", lambda t: f"/usr/sbin/{t}")
+    with pytest.raises(LinkError, match="must run as root.*transport.emulate=shaper"):
+        EmulatedLink(1e8).setup()
+
+
+def test_missing_tools_is_one_line(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "tc" else "/usr/sbin/ip")
+    with pytest.raises(LinkError, match="needs tc .package iproute2."):
+        EmulatedLink(1e8).setup()
+
+
+@needs_netns
+def test_rate_is_enforced_and_unshaped_is_much_faster():
+    """A plain TCP transfer across the link: ~95% of 100 Mbit/s in payload (tbf counts the 66 header bytes
+    of each 1514-byte frame), both directions; the same link unshaped is >= 10x faster (positive control)."""
+    with EmulatedLink(None) as link:
+        free = tcp_throughput(link, 4_000_000)
+        link.set_rate(1e8)
+        there = tcp_throughput(link, 2_000_000, "p0", "p1")
+        back = tcp_throughput(link, 2_000_000, "p1", "p0")
+        assert "tbf" in link.qdiscs()
+    for got in (there, back):
+        assert 0.90e8 <= got <= 1.0e8, got
+    assert free >= 10 * 1e8, free
+
+
+@needs_netns
+def test_every_role_reaches_every_other():
+    """P0 <-> P1 over the shaped pair, the root namespace (dealer, client, owner) to both parties."""
+    with EmulatedLink(1e9) as link:
+        for src, dst in (("p0", "p1"), ("p1", "p0"), ("dealer", "p0"), ("dealer", "p1"), ("p0", "dealer")):
+            assert tcp_throughput(link, 200_000, src, dst) > 0
+        assert link.hosts["dealer"] == link.hosts["client"] == link.hosts["owner"]
+
+
+@needs_netns
+def test_teardown_is_idempotent_and_complete():
+    link = EmulatedLink(1e8, 0.01).setup()
+    names = list(link.namespaces.values())
+    assert all(n in _namespaces() for n in names)
+    link.teardown()
+    link.teardown()
+    assert not any(n in _namespaces() for n in names)
+    assert link.name[-9:] not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+@needs_netns
+def test_a_failed_setup_leaves_nothing(monkeypatch):
+    real = netns._run
+
+    def failing(cmd, check=True):
+        if "tbf" in cmd:
+            raise LinkError("tbf refused (test)")
+        return real(cmd, check)
+
+    monkeypatch.setattr(netns, "_run", failing)
+    link = EmulatedLink(1e8)
+    with pytest.raises(LinkError, match="tbf refused"):
+        link.setup()
+    assert not any(n in _namespaces() for n in link.namespaces.values())
+
+
+@needs_netns
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_process_tears_down(sig):
+    code = ("import time, sys\nfrom comet_core.comm.netns import EmulatedLink\n"
+            "with EmulatedLink(1e8) as l:\n    print(l.name, flush=True)\n    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        name = p.stdout.readline().strip()
+        assert name, p.stderr.read()
+        assert f"{name}-p0" in _namespaces()
+        p.send_signal(sig)
+        p.wait(20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert name not in _namespaces()
+    assert netns.leftover_links() == [] or all(not n.startswith(name) for n in netns.leftover_links())
+
+
+@needs_netns
+def test_a_killed_runs_namespaces_are_removed_by_the_next_link():
+    dead = f"{netns.PREFIX}4194999x0a0-p0"          # above any pid_max: no such process
+    subprocess.run(["ip", "netns", "add", dead], check=True)
+    try:
+        assert dead in netns.leftover_links()
+        with EmulatedLink(1e8):
+            assert dead not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", dead], capture_output=True)
