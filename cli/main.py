@@ -132,7 +132,7 @@ def party(ctx: typer.Context,
         raise typer.Exit(2) from None
     from experiments.party import main as party_main
 
-    raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path(f"party-{role}"))))
+    raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path("outputs") / f"party-{role}")))
 
 
 @app.command("list")

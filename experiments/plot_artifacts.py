@@ -396,10 +396,12 @@ def plaintext_quality(sweep: Sweep, ref: str, results: Path = REPO_ROOT / "resul
     heads = any(bool(OmegaConf.select(j.cfg, "system.heads", default=False)) for j in sweep.done_jobs
                 if str(OmegaConf.select(j.cfg, "system.name", default="")) == ref)
     variant = "predicted-both" if heads else "predicted-ffn"
-    for f in sorted(results.glob("predictor/*/accuracy.csv")):
+    # results/predictor/<model>/ (default preset) or results/predictor/<model>/<preset>/ (the model's own preset)
+    for f in sorted(results.glob("predictor/*/accuracy.csv")) + sorted(results.glob("predictor/*/*/accuracy.csv")):
+        model = f.relative_to(results / "predictor").parts[0]
         p = pd.read_csv(f).set_index("variant")
-        if variant in p.index and "dense" in p.index:
-            rows.append(dict(model=f.parent.name, system=ref, quality_ppl=p.loc[variant, "ppl"],
+        if variant in p.index and "dense" in p.index and model not in {r["model"] for r in rows if r["system"] == ref}:
+            rows.append(dict(model=model, system=ref, quality_ppl=p.loc[variant, "ppl"],
                              quality_next_token_acc=p.loc[variant, "next_token_acc"],
                              quality_dense_ppl=p.loc["dense", "ppl"],
                              quality_source=f"{f.relative_to(results.parent)} ({variant})"))
