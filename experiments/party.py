@@ -88,8 +88,6 @@ def check_party_config(cfg) -> None:
     from comet_core.errors import require
 
     require(cfg.mode == "exact", "transport=tcp runs mode=exact (cost mode has no data to send)")
-    require(cfg.system.name != "comet", "transport=tcp does not run system=comet yet: its predictors are set up from "
-            "plaintext in the parties' process; use dense or a baseline (iron, bolt, mpcformer, puma, secformer)")
     t = cfg.transport
     require(float(t.timeout_s) > 0 and float(t.connect_timeout_s) > 0,
             "transport.timeout_s and transport.connect_timeout_s must be positive")
@@ -232,9 +230,11 @@ def owner_weights(cfg):
     return pw, h.hexdigest()
 
 
-def owner_items(cfg, pw) -> list:
+def owner_items(cfg, pw) -> tuple[list, dict]:
     """Every share the parties will ask the owner for, in their order (share_weights, then the system's
-    setup): [(shares (2, ...), frac, phase)], made as LocalPeers makes them (the simulation's sharing)."""
+    setup): [(shares (2, ...), frac, phase)], made as LocalPeers makes them (the simulation's sharing);
+    and the system's public setup ({system name: metadata}, e.g. Comet's predictor ranks and thresholds,
+    which the owner sends in the clear: `CometSystem.public_setup`)."""
     from comet_core.models.weights import share_weights
     from comet_core.mpc.engine import MPC
     from comet_core.systems import load_system
@@ -250,8 +250,10 @@ def owner_items(cfg, pw) -> list:
         return s
     full.share = recording
     weights = share_weights(full, pw)
-    load_system(cfg.system).prepare(full, weights, cfg.model)
-    return items
+    system = load_system(cfg.system)
+    system.prepare(full, weights, cfg.model)
+    public = {system.name: system.public_setup()} if hasattr(system, "public_setup") else {}
+    return items, public
 
 
 def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
@@ -271,7 +273,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
 
         with open_dict(cfg):
             cfg.force = True   # the launcher (or the operator) checked memory for the run; a role holds less
-        validate_config(cfg)
+        validate_config(cfg, role=role)
         check_party_config(cfg)
         flat = flat_config(cfg)
         hello = dict(role=role, pid=os.getpid(), config_sha256=config_hash(flat), config=flat)
@@ -290,7 +292,8 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
         if role == "owner":
             from comet_core.comm.remote import OwnerService
 
-            ctx["owner_service"] = OwnerService(owner_items(cfg, plain_weights), float(cfg.transport.timeout_s), wsha)
+            items, public = owner_items(cfg, plain_weights)
+            ctx["owner_service"] = OwnerService(items, float(cfg.transport.timeout_s), wsha, public)
         res = run_party(cfg, int(role[1]), links, out_dir) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
         if role in ("p0", "p1"):
             res["owner_weights_sha256"] = links["owner"].hello.get("weights_sha256") if "owner" in links else None
