@@ -192,7 +192,21 @@ def run_party(cfg, rank: int, links: dict, out: Path) -> dict:
     counters["owner"] = owner_counters
     mpc.ledger.frame().to_csv(out / "ledger.csv.gz", index=False)
     return dict(stage_seconds=gen.stage_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
-                socket_bytes=mpc.channel.socket_bytes, links=counters, placeholder_tokens=gen.tokens)
+                socket_bytes=mpc.channel.socket_bytes, links=counters, placeholder_tokens=gen.tokens,
+                **revealed_state(system))
+
+
+def revealed_state(system) -> dict:
+    """What a sparse system revealed to this party (both parties see the same): per (layer, step, kind) the
+    count and, for head groups, the opened mask in permuted coordinates; the KV cache's hit counters."""
+    state = getattr(system, "state", None)
+    out: dict = {}
+    if getattr(state, "records", None):
+        out["records"] = [dict(layer=r.layer, step=r.step, kind=r.kind, active=r.active, total=r.total,
+                               revealed=r.revealed) for r in state.records]
+    if getattr(state, "kv", None):
+        out["kv"] = [dict(c.stats) for c in state.kv]
+    return out
 
 
 def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:

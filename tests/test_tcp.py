@@ -513,3 +513,25 @@ def test_comet_parties_hold_one_half_of_each_predictor_weight(tmp_path, keys, ti
     led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
     assert led.shape == sim.ledger.shape and (led.astype(str).values == sim.ledger.astype(str).values).all()
     assert (led.op == "ffn.reveal").any() and (led.op == "attn.shuffle").any()
+
+
+def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictors):
+    """system=comet through `run-experiment transport=tcp` (real processes): tokens, ledger and revealed
+    masks equal the in-process run; socket payload = ledger online bytes (1-bit reveals and the shuffle's
+    one-way messages packed to their width); sparsity.csv from the parties, flips from the in-process run."""
+    from experiments.run import run
+
+    cfg = _cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}")
+    s = run(cfg, tmp_path / "run")
+    t = s["transport"]
+    assert t["tokens_equal_inprocess"] and t["ledger_equal_inprocess"] and t["sparsity_equal_inprocess"]
+    assert t["recv_check"] and t["weights_equal_reference"] and t["unpacked_excess_bytes"] == 0
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    for ph in ("total", "prefill", "decode"):
+        row = m[(m.network == "lan") & (m.phase == ph)].iloc[0]
+        assert row.socket_bytes == row.online_bytes > 0, ph
+    led = pd.read_csv(tmp_path / "run" / "ledger.csv.gz", keep_default_na=False)
+    assert (led[led.op == "ffn.reveal"].bits == 1).any() and (led.op == "ffn.shuffle").any()
+    sp = pd.read_csv(tmp_path / "run" / "sparsity.csv")
+    assert set(sp.kind) == {"ffn", "head"} and len(sp) == 2 * 2 and sp.flips.notna().all()
+    assert (tmp_path / "run" / "kv.csv").exists() and (tmp_path / "run" / "COMPLETE").exists()
