@@ -10,7 +10,9 @@ What each role holds:
     receives every weight share from the owner and the client's one-hot rows as shares; its token ids
     are placeholders (they only give the lengths); it sends its output shares to the client.
   * dealer: a full dealer from the seed (as LocalPeers); also the trusted party of ideal functionalities.
-  * owner: the plaintext model; sends each party its share of each weight, then leaves.
+  * owner: the plaintext model (and, for system=comet, the predictor checkpoint: the parties build the
+    predictors from shapes); sends each party its share of each weight, in the parties' order, and the
+    system's public setup in the clear (Comet: per-layer predictor ranks and thresholds), then leaves.
   * client: the prompt; shares each step's one-hot rows, opens the output shares, picks the next token.
 Each role writes `<out>/result.json` (pid, address, link counters, timings; the parties also
 `ledger.csv.gz`, the client the tokens). An error is one line on stderr (`error: <role>: ...`), exit 2.
