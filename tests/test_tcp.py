@@ -443,7 +443,8 @@ def test_comet_party_errors_are_one_line(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "-m", "cli.main", "party", "--role", "p0", "transport=tcp",
-                        "transport.ports.p0=29500", "transport.ports.p1=29501", f"transport.keys_dir={tmp_path}"],
+                        "transport.ports.p0=29500", "transport.ports.p1=29501", f"transport.keys_dir={tmp_path}",
+                        "--out", str(tmp_path / "out")],   # not the default party-p0/ in the repository
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
