@@ -10,7 +10,9 @@ What each role holds:
     receives every weight share from the owner and the client's one-hot rows as shares; its token ids
     are placeholders (they only give the lengths); it sends its output shares to the client.
   * dealer: a full dealer from the seed (as LocalPeers); also the trusted party of ideal functionalities.
-  * owner: the plaintext model; sends each party its share of each weight, then leaves.
+  * owner: the plaintext model (and, for system=comet, the predictor checkpoint: the parties build the
+    predictors from shapes); sends each party its share of each weight, in the parties' order, and the
+    system's public setup in the clear (Comet: per-layer predictor ranks and thresholds), then leaves.
   * client: the prompt; shares each step's one-hot rows, opens the output shares, picks the next token.
 Each role writes `<out>/result.json` (pid, address, link counters, timings; the parties also
 `ledger.csv.gz`, the client the tokens). An error is one line on stderr (`error: <role>: ...`), exit 2.
@@ -88,8 +90,6 @@ def check_party_config(cfg) -> None:
     from comet_core.errors import require
 
     require(cfg.mode == "exact", "transport=tcp runs mode=exact (cost mode has no data to send)")
-    require(cfg.system.name != "comet", "transport=tcp does not run system=comet yet: its predictors are set up from "
-            "plaintext in the parties' process; use dense or a baseline (iron, bolt, mpcformer, puma, secformer)")
     t = cfg.transport
     require(float(t.timeout_s) > 0 and float(t.connect_timeout_s) > 0,
             "transport.timeout_s and transport.connect_timeout_s must be positive")
@@ -194,7 +194,21 @@ def run_party(cfg, rank: int, links: dict, out: Path) -> dict:
     counters["owner"] = owner_counters
     mpc.ledger.frame().to_csv(out / "ledger.csv.gz", index=False)
     return dict(stage_seconds=gen.stage_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
-                socket_bytes=mpc.channel.socket_bytes, link_wait_s=mpc.channel.link_wait_s, links=counters, placeholder_tokens=gen.tokens)
+                socket_bytes=mpc.channel.socket_bytes, link_wait_s=mpc.channel.link_wait_s, links=counters,
+                placeholder_tokens=gen.tokens, **revealed_state(system))
+
+
+def revealed_state(system) -> dict:
+    """What a sparse system revealed to this party (both parties see the same): per (layer, step, kind) the
+    count and, for head groups, the opened mask in permuted coordinates; the KV cache's hit counters."""
+    state = getattr(system, "state", None)
+    out: dict = {}
+    if getattr(state, "records", None):
+        out["records"] = [dict(layer=r.layer, step=r.step, kind=r.kind, active=r.active, total=r.total,
+                               revealed=r.revealed) for r in state.records]
+    if getattr(state, "kv", None):
+        out["kv"] = [dict(c.stats) for c in state.kv]
+    return out
 
 
 def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:
@@ -232,9 +246,11 @@ def owner_weights(cfg):
     return pw, h.hexdigest()
 
 
-def owner_items(cfg, pw) -> list:
+def owner_items(cfg, pw) -> tuple[list, dict]:
     """Every share the parties will ask the owner for, in their order (share_weights, then the system's
-    setup): [(shares (2, ...), frac, phase)], made as LocalPeers makes them (the simulation's sharing)."""
+    setup): [(shares (2, ...), frac, phase)], made as LocalPeers makes them (the simulation's sharing);
+    and the system's public setup ({system name: metadata}, e.g. Comet's predictor ranks and thresholds,
+    which the owner sends in the clear: `CometSystem.public_setup`)."""
     from comet_core.models.weights import share_weights
     from comet_core.mpc.engine import MPC
     from comet_core.systems import load_system
@@ -250,8 +266,10 @@ def owner_items(cfg, pw) -> list:
         return s
     full.share = recording
     weights = share_weights(full, pw)
-    load_system(cfg.system).prepare(full, weights, cfg.model)
-    return items
+    system = load_system(cfg.system)
+    system.prepare(full, weights, cfg.model)
+    public = {system.name: system.public_setup()} if hasattr(system, "public_setup") else {}
+    return items, public
 
 
 def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
@@ -271,7 +289,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
 
         with open_dict(cfg):
             cfg.force = True   # the launcher (or the operator) checked memory for the run; a role holds less
-        validate_config(cfg)
+        validate_config(cfg, role=role)
         check_party_config(cfg)
         flat = flat_config(cfg)
         hello = dict(role=role, pid=os.getpid(), config_sha256=config_hash(flat), config=flat)
@@ -294,7 +312,8 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
         if role == "owner":
             from comet_core.comm.remote import OwnerService
 
-            ctx["owner_service"] = OwnerService(owner_items(cfg, plain_weights), float(cfg.transport.timeout_s), wsha)
+            items, public = owner_items(cfg, plain_weights)
+            ctx["owner_service"] = OwnerService(items, float(cfg.transport.timeout_s), wsha, public)
         res = run_party(cfg, int(role[1]), links, out_dir) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
         if role in ("p0", "p1"):
             res["owner_weights_sha256"] = links["owner"].hello.get("weights_sha256") if "owner" in links else None

@@ -76,8 +76,10 @@ def load_prompt(cfg) -> str:
     return cfg.prompt
 
 
-def validate_config(cfg) -> None:
-    """Reject bad values before any work starts (one-line ConfigError). No file system writes."""
+def validate_config(cfg, role: str | None = None) -> None:
+    """Reject bad values before any work starts (one-line ConfigError). No file system writes.
+    `role`: a `comet party` role (p0, p1, dealer, client, owner): the system checks only the files that
+    role reads (e.g. only the owner needs Comet's predictor checkpoint)."""
     from cli.schema import check_run_config
     from comet_core.comm.network import Network
     from comet_core.errors import require
@@ -100,7 +102,9 @@ def validate_config(cfg) -> None:
         check_positions(int(cfg.prompt_len), cfg.model, cfg.gen_tokens)
     from comet_core.systems import load_system
 
-    load_system(cfg.system).validate(cfg)   # a system's own keys and files, before any model is loaded
+    system = load_system(cfg.system)
+    system.party_role = role
+    system.validate(cfg)   # a system's own keys and files, before any model is loaded
     transport = cfg.get("transport", {}).get("name", "inprocess")
     require(transport in ("inprocess", "tcp"), f"transport must be inprocess or tcp (conf/transport/), got {transport!r}")
     from experiments.emulated import check_emulation

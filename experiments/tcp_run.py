@@ -192,10 +192,43 @@ def tcp_execute(cfg, staging: Path):
     from comet_core.models.tokenizers import load_tokenizer
 
     tok = ref_outcome.tok if ref_outcome is not None else load_tokenizer(cfg.model.get("tokenizer", "bytes"))
+    system = party_system(cfg, res, ref_outcome, transport)
     out = Outcome(ids=client["prompt_ids"], tok=tok, gen=gen, ref=ref_outcome.ref, ledger=led0,
-                  n_layers=int(res["p0"]["n_layers"]), system=ref_outcome.system if ref_outcome else None,
+                  n_layers=int(res["p0"]["n_layers"]), system=system,
                   extra_refs=ref_outcome.extra_refs, transport=transport)
     return out
+
+
+def party_system(cfg, res: dict, ref_outcome, transport: dict):
+    """What sparsity.csv / kv.csv are written from: the parties' own revealed counts (P0's; P1's must be
+    equal). The flips against the float predictor need the plaintext input of each layer, which no party
+    has: they are taken from the launcher's in-process run when its revealed counts are the same
+    (transport.check_inprocess), else NaN."""
+    from types import SimpleNamespace
+
+    from comet_core.errors import CometError
+    from comet_core.systems.comet import StepRecord
+
+    p0, p1 = res["p0"], res["p1"]
+    if p0.get("records") != p1.get("records") or p0.get("kv") != p1.get("kv"):
+        raise CometError("P0 and P1 report different revealed masks (records or KV counters)")
+    if not p0.get("records"):
+        return ref_outcome.system if ref_outcome is not None else None
+    from comet_core.sparse.heads import HeadCache
+
+    records = [StepRecord(**r) for r in p0["records"]]
+    sim = getattr(getattr(getattr(ref_outcome, "system", None), "state", None), "records", None)
+    if getattr(ref_outcome, "inprocess", False) and sim is not None:
+        key = lambda r: (r.layer, r.step, r.kind, r.active, r.total, r.revealed)  # noqa: E731
+        same = [key(r) for r in records] == [key(r) for r in sim]
+        transport["sparsity_equal_inprocess"] = same
+        if not same:
+            raise CometError("the parties revealed other masks than the in-process run of the same config")
+        for r, q in zip(records, sim):
+            r.flips, r.max_flip_margin = q.flips, q.max_flip_margin
+    kv = [HeadCache(groups=0, stats=dict(stats)) for stats in p0.get("kv", [])]   # the counters only
+    return SimpleNamespace(name=cfg.system.name, state=SimpleNamespace(records=records, kv=kv),
+                           kv_refill=cfg.system.get("kv_refill"), kv_prefetch=cfg.system.get("kv_prefetch"))
 
 
 def _prompt(cfg) -> str:

@@ -71,7 +71,7 @@ def _run_threads(cfgs: dict, keys: dict, out: Path, skip=()) -> dict:
         if role in skip:
             continue
         t = threading.Thread(target=lambda r=role: rc.__setitem__(r, main(r, cfgs[r], str(keys[r]), str(out / r))),
-                             daemon=True)
+                             daemon=True, name=f"role-{role}")
         t.start()
         threads.append(t)
     for t in threads:
@@ -444,9 +444,95 @@ def test_comet_party_errors_are_one_line(tmp_path):
     root = Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "-m", "cli.main", "party", "--role", "p0", "transport=tcp",
                         "transport.ports.p0=29500", "transport.ports.p1=29501", f"transport.keys_dir={tmp_path}",
-                        "--out", str(tmp_path / "p0")],
+                        "--out", str(tmp_path / "out")],   # not the default party-p0/ in the repository
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert errors == [ln for ln in r.stderr.splitlines() if "error" in ln.lower() and "INFO" not in ln]
     assert len(errors) == 1 and "missing key files" in errors[0] and "comet keys" in errors[0]
+
+
+# -- system=comet: the predictors come from the owner process -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_predictors(tmp_path_factory):
+    from tests.test_comet import make_predictors
+
+    tmp = tmp_path_factory.mktemp("pred")
+    return make_predictors(_cfg(tmp).model, tmp / "tiny-opt.pt")
+
+
+def test_comet_parties_hold_one_half_of_each_predictor_weight(tmp_path, keys, tiny_predictors, monkeypatch):
+    """system=comet with heads: only the owner reads the predictor checkpoint; each party receives one
+    half of every model and predictor weight (their sum is the weight); tokens and ledger equal in-process."""
+    import comet_core.sparse.predictors as P
+    from comet_core.mpc import ring
+    from comet_core.predictor.checkpoint import load_predictors
+    from experiments.run import execute
+
+    cfg = _ports(_cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}"))
+    loaded_by: list = []
+    orig_load = P.load_for_system
+    monkeypatch.setattr(P, "load_for_system", lambda *a: loaded_by.append(threading.current_thread().name) or orig_load(*a))
+    seen: dict = {"p0": [], "p1": [], "public": []}
+    orig = SocketPipe.recv
+
+    def rec(self):
+        obj = orig(self)
+        if self.me in ("p0", "p1") and self.peer == "owner" and isinstance(obj, dict):
+            if "share" in obj:
+                seen[self.me].append(obj["share"])
+            if "public" in obj:
+                seen["public"].append(obj["public"])
+        return obj
+    monkeypatch.setattr(SocketPipe, "recv", rec)
+    rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path)
+    assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
+    assert set(loaded_by) == {"role-owner"}, loaded_by          # the parties never read the checkpoint
+    from comet_core.models.weights import extract
+    from comet_core.models.zoo import load_plain_model
+
+    plain, _ = load_plain_model(cfg.model, seed=cfg.model_seed)
+    pw = extract(plain, "opt", "relu")
+    ps = load_predictors(tiny_predictors, cfg.model)
+    preds = [dict(w1=p.w1.weight.t(), b1=p.w1.bias, w2=p.w2.weight.t(), b2=p.w2.bias) for p in ps.ffn[:1] + ps.head[:1]]
+    flat = [t for layer in pw.layers for t in layer.values()] + list(pw.globals.values())
+    flat += [t for p in preds for t in p.values()]
+    assert len(seen["p0"]) == len(seen["p1"]) == len(flat)
+    for s0, s1, w in zip(seen["p0"], seen["p1"], flat):
+        enc = ring.encode(w.detach().double(), 16)
+        assert torch.equal(s0 + s1, enc) and not torch.equal(s0, enc) and not torch.equal(s1, enc)
+    # the public setup: ranks and thresholds only, the checkpoint's
+    assert seen["public"] == [dict(ffn=[dict(rank=8, threshold=float(ps.ffn[0].threshold))],
+                                   head=[dict(rank=4, threshold=float(ps.head[0].threshold))])] * 2
+    sim_cfg = cfg.copy()
+    sim_cfg.transport.name = "inprocess"
+    sim = execute(sim_cfg)
+    client = json.loads((tmp_path / "client" / "result.json").read_text())
+    assert client["tokens"] == sim.gen.tokens
+    led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
+    assert led.shape == sim.ledger.shape and (led.astype(str).values == sim.ledger.astype(str).values).all()
+    assert (led.op == "ffn.reveal").any() and (led.op == "attn.shuffle").any()
+
+
+def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictors):
+    """system=comet through `run-experiment transport=tcp` (real processes): tokens, ledger and revealed
+    masks equal the in-process run; socket payload = ledger online bytes (1-bit reveals and the shuffle's
+    one-way messages packed to their width); sparsity.csv from the parties, flips from the in-process run."""
+    from experiments.run import run
+
+    cfg = _cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}")
+    s = run(cfg, tmp_path / "run")
+    t = s["transport"]
+    assert t["tokens_equal_inprocess"] and t["ledger_equal_inprocess"] and t["sparsity_equal_inprocess"]
+    assert t["recv_check"] and t["weights_equal_reference"] and t["unpacked_excess_bytes"] == 0
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    for ph in ("total", "prefill", "decode"):
+        row = m[(m.network == "lan") & (m.phase == ph)].iloc[0]
+        assert row.socket_bytes == row.online_bytes > 0, ph
+    led = pd.read_csv(tmp_path / "run" / "ledger.csv.gz", keep_default_na=False)
+    assert (led[led.op == "ffn.reveal"].bits == 1).any() and (led.op == "ffn.shuffle").any()
+    sp = pd.read_csv(tmp_path / "run" / "sparsity.csv")
+    assert set(sp.kind) == {"ffn", "head"} and len(sp) == 2 * 2 and sp.flips.notna().all()
+    assert (tmp_path / "run" / "kv.csv").exists() and (tmp_path / "run" / "COMPLETE").exists()

@@ -14,7 +14,8 @@ methods as `LocalPeers` (comet_core/mpc/parties.py), each a request on one TLS l
 Service side (one thread per party link, `serve_links`): `DealerService` (a full dealer from the seed, as
 LocalPeers runs it: each item made once in the parties' common call order; both parties must ask for
 the same item with the same arguments, else both are stopped), `OwnerService` (the plaintext weights'
-shares, item by item in the order share_weights asks for them) and `ClientService` (the prompt, the
+shares, item by item in the order share_weights and the system's setup ask for them, and the system's
+public setup in the clear: Comet's predictor ranks and thresholds) and `ClientService` (the prompt, the
 one-hot rows of each step, the output shares that it opens into the next token).
 """
 
@@ -98,6 +99,16 @@ class RemotePeers:
         if not isinstance(data, torch.Tensor) or list(data.shape) != shape or data.dtype != torch.int64:
             raise PeerError(f"the {link.peer} sent a share that does not match the requested shape {shape}")
         return data.unsqueeze(0)
+
+    def owner_public(self, name: str):
+        """The model owner's public setup for `name` (a system: e.g. Comet's predictor ranks and thresholds),
+        sent in the clear; a party holds no plaintext model to compute it from."""
+        link = self.links["owner"]
+        link.send({"op": "public", "name": str(name)})
+        got = link.recv()
+        if not isinstance(got, dict) or "public" not in got:
+            raise PeerError(f"the model owner answered the public setup of {name!r} with an unexpected message")
+        return got["public"]
 
     def reveal(self, rank: int, data: torch.Tensor, to: str, frac: int = 0) -> torch.Tensor:
         self.links["client"].send({"op": "reveal", "to": to, "data": data[0], "frac": int(frac)})
@@ -198,13 +209,20 @@ class DealerService(_Service):
 class OwnerService(_Service):
     """The model owner: the shares of every weight, in the order the parties ask for them."""
 
-    def __init__(self, items: list, timeout_s: float, weights_sha256: str) -> None:
+    def __init__(self, items: list, timeout_s: float, weights_sha256: str, public: dict | None = None) -> None:
         super().__init__(timeout_s)
         self.items = items          # [(data (2, ...) int64, frac, phase)] in share order
         self.weights_sha256 = weights_sha256
+        self.public = dict(public or {})   # {system name: public setup}, sent in the clear on request
         self.next = {0: 0, 1: 0}
 
     def handle(self, rank: int, msg: dict):
+        if msg.get("op") == "public":
+            name = msg.get("name")
+            if name not in self.public:
+                raise PeerError(f"P{rank} asked the model owner for the public setup of {name!r}, but it has "
+                                f"{sorted(self.public) or 'none'}: the parties run another system")
+            return {"public": self.public[name]}
         if msg.get("op") != "share" or msg.get("owner") != "model_owner":
             raise PeerError(f"P{rank} sent the model owner an unexpected request {msg.get('op')!r}")
         k = self.next[rank]

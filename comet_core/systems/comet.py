@@ -116,6 +116,8 @@ class CometSystem(HeadSparsity, DenseSystem):
         if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
             raise CometError("system.ffn_sparsity forces counts in cost mode only; exact mode reveals the "
                              "predictor's real masks (use mode=cost, or drop system.ffn_sparsity)")
+        if getattr(self, "party_role", None) not in (None, "owner"):
+            return   # a tcp role other than the owner never reads the predictors (party.py)
         from comet_core.sparse.predictors import checkpoint_path, missing_predictors_message
 
         if not checkpoint_path(cfg.model, self.cfg).is_file():
@@ -123,15 +125,29 @@ class CometSystem(HeadSparsity, DenseSystem):
 
     # -- deployment ------------------------------------------------------------------------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
-        """The model owner shares the predictors with the model (phase setup, once per deployment)."""
+        """The model owner shares the predictors with the model (phase setup, once per deployment).
+
+        Three ways to get the predictors' shapes and the public thresholds:
+          1. cost mode: data-free shapes (the checkpoint's ranks if it exists), thresholds 0;
+          2. a party process of transport=tcp (`mpc.peers.owner_public`): data-free shapes from the ranks
+             and the thresholds the owner process sends in the clear (`public_setup`); the shares come
+             from the owner in the order of `plain` below, no plaintext predictor here (flips: NaN);
+          3. otherwise (simulation, run_pair threads, the owner process): the checkpoint itself.
+        """
         from comet_core.sparse.predictors import cost_counts, load_for_system, shared_predictor_shapes
 
         L = len(weights.layers)
+        owner_public = None if mpc.simulated else getattr(mpc.peers, "owner_public", None)
+        self._public = None
         if mpc.is_cost:
             shapes = shared_predictor_shapes(model_cfg, self.cfg, L)
             plain = shapes
             self.thresholds = [0.0] * L
             self.counts = cost_counts(model_cfg, self.cfg, L)
+        elif owner_public is not None:
+            self._public = _check_public(owner_public(self.name), model_cfg, L, self.heads)
+            plain = _public_shapes(self._public["ffn"], int(model_cfg.hidden_size), int(model_cfg.ffn_dim))
+            self.thresholds = [float(p["threshold"]) for p in self._public["ffn"]]
         else:
             ps = load_for_system(model_cfg, self.cfg)
             self._ps = ps
@@ -145,6 +161,18 @@ class CometSystem(HeadSparsity, DenseSystem):
                                 for k, v in layer.items()} for layer in plain]
         if self.heads:
             self._prepare_heads(mpc, model_cfg, L, getattr(self, "_ps", None))
+
+    def public_setup(self) -> dict:
+        """What the model owner tells the parties in the clear after `prepare` on the plaintext predictors:
+        per layer the rank and threshold of the FFN predictor (and of the head predictor with heads). The
+        thresholds are public in our Comet (the parties compare [z] with them in MPC); the ranks are the
+        shapes of the shares the parties receive anyway."""
+        def rows(preds, thresholds):
+            return [dict(rank=int(p["w1"].shape[1]), threshold=float(t)) for p, t in zip(preds, thresholds)]
+        out = dict(ffn=rows(self.predictors, self.thresholds))
+        if self.heads:
+            out["head"] = rows(self.head_predictors, self.head_thresholds)
+        return out
 
     def start_request(self, mpc, decoder, steps: int = 1) -> None:
         """Step 1: one permutation per layer, applied to every neuron-indexed tensor in one call (and,
@@ -304,6 +332,29 @@ class CometSystem(HeadSparsity, DenseSystem):
                 margin = (scores - thr).abs().min(0).values    # closest token's distance, per unit
                 rec.max_flip_margin = float(margin[flipped].max())
         self.state.records.append(rec)
+
+
+def _public_shapes(rows: list[dict], d: int, units: int) -> list[dict]:
+    """Data-free predictor weights from the owner's public ranks: W1 (d, r), b1 (r,), W2 (r, units), b2."""
+    from comet_core.mpc.shape import Shape
+
+    f = lambda *s: Shape(s, torch.float32)  # noqa: E731
+    return [dict(w1=f(d, int(p["rank"])), b1=f(int(p["rank"])), w2=f(int(p["rank"]), units), b2=f(units)) for p in rows]
+
+
+def _check_public(meta, model_cfg, L: int, heads: bool) -> dict:
+    """The owner's public setup, checked (one line naming what does not fit this run)."""
+    from comet_core.comm.channel import PeerError
+
+    ok = isinstance(meta, dict) and isinstance(meta.get("ffn"), list) and len(meta["ffn"]) == L
+    ok = ok and (not heads or (isinstance(meta.get("head"), list) and len(meta["head"]) == L))
+    for p in (meta.get("ffn", []) + meta.get("head", [])) if ok else []:
+        ok = ok and isinstance(p, dict) and isinstance(p.get("rank"), int) and 0 < p["rank"] <= 1 << 20 \
+            and isinstance(p.get("threshold"), (int, float)) and math.isfinite(p["threshold"])
+    if not ok:
+        raise PeerError(f"the model owner sent predictor metadata that does not fit {L} layers"
+                        f"{' with head predictors' if heads else ''} (ranks and thresholds per layer)")
+    return meta
 
 
 def _empty_rows(mpc, lw):

@@ -43,11 +43,19 @@ class HeadSparsity:
     def _prepare_heads(self, mpc, model_cfg, L: int, ps) -> None:
         from comet_core.sparse.predictors import head_mask_model, shared_head_predictor_shapes
 
+        public = getattr(self, "_public", None)   # a tcp party: the owner's public ranks and thresholds
         if mpc.is_cost:
             plain = shared_head_predictor_shapes(model_cfg, self.cfg, L)
             self.head_thresholds = [0.0] * L
             self.head_masks = head_mask_model(model_cfg, self.cfg, L)
             self.head_reactivation = self.head_masks.reactivation
+        elif public is not None:   # data-free shapes; the shares come from the owner process
+            from comet_core.sparse.predictors import reactivation_model
+            from comet_core.systems.comet import _public_shapes
+
+            plain = _public_shapes(public["head"], int(model_cfg.hidden_size), int(model_cfg.num_heads))
+            self.head_thresholds = [float(p["threshold"]) for p in public["head"]]
+            self.head_reactivation = reactivation_model(model_cfg, self.cfg)
         else:
             self.plain_head_predictors = ps.head[:L]
             plain = [dict(w1=p.w1.weight.detach().t().double(), b1=p.w1.bias.detach().double(),
