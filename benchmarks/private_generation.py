@@ -86,6 +86,7 @@ def main() -> int:
 
         prof = cProfile.Profile()
     with tempfile.TemporaryDirectory() as tmp:
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         if prof is not None:
             prof.enable()
@@ -93,6 +94,7 @@ def main() -> int:
         if prof is not None:
             prof.disable()
         wall = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
     m = s["metrics"]
     tot = m[(m.network == cfg.network.name) & (m.phase == "total")].iloc[0]
     row = dict(label=a.label, model=a.model, prompt_tokens=len(s["ids"]), new_tokens=a.gen, layers=int(tot.layers),
@@ -104,7 +106,11 @@ def main() -> int:
                max_logit_err=float(s["max_logit_err"]), private_text=s["private_text"],
                plaintext_text=s["plaintext_text"], threads=a.threads, load_avg_1m=load_avg,
                truncation=cfg.engine.truncation, frac_bits=cfg.engine.frac_bits, torch=torch.__version__,
-               load_avg_1m_after=round(os.getloadavg()[0], 2), cpu=_cpu())
+               load_avg_1m_after=round(os.getloadavg()[0], 2), cpu=_cpu(),
+               # CPU seconds of this process during the run (user + system): less sensitive than wall_s to
+               # other jobs on a shared machine (but OpenMP spin-waiting counts too)
+               cpu_s=round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 2),
+               minor_faults=ru1.ru_minflt - ru0.ru_minflt)
     df = pd.DataFrame([row])
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.append and out.exists():
