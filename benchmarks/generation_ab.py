@@ -8,7 +8,8 @@
    checkout: the working tree is untouched).
 2. For rep = 1..reps, the two revisions run back to back, each in a fresh process of THIS tree's
    benchmarks/private_generation.py with `--repo <exported tree> --label <rev>`, so the same harness
-   measures both engines; every row records the load average before and after.
+   measures both engines; every row records the load average before and after. Both use one model
+   cache (COMET_CACHE, default this tree's .cache/comet), warmed by a 1-layer run first.
 3. The rows go to --out; the medians of wall_s / private_compute_s / peak_rss_gib per label and the
    speed-up after/before are printed.
 """
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,16 @@ def export(rev: str, into: Path) -> Path:
     return dest
 
 
+def _model_arg(extra: list[str]) -> list[str]:
+    """The --model option among the extra arguments (for the warm-up run), if any."""
+    for i, x in enumerate(extra):
+        if x == "--model" and i + 1 < len(extra):
+            return extra[i:i + 2]
+        if x.startswith("--model="):
+            return [x]
+    return []
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", required=True)
@@ -53,14 +65,22 @@ def main() -> int:
         out.unlink()
     extra = [x for x in a.extra if x != "--"]
     bench = REPO / "benchmarks" / "private_generation.py"
+    # one model cache for both trees (this tree's, unless COMET_CACHE is set), warmed before timing
+    env = dict(os.environ)
+    env.setdefault("COMET_CACHE", str(REPO / ".cache" / "comet"))
     with tempfile.TemporaryDirectory() as tmp:
         trees = {rev: export(rev, Path(tmp)) for rev in (a.before, a.after)}
+        warm = [sys.executable, str(bench), "--repo", str(trees[a.after]), "--out", str(Path(tmp) / "warm.csv"),
+                "--overwrite", "--gen", "1", *_model_arg(extra), "--overrides", "model.layers=1"]
+        print("warm-up (model cache)", file=sys.stderr, flush=True)
+        subprocess.run(warm, check=True, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         for rep in range(a.reps):
             for rev, tree in trees.items():
                 cmd = [sys.executable, str(bench), "--repo", str(tree), "--label", f"{rev}@{tree.name}",
                        "--out", str(out), "--append", *extra]
                 print(f"rep {rep + 1}/{a.reps}: {rev} ({tree.name})", file=sys.stderr, flush=True)
-                subprocess.run(cmd, check=True, cwd=str(REPO), stdout=subprocess.DEVNULL)
+                subprocess.run(cmd, check=True, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL)
     import pandas as pd
 
     df = pd.read_csv(out)

@@ -111,6 +111,15 @@ def main() -> int:
                # other jobs on a shared machine (but OpenMP spin-waiting counts too)
                cpu_s=round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 2),
                minor_faults=ru1.ru_minflt - ru0.ru_minflt)
+    # time per decode step against its rounds (the modelled lan time of those rounds beside it)
+    dec = m[(m.network == cfg.network.name) & (m.phase == "decode")]
+    steps = max(a.gen - 1, 1)
+    if len(dec):
+        d = dec.iloc[0]
+        row.update(decode_compute_s_per_step=round(float(d.compute_s) / steps, 3),
+                   decode_rounds_per_step=round(float(d.rounds) / steps, 1),
+                   decode_compute_us_per_round=round(1e6 * float(d.compute_s) / max(float(d.rounds), 1), 1),
+                   decode_lan_comm_s_per_step=round(float(d.comm_s) / steps, 3))
     df = pd.DataFrame([row])
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.append and out.exists():

@@ -143,6 +143,18 @@ class Dealer:
 
     def trunc_triple(self, shape, f: int) -> tuple[AShare, AShare, AShare]:
         """Uniform r with shares of r, of r >> f (logical shift) and of its top bit r_63."""
+        if self._direct():   # the same stream reads and values as below, in 2 buffers and 8 operations
+            vals = torch.empty((3, *tuple(shape)), dtype=torch.int64)        # [r, r >> f, r_63]
+            self.gen_own.fill_(vals[0])
+            torch.bitwise_right_shift(vals[0], f, out=vals[1]).bitwise_and_((1 << (64 - f)) - 1)
+            torch.bitwise_right_shift(vals[0], 63, out=vals[2]).bitwise_and_(1)
+            out = torch.empty((2, 3, *tuple(shape)), dtype=torch.int64)
+            for i in range(3):
+                self.gen_p0.fill_(out[0, i])
+            torch.sub(vals, out[0], out=out[1])
+            for _ in range(3):
+                self._book(vals[0].numel(), 64)
+            return tuple(AShare(out[:, i], self.mpc, 0) for i in range(3))
         r = self._rand(shape)
         if r.is_meta:
             shifted, top = r, r

@@ -88,6 +88,8 @@ USE_WORKSPACE = True                 # CPU: reuse per-thread workspaces (see _Sc
 USE_DIGITS = True                    # CPU: few-row products by the int8 digit kernel (digitmm); False for A/B
 DIGIT_ROWS = 16                      # CPU: up to this many rows of a take the digit kernel (measured)
 DIGIT_MIN_ELEMENTS = 1 << 14         # ... when b (per batch entry) has at least this many elements
+DIGIT_ROWS_LARGE = 64                # and up to this many rows against a very large b (an embedding table:
+DIGIT_LARGE_ELEMENTS = 1 << 22       # the limb split's 32 bytes per element of b would be GBs; digits take 8)
 
 
 # ---- chunking and limb splitting -------------------------------------------------------------------
@@ -330,7 +332,9 @@ def split_digits(b: torch.Tensor) -> "digitmm.Digits":
 
 def _digit_route(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
     """Whether a (*Ba, m, k) @ b (*Bb, k, n) takes the int8 digit kernel (CPU, few rows, a large b)."""
-    if a.device.type != "cpu" or a.shape[-2] > DIGIT_ROWS or b.dim() > 3 or a.dim() > 3:
+    if a.device.type != "cpu" or b.dim() > 3 or a.dim() > 3:
+        return False
+    if a.shape[-2] > DIGIT_ROWS and not (a.shape[-2] <= DIGIT_ROWS_LARGE and b.numel() >= DIGIT_LARGE_ELEMENTS):
         return False
     if a.shape[-1] < 2 or (not have_digits and b.shape[-1] * b.shape[-2] < DIGIT_MIN_ELEMENTS):
         return False
