@@ -61,7 +61,9 @@ def test_one_past_the_inner_bound_overflows_without_chunks():
 
 
 def test_ring_matmul_routes_few_rows_to_digits(gen, monkeypatch):
-    """Up to DIGIT_ROWS rows against a large b take the digit kernel; the result equals the other paths."""
+    """With the digit kernel on (ringmm.USE_DIGITS), up to DIGIT_ROWS rows against a large b take it;
+    the result equals the other paths."""
+    monkeypatch.setattr(ringmm, "USE_DIGITS", True)
     calls = []
     real = digitmm.digit_matmul
     monkeypatch.setattr(digitmm, "digit_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -78,7 +80,9 @@ def test_ring_matmul_routes_few_rows_to_digits(gen, monkeypatch):
     assert not calls
 
 
-def test_cached_digits_refused_when_stale(gen):
+@pytest.mark.parametrize("on", [True, False])
+def test_cached_digits_refused_when_stale(gen, on, monkeypatch):
+    monkeypatch.setattr(ringmm, "USE_DIGITS", on)
     b = full_range((300, 80), gen)
     bd = ring.split_digits(b)
     a = full_range((2, 300), gen)
@@ -101,3 +105,31 @@ def test_prg_fill_equals_ring(n):
     assert torch.equal(p2.fill_(torch.empty(5, dtype=torch.int64)), p1.ring((5,)))
     with pytest.raises(ValueError):
         p2.fill_(torch.empty((4, 4), dtype=torch.int64).t())
+
+
+def _decode_products(on: bool, monkeypatch) -> tuple[list, list]:
+    """Beaver matmuls as decode runs them (fresh masks; a reused embedding-like mask, 1 and 3 rows)."""
+    from comet_core.mpc import arith
+    from comet_core.mpc.engine import MPC
+
+    monkeypatch.setattr(ringmm, "USE_DIGITS", on)
+    mpc = MPC(seed=3)
+    g = torch.Generator().manual_seed(0)
+    w = mpc.register_weight(mpc.share(torch.randn(200, 120, generator=g, dtype=torch.float64) * 0.1,
+                                      owner="model_owner"))
+    outs = []
+    with mpc.inference():
+        for rows, reuse in [(1, False), (3, False), (1, True), (3, True), (1, True)]:
+            x = mpc.share(torch.randn(rows, 200, generator=g, dtype=torch.float64))
+            outs.append(mpc.reveal(arith.matmul(x, w, reuse_mask=reuse), raw=True))
+    return outs, mpc.ledger.signature()
+
+
+def test_matmul_shares_identical_with_and_without_digits(monkeypatch):
+    """The digit route in the dealer and in matmul (shared and cached digits) changes no share and no
+    ledger row: the revealed ring elements are bit-equal to the int64 paths'."""
+    on, led_on = _decode_products(True, monkeypatch)
+    off, led_off = _decode_products(False, monkeypatch)
+    assert led_on == led_off
+    for a, b in zip(on, off):
+        assert torch.equal(a, b)

@@ -85,7 +85,8 @@ _M22 = (1 << 22) - 1
 # weights of [P0, P2, P11, Pm] in a @ b (mod 2^64)
 _WEIGHTS = (1 - (1 << 21), 1 << 43, (1 << 42) - (1 << 21), 1 << 21)
 USE_WORKSPACE = True                 # CPU: reuse per-thread workspaces (see _Scratch); False for A/B timing
-USE_DIGITS = True                    # CPU: few-row products by the int8 digit kernel (digitmm); False for A/B
+USE_DIGITS = False                   # CPU: few-row products by the int8 digit kernel (digitmm). Off: on the
+                                     # 2-core AVX-512 EPYC it lost to the int64 paths (digitmm's docstring)
 DIGIT_ROWS = 16                      # CPU: up to this many rows of a take the digit kernel (measured)
 DIGIT_MIN_ELEMENTS = 1 << 14         # ... when b (per batch entry) has at least this many elements
 DIGIT_ROWS_LARGE = 64                # and up to this many rows against a very large b (an embedding table:
