@@ -333,7 +333,7 @@ def split_digits(b: torch.Tensor) -> "digitmm.Digits":
 
 def _digit_route(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
     """Whether a (*Ba, m, k) @ b (*Bb, k, n) takes the int8 digit kernel (CPU, few rows, a large b)."""
-    if a.device.type != "cpu" or b.dim() > 3 or a.dim() > 3:
+    if not USE_DIGITS or a.device.type != "cpu" or b.dim() > 3 or a.dim() > 3:
         return False
     if a.shape[-2] > DIGIT_ROWS and not (a.shape[-2] <= DIGIT_ROWS_LARGE and b.numel() >= DIGIT_LARGE_ELEMENTS):
         return False
@@ -341,7 +341,7 @@ def _digit_route(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
         return False
     if a.dim() == 3 and b.dim() == 3 and a.shape[0] != b.shape[0] and a.shape[0] != 1:
         return False
-    return USE_DIGITS and digitmm.available()
+    return digitmm.available()
 
 
 def _digit_product(a: torch.Tensor, b: torch.Tensor, bd: "digitmm.Digits | None") -> torch.Tensor:
