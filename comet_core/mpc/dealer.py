@@ -145,7 +145,7 @@ class Dealer:
         """Uniform r with shares of r, of r >> f (logical shift) and of its top bit r_63."""
         if self._direct():   # the same stream reads and values as below, in 2 buffers and 8 operations
             vals = torch.empty((3, *tuple(shape)), dtype=torch.int64)        # [r, r >> f, r_63]
-            self.gen_own.fill_(vals[0])
+            vals[0] = self._rand(shape)
             torch.bitwise_right_shift(vals[0], f, out=vals[1]).bitwise_and_((1 << (64 - f)) - 1)
             torch.bitwise_right_shift(vals[0], 63, out=vals[2]).bitwise_and_(1)
             out = torch.empty((2, 3, *tuple(shape)), dtype=torch.int64)
