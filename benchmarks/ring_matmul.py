@@ -11,9 +11,11 @@ that load spikes on a shared machine hit all kernels alike; medians reported):
     split_b       split_right(b) alone (the elementwise part that caching saves)
   decode shapes (1-3 rows, SmolLM2-135M and OPT-125m projections):
     int64         torch's int64 matmul (what the previous kernel used for <= 3 rows on CPU)
-    5gemm         the new ring_matmul's choice (one row: elementwise int64 multiply + column sum;
-                  2-3 rows: torch's int64 matmul)
+    5gemm         ring_matmul's choice (now the int8 digit kernel for up to 16 rows, comet_core/mpc/digitmm)
     limbs         the float64 limb kernel forced (split of both operands; what CUDA runs)
+    digits        the digit kernel with b's digits made in the call (a fresh weight mask)
+    digits_cached the digit kernel with b's digits made beforehand (a reused mask)
+    onerow_int64  the previous choice: one row elementwise int64 multiply + column sum, 2-3 rows int64 matmul
 Every kernel's result is checked against torch's int64 matmul before timing.
 
 Columns: group, shape_a, shape_b, kernel, median_ms, min_ms, max_ms, reps, speedup (baseline median /
@@ -45,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
-from comet_core.mpc import ringmm  # noqa: E402
+from comet_core.mpc import digitmm, ringmm  # noqa: E402
 
 
 log = logging.getLogger("ring_matmul")
@@ -79,9 +81,18 @@ def kernels(group: str, a: torch.Tensor, b: torch.Tensor) -> dict:
                 "5gemm_nows": lambda: _no_workspace(a, b),
                 "5gemm_cached": lambda: ringmm.ring_matmul(a, b, b_limbs=lb),
                 "split_b": lambda: ringmm.split_right(b)}
+    bd = ringmm.split_digits(b)
     return {"int64": lambda: torch.matmul(a, b),
             "5gemm": lambda: ringmm.ring_matmul(a, b),
-            "limbs": lambda: _forced_limbs(a, b)}
+            "limbs": lambda: _forced_limbs(a, b),
+            "digits": lambda: digitmm.digit_matmul(a, b),
+            "digits_cached": lambda: ringmm.ring_matmul(a, b, b_digits=bd),
+            "onerow_int64": lambda: _one_row_path(a, b)}
+
+
+def _one_row_path(a, b):
+    """The previous kernel's choice for 1-3 rows: one row elementwise + column sum, else int64 matmul."""
+    return ringmm._one_row_cpu(a, b, ringmm._SCRATCH) if a.shape[-2] == 1 else torch.matmul(a, b)
 
 
 def bench_case(group: str, sa, sb, reps: int, gen: torch.Generator) -> list[dict]:

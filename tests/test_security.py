@@ -140,8 +140,15 @@ def weak_dealer(monkeypatch):
         data = torch.stack([share.data[0], weak - share.data[0]])
         return AShare(data, self.mpc, frac), weak
 
+    orig_shares = Dealer._random_shares
+
+    def random_shares(self, shape):      # the masks drawn as stacked shares (matmul's b) alike
+        data = orig_shares(self, shape)
+        return torch.stack([data[0], (data[1] & LOW32) - data[0]])
+
     monkeypatch.setattr(Dealer, "_rand", rand)
     monkeypatch.setattr(Dealer, "_random_arith", random_arith)
+    monkeypatch.setattr(Dealer, "_random_shares", random_shares)
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
@@ -153,12 +160,16 @@ def test_positive_control_weak_dealer_masks_are_caught(name, weak_dealer):
 @pytest.fixture
 def weak_streams(monkeypatch):
     """Every keyed stream (input shares, dealer shares) with its top 32 bits zero."""
-    orig = PRG.ring
+    orig, orig_fill = PRG.ring, PRG.fill_
 
     def ring_words(self, shape, device="cpu"):
         return orig(self, shape, device) & LOW32
 
+    def fill_words(self, out):           # the in-place entry point (dealer shares) alike
+        return orig_fill(self, out).bitwise_and_(LOW32)
+
     monkeypatch.setattr(PRG, "ring", ring_words)
+    monkeypatch.setattr(PRG, "fill_", fill_words)
 
 
 def test_positive_control_weak_streams_are_caught_in_what_p1_receives(weak_streams):

@@ -204,7 +204,8 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
 
     1. Dealer: a (x's shape), b (y's shape), c = a @ b.
     2. Open e = x - a and f = y - b in one round.
-    3. P0: z0 = e @ (f + b0) + a0 @ f + c0;  P1: z1 = e @ b1 + a1 @ f + c1.
+    3. P0: z0 = e @ (f + b0) + a0 @ f + c0;  P1: z1 = e @ b1 + a1 @ f + c1 (computed as
+       (a_p + [p = 0] e) @ f + e @ b_p + c_p: no weight-sized sum).
     4. Truncate to frac_bits.
     With `reuse_mask` (engine.reuse_weight_masks) and a registered weight y (MPC.register_weight),
     y's mask b and the opened f are kept for the rest of the inference (MPC.inference), so later calls
@@ -235,15 +236,23 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
                 mpc.weight_masks[key] = f
         if select is not None:
             f = f.index_select(select[0], select[1].to(f.device) if not f.is_meta else select[1])
-        # e @ [f + b0, b1] as one product (a stacked batch), then [a0, a1] @ f; the party dim is
-        # lifted past the operands' batch dims so that broadcasting lines up (1-D operands too)
-        bs = mpc.add_p0_(b.data.clone(), f)
-        ev, ad = (e.unsqueeze(0), a.data.unsqueeze(1)) if x.dim() == 1 else (e, a.data)
-        fv, bs = (f.unsqueeze(-1), bs.unsqueeze(-1)) if y.dim() == 1 else (f, bs)
+        # step 3 regrouped: z_p = (a_p + [p = 0] e) @ f + e @ b_p + c_p, so that no weight-sized
+        # f + b0 is formed (only the activation-sized a0 + e): the same shares, bit for bit. The party
+        # dim is lifted past the operands' batch dims so that broadcasting lines up (1-D operands too)
+        ea = mpc.add_p0_(a.data.clone(), e)
+        ev, ea = (e.unsqueeze(0), ea.unsqueeze(1)) if x.dim() == 1 else (e, ea)
+        fv, bv = (f.unsqueeze(-1), b.data.unsqueeze(-1)) if y.dim() == 1 else (f, b.data)
         nd = max(ev.dim(), fv.dim())
-        eb = ring.ring_matmul(ev, _lift(bs, nd))
-        af = ring.ring_matmul(_lift(ad, nd), fv)
-        z = (eb + af).reshape(c.data.shape) + c.data
+        bv, ea = _lift(bv, nd), _lift(ea, nd)
+        fd = bd = None
+        if select is None and ring.takes_digits(ev, bv):     # b's digits: the dealer's (or a reused mask's)
+            bd = mpc.digits(key, "b", bv)
+        if key is not None and select is None and ring.takes_digits(ea, fv):   # a reused f: split once
+            fd = mpc.digits(key, "f", fv)
+        eb = ring.ring_matmul(ev, bv, b_digits=bd)
+        af = ring.ring_matmul(ea, fv, b_digits=fd)
+        z = eb.add_(af).reshape(c.data.shape).add_(c.data) if not eb.is_meta else \
+            (eb + af).reshape(c.data.shape) + c.data
         return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
 
 

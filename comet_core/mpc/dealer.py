@@ -32,7 +32,7 @@ class Dealer:
         self.gen_p0 = mpc._generator("dealer", "P0", "correlations")   # P0's random halves
         self.gen_p1 = mpc._generator("dealer", "P1", "correlations")   # P1's random halves
         self.gen_own = mpc._generator("dealer", "dealer", "secrets")   # the dealer's own secrets
-        self._reused: dict = {}  # reuse key -> (b share, b value): weight masks kept for one inference
+        self._reused: dict = {}  # reuse key -> [b share, b value or None]: weight masks kept for one inference
         self._perms: dict = {}   # permutation handle -> party-stacked (pi0, pi1)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -48,17 +48,42 @@ class Dealer:
     def _book(self, elements: int, bits: int, to: str = "P1", sender: str = "dealer") -> None:
         self.mpc.ledger.record("offline", sender, to, elements, bits, -1)
 
+    def _direct(self) -> bool:
+        """Whether shares are written straight into party-stacked buffers (CPU exact mode)."""
+        return self.mpc.device.type == "cpu"
+
     def _arith(self, value: torch.Tensor, frac: int = 0) -> AShare:
         """Additive shares of a correlated value: P0's from its seed, P1's is the correction."""
+        if self._direct() and not value.is_meta:
+            out = torch.empty((2, *value.shape), dtype=torch.int64)
+            self.gen_p0.fill_(out[0])
+            torch.sub(value, out[0], out=out[1])
+            return AShare(out, self.mpc, frac)
         s0 = self._rand0(value.shape)
         return AShare(torch.stack([s0, value - s0]), self.mpc, frac)
 
+    def _random_shares(self, shape) -> torch.Tensor:
+        """(2, *shape): P0's and P1's halves from their dealer streams (free to deliver)."""
+        if self._direct():
+            a = torch.empty((2, *tuple(shape)), dtype=torch.int64)
+            self.gen_p0.fill_(a[0])
+            self.gen_p1.fill_(a[1])
+            return a
+        return torch.stack([self._rand0(shape), self._rand1(shape)])
+
     def _random_arith(self, shape, frac: int = 0) -> tuple[AShare, torch.Tensor]:
         """A uniformly random shared value (both shares from seeds: free). Returns (share, value)."""
-        a = torch.stack([self._rand0(shape), self._rand1(shape)])
+        a = self._random_shares(shape)
         return AShare(a, self.mpc, frac), a[0] + a[1]
 
     def _xor_shares(self, value: torch.Tensor, bits: int) -> torch.Tensor:
+        if self._direct() and not value.is_meta:
+            out = torch.empty((2, *value.shape), dtype=torch.int64)
+            self.gen_p0.fill_(out[0])
+            if bits < 64:
+                out[0].bitwise_and_((1 << bits) - 1)
+            torch.bitwise_xor(value, out[0], out=out[1])
+            return out
         s0 = self._rand0(value.shape, bits)
         return torch.stack([s0, value ^ s0])
 
@@ -74,20 +99,34 @@ class Dealer:
         """(a, b, c = a @ b). With `reuse_key` (a registered weight) the first call draws b and keeps
         it until `forget_reused`; later calls with the same key reuse that b (weight-mask reuse).
         With `select` = (dim, index) the product is with b.index_select(dim, index) (a public slice of
-        the weight's mask): returns (a, b_slice, c, b_full)."""
+        the weight's mask): returns (a, b_slice, c, b_full).
+        c = a @ (b0 + b1) is computed as a @ b0 + a @ b1 from the digits of the stacked shares when the
+        product has few rows (ring.takes_digits): those digits are the ones the parties' e @ b_p use
+        (MPC.digits), and no weight-sized b0 + b1 is formed."""
         a, av = self._random_arith(shape_a)
-        if reuse_key is not None and reuse_key in self._reused:
-            b, bv = self._reused[reuse_key]
-        else:
-            b, bv = self._random_arith(shape_b)
+        entry = self._reused.get(reuse_key) if reuse_key is not None else None
+        if entry is None:
+            entry = [AShare(self._random_shares(shape_b), self.mpc, 0), None]   # [b, b0 + b1 once needed]
             if reuse_key is not None:
-                self._reused[reuse_key] = (b, bv)
+                self._reused[reuse_key] = entry
+        b = entry[0]
         if select is not None:
             dim, idx = select
-            c = self._arith(ring.ring_matmul(av, bv.index_select(dim, idx)))
+            if entry[1] is None:
+                entry[1] = b.data[0] + b.data[1]
+            c = self._arith(ring.ring_matmul(av, entry[1].index_select(dim, idx)))
             self._book(c.numel(), 64)
             return a, b.index_select(dim, idx), c, b
-        c = self._arith(ring.ring_matmul(av, bv))
+        rows = None if av.is_meta or b.dim() != 2 else av.reshape(-1, av.shape[-1])   # a's rows: (R, k)
+        if rows is not None and ring.takes_digits(rows, b.data):
+            both = ring.ring_matmul(rows, b.data, b_digits=self.mpc.digits(reuse_key, "b", b.data))  # (2, R, n)
+            c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
+        else:
+            if entry[1] is None:
+                entry[1] = b.data[0] + b.data[1]
+            c = self._arith(ring.ring_matmul(av, entry[1]))
+            if reuse_key is None:
+                entry[1] = None
         self._book(c.numel(), 64)
         return a, b, c
 
@@ -104,6 +143,18 @@ class Dealer:
 
     def trunc_triple(self, shape, f: int) -> tuple[AShare, AShare, AShare]:
         """Uniform r with shares of r, of r >> f (logical shift) and of its top bit r_63."""
+        if self._direct():   # the same stream reads and values as below, in 2 buffers and 8 operations
+            vals = torch.empty((3, *tuple(shape)), dtype=torch.int64)        # [r, r >> f, r_63]
+            vals[0] = self._rand(shape)
+            torch.bitwise_right_shift(vals[0], f, out=vals[1]).bitwise_and_((1 << (64 - f)) - 1)
+            torch.bitwise_right_shift(vals[0], 63, out=vals[2]).bitwise_and_(1)
+            out = torch.empty((2, 3, *tuple(shape)), dtype=torch.int64)
+            for i in range(3):
+                self.gen_p0.fill_(out[0, i])
+            torch.sub(vals, out[0], out=out[1])
+            for _ in range(3):
+                self._book(vals[0].numel(), 64)
+            return tuple(AShare(out[:, i], self.mpc, 0) for i in range(3))
         r = self._rand(shape)
         if r.is_meta:
             shifted, top = r, r
@@ -127,11 +178,11 @@ class Dealer:
     def and_triples(self, word_shape, elements: int, bits: int, n_right: int):
         """XOR-shared (a, [b_1..b_k], [a & b_1 .. a & b_k]) as packed words holding `elements`
         fields of `bits` bits; only those bits are booked."""
-        a = torch.stack([self._rand0(word_shape), self._rand1(word_shape)])
+        a = self._random_shares(word_shape)
         av = a[0] ^ a[1]
         bs, cs = [], []
         for _ in range(n_right):
-            b = torch.stack([self._rand0(word_shape), self._rand1(word_shape)])
+            b = self._random_shares(word_shape)
             bs.append(b)
             cs.append(self._xor_shares(av & (b[0] ^ b[1]), 64))
             self._book(elements, bits)

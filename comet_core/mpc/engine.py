@@ -95,6 +95,7 @@ class MPC:
         self.rank = party
         self.parties = (0, 1) if party is None else (party,)
         self.weight_masks: dict[int, tuple] = {}   # registered weight id -> (mask share, opened masked value)
+        self.mask_digits: dict = {}                # (weight id | None, name) -> (source, digits): few-row products
         self._weight_ids = itertools.count()
         self._handles = itertools.count()
         self.weight_abs_max: dict[int, float] = {}  # range check: max |w| per registered weight (simulation)
@@ -280,6 +281,18 @@ class MPC:
             return [t[0] ^ t[1] if xor else t[0] + t[1] for t in tensors]
         return [t[0] ^ p if xor else t[0] + p for t, p in zip(tensors, peer)]
 
+    def digits(self, key, name: str, t: torch.Tensor):
+        """Digits (ring.split_digits) of a right operand t that several few-row products share: a reused
+        weight's mask b and opening f (key = the weight id, kept for the inference), or with key None
+        the last fresh mask (the dealer's product and the parties' e @ b use the same b). The entry
+        holds t itself, so a match of the fingerprint (storage, shape, strides, version) is t."""
+        hit = self.mask_digits.get((key, name))
+        if hit is not None and hit[0] is t and hit[1].matches(t):
+            return hit[1]
+        d = ring.split_digits(t)
+        self.mask_digits[(key, name)] = (t, d)
+        return d
+
     def next_handle(self) -> int:
         """A name for a dealer-held object (a permutation): the same in both parties of an SPMD run."""
         return next(self._handles)
@@ -296,6 +309,7 @@ class MPC:
             yield self
         finally:
             self.weight_masks.clear()
+            self.mask_digits.clear()
             self.dealer.forget_reused()
 
 

@@ -29,6 +29,8 @@ PAIRS = (
 # each party's own secret randomness (the dealer's masks, say) is the "pair" (party, party)
 PRIVATE = tuple((p, p) for p in ("dealer", "client", "model_owner", "P0", "P1"))
 _ZEROS = bytes(1 << 20)
+SMALL_READ = 1 << 14    # reads up to this many bytes come from keystream made ahead (PRG._small)
+AHEAD = 1 << 17         # bytes of keystream made ahead at once (one AES context)
 
 
 class PRG:
@@ -46,8 +48,32 @@ class PRG:
             raise ValueError("PRG key must be 16 bytes")
         self._cipher = lambda counter: Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big")))
         self.block = 0  # next unused 16-byte counter block
+        # keystream of blocks [_ahead_block, _ahead_block + len(_ahead) / 16), made ahead for small reads
+        self._ahead = bytearray()
+        self._ahead_block = 0
+
+    def _small(self, n: int) -> memoryview | None:
+        """The next n bytes (n <= SMALL_READ) from keystream made ahead in AHEAD-byte pieces: one AES
+        context per AHEAD bytes instead of one per read. The same bytes and counter advance as `bytes(n)`
+        (the keystream is a function of the block index only). None for larger reads."""
+        if n > SMALL_READ:
+            return None
+        nb = -(-n // 16)
+        off = 16 * (self.block - self._ahead_block)
+        if off < 0 or off + 16 * nb > len(self._ahead):
+            self._ahead = bytearray(AHEAD + 15)
+            self._cipher(self.block).encryptor().update_into(_ZEROS[:AHEAD], self._ahead)
+            del self._ahead[AHEAD:]
+            self._ahead_block, off = self.block, 0
+        self.block += nb
+        return memoryview(self._ahead)[off:off + n]
 
     def bytes(self, n: int) -> bytearray:
+        small = self._small(n)
+        if small is not None:
+            out = bytearray(n + 15)
+            out[:n] = small
+            return out
         enc = self._cipher(self.block).encryptor()
         self.block += -(-n // 16)
         out = bytearray(n + 15)  # update_into wants 15 spare bytes
@@ -55,6 +81,34 @@ class PRG:
         while done < n:
             k = min(len(_ZEROS), n - done)
             enc.update_into(_ZEROS[:k] if k < len(_ZEROS) else _ZEROS, memoryview(out)[done:])
+            done += k
+        return out
+
+    def fill_(self, out: torch.Tensor) -> torch.Tensor:
+        """Write the next out.numel() words of the stream into `out` (contiguous int64 on the CPU), in
+        place: the same words and counter advance as `ring(out.shape)`, without the intermediate buffer."""
+        n = 8 * out.numel()
+        if n == 0:
+            return out
+        if out.device.type != "cpu" or not out.is_contiguous() or out.dtype != torch.int64:
+            raise ValueError("PRG.fill_ needs a contiguous int64 CPU tensor")
+        view = memoryview(out.view(-1).numpy()).cast("B")
+        small = self._small(n)
+        if small is not None:
+            view[:] = small
+            return out
+        enc = self._cipher(self.block).encryptor()
+        self.block += -(-n // 16)
+        done = 0
+        while done < n:
+            k = min(len(_ZEROS), n - done)
+            src = _ZEROS[:k] if k < len(_ZEROS) else _ZEROS
+            if n - done - k >= 15:           # update_into wants 15 spare bytes after each piece
+                enc.update_into(src, view[done:])
+            else:                            # the last piece: through a small buffer
+                tail = bytearray(k + 15)
+                enc.update_into(src, tail)
+                view[done:done + k] = memoryview(tail)[:k]
             done += k
         return out
 

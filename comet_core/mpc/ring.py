@@ -79,15 +79,31 @@ def _matmul_shape(a, b) -> tuple:
     return (*batch, sa[-2], sb[-1])
 
 
-def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: "Limbs | None" = None) -> torch.Tensor:
+def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: "Limbs | None" = None,
+                b_digits=None) -> torch.Tensor:
     """a @ b over Z_2^64, exactly (torch.matmul broadcasting); a Shape in cost mode.
 
-    The 5-GEMM float64 limb kernel of comet_core.mpc.ringmm (its docstring has the exactness proof);
-    `b_limbs = split_right(b)` skips b's split when b (a weight mask) is used in several products.
+    The kernels of comet_core.mpc.ringmm (5-GEMM float64 limbs; few rows: int8 digits, digitmm; their
+    docstrings have the exactness proofs); `b_limbs = split_right(b)` / `b_digits = split_digits(b)`
+    skip b's split when b (a weight mask) is used in several products.
     """
     if a.is_meta or b.is_meta:
         return Shape(_matmul_shape(a, b))
-    return ringmm.ring_matmul(a, b, b_limbs=b_limbs)
+    return ringmm.ring_matmul(a, b, b_limbs=b_limbs, b_digits=b_digits)
+
+
+def split_digits(b: torch.Tensor):
+    """Pre-split a reused right operand for the few-rows digit kernel; None in cost mode."""
+    return None if b.is_meta else ringmm.split_digits(b)
+
+
+def takes_digits(a, b) -> bool:
+    """Whether ring_matmul(a, b) runs the few-rows digit kernel (so that cached digits of b pay off)."""
+    if a.is_meta or b.is_meta or a.dim() < 2 or b.dim() < 2:
+        return False
+    if b.dim() == 2 and a.dim() > 2:
+        a = a.reshape(-1, a.shape[-1])
+    return ringmm._digit_route(a, b, True)
 
 
 def split_right(b: torch.Tensor) -> "Limbs | None":

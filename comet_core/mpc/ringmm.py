@@ -74,6 +74,8 @@ import threading
 
 import torch
 
+from comet_core.mpc import digitmm
+
 LIMB_OFFSETS = (0, 21, 43)
 CHUNK = 455                          # max inner dimension per float64 GEMM chunk (proof above)
 INT64_ROWS = 1                       # CPU: up to this many rows of a, never split b (measured)
@@ -83,6 +85,12 @@ _M22 = (1 << 22) - 1
 # weights of [P0, P2, P11, Pm] in a @ b (mod 2^64)
 _WEIGHTS = (1 - (1 << 21), 1 << 43, (1 << 42) - (1 << 21), 1 << 21)
 USE_WORKSPACE = True                 # CPU: reuse per-thread workspaces (see _Scratch); False for A/B timing
+USE_DIGITS = False                   # CPU: few-row products by the int8 digit kernel (digitmm). Off: on the
+                                     # 2-core AVX-512 EPYC it lost to the int64 paths (digitmm's docstring)
+DIGIT_ROWS = 16                      # CPU: up to this many rows of a take the digit kernel (measured)
+DIGIT_MIN_ELEMENTS = 1 << 14         # ... when b (per batch entry) has at least this many elements
+DIGIT_ROWS_LARGE = 64                # and up to this many rows against a very large b (an embedding table:
+DIGIT_LARGE_ELEMENTS = 1 << 22       # the limb split's 32 bytes per element of b would be GBs; digits take 8)
 
 
 # ---- chunking and limb splitting -------------------------------------------------------------------
@@ -317,13 +325,46 @@ def _one_row_cpu(a: torch.Tensor, b: torch.Tensor, scratch: "_Scratch | None") -
     return prod.sum(dim=-2, keepdim=True)
 
 
+def split_digits(b: torch.Tensor) -> "digitmm.Digits":
+    """Digits of a reused right operand b (*B, k, n) for `ring_matmul(a, b, b_digits=...)` (8 bytes per
+    element, the digit kernel's operand; see digitmm)."""
+    return digitmm.split_digits(b, _fingerprint(b))
+
+
+def _digit_route(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
+    """Whether a (*Ba, m, k) @ b (*Bb, k, n) takes the int8 digit kernel (CPU, few rows, a large b)."""
+    if not USE_DIGITS or a.device.type != "cpu" or b.dim() > 3 or a.dim() > 3:
+        return False
+    if a.shape[-2] > DIGIT_ROWS and not (a.shape[-2] <= DIGIT_ROWS_LARGE and b.numel() >= DIGIT_LARGE_ELEMENTS):
+        return False
+    if a.shape[-1] < 2 or (not have_digits and b.shape[-1] * b.shape[-2] < DIGIT_MIN_ELEMENTS):
+        return False
+    if a.dim() == 3 and b.dim() == 3 and a.shape[0] != b.shape[0] and a.shape[0] != 1:
+        return False
+    return digitmm.available()
+
+
+def _digit_product(a: torch.Tensor, b: torch.Tensor, bd: "digitmm.Digits | None") -> torch.Tensor:
+    """a @ b by the digit kernel: a (m, k) or (B|1, m, k), b (k, n) or (B, k, n)."""
+    if a.dim() == 2 or a.shape[0] == 1:
+        out = digitmm.digit_matmul(a.reshape(a.shape[-2], a.shape[-1]), b, bd)
+        return out if a.dim() == 2 or b.dim() == 3 else out.unsqueeze(0)
+    if b.dim() == 2:   # (B, m, k) @ (k, n): one product over B*m rows
+        return digitmm.digit_matmul(a.reshape(-1, a.shape[-1]), b, bd).reshape(*a.shape[:-1], -1)
+    return torch.stack([digitmm.digit_matmul(a[i], b[i]) for i in range(a.shape[0])])
+
+
 def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
-                chunk: int = CHUNK) -> torch.Tensor:
+                chunk: int = CHUNK, b_digits: "digitmm.Digits | None" = None) -> torch.Tensor:
     """a @ b over Z_2^64, exactly (torch.matmul's broadcasting and 1-D rules); int64 tensors in and out.
 
-    b_limbs: `split_right(b)` made earlier (b unchanged since) to skip b's split; ignored on the
-    few-rows CPU path, where b is never split. `chunk` is the inner-dimension chunk (<= CHUNK keeps
-    the result exact; larger values exist for the tests' positive control only).
+    b_limbs: `split_right(b)` made earlier (b unchanged since) to skip b's split on the limb path;
+    b_digits: `split_digits(b)` the same for the few-rows digit path (digitmm). `chunk` is the
+    inner-dimension chunk (<= CHUNK keeps the result exact; larger values exist for the tests'
+    positive control only).
+    Routes (CPU): up to DIGIT_ROWS rows of a against a large b -> int8 digit GEMM (digitmm); one row
+    otherwise -> vectorised int64 product and column sum; 2-3 rows -> torch's int64 matmul; more ->
+    the float64 limb kernel. CUDA always takes the limb kernel.
     """
     if a.dtype != torch.int64 or b.dtype != torch.int64:
         raise TypeError(f"ring_matmul takes int64 operands, got {a.dtype} and {b.dtype}")
@@ -331,12 +372,14 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
         raise ValueError("ring_matmul: both operands need at least one dimension")
     if b_limbs is not None and not b_limbs.matches(b):
         raise ValueError("b_limbs were split from another tensor (or b changed since): split_right(b) again")
+    if b_digits is not None and b_digits.source != _fingerprint(b):
+        raise ValueError("b_digits were made from another tensor (or b changed since): split_digits(b) again")
     vec_a, vec_b = a.dim() == 1, b.dim() == 1
     if vec_a:
         a = a.unsqueeze(0)
     if vec_b:
         b = b.unsqueeze(-1)
-        b_limbs = None
+        b_limbs = b_digits = None
     fold = None
     if b.dim() == 2 and a.dim() > 2:
         # (*B, m, k) @ (k, n): one GEMM over B*m rows (torch.matmul would expand b otherwise)
@@ -348,6 +391,8 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
     if k == 0:
         batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         out = torch.zeros((*batch, a.shape[-2], b.shape[-1]), dtype=torch.int64, device=a.device)
+    elif _digit_route(a, b, b_digits is not None):
+        out = _digit_product(a, b, b_digits)
     elif a.device.type == "cpu" and a.shape[-2] <= INT64_ROWS:
         out = _one_row_cpu(a, b, _SCRATCH if USE_WORKSPACE else None)
     elif a.device.type == "cpu" and a.shape[-2] <= _INT64_MATMUL_ROWS and b_limbs is None:
