@@ -10,6 +10,13 @@ from comet_core.mpc.prg import PRG
 
 pytestmark = pytest.mark.skipif(not digitmm.available(), reason="no exact int8 GEMM in this torch build")
 
+
+@pytest.fixture(autouse=True)
+def _limb_kernel(monkeypatch):
+    """These tests pin the limb / digit kernels' routes: keep the int64-matmul shortcut out of the way
+    (test_ring.py::test_kernel_choice covers it)."""
+    monkeypatch.setattr(ringmm, "KERNEL", "limbs")
+
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 ALL_MIN_DIGITS = -digitmm._C   # the word whose 8 digits are all -128 (the largest digit products)
 

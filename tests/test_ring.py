@@ -9,6 +9,14 @@ import torch
 
 from comet_core.mpc import ring, ringmm
 
+
+@pytest.fixture(autouse=True)
+def _limb_kernel(request, monkeypatch):
+    """The tests below pin the limb kernel (its bounds, chunks, caches): keep the int64-matmul shortcut out
+    of the way, except in the tests of the choice itself."""
+    if "kernel_choice" not in request.node.name:
+        monkeypatch.setattr(ringmm, "KERNEL", "limbs")
+
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -312,3 +320,21 @@ def test_random_bits_range(gen):
     assert int(r.min()) >= 0 and int(r.max()) <= 31
     full = ring.random_bits((10000,), 64, gen, "cpu")
     assert bool((full < 0).any()) and bool((full > 0).any())
+
+
+@pytest.mark.parametrize("choice", ["int64", "limbs", "auto"])
+def test_kernel_choice_is_exact(choice, monkeypatch, gen):
+    """Every CPU kernel choice gives the naive product, bit for bit (auto times both once per process)."""
+    monkeypatch.setattr(ringmm, "KERNEL", choice)
+    for sa, sb in [((5, 700), (700, 9)), ((2, 3, 40), (2, 40, 6)), ((1, 33), (33, 8)), ((64, 300), (300,))]:
+        a, b = full_range(sa, gen), full_range(sb, gen)
+        assert torch.equal(ring.ring_matmul(a, b), ring.naive_ring_matmul(a, b))
+    assert ringmm.kernel_in_use() in ("int64", "limbs")
+    if choice != "auto":
+        assert ringmm.kernel_in_use() == choice
+
+
+def test_kernel_choice_refuses_unknown(monkeypatch):
+    monkeypatch.setattr(ringmm, "KERNEL", "fast")
+    with pytest.raises(ValueError, match="COMET_RING_KERNEL must be one of auto, int64, limbs"):
+        ringmm.int64_gemm_faster()

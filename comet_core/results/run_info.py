@@ -83,12 +83,17 @@ class RunInfo:
             import torch
 
             threads = torch.get_num_threads()
+            from comet_core.mpc import ringmm
+
+            # the CPU ring-product kernel this run took (both are exact; chosen by speed on this host)
+            kernel = ringmm.KERNEL if ringmm.KERNEL != "auto" and ringmm._INT64_FASTER is None else \
+                ("not used" if ringmm._INT64_FASTER is None else ringmm.kernel_in_use())
         except ImportError:  # pragma: no cover
-            threads = -1
+            threads, kernel = -1, "unknown"
         return {
             "toolkit_version": toolkit_version(), "git_revision": git_revision(), "packages": package_versions(),
             "python": sys.version.split()[0], "platform": platform.platform(), "host": socket.gethostname(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "cpu_count": os.cpu_count(), "torch_threads": threads, "ring_kernel": kernel,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "wall_s": self.wall_s, "load_avg_before": self.load_before, "load_avg_after": self.load_after,
             "peak_rss_bytes": self.peak_rss_bytes, "argv": sys.argv, **self.extra,
