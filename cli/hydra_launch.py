@@ -171,6 +171,8 @@ def _guarded(task: Callable) -> Callable:
                 out = task(cfg)
             except CometError as e:
                 print(f"error: job {hc.job.num}: {e}", file=sys.stderr)
+                # into the job's run.log too: `comet plot` names each failed job's error from there
+                logging.getLogger("comet.sweep").error("job %d failed: %s", hc.job.num, " ".join(str(e).split()))
                 sweep.record(*args, error=str(e))
                 return None
             except Exception as e:  # noqa: BLE001  a bug in one job must not stop the sweep

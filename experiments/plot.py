@@ -92,6 +92,21 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
+def failed_job_notes(sweep: Sweep) -> list[str]:
+    """One note per job of the sweep that did not finish: its overrides and the error line of its run.log."""
+    notes = []
+    for j in sweep.jobs:
+        if j.done:
+            continue
+        log_file = j.dir / "run.log"
+        lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+        err = next((ln.split("] - ", 1)[-1] for ln in reversed(lines) if "][ERROR]" in ln),
+                   "no error recorded in its run.log (interrupted?)")
+        what = " ".join(o for o in j.overrides if not o.startswith(("experiment=", "+experiment=")))
+        notes.append(f"job {j.dir.name} ({what}) did not finish: {err.strip()[:300]}")
+    return notes
+
+
 def _table_md(name: str, sweep: Sweep, analysis, cmp: pd.DataFrame, figures: list[str]) -> str:
     art = ARTIFACTS[name]
     revs = sorted(set(analysis.data["git_rev"].astype(str))) if "git_rev" in analysis.data else []
@@ -132,6 +147,7 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
     log.info("plotting %s from %s", name, sweep.describe())
     exp = exp_block(sweep)
     analysis = art.analyze(sweep, exp)
+    analysis.notes += failed_job_notes(sweep)
     cmp = compare(name, analysis.claims, expected_dir)
 
     out = Path(results_dir) / name

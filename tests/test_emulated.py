@@ -9,7 +9,6 @@ import subprocess
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from comet_core.comm import netns
@@ -19,18 +18,11 @@ from comet_core.errors import ConfigError
 from experiments.emulated import check_emulation, party_shaper
 
 from tests.test_netns import WHY_NOT
-from tests.test_tcp import CONF
+from tests.test_tcp import _cfg as tcp_cfg
 
 
 def _cfg(tmp_path, *over):
-    from cli.schema import register
-
-    register()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[f"output_dir={tmp_path / 'run'}", "model=tiny-opt", "model.layers=1",
-                                            "gen_tokens=2", "prompt=To be", "seed=3", "transport=tcp",
-                                            "transport.timeout_s=60", "transport.connect_timeout_s=60", "force=true",
-                                            *over])
+    return tcp_cfg(tmp_path, *over, timeout_s=60)
 
 
 def test_bad_values_are_one_line(tmp_path):

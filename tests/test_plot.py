@@ -275,3 +275,23 @@ def test_shuffle_vs_oblivious_and_time_breakdown_and_mask_reuse(tmp_path):
     table = (r.out_dir / "table.md").read_text()
     assert "surviving_fraction" in table and "reuse_speedup" in table
     assert (r.out_dir / "mask_reuse_speedup.png").is_file()
+
+
+def test_failed_jobs_are_named_with_their_error(tmp_path):
+    """A sweep job that failed (a range error, say) is listed in the artifact's notes with the error line
+    its run.log holds; a job with no recorded error says so."""
+    from omegaconf import OmegaConf
+
+    from experiments.plot import failed_job_notes
+    from experiments.plot_sweeps import Job, Sweep
+
+    jobs = []
+    for n, text in [("0", "[t][comet.run][INFO] - ok\n"),
+                    ("1", "[t][comet.run][INFO] - loading\n[t][comet.sweep][ERROR] - job 1 failed: value out of range\n"),
+                    ("2", "[t][comet.run][INFO] - loading\n")]:
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "run.log").write_text(text)
+        jobs.append(Job(tmp_path / n, OmegaConf.create({}), ["model=m", f"system=s{n}", "experiment=x"], n == "0"))
+    notes = failed_job_notes(Sweep(tmp_path, "x", "full", "run-experiment", jobs))
+    assert notes == ["job 1 (model=m system=s1) did not finish: job 1 failed: value out of range",
+                     "job 2 (model=m system=s2) did not finish: no error recorded in its run.log (interrupted?)"]

@@ -39,15 +39,29 @@ def keys(tmp_path_factory):
     return d
 
 
-def _cfg(tmp_path, *over):
+def _cfg(tmp_path, *over, timeout_s: int = 30):
     from cli.schema import register
 
     register()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=[f"output_dir={tmp_path / 'run'}", "model=tiny-opt", "model.layers=1",
                                             "gen_tokens=2", "prompt=To be", "seed=3", "transport=tcp",
-                                            "transport.timeout_s=30", "transport.connect_timeout_s=30", "force=true",
-                                            *over])
+                                            f"transport.timeout_s={timeout_s}",
+                                            f"transport.connect_timeout_s={timeout_s}", "force=true", *over])
+
+
+def _equals_inprocess(cfg, tmp_path) -> pd.DataFrame:
+    """The threads' run (client tokens, P0's ledger) equals the in-process run of the same config; P0's ledger."""
+    from experiments.run import execute
+
+    sim_cfg = cfg.copy()
+    sim_cfg.transport.name = "inprocess"
+    sim = execute(sim_cfg)
+    client = json.loads((tmp_path / "client" / "result.json").read_text())
+    assert client["tokens"] == sim.gen.tokens
+    led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
+    assert led.shape == sim.ledger.shape and (led.astype(str).values == sim.ledger.astype(str).values).all()
+    return led
 
 
 def _ports(cfg):
@@ -404,19 +418,12 @@ def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
 def test_an_ideal_functionality_runs_through_the_dealer(tmp_path, keys):
     """system=iron: the parties hand their shares to the dealer process (the trusted party); tokens and
     ledger equal the in-process run."""
-    from experiments.run import execute
 
     cfg = _ports(_cfg(tmp_path, "system=iron"))
     rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path)
     assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
-    sim_cfg = cfg.copy()
-    sim_cfg.transport.name = "inprocess"
-    sim = execute(sim_cfg)
-    client = json.loads((tmp_path / "client" / "result.json").read_text())
-    assert client["tokens"] == sim.gen.tokens
-    led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
-    assert (led.astype(str).values == sim.ledger.astype(str).values).all()
-    assert (sim.ledger.cost_source == "model").any()
+    led = _equals_inprocess(cfg, tmp_path)
+    assert (led.cost_source == "model").any()
 
 
 def test_party_config_from_overrides_hashes_like_the_launchers_file(tmp_path):
@@ -469,7 +476,6 @@ def test_comet_parties_hold_one_half_of_each_predictor_weight(tmp_path, keys, ti
     import comet_core.sparse.predictors as P
     from comet_core.mpc import ring
     from comet_core.predictor.checkpoint import load_predictors
-    from experiments.run import execute
 
     cfg = _ports(_cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}"))
     loaded_by: list = []
@@ -506,13 +512,7 @@ def test_comet_parties_hold_one_half_of_each_predictor_weight(tmp_path, keys, ti
     # the public setup: ranks and thresholds only, the checkpoint's
     assert seen["public"] == [dict(ffn=[dict(rank=8, threshold=float(ps.ffn[0].threshold))],
                                    head=[dict(rank=4, threshold=float(ps.head[0].threshold))])] * 2
-    sim_cfg = cfg.copy()
-    sim_cfg.transport.name = "inprocess"
-    sim = execute(sim_cfg)
-    client = json.loads((tmp_path / "client" / "result.json").read_text())
-    assert client["tokens"] == sim.gen.tokens
-    led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz", keep_default_na=False)
-    assert led.shape == sim.ledger.shape and (led.astype(str).values == sim.ledger.astype(str).values).all()
+    led = _equals_inprocess(cfg, tmp_path)
     assert (led.op == "ffn.reveal").any() and (led.op == "attn.shuffle").any()
 
 
