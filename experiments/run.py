@@ -86,6 +86,10 @@ def validate_config(cfg, role: str | None = None) -> None:
     from comet_core.models.zoo import check_positions, n_layers
 
     check_run_config(cfg)
+    from comet_core.mpc import ringmm
+
+    require(ringmm.KERNEL in ringmm.KERNELS,
+            f"COMET_RING_KERNEL must be one of {', '.join(ringmm.KERNELS)}, got {ringmm.KERNEL!r}")
     require(cfg.mode in ("exact", "cost"), f"mode must be exact or cost, got {cfg.mode!r}")
     require(cfg.get("output", "token") in ("token", "logits"),
             f"output must be token (secure argmax; the client learns only the next token) or logits, got {cfg.output!r}")

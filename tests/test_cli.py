@@ -89,3 +89,13 @@ def test_multirun_sweep(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
     nets = {pd.read_csv(tmp_path / "sweep" / j / "metrics.csv").network.iloc[0] for j in ("0", "1")}
     assert nets == {"lan", "wan-100m"}
+
+
+def test_bad_ring_kernel_setting_fails_before_any_work(tmp_path):
+    """COMET_RING_KERNEL (the CPU ring-product kernel) is checked with the config: one line, no model load."""
+    r = subprocess.run([sys.executable, "-m", "cli.main", "run-experiment", f"output_dir={tmp_path / 'x'}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CI": "true", "COMET_RING_KERNEL": "fast"})
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and lines == ["error: COMET_RING_KERNEL must be one of auto, int64, limbs, got 'fast'"], r.stderr
+    assert not (tmp_path / "x").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comet_core.errors import CometError
 from comet_core.mpc import ring, ringmm
 
 
@@ -336,5 +337,16 @@ def test_kernel_choice_is_exact(choice, monkeypatch, gen):
 
 def test_kernel_choice_refuses_unknown(monkeypatch):
     monkeypatch.setattr(ringmm, "KERNEL", "fast")
-    with pytest.raises(ValueError, match="COMET_RING_KERNEL must be one of auto, int64, limbs"):
+    with pytest.raises(CometError, match="COMET_RING_KERNEL must be one of auto, int64, limbs"):
         ringmm.int64_gemm_faster()
+
+
+def test_kernel_record_names_the_setting_without_timing(monkeypatch):
+    monkeypatch.setattr(ringmm, "KERNEL", "auto")
+    monkeypatch.setattr(ringmm, "_INT64_FASTER", None)
+    assert ringmm.kernel_record() == "not used"      # nothing timed yet
+    assert ringmm._INT64_FASTER is None
+    monkeypatch.setattr(ringmm, "_INT64_FASTER", True)
+    assert ringmm.kernel_record() == "int64"
+    monkeypatch.setattr(ringmm, "KERNEL", "limbs")
+    assert ringmm.kernel_record() == "limbs"

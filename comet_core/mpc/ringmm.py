@@ -348,6 +348,8 @@ def _digit_route(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
     """Whether a (*Ba, m, k) @ b (*Bb, k, n) takes the int8 digit kernel (CPU, few rows, a large b)."""
     if not USE_DIGITS or a.device.type != "cpu" or b.dim() > 3 or a.dim() > 3:
         return False
+    if int64_gemm_faster():   # ring_matmul takes torch's int64 matmul first: digits made for it go unused
+        return False
     if a.shape[-2] > DIGIT_ROWS and not (a.shape[-2] <= DIGIT_ROWS_LARGE and b.numel() >= DIGIT_LARGE_ELEMENTS):
         return False
     if a.shape[-1] < 2 or (not have_digits and b.shape[-1] * b.shape[-2] < DIGIT_MIN_ELEMENTS):
@@ -375,7 +377,8 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
     b_digits: `split_digits(b)` the same for the few-rows digit path (digitmm). `chunk` is the
     inner-dimension chunk (<= CHUNK keeps the result exact; larger values exist for the tests'
     positive control only).
-    Routes (CPU): torch's int64 matmul whenever `int64_gemm_faster()` (KERNEL); else up to DIGIT_ROWS rows of a against a large b -> int8 digit GEMM (digitmm); one row
+    Routes (CPU): torch's int64 matmul whenever `int64_gemm_faster()` (KERNEL); else up to DIGIT_ROWS
+    rows of a against a large b -> int8 digit GEMM (digitmm); one row
     otherwise -> vectorised int64 product and column sum; 2-3 rows -> torch's int64 matmul; more ->
     the float64 limb kernel. CUDA always takes the limb kernel.
     """
@@ -435,7 +438,9 @@ def int64_gemm_faster() -> bool:
     3 on a 64x768 @ 768x768 product, ~0.1 s). Both kernels are exact: the choice changes time, never a bit."""
     global _INT64_FASTER
     if KERNEL not in KERNELS:
-        raise ValueError(f"COMET_RING_KERNEL must be one of {', '.join(KERNELS)}, got {KERNEL!r}")
+        from comet_core.errors import CometError
+
+        raise CometError(f"COMET_RING_KERNEL must be one of {', '.join(KERNELS)}, got {KERNEL!r}")
     if KERNEL != "auto":
         return KERNEL == "int64"
     if _INT64_FASTER is None:
@@ -462,6 +467,14 @@ def int64_gemm_faster() -> bool:
 def kernel_in_use() -> str:
     """The CPU kernel of products above 3 rows in this process ("int64" or "limbs"), for run records."""
     return "int64" if int64_gemm_faster() else "limbs"
+
+
+def kernel_record() -> str:
+    """What a run record says of the kernel, without timing anything: the setting when it is explicit,
+    the decision when "auto" has decided, else "not used" (no CPU product ran)."""
+    if KERNEL != "auto":
+        return KERNEL
+    return "not used" if _INT64_FASTER is None else kernel_in_use()
 
 
 # ---- the previous kernel, kept as the benchmark's and tests' baseline ------------------------------

@@ -86,8 +86,7 @@ class RunInfo:
             from comet_core.mpc import ringmm
 
             # the CPU ring-product kernel this run took (both are exact; chosen by speed on this host)
-            kernel = ringmm.KERNEL if ringmm.KERNEL != "auto" and ringmm._INT64_FASTER is None else \
-                ("not used" if ringmm._INT64_FASTER is None else ringmm.kernel_in_use())
+            kernel = ringmm.kernel_record()
         except ImportError:  # pragma: no cover
             threads, kernel = -1, "unknown"
         return {
