@@ -111,6 +111,9 @@ def main() -> int:
                # other jobs on a shared machine (but OpenMP spin-waiting counts too)
                cpu_s=round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 2),
                minor_faults=ru1.ru_minflt - ru0.ru_minflt)
+    if str(cfg.device).startswith("cuda"):  # the GPU and its peak allocation beside the host's RSS
+        row.update(device=torch.cuda.get_device_name(),
+                   peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
     # time per decode step against its rounds (the modelled lan time of those rounds beside it)
     dec = m[(m.network == cfg.network.name) & (m.phase == "decode")]
     steps = max(a.gen - 1, 1)
