@@ -152,6 +152,12 @@ def _split_unsigned(x: torch.Tensor, l0: torch.Tensor, l1: torch.Tensor, l2: tor
     # ls in [0, 3*2^21 - 2]; x = l0 + l1 * 2^21 + l2 * 2^43 exactly (two's complement).
     # 5 passes (11 reads + writes of 8 bytes per element, against 19 for the balanced split), no temporaries.
     """
+    if x.device.type != "cpu":                   # CUDA has no bitwise kernels writing float64 outputs
+        l0.copy_(x & _M21)
+        l1.copy_((x >> 21) & _M22)
+        l2.copy_(x >> 43)
+        torch.add(l0, l1, out=ls)
+        return
     torch.bitwise_and(x, _M21, out=l0)
     torch.bitwise_and(x, _M22 << 21, out=l1)     # x1 * 2^21 < 2^43: exact in float64
     l1.mul_(2.0 ** -21)
