@@ -121,3 +121,46 @@ def test_score_shift_and_rope_scale_match_plaintext():
     for t, pos, fac, s in ((q, pq, 0.25, sq), (k, pk, 1.0, sk)):
         cos, sin = rope_tables(pos, 8, 10000.0)
         assert torch.allclose(m.peek(s), (t * cos + _rotate_half(t) * sin) * fac, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["exact", "cost"])
+@pytest.mark.parametrize("n", [2, 3, 5, 40])
+def test_max_pairs_equals_max_in_17_rounds(n, mode):
+    """All pairs in one tree: the row maxima exactly (ties included: the first maximum is selected
+    once), cost pinned, 17 rounds for any n (the tournament: 9 ceil(log2 n))."""
+    from comet_core.mpc import compare, pairmax
+
+    m = MPC(seed=3, mode=mode)
+    g = torch.Generator().manual_seed(n)
+    x = torch.round(torch.randn(2, 3, n, generator=g, dtype=torch.float64) * 4) / 4   # ties likely
+    x[0, 0, :] = 1.5                                                                     # all equal
+    mark = m.ledger.mark()
+    out = pairmax.max_pairs(m.share(Shape((2, 3, n), torch.float32) if m.is_cost else x))
+    cost = m.ledger.cost_since(mark)
+    assert cost == pairmax.max_pairs_cost(m, 6, n) and cost.rounds == 17
+    assert compare.max_along_cost(m, 6, 40).rounds == 54
+    assert tuple(out.shape) == (2, 3, 1)
+    if not m.is_cost:
+        assert torch.allclose(m.peek(out), x.max(-1, keepdim=True).values, atol=2 ** -15)
+
+
+def test_softmax_chooses_pairs_for_short_rows_only():
+    """The systems' exact softmax: pairs for a decode step's rows (SmolLM2-135M: 9 heads x 40
+    positions), the tournament for a prefill's (288 rows of 32) or one long row; equal to the float
+    softmax and to nonlinear.softmax; cost pinned either way."""
+    from comet_core.mpc import nonlinear as nl, pairmax
+    from comet_core.mpc import ideal
+
+    assert pairmax.use_pairs(9, 40) and not pairmax.use_pairs(288, 32) and not pairmax.use_pairs(1, 512)
+    assert not pairmax.use_pairs(9, 2)
+    m = MPC(seed=4)
+    g = torch.Generator().manual_seed(1)
+    for shape, mask in (((9, 1, 40), None), ((2, 3, 6), (torch.arange(6)[None, :] <= torch.arange(3, 6)[:, None]).long())):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+        rows = x.numel() // shape[-1]
+        mark = m.ledger.mark()
+        y = fused.softmax(m.share(x), mask)
+        assert m.ledger.cost_since(mark) == fused.softmax_cost(m, rows, shape[-1])
+        assert torch.allclose(m.peek(y), ideal.plain_softmax(x, mask), atol=1e-2)
+        assert torch.allclose(m.peek(y), m.peek(nl.softmax(m.share(x), -1, mask)), atol=1e-3, rtol=1e-2)
+    assert fused.softmax_cost(m, 9, 40).rounds == nl.softmax_cost(m, 9, 40).rounds - 54 + 17

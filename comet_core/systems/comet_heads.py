@@ -313,7 +313,6 @@ def attention_step_cost(mpc, T: int, d: int, H: int, Hkv: int, hd: int, r: int, 
     """One layer's head-sparse attention step (HeadSparsity.attention): T new tokens, a active and b
     prefetched groups, U refilled rows merged into the product (naive: the per-group miss counts), S
     positions after the step. Pinned against the ledger by tests/test_comet.py."""
-    from comet_core.mpc import nonlinear as nl
     from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
 
     W, G = 8, H // Hkv
@@ -338,6 +337,6 @@ def attention_step_cost(mpc, T: int, d: int, H: int, Hkv: int, hd: int, r: int, 
         return c
     rows = a * G * T
     c = c + arith.matmul_cost(mpc, rows * hd, a * S * hd, rows * S)
-    c = c + nl.softmax_cost(mpc, rows, S)
+    c = c + fused.softmax_cost(mpc, rows, S)
     c = c + arith.matmul_cost(mpc, rows * S, a * S * hd, rows * hd)
     return c + arith.matmul_cost(mpc, T * a * G * hd, a * G * hd * d, T * d)

@@ -202,7 +202,6 @@ def dense_attention_cost(mpc, T: int, S: int, d: int, H: int, Hkv: int, hd: int,
     (H, hd, S); attn.softmax over H T rows of S; attn.context (H, T, S) x (H, S, hd); attn.out (T, H hd)
     x (H hd, d). `reused`: the weights' masks were opened earlier in the inference (decode steps).
     """
-    from comet_core.mpc import nonlinear as nl
 
     n = (H + 2 * Hkv) * hd
     c = arith.matmul_cost(mpc, T * d, d * n, T * n, reused)
@@ -211,7 +210,7 @@ def dense_attention_cost(mpc, T: int, S: int, d: int, H: int, Hkv: int, hd: int,
     elif fused.score_shift(hd) is None:
         c = c + fused.rope_scale_cost(mpc, T * H * hd)
     c = c + arith.matmul_cost(mpc, H * T * hd, H * S * hd, H * T * S)
-    c = c + nl.softmax_cost(mpc, H * T, S)
+    c = c + fused.softmax_cost(mpc, H * T, S)
     c = c + arith.matmul_cost(mpc, H * T * S, H * S * hd, H * T * hd)
     return c + arith.matmul_cost(mpc, T * H * hd, H * hd * d, T * d, reused)
 

@@ -119,3 +119,33 @@ def scaled_scores(q: AShare, k_t: AShare, hd: int, shift: int | None) -> AShare:
     s = arith.matmul(q, k_t, out_frac=mpc.frac_bits - shift)
     return AShare(s.data, mpc, mpc.frac_bits)
 
+
+
+def softmax(x: AShare, mask: torch.Tensor | None) -> AShare:
+    """The exact softmax of the systems (operators.SOFTMAXES['exact']): nonlinear.softmax with the
+    maximum from pairmax.max_last (all pairs in one tree for short rows such as a decode step's, 17
+    rounds; the tournament otherwise).
+
+    1. Masked positions set to a public -2^10 (local).   2. m = max_last(x).   3. e = exp(x - m), masked
+    positions 0.   4. r = reciprocal(sum e).   5. e * r.
+    Cost: softmax_cost.
+    """
+    from comet_core.mpc import nonlinear as nl, pairmax
+
+    mpc = x.mpc
+    with mpc.ledger.protocol("softmax"):
+        if mask is not None:
+            x = nl._set_public(x, mask, -1024.0)
+        e = nl.exp(x - pairmax.max_last(x))
+        if mask is not None:
+            e = nl._set_public(e, mask, 0.0)
+        return arith.mul(e, nl.reciprocal(e.sum(-1, keepdim=True)))
+
+
+def softmax_cost(mpc, rows: int, n: int):
+    """`softmax` on rows x n: nonlinear.softmax_cost with the max of pairmax.max_last_cost."""
+    from comet_core.mpc import nonlinear as nl, pairmax
+
+    big = rows * n
+    return (pairmax.max_last_cost(mpc, rows, n) + nl.exp_cost(mpc, big) + nl.reciprocal_cost(mpc, rows)
+            + arith.mul_cost(mpc, big, rows, big))
