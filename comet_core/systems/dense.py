@@ -59,7 +59,11 @@ class DenseSystem:
 
     # -- request and step hooks (systems with per-request state override them) ----------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
-        """Once per deployment, after the model owner shared the weights (e.g. share predictors)."""
+        """Once per deployment, after the model owner shared the weights (e.g. share predictors).
+        Dense attention and FFN: the fused [W_q | W_k | W_v] and [W_gate | W_up] of every layer (local,
+        no messages; otherwise built at their first use: systems/fused.py)."""
+        for lw in weights.layers:
+            fused.fuse_layer(mpc, lw)
 
     def start_request(self, mpc, decoder, steps: int = 1) -> None:
         """At the start of one inference request (inside MPC.inference) of `steps` forward passes."""

@@ -56,6 +56,14 @@ def fused_bias(mpc, lw: dict, name: str, parts: tuple[str, ...]) -> AShare | Non
     return fused_weight(mpc, lw, name, parts)
 
 
+def fuse_layer(mpc, lw: dict) -> None:
+    """Every fused weight of one layer that the dense operators use (q/k/v with biases; gate/up)."""
+    fused_weight(mpc, lw, "wqkv", ("wq", "wk", "wv"))
+    fused_bias(mpc, lw, "bqkv", ("bq", "bk", "bv"))
+    if "w_gate" in lw:
+        fused_weight(mpc, lw, "w_gate_up", ("w_gate", "w_up"))
+
+
 def score_shift(hd: int) -> int | None:
     """s with 1/sqrt(hd) = 2^-s (head_dim a power of four), else None."""
     s = (hd.bit_length() - 1) // 2
