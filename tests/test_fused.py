@@ -164,3 +164,33 @@ def test_softmax_chooses_pairs_for_short_rows_only():
         assert torch.allclose(m.peek(y), ideal.plain_softmax(x, mask), atol=1e-2)
         assert torch.allclose(m.peek(y), m.peek(nl.softmax(m.share(x), -1, mask)), atol=1e-3, rtol=1e-2)
     assert fused.softmax_cost(m, 9, 40).rounds == nl.softmax_cost(m, 9, 40).rounds - 54 + 17
+
+
+@pytest.mark.parametrize("mode", ["exact", "cost"])
+@pytest.mark.parametrize("rows, n", [(1, 256), (1, 3000), (3, 7), (2, 2)])
+def test_argmax_last_equals_torch_argmax(rows, n, mode):
+    """Tournament levels, then all pairs: the first maximum's index (ties included), cost pinned; fewer
+    rounds than compare.argmax (a byte vocabulary: 17 instead of 72)."""
+    from comet_core.mpc import compare, pairmax
+
+    m = MPC(seed=7, mode=mode)
+    g = torch.Generator().manual_seed(n)
+    x = torch.round(torch.randn(rows, n, generator=g, dtype=torch.float64) * 2) / 2       # many ties
+    mark = m.ledger.mark()
+    out = pairmax.argmax_last(m.share(Shape((rows, n), torch.float32) if m.is_cost else x))
+    cost = m.ledger.cost_since(mark)
+    assert cost == pairmax.argmax_last_cost(m, rows, n)
+    assert cost.rounds <= compare.argmax_cost(m, rows, n).rounds
+    if (rows, n) == (1, 256):
+        assert cost.rounds == 17 and compare.argmax_cost(m, rows, n).rounds == 72
+    if not m.is_cost:
+        assert m.reveal(out).tolist() == x.argmax(-1).to(torch.float64).tolist()
+
+
+def test_secure_argmax_rounds_smollm2_vocabulary():
+    """SmolLM2-135M's 49,152 logits: 8 tournament levels, then pairs over the 192 survivors."""
+    from comet_core.mpc import compare, pairmax
+
+    m = MPC(seed=0, mode="cost")
+    assert pairmax.argmax_last_cost(m, 1, 49152).rounds == 8 * 9 + 17
+    assert compare.argmax_cost(m, 1, 49152).rounds == 16 * 9

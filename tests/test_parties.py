@@ -43,6 +43,7 @@ PROGRAMS = {
     "select": lambda m: compare.select(m.share((X > 0).long(), frac=0), m.share(X), m.share(-X)),
     "max_along": lambda m: compare.max_along(m.share(X), -1),
     "max_pairs": lambda m: pairmax.max_pairs(m.share(X)),                       # all pairs in one tree
+    "argmax_last": lambda m: pairmax.argmax_last(m.share(X)),
     "softmax_pairs": lambda m: fused.softmax(m.share(X[:, :6]), CAUSAL),       # the systems' exact softmax
     "rope_scale": lambda m: fused.rope_scale([(m.share(X[:, :8]), torch.arange(6), 0.5)], 8, 10000.0)[0],
     "exp": lambda m: nl.exp(m.share(X)),
