@@ -15,6 +15,11 @@ systems merge the operations that share a round:
   * Score scaling by a shift (`score_shift`): with a power-of-four head_dim (OPT, SmolLM2: 64),
     1/sqrt(hd) = 2^-s, so the scores product is truncated by s bits more and read at the engine's
     scale (the integers of scores / 2^s): no separate scaling round.
+  * The softmax maximum of short rows (`softmax`): every pair of a row compared in one tree
+    (comet_core/mpc/pairmax.py: 17 rounds instead of 9 per tournament level), chosen from public
+    shapes (a decode step's scores; a prefill's stay with the tournament).
+Rounds per decode layer of SmolLM2-135M (Llama, 9 heads of 64, 3 KV heads, 33-40 positions): q/k/v 6 -> 2,
+RoPE and scaling 5 -> 1, gate/up 4 -> 2, softmax maximum 54 -> 17 (dense_attention_cost, dense_ffn_cost).
 """
 
 from __future__ import annotations
