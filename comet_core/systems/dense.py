@@ -225,7 +225,7 @@ def dense_ffn_cost(mpc, T: int, d: int, F: int, act: str, reused: bool = False):
     OPT (relu / gelu): fc1 (T, d) x (d, F), activation, fc2 (T, F) x (F, d). Llama (silu): ffn.gate_up
     (T, d) x (d, 2F) (one matmul), SiLU on the gate half, ffn.gate_mul, ffn.down (T, F) x (F, d).
     """
-    from comet_core.mpc import compare, nonlinear as nl
+    from comet_core.mpc import compare
 
     n = T * F
     if act == "silu":
