@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 PARTS = {
-    "ffn": ("ffn.fc1", "ffn.fc2", "ffn.gate", "ffn.up", "ffn.down", "ffn.gate_mul", "ffn.act", "ffn.somm", "ffn.simm",
+    "ffn": ("ffn.fc1", "ffn.fc2", "ffn.gate", "ffn.up", "ffn.gate_up", "ffn.down", "ffn.gate_mul", "ffn.act", "ffn.somm", "ffn.simm",
             "ffn.select"),
     "ffn_predictor": ("ffn.predict", "ffn.reveal"),
     "ffn_shuffle": ("ffn.shuffle",),

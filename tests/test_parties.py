@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from comet_core.comm.channel import PeerError
-from comet_core.mpc import approx, arith, compare, ideal, nonlinear as nl
+from comet_core.mpc import approx, arith, compare, ideal, nonlinear as nl, pairmax
 from comet_core.mpc.engine import MPC, EngineConfig
 from comet_core.mpc.parties import run_pair
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse.masks import active_bits, reveal_bits
+from comet_core.systems import fused
 
 g = torch.Generator().manual_seed(5)
 X = torch.randn(6, 16, generator=g, dtype=torch.float64) * 2
@@ -41,6 +42,10 @@ PROGRAMS = {
     "relu": lambda m: compare.relu(m.share(X)),
     "select": lambda m: compare.select(m.share((X > 0).long(), frac=0), m.share(X), m.share(-X)),
     "max_along": lambda m: compare.max_along(m.share(X), -1),
+    "max_pairs": lambda m: pairmax.max_pairs(m.share(X)),                       # all pairs in one tree
+    "argmax_last": lambda m: pairmax.argmax_last(m.share(X)),
+    "softmax_pairs": lambda m: fused.softmax(m.share(X[:, :6]), CAUSAL),       # the systems' exact softmax
+    "rope_scale": lambda m: fused.rope_scale([(m.share(X[:, :8]), torch.arange(6), 0.5)], 8, 10000.0)[0],
     "exp": lambda m: nl.exp(m.share(X)),
     "reciprocal": lambda m: nl.reciprocal(m.share(POS)),
     "inv_sqrt": lambda m: nl.inv_sqrt(m.share(POS)),

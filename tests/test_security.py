@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 
-from comet_core.mpc import arith, compare, nonlinear as nl, ring
+from comet_core.mpc import arith, compare, nonlinear as nl, pairmax, ring
 from comet_core.mpc.dealer import Dealer
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.parties import run_pair
@@ -43,6 +43,10 @@ PROTOCOLS = {
     "inv_sqrt": (nl.inv_sqrt, lambda g: 2.0 ** (torch.rand(N, generator=g, dtype=torch.float64) * 16 - 8)),
     "argmax": (lambda x: compare.argmax(x.reshape(8, N // 8)),
                lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
+    "max_pairs": (lambda x: pairmax.max_pairs(x.reshape(32, N // 32)),
+                  lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
+    "argmax_last": (lambda x: pairmax.argmax_last(x.reshape(1, N)),
+                    lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
 }
 SECOND = {  # a second secret input, far from the first: constants, other signs, other magnitudes
     "relu": lambda: torch.full((N,), -7.25, dtype=torch.float64),
@@ -50,6 +54,8 @@ SECOND = {  # a second secret input, far from the first: constants, other signs,
     "reciprocal": lambda: torch.full((N,), 0.01, dtype=torch.float64),
     "inv_sqrt": lambda: torch.full((N,), 1.0e6, dtype=torch.float64),
     "argmax": lambda: torch.arange(N, dtype=torch.float64) % 8,
+    "max_pairs": lambda: torch.arange(N, dtype=torch.float64) % 8,
+    "argmax_last": lambda: torch.full((N,), 2.5, dtype=torch.float64),
 }
 
 

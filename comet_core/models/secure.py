@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from comet_core.mpc import arith, compare
+from comet_core.mpc import arith, pairmax
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.models.weights import SharedWeights
 
@@ -102,9 +102,10 @@ class SecureDecoder:
                 return arith.matmul(h, g["head"], reuse_mask=True)
 
     def next_token(self, logits: AShare) -> AShare:
-        """Secure argmax of the logits (1, V): the next token's id as a share (op `lm_head.argmax`)."""
+        """Secure argmax of the logits (1, V): the next token's id as a share (op `lm_head.argmax`):
+        tournament levels, then the last survivors all pairs in one tree (pairmax.argmax_last)."""
         with self.mpc.label(layer=-1, op="lm_head.argmax"):
-            return compare.argmax(logits)
+            return pairmax.argmax_last(logits)
 
     def forward(self, onehot: AShare, cache: KVCache) -> AShare:
         """Run new tokens (one-hot shares, (T, V)) through the model; logits of the last one."""

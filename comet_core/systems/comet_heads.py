@@ -15,8 +15,8 @@ from comet_core.comm.ledger import Cost
 from comet_core.mpc import arith
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
-from comet_core.models.secure import _rotate_half, rope_tables
 from comet_core.sparse.masks import active_bits, reveal_bits
+from comet_core.systems import fused
 
 
 @dataclass
@@ -144,11 +144,13 @@ class HeadSparsity:
         q, kA, vA, kB, vB = self._qkv(mpc, x, hc, req, A, B, U, G, hd, lw)
         rows_pos = torch.cat([cur, U])
         family, theta = dec.family, meta.get("rope_theta")
+        shift = fused.score_shift(hd)              # 1/sqrt(hd) as a shift of the scores' truncation, or
+        fac = 1.0 if shift is not None else 1.0 / math.sqrt(hd)    # a factor of q's tables (systems/fused.py)
         with mpc.label(op="attn.rope" if family == "llama" else "attn.scale"):
-            if family == "llama":
-                q, kA, kB = _rope(q, cur, hd, theta), _rope(kA, rows_pos, hd, theta), _rope(kB, cur, hd, theta)
-            if q.numel():
-                q = arith.mul_public(q, 1.0 / math.sqrt(hd))
+            if family == "llama":              # q, k of the active, refilled and prefetched rows: one truncation
+                q, kA, kB = fused.rope_scale([(q, cur, fac), (kA, rows_pos, 1.0), (kB, cur, 1.0)], hd, theta)
+            elif shift is None:
+                (q,) = fused.rope_scale([(q, None, fac)], hd, None)
         # 4. fill the cache: only entries that did not exist
         pos_index = {int(p): i for i, p in enumerate(rows_pos)}
         if mpc.is_cost:          # no values: only the validity bitmap changes (same decisions as exact)
@@ -176,7 +178,7 @@ class HeadSparsity:
         k_all, v_all = hc.k.index_select(0, A), hc.v.index_select(0, A)          # (a, S, hd)
         qg = q.reshape(a, G * T, hd)                                               # rows g*T + t
         with mpc.label(op="attn.scores"):
-            scores = arith.matmul(qg, k_all.transpose(1, 2))                      # (a, G*T, S)
+            scores = fused.scaled_scores(qg, k_all.transpose(1, 2), hd, shift)    # (a, G*T, S)
         mask_ts = None
         if T > 1:
             pos_q = cur[:, None]
@@ -287,11 +289,8 @@ class HeadSparsity:
 
 
 def _rope(t: AShare, positions: torch.Tensor, hd: int, theta: float) -> AShare:
-    """RoPE on (groups, rows, hd) with each row's own position."""
-    if t.shape[0] == 0:
-        return t
-    cos, sin = rope_tables(positions, hd, theta)
-    return arith.mul_public(t, cos) + arith.mul_public(_rotate_half(t), sin)
+    """RoPE on (groups, rows, hd) with each row's own position (one truncation)."""
+    return fused.rope_scale([(t, positions, 1.0)], hd, theta)[0]
 
 
 def prefetch_costs(mpc, T: int, d: int, hd: int) -> tuple[Cost, Cost]:
@@ -314,7 +313,6 @@ def attention_step_cost(mpc, T: int, d: int, H: int, Hkv: int, hd: int, r: int, 
     """One layer's head-sparse attention step (HeadSparsity.attention): T new tokens, a active and b
     prefetched groups, U refilled rows merged into the product (naive: the per-group miss counts), S
     positions after the step. Pinned against the ledger by tests/test_comet.py."""
-    from comet_core.mpc import nonlinear as nl
     from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
 
     W, G = 8, H // Hkv
@@ -326,19 +324,19 @@ def attention_step_cost(mpc, T: int, d: int, H: int, Hkv: int, hd: int, r: int, 
         n_out = T * a * G * hd + 2 * (R * a * hd + T * b * hd)
         c = c + Cost(2 * W * (R * d + d * ncols), W * R * ncols, 1) + arith.truncate_cost(mpc, n_out)
     nq, nka, nkb = a * G * T * hd, a * R * hd, b * T * hd
-    if llama:                                                          # RoPE: 2 public products each
-        for n in (nq, nka, nkb):
-            c = c + (2 * arith.truncate_cost(mpc, n) if n else Cost())
-    c = c + (arith.truncate_cost(mpc, nq) if nq else Cost())            # q / sqrt(hd)
+    if llama:                          # RoPE of q, k (and q / sqrt(hd)): one truncation (fused.rope_scale)
+        c = c + fused.rope_scale_cost(mpc, nq + nka + nkb)
+    elif fused.score_shift(hd) is None:                                 # q / sqrt(hd)
+        c = c + fused.rope_scale_cost(mpc, nq)
     for m in naive_misses:
         if m:
             c = c + arith.matmul_cost(mpc, m * d, d * 2 * hd, m * 2 * hd)
             if llama:
-                c = c + 2 * arith.truncate_cost(mpc, m * hd)
+                c = c + fused.rope_scale_cost(mpc, m * hd)
     if a == 0:
         return c
     rows = a * G * T
     c = c + arith.matmul_cost(mpc, rows * hd, a * S * hd, rows * S)
-    c = c + nl.softmax_cost(mpc, rows, S)
+    c = c + fused.softmax_cost(mpc, rows, S)
     c = c + arith.matmul_cost(mpc, rows * S, a * S * hd, rows * hd)
     return c + arith.matmul_cost(mpc, T * a * G * hd, a * G * hd * d, T * d)

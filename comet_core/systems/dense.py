@@ -19,8 +19,7 @@ import torch
 from comet_core.errors import ConfigError
 from comet_core.mpc import arith, nonlinear as nl
 from comet_core.mpc.engine import AShare
-from comet_core.models.secure import _rotate_half, rope_tables
-from comet_core.systems import operators as ops
+from comet_core.systems import fused, operators as ops
 
 ACT_KINDS = ("relu", "silu", "gelu")
 
@@ -60,7 +59,11 @@ class DenseSystem:
 
     # -- request and step hooks (systems with per-request state override them) ----------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
-        """Once per deployment, after the model owner shared the weights (e.g. share predictors)."""
+        """Once per deployment, after the model owner shared the weights (e.g. share predictors).
+        Dense attention and FFN: the fused [W_q | W_k | W_v] and [W_gate | W_up] of every layer (local,
+        no messages; otherwise built at their first use: systems/fused.py)."""
+        for lw in weights.layers:
+            fused.fuse_layer(mpc, lw)
 
     def start_request(self, mpc, decoder, steps: int = 1) -> None:
         """At the start of one inference request (inside MPC.inference) of `steps` forward passes."""
@@ -131,31 +134,40 @@ class DenseSystem:
 
     # -- blocks ----------------------------------------------------------------------------------
     def attention(self, dec, x: AShare, lw: dict, layer: int, cache, start: int) -> AShare:
-        """Multi-head (grouped-query) attention with the decoder's KV cache: q, k, v projections,
-        RoPE (Llama) / scaling, scores over all cached positions (causal mask in prefill), softmax,
-        context and the output projection. Every head, every step."""
+        """Multi-head (grouped-query) attention with the decoder's KV cache. Every head, every step.
+
+        1. q, k, v in one Beaver matmul with the fused [W_q | W_k | W_v] (op attn.qkv: x opened once,
+           q, k, v truncated together; systems/fused.py).
+        2. RoPE (Llama) on q and k and the 1/sqrt(hd) scaling in one truncation (op attn.rope; OPT:
+           attn.scale), or, for a power-of-four hd, the scaling as a shift of the scores' truncation.
+        3. Scores over all cached positions (causal mask in prefill), softmax, context, output
+           projection. Cost: dense_attention_cost.
+        """
         sysm, meta, mpc, family = self, dec.meta, x.mpc, dec.family
         T = x.shape[0]
         H, Hkv, hd = meta["num_heads"], meta["num_kv_heads"], meta["head_dim"]
-        q = sysm.linear(x, lw["wq"], lw.get("bq"), op="attn.q")
-        k = sysm.linear(x, lw["wk"], lw.get("bk"), op="attn.k")
-        v = sysm.linear(x, lw["wv"], lw.get("bv"), op="attn.v")
-        q = q.reshape(T, H, hd).transpose(0, 1)          # (H, T, hd)
-        k = k.reshape(T, Hkv, hd).transpose(0, 1)        # (Hkv, T, hd)
-        v = v.reshape(T, Hkv, hd).transpose(0, 1)
+        wqkv = fused.fused_weight(mpc, lw, "wqkv", ("wq", "wk", "wv"))      # (d, (H + 2 Hkv) hd)
+        bqkv = fused.fused_bias(mpc, lw, "bqkv", ("bq", "bk", "bv"))
+        qkv = sysm.linear(x, wqkv, bqkv, op="attn.qkv")                     # (T, (H + 2 Hkv) hd)
+        nq, nk = H * hd, Hkv * hd
+        q = qkv[:, :nq].reshape(T, H, hd).transpose(0, 1)                  # (H, T, hd)
+        k = qkv[:, nq:nq + nk].reshape(T, Hkv, hd).transpose(0, 1)         # (Hkv, T, hd)
+        v = qkv[:, nq + nk:].reshape(T, Hkv, hd).transpose(0, 1)
+        shift = fused.score_shift(hd)
+        fac = 1.0 if shift is not None else 1.0 / math.sqrt(hd)
         with mpc.label(op="attn.rope" if family == "llama" else "attn.scale"):
             if family == "llama":
-                cos, sin = rope_tables(torch.arange(start, start + T), hd, meta["rope_theta"])
-                q = arith.mul_public(q, cos) + arith.mul_public(_rotate_half(q), sin)
-                k = arith.mul_public(k, cos) + arith.mul_public(_rotate_half(k), sin)
-            q = arith.mul_public(q, 1.0 / math.sqrt(hd))
+                pos = torch.arange(start, start + T)
+                q, k = fused.rope_scale([(q, pos, fac), (k, pos, 1.0)], hd, meta["rope_theta"])
+            elif shift is None:
+                (q,) = fused.rope_scale([(q, None, fac)], hd, None)
         k_all, v_all = cache.append(layer, k, v)         # (Hkv, S, hd)
         if Hkv != H:                                     # grouped-query attention: repeat KV heads
             rep = torch.arange(Hkv).repeat_interleave(H // Hkv)
             k_all, v_all = k_all.index_select(0, rep), v_all.index_select(0, rep)
         S = k_all.shape[1]
         with mpc.label(op="attn.scores"):
-            scores = arith.matmul(q, k_all.transpose(1, 2))   # (H, T, S)
+            scores = fused.scaled_scores(q, k_all.transpose(1, 2), hd, shift)   # (H, T, S)
         mask = None
         if T > 1:
             pos_q = torch.arange(start, start + T)[:, None]
@@ -167,15 +179,59 @@ class DenseSystem:
         return sysm.linear(ctx, lw["wo"], lw.get("bo"), op="attn.out")
 
     def ffn(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:
-        """OPT: fc2(act(fc1 x)); Llama: down(act(gate x) * up x)."""
+        """OPT: fc2(act(fc1 x)); Llama: down(act(gate x) * up x), gate and up as one Beaver matmul with
+        the fused [W_gate | W_up] (op ffn.gate_up: x opened once). Cost: dense_ffn_cost."""
         act = meta["act"]
         if "w1" in lw:
             h = self.linear(x, lw["w1"], lw["b1"], op="ffn.fc1")
             h = self.activation(h, act)
             return self.linear(h, lw["w2"], lw["b2"], op="ffn.fc2")
-        g = self.linear(x, lw["w_gate"], op="ffn.gate")
-        u = self.linear(x, lw["w_up"], op="ffn.up")
+        gu = self.linear(x, fused.fused_weight(x.mpc, lw, "w_gate_up", ("w_gate", "w_up")), op="ffn.gate_up")
+        F = gu.shape[-1] // 2
+        g, u = gu[:, :F], gu[:, F:]                       # (T, F) each
         g = self.activation(g, act)
         with x.mpc.label(op="ffn.gate_mul"):
             h = arith.mul(g, u)
         return self.linear(h, lw["w_down"], op="ffn.down")
+
+
+# ---- cost formulas (the dense system's exact operators; pinned against the ledger by tests) -----------
+
+def dense_attention_cost(mpc, T: int, S: int, d: int, H: int, Hkv: int, hd: int, llama: bool,
+                         reused: bool = False):
+    """One layer's DenseSystem.attention for T new tokens, S positions after the step (exact softmax).
+
+    attn.qkv: one matmul (T, d) x (d, (H + 2 Hkv) hd); attn.rope / attn.scale: one truncation of q and
+    k (Llama) or of q (OPT, only when sqrt(hd) is not a power of two); attn.scores (H, T, hd) x
+    (H, hd, S); attn.softmax over H T rows of S; attn.context (H, T, S) x (H, S, hd); attn.out (T, H hd)
+    x (H hd, d). `reused`: the weights' masks were opened earlier in the inference (decode steps).
+    """
+
+    n = (H + 2 * Hkv) * hd
+    c = arith.matmul_cost(mpc, T * d, d * n, T * n, reused)
+    if llama:
+        c = c + fused.rope_scale_cost(mpc, T * (H + Hkv) * hd)
+    elif fused.score_shift(hd) is None:
+        c = c + fused.rope_scale_cost(mpc, T * H * hd)
+    c = c + arith.matmul_cost(mpc, H * T * hd, H * S * hd, H * T * S)
+    c = c + fused.softmax_cost(mpc, H * T, S)
+    c = c + arith.matmul_cost(mpc, H * T * S, H * S * hd, H * T * hd)
+    return c + arith.matmul_cost(mpc, T * H * hd, H * hd * d, T * d, reused)
+
+
+def dense_ffn_cost(mpc, T: int, d: int, F: int, act: str, reused: bool = False):
+    """One layer's DenseSystem.ffn with the exact activation `act` (relu | silu | gelu).
+
+    OPT (relu / gelu): fc1 (T, d) x (d, F), activation, fc2 (T, F) x (F, d). Llama (silu): ffn.gate_up
+    (T, d) x (d, 2F) (one matmul), SiLU on the gate half, ffn.gate_mul, ffn.down (T, F) x (F, d).
+    """
+    from comet_core.mpc import compare
+
+    n = T * F
+    if act == "silu":
+        c = arith.matmul_cost(mpc, T * d, d * 2 * F, 2 * n, reused) + nl.silu_cost(mpc, n)
+        c = c + arith.mul_cost(mpc, n, n, n)
+    else:
+        c = arith.matmul_cost(mpc, T * d, d * F, n, reused)
+        c = c + (compare.relu_cost(mpc, n) if act == "relu" else nl.gelu_cost(mpc, n))
+    return c + arith.matmul_cost(mpc, n, F * d, T * d, reused)
