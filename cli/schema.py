@@ -80,7 +80,7 @@ class EngineSchema:
     inv_sqrt_range: List[int] = field(default_factory=lambda: [-16, 31])
     sigmoid_nr_iters: int = 3
     check_ranges: bool = True
-    max_method: str = "tree"
+    max_method: str = "auto"      # auto | tree | pairs (comet_core/mpc/pairmax.py)
 
 
 @dataclass

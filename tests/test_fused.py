@@ -194,3 +194,34 @@ def test_secure_argmax_rounds_smollm2_vocabulary():
     m = MPC(seed=0, mode="cost")
     assert pairmax.argmax_last_cost(m, 1, 49152).rounds == 8 * 9 + 17
     assert compare.argmax_cost(m, 1, 49152).rounds == 16 * 9
+
+
+@pytest.mark.parametrize("method", ["tree", "pairs", "auto"])
+def test_engine_max_method_selects_the_max_protocol(method):
+    """engine.max_method: tree = the tournament everywhere (the earlier ledger), pairs = all pairs even
+    past the budget, auto = pairs within it; the softmax and argmax follow it; exact either way."""
+    from comet_core.mpc import compare, nonlinear as nl, pairmax
+
+    m = MPC(EngineConfig(max_method=method), seed=2)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 1, 40, generator=g, dtype=torch.float64) * 3       # a decode step's scores
+    mark = m.ledger.mark()
+    y = pairmax.max_last(m.share(x))
+    cost = m.ledger.cost_since(mark)
+    tree, pairs = compare.max_along_cost(m, 9, 40), pairmax.max_pairs_cost(m, 9, 40)
+    assert cost == (tree if method == "tree" else pairs)
+    assert cost == pairmax.max_last_cost(m, 9, 40)
+    assert torch.equal(m.peek(y), m.peek(m.share(x.max(-1, keepdim=True).values)))
+    big = pairmax.max_last_cost(m, 288, 32)                                   # a prefill: over the budget
+    assert big == (pairmax.max_pairs_cost(m, 288, 32) if method == "pairs" else compare.max_along_cost(m, 288, 32))
+    arg = pairmax.argmax_last_cost(m, 1, 256)
+    assert arg.rounds == (compare.argmax_cost(m, 1, 256).rounds if method == "tree" else 17)
+    if method == "tree":   # the systems' softmax with the tournament is nonlinear.softmax's ledger
+        assert fused.softmax_cost(m, 9, 40) == nl.softmax_cost(m, 9, 40)
+
+
+def test_engine_max_method_rejects_unknown_names():
+    from comet_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_method must be one of auto, tree, pairs"):
+        EngineConfig(max_method="bitonic")

@@ -49,6 +49,7 @@ class EngineConfig:
     truncation: str = "dealer"  # dealer (exact, 1 round) | local (CrypTen's, 0 rounds, rare failures)
     reuse_weight_masks: bool = False
     check_ranges: bool = True   # simulation only: raise a RangeError when a secret leaves a protocol's range
+    max_method: str = "auto"    # max/argmax along a dim: auto | tree | pairs (comet_core/mpc/pairmax.py)
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
     def __post_init__(self) -> None:
@@ -57,6 +58,8 @@ class EngineConfig:
                 f"engine.frac_bits must be an integer in {FRAC_BITS_RANGE[0]}..{FRAC_BITS_RANGE[1]} (below "
                 f"{FRAC_BITS_RANGE[0]} exp, reciprocal and sigmoid lose all accuracy; above "
                 f"{FRAC_BITS_RANGE[1]} products leave the 64-bit ring), got {self.frac_bits}")
+        require(self.max_method in ("auto", "tree", "pairs"),
+                f"engine.max_method must be one of auto, tree, pairs; got {self.max_method!r}")
         require(self.truncation in ("local", "dealer"),
                 f"engine.truncation must be one of local, dealer; got {self.truncation!r}")
         require(self.truncation == "dealer" or self.frac_bits <= 20,

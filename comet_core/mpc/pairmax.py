@@ -31,10 +31,14 @@ PAIRS_BUDGET = 1 << 15   # comparisons of one call (R P) up to which `use_pairs`
 PAIRS_ROUNDS = 17
 
 
-def use_pairs(rows: int, n: int) -> bool:
-    """Whether max_pairs beats the tournament: fewer rounds (n >= 3) within PAIRS_BUDGET comparisons
-    (a decode step's scores: SmolLM2-135M 9 x 40 -> 7,020; a 32-token prefill would need 143k)."""
-    return n >= 3 and rows * n * (n - 1) // 2 <= PAIRS_BUDGET
+def use_pairs(rows: int, n: int, method: str = "auto") -> bool:
+    """Whether to take max_pairs (engine.max_method): "tree" never (the tournament of every earlier
+    release and of the papers' systems), "pairs" for every row of n >= 3, "auto" where it saves rounds
+    (n >= 3) within PAIRS_BUDGET comparisons (a decode step's scores: SmolLM2-135M 9 x 40 -> 7,020; a
+    32-token prefill would need 143k)."""
+    if method == "tree" or n < 3:
+        return False
+    return method == "pairs" or rows * n * (n - 1) // 2 <= PAIRS_BUDGET
 
 
 def _incidence(n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,13 +85,14 @@ def max_pairs_cost(mpc: MPC, rows: int, n: int) -> Cost:
 def max_last(x: AShare) -> AShare:
     """max over the last dim (keepdim): max_pairs where `use_pairs`, else the tournament."""
     n = x.shape[-1]
-    if use_pairs(x.numel() // max(n, 1), n):
+    if use_pairs(x.numel() // max(n, 1), n, x.mpc.config.max_method):
         return max_pairs(x)
     return compare.max_along(x, -1, keepdim=True)
 
 
 def max_last_cost(mpc: MPC, rows: int, n: int) -> Cost:
-    return max_pairs_cost(mpc, rows, n) if use_pairs(rows, n) else compare.max_along_cost(mpc, rows, n)
+    return max_pairs_cost(mpc, rows, n) if use_pairs(rows, n, mpc.config.max_method) \
+        else compare.max_along_cost(mpc, rows, n)
 
 
 def argmax_last(x: AShare) -> AShare:
@@ -116,7 +121,7 @@ def argmax_last(x: AShare) -> AShare:
             pos = torch.arange(n, dtype=torch.int64, device=mpc.device)
             idx = AShare(mpc.public_share(pos.expand(x.shape).contiguous()), mpc, 0)
         s = AShare.stack([x, idx], -1)                                        # (..., n, 2) at x's scale
-        while n > 1 and not use_pairs(rows, n):
+        while n > 1 and not use_pairs(rows, n, mpc.config.max_method):
             h = n // 2
             left, right = s[..., 0:2 * h:2, :], s[..., 1:2 * h:2, :]
             b = compare.drelu(left[..., 0] - right[..., 0])
@@ -131,7 +136,7 @@ def argmax_last(x: AShare) -> AShare:
 
 def argmax_last_cost(mpc: MPC, rows: int, n: int) -> Cost:
     total = Cost()
-    while n > 1 and not use_pairs(rows, n):
+    while n > 1 and not use_pairs(rows, n, mpc.config.max_method):
         p = rows * (n // 2)
         total = total + compare.drelu_cost(mpc, p) + arith.mul_cost(mpc, p, 2 * p, 2 * p, frac_sum=0)
         n = n - n // 2
