@@ -31,13 +31,37 @@ def check_ring_range(x: AShare, what: str = "truncation input", limit: int = TRU
         raise mpc.range_error(what, float(v.flatten()[i]) / 2.0 ** x.frac, limit / 2.0 ** x.frac)
 
 
+_ABS_BLOCK = 1 << 17   # elements per block of _secret_abs_max (1 MiB of int64: stays in cache)
+
+
+def _secret_abs_max(data: torch.Tensor) -> int:
+    """max |x0 + x1| (ring elements, exact; |-2^63| counts as 2^63) of party-stacked shares (2, ...).
+
+    In blocks of _ABS_BLOCK elements through one small buffer: the secret is never formed whole, so a
+    weight-sized check reads the two shares once and writes nothing (was: a weight-sized sum and a
+    weight-sized abs)."""
+    flat = data.reshape(data.shape[0], -1)
+    n = flat.shape[1]
+    if n == 0:
+        return 0
+    buf = torch.empty(min(n, _ABS_BLOCK), dtype=torch.int64, device=data.device)
+    lo = hi = None
+    for s in range(0, n, _ABS_BLOCK):
+        e = min(n, s + _ABS_BLOCK)
+        v = torch.add(flat[0, s:e], flat[1, s:e], out=buf[:e - s])
+        mn, mx = torch.aminmax(v)
+        lo = mn if lo is None else torch.minimum(lo, mn)
+        hi = mx if hi is None else torch.maximum(hi, mx)
+    return max(int(hi), -int(lo))
+
+
 def _abs_max(mpc: MPC, y) -> float:
     """max |y| of a secret (cached per registered weight: weights do not change) or a public tensor."""
     if not isinstance(y, AShare):
         return float(torch.as_tensor(y, dtype=torch.float64).abs().max())
     if y.uid is not None and y.uid in mpc.weight_abs_max:
         return mpc.weight_abs_max[y.uid]
-    m = float(mpc.secret(y).abs().max()) / 2.0 ** y.frac   # int64 abs: no float copy of a large weight
+    m = _secret_abs_max(y.data) / 2.0 ** y.frac
     if y.uid is not None:
         mpc.weight_abs_max[y.uid] = m
     return m
@@ -165,7 +189,7 @@ def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f)
         a, b, c = mpc.dealer.mul_triple(x.shape, y.shape)
-        e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
+        e, f = mpc.open_masked((x.data, a.data), (y.data, b.data))
         nd = len(c.shape)
         z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
         mpc.add_p0_(z, e * f)
@@ -189,7 +213,7 @@ def square(x: AShare, out_frac: int | None = None) -> AShare:
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, x, 2 * x.frac, truncated=2 * x.frac > f, what="x^2")
         a, c = mpc.dealer.square_pair(x.shape)
-        (e,) = mpc.open(x._wrap(x.data - a.data))
+        (e,) = mpc.open_masked((x.data, a.data))
         z = mpc.add_p0_(c.data + 2 * e * a.data, e * e)
         return _rescale_to_f(AShare(z, mpc, 2 * x.frac), out_frac)
 
@@ -229,9 +253,9 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         b_full = full[0] if full else b
         if cached is not None:
             f = cached
-            (e,) = mpc.open(x._wrap(x.data - a.data))
+            (e,) = mpc.open_masked((x.data, a.data))
         else:
-            e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b_full.data))
+            e, f = mpc.open_masked((x.data, a.data), (y.data, b_full.data))
             if key is not None:
                 mpc.weight_masks[key] = f
         if select is not None:
