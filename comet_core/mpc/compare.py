@@ -54,6 +54,27 @@ def _pack_pairs(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0::2] | (x[:, 1::2] << 32)
 
 
+_HALF_DTYPES = {32: torch.int32, 16: torch.int16, 8: torch.int8}
+
+
+def _split_halves(st: torch.Tensor, w: int) -> torch.Tensor:
+    """(2, P, m) words (m even, or 1) of dense 2w-bit fields (w = 32, 16, 8) -> (2, P, 2, ceil(m/2)):
+    [..., 0, :] the low w-bit halves of every field, [..., 1, :] the high halves, each densely packed in
+    element order: one strided copy of whole int32 / int16 / int8 units, no bit compaction. In the leaf
+    order (ring.leaf_order) bit b of a low half and bit b of its high half are adjacent blocks of leaves
+    (the high one the more significant), and the element order is kept (every level's words are dense
+    from bit 0, as the wire's `packed` mode needs)."""
+    k, P, m = st.shape
+    if m == 1:   # one word: pad to two (the second one's halves are zero)
+        st = torch.cat([st, torch.zeros_like(st)], dim=-1)
+        m = 2
+    per = 64 // w                                    # units per word
+    v = st.view(_HALF_DTYPES[w]).reshape(k, P, per * m // 2, 2)
+    out = torch.empty((k, P, 2, m // 2), dtype=torch.int64, device=st.device)
+    out.view(_HALF_DTYPES[w]).reshape(k, P, 2, per * m // 2).copy_(v.permute(0, 1, 3, 2))
+    return out
+
+
 def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
     """(P, nw) words holding one bit per element (element 64*i + p at bit p of word i) -> (P, n)."""
     if x.is_meta:
@@ -98,17 +119,32 @@ def ltz_bits(x: AShare) -> torch.Tensor:
                 _and_shared_left(mpc, words, [words] * (2 if w > 1 else 1), n, w)
             return Shape((P, *shape))
         c = c.reshape(n)
-        r_b = r_b.reshape(P, n)
-        c_low = c & _LOW63
-        r_low = r_b & _LOW63
-        lt = r_low & ~c_low                  # public AND: share-wise
-        eq = mpc.xor_p0_(r_low.clone(), ~c_low)   # eq = r ^ ~c: P0 folds in the public part
+        r_b = r_b.reshape(P, n)              # XOR shares of ring.leaf_order(r) (the dealer's)
+        c_low = ring.leaf_order(c).bitwise_and_(_LOW63).bitwise_not_()   # ~c, same leaf order
+        # state (2, P, m): [lt; eq] of every element, one word each, padded with zero words to even m
+        st = torch.zeros((2, P, n + n % 2 if n > 1 else n), dtype=torch.int64, device=c.device)
+        r_low = torch.bitwise_and(r_b, _LOW63, out=st[1, :, :n])
+        torch.bitwise_and(r_low, c_low, out=st[0, :, :n])   # lt = r & ~c: public AND, share-wise
+        mpc.xor_p0_(st[1, :, :n], c_low)                     # eq = r ^ ~c: P0 folds in the public part
+        lt = eq = None
         for w in _LEVEL_WIDTHS:
-            lt_lo, lt_hi = _pack_pairs(ring.even_bits(lt, 64)), _pack_pairs(ring.odd_bits(lt, 64))
-            eq_lo, eq_hi = _pack_pairs(ring.even_bits(eq, 64)), _pack_pairs(ring.odd_bits(eq, 64))
+            if w >= 8:    # fields of 2w bits -> w: one strided copy for all four halves
+                halves = _split_halves(st, w)    # (2 [lt, eq], P, 2 [lo, hi], m/2)
+                lt_lo, lt_hi, eq_lo, eq_hi = halves[0, :, 0], halves[0, :, 1], halves[1, :, 0], halves[1, :, 1]
+            else:         # bit levels: even / odd bits of each field, compacted and packed
+                if lt is None:
+                    lt, eq = st[0], st[1]
+                lt_lo, lt_hi = _pack_pairs(ring.even_bits(lt, 64)), _pack_pairs(ring.odd_bits(lt, 64))
+                eq_lo, eq_hi = _pack_pairs(ring.even_bits(eq, 64)), _pack_pairs(ring.odd_bits(eq, 64))
             if w > 1:
                 t_lt, t_eq = _and_shared_left(mpc, eq_hi, [lt_lo, eq_lo], n, w)
-                lt, eq = lt_hi ^ t_lt, t_eq
+                if w > 8:   # the next level splits bytes again: the new state, padded to even words
+                    mw = t_lt.shape[-1]
+                    st = torch.zeros((2, P, mw + mw % 2 if mw > 1 else mw), dtype=torch.int64, device=c.device)
+                    torch.bitwise_xor(lt_hi, t_lt, out=st[0, :, :mw])
+                    st[1, :, :mw] = t_eq
+                else:
+                    lt, eq = lt_hi ^ t_lt, t_eq
             else:
                 (t_lt,) = _and_shared_left(mpc, eq_hi, [lt_lo], n, w)
                 lt = lt_hi ^ t_lt

@@ -167,10 +167,12 @@ class Dealer:
         return out
 
     def compare_mask(self, shape) -> tuple[AShare, torch.Tensor]:
-        """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word)."""
+        """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word), the bits in the
+        comparison tree's leaf order: the word ring.leaf_order(r) (a fixed bit permutation; the top bit 63
+        stays), so that the tree's first levels split whole int32 / int16 / int8 halves."""
         r = self._rand(shape)
         ra = self._arith(r)
-        rb = self._xor_shares(r, 64)
+        rb = self._xor_shares(r if r.is_meta else ring.leaf_order(r), 64)
         self._book(ra.numel(), 64)
         self._book(ra.numel(), 64)
         return ra, rb
