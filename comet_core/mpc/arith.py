@@ -191,7 +191,10 @@ def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
         a, b, c = mpc.dealer.mul_triple(x.shape, y.shape)
         e, f = mpc.open_masked((x.data, a.data), (y.data, b.data))
         nd = len(c.shape)
-        z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
+        if c.data.is_meta:
+            z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
+        else:   # in c's buffer (the dealer's, fresh for this call): no n_z-sized temporaries
+            z = c.data.addcmul_(e, _lift(b.data, nd)).addcmul_(_lift(a.data, nd), f)
         mpc.add_p0_(z, e * f)
         return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
 

@@ -36,11 +36,13 @@ def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n
     if left.is_meta:
         mpc.open_raw([left] * (1 + len(rights)), bits, xor=True, packed=n)
         return list(rights)
-    d, *es = mpc.open_raw([left ^ a] + [r ^ b for r, b in zip(rights, bs)], bits, xor=True, packed=n)
+    d, *es = mpc.open_masked((left, a), *zip(rights, bs), bits=bits, xor=True, packed=n)
     outs = []
-    for e, b, c in zip(es, bs, cs):
-        z = c ^ (d & b) ^ (e & a)
-        outs.append(mpc.xor_p0_(z, d & e))
+    tmp = torch.empty_like(a)
+    for e, b, c in zip(es, bs, cs):   # step 3 in c's buffer (the dealer's, fresh for this call)
+        c ^= torch.bitwise_and(b, d, out=tmp)
+        c ^= torch.bitwise_and(a, e, out=tmp)
+        outs.append(mpc.xor_p0_(c, e.bitwise_and_(d)))
     return outs
 
 
