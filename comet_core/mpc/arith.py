@@ -24,26 +24,26 @@ def check_ring_range(x: AShare, what: str = "truncation input", limit: int = TRU
     mpc = x.mpc
     if not mpc.checking:
         return
-    v = mpc.secret(x)
-    bad = (v >= limit) | (v < -limit)
-    if bool(bad.any()):
-        i = int(bad.flatten().nonzero()[0])
+    lo, hi = _secret_minmax(x.data)
+    if lo < -limit or hi >= limit:   # only then the whole secret, to name the first offending element
+        v = mpc.secret(x)
+        i = int(((v >= limit) | (v < -limit)).flatten().nonzero()[0])
         raise mpc.range_error(what, float(v.flatten()[i]) / 2.0 ** x.frac, limit / 2.0 ** x.frac)
 
 
-_ABS_BLOCK = 1 << 17   # elements per block of _secret_abs_max (1 MiB of int64: stays in cache)
+_ABS_BLOCK = 1 << 17   # elements per block of _secret_minmax (1 MiB of int64: stays in cache)
 
 
-def _secret_abs_max(data: torch.Tensor) -> int:
-    """max |x0 + x1| (ring elements, exact; |-2^63| counts as 2^63) of party-stacked shares (2, ...).
+def _secret_minmax(data: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of the secret ring elements x0 + x1 (signed, exact) of party-stacked shares (2, ...).
 
-    In blocks of _ABS_BLOCK elements through one small buffer: the secret is never formed whole, so a
-    weight-sized check reads the two shares once and writes nothing (was: a weight-sized sum and a
-    weight-sized abs)."""
+    In blocks of _ABS_BLOCK elements through one small buffer: the secret is never formed whole, so the
+    simulation's range checks read the two shares once and write nothing large (was: an n-sized sum,
+    then an n-sized abs or two n-sized comparisons)."""
     flat = data.reshape(data.shape[0], -1)
     n = flat.shape[1]
     if n == 0:
-        return 0
+        return 0, 0
     buf = torch.empty(min(n, _ABS_BLOCK), dtype=torch.int64, device=data.device)
     lo = hi = None
     for s in range(0, n, _ABS_BLOCK):
@@ -52,7 +52,13 @@ def _secret_abs_max(data: torch.Tensor) -> int:
         mn, mx = torch.aminmax(v)
         lo = mn if lo is None else torch.minimum(lo, mn)
         hi = mx if hi is None else torch.maximum(hi, mx)
-    return max(int(hi), -int(lo))
+    return int(lo), int(hi)
+
+
+def _secret_abs_max(data: torch.Tensor) -> int:
+    """max |x0 + x1| over party-stacked shares (exact; |-2^63| counts as 2^63), by _secret_minmax."""
+    lo, hi = _secret_minmax(data)
+    return max(hi, -lo)
 
 
 def _abs_max(mpc: MPC, y) -> float:
@@ -79,16 +85,18 @@ def check_product(x: AShare, y, frac_sum: int, truncated: bool = True, matrix: b
     if not mpc.checking:
         return
     limit = (TRUNC_LIMIT if truncated else WORD_LIMIT) / 2.0 ** frac_sum
-    xs = mpc.secret(x)
-    if xs.numel() == 0 or (isinstance(y, AShare) and y.numel() == 0):
+    if x.numel() == 0 or (isinstance(y, AShare) and y.numel() == 0):
         return
+    xs = None
     if matrix:  # row L1 norms in float64 (an int64 sum of large words could wrap)
+        xs = mpc.secret(x)
         xa = float(ring.decode(xs, x.frac).abs().sum(-1).max())
-    else:       # int64 abs-max: no float copy
-        xa = float(xs.abs().max()) / 2.0 ** x.frac
-    if xa * _abs_max(mpc, y) < limit:
+    else:       # int64 abs-max in blocks: no n-sized copy
+        xa = _secret_abs_max(x.data) / 2.0 ** x.frac
+    ya = xa if y is x and not matrix else _abs_max(mpc, y)
+    if xa * ya < limit:
         return
-    xv = ring.decode(xs, x.frac)
+    xv = ring.decode(mpc.secret(x) if xs is None else xs, x.frac)
     yv = ring.decode(mpc.secret(y), y.frac) if isinstance(y, AShare) else torch.as_tensor(y, dtype=torch.float64)
     yv = yv.to(xv.device)
     p = torch.matmul(xv, yv) if matrix else xv * yv
@@ -121,7 +129,14 @@ def truncate(x: AShare, shift: int) -> AShare:
     with mpc.ledger.protocol("truncate"):
         check_ring_range(x)
         if mpc.config.truncation == "local":
-            out = mpc.per_party(x.data, lambda p, s: s >> shift if p == 0 else -((-s) >> shift))
+            if x.data.is_meta:
+                return AShare(x.data, mpc, x.frac - shift)
+            out = torch.empty_like(x.data)   # P0: x0 >> s; P1: -((-x1) >> s), each in its slot
+            for i, p in enumerate(mpc.parties):
+                if p == 0:
+                    torch.bitwise_right_shift(x.data[i], shift, out=out[i])
+                else:
+                    torch.neg(x.data[i], out=out[i]).bitwise_right_shift_(shift).neg_()
             return AShare(out, mpc, x.frac - shift)
         r, r_shift, r_top = mpc.dealer.trunc_triple(x.shape, shift)
         masked = mpc.add_p0_(x.data + r.data, 1 << 62)  # raw ring elements (r is not a fixed-point value)
@@ -217,7 +232,8 @@ def square(x: AShare, out_frac: int | None = None) -> AShare:
         check_product(x, x, 2 * x.frac, truncated=2 * x.frac > f, what="x^2")
         a, c = mpc.dealer.square_pair(x.shape)
         (e,) = mpc.open_masked((x.data, a.data))
-        z = mpc.add_p0_(c.data + 2 * e * a.data, e * e)
+        z = c.data.addcmul_(e, a.data, value=2) if not c.data.is_meta else c.data + 2 * e * a.data
+        z = mpc.add_p0_(z, e * e)   # c's buffer is the dealer's, fresh for this call
         return _rescale_to_f(AShare(z, mpc, 2 * x.frac), out_frac)
 
 
