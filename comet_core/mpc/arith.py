@@ -6,6 +6,8 @@ P0 and P1, offline bytes the dealer's corrections (see dealer.py). n = elements.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from comet_core.comm.ledger import Cost
@@ -61,13 +63,35 @@ def _secret_abs_max(data: torch.Tensor) -> int:
     return max(hi, -lo)
 
 
+_SEEN_MIN = 1 << 16     # secrets with at least this many elements have max |y| remembered while unchanged
+_SEEN: dict[int, tuple] = {}   # id(share tensor) -> (weak reference to it, its version, max |y| as an int)
+
+
+def _seen_abs_max(data: torch.Tensor) -> int | None:
+    hit = _SEEN.get(id(data))
+    return hit[2] if hit is not None and hit[0]() is data and hit[1] == data._version else None
+
+
+def _remember_abs_max(data: torch.Tensor, value: int) -> None:
+    key = id(data)
+    _SEEN[key] = (weakref.ref(data, lambda _r, key=key: _SEEN.pop(key, None)), data._version, value)
+
+
 def _abs_max(mpc: MPC, y) -> float:
-    """max |y| of a secret (cached per registered weight: weights do not change) or a public tensor."""
+    """max |y| of a secret or a public tensor. Cached per registered weight (weights do not change), and
+    for any large share tensor while it is unchanged (same tensor object, same in-place version counter;
+    held weakly: the cache never keeps a tensor alive), e.g. an unregistered weight used in every call."""
     if not isinstance(y, AShare):
         return float(torch.as_tensor(y, dtype=torch.float64).abs().max())
     if y.uid is not None and y.uid in mpc.weight_abs_max:
         return mpc.weight_abs_max[y.uid]
-    m = _secret_abs_max(y.data) / 2.0 ** y.frac
+    big = y.numel() >= _SEEN_MIN
+    v = _seen_abs_max(y.data) if big else None
+    if v is None:
+        v = _secret_abs_max(y.data)
+        if big:
+            _remember_abs_max(y.data, v)
+    m = v / 2.0 ** y.frac
     if y.uid is not None:
         mpc.weight_abs_max[y.uid] = m
     return m
