@@ -1,6 +1,6 @@
 """Comparison protocols: LTZ / DReLU, ReLU, select, max.
 
-LTZ (the sign bit of x) uses a dealer mask with bitwise shares and a compacting comparison tree,
+LTZ (the sign bit of x) uses a dealer mask with bitwise shares and a packed comparison tree,
 instead of CrypTen's A2B conversion plus a full-width adder:
 
   msb(x) = msb(c) xor msb(r) xor [c mod 2^63 < r mod 2^63],   where c = x + r is opened.
@@ -88,11 +88,15 @@ def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
 def ltz(x: AShare) -> AShare:
     """[x < 0] as an additive share of a 0/1 integer (frac 0): ltz_bits then b2a_bit.
 
-    1. Dealer: random r with additive shares and XOR shares of its bits.
+    1. Dealer: random r with additive shares and XOR shares of its bits, in the tree's leaf order
+       (ring.leaf_order, a fixed bit permutation that keeps bit 63; the parties put c in the same order).
     2. Open c = x + r (1 round, 64 bits).
     3. Leaves: lt = r_low & ~c_low, eq = ~(r_low ^ c_low) over the 63 low bits (local).
-    4. Six tree levels (64 -> 1 bits per element): split even/odd positions (local) and pack the
-       halves densely, then lt = lt_hi ^ (eq_hi & lt_lo), eq = eq_hi & eq_lo (one round of ANDs).
+    4. Six tree levels (64 -> 1 bits per element), each pairing two adjacent blocks of leaves (the high
+       one more significant): lt = lt_hi ^ (eq_hi & lt_lo), eq = eq_hi & eq_lo (one round of ANDs). The
+       halves are split locally and packed densely in element order: levels 32/16/8 take the low and high
+       int32/int16/int8 halves of every field (one strided copy, thanks to the leaf order), levels 4/2/1
+       the even and odd bits (bit compaction).
     5. msb = c_63 ^ r_63 ^ lt (local).
     6. B2A with a daBit: open msb ^ b (1 round, 1 bit), [msb] = d + (1 - 2d) [b].
     Cost per element, per direction: 64 + 3*(32+16+8+4+2) + 2*1 + 1 = 253 bits in 8 rounds
