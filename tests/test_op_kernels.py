@@ -42,18 +42,18 @@ def test_leaf_order_is_the_documented_bit_permutation():
 
 
 @pytest.mark.parametrize("w", [32, 16, 8])
-def test_split_halves_pairs_low_and_high_halves_in_element_order(w):
+def test_and_of_strided_halves_gives_dense_words(w):
+    """The tree's byte-aligned levels hand the AND gate strided int32/int16/int8 halves; its result is
+    their AND packed densely, element after element, in int64 words (what the next level and the wire read)."""
+    dt = compare._HALF_DTYPES[w]
     g = torch.Generator().manual_seed(w)
-    m = 6
-    st = torch.randint(-2 ** 63, 2 ** 63 - 1, (2, 1, m), generator=g, dtype=torch.int64)
-    out = compare._split_halves(st, w)
-    assert out.shape == (2, 1, 2, m // 2)
-    mask = (1 << w) - 1
-    for k in range(2):   # every 2w-bit field, in order: its low half in [0], its high half in [1]
-        fields = [(int(v) >> s) & ((1 << 2 * w) - 1) for v in st[k, 0].tolist() for s in range(0, 64, 2 * w)]
-        for h in range(2):
-            got = [(int(v) >> s) & mask for v in out[k, 0, h].tolist() for s in range(0, 64, w)]
-            assert got == [(f >> (h * w)) & mask for f in fields]
+    mpc = MPC(EngineConfig(), seed=w, mode="exact")
+    words = 3
+    full = [torch.randint(-2 ** 63, 2 ** 63 - 1, (2, 2 * words), generator=g, dtype=torch.int64) for _ in range(2)]
+    left, right = (f.view(dt)[:, 1::2] for f in full)            # every other unit: strided, (2, 64/w * words)
+    (out,) = compare._and_shared_left(mpc, left, [right], left.shape[-1], w)
+    want = ((left[0] ^ left[1]) & (right[0] ^ right[1])).contiguous().view(torch.int64)
+    assert out.shape == (2, words) and torch.equal(out[0] ^ out[1], want)
 
 
 def _values(n: int, seed: int) -> torch.Tensor:

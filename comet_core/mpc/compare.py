@@ -32,11 +32,20 @@ def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n
     3. left & r_i = c_i ^ (d & b_i) ^ (e_i & a) ^ (d & e_i on P0).
     Cost: online 2 * (1 + len(rights)) * packed(n, bits); offline len(rights) * packed(n, bits).
     """
-    a, bs, cs = mpc.dealer.and_triples(left.shape[1:], n, bits, len(rights))
+    if left.is_meta or left.dtype == torch.int64:
+        words = tuple(left.shape[1:])
+    else:   # strided int32 / int16 / int8 halves (ltz_bits): their dense packing is this many words
+        words = (left.shape[-1] * left.element_size() // 8,)
+    a, bs, cs = mpc.dealer.and_triples(words, n, bits, len(rights))
     if left.is_meta:
         mpc.open_raw([left] * (1 + len(rights)), bits, xor=True, packed=n)
         return list(rights)
-    d, *es = mpc.open_masked((left, a), *zip(rights, bs), bits=bits, xor=True, packed=n)
+    if left.dtype == torch.int64:
+        d, *es = mpc.open_masked((left, a), *zip(rights, bs), bits=bits, xor=True, packed=n)
+    else:   # masking packs the strided halves into dense words (the XOR writes a contiguous result)
+        dt = left.dtype
+        d, *es = mpc.open_raw([torch.bitwise_xor(t, m.view(dt)).contiguous().view(torch.int64)
+                               for t, m in [(left, a), *zip(rights, bs)]], bits, xor=True, packed=n)
     outs = []
     tmp = torch.empty_like(a)
     for e, b, c in zip(es, bs, cs):   # step 3 in c's buffer (the dealer's, fresh for this call)
@@ -56,25 +65,8 @@ def _pack_pairs(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0::2] | (x[:, 1::2] << 32)
 
 
+# levels 32 / 16 / 8 of the tree: a field's low and high halves are whole units of these types (leaf order)
 _HALF_DTYPES = {32: torch.int32, 16: torch.int16, 8: torch.int8}
-
-
-def _split_halves(st: torch.Tensor, w: int) -> torch.Tensor:
-    """(2, P, m) words (m even, or 1) of dense 2w-bit fields (w = 32, 16, 8) -> (2, P, 2, ceil(m/2)):
-    [..., 0, :] the low w-bit halves of every field, [..., 1, :] the high halves, each densely packed in
-    element order: one strided copy of whole int32 / int16 / int8 units, no bit compaction. In the leaf
-    order (ring.leaf_order) bit b of a low half and bit b of its high half are adjacent blocks of leaves
-    (the high one the more significant), and the element order is kept (every level's words are dense
-    from bit 0, as the wire's `packed` mode needs)."""
-    k, P, m = st.shape
-    if m == 1:   # one word: pad to two (the second one's halves are zero)
-        st = torch.cat([st, torch.zeros_like(st)], dim=-1)
-        m = 2
-    per = 64 // w                                    # units per word
-    v = st.view(_HALF_DTYPES[w]).reshape(k, P, per * m // 2, 2)
-    out = torch.empty((k, P, 2, m // 2), dtype=torch.int64, device=st.device)
-    out.view(_HALF_DTYPES[w]).reshape(k, P, 2, per * m // 2).copy_(v.permute(0, 1, 3, 2))
-    return out
 
 
 def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -128,15 +120,16 @@ def ltz_bits(x: AShare) -> torch.Tensor:
         r_b = r_b.reshape(P, n)              # XOR shares of ring.leaf_order(r) (the dealer's)
         c_low = ring.leaf_order(c).bitwise_and_(_LOW63).bitwise_not_()   # ~c, same leaf order
         # state (2, P, m): [lt; eq] of every element, one word each, padded with zero words to even m
-        st = torch.zeros((2, P, n + n % 2 if n > 1 else n), dtype=torch.int64, device=c.device)
+        st = torch.zeros((2, P, n + n % 2), dtype=torch.int64, device=c.device)
         r_low = torch.bitwise_and(r_b, _LOW63, out=st[1, :, :n])
         torch.bitwise_and(r_low, c_low, out=st[0, :, :n])   # lt = r & ~c: public AND, share-wise
         mpc.xor_p0_(st[1, :, :n], c_low)                     # eq = r ^ ~c: P0 folds in the public part
         lt = eq = None
         for w in _LEVEL_WIDTHS:
-            if w >= 8:    # fields of 2w bits -> w: one strided copy for all four halves
-                halves = _split_halves(st, w)    # (2 [lt, eq], P, 2 [lo, hi], m/2)
-                lt_lo, lt_hi, eq_lo, eq_hi = halves[0, :, 0], halves[0, :, 1], halves[1, :, 0], halves[1, :, 1]
+            if w >= 8:    # fields of 2w bits -> w: the halves are strided int32 / int16 / int8 views
+                dt = _HALF_DTYPES[w]
+                v = st.view(dt).reshape(2, P, -1, 2)             # (2 [lt, eq], P, fields, 2 [lo, hi])
+                lt_lo, lt_hi, eq_lo, eq_hi = v[0, ..., 0], v[0, ..., 1], v[1, ..., 0], v[1, ..., 1]
             else:         # bit levels: even / odd bits of each field, compacted and packed
                 if lt is None:
                     lt, eq = st[0], st[1]
@@ -144,10 +137,10 @@ def ltz_bits(x: AShare) -> torch.Tensor:
                 eq_lo, eq_hi = _pack_pairs(ring.even_bits(eq, 64)), _pack_pairs(ring.odd_bits(eq, 64))
             if w > 1:
                 t_lt, t_eq = _and_shared_left(mpc, eq_hi, [lt_lo, eq_lo], n, w)
-                if w > 8:   # the next level splits bytes again: the new state, padded to even words
+                if w >= 8:   # lt = lt_hi ^ t_lt, eq = t_eq as dense words: the next state, padded to even
                     mw = t_lt.shape[-1]
-                    st = torch.zeros((2, P, mw + mw % 2 if mw > 1 else mw), dtype=torch.int64, device=c.device)
-                    torch.bitwise_xor(lt_hi, t_lt, out=st[0, :, :mw])
+                    st = torch.zeros((2, P, mw + mw % 2), dtype=torch.int64, device=c.device)
+                    torch.bitwise_xor(lt_hi, t_lt.view(dt), out=st[0, :, :mw].view(dt))
                     st[1, :, :mw] = t_eq
                 else:
                     lt, eq = lt_hi ^ t_lt, t_eq
