@@ -10,8 +10,9 @@ What each op cannot go below on this machine with the protocol as it is, from to
                    per weight, at the copy bandwidth
   aes              GB/s of the AES-128-CTR keystream (prg.PRG.fill_) into a preallocated buffer: the two mask
                    shares of both weights are 4 weight-sized keystreams
-  gemv             torch's int64 (1 x k) @ (k x n) product at both weight shapes: a decode Beaver product needs
-                   4 of them per weight (the dealer's a @ b, e @ b0 and e @ b1, and the 2-row (a_p + e) @ f)
+  gemv             torch's int64 (1 x k) @ (k x n) product at both weight shapes: a decode Beaver product reads
+                   the weight-sized operands in 5 of them per weight (the dealer's a @ b0 and a @ b1, the parties'
+                   e @ b0 and e @ b1, and the 2-row (a_p + e) @ f, which costs about one)
   matmul floor     the int64 GEMMs of one Beaver product at 128x768 @ 768x3072 (the dealer's a @ b, the
                    parties' e @ b0, e @ b1, and (a0 + e) @ f, a1 @ f as one 256-row product: 5 GEMM-equivalents)
                    x the time of one torch int64 GEMM at that shape
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     print(f"AES-CTR keystream        {aes / 1e9:6.2f} GB/s -> 4 weight-sized mask shares "
           f"{4 * nbytes / aes * 1e3:.1f} ms")
     print("int64 GEMV               " + ", ".join(f"1x{k} @ {k}x{m}: {t * 1e3:.2f} ms" for (k, m), t in gemv.items())
-          + f" -> 4 per weight: {4 * sum(gemv.values()) * 1e3:.1f} ms")
+          + f" -> 5 per weight: {5 * sum(gemv.values()) * 1e3:.1f} ms")
     print(f"int64 GEMM 128x768 @ 768x3072 {t_gemm * 1e3:.1f} ms -> matmul floor (5 GEMMs) {5 * t_gemm:.3f} s")
     return 0
 
