@@ -6,6 +6,8 @@ P0 and P1, offline bytes the dealer's corrections (see dealer.py). n = elements.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from comet_core.comm.ledger import Cost
@@ -24,20 +26,72 @@ def check_ring_range(x: AShare, what: str = "truncation input", limit: int = TRU
     mpc = x.mpc
     if not mpc.checking:
         return
-    v = mpc.secret(x)
-    bad = (v >= limit) | (v < -limit)
-    if bool(bad.any()):
-        i = int(bad.flatten().nonzero()[0])
+    lo, hi = _secret_minmax(x.data)
+    if lo < -limit or hi >= limit:   # only then the whole secret, to name the first offending element
+        v = mpc.secret(x)
+        i = int(((v >= limit) | (v < -limit)).flatten().nonzero()[0])
         raise mpc.range_error(what, float(v.flatten()[i]) / 2.0 ** x.frac, limit / 2.0 ** x.frac)
 
 
+_ABS_BLOCK = 1 << 17   # elements per block of _secret_minmax (1 MiB of int64: stays in cache)
+
+
+def _secret_minmax(data: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of the secret ring elements x0 + x1 (signed, exact) of party-stacked shares (2, ...).
+
+    In blocks of _ABS_BLOCK elements through one small buffer: the secret is never formed whole, so the
+    simulation's range checks read the two shares once and write nothing large (was: an n-sized sum,
+    then an n-sized abs or two n-sized comparisons)."""
+    flat = data.reshape(data.shape[0], -1)
+    n = flat.shape[1]
+    if n == 0:
+        return 0, 0
+    buf = torch.empty(min(n, _ABS_BLOCK), dtype=torch.int64, device=data.device)
+    lo = hi = None
+    for s in range(0, n, _ABS_BLOCK):
+        e = min(n, s + _ABS_BLOCK)
+        v = torch.add(flat[0, s:e], flat[1, s:e], out=buf[:e - s])
+        mn, mx = torch.aminmax(v)
+        lo = mn if lo is None else torch.minimum(lo, mn)
+        hi = mx if hi is None else torch.maximum(hi, mx)
+    return int(lo), int(hi)
+
+
+def _secret_abs_max(data: torch.Tensor) -> int:
+    """max |x0 + x1| over party-stacked shares (exact; |-2^63| counts as 2^63), by _secret_minmax."""
+    lo, hi = _secret_minmax(data)
+    return max(hi, -lo)
+
+
+_SEEN_MIN = 1 << 16     # secrets with at least this many elements have max |y| remembered while unchanged
+_SEEN: dict[int, tuple] = {}   # id(share tensor) -> (weak reference to it, its version, max |y| as an int)
+
+
+def _seen_abs_max(data: torch.Tensor) -> int | None:
+    hit = _SEEN.get(id(data))
+    return hit[2] if hit is not None and hit[0]() is data and hit[1] == data._version else None
+
+
+def _remember_abs_max(data: torch.Tensor, value: int) -> None:
+    key = id(data)
+    _SEEN[key] = (weakref.ref(data, lambda _r, key=key: _SEEN.pop(key, None)), data._version, value)
+
+
 def _abs_max(mpc: MPC, y) -> float:
-    """max |y| of a secret (cached per registered weight: weights do not change) or a public tensor."""
+    """max |y| of a secret or a public tensor. Cached per registered weight (weights do not change), and
+    for any large share tensor while it is unchanged (same tensor object, same in-place version counter;
+    held weakly: the cache never keeps a tensor alive), e.g. an unregistered weight used in every call."""
     if not isinstance(y, AShare):
         return float(torch.as_tensor(y, dtype=torch.float64).abs().max())
     if y.uid is not None and y.uid in mpc.weight_abs_max:
         return mpc.weight_abs_max[y.uid]
-    m = float(mpc.secret(y).abs().max()) / 2.0 ** y.frac   # int64 abs: no float copy of a large weight
+    big = y.numel() >= _SEEN_MIN
+    v = _seen_abs_max(y.data) if big else None
+    if v is None:
+        v = _secret_abs_max(y.data)
+        if big:
+            _remember_abs_max(y.data, v)
+    m = v / 2.0 ** y.frac
     if y.uid is not None:
         mpc.weight_abs_max[y.uid] = m
     return m
@@ -55,16 +109,18 @@ def check_product(x: AShare, y, frac_sum: int, truncated: bool = True, matrix: b
     if not mpc.checking:
         return
     limit = (TRUNC_LIMIT if truncated else WORD_LIMIT) / 2.0 ** frac_sum
-    xs = mpc.secret(x)
-    if xs.numel() == 0 or (isinstance(y, AShare) and y.numel() == 0):
+    if x.numel() == 0 or (isinstance(y, AShare) and y.numel() == 0):
         return
+    xs = None
     if matrix:  # row L1 norms in float64 (an int64 sum of large words could wrap)
+        xs = mpc.secret(x)
         xa = float(ring.decode(xs, x.frac).abs().sum(-1).max())
-    else:       # int64 abs-max: no float copy
-        xa = float(xs.abs().max()) / 2.0 ** x.frac
-    if xa * _abs_max(mpc, y) < limit:
+    else:       # int64 abs-max in blocks: no n-sized copy
+        xa = _secret_abs_max(x.data) / 2.0 ** x.frac
+    ya = xa if y is x and not matrix else _abs_max(mpc, y)
+    if xa * ya < limit:
         return
-    xv = ring.decode(xs, x.frac)
+    xv = ring.decode(mpc.secret(x) if xs is None else xs, x.frac)
     yv = ring.decode(mpc.secret(y), y.frac) if isinstance(y, AShare) else torch.as_tensor(y, dtype=torch.float64)
     yv = yv.to(xv.device)
     p = torch.matmul(xv, yv) if matrix else xv * yv
@@ -97,7 +153,14 @@ def truncate(x: AShare, shift: int) -> AShare:
     with mpc.ledger.protocol("truncate"):
         check_ring_range(x)
         if mpc.config.truncation == "local":
-            out = mpc.per_party(x.data, lambda p, s: s >> shift if p == 0 else -((-s) >> shift))
+            if x.data.is_meta:
+                return AShare(x.data, mpc, x.frac - shift)
+            out = torch.empty_like(x.data)   # P0: x0 >> s; P1: -((-x1) >> s), each in its slot
+            for i, p in enumerate(mpc.parties):
+                if p == 0:
+                    torch.bitwise_right_shift(x.data[i], shift, out=out[i])
+                else:
+                    torch.neg(x.data[i], out=out[i]).bitwise_right_shift_(shift).neg_()
             return AShare(out, mpc, x.frac - shift)
         r, r_shift, r_top = mpc.dealer.trunc_triple(x.shape, shift)
         masked = mpc.add_p0_(x.data + r.data, 1 << 62)  # raw ring elements (r is not a fixed-point value)
@@ -165,9 +228,12 @@ def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f)
         a, b, c = mpc.dealer.mul_triple(x.shape, y.shape)
-        e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b.data))
+        e, f = mpc.open_masked((x.data, a.data), (y.data, b.data))
         nd = len(c.shape)
-        z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
+        if c.data.is_meta:
+            z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
+        else:   # in c's buffer (the dealer's, fresh for this call): no n_z-sized temporaries
+            z = c.data.addcmul_(e, _lift(b.data, nd)).addcmul_(_lift(a.data, nd), f)
         mpc.add_p0_(z, e * f)
         return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
 
@@ -189,8 +255,9 @@ def square(x: AShare, out_frac: int | None = None) -> AShare:
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, x, 2 * x.frac, truncated=2 * x.frac > f, what="x^2")
         a, c = mpc.dealer.square_pair(x.shape)
-        (e,) = mpc.open(x._wrap(x.data - a.data))
-        z = mpc.add_p0_(c.data + 2 * e * a.data, e * e)
+        (e,) = mpc.open_masked((x.data, a.data))
+        z = c.data.addcmul_(e, a.data, value=2) if not c.data.is_meta else c.data + 2 * e * a.data
+        z = mpc.add_p0_(z, e * e)   # c's buffer is the dealer's, fresh for this call
         return _rescale_to_f(AShare(z, mpc, 2 * x.frac), out_frac)
 
 
@@ -229,9 +296,9 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         b_full = full[0] if full else b
         if cached is not None:
             f = cached
-            (e,) = mpc.open(x._wrap(x.data - a.data))
+            (e,) = mpc.open_masked((x.data, a.data))
         else:
-            e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b_full.data))
+            e, f = mpc.open_masked((x.data, a.data), (y.data, b_full.data))
             if key is not None:
                 mpc.weight_masks[key] = f
         if select is not None:

@@ -1,6 +1,6 @@
 """Comparison protocols: LTZ / DReLU, ReLU, select, max.
 
-LTZ (the sign bit of x) uses a dealer mask with bitwise shares and a compacting comparison tree,
+LTZ (the sign bit of x) uses a dealer mask with bitwise shares and a packed comparison tree,
 instead of CrypTen's A2B conversion plus a full-width adder:
 
   msb(x) = msb(c) xor msb(r) xor [c mod 2^63 < r mod 2^63],   where c = x + r is opened.
@@ -32,15 +32,26 @@ def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n
     3. left & r_i = c_i ^ (d & b_i) ^ (e_i & a) ^ (d & e_i on P0).
     Cost: online 2 * (1 + len(rights)) * packed(n, bits); offline len(rights) * packed(n, bits).
     """
-    a, bs, cs = mpc.dealer.and_triples(left.shape[1:], n, bits, len(rights))
+    if left.is_meta or left.dtype == torch.int64:
+        words = tuple(left.shape[1:])
+    else:   # strided int32 / int16 / int8 halves (ltz_bits): their dense packing is this many words
+        words = (left.shape[-1] * left.element_size() // 8,)
+    a, bs, cs = mpc.dealer.and_triples(words, n, bits, len(rights))
     if left.is_meta:
         mpc.open_raw([left] * (1 + len(rights)), bits, xor=True, packed=n)
         return list(rights)
-    d, *es = mpc.open_raw([left ^ a] + [r ^ b for r, b in zip(rights, bs)], bits, xor=True, packed=n)
+    if left.dtype == torch.int64:
+        d, *es = mpc.open_masked((left, a), *zip(rights, bs), bits=bits, xor=True, packed=n)
+    else:   # masking packs the strided halves into dense words (the XOR writes a contiguous result)
+        dt = left.dtype
+        d, *es = mpc.open_raw([torch.bitwise_xor(t, m.view(dt)).contiguous().view(torch.int64)
+                               for t, m in [(left, a), *zip(rights, bs)]], bits, xor=True, packed=n)
     outs = []
-    for e, b, c in zip(es, bs, cs):
-        z = c ^ (d & b) ^ (e & a)
-        outs.append(mpc.xor_p0_(z, d & e))
+    tmp = torch.empty_like(a)
+    for e, b, c in zip(es, bs, cs):   # step 3 in c's buffer (the dealer's, fresh for this call)
+        c ^= torch.bitwise_and(b, d, out=tmp)
+        c ^= torch.bitwise_and(a, e, out=tmp)
+        outs.append(mpc.xor_p0_(c, e.bitwise_and_(d)))
     return outs
 
 
@@ -54,6 +65,10 @@ def _pack_pairs(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0::2] | (x[:, 1::2] << 32)
 
 
+# levels 32 / 16 / 8 of the tree: a field's low and high halves are whole units of these types (leaf order)
+_HALF_DTYPES = {32: torch.int32, 16: torch.int16, 8: torch.int8}
+
+
 def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
     """(P, nw) words holding one bit per element (element 64*i + p at bit p of word i) -> (P, n)."""
     if x.is_meta:
@@ -65,11 +80,15 @@ def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
 def ltz(x: AShare) -> AShare:
     """[x < 0] as an additive share of a 0/1 integer (frac 0): ltz_bits then b2a_bit.
 
-    1. Dealer: random r with additive shares and XOR shares of its bits.
+    1. Dealer: random r with additive shares and XOR shares of its bits, in the tree's leaf order
+       (ring.leaf_order, a fixed bit permutation that keeps bit 63; the parties put c in the same order).
     2. Open c = x + r (1 round, 64 bits).
     3. Leaves: lt = r_low & ~c_low, eq = ~(r_low ^ c_low) over the 63 low bits (local).
-    4. Six tree levels (64 -> 1 bits per element): split even/odd positions (local) and pack the
-       halves densely, then lt = lt_hi ^ (eq_hi & lt_lo), eq = eq_hi & eq_lo (one round of ANDs).
+    4. Six tree levels (64 -> 1 bits per element), each pairing two adjacent blocks of leaves (the high
+       one more significant): lt = lt_hi ^ (eq_hi & lt_lo), eq = eq_hi & eq_lo (one round of ANDs). The
+       halves are split locally and packed densely in element order: levels 32/16/8 take the low and high
+       int32/int16/int8 halves of every field (one strided copy, thanks to the leaf order), levels 4/2/1
+       the even and odd bits (bit compaction).
     5. msb = c_63 ^ r_63 ^ lt (local).
     6. B2A with a daBit: open msb ^ b (1 round, 1 bit), [msb] = d + (1 - 2d) [b].
     Cost per element, per direction: 64 + 3*(32+16+8+4+2) + 2*1 + 1 = 253 bits in 8 rounds
@@ -98,17 +117,33 @@ def ltz_bits(x: AShare) -> torch.Tensor:
                 _and_shared_left(mpc, words, [words] * (2 if w > 1 else 1), n, w)
             return Shape((P, *shape))
         c = c.reshape(n)
-        r_b = r_b.reshape(P, n)
-        c_low = c & _LOW63
-        r_low = r_b & _LOW63
-        lt = r_low & ~c_low                  # public AND: share-wise
-        eq = mpc.xor_p0_(r_low.clone(), ~c_low)   # eq = r ^ ~c: P0 folds in the public part
+        r_b = r_b.reshape(P, n)              # XOR shares of ring.leaf_order(r) (the dealer's)
+        c_low = ring.leaf_order(c).bitwise_and_(_LOW63).bitwise_not_()   # ~c, same leaf order
+        # state (2, P, m): [lt; eq] of every element, one word each, padded with zero words to even m
+        st = torch.zeros((2, P, n + n % 2), dtype=torch.int64, device=c.device)
+        r_low = torch.bitwise_and(r_b, _LOW63, out=st[1, :, :n])
+        torch.bitwise_and(r_low, c_low, out=st[0, :, :n])   # lt = r & ~c: public AND, share-wise
+        mpc.xor_p0_(st[1, :, :n], c_low)                     # eq = r ^ ~c: P0 folds in the public part
+        lt = eq = None
         for w in _LEVEL_WIDTHS:
-            lt_lo, lt_hi = _pack_pairs(ring.even_bits(lt, 64)), _pack_pairs(ring.odd_bits(lt, 64))
-            eq_lo, eq_hi = _pack_pairs(ring.even_bits(eq, 64)), _pack_pairs(ring.odd_bits(eq, 64))
+            if w >= 8:    # fields of 2w bits -> w: the halves are strided int32 / int16 / int8 views
+                dt = _HALF_DTYPES[w]
+                v = st.view(dt).reshape(2, P, -1, 2)             # (2 [lt, eq], P, fields, 2 [lo, hi])
+                lt_lo, lt_hi, eq_lo, eq_hi = v[0, ..., 0], v[0, ..., 1], v[1, ..., 0], v[1, ..., 1]
+            else:         # bit levels: even / odd bits of each field, compacted and packed
+                if lt is None:
+                    lt, eq = st[0], st[1]
+                lt_lo, lt_hi = _pack_pairs(ring.even_bits(lt, 64)), _pack_pairs(ring.odd_bits(lt, 64))
+                eq_lo, eq_hi = _pack_pairs(ring.even_bits(eq, 64)), _pack_pairs(ring.odd_bits(eq, 64))
             if w > 1:
                 t_lt, t_eq = _and_shared_left(mpc, eq_hi, [lt_lo, eq_lo], n, w)
-                lt, eq = lt_hi ^ t_lt, t_eq
+                if w >= 8:   # lt = lt_hi ^ t_lt, eq = t_eq as dense words: the next state, padded to even
+                    mw = t_lt.shape[-1]
+                    st = torch.zeros((2, P, mw + mw % 2), dtype=torch.int64, device=c.device)
+                    torch.bitwise_xor(lt_hi, t_lt.view(dt), out=st[0, :, :mw].view(dt))
+                    st[1, :, :mw] = t_eq
+                else:
+                    lt, eq = lt_hi ^ t_lt, t_eq
             else:
                 (t_lt,) = _and_shared_left(mpc, eq_hi, [lt_lo], n, w)
                 lt = lt_hi ^ t_lt

@@ -26,6 +26,9 @@ from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
 
+FEW_ROWS = 3   # matmul_triple: up to this many rows of a, c = a @ b0 + a @ b1 for a fresh mask b (decode)
+
+
 class Dealer:
     def __init__(self, mpc: MPC) -> None:
         self.mpc = mpc
@@ -121,6 +124,11 @@ class Dealer:
         if rows is not None and ring.takes_digits(rows, b.data):
             both = ring.ring_matmul(rows, b.data, b_digits=self.mpc.digits(reuse_key, "b", b.data))  # (2, R, n)
             c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
+        elif reuse_key is None and rows is not None and rows.shape[0] <= FEW_ROWS and not b.data.is_cuda:
+            # a fresh mask and few rows: a @ b0 + a @ b1 reads the two shares once; forming b0 + b1 first
+            # would cost a weight-sized pass and a weight-sized buffer more (the same c, bit for bit)
+            both = ring.ring_matmul(rows, b.data)                                       # (2, R, n)
+            c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
         else:
             if entry[1] is None:
                 entry[1] = b.data[0] + b.data[1]
@@ -167,10 +175,12 @@ class Dealer:
         return out
 
     def compare_mask(self, shape) -> tuple[AShare, torch.Tensor]:
-        """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word)."""
+        """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word), the bits in the
+        comparison tree's leaf order: the word ring.leaf_order(r) (a fixed bit permutation; the top bit 63
+        stays), so that the tree's first levels split whole int32 / int16 / int8 halves."""
         r = self._rand(shape)
         ra = self._arith(r)
-        rb = self._xor_shares(r, 64)
+        rb = self._xor_shares(r if r.is_meta else ring.leaf_order(r), 64)
         self._book(ra.numel(), 64)
         self._book(ra.numel(), 64)
         return ra, rb

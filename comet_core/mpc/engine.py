@@ -284,6 +284,26 @@ class MPC:
             return [t[0] ^ t[1] if xor else t[0] + t[1] for t in tensors]
         return [t[0] ^ p if xor else t[0] + p for t, p in zip(tensors, peer)]
 
+    def open_masked(self, *pairs: tuple[torch.Tensor, torch.Tensor], bits: int = 64, xor: bool = False,
+                    packed: int | None = None) -> list[torch.Tensor]:
+        """Open x - m (x ^ m with `xor`) for party-stacked (x, m) pairs in one round: the same message and
+        value as `open_raw([x - m, ...], bits, xor, packed)`.
+
+        In the simulation (both shares here, nothing moves) each value is formed as
+        ((x0 - m0) + x1) - m1 in one result buffer: no party-stacked x - m temporary, 4 reads and 1 write
+        per element instead of 6 and 3 (what decides the time of a weight-sized opening). Ring arithmetic
+        is exact, so the value is bit for bit the same. A single party sends x_p - m_p as always."""
+        if self.simulated and pairs and not pairs[0][0].is_meta and all(x.shape == m.shape for x, m in pairs):
+            self.channel.exchange([x for x, _ in pairs], bits, packed=packed)   # books it: nothing moves
+            out = []
+            for x, m in pairs:
+                if xor:
+                    out.append(torch.bitwise_xor(x[0], m[0]).bitwise_xor_(x[1]).bitwise_xor_(m[1]))
+                else:
+                    out.append(torch.sub(x[0], m[0]).add_(x[1]).sub_(m[1]))
+            return out
+        return self.open_raw([x ^ m if xor else x - m for x, m in pairs], bits, xor=xor, packed=packed)
+
     def digits(self, key, name: str, t: torch.Tensor):
         """Digits (ring.split_digits) of a right operand t that several few-row products share: a reused
         weight's mask b and opening f (key = the weight id, kept for the inference), or with key None

@@ -99,24 +99,23 @@ class PRG:
             return out
         enc = self._cipher(self.block).encryptor()
         self.block += -(-n // 16)
-        done = 0
-        while done < n:
-            k = min(len(_ZEROS), n - done)
-            src = _ZEROS[:k] if k < len(_ZEROS) else _ZEROS
-            if n - done - k >= 15:           # update_into wants 15 spare bytes after each piece
-                enc.update_into(src, view[done:])
-            else:                            # the last piece: through a small buffer
-                tail = bytearray(k + 15)
-                enc.update_into(src, tail)
-                view[done:done + k] = memoryview(tail)[:k]
+        body = n - 16                        # update_into wants 15 spare bytes after each piece: all but
+        done = 0                             # the last 16 bytes straight into `out` (CTR is a stream)
+        while done < body:
+            k = min(len(_ZEROS), body - done)
+            enc.update_into(_ZEROS[:k] if k < len(_ZEROS) else _ZEROS, view[done:])
             done += k
+        tail = bytearray(n - done + 15)      # the last <= 16 bytes through a small buffer
+        enc.update_into(_ZEROS[:n - done], tail)
+        view[done:] = memoryview(tail)[:n - done]
         return out
 
     def ring(self, shape, device="cpu") -> torch.Tensor:
         n = math.prod(shape)
+        words = torch.empty(tuple(shape), dtype=torch.int64)
         if n == 0:
-            return torch.empty(tuple(shape), dtype=torch.int64, device=device)
-        words = torch.frombuffer(self.bytes(8 * n), dtype=torch.int64, count=n).reshape(tuple(shape))
+            return words.to(device)
+        self.fill_(words)   # the same words and counter advance as bytes(8 n), written in place
         return words if torch.device(device).type == "cpu" else words.to(device)
 
 

@@ -148,3 +148,25 @@ def odd_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
         return x.clone()
     # logical right shift by one: clear the sign bit that an arithmetic shift would smear
     return even_bits((x >> 1).bitwise_and_(0x7FFFFFFFFFFFFFFF), bits)
+
+
+_LEAF_SWAPS = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0),
+               (24, 0x00000000FF00FF00))
+
+
+def leaf_order(x: torch.Tensor) -> torch.Tensor:
+    """The comparison tree's leaf order (compare.ltz_bits) of every word: bit 8B + p (byte B, bit p)
+    moves to 8 rev3(p) + B, where rev3 reverses the 3 bits of p. That is the 8x8 bit-matrix transpose
+    (3 delta swaps, Hacker's Delight 7-3) followed by the byte permutation 0 4 2 6 1 5 3 7 (one delta
+    swap: bytes 1 <-> 4, 3 <-> 6). In this order the tree's first three levels pair the two halves of
+    each field (32, 16, 8 bits: whole int32 / int16 / int8 units, no bit compaction), and each pair is
+    two adjacent blocks of leaves. Bit 63 stays where it is. A bit permutation: linear over XOR, so it
+    applies share-wise to binary shares. 24 elementwise operations; the arithmetic right shifts' sign
+    bits fall outside every mask. Returns a new tensor."""
+    if x.is_meta:
+        return x.clone()
+    x = x.clone()
+    for s, mask in _LEAF_SWAPS:
+        t = (x >> s).bitwise_xor_(x).bitwise_and_(mask)
+        x.bitwise_xor_(t).bitwise_xor_(t.bitwise_left_shift_(s))
+    return x
