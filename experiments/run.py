@@ -256,7 +256,17 @@ def execute(cfg) -> Outcome:
 
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
     system = load_system(cfg.system)
+    refs = None
+    if not cost and not reference_needs_run(system):
+        # the reference first: the plaintext model is then dropped before the private run (its 4 P bytes
+        # are not part of the run's peak memory); the same function and inputs as after the run
+        refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
     weights = share_weights(mpc, plain_weights)
+    if refs is not None:
+        plain = plain_weights = None
+    from comet_core.memory import release_free_heap
+
+    release_free_heap()                       # the sharing's freed temporaries go back to the kernel
     system.prepare(mpc, weights, cfg.model)   # e.g. Comet's predictors, shared by the model owner
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
@@ -264,7 +274,9 @@ def execute(cfg) -> Outcome:
     with layer_progress(model, passes=cfg.gen_tokens):
         gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size),
                                output=cfg.get("output", "token"))
-    ref, extra_refs = (None, []) if cost else plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
+    if refs is None and not cost:   # a sparse system's reference uses what the private run revealed
+        refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
+    ref, extra_refs = refs if refs is not None else (None, [])
     return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers,
                    system=system, extra_refs=extra_refs)
 
@@ -401,6 +413,13 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
         info.finish().save(folder.staging)
         summary["out"] = folder.publish()
     return summary
+
+
+def reference_needs_run(system) -> bool:
+    """Whether the plaintext reference depends on the private run: a sparse system (Comet) compares with
+    the plaintext model under the masks its private run revealed (``system.state.records``). Any other
+    system's reference is a function of the weights and the prompt alone, so it may run first."""
+    return getattr(getattr(system, "state", None), "records", None) is not None
 
 
 def plaintext_references(system, plain, plain_weights, ids: list[int], gen_tokens: int):
