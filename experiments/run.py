@@ -131,12 +131,18 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
         return
     T = (prompt_tokens or cfg.prompt_len or 128) + cfg.gen_tokens
     L = n_layers(cfg.model)
-    reuse = bool(cfg.engine.reuse_weight_masks)
-    need = memory.exact_run_bytes(cfg.model, L, T, reuse)
+    from comet_core.mpc import ringmm
+    from comet_core.systems import load_system
+
+    opts = dict(reuse_weight_masks=bool(cfg.engine.reuse_weight_masks),
+                # the exact run takes this kernel anyway (decided once per process): the estimate follows it
+                int64_kernel=cfg.device == "cpu" and ringmm.int64_gemm_faster(),
+                plain_during_run=reference_needs_run(load_system(cfg.system)))
+    need = memory.exact_run_bytes(cfg.model, L, T, **opts)
     have = memory.available_bytes()
     if need <= have:
         return
-    fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, reuse) <= have), default=0)
+    fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, **opts) <= have), default=0)
     layers_hint = f"model.layers={fit} (of {L}) fits, " if fit else ""
     raise CometError(f"an exact run of {cfg.model.name} ({L} layers) needs about {memory.gib(need)} but "
                      f"{memory.gib(have)} is available; use mode=cost (prices the full model on shapes), "
@@ -251,7 +257,7 @@ def execute(cfg) -> Outcome:
         plain = None
         plain_weights = weight_shapes(cfg.model, n_layers(cfg.model))
     else:
-        plain, tok = load_plain_model(cfg.model, seed=cfg.model_seed)
+        plain, tok = load_plain_model(cfg.model, seed=cfg.model_seed, tokenizer=tok)
         plain_weights = extract(plain, cfg.model.family, cfg.model.activation)
 
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)

@@ -229,9 +229,9 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         b_full = full[0] if full else b
         if cached is not None:
             f = cached
-            (e,) = mpc.open(x._wrap(x.data - a.data))
+            (e,) = mpc.open_masked((x, a))
         else:
-            e, f = mpc.open(x._wrap(x.data - a.data), y._wrap(y.data - b_full.data))
+            e, f = mpc.open_masked((x, a), (y, b_full))
             if key is not None:
                 mpc.weight_masks[key] = f
         if select is not None:

@@ -292,6 +292,16 @@ class MPC:
         """Open masked values to both parties in one round (each sends its share of each)."""
         return self.open_raw([x.data for x in xs], 64)
 
+    def open_masked(self, *pairs: tuple["AShare", "AShare"]) -> list[torch.Tensor]:
+        """Open x - a for each (x, a) in one round (Beaver's e = x - a and f = y - b): each party sends
+        x_p - a_p, as `open` of the differences. In simulation the opened value is summed straight from the
+        four shares, (x0 - a0) + (x1 - a1) mod 2^64, without the party-stacked difference (for a weight's
+        f that difference is 16 bytes per weight element at the run's peak); the same values and ledger."""
+        if not self.simulated or self.is_cost:
+            return self.open(*(x._wrap(x.data - a.data) for x, a in pairs))
+        self.channel.exchange([x.data for x, _ in pairs], 64)   # books numel per tensor: the differences'
+        return [torch.sub(x.data[0], a.data[0]).add_(x.data[1]).sub_(a.data[1]) for x, a in pairs]
+
     def open_raw(self, tensors: list[torch.Tensor], bits: int = 64, xor: bool = False,
                  packed: int | None = None) -> list[torch.Tensor]:
         """One round that opens party-stacked tensors (additive, or XOR with `xor`): returns the public
