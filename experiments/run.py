@@ -4,7 +4,8 @@ A Hydra task function (module imports no torch at import time; heavy imports hap
 
 1. ``validate_config``: every value checked before any work (schema, ranges, positions, memory).
 2. ``check_destination``: the output folder may receive the results (never a silent overwrite).
-3. ``execute``: the private generation (and the plaintext reference in exact mode).
+3. ``execute``: the private generation (and the plaintext reference in exact mode: first, and the
+   plaintext model released before the private run, unless the reference needs what the run revealed).
 4. ``write_results`` into a hidden staging folder: config.yaml, metrics.csv, ops.csv, generation.csv,
    ledger.csv.gz, run_info.json; then ``RunFolder.publish`` writes ``COMPLETE`` and moves the folder
    into place in one rename (comet_core/results/run_folder.py). The folder's absolute path is the last
@@ -137,7 +138,10 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
     opts = dict(reuse_weight_masks=bool(cfg.engine.reuse_weight_masks),
                 # the exact run takes this kernel anyway (decided once per process): the estimate follows it
                 int64_kernel=cfg.device == "cpu" and ringmm.int64_gemm_faster(),
-                plain_during_run=reference_needs_run(load_system(cfg.system)))
+                # the in-process run releases the plaintext model first unless its reference needs the run
+                # (experiments/tcp_run.py keeps it: counted)
+                plain_during_run=(reference_needs_run(load_system(cfg.system))
+                                  or cfg.get("transport", {}).get("name", "inprocess") != "inprocess"))
     need = memory.exact_run_bytes(cfg.model, L, T, **opts)
     have = memory.available_bytes()
     if need <= have:
