@@ -9,14 +9,14 @@ A. sharing (before the private run): the float32 plaintext model 4 P, both parti
    2 x 8 P = 16 P, one float64 temporary of the largest weight (MPC.share writes into the shares' buffer)
 B. the private run: the shares 16 P; the plaintext model 4 P only when the reference runs after the run
    (Comet: ``plain_during_run``; any other system's reference runs first and the model is released); the
-   weight masks kept for the inference: the embedding's and LM head's always (their b shares 16 and
-   opening f 8 bytes per element; the dealer keeps no b0 + b1 beside them), every weight's with
+   weight masks kept for the inference: the embedding's and LM head's always (their b shares 16, the
+   dealer's b0 + b1 8 and the opening f 8 bytes per element), every weight's with
    ``engine.reuse_weight_masks`` (+ 48 P: b, f, a selected product's b0 + b1 and digit caches); no
    weight-sized transient (a mask's opening is summed straight into f, MPC.open_masked); activations
    (below) and the stack (below).
    Measured peaks (2026-11-26, benchmarks/private_generation.py, tests/test_memory_peak.py): SmolLM2-135M
-   30 layers 32 + 8 tokens 4.2 GiB (estimate 5.5), 4 layers 2.8 (4.1); opt-125m 4 layers 32 + 2 tokens
-   3.9 (5.0); opt-1.3b 1 layer 32 + 4 tokens 9.3 (10.2). The slack is the stack (1.1 GB here, ~0.45 GB
+   30 layers 32 + 8 tokens 4.65 GiB (estimate 5.9), 4 layers 3.3 (4.5); opt-125m 4 layers 32 + 2 tokens
+   4.5 (5.6); opt-1.3b 1 layer 32 + 4 tokens 10.9 (11.8). The slack is the stack (1.1 GB here, ~0.45 GB
    measured for these runs) and the activation bound.
 
 With the limb kernel (AVX2 hosts, ``COMET_RING_KERNEL=limbs``), the calibration of 2026-11-26 (git 070fb22):
@@ -83,7 +83,7 @@ def exact_run_bytes(model_cfg, layers: int, positions: int, reuse_weight_masks: 
         weights = (4 + 8 + 16 + (48 if reuse_weight_masks else 0)) * total
         return BASE_BYTES + weights + 17 * 8 * largest + acts
     sharing = 4 * total + 16 * total + 8 * largest
-    masks = 48 * total if reuse_weight_masks else 24 * 2 * V * d   # every weight's, or embedding + head
+    masks = 48 * total if reuse_weight_masks else 32 * 2 * V * d   # every weight's, or embedding + head
     run = 16 * total + (4 * total if plain_during_run else 0) + masks + acts
     return BASE_BYTES + max(sharing, run)
 

@@ -121,12 +121,6 @@ class Dealer:
         if rows is not None and ring.takes_digits(rows, b.data):
             both = ring.ring_matmul(rows, b.data, b_digits=self.mpc.digits(reuse_key, "b", b.data))  # (2, R, n)
             c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
-        elif rows is not None and reuse_key is not None and entry[1] is None:
-            # a reused mask (kept for the inference): c = a @ b0 + a @ b1 from the stacked shares, so that
-            # no weight-sized b0 + b1 is kept beside them (8 bytes per weight element less at the peak;
-            # one more pass over b per call, the same c bit for bit: the ring is linear)
-            both = ring.ring_matmul(rows, b.data)                                 # (2, R, n)
-            c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
         else:
             if entry[1] is None:
                 entry[1] = b.data[0] + b.data[1]
