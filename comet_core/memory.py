@@ -1,14 +1,36 @@
 """Peak-memory estimates, checked before a run starts, so a big model fails in one line, not in the
 kernel's OOM killer.
 
-Exact run (``mode=exact``), for P weights of the layers that run (embedding and LM head included):
+Exact run (``mode=exact``), for P weights of the layers that run (embedding and LM head included);
+the peak of the run is the larger of its two phases when the ring product is torch's int64 matmul
+(``int64_kernel``, the kernel chosen on AVX-512 hosts; ``ringmm.int64_gemm_faster``):
+
+A. sharing (before the private run): the float32 plaintext model 4 P, both parties' shares
+   2 x 8 P = 16 P, one float64 temporary of the largest weight (MPC.share writes into the shares' buffer)
+B. the private run: the shares 16 P; the plaintext model 4 P only when the reference runs after the run
+   (Comet: ``plain_during_run``; any other system's reference runs first and the model is released); the
+   weight masks kept for the inference: the embedding's and LM head's always (their b shares 16, the
+   dealer's b0 + b1 8 and the opening f 8 bytes per element), every weight's with
+   ``engine.reuse_weight_masks`` (+ 48 P: b, f, a selected product's b0 + b1 and digit caches); no
+   weight-sized transient (a mask's opening is summed straight into f, MPC.open_masked); activations
+   (below) and the stack (below).
+   Measured peaks (2026-11-26, benchmarks/private_generation.py, tests/test_memory_peak.py): SmolLM2-135M
+   30 layers 32 + 8 tokens 4.65 GiB (estimate 5.9), 4 layers 3.3 (4.5); opt-125m 4 layers 32 + 2 tokens
+   4.5 (5.6); opt-1.3b 1 layer 32 + 4 tokens 10.9 (11.8). The slack is the stack (1.1 GB here, ~0.45 GB
+   measured for these runs) and the activation bound.
+
+With the limb kernel (AVX2 hosts, ``COMET_RING_KERNEL=limbs``), the calibration of 2026-11-26 (git 070fb22):
 
 1. plaintext HF model, float32:                      4 P bytes
-2. extracted plaintext weights (float64 copies):     8 P
+2. extracted plaintext weights (float64 copies):     8 P (the extraction makes views now; kept, as the
+   calibration below included it)
 3. shares of both parties, int64 over Z_2^64:        2 x 8 P = 16 P
 4. with ``engine.reuse_weight_masks``: the dealer's weight masks and their openings kept: + 3 x 16 P
 5. transient of the largest matmul (Beaver mask, opening, limb products, kernel workspaces): 17 x 8 bytes
    x its weight (8 x 8 until the 5-GEMM kernel and the weight-mask cache; re-measured 2026-11-26)
+
+Both:
+
 6. activations: 2 parties x 8 bytes x T x max(ffn_dim, vocab, heads x T) x 24 live tensors,
    KV cache 2 x layers x T x d x 2 parties x 8 bytes (T = prompt + generated positions)
 7. interpreter, torch, transformers and the rest of the stack: 1.1 GB (a tiny-opt exact run peaks at ~1.0 GB)
@@ -48,16 +70,22 @@ def weight_counts(model_cfg, layers: int) -> tuple[int, int]:
     return layers * per_layer + glob, max(V * d, d * F)
 
 
-def exact_run_bytes(model_cfg, layers: int, positions: int, reuse_weight_masks: bool = False) -> int:
-    """Peak bytes of an exact-mode run (module docstring, steps 1-7)."""
+def exact_run_bytes(model_cfg, layers: int, positions: int, reuse_weight_masks: bool = False,
+                    int64_kernel: bool = False, plain_during_run: bool = True) -> int:
+    """Peak bytes of an exact-mode run (module docstring: phases A and B with the int64 kernel, steps
+    1-7 with the limb kernel; the defaults give the limb kernel's larger bound)."""
     total, largest = weight_counts(model_cfg, layers)
     d, F = int(_g(model_cfg, "hidden_size")), int(_g(model_cfg, "ffn_dim"))
     V, H = int(_g(model_cfg, "vocab_size")), int(_g(model_cfg, "num_heads"))
     T = max(int(positions), 1)
-    weights = (4 + 8 + 16 + (48 if reuse_weight_masks else 0)) * total
-    transient = 17 * 8 * largest
     acts = 2 * 8 * T * max(F, V, H * T) * 24 + 2 * layers * T * d * 2 * 8
-    return BASE_BYTES + weights + transient + acts
+    if not int64_kernel:
+        weights = (4 + 8 + 16 + (48 if reuse_weight_masks else 0)) * total
+        return BASE_BYTES + weights + 17 * 8 * largest + acts
+    sharing = 4 * total + 16 * total + 8 * largest
+    masks = 48 * total if reuse_weight_masks else 32 * 2 * V * d   # every weight's, or embedding + head
+    run = 16 * total + (4 * total if plain_during_run else 0) + masks + acts
+    return BASE_BYTES + max(sharing, run)
 
 
 def collection_bytes(model_cfg, layers: int, batch: int, seq_len: int) -> int:

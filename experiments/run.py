@@ -4,7 +4,8 @@ A Hydra task function (module imports no torch at import time; heavy imports hap
 
 1. ``validate_config``: every value checked before any work (schema, ranges, positions, memory).
 2. ``check_destination``: the output folder may receive the results (never a silent overwrite).
-3. ``execute``: the private generation (and the plaintext reference in exact mode).
+3. ``execute``: the private generation (and the plaintext reference in exact mode: first, and the
+   plaintext model released before the private run, unless the reference needs what the run revealed).
 4. ``write_results`` into a hidden staging folder: config.yaml, metrics.csv, ops.csv, generation.csv,
    ledger.csv.gz, run_info.json; then ``RunFolder.publish`` writes ``COMPLETE`` and moves the folder
    into place in one rename (comet_core/results/run_folder.py). The folder's absolute path is the last
@@ -131,12 +132,21 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
         return
     T = (prompt_tokens or cfg.prompt_len or 128) + cfg.gen_tokens
     L = n_layers(cfg.model)
-    reuse = bool(cfg.engine.reuse_weight_masks)
-    need = memory.exact_run_bytes(cfg.model, L, T, reuse)
+    from comet_core.mpc import ringmm
+    from comet_core.systems import load_system
+
+    opts = dict(reuse_weight_masks=bool(cfg.engine.reuse_weight_masks),
+                # the exact run takes this kernel anyway (decided once per process): the estimate follows it
+                int64_kernel=cfg.device == "cpu" and ringmm.int64_gemm_faster(),
+                # the in-process run releases the plaintext model first unless its reference needs the run
+                # (experiments/tcp_run.py keeps it: counted)
+                plain_during_run=(reference_needs_run(load_system(cfg.system))
+                                  or cfg.get("transport", {}).get("name", "inprocess") != "inprocess"))
+    need = memory.exact_run_bytes(cfg.model, L, T, **opts)
     have = memory.available_bytes()
     if need <= have:
         return
-    fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, reuse) <= have), default=0)
+    fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, **opts) <= have), default=0)
     layers_hint = f"model.layers={fit} (of {L}) fits, " if fit else ""
     raise CometError(f"an exact run of {cfg.model.name} ({L} layers) needs about {memory.gib(need)} but "
                      f"{memory.gib(have)} is available; use mode=cost (prices the full model on shapes), "
@@ -252,12 +262,22 @@ def execute(cfg) -> Outcome:
         plain = None
         plain_weights = weight_shapes(cfg.model, n_layers(cfg.model))
     else:
-        plain, tok = load_plain_model(cfg.model, seed=cfg.model_seed)
+        plain, tok = load_plain_model(cfg.model, seed=cfg.model_seed, tokenizer=tok)
         plain_weights = extract(plain, cfg.model.family, cfg.model.activation)
 
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
     system = load_system(cfg.system)
+    refs = None
+    if not cost and not reference_needs_run(system):
+        # the reference first: the plaintext model is then dropped before the private run (its 4 P bytes
+        # are not part of the run's peak memory); the same function and inputs as after the run
+        refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
     weights = share_weights(mpc, plain_weights)
+    if refs is not None:
+        plain = plain_weights = None
+    from comet_core.memory import release_free_heap
+
+    release_free_heap()                       # the sharing's freed temporaries go back to the kernel
     system.prepare(mpc, weights, cfg.model)   # e.g. Comet's predictors, shared by the model owner
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
@@ -265,7 +285,9 @@ def execute(cfg) -> Outcome:
     with layer_progress(model, passes=cfg.gen_tokens):
         gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size),
                                output=cfg.get("output", "token"))
-    ref, extra_refs = (None, []) if cost else plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
+    if refs is None and not cost:   # a sparse system's reference uses what the private run revealed
+        refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
+    ref, extra_refs = refs if refs is not None else (None, [])
     return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers,
                    system=system, extra_refs=extra_refs)
 
@@ -402,6 +424,13 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
         info.finish().save(folder.staging)
         summary["out"] = folder.publish()
     return summary
+
+
+def reference_needs_run(system) -> bool:
+    """Whether the plaintext reference depends on the private run: a sparse system (Comet) compares with
+    the plaintext model under the masks its private run revealed (``system.state.records``). Any other
+    system's reference is a function of the weights and the prompt alone, so it may run first."""
+    return getattr(getattr(system, "state", None), "records", None) is not None
 
 
 def plaintext_references(system, plain, plain_weights, ids: list[int], gen_tokens: int):

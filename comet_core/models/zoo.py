@@ -162,10 +162,13 @@ def _load_checkpoint(model_cfg):
     return model
 
 
-def load_plain_model(model_cfg, seed: int = 0, empty: bool = False) -> tuple[Any, Tokenizer]:
+def load_plain_model(model_cfg, seed: int = 0, empty: bool = False,
+                     tokenizer: Tokenizer | None = None) -> tuple[Any, Tokenizer]:
     """(eval float32 HF causal LM with ``layers`` applied, tokenizer) for a model config.
 
     ``empty=True`` (random source only) builds on the meta device: shapes without memory, for cost mode.
+    ``tokenizer``: the model's tokenizer when the caller has loaded it already (it is checked, not
+    loaded again: SmolLM2's BPE tokenizer takes 0.2-1.5 s to load).
     """
     import torch
 
@@ -194,7 +197,7 @@ def load_plain_model(model_cfg, seed: int = 0, empty: bool = False) -> tuple[Any
         raise ConfigError(f"unknown model source '{source}'; valid: {', '.join(SOURCES)}")
     truncate_layers(model, n)
     model = model.float().eval() if not empty else model.eval()
-    tok = load_tokenizer(_get(model_cfg, "tokenizer", "bytes"))
+    tok = tokenizer if tokenizer is not None else load_tokenizer(_get(model_cfg, "tokenizer", "bytes"))
     if tok.vocab_size > int(_get(model_cfg, "vocab_size")):
         raise ConfigError(f"tokenizer '{tok.name}' has {tok.vocab_size} ids but the model's vocab is "
                           f"{_get(model_cfg, 'vocab_size')}")

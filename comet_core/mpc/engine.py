@@ -238,15 +238,38 @@ class MPC:
             data = self.peers.share(self.rank, x, owner, frac, phase)
             self.ledger.record(phase, owner, "P1", data[0].numel(), 64, -1)
             return AShare(data, self, frac)
+        gen = self._input_gens.get(owner, self._input_gens["client"])
+        if not self.is_cost and self.device.type == "cpu" and x.is_floating_point() and isinstance(gen, PRG):
+            data = self._share_into(x, frac, gen)
+            self.ledger.record(phase, owner, "P1", x.numel(), 64, -1)
+            return AShare(data, self, frac)
         if self.is_cost:
             enc = Shape(x.shape)
         else:
             x = x.to(self.device)
             enc = ring.encode(x, frac) if x.is_floating_point() else x.to(torch.int64)
-        r = ring.random_ring(enc.shape, self._input_gens.get(owner, self._input_gens["client"]), self.device)
+        r = ring.random_ring(enc.shape, gen, self.device)
         data = torch.stack([r, enc - r])
         self.ledger.record(phase, owner, "P1", enc.numel(), 64, -1)
         return AShare(data, self, frac)
+
+    @staticmethod
+    def _share_into(x: torch.Tensor, frac: int, gen: PRG) -> torch.Tensor:
+        """`share`'s steps on the CPU written into one party-stacked buffer (2, *shape): r straight from
+        the owner's stream into slot 0 (the same words as `random_ring`), x encoded in place in one
+        float64 temporary, x - r into slot 1. The same shares bit for bit as encode/random/stack, with
+        one temporary instead of seven (model weights: 163 M elements for SmolLM2-135M)."""
+        data = torch.empty((2, *x.shape), dtype=torch.int64)
+        gen.fill_(data[0])
+        scaled = x.to(torch.float64, memory_format=torch.contiguous_format, copy=True)  # (*shape) float64
+        scaled.mul_(1 << frac).round_()
+        if scaled.numel():
+            lo, hi = torch.aminmax(scaled)
+            if not (-ring.ENCODE_LIMIT <= float(lo) and float(hi) <= ring.ENCODE_LIMIT):   # NaN fails too
+                ring.encode(x, frac)   # raises the one-line error naming the value
+        data[1].copy_(scaled)          # float64 -> int64, as ring.encode's .to(torch.int64)
+        data[1].sub_(data[0])
+        return data
 
     def reveal(self, x: "AShare", to: str = "client", raw: bool = False) -> torch.Tensor:
         """Open `x` to the client: both parties send their share (phase `output`). Returns floats, or
