@@ -250,14 +250,16 @@ def main(argv=None) -> int:
                 finished_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
                 reps=args.reps, engine_threads=args.engine_threads, anchors=str(root), cpu_model=model,
-                vector_ext=vec, cpus=os.cpu_count(), load_avg_1m_before=load_before,
+                vector_ext=vec, cpus=os.cpu_count(), malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                load_avg_1m_before=load_before,
                 load_avg_1m_after=load_after, status=status, run_seconds=seconds,
                 venvs=dict(crypten=str(crypten_venv()), spu=str(spu_venv())))
     (folder / "sitting.json").write_text(json.dumps(meta, indent=1))
     if not ran:
         log.error("nothing ran; see %s", folder)
         return 1
-    table = anchors.combine(collect(folder, ran), stamp, model, vec, os.cpu_count())
+    table = anchors.combine(collect(folder, ran), stamp, model, vec, os.cpu_count(),
+                            malloc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
     table.to_csv(folder / "anchors.csv", index=False)
     show = table[["op", "system", "seconds", "bytes", "rounds", "engine_over_anchor", "speedup", "target_speedup",
                   "target_met"]]

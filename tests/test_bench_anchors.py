@@ -124,7 +124,11 @@ def test_readme_section_marks_targets_and_names_the_machine(tmp_path):
     assert "9.50x (target >= 10x: **not met**)" in lines["relu"] and "9.00x (target >= 3x: met)" in lines["relu"]
     assert "3.00x (target >= 3x: met)" in lines["ffn_decode"]
     assert "CrypTen 0.4.1: 2 processes x 1 thread, 5 timed reps" in body and "engine: 1 process x 2 threads" in body
-    assert "Not measured" not in body and "loaded" not in body
+    assert "Not measured" not in body and "loaded" not in body and "GLIBC_TUNABLES" not in body
+    tuned = anchors.combine(sitting_rows(), "20261126-115800", "AMD EPYC 7B13", "avx2", 2,
+                            malloc_tunables="glibc.malloc.hugetlb=1")
+    assert set(tuned.malloc_tunables) == {"glibc.malloc.hugetlb=1"}
+    assert "Every system ran with GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in anchors.performance_section(tuned)
     busy = table()
     busy.loc[3, "load_avg_1m_after"] = 2.5                                 # above the 2 CPUs
     assert "**The machine was loaded**: the load average (2.50) exceeded its 2 CPUs" in anchors.performance_section(busy)

@@ -40,7 +40,8 @@ TARGETS = {
 
 COLUMNS = ["sitting", "op", "system", "shape", "seconds", "bytes", "rounds", "max_abs_err",
            "engine_over_anchor", "speedup", "target_speedup", "target_met", "reps", "processes",
-           "threads_per_process", "cpu_model", "vector_ext", "cpus", "load_avg_1m_before", "load_avg_1m_after",
+           "threads_per_process", "cpu_model", "vector_ext", "cpus", "malloc_tunables", "load_avg_1m_before",
+           "load_avg_1m_after",
            "date", "versions"]
 
 MARK_START = "<!-- performance:start"
@@ -94,7 +95,8 @@ def spu_rows(records: list[dict]) -> list[dict]:
             for r in records]
 
 
-def combine(rows: list[dict], sitting: str, cpu_model: str, vector_ext: str, cpus: int | None = None) -> pd.DataFrame:
+def combine(rows: list[dict], sitting: str, cpu_model: str, vector_ext: str, cpus: int | None = None,
+            malloc_tunables: str = "") -> pd.DataFrame:
     """One sitting's rows -> the ``anchors.csv`` table (``COLUMNS``), engine first, then the anchors.
 
     On each anchor row: engine_over_anchor = engine seconds / anchor seconds of the same op,
@@ -109,6 +111,7 @@ def combine(rows: list[dict], sitting: str, cpu_model: str, vector_ext: str, cpu
         raise CometError(f"two rows for the same op and system: {sorted(set(zip(dup.op, dup.system)))}")
     engine = {r["op"]: r["seconds"] for r in rows if r["system"] == "engine"}
     df["sitting"], df["cpu_model"], df["vector_ext"], df["cpus"] = sitting, cpu_model, vector_ext, cpus
+    df["malloc_tunables"] = malloc_tunables   # GLIBC_TUNABLES of the sitting: every system ran under it
     ratio, speed, target, met = [], [], [], []
     for r in df.to_dict("records"):
         e = engine.get(r["op"], math.nan) if r["system"] != "engine" else math.nan
@@ -178,7 +181,9 @@ def performance_section(df: pd.DataFrame, source: str = "results/engine_ops.csv"
         f"One sitting ({sittings[0]}): {run}. CPU: {first['cpu_model']} ({first['vector_ext'] or 'no AVX'}); "
         f"1-minute load average {loads.min():.2f}-{loads.max():.2f} during the sitting. Median seconds of one op "
         "(per rep the slower party), the dealer's work inside the op in every system; x = anchor seconds / "
-        "engine seconds, same sitting only.",
+        "engine seconds, same sitting only."
+        + (f" Every system ran with GLIBC_TUNABLES={tun} (glibc's allocator; `make bench MALLOC=` to change)."
+           if (tun := str(first.get("malloc_tunables", "") or "")) and tun != "nan" else ""),
         "",
         "| op | engine | CrypTen | engine vs CrypTen | SPU | engine vs SPU |",
         "|---|---:|---:|---|---:|---|",
