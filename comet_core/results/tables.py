@@ -54,9 +54,10 @@ def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], netw
                   labels: dict, compute_measured: bool) -> pd.DataFrame:
     """One row per network x phase (prefill, decode, total); time = compute + modelled comm."""
     rows = []
-    for net in networks:
+    totals = {stage: stage_totals(ledger_df, None if stage == "total" else stage) for stage in (*STAGES, "total")}
+    for net in networks:   # the ledger's totals once per stage; only the pricing depends on the network
         for stage in (*STAGES, "total"):
-            t = stage_totals(ledger_df, None if stage == "total" else stage)
+            t = totals[stage]
             if stage == "total":
                 compute = sum(stage_seconds.get(s, 0.0) for s in STAGES)
             else:
