@@ -252,6 +252,22 @@ def test_handshake_names_the_differing_keys(keys):
     a.close(), b.close()
 
 
+def test_handshake_refuses_a_peer_of_another_protocol(keys):
+    """A role of another release (another protocol number, or none: before the number existed) is refused
+    before any config comparison: its messages could mean something else (e.g. the dealer's mask bits)."""
+    for other in (1, None):
+        a, b = _pair(keys / "a", keys / "a")
+        hello = dict(config_sha256="x", config={})
+        theirs = dict(hello, protocol=other)
+        out = {}
+        th = threading.Thread(target=lambda: out.setdefault("e", _catch(lambda: handshake(b, theirs))), daemon=True)
+        th.start()
+        with pytest.raises(PeerError, match=f"p1 speaks protocol {other!r}, this process 2 .another comet release"):
+            handshake(a, hello)
+        th.join(5)
+        a.close(), b.close()
+
+
 def _catch(fn):
     try:
         return fn()

@@ -293,9 +293,17 @@ def connect(me: str, role: str, host: str, port: int, ctx: ssl.SSLContext, timeo
             raise PeerError(f"{me}: the TLS handshake with {role} at {host}:{port} failed ({_reason(e)})") from None
 
 
+# What the roles' messages mean, as one number: bump it whenever a message between roles changes meaning
+# with the same shape (a peer of another release would compute silently wrong values). 2: the dealer hands
+# out a comparison mask's bits in the LTZ tree's leaf order (ring.leaf_order), stop 8.
+PROTOCOL = 2
+
+
 def handshake(pipe: SocketPipe, hello: dict) -> dict:
-    """Both sides send their hello (role, config hash, flattened config, model hashes), then compare:
-    a different config is refused, naming the keys that differ. Returns the peer's hello."""
+    """Both sides send their hello (protocol number, role, config hash, flattened config, model hashes),
+    then compare: another protocol number (another comet release) is refused, and so is a different
+    config, naming the keys that differ. Returns the peer's hello."""
+    hello = {"protocol": PROTOCOL, **hello}
     pipe.send({"hello": hello})
     try:
         got = pipe.recv()
@@ -307,6 +315,9 @@ def handshake(pipe: SocketPipe, hello: dict) -> dict:
     if not isinstance(got, dict) or not isinstance(got.get("hello"), dict):
         raise PeerError(f"{pipe.peer} did not start with a hello message")
     theirs = got["hello"]
+    if theirs.get("protocol") != hello["protocol"]:
+        raise PeerError(f"{pipe.me}: {pipe.peer} speaks protocol {theirs.get('protocol')!r}, this process "
+                        f"{hello['protocol']!r} (another comet release); run the same release on every machine")
     if theirs.get("config_sha256") != hello["config_sha256"]:
         mine_c, their_c = hello.get("config", {}), theirs.get("config", {}) or {}
         keys = sorted(k for k in set(mine_c) | set(their_c) if mine_c.get(k) != their_c.get(k))
