@@ -145,10 +145,10 @@ def test_max_pairs_equals_max_in_17_rounds(n, mode):
 
 
 def test_softmax_chooses_pairs_for_short_rows_only():
-    """The systems' exact softmax: pairs for a decode step's rows (SmolLM2-135M: 9 heads x 40
-    positions), the tournament for a prefill's (288 rows of 32) or one long row; equal to the float
-    softmax and to nonlinear.softmax; cost pinned either way."""
-    from comet_core.mpc import nonlinear as nl, pairmax
+    """The engine's softmax (every system's exact softmax): pairs for a decode step's rows (SmolLM2-135M:
+    9 heads x 40 positions), the tournament for a prefill's (288 rows of 32) or one long row; equal to the
+    float softmax; cost pinned either way."""
+    from comet_core.mpc import compare, nonlinear as nl, pairmax
     from comet_core.mpc import ideal
 
     assert pairmax.use_pairs(9, 40) and not pairmax.use_pairs(288, 32) and not pairmax.use_pairs(1, 512)
@@ -159,11 +159,13 @@ def test_softmax_chooses_pairs_for_short_rows_only():
         x = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
         rows = x.numel() // shape[-1]
         mark = m.ledger.mark()
-        y = fused.softmax(m.share(x), mask)
-        assert m.ledger.cost_since(mark) == fused.softmax_cost(m, rows, shape[-1])
+        y = nl.softmax(m.share(x), -1, mask)
+        assert m.ledger.cost_since(mark) == nl.softmax_cost(m, rows, shape[-1])
         assert torch.allclose(m.peek(y), ideal.plain_softmax(x, mask), atol=1e-2)
-        assert torch.allclose(m.peek(y), m.peek(nl.softmax(m.share(x), -1, mask)), atol=1e-3, rtol=1e-2)
-    assert fused.softmax_cost(m, 9, 40).rounds == nl.softmax_cost(m, 9, 40).rounds - 54 + 17
+    tree = MPC(EngineConfig(max_method="tree"), seed=4)
+    assert nl.softmax_cost(m, 9, 40).rounds == nl.softmax_cost(tree, 9, 40).rounds - 54 + 17
+    assert nl.softmax_cost(m, 288, 32) == nl.softmax_cost(tree, 288, 32)
+    assert compare.max_along_cost(tree, 9, 40).rounds == 54
 
 
 @pytest.mark.parametrize("mode", ["exact", "cost"])
@@ -216,8 +218,9 @@ def test_engine_max_method_selects_the_max_protocol(method):
     assert big == (pairmax.max_pairs_cost(m, 288, 32) if method == "pairs" else compare.max_along_cost(m, 288, 32))
     arg = pairmax.argmax_last_cost(m, 1, 256)
     assert arg.rounds == (compare.argmax_cost(m, 1, 256).rounds if method == "tree" else 17)
-    if method == "tree":   # the systems' softmax with the tournament is nonlinear.softmax's ledger
-        assert fused.softmax_cost(m, 9, 40) == nl.softmax_cost(m, 9, 40)
+    from comet_core.mpc import arith   # the softmax takes the same maximum
+    assert nl.softmax_cost(m, 9, 40) == cost + nl.exp_cost(m, 360) + nl.reciprocal_cost(m, 9) \
+        + arith.mul_cost(m, 360, 9, 360)
 
 
 def test_engine_max_method_rejects_unknown_names():

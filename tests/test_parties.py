@@ -44,12 +44,11 @@ PROGRAMS = {
     "max_along": lambda m: compare.max_along(m.share(X), -1),
     "max_pairs": lambda m: pairmax.max_pairs(m.share(X)),                       # all pairs in one tree
     "argmax_last": lambda m: pairmax.argmax_last(m.share(X)),
-    "softmax_pairs": lambda m: fused.softmax(m.share(X[:, :6]), CAUSAL),       # the systems' exact softmax
     "rope_scale": lambda m: fused.rope_scale([(m.share(X[:, :8]), torch.arange(6), 0.5)], 8, 10000.0)[0],
     "exp": lambda m: nl.exp(m.share(X)),
     "reciprocal": lambda m: nl.reciprocal(m.share(POS)),
     "inv_sqrt": lambda m: nl.inv_sqrt(m.share(POS)),
-    "softmax_causal": lambda m: nl.softmax(m.share(X[:, :6]), -1, CAUSAL),
+    "softmax_causal": lambda m: nl.softmax(m.share(X[:, :6]), -1, CAUSAL),    # short rows: the all-pairs max
     "layernorm": lambda m: nl.layernorm(m.share(X), m.share(torch.ones(16)), m.share(torch.zeros(16))),
     "rmsnorm": lambda m: nl.rmsnorm(m.share(X), torch.ones(16)),
     "sigmoid": lambda m: nl.sigmoid(m.share(X)),

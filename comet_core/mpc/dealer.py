@@ -121,13 +121,13 @@ class Dealer:
             self._book(c.numel(), 64)
             return a, b.index_select(dim, idx), c, b
         rows = None if av.is_meta or b.dim() != 2 else av.reshape(-1, av.shape[-1])   # a's rows: (R, k)
-        if rows is not None and ring.takes_digits(rows, b.data):
-            both = ring.ring_matmul(rows, b.data, b_digits=self.mpc.digits(reuse_key, "b", b.data))  # (2, R, n)
-            c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
-        elif reuse_key is None and rows is not None and rows.shape[0] <= FEW_ROWS and not b.data.is_cuda:
-            # a fresh mask and few rows: a @ b0 + a @ b1 reads the two shares once; forming b0 + b1 first
-            # would cost a weight-sized pass and a weight-sized buffer more (the same c, bit for bit)
-            both = ring.ring_matmul(rows, b.data)                                       # (2, R, n)
+        digits = rows is not None and ring.takes_digits(rows, b.data)
+        # a fresh mask and few rows: a @ b0 + a @ b1 reads the two shares once; forming b0 + b1 first would
+        # cost a weight-sized pass and a weight-sized buffer more (the same c, bit for bit)
+        few = reuse_key is None and rows is not None and rows.shape[0] <= FEW_ROWS and not b.data.is_cuda
+        if digits or few:
+            bd = self.mpc.digits(reuse_key, "b", b.data) if digits else None
+            both = ring.ring_matmul(rows, b.data, b_digits=bd)                            # (2, R, n)
             c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
         else:
             if entry[1] is None:

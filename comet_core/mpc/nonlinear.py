@@ -12,7 +12,7 @@ import math
 import torch
 
 from comet_core.comm.ledger import Cost
-from comet_core.mpc import arith, compare
+from comet_core.mpc import arith, compare, pairmax
 from comet_core.mpc.engine import MPC, AShare
 
 GELU_K = 2.0 * math.sqrt(2.0 / math.pi)  # GeLU(x) ~ x * sigmoid(K * (x + 0.044715 x^3)) (tanh form)
@@ -180,9 +180,10 @@ def softmax(x: AShare, dim: int = -1, mask: torch.Tensor | None = None) -> AShar
     """softmax along `dim` (default last), optionally with a public 0/1 `mask` (1 = attend).
 
     1. Masked positions are set to a public -2^10 (local), so they never win the max.
-    2. m = max along dim (tournament).   3. e = exp(x - m); masked positions set to 0 (local).
+    2. m = max along dim (pairmax.max_last: all pairs in one tree for short rows such as a decode step's,
+       the tournament otherwise; engine.max_method).   3. e = exp(x - m); masked positions set to 0 (local).
     4. s = sum e (local, >= 1).   5. r = reciprocal(s).   6. out = e * r (broadcast).
-    Cost: max_along_cost(R, n) + exp_cost(N) + reciprocal_cost(R) + mul_cost(N, R, N),
+    Cost: max_last_cost(R, n) + exp_cost(N) + reciprocal_cost(R) + mul_cost(N, R, N),
     with N elements in R rows of length n.
     """
     mpc = x.mpc
@@ -190,7 +191,7 @@ def softmax(x: AShare, dim: int = -1, mask: torch.Tensor | None = None) -> AShar
     with mpc.ledger.protocol("softmax"):
         if mask is not None:
             x = _set_public(x, mask, -1024.0)
-        m = compare.max_along(x, -1, keepdim=True)
+        m = pairmax.max_last(x)
         e = exp(x - m)
         if mask is not None:
             e = _set_public(e, mask, 0.0)
@@ -209,7 +210,7 @@ def _set_public(x: AShare, keep: torch.Tensor, value: float) -> AShare:
 
 def softmax_cost(mpc: MPC, rows: int, n: int) -> Cost:
     big = rows * n
-    return (compare.max_along_cost(mpc, rows, n) + exp_cost(mpc, big) + reciprocal_cost(mpc, rows)
+    return (pairmax.max_last_cost(mpc, rows, n) + exp_cost(mpc, big) + reciprocal_cost(mpc, rows)
             + arith.mul_cost(mpc, big, rows, big))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from comet_core.comm.ledger import Cost
-from comet_core.mpc import arith
+from comet_core.mpc import arith, nonlinear as nl
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse.masks import active_bits, reveal_bits
@@ -337,6 +337,6 @@ def attention_step_cost(mpc, T: int, d: int, H: int, Hkv: int, hd: int, r: int, 
         return c
     rows = a * G * T
     c = c + arith.matmul_cost(mpc, rows * hd, a * S * hd, rows * S)
-    c = c + fused.softmax_cost(mpc, rows, S)
+    c = c + nl.softmax_cost(mpc, rows, S)
     c = c + arith.matmul_cost(mpc, rows * S, a * S * hd, rows * hd)
     return c + arith.matmul_cost(mpc, T * a * G * hd, a * G * hd * d, T * d)

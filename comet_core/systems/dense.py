@@ -214,7 +214,7 @@ def dense_attention_cost(mpc, T: int, S: int, d: int, H: int, Hkv: int, hd: int,
     elif fused.score_shift(hd) is None:
         c = c + fused.rope_scale_cost(mpc, T * H * hd)
     c = c + arith.matmul_cost(mpc, H * T * hd, H * S * hd, H * T * S)
-    c = c + fused.softmax_cost(mpc, H * T, S)
+    c = c + nl.softmax_cost(mpc, H * T, S)
     c = c + arith.matmul_cost(mpc, H * T * S, H * S * hd, H * T * hd)
     return c + arith.matmul_cost(mpc, T * H * hd, H * hd * d, T * d, reused)
 

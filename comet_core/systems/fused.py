@@ -15,9 +15,9 @@ systems merge the operations that share a round:
   * Score scaling by a shift (`score_shift`): with a power-of-four head_dim (OPT, SmolLM2: 64),
     1/sqrt(hd) = 2^-s, so the scores product is truncated by s bits more and read at the engine's
     scale (the integers of scores / 2^s): no separate scaling round.
-  * The softmax maximum of short rows (`softmax`): every pair of a row compared in one tree
-    (comet_core/mpc/pairmax.py: 17 rounds instead of 9 per tournament level), chosen from public
-    shapes (a decode step's scores; a prefill's stay with the tournament).
+  * The softmax maximum of short rows (nonlinear.softmax, through pairmax.max_last): every pair of a row
+    compared in one tree (comet_core/mpc/pairmax.py: 17 rounds instead of 9 per tournament level), chosen
+    from public shapes (a decode step's scores; a prefill's stay with the tournament).
 Rounds per decode layer of SmolLM2-135M (Llama, 9 heads of 64, 3 KV heads, 33-40 positions): q/k/v 6 -> 2,
 RoPE and scaling 5 -> 1, gate/up 4 -> 2, softmax maximum 54 -> 17 (dense_attention_cost, dense_ffn_cost).
 """
@@ -133,32 +133,3 @@ def scaled_scores(q: AShare, k_t: AShare, hd: int, shift: int | None) -> AShare:
     return AShare(s.data, mpc, mpc.frac_bits)
 
 
-
-def softmax(x: AShare, mask: torch.Tensor | None) -> AShare:
-    """The exact softmax of the systems (operators.SOFTMAXES['exact']): nonlinear.softmax with the
-    maximum from pairmax.max_last (all pairs in one tree for short rows such as a decode step's, 17
-    rounds; the tournament otherwise).
-
-    1. Masked positions set to a public -2^10 (local).   2. m = max_last(x).   3. e = exp(x - m), masked
-    positions 0.   4. r = reciprocal(sum e).   5. e * r.
-    Cost: softmax_cost.
-    """
-    from comet_core.mpc import nonlinear as nl, pairmax
-
-    mpc = x.mpc
-    with mpc.ledger.protocol("softmax"):
-        if mask is not None:
-            x = nl._set_public(x, mask, -1024.0)
-        e = nl.exp(x - pairmax.max_last(x))
-        if mask is not None:
-            e = nl._set_public(e, mask, 0.0)
-        return arith.mul(e, nl.reciprocal(e.sum(-1, keepdim=True)))
-
-
-def softmax_cost(mpc, rows: int, n: int):
-    """`softmax` on rows x n: nonlinear.softmax_cost with the max of pairmax.max_last_cost."""
-    from comet_core.mpc import nonlinear as nl, pairmax
-
-    big = rows * n
-    return (pairmax.max_last_cost(mpc, rows, n) + nl.exp_cost(mpc, big) + nl.reciprocal_cost(mpc, rows)
-            + arith.mul_cost(mpc, big, rows, big))

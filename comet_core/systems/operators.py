@@ -17,7 +17,6 @@ import torch
 from comet_core.errors import ConfigError
 from comet_core.mpc import approx, compare, ideal, nonlinear as nl
 from comet_core.mpc.engine import AShare
-from comet_core.systems import fused
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def _rows(x) -> tuple[int, int]:
 
 
 SOFTMAXES: dict[str, Op] = {
-    "exact": Op(lambda s, m, p: fused.softmax(s, m), lambda s, m, p: ideal.plain_softmax(s, m),
+    "exact": Op(lambda s, m, p: nl.softmax(s, -1, m), lambda s, m, p: ideal.plain_softmax(s, m),
                 "max (all pairs in one tree for short rows, else tournament) + exp (limit, 8 squarings) "
                 "+ Newton reciprocal", "engine (CrypTen recipe; max: comet_core/mpc/pairmax.py)"),
     "2quad": Op(lambda s, m, p: approx.softmax_2quad(s, m, float(p.get("quad_c", 5.0))),
