@@ -13,7 +13,8 @@ ANCHORS ?= ../shared/benchmarks
 REPS ?= 5
 ENGINE_THREADS ?= 2
 # glibc's allocator for every system of the sitting (anchors too): 2 MiB pages for large blocks, so a fresh
-# weight-sized temporary costs 512x fewer page faults (ffn_decode 0.091 -> 0.065 s here). MALLOC= for glibc's default.
+# weight-sized temporary costs 512x fewer page faults (results/engine_ops.csv against
+# results/engine_ops_default_malloc.csv). MALLOC= for glibc's default.
 MALLOC ?= glibc.malloc.hugetlb=1
 
 $(STAMP): pyproject.toml Makefile
