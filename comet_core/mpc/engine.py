@@ -318,14 +318,17 @@ class MPC:
         is exact, so the value is bit for bit the same. A single party sends x_p - m_p as always."""
         if self.simulated and pairs and not pairs[0][0].is_meta and all(x.shape == m.shape for x, m in pairs):
             self.channel.exchange([x for x, _ in pairs], bits, packed=packed)   # books it: nothing moves
-            out = []
-            for x, m in pairs:
-                if xor:
-                    out.append(torch.bitwise_xor(x[0], m[0]).bitwise_xor_(x[1]).bitwise_xor_(m[1]))
-                else:
-                    out.append(torch.sub(x[0], m[0]).add_(x[1]).sub_(m[1]))
-            return out
+            return [self.open_pair(x, m, xor=xor) for x, m in pairs]
         return self.open_raw([x ^ m if xor else x - m for x, m in pairs], bits, xor=xor, packed=packed)
+
+    @staticmethod
+    def open_pair(x: torch.Tensor, m: torch.Tensor, out: torch.Tensor | None = None,
+                  xor: bool = False) -> torch.Tensor:
+        """The opened value of party-stacked x - m (x ^ m) from both shares in this process (simulation;
+        the caller books the round): ((x0 - m0) + x1) - m1 in one result buffer (`out` if given)."""
+        if xor:
+            return torch.bitwise_xor(x[0], m[0], out=out).bitwise_xor_(x[1]).bitwise_xor_(m[1])
+        return torch.sub(x[0], m[0], out=out).add_(x[1]).sub_(m[1])
 
     def digits(self, key, name: str, t: torch.Tensor):
         """Digits (ring.split_digits) of a right operand t that several few-row products share: a reused

@@ -1,0 +1,93 @@
+"""The blocked decode matmul (comet_core/mpc/blocked.py): the same shares, opened values and ledger as
+arith.matmul's unblocked steps, bit for bit; where it applies; a positive control."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comet_core.mpc import arith, blocked
+from comet_core.mpc.engine import MPC, EngineConfig
+
+
+def _product(monkeypatch, enabled: bool, shape_x, shape_w, block: int | None = None, reuse: bool = False,
+             calls: int = 2):
+    monkeypatch.setattr(blocked, "ENABLED", enabled)
+    if block is not None:
+        monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", block)
+    m = MPC(EngineConfig(reuse_weight_masks=reuse), seed=11, mode="exact")
+    g = torch.Generator().manual_seed(5)
+    x = m.share(torch.randn(*shape_x, generator=g))
+    w = m.register_weight(m.share(torch.randn(*shape_w, generator=g) * 0.05, owner="model_owner"))
+    zs = [arith.matmul(x, w) for _ in range(calls)]   # the second call reads later stream words
+    return m, x, w, zs
+
+
+CASES = [
+    ((1, 576), (576, 960), 1 << 14),        # several full blocks and a short last one
+    ((3, 77), (77, 3001), 1000),            # odd n: blocks of an even number of words
+    ((2, 1, 96), (96, 1536), 4096),         # batch dims, two rows
+    ((1, 1, 1, 64), (64, 515), 600),        # odd n, one row under three batch dims
+]
+
+
+@pytest.mark.parametrize("shape_x,shape_w,block", CASES)
+def test_blocked_equals_unblocked_bit_for_bit(monkeypatch, shape_x, shape_w, block):
+    m0, x, w, ref = _product(monkeypatch, False, shape_x, shape_w, block)
+    m1, x, w, got = _product(monkeypatch, True, shape_x, shape_w, block)
+    for r, z in zip(ref, got):
+        assert torch.equal(r.data, z.data), "shares differ"
+    assert m0.ledger.frame().equals(m1.ledger.frame())
+    # and the value is x @ w within fixed-point tolerance (frac 16: |err| < 2^-10 here)
+    plain = m1.secret(x).double() / 2 ** x.frac @ (m1.secret(w).double() / 2 ** w.frac)
+    assert (m1.secret(got[0]).double() / 2 ** got[0].frac - plain).abs().max() < 2 ** -10
+
+
+def test_blocked_path_taken_and_cost_formula(monkeypatch):
+    calls = []
+    real = blocked.fresh_mask_matmul
+    monkeypatch.setattr(blocked, "fresh_mask_matmul", lambda x, y: calls.append(1) or real(x, y))
+    m, x, w, _ = _product(monkeypatch, True, (1, 64), (64, 515), 600, calls=1)
+    assert calls == [1]
+    want = arith.matmul_cost(m, x.numel(), w.numel(), 515)
+    assert m.ledger.cost_since() == want
+
+
+@pytest.mark.parametrize("shape_x,shape_w,reuse,block", [
+    ((4, 96), (96, 1536), False, 100),     # more than FEW_ROWS rows: the whole-matrix steps
+    ((1, 96), (96, 1536), True, 100),      # a reused mask: opened once, nothing to stream
+    ((1, 8), (8, 16), False, 128),         # no larger than one block: the whole-matrix steps
+])
+def test_blocked_applies_only_to_fresh_few_row_products(monkeypatch, shape_x, shape_w, reuse, block):
+    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", block)
+    m = MPC(EngineConfig(reuse_weight_masks=reuse), seed=1, mode="exact")
+    x, w = m.share(torch.randn(*shape_x)), m.register_weight(m.share(torch.randn(*shape_w)))
+    called = []
+    monkeypatch.setattr(blocked, "fresh_mask_matmul", lambda *a: called.append(1))
+    arith.matmul(x, w)
+    assert not called
+    cost = MPC(EngineConfig(), seed=1, mode="cost")
+    assert not blocked.applies(cost.share(torch.empty(1, 96, device="meta")),
+                               cost.share(torch.empty(96, 1536, device="meta")))
+
+
+def test_block_rows_even_words():
+    for k, n in [(77, 3001), (576, 960), (5, 7), (1, 3)]:
+        h = blocked.block_rows(k, n)
+        assert 1 <= h <= k and (h == k or (h * n) % 2 == 0)
+
+
+def test_odd_word_blocks_would_change_the_shares(monkeypatch):
+    """Positive control: blocks of an odd number of words read other stream words (each read skips the
+    rest of its last 16-byte AES block), so the bit-for-bit test above can fail."""
+    _, _, _, ref = _product(monkeypatch, False, (1, 64), (64, 515), 600)
+    monkeypatch.setattr(blocked, "block_rows", lambda k, n: 1)   # 515 words per block: odd
+    _, _, _, got = _product(monkeypatch, True, (1, 64), (64, 515), 600)
+    assert not torch.equal(ref[0].data, got[0].data)
+
+
+def test_c_before_the_blocks_is_refused():
+    m = MPC(EngineConfig(), seed=1, mode="exact")
+    t = m.dealer.blocked_matmul_triple((1, 4), (4, 6), 2)
+    with pytest.raises(RuntimeError, match="before every block"):
+        t.c()
