@@ -31,10 +31,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("reuse", [False, True])
 @pytest.mark.parametrize("shape_x,shape_w,block", CASES)
-def test_blocked_equals_unblocked_bit_for_bit(monkeypatch, shape_x, shape_w, block):
-    m0, x, w, ref = _product(monkeypatch, False, shape_x, shape_w, block)
-    m1, x, w, got = _product(monkeypatch, True, shape_x, shape_w, block)
+def test_blocked_equals_unblocked_bit_for_bit(monkeypatch, shape_x, shape_w, block, reuse):
+    """Fresh masks, and reused ones (drawn and opened by blocks at the first call, kept for the second)."""
+    m0, x, w, ref = _product(monkeypatch, False, shape_x, shape_w, block, reuse=reuse, calls=3)
+    m1, x, w, got = _product(monkeypatch, True, shape_x, shape_w, block, reuse=reuse, calls=3)
     for r, z in zip(ref, got):
         assert torch.equal(r.data, z.data), "shares differ"
     assert m0.ledger.frame().equals(m1.ledger.frame())
@@ -43,10 +45,27 @@ def test_blocked_equals_unblocked_bit_for_bit(monkeypatch, shape_x, shape_w, blo
     assert (m1.secret(got[0]).double() / 2 ** got[0].frac - plain).abs().max() < 2 ** -10
 
 
+@pytest.mark.parametrize("order", [(4, 1, 1, 4), (1, 4, 1)])
+def test_reused_mask_shared_by_blocked_and_whole_matrix_calls(monkeypatch, order):
+    """A prefill (4 rows: the whole-matrix steps) and decode steps (1 row: blocks) share one reused mask,
+    whichever drew it: the same shares and ledger as without blocks."""
+    out = []
+    for enabled in (False, True):
+        monkeypatch.setattr(blocked, "ENABLED", enabled)
+        monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
+        m = MPC(EngineConfig(reuse_weight_masks=True), seed=4, mode="exact")
+        g = torch.Generator().manual_seed(2)
+        w = m.register_weight(m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner"))
+        zs = [arith.matmul(m.share(torch.randn(r, 40, generator=g)), w).data for r in order]
+        out.append((zs, m.ledger.frame()))
+    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
+    assert out[0][1].equals(out[1][1])
+
+
 def test_blocked_path_taken_and_cost_formula(monkeypatch):
     calls = []
-    real = blocked.fresh_mask_matmul
-    monkeypatch.setattr(blocked, "fresh_mask_matmul", lambda x, y: calls.append(1) or real(x, y))
+    real = blocked.few_rows_matmul
+    monkeypatch.setattr(blocked, "few_rows_matmul", lambda x, y, key: calls.append(1) or real(x, y, key))
     m, x, w, _ = _product(monkeypatch, True, (1, 64), (64, 515), 600, calls=1)
     assert calls == [1]
     want = arith.matmul_cost(m, x.numel(), w.numel(), 515)
@@ -55,15 +74,14 @@ def test_blocked_path_taken_and_cost_formula(monkeypatch):
 
 @pytest.mark.parametrize("shape_x,shape_w,reuse,block", [
     ((4, 96), (96, 1536), False, 100),     # more than FEW_ROWS rows: the whole-matrix steps
-    ((1, 96), (96, 1536), True, 100),      # a reused mask: opened once, nothing to stream
     ((1, 8), (8, 16), False, 128),         # no larger than one block: the whole-matrix steps
 ])
-def test_blocked_applies_only_to_fresh_few_row_products(monkeypatch, shape_x, shape_w, reuse, block):
+def test_blocked_applies_only_to_few_row_products(monkeypatch, shape_x, shape_w, reuse, block):
     monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", block)
     m = MPC(EngineConfig(reuse_weight_masks=reuse), seed=1, mode="exact")
     x, w = m.share(torch.randn(*shape_x)), m.register_weight(m.share(torch.randn(*shape_w)))
     called = []
-    monkeypatch.setattr(blocked, "fresh_mask_matmul", lambda *a: called.append(1))
+    monkeypatch.setattr(blocked, "few_rows_matmul", lambda *a: called.append(1))
     arith.matmul(x, w)
     assert not called
     cost = MPC(EngineConfig(), seed=1, mode="cost")

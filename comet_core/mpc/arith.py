@@ -274,8 +274,8 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     3. P0: z0 = e @ (f + b0) + a0 @ f + c0;  P1: z1 = e @ b1 + a1 @ f + c1 (computed as
        (a_p + [p = 0] e) @ f + e @ b_p + c_p: no weight-sized sum).
     4. Truncate to frac_bits.
-    A fresh mask and a few rows (a decode step) run steps 1-3 in cache-sized blocks of y's rows
-    (mpc/blocked.py: the same shares and ledger, bit for bit).
+    A few rows (a decode step) run steps 1-3 in cache-sized blocks of y's rows (mpc/blocked.py: the
+    same shares and ledger, bit for bit).
     With `reuse_mask` (engine.reuse_weight_masks) and a registered weight y (MPC.register_weight),
     y's mask b and the opened f are kept for the rest of the inference (MPC.inference), so later calls
     with the same y open only e. Activations are never cached (they are not reused).
@@ -293,8 +293,8 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         key = y.uid if reuse else None
         if select is not None and key is None:   # no reuse: the slice is the operand
             y, select = y.index_select(*select), None
-        if key is None and select is None and blocked.applies(x, y):   # decode: the same steps in blocks
-            return _rescale_to_f(AShare(blocked.fresh_mask_matmul(x, y), mpc, x.frac + y.frac), out_frac)
+        if select is None and blocked.applies(x, y):   # a decode step's rows: the same steps by blocks
+            return _rescale_to_f(AShare(blocked.few_rows_matmul(x, y, key), mpc, x.frac + y.frac), out_frac)
         cached = mpc.weight_masks.get(key) if key is not None else None
         a, b, c, *full = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_key=key, select=select)
         b_full = full[0] if full else b

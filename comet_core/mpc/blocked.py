@@ -1,11 +1,11 @@
-"""Beaver matmul of a few rows against a fresh weight mask, in cache-sized blocks of the weight's rows.
+"""Beaver matmul of a few rows against a weight's mask, in cache-sized blocks of the weight's rows.
 
-A decode step multiplies 1-3 rows by each weight matrix with a fresh mask b (engine.reuse_weight_masks
-false, as the published systems do). Written as whole-matrix steps (arith.matmul: the dealer draws b,
-forms c = a @ b; the parties open f = y - b, then e @ b_p and (a_p + [p = 0] e) @ f), every step is a
-pass over weight-sized tensors in main memory: ~12 ns per weight element here. The same steps run
-block by block over h rows of the weight, so that b's halves, f and their sum stay in cache between
-the dealer's step and the parties' steps:
+A decode step multiplies 1-3 rows by each weight matrix. Written as whole-matrix steps (arith.matmul:
+the dealer draws b, forms c = a @ b; the parties open f = y - b, then e @ b_p and (a_p + [p = 0] e) @ f),
+every step with a fresh mask (engine.reuse_weight_masks false, as the published systems do) is a pass
+over weight-sized tensors in main memory: ~11 ns per weight element here. The same steps run block by
+block over h rows of the weight, so that b's halves and f stay in cache between the dealer's step and
+the parties' steps:
 
     for each block of h rows (b's rows r0 .. r0 + h, drawn from the dealer's streams in order):
       1. Dealer: b0, b1 from its streams with P0 and P1;  c += a[:, block] @ b0 + a[:, block] @ b1.
@@ -13,16 +13,20 @@ the dealer's step and the parties' steps:
          f = (y0 - b0) + (y1 - b1)  for the block's rows.
       3. P_p: z_p += (a_p + [p = 0] e) @ f + e @ b_p  (e = x - a was opened with f, in the same round).
     4. Dealer: c's shares (P0's from its stream, P1's the correction), as Dealer._arith; z_p += c_p.
+A reused mask (the embedding table and LM head; every weight with engine.reuse_weight_masks=true) is
+drawn and opened by these blocks at its first use in an inference and kept (b by the dealer, f by the
+parties); later calls open only e and run steps 1 and 3 on the kept b and f as one block.
 
 Nothing is skipped or merged across parties: every product of the steps is computed, each from its own
 party's operands; products over the same matrix are batched into one GEMM (the dealer's a @ b_p with
 P_p's e @ b_p: rows [a; e] against b_p, which the dealer and P_p both hold; both parties' left rows
-against the public f), since an int64 GEMM of a few rows costs one pass over its matrix whatever the
-rows. Only the loop order differs, and ring arithmetic is exact, so
-every share, opened value and ledger row is bit for bit that of arith.matmul's unblocked steps (the
-streams are read in pieces of an even number of words, which reads the same words as one read;
-tests/test_blocked.py). Simulation only (both parties' shares in this process, CPU): a single party
-of a two-process run sends and computes as before. Cost: matmul_cost, unchanged.
+against the public f), since torch's int64 GEMM of up to ~16 rows costs one pass over its matrix
+whatever the rows (~1 ns per element here): 3 passes (b0, b1, f) instead of 4-5. Only the loop order
+differs, and ring arithmetic is exact, so every share, opened value and ledger row is bit for bit that
+of arith.matmul's unblocked steps (the streams are read in pieces of an even number of words, which
+reads the same words as one read; tests/test_blocked.py). Simulation only (both parties' shares in
+this process, CPU): a single party of a two-process run sends and computes as before.
+Cost: matmul_cost, unchanged.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ ENABLED = True             # tests switch it off to compare with the unblocked s
 
 
 def applies(x: AShare, y: AShare) -> bool:
-    """Whether matmul(x, y) with a fresh mask runs here: a simulated CPU exact run, y a (k, n) matrix and
-    x at most dealer.FEW_ROWS rows of k (any batch dims), large enough for blocks to matter."""
+    """Whether matmul(x, y) runs here: a simulated CPU exact run, y a (k, n) matrix and x at most
+    dealer.FEW_ROWS rows of k (any batch dims), y larger than one block, and torch's int64 GEMM the
+    product kernel (a host whose few-row products take the int8 digit kernel keeps arith.matmul's
+    steps, which cache a reused mask's digits)."""
     from comet_core.mpc.dealer import FEW_ROWS
 
     mpc = x.mpc
@@ -48,7 +54,9 @@ def applies(x: AShare, y: AShare) -> bool:
         return False
     k, n = y.shape
     rows = x.numel() // max(k, 1)
-    return x.shape[-1] == k and 0 < rows <= FEW_ROWS and k * n > BLOCK_ELEMENTS
+    if x.shape[-1] != k or not 0 < rows <= FEW_ROWS or k * n <= BLOCK_ELEMENTS:
+        return False
+    return not ring.takes_digits(x.data[0].reshape(rows, k), y.data[0])
 
 
 def block_rows(k: int, n: int) -> int:
@@ -60,24 +68,33 @@ def block_rows(k: int, n: int) -> int:
     return h
 
 
-def fresh_mask_matmul(x: AShare, y: AShare) -> torch.Tensor:
+def few_rows_matmul(x: AShare, y: AShare, key=None) -> torch.Tensor:
     """The party-stacked shares of x @ y at scale x.frac + y.frac (not yet truncated), steps 1-4 above.
+    `key`: y's id when its mask is reused (engine.reuse_weight_masks): drawn and opened by blocks at its
+    first use in the inference and kept (the dealer's b, the parties' f), later calls open only e.
     [x]: (2, *B, R, k), [y]: (2, k, n) over Z_2^64 -> (2, *B, R, n)."""
     mpc = x.mpc
     k, n = y.shape
     rows = x.data.reshape(2, -1, k)                                   # (2, R, k)
     R = rows.shape[1]
     h = block_rows(k, n)
-    triple = mpc.dealer.blocked_matmul_triple((R, k), (k, n), h)
+    triple = mpc.dealer.blocked_matmul_triple((R, k), (k, n), h, reuse_key=key)
     a = triple.a                                                      # (2, R, k), dealer's streams
-    mpc.channel.exchange([rows, y.data], 64)                          # one round: e and f
+    kept = mpc.weight_masks.get(key) if key is not None else None      # f of a reused mask
+    mpc.channel.exchange([rows] if kept is not None else [rows, y.data], 64)   # one round: e (and f)
     e = mpc.open_pair(rows, a)                                        # (R, k) public
     ea = mpc.add_p0_(a.clone(), e)                                    # (2, R, k): a_p + [p = 0] e
     z = torch.zeros((2, R, n), dtype=torch.int64)
-    f = torch.empty((h, n), dtype=torch.int64)
+    if kept is None:   # f opened block by block (kept whole when the mask is reused)
+        f = torch.empty((h, n) if key is None else (k, n), dtype=torch.int64)
     for r0, b, eb in triple.blocks(e):                                # b: (2, hb, n); eb: e @ b_p (2, R, n)
         hb = b.shape[1]
-        fb = mpc.open_pair(y.data[:, r0:r0 + hb], b, out=f[:hb])       # (hb, n) public
+        if kept is not None:
+            fb = kept[r0:r0 + hb]                                     # (hb, n) public, opened earlier
+        else:
+            fb = mpc.open_pair(y.data[:, r0:r0 + hb], b, out=f[:hb] if key is None else f[r0:r0 + hb])
         z.add_(eb).add_(ring.ring_matmul(ea[:, :, r0:r0 + hb], fb))   # (2, R, n)
+    if key is not None and kept is None:
+        mpc.weight_masks[key] = f
     z.add_(triple.c().data)
     return z.reshape(2, *x.shape[:-1], n)

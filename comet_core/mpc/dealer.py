@@ -138,10 +138,10 @@ class Dealer:
         self._book(c.numel(), 64)
         return a, b, c
 
-    def blocked_matmul_triple(self, shape_a, shape_b, rows: int) -> "BlockedTriple":
-        """matmul_triple(shape_a, shape_b) of a few-row a and a fresh mask b (k, n), with b handed out
-        in blocks of `rows` rows (mpc.blocked): the same stream reads, values and booking."""
-        return BlockedTriple(self, shape_a, shape_b, rows)
+    def blocked_matmul_triple(self, shape_a, shape_b, rows: int, reuse_key=None) -> "BlockedTriple":
+        """matmul_triple(shape_a, shape_b, reuse_key) of a few-row a and a weight mask b (k, n), with b
+        handed out in blocks of `rows` rows (mpc/blocked.py): the same stream reads, values and booking."""
+        return BlockedTriple(self, shape_a, shape_b, rows, reuse_key)
 
     def forget_reused(self) -> None:
         """End of an inference: reused weight masks and the request's permutations are dropped."""
@@ -290,37 +290,50 @@ class Dealer:
 
 
 class BlockedTriple:
-    """A Beaver triple (a, b, c = a @ b) whose weight-sized mask b is drawn block by block.
+    """A Beaver triple (a, b, c = a @ b) of a few-row a and a weight mask b (k, n), b by blocks of rows.
 
     1. a (R, k): both halves from the dealer's streams with P0 and P1 (as _random_arith).
-    2. `blocks(e)`: for each block of b's rows, b0 and b1 from those streams (read in order: the same
-       words as one read, blocks being an even number of words) and, while the block is in cache, one
-       product per half b_p of the stacked rows [a; e]: the dealer's a @ b_p (c = a @ b0 + a @ b1) and
-       party P_p's e @ b_p (e public, b_p known to the dealer and P_p). Yields (first row, block
-       (2, h, n), e @ b_p stacked (2, R, n)).
+    2. `blocks(e)`: for each block of b's rows, b0 and b1 (a fresh mask: drawn from those streams in
+       order, the same words as one read since blocks are an even number of words; a reused mask
+       (`reuse_key`): the kept b, one block, drawn at its first use and then kept as matmul_triple
+       keeps it) and, while the block is in cache, one product per half b_p of the stacked rows
+       [a; e]: the dealer's a @ b_p (c = a @ b0 + a @ b1) and party P_p's e @ b_p (e public, b_p known
+       to the dealer and P_p). Yields (first row, block (2, h, n), e @ b_p stacked (2, R, n)).
     3. `c()`: after the last block, c's shares (P0's from its stream, P1's the correction).
     Cost: numel(c) * 64 bits offline, booked when the triple is made (where matmul_triple books it, so
     the ledger's rows keep their order).
     """
 
-    def __init__(self, dealer: Dealer, shape_a, shape_b, rows: int) -> None:
+    def __init__(self, dealer: Dealer, shape_a, shape_b, rows: int, reuse_key=None) -> None:
         self.dealer, self.rows = dealer, rows
         self.k, self.n = shape_b
         self.a = dealer._random_shares(shape_a)                 # (2, R, k)
         self._c = torch.zeros((shape_a[0], self.n), dtype=torch.int64)
         self._done = False
+        self.kept = dealer._reused.get(reuse_key) if reuse_key is not None else None
+        self._keep = None
+        if reuse_key is not None and self.kept is None:          # first use: drawn by blocks into b
+            self._keep = torch.empty((2, self.k, self.n), dtype=torch.int64)
+            dealer._reused[reuse_key] = [AShare(self._keep, dealer.mpc, 0), None]
         dealer._book(shape_a[0] * self.n, 64)
 
     def blocks(self, e: torch.Tensor):
         d, n, h, R = self.dealer, self.n, self.rows, self._c.shape[0]
         av = self.a[0] + self.a[1]                                # (R, k): the dealer's a
         ae = torch.cat([av, e])                                   # (2R, k): dealer's rows, then the parties'
-        buf = torch.empty((2, h, n), dtype=torch.int64)
-        for r0 in range(0, self.k, h):
-            hb = min(h, self.k - r0)
-            b = buf if hb == h else torch.empty((2, hb, n), dtype=torch.int64)
-            d.gen_p0.fill_(b[0])
-            d.gen_p1.fill_(b[1])
+        if self.kept is not None:
+            spans = [(0, self.kept[0].data)]
+        else:
+            buf = torch.empty((2, h, n), dtype=torch.int64) if self._keep is None else None
+            spans = ((r0, None) for r0 in range(0, self.k, h))
+        for r0, b in spans:
+            if b is None:
+                hb = min(h, self.k - r0)
+                b = self._keep[:, r0:r0 + hb] if self._keep is not None else \
+                    buf if hb == h else torch.empty((2, hb, n), dtype=torch.int64)
+                d.gen_p0.fill_(b[0])
+                d.gen_p1.fill_(b[1])
+            hb = b.shape[1]
             prod = ring.ring_matmul(ae[:, r0:r0 + hb], b)         # (2, 2R, n): [p, :R] = a @ b_p, [p, R:] = e @ b_p
             self._c.add_(prod[0, :R]).add_(prod[1, :R])
             yield r0, b, prod[:, R:]
