@@ -60,9 +60,11 @@ def applies(x: AShare, y: AShare) -> bool:
 
 
 def block_rows(k: int, n: int) -> int:
-    """Rows per block: about BLOCK_ELEMENTS elements, and an even number of words per block (so that the
-    dealer's streams read in blocks give the words of one read)."""
-    h = max(1, min(k, BLOCK_ELEMENTS // n))
+    """Rows per block: k split into equal blocks of at most about BLOCK_ELEMENTS elements (no short last
+    block: a GEMM over few rows of b runs slower per element), each an even number of words (so that
+    the dealer's streams read in blocks give the words of one read)."""
+    blocks = max(1, -(-k * n // BLOCK_ELEMENTS))
+    h = -(-k // blocks)
     if (h * n) % 2 and h < k:
         h += 1
     return h
