@@ -109,3 +109,44 @@ def test_c_before_the_blocks_is_refused():
     t = m.dealer.blocked_matmul_triple((1, 4), (4, 6), 2)
     with pytest.raises(RuntimeError, match="before every block"):
         t.c()
+
+
+@pytest.mark.parametrize("R,h,n", [(1, 7, 1029), (3, 5, 512), (2, 1, 3)])
+@pytest.mark.parametrize("mode", ["open", "open_keep", "kept_f"])
+def test_block_kernels_agree_bit_for_bit(monkeypatch, R, h, n, mode):
+    """The numba kernel and the torch one: the same c and z over full-range ring words (wrap-around)."""
+    from comet_core.mpc import blockkernel
+
+    if not blockkernel.available():
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(R * 100 + h)
+    w = lambda *s: torch.randint(-2 ** 63, 2 ** 63 - 1, s, generator=g, dtype=torch.int64)  # noqa: E731
+    b, av, e, ea, y, f = w(2, h, n), w(R, h), w(R, h), w(2, R, h), w(2, h, n), w(h, n)
+    c0, z0 = w(R, n), w(2, R, n)   # accumulators start from arbitrary words
+    outs = []
+    for kernel in ("numba", "torch"):
+        if kernel == "torch":
+            monkeypatch.setattr(blockkernel, "numba", None)
+        c, z = c0.clone(), z0.clone()
+        f_out = torch.zeros(h, n, dtype=torch.int64) if mode == "open_keep" else None
+        blockkernel.block_products(b, av, e, ea, c, z, y=None if mode == "kept_f" else y,
+                                   f=f if mode == "kept_f" else None, f_out=f_out)
+        outs.append((c, z, f_out))
+    (c1, z1, fo1), (c2, z2, fo2) = outs
+    assert torch.equal(c1, c2) and torch.equal(z1, z2)
+    assert not torch.equal(c1, c0) and not torch.equal(z1, z0)
+    fv = f if mode == "kept_f" else (y[0] - b[0]) + (y[1] - b[1])
+    assert torch.equal(z1 - z0, torch.stack([e @ b[p] + ea[p] @ fv for p in range(2)]))   # the formula
+    if mode == "open_keep":
+        assert torch.equal(fo1, fv) and torch.equal(fo2, fv)
+
+
+def test_blocked_equals_unblocked_with_the_torch_kernel(monkeypatch):
+    """Without numba (the fallback), the same shares and ledger too."""
+    from comet_core.mpc import blockkernel
+
+    monkeypatch.setattr(blockkernel, "numba", None)
+    m0, x, w, ref = _product(monkeypatch, False, (2, 96), (96, 1536), 4096, reuse=True, calls=3)
+    m1, x, w, got = _product(monkeypatch, True, (2, 96), (96, 1536), 4096, reuse=True, calls=3)
+    assert all(torch.equal(r.data, z.data) for r, z in zip(ref, got))
+    assert m0.ledger.frame().equals(m1.ledger.frame())

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from comet_core.mpc import ring
+from comet_core.mpc import blockkernel, ring
 from comet_core.mpc.engine import AShare
 
 BLOCK_ELEMENTS = 1 << 18   # weight elements per block (2 MiB per int64 buffer: b0, b1, b0 + b1, f in L2/L3)
@@ -87,15 +87,16 @@ def few_rows_matmul(x: AShare, y: AShare, key=None) -> torch.Tensor:
     e = mpc.open_pair(rows, a)                                        # (R, k) public
     ea = mpc.add_p0_(a.clone(), e)                                    # (2, R, k): a_p + [p = 0] e
     z = torch.zeros((2, R, n), dtype=torch.int64)
-    if kept is None:   # f opened block by block (kept whole when the mask is reused)
-        f = torch.empty((h, n) if key is None else (k, n), dtype=torch.int64)
-    for r0, b, eb in triple.blocks(e):                                # b: (2, hb, n); eb: e @ b_p (2, R, n)
+    if kept is None:   # f opened block by block; kept whole when the mask is reused
+        f = torch.empty((k, n), dtype=torch.int64) if key is not None else None
+    for r0, b in triple.blocks():                                     # b: (2, hb, n), the mask's rows
         hb = b.shape[1]
-        if kept is not None:
-            fb = kept[r0:r0 + hb]                                     # (hb, n) public, opened earlier
-        else:
-            fb = mpc.open_pair(y.data[:, r0:r0 + hb], b, out=f[:hb] if key is None else f[r0:r0 + hb])
-        z.add_(eb).add_(ring.ring_matmul(ea[:, :, r0:r0 + hb], fb))   # (2, R, n)
+        cols = slice(r0, r0 + hb)
+        blockkernel.block_products(
+            b, triple.av[:, cols].contiguous(), e[:, cols].contiguous(), ea[:, :, cols].contiguous(),
+            triple.acc, z, y=None if kept is not None else y.data[:, cols],
+            f=kept[cols] if kept is not None else None,
+            f_out=f[cols] if kept is None and f is not None else None)
     if key is not None and kept is None:
         mpc.weight_masks[key] = f
     z.add_(triple.c().data)

@@ -292,14 +292,14 @@ class Dealer:
 class BlockedTriple:
     """A Beaver triple (a, b, c = a @ b) of a few-row a and a weight mask b (k, n), b by blocks of rows.
 
-    1. a (R, k): both halves from the dealer's streams with P0 and P1 (as _random_arith).
-    2. `blocks(e)`: for each block of b's rows, b0 and b1 (a fresh mask: drawn from those streams in
-       order, the same words as one read since blocks are an even number of words; a reused mask
-       (`reuse_key`): the kept b, one block, drawn at its first use and then kept as matmul_triple
-       keeps it) and, while the block is in cache, one product per half b_p of the stacked rows
-       [a; e]: the dealer's a @ b_p (c = a @ b0 + a @ b1) and party P_p's e @ b_p (e public, b_p known
-       to the dealer and P_p). Yields (first row, block (2, h, n), e @ b_p stacked (2, R, n)).
-    3. `c()`: after the last block, c's shares (P0's from its stream, P1's the correction).
+    1. a (R, k): both halves from the dealer's streams with P0 and P1 (as _random_arith); `av` = a0 + a1.
+    2. `blocks()`: b's blocks of rows (2, h, n). A fresh mask: b0 and b1 drawn from those streams in
+       order (the same words as one read, blocks being an even number of words). A reused mask
+       (`reuse_key`): drawn the same way at its first use in the inference, into a b kept as
+       matmul_triple keeps it; later, the kept b as one block. While a block is in cache the caller
+       adds the dealer's a @ b0 + a @ b1 for that block into `acc` (R, n), together with the parties'
+       products over the same block (mpc/blockkernel.py).
+    3. `c()`: after the last block, c = acc's shares (P0's from its stream, P1's the correction).
     Cost: numel(c) * 64 bits offline, booked when the triple is made (where matmul_triple books it, so
     the ledger's rows keep their order).
     """
@@ -308,7 +308,8 @@ class BlockedTriple:
         self.dealer, self.rows = dealer, rows
         self.k, self.n = shape_b
         self.a = dealer._random_shares(shape_a)                 # (2, R, k)
-        self._c = torch.zeros((shape_a[0], self.n), dtype=torch.int64)
+        self.av = self.a[0] + self.a[1]                          # (R, k): the dealer's a
+        self.acc = torch.zeros((shape_a[0], self.n), dtype=torch.int64)
         self._done = False
         self.kept = dealer._reused.get(reuse_key) if reuse_key is not None else None
         self._keep = None
@@ -317,29 +318,23 @@ class BlockedTriple:
             dealer._reused[reuse_key] = [AShare(self._keep, dealer.mpc, 0), None]
         dealer._book(shape_a[0] * self.n, 64)
 
-    def blocks(self, e: torch.Tensor):
-        d, n, h, R = self.dealer, self.n, self.rows, self._c.shape[0]
-        av = self.a[0] + self.a[1]                                # (R, k): the dealer's a
-        ae = torch.cat([av, e])                                   # (2R, k): dealer's rows, then the parties'
+    def blocks(self):
+        """Yields (first row, block (2, h, n))."""
+        d, n, h = self.dealer, self.n, self.rows
         if self.kept is not None:
-            spans = [(0, self.kept[0].data)]
+            yield 0, self.kept[0].data
         else:
             buf = torch.empty((2, h, n), dtype=torch.int64) if self._keep is None else None
-            spans = ((r0, None) for r0 in range(0, self.k, h))
-        for r0, b in spans:
-            if b is None:
+            for r0 in range(0, self.k, h):
                 hb = min(h, self.k - r0)
                 b = self._keep[:, r0:r0 + hb] if self._keep is not None else \
                     buf if hb == h else torch.empty((2, hb, n), dtype=torch.int64)
                 d.gen_p0.fill_(b[0])
                 d.gen_p1.fill_(b[1])
-            hb = b.shape[1]
-            prod = ring.ring_matmul(ae[:, r0:r0 + hb], b)         # (2, 2R, n): [p, :R] = a @ b_p, [p, R:] = e @ b_p
-            self._c.add_(prod[0, :R]).add_(prod[1, :R])
-            yield r0, b, prod[:, R:]
+                yield r0, b
         self._done = True
 
     def c(self) -> AShare:
         if not self._done:
             raise RuntimeError("BlockedTriple.c() before every block of b was drawn")
-        return self.dealer._arith(self._c)
+        return self.dealer._arith(self.acc)
