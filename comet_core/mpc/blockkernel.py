@@ -34,12 +34,15 @@ _CHUNK = 512   # columns per parallel chunk: f, b0 + b1 and the accumulators' ch
 
 if numba is not None:
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _block_numba(y0, y1, b0, b1, f_in, av, e, ea0, ea1, c, z0, z1, f_out, have_f, keep_f):
+    def _block_numba(y0, y1, b0, b1, f_in, av, e, ea0, ea1, c, z0, z1, f_out, have_f, keep_f, threads):
         h, n = b0.shape
         R = av.shape[0]
-        for cj in numba.prange((n + _CHUNK - 1) // _CHUNK):
-            j0 = cj * _CHUNK
-            j1 = min(n, j0 + _CHUNK)
+        # columns split evenly over the threads (multiples of 8 words: whole vectors), <= _CHUNK each
+        per = -(-n // threads)
+        width = min(_CHUNK, max(8, -(-per // 8) * 8))
+        for cj in numba.prange((n + width - 1) // width):
+            j0 = cj * width
+            j1 = min(n, j0 + width)
             m = j1 - j0
             f = np.empty(m, np.int64)
             s = np.empty(m, np.int64)
@@ -101,7 +104,8 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
     np_ = lambda t: t.numpy() if t is not None else none   # noqa: E731 - zero-copy views
     _block_numba(np_(y[0] if y is not None else None), np_(y[1] if y is not None else None),
                  b[0].numpy(), b[1].numpy(), np_(f), av.numpy(), e.numpy(), ea[0].numpy(), ea[1].numpy(),
-                 c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None)
+                 c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None,
+                 numba.get_num_threads())
 
 
 def _block_torch(b, av, e, ea, c, z, y, f, f_out) -> None:
