@@ -100,12 +100,13 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
         _block_torch(b, av, e, ea, c, z, y, f, f_out)
         return
     n = b.shape[-1]
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))   # torch's setting rules
+    numba.set_num_threads(threads)
     none = np.empty((0, n), np.int64)
     np_ = lambda t: t.numpy() if t is not None else none   # noqa: E731 - zero-copy views
     _block_numba(np_(y[0] if y is not None else None), np_(y[1] if y is not None else None),
                  b[0].numpy(), b[1].numpy(), np_(f), av.numpy(), e.numpy(), ea[0].numpy(), ea[1].numpy(),
-                 c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None,
-                 numba.get_num_threads())
+                 c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None, threads)
 
 
 def _block_torch(b, av, e, ea, c, z, y, f, f_out) -> None:
