@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from comet_core.mpc import aesctr
+
 PAIRS = (
     ("dealer", "P0"), ("dealer", "P1"),
     ("client", "P0"), ("client", "P1"),
@@ -47,6 +49,7 @@ class PRG:
         if len(key) != 16:
             raise ValueError("PRG key must be 16 bytes")
         self._cipher = lambda counter: Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big")))
+        self._key = key
         self.block = 0  # next unused 16-byte counter block
         # keystream of blocks [_ahead_block, _ahead_block + len(_ahead) / 16), made ahead for small reads
         self._ahead = bytearray()
@@ -96,6 +99,9 @@ class PRG:
         small = self._small(n)
         if small is not None:
             view[:] = small
+            return out
+        if aesctr.fill(self._key, self.block, out):   # a large read: two halves on two cores (aesctr.py)
+            self.block += -(-n // 16)
             return out
         enc = self._cipher(self.block).encryptor()
         self.block += -(-n // 16)
