@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,15 @@ _lock = threading.Lock()
 _lib = None
 _pool = None
 _state = "untried"
+
+
+def _forget_pool() -> None:
+    """A forked child has none of its parent's threads: it starts its own worker when it needs one."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _load():
