@@ -150,3 +150,21 @@ def test_blocked_equals_unblocked_with_the_torch_kernel(monkeypatch):
     m1, x, w, got = _product(monkeypatch, True, (2, 96), (96, 1536), 4096, reuse=True, calls=3)
     assert all(torch.equal(r.data, z.data) for r, z in zip(ref, got))
     assert m0.ledger.frame().equals(m1.ledger.frame())
+
+
+def test_a_kernel_that_does_not_compile_falls_back_to_torch(monkeypatch, caplog):
+    from comet_core.mpc import blockkernel
+
+    if not blockkernel.available():
+        pytest.skip("numba is not installed")
+
+    def broken(*a):
+        raise blockkernel.numba.core.errors.TypingError("no implementation here")
+
+    monkeypatch.setattr(blockkernel, "_block_numba_call", broken)
+    monkeypatch.setattr(blockkernel, "_broken", False)
+    m0, x, w, ref = _product(monkeypatch, False, (1, 64), (64, 515), 600)
+    with caplog.at_level("WARNING", logger="comet_core.mpc.blockkernel"):
+        m1, x, w, got = _product(monkeypatch, True, (1, 64), (64, 515), 600)
+    assert all(torch.equal(r.data, z.data) for r, z in zip(ref, got))
+    assert "did not compile" in caplog.text and blockkernel._broken

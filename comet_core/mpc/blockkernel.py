@@ -90,15 +90,28 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
     """One block's products, accumulated in place into c (R, n) and z (2, R, n).
     b: (2, h, n) mask halves; av, e: (R, h); ea: (2, R, h); either y (2, h, n), the weight's shares (f is
     opened here and written to f_out (h, n) if given), or f (h, n), a reused mask's kept opening."""
-    global _warned
+    global _warned, _broken
     operands = (b[0], b[1], av, e, ea, c, z, *(y if y is not None else ()), *(t for t in (f, f_out) if t is not None))
-    if numba is None or not all(t.is_contiguous() for t in operands):
+    if numba is None or _broken or not all(t.is_contiguous() for t in operands):
         if numba is None and not _warned:
             _warned = True
             log.info("numba is not installed: the decode matmul takes torch's slower GEMM passes "
                      "(pip install numba, or reinstall the toolkit: make install)")
         _block_torch(b, av, e, ea, c, z, y, f, f_out)
         return
+    try:
+        _block_numba_call(b, av, e, ea, c, z, y, f, f_out)
+    except numba.core.errors.NumbaError as err:   # compiling failed (before any write): torch from now on
+        _broken = True
+        log.warning("the numba block kernel did not compile here (%s); torch's GEMM passes instead",
+                    str(err).splitlines()[0])
+        _block_torch(b, av, e, ea, c, z, y, f, f_out)
+
+
+_broken = False
+
+
+def _block_numba_call(b, av, e, ea, c, z, y, f, f_out) -> None:
     n = b.shape[-1]
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))   # torch's setting rules
     numba.set_num_threads(threads)
