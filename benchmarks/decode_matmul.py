@@ -53,8 +53,8 @@ def main() -> int:
     from comet_core.mpc.engine import MPC, EngineConfig
 
     torch.set_num_threads(a.threads)
-    numba_mod = blockkernel.numba
-    if numba_mod is None:
+    have_numba = blockkernel.available()
+    if not have_numba:
         print("numba is not installed: blocked_numba is skipped", file=sys.stderr)
     load0 = os.getloadavg()[0]
     m = MPC(EngineConfig(), seed=1, mode="exact")
@@ -67,12 +67,12 @@ def main() -> int:
 
         def run(variant: str) -> float:
             blocked.ENABLED = variant != "whole"
-            blockkernel.numba = numba_mod if variant == "blocked_numba" else None
+            blockkernel.USE_NUMBA = variant == "blocked_numba"
             t0 = time.perf_counter()
             arith.matmul(x, w, reuse_mask=reused)
             return time.perf_counter() - t0
 
-        variants = [v for v in VARIANTS if v != "blocked_numba" or numba_mod is not None]
+        variants = [v for v in VARIANTS if v != "blocked_numba" or have_numba]
         for v in variants:   # warm-up (a reused mask's first use, numba's compile or cache load)
             run(v)
         for _ in range(a.reps):
@@ -82,7 +82,7 @@ def main() -> int:
             rows.append(dict(op=name, k=k, n=n, reused_mask=reused, calls_per_step=calls, variant=v,
                              seconds=best[v], ns_per_element=1e9 * best[v] / (k * n),
                              speedup_over_whole=best["whole"] / best[v]))
-    blocked.ENABLED, blockkernel.numba = True, numba_mod
+    blocked.ENABLED, blockkernel.USE_NUMBA = True, have_numba
     df = pd.DataFrame(rows)
     step = (df.seconds * df.calls_per_step).groupby(df.variant).sum()
     for v, s in step.items():

@@ -126,7 +126,7 @@ def test_block_kernels_agree_bit_for_bit(monkeypatch, R, h, n, mode):
     outs = []
     for kernel in ("numba", "torch"):
         if kernel == "torch":
-            monkeypatch.setattr(blockkernel, "numba", None)
+            monkeypatch.setattr(blockkernel, "USE_NUMBA", False)
         c, z = c0.clone(), z0.clone()
         f_out = torch.zeros(h, n, dtype=torch.int64) if mode == "open_keep" else None
         blockkernel.block_products(b, av, e, ea, c, z, y=None if mode == "kept_f" else y,
@@ -145,7 +145,7 @@ def test_blocked_equals_unblocked_with_the_torch_kernel(monkeypatch):
     """Without numba (the fallback), the same shares and ledger too."""
     from comet_core.mpc import blockkernel
 
-    monkeypatch.setattr(blockkernel, "numba", None)
+    monkeypatch.setattr(blockkernel, "USE_NUMBA", False)
     m0, x, w, ref = _product(monkeypatch, False, (2, 96), (96, 1536), 4096, reuse=True, calls=3)
     m1, x, w, got = _product(monkeypatch, True, (2, 96), (96, 1536), 4096, reuse=True, calls=3)
     assert all(torch.equal(r.data, z.data) for r, z in zip(ref, got))
@@ -158,8 +158,12 @@ def test_a_kernel_that_does_not_compile_falls_back_to_torch(monkeypatch, caplog)
     if not blockkernel.available():
         pytest.skip("numba is not installed")
 
+    import numba
+
+    blockkernel._numba_kernel()   # numba imported, as after a first block
+
     def broken(*a):
-        raise blockkernel.numba.core.errors.TypingError("no implementation here")
+        raise numba.core.errors.TypingError("no implementation here")
 
     monkeypatch.setattr(blockkernel, "_block_numba_call", broken)
     monkeypatch.setattr(blockkernel, "_broken", False)

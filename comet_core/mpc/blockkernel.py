@@ -18,67 +18,76 @@ kernel only reads each block element once for all of them. Two kernels, the same
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import torch
 
 log = logging.getLogger(__name__)
 
-try:   # numba compiles the kernel on first use (cached on disk next to this module afterwards)
-    import numba
-    import numpy as np
-except ImportError:  # pragma: no cover - the torch kernel below runs instead
-    numba = None
-
+numba = np = None   # imported on the first block (numba's import and cache load cost ~0.5 s: not for every command)
+USE_NUMBA = importlib.util.find_spec("numba") is not None   # False: torch's passes (tests, benchmarks)
 _CHUNK = 512   # columns per parallel chunk: f, b0 + b1 and the accumulators' chunk stay in L1
+_compiled = None
 
-if numba is not None:
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _block_numba(y0, y1, b0, b1, f_in, av, e, ea0, ea1, c, z0, z1, f_out, have_f, keep_f, threads):
-        h, n = b0.shape
-        R = av.shape[0]
-        # columns split evenly over the threads (multiples of 8 words: whole vectors), <= _CHUNK each
-        per = -(-n // threads)
-        width = min(_CHUNK, max(8, -(-per // 8) * 8))
-        for cj in numba.prange((n + width - 1) // width):
-            j0 = cj * width
-            j1 = min(n, j0 + width)
-            m = j1 - j0
-            f = np.empty(m, np.int64)
-            s = np.empty(m, np.int64)
-            for i in range(h):
-                b0r = b0[i, j0:j1]
-                b1r = b1[i, j0:j1]
-                if have_f:
-                    fr = f_in[i, j0:j1]
-                    for j in range(m):
-                        f[j] = fr[j]
-                else:
-                    y0r = y0[i, j0:j1]
-                    y1r = y1[i, j0:j1]
-                    for j in range(m):
-                        f[j] = (y0r[j] - b0r[j]) + (y1r[j] - b1r[j])
-                    if keep_f:
-                        fo = f_out[i, j0:j1]
-                        for j in range(m):
-                            fo[j] = f[j]
+
+def _numba_kernel():
+    """The compiled kernel (numba compiles it on first use, then caches it on disk next to this module)."""
+    global numba, np, _compiled
+    if _compiled is None:
+        import numba as _nb
+        import numpy as _np
+
+        numba, np = _nb, _np
+        _compiled = _nb.njit(parallel=True, cache=True, nogil=True)(_block_kernel)
+    return _compiled
+
+
+def _block_kernel(y0, y1, b0, b1, f_in, av, e, ea0, ea1, c, z0, z1, f_out, have_f, keep_f, threads):
+    h, n = b0.shape
+    R = av.shape[0]
+    # columns split evenly over the threads (multiples of 8 words: whole vectors), <= _CHUNK each
+    per = -(-n // threads)
+    width = min(_CHUNK, max(8, -(-per // 8) * 8))
+    for cj in numba.prange((n + width - 1) // width):
+        j0 = cj * width
+        j1 = min(n, j0 + width)
+        m = j1 - j0
+        f = np.empty(m, np.int64)
+        s = np.empty(m, np.int64)
+        for i in range(h):
+            b0r = b0[i, j0:j1]
+            b1r = b1[i, j0:j1]
+            if have_f:
+                fr = f_in[i, j0:j1]
                 for j in range(m):
-                    s[j] = b0r[j] + b1r[j]
-                for r in range(R):   # one loop per output: single-store loops vectorise
-                    a_, e_, p0, p1 = av[r, i], e[r, i], ea0[r, i], ea1[r, i]
-                    cr = c[r, j0:j1]
-                    z0r = z0[r, j0:j1]
-                    z1r = z1[r, j0:j1]
+                    f[j] = fr[j]
+            else:
+                y0r = y0[i, j0:j1]
+                y1r = y1[i, j0:j1]
+                for j in range(m):
+                    f[j] = (y0r[j] - b0r[j]) + (y1r[j] - b1r[j])
+                if keep_f:
+                    fo = f_out[i, j0:j1]
                     for j in range(m):
-                        cr[j] += a_ * s[j]
-                    for j in range(m):
-                        z0r[j] += e_ * b0r[j] + p0 * f[j]
-                    for j in range(m):
-                        z1r[j] += e_ * b1r[j] + p1 * f[j]
+                        fo[j] = f[j]
+            for j in range(m):
+                s[j] = b0r[j] + b1r[j]
+            for r in range(R):   # one loop per output: single-store loops vectorise
+                a_, e_, p0, p1 = av[r, i], e[r, i], ea0[r, i], ea1[r, i]
+                cr = c[r, j0:j1]
+                z0r = z0[r, j0:j1]
+                z1r = z1[r, j0:j1]
+                for j in range(m):
+                    cr[j] += a_ * s[j]
+                for j in range(m):
+                    z0r[j] += e_ * b0r[j] + p0 * f[j]
+                for j in range(m):
+                    z1r[j] += e_ * b1r[j] + p1 * f[j]
 
 
 def available() -> bool:
-    return numba is not None
+    return USE_NUMBA
 
 
 _warned = False
@@ -92,16 +101,17 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
     opened here and written to f_out (h, n) if given), or f (h, n), a reused mask's kept opening."""
     global _warned, _broken
     operands = (b[0], b[1], av, e, ea, c, z, *(y if y is not None else ()), *(t for t in (f, f_out) if t is not None))
-    if numba is None or _broken or not all(t.is_contiguous() for t in operands):
-        if numba is None and not _warned:
+    if not USE_NUMBA or _broken or not all(t.is_contiguous() for t in operands):
+        if not USE_NUMBA and not _warned:
             _warned = True
             log.info("numba is not installed: the decode matmul takes torch's slower GEMM passes "
                      "(pip install numba, or reinstall the toolkit: make install)")
         _block_torch(b, av, e, ea, c, z, y, f, f_out)
         return
     try:
-        _block_numba_call(b, av, e, ea, c, z, y, f, f_out)
-    except numba.core.errors.NumbaError as err:   # compiling failed (before any write): torch from now on
+        kernel = _numba_kernel()
+        _block_numba_call(kernel, b, av, e, ea, c, z, y, f, f_out)
+    except (ImportError, _numba_error()) as err:   # numba unusable, or compiling failed (before any write)
         _broken = True
         log.warning("the numba block kernel did not compile here (%s); torch's GEMM passes instead",
                     str(err).splitlines()[0])
@@ -111,13 +121,18 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
 _broken = False
 
 
-def _block_numba_call(b, av, e, ea, c, z, y, f, f_out) -> None:
+def _numba_error() -> type:
+    """numba's compile-time error class (ImportError while numba is not imported)."""
+    return numba.core.errors.NumbaError if numba is not None else ImportError
+
+
+def _block_numba_call(kernel, b, av, e, ea, c, z, y, f, f_out) -> None:
     n = b.shape[-1]
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))   # torch's setting rules
     numba.set_num_threads(threads)
     none = np.empty((0, n), np.int64)
     np_ = lambda t: t.numpy() if t is not None else none   # noqa: E731 - zero-copy views
-    _block_numba(np_(y[0] if y is not None else None), np_(y[1] if y is not None else None),
+    kernel(np_(y[0] if y is not None else None), np_(y[1] if y is not None else None),
                  b[0].numpy(), b[1].numpy(), np_(f), av.numpy(), e.numpy(), ea[0].numpy(), ea[1].numpy(),
                  c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None, threads)
 
