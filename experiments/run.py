@@ -239,8 +239,12 @@ class Outcome:
     transport: dict | None = None   # transport=tcp: socket counters, in-process check, roles (tcp_run.py)
 
 
-def execute(cfg) -> Outcome:
-    """The private generation (and, in exact mode, the plaintext reference)."""
+def execute(cfg, memory_checked: bool = False) -> Outcome:
+    """The private generation (and, in exact mode, the plaintext reference).
+
+    ``memory_checked``: validate_config's check_memory passed for this cfg just before (``run``); the
+    check is repeated only when the prompt's token count differs from the ``prompt_len`` it assumed (the
+    same estimate is not computed twice). Other callers get the check here."""
     import torch
 
     from comet_core.models.generate import private_generate
@@ -256,7 +260,8 @@ def execute(cfg) -> Outcome:
     cost = cfg.mode == "cost"
     tok = load_tokenizer(cfg.model.get("tokenizer", "bytes"))
     ids = prompt_ids(tok, cfg)  # a prompt too long for the model fails here, before any loading
-    check_memory(cfg, len(ids))
+    if not memory_checked or cfg.prompt_len is None or len(ids) != cfg.prompt_len:
+        check_memory(cfg, len(ids))
     log.info("loading model %s (%s)", cfg.model.name, "shapes only" if cost else cfg.model.source)
     if cost:  # cost mode: the same protocol code on data-free shapes; no weights are loaded
         plain = None
@@ -419,7 +424,7 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
                 outcome.transport["link"] = link
             info.extra["transport"] = outcome.transport
         else:
-            outcome = execute(cfg)
+            outcome = execute(cfg, memory_checked=True)   # validate() checked the memory for this cfg
         summary = write_results(cfg, outcome, folder.staging)
         info.finish().save(folder.staging)
         summary["out"] = folder.publish()

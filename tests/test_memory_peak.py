@@ -98,6 +98,28 @@ def test_comet_reference_after_the_run_keeps_the_model(tmp_path, monkeypatch):
     assert [s for s, _ in o.extra_refs] == ["plaintext_dense"]
 
 
+@pytest.mark.parametrize("prompt_len,checks", [(5, [None]), (None, [None, 5])])
+def test_run_estimates_the_memory_once_per_prompt_length(tmp_path, monkeypatch, prompt_len, checks):
+    """run(): validate's check_memory covers execute when the prompt has the prompt_len it assumed (the
+    same estimate is not made twice); without prompt_len, execute checks the prompt's real length."""
+    import experiments.run as R
+
+    seen, check = [], R.check_memory
+
+    def check_(cfg, prompt_tokens=None):
+        seen.append(prompt_tokens)
+        return check(cfg, prompt_tokens)
+
+    monkeypatch.setattr(R, "check_memory", check_)
+    cfg = _cfg(tmp_path, "model=tiny-llama", "model.layers=1", "gen_tokens=1", "prompt=To be")
+    cfg.prompt_len = prompt_len
+    R.run(cfg, tmp_path / "run")
+    assert seen == checks
+    seen.clear()
+    R.execute(cfg)          # called directly (no validate before it): it checks
+    assert seen == [5]
+
+
 def _stacked_share(x: torch.Tensor, frac: int, gen) -> torch.Tensor:
     """The shares as `share` made them before: encode, draw r, stack (r, enc - r)."""
     enc = ring.encode(x, frac)

@@ -24,6 +24,7 @@ from comet_core.errors import RangeError, require
 from comet_core.mpc import ring
 from comet_core.mpc.prg import PRG, Keys
 from comet_core.mpc.shape import Shape
+from comet_core.mpc.sharing import share_into
 
 
 @dataclass
@@ -255,21 +256,12 @@ class MPC:
 
     @staticmethod
     def _share_into(x: torch.Tensor, frac: int, gen: PRG) -> torch.Tensor:
-        """`share`'s steps on the CPU written into one party-stacked buffer (2, *shape): r straight from
-        the owner's stream into slot 0 (the same words as `random_ring`), x encoded in place in one
-        float64 temporary, x - r into slot 1. The same shares bit for bit as encode/random/stack, with
-        one temporary instead of seven (model weights: 163 M elements for SmolLM2-135M)."""
-        data = torch.empty((2, *x.shape), dtype=torch.int64)
-        gen.fill_(data[0])
-        scaled = x.to(torch.float64, memory_format=torch.contiguous_format, copy=True)  # (*shape) float64
-        scaled.mul_(1 << frac).round_()
-        if scaled.numel():
-            lo, hi = torch.aminmax(scaled)
-            if not (-ring.ENCODE_LIMIT <= float(lo) and float(hi) <= ring.ENCODE_LIMIT):   # NaN fails too
-                ring.encode(x, frac)   # raises the one-line error naming the value
-        data[1].copy_(scaled)          # float64 -> int64, as ring.encode's .to(torch.int64)
-        data[1].sub_(data[0])
-        return data
+        """`share`'s steps on the CPU written into one party-stacked buffer (2, *shape), in cache-sized
+        blocks (mpc/sharing.py): r straight from the owner's stream into slot 0 (the same words as
+        `random_ring`), x encoded in a reused float64 block, x - r into slot 1. The same shares bit for bit
+        as encode/random/stack, with no weight-sized temporary (model weights: 163 M elements for
+        SmolLM2-135M)."""
+        return share_into(x, frac, gen)
 
     def reveal(self, x: "AShare", to: str = "client", raw: bool = False) -> torch.Tensor:
         """Open `x` to the client: both parties send their share (phase `output`). Returns floats, or
