@@ -83,3 +83,62 @@ def test_a_value_in_a_later_block_is_refused_with_encodes_message(bad):
     with pytest.raises(CometError) as plain:
         ring.encode(x, 16)
     assert str(blocked.value) == str(plain.value) and "element 37" in str(blocked.value)
+
+
+def _plain_layers(family: str, n: int = 2, d: int = 6, F: int = 10, seed: int = 4):
+    from comet_core.models.weights import PlainWeights
+
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: (torch.randn(*s, generator=g) * 0.3).t() if len(s) == 2 else torch.randn(*s, generator=g)  # noqa: E731
+    layers = []
+    for _ in range(n):   # (in, out) weights as transposed views of (out, in), like extract()
+        lw = dict(ln1_w=r(d), wq=r(d, d), wk=r(3, d), wv=r(3, d), wo=r(d, d))   # wk, wv: (d, 3), GQA-like
+        if family == "opt":
+            lw.update(bq=r(d), bk=r(3), bv=r(3), w1=r(F, d), b1=r(F), w2=r(d, F), b2=r(d))
+        else:
+            lw.update(w_gate=r(F, d), w_up=r(F, d), w_down=r(d, F))
+        layers.append(lw)
+    return PlainWeights(family, layers, dict(embed=torch.randn(11, d, generator=g)), {})
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_grouped_sharing_is_sharing_alone_then_a_view_join(family):
+    """share_weights with the fused groups: the same shares, ledger rows, weight ids and stream as sharing
+    every tensor alone; prepare's join is then a view of the shared buffer (no copy) equal to the cat."""
+    from comet_core.models.weights import share_weights
+    from comet_core.mpc.engine import MPC
+    from comet_core.systems import fused
+
+    pw = _plain_layers(family)
+    a, b = MPC(seed=7), MPC(seed=7)
+    wa, wb = share_weights(a, pw, groups=fused.LAYER_GROUPS), share_weights(b, pw)
+    assert a.ledger.rows == b.ledger.rows
+    for la, lb in zip(wa.layers + [wa.globals], wb.layers + [wb.globals]):
+        assert la.keys() == lb.keys()
+        for k in la:
+            assert torch.equal(la[k].data, lb[k].data) and la[k].uid == lb[k].uid and la[k].frac == lb[k].frac
+    ptr = {k: v.data.data_ptr() for k, v in wa.layers[0].items()}
+    for la, lb in zip(wa.layers, wb.layers):
+        fused.fuse_layer(a, la)
+        fused.fuse_layer(b, lb)
+        names = [n for n, parts in fused.LAYER_GROUPS if parts[0] in la]
+        assert names == (["wqkv", "bqkv"] if family == "opt" else ["wqkv", "w_gate_up"])
+        for n in names:
+            assert torch.equal(la[n].data, lb[n].data) and la[n].uid == lb[n].uid and la[n].data.is_contiguous()
+    for n, parts in fused.LAYER_GROUPS:   # a view of the buffer the parts were shared into: no copy
+        if parts[0] in ptr:
+            assert wa.layers[0][n].data.data_ptr() == ptr[parts[0]]
+    assert torch.equal(a._input_gens["model_owner"].ring((4,)), b._input_gens["model_owner"].ring((4,)))
+
+
+def test_adjacent_columns_refuses_what_is_not_one_buffer():
+    from comet_core.systems.fused import adjacent_columns
+
+    buf = torch.arange(2 * 3 * 7).reshape(2, 3, 7)
+    a, b, c = buf[..., 0:2], buf[..., 2:5], buf[..., 5:7]
+    assert torch.equal(adjacent_columns([a, b, c]), buf) and torch.equal(adjacent_columns([a, b]), buf[..., :5])
+    assert adjacent_columns([b, a]) is None                       # out of order
+    assert adjacent_columns([a, c]) is None                       # a gap
+    assert adjacent_columns([a, buf.clone()[..., 2:5]]) is None   # another storage
+    assert adjacent_columns([buf[:, :2, 0:2], buf[:, :2, 2:4]]) is not None
+    assert adjacent_columns([a, buf[:, :2, 2:5]]) is None         # other leading shape
