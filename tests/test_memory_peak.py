@@ -75,6 +75,45 @@ def test_dense_reference_first_and_plaintext_model_released(tmp_path, monkeypatc
     assert o.gen.tokens == o.ref.tokens and o.extra_refs == []
 
 
+@pytest.mark.parametrize("cycle", [False, True])
+def test_released_model_needs_no_collection_unless_cycles_keep_it(tmp_path, monkeypatch, cycle):
+    """After sharing, execute collects garbage (a full gc pass) only when dropping the plaintext model did
+    not free it; either way the model is gone before the private run (automatic gc off to show it)."""
+    import comet_core.memory as memory
+    import comet_core.models.generate as generate
+    import comet_core.models.zoo as zoo
+    import experiments.run as R
+
+    plain, calls, alive = [], [], []
+    load, release, priv = zoo.load_plain_model, memory.release_free_heap, generate.private_generate
+
+    def load_(*a, **k):
+        m, tok = load(*a, **k)
+        if cycle:
+            m.self_ref = [m]       # a reference cycle: refcounting alone cannot free the model
+        plain.append(weakref.ref(m))
+        return m, tok
+
+    def release_(collect=True):
+        calls.append(collect)
+        return release(collect)
+
+    def priv_(*a, **k):
+        alive.append(plain[0]() is not None)
+        return priv(*a, **k)
+
+    monkeypatch.setattr(zoo, "load_plain_model", load_)
+    monkeypatch.setattr(memory, "release_free_heap", release_)
+    monkeypatch.setattr(generate, "private_generate", priv_)
+    cfg = _cfg(tmp_path, "model=tiny-llama", "model.layers=1", "gen_tokens=1", "prompt=To be")
+    gc.disable()
+    try:
+        R.execute(cfg)
+    finally:
+        gc.enable()
+    assert calls[-1] is cycle and alive == [False]
+
+
 def test_baseline_reference_first_with_its_approximations(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "system=secformer", "model=tiny-opt", "model.layers=1", "gen_tokens=2", "prompt=To be")
     o, events = _trace_execute(monkeypatch, cfg)
