@@ -92,7 +92,8 @@ def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = ()) -> SharedWeight
     ledger rows and weight ids as sharing each tensor alone: only where the shares are stored changes.
     """
     def sh(t: torch.Tensor, out: torch.Tensor | None = None) -> AShare:
-        return mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup", out=out))
+        where = {} if out is None else dict(out=out)   # `out` only when grouped (wrappers of share stay valid)
+        return mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup", **where))
 
     def share_layer(layer: dict[str, torch.Tensor]) -> dict[str, AShare]:
         dest = _group_columns(layer, groups) if fast else {}
