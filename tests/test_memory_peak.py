@@ -75,6 +75,45 @@ def test_dense_reference_first_and_plaintext_model_released(tmp_path, monkeypatc
     assert o.gen.tokens == o.ref.tokens and o.extra_refs == []
 
 
+@pytest.mark.parametrize("cycle", [False, True])
+def test_released_model_needs_no_collection_unless_cycles_keep_it(tmp_path, monkeypatch, cycle):
+    """After sharing, execute collects garbage (a full gc pass) only when dropping the plaintext model did
+    not free it; either way the model is gone before the private run (automatic gc off to show it)."""
+    import comet_core.memory as memory
+    import comet_core.models.generate as generate
+    import comet_core.models.zoo as zoo
+    import experiments.run as R
+
+    plain, calls, alive = [], [], []
+    load, release, priv = zoo.load_plain_model, memory.release_free_heap, generate.private_generate
+
+    def load_(*a, **k):
+        m, tok = load(*a, **k)
+        if cycle:
+            m.self_ref = [m]       # a reference cycle: refcounting alone cannot free the model
+        plain.append(weakref.ref(m))
+        return m, tok
+
+    def release_(collect=True):
+        calls.append(collect)
+        return release(collect)
+
+    def priv_(*a, **k):
+        alive.append(plain[0]() is not None)
+        return priv(*a, **k)
+
+    monkeypatch.setattr(zoo, "load_plain_model", load_)
+    monkeypatch.setattr(memory, "release_free_heap", release_)
+    monkeypatch.setattr(generate, "private_generate", priv_)
+    cfg = _cfg(tmp_path, "model=tiny-llama", "model.layers=1", "gen_tokens=1", "prompt=To be")
+    gc.disable()
+    try:
+        R.execute(cfg)
+    finally:
+        gc.enable()
+    assert calls[-1] is cycle and alive == [False]
+
+
 def test_baseline_reference_first_with_its_approximations(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "system=secformer", "model=tiny-opt", "model.layers=1", "gen_tokens=2", "prompt=To be")
     o, events = _trace_execute(monkeypatch, cfg)
@@ -96,6 +135,28 @@ def test_comet_reference_after_the_run_keeps_the_model(tmp_path, monkeypatch):
     o, events = _trace_execute(monkeypatch, cfg)
     assert events == ["share", "private (plaintext model alive)", "reference"]
     assert [s for s, _ in o.extra_refs] == ["plaintext_dense"]
+
+
+@pytest.mark.parametrize("prompt_len,checks", [(5, [None]), (None, [None, 5])])
+def test_run_estimates_the_memory_once_per_prompt_length(tmp_path, monkeypatch, prompt_len, checks):
+    """run(): validate's check_memory covers execute when the prompt has the prompt_len it assumed (the
+    same estimate is not made twice); without prompt_len, execute checks the prompt's real length."""
+    import experiments.run as R
+
+    seen, check = [], R.check_memory
+
+    def check_(cfg, prompt_tokens=None):
+        seen.append(prompt_tokens)
+        return check(cfg, prompt_tokens)
+
+    monkeypatch.setattr(R, "check_memory", check_)
+    cfg = _cfg(tmp_path, "model=tiny-llama", "model.layers=1", "gen_tokens=1", "prompt=To be")
+    cfg.prompt_len = prompt_len
+    R.run(cfg, tmp_path / "run")
+    assert seen == checks
+    seen.clear()
+    R.execute(cfg)          # called directly (no validate before it): it checks
+    assert seen == [5]
 
 
 def _stacked_share(x: torch.Tensor, frac: int, gen) -> torch.Tensor:

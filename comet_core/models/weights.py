@@ -82,15 +82,45 @@ class SharedWeights:
     meta: dict
 
 
-def share_weights(mpc: MPC, w: PlainWeights) -> SharedWeights:
-    """The model owner secret-shares every tensor (phase `setup`)."""
-    def sh(t: torch.Tensor) -> AShare:
-        return mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup"))
+def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = ()) -> SharedWeights:
+    """The model owner secret-shares every tensor (phase `setup`).
 
+    `groups`: ((name, parts), ...) of layer weights the system's `prepare` joins side by side along their
+    last dim (systems/fused.py LAYER_GROUPS; ``system.fused_layout()``). In an exact simulation on the
+    CPU each group's parts are shared straight into the columns of one buffer, so the join is a view
+    (fused.fused_weight) instead of a copy. The same shares, stream draws (tensors in the layer's order),
+    ledger rows and weight ids as sharing each tensor alone: only where the shares are stored changes.
+    """
+    def sh(t: torch.Tensor, out: torch.Tensor | None = None) -> AShare:
+        where = {} if out is None else dict(out=out)   # `out` only when grouped (wrappers of share stay valid)
+        return mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup", **where))
+
+    def share_layer(layer: dict[str, torch.Tensor]) -> dict[str, AShare]:
+        dest = _group_columns(layer, groups) if fast else {}
+        return {k: sh(v, dest.get(k)) for k, v in layer.items()}
+
+    fast = bool(groups) and mpc.simulated and not mpc.is_cost and mpc.device.type == "cpu"
     with mpc.label(stage="setup"):
-        layers = [{k: sh(v) for k, v in layer.items()} for layer in w.layers]
+        layers = [share_layer(layer) for layer in w.layers]
         glob = {k: sh(v) for k, v in w.globals.items()}
     return SharedWeights(w.family, layers, glob, dict(w.meta))
+
+
+def _group_columns(layer: dict[str, torch.Tensor], groups: tuple) -> dict[str, torch.Tensor]:
+    """{part: its columns (2, ..., n) of its group's party-stacked int64 buffer} for every group whose
+    parts are all float tensors of this layer with the same leading shape (others are shared alone)."""
+    dest = {}
+    for _, parts in groups:
+        ts = [layer.get(p) for p in parts]
+        if any(t is None or not t.is_floating_point() or t.dim() == 0 for t in ts) \
+                or len({tuple(t.shape[:-1]) for t in ts}) != 1:
+            continue
+        buf = torch.empty((2, *ts[0].shape[:-1], sum(t.shape[-1] for t in ts)), dtype=torch.int64)
+        o = 0
+        for p, t in zip(parts, ts):
+            dest[p] = buf[..., o:o + t.shape[-1]]
+            o += t.shape[-1]
+    return dest
 
 
 def weight_shapes(model_cfg, n_layers: int) -> PlainWeights:

@@ -24,6 +24,7 @@ from comet_core.errors import RangeError, require
 from comet_core.mpc import ring
 from comet_core.mpc.prg import PRG, Keys
 from comet_core.mpc.shape import Shape
+from comet_core.mpc.sharing import share_into
 
 
 @dataclass
@@ -222,7 +223,7 @@ class MPC:
 
     # -- sharing and revealing -----------------------------------------------------------------
     def share(self, x: torch.Tensor, owner: str = "client", frac: int | None = None,
-              phase: str = "input") -> "AShare":
+              phase: str = "input", out: torch.Tensor | None = None) -> "AShare":
         """Secret-share a plaintext tensor held by `owner` (client or model_owner).
 
         1. The owner draws r from the key it shares with P0 (P0's share, nothing sent).
@@ -230,17 +231,21 @@ class MPC:
         Cost: numel * 64 bits from the owner to P1 (phase `input`; `setup` for model weights,
         shared once per deployment), 0 online rounds. Integer tensors are shared as integers.
         A single party receives its share from the owner (`peers`); only the owner sees x.
+        `out` (simulation, exact mode): a party-stacked int64 view (2, *x.shape) that receives the shares,
+        e.g. the columns of a fused weight (models/weights.py); the CPU path writes them there directly.
         """
         frac = self.frac_bits if frac is None else frac
         if not x.is_floating_point():
             frac = 0
         if not self.simulated:
+            assert out is None, "out: simulation only"
             data = self.peers.share(self.rank, x, owner, frac, phase)
             self.ledger.record(phase, owner, "P1", data[0].numel(), 64, -1)
             return AShare(data, self, frac)
+        assert out is None or not self.is_cost, "out: exact mode only"
         gen = self._input_gens.get(owner, self._input_gens["client"])
         if not self.is_cost and self.device.type == "cpu" and x.is_floating_point() and isinstance(gen, PRG):
-            data = self._share_into(x, frac, gen)
+            data = share_into(x, frac, gen, out=out)
             self.ledger.record(phase, owner, "P1", x.numel(), 64, -1)
             return AShare(data, self, frac)
         if self.is_cost:
@@ -250,26 +255,10 @@ class MPC:
             enc = ring.encode(x, frac) if x.is_floating_point() else x.to(torch.int64)
         r = ring.random_ring(enc.shape, gen, self.device)
         data = torch.stack([r, enc - r])
+        if out is not None:
+            data = out.copy_(data)
         self.ledger.record(phase, owner, "P1", enc.numel(), 64, -1)
         return AShare(data, self, frac)
-
-    @staticmethod
-    def _share_into(x: torch.Tensor, frac: int, gen: PRG) -> torch.Tensor:
-        """`share`'s steps on the CPU written into one party-stacked buffer (2, *shape): r straight from
-        the owner's stream into slot 0 (the same words as `random_ring`), x encoded in place in one
-        float64 temporary, x - r into slot 1. The same shares bit for bit as encode/random/stack, with
-        one temporary instead of seven (model weights: 163 M elements for SmolLM2-135M)."""
-        data = torch.empty((2, *x.shape), dtype=torch.int64)
-        gen.fill_(data[0])
-        scaled = x.to(torch.float64, memory_format=torch.contiguous_format, copy=True)  # (*shape) float64
-        scaled.mul_(1 << frac).round_()
-        if scaled.numel():
-            lo, hi = torch.aminmax(scaled)
-            if not (-ring.ENCODE_LIMIT <= float(lo) and float(hi) <= ring.ENCODE_LIMIT):   # NaN fails too
-                ring.encode(x, frac)   # raises the one-line error naming the value
-        data[1].copy_(scaled)          # float64 -> int64, as ring.encode's .to(torch.int64)
-        data[1].sub_(data[0])
-        return data
 
     def reveal(self, x: "AShare", to: str = "client", raw: bool = False) -> torch.Tensor:
         """Open `x` to the client: both parties send their share (phase `output`). Returns floats, or

@@ -54,7 +54,10 @@ def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], netw
                   labels: dict, compute_measured: bool) -> pd.DataFrame:
     """One row per network x phase (prefill, decode, total); time = compute + modelled comm."""
     rows = []
-    totals = {stage: stage_totals(ledger_df, None if stage == "total" else stage) for stage in (*STAGES, "total")}
+    # the label columns as categories: each stage's masks compare integer codes, not strings (same sums)
+    labels_cols = [c for c in ("stage", "phase", "sender", "cost_source") if c in ledger_df]
+    keyed = ledger_df[[*labels_cols, "bytes", "round"]].astype({c: "category" for c in labels_cols})
+    totals = {stage: stage_totals(keyed, None if stage == "total" else stage) for stage in (*STAGES, "total")}
     for net in networks:   # the ledger's totals once per stage; only the pricing depends on the network
         for stage in (*STAGES, "total"):
             t = totals[stage]

@@ -124,6 +124,11 @@ class CometSystem(HeadSparsity, DenseSystem):
             raise CometError(missing_predictors_message(cfg.model, self.cfg))
 
     # -- deployment ------------------------------------------------------------------------------------
+    def fused_layout(self) -> tuple:
+        """Nothing: `prepare` fuses nothing (the sparse FFN selects gate/up rows per layer; q/k/v are joined
+        at their first use by a cat, as before)."""
+        return ()
+
     def prepare(self, mpc, weights, model_cfg) -> None:
         """The model owner shares the predictors with the model (phase setup, once per deployment).
 

@@ -65,6 +65,11 @@ class DenseSystem:
         for lw in weights.layers:
             fused.fuse_layer(mpc, lw)
 
+    def fused_layout(self) -> tuple:
+        """The layer weights `prepare` joins side by side (fused.LAYER_GROUPS): the model owner shares each
+        group straight into one buffer (models/weights.share_weights), so `prepare` joins them as views."""
+        return fused.LAYER_GROUPS
+
     def start_request(self, mpc, decoder, steps: int = 1) -> None:
         """At the start of one inference request (inside MPC.inference) of `steps` forward passes."""
 

@@ -31,18 +31,24 @@ from comet_core.mpc.engine import AShare
 from comet_core.models.secure import _rotate_half, rope_tables
 
 
+LAYER_GROUPS = (("wqkv", ("wq", "wk", "wv")), ("bqkv", ("bq", "bk", "bv")), ("w_gate_up", ("w_gate", "w_up")))
+
+
 def fused_weight(mpc, lw: dict, name: str, parts: tuple[str, ...]) -> AShare:
     """lw[name]: the weights lw[parts] side by side along their last dim, registered once.
 
-    1. On first use: cat the parts (local), register the result (mask reuse), and replace each part in
-       lw by a view of its columns (the originals are released: no extra memory afterwards).
+    1. On first use: join the parts (local): a view when they already are adjacent columns of one buffer
+       (shared that way: models/weights.share_weights), else a cat; register the result (mask reuse),
+       and replace each part in lw by a view of its columns (the originals are released: no extra memory
+       afterwards).
     2. Later calls return lw[name]. Biases (1-D) are joined the same way but not registered.
     """
     w = lw.get(name)
     if w is not None:
         return w
     ws = [lw[p] for p in parts]
-    w = AShare.cat(ws, -1)
+    joined = adjacent_columns([x.data for x in ws]) if len({x.frac for x in ws}) == 1 else None
+    w = AShare(joined, ws[0].mpc, ws[0].frac) if joined is not None else AShare.cat(ws, -1)
     if w.dim() > 1:
         mpc.register_weight(w)
     o = 0
@@ -54,6 +60,30 @@ def fused_weight(mpc, lw: dict, name: str, parts: tuple[str, ...]) -> AShare:
     return w
 
 
+def adjacent_columns(ts: list) -> torch.Tensor | None:
+    """The view torch.cat(ts, -1) would equal when the tensors are consecutive column ranges of one
+    buffer (same storage, same strides, last dim contiguous, each starting where the previous ends);
+    None otherwise (a Shape, another layout)."""
+    if not all(isinstance(t, torch.Tensor) for t in ts) or len({(t.dtype, t.device) for t in ts}) != 1:
+        return None
+    t0 = ts[0]
+    lead, strides = tuple(t0.shape[:-1]), t0.stride()
+    if t0.dim() == 0 or strides[-1] != 1 or any(tuple(t.shape[:-1]) != lead or t.stride() != strides
+                                                 for t in ts):
+        return None
+    if len({t.untyped_storage().data_ptr() for t in ts}) != 1:
+        return None
+    o = t0.storage_offset()
+    for t in ts:
+        if t.storage_offset() != o:
+            return None
+        o += t.shape[-1]
+    width = sum(t.shape[-1] for t in ts)
+    if t0.dim() > 1 and strides[-2] < width:      # rows would overlap: not a slice of a wider buffer
+        return None
+    return t0.as_strided((*lead, width), strides, t0.storage_offset())
+
+
 def fused_bias(mpc, lw: dict, name: str, parts: tuple[str, ...]) -> AShare | None:
     """The joined biases of `parts` (None when the layer has none, e.g. Llama)."""
     if any(p not in lw for p in parts):
@@ -62,11 +92,11 @@ def fused_bias(mpc, lw: dict, name: str, parts: tuple[str, ...]) -> AShare | Non
 
 
 def fuse_layer(mpc, lw: dict) -> None:
-    """Every fused weight of one layer that the dense operators use (q/k/v with biases; gate/up)."""
-    fused_weight(mpc, lw, "wqkv", ("wq", "wk", "wv"))
-    fused_bias(mpc, lw, "bqkv", ("bq", "bk", "bv"))
-    if "w_gate" in lw:
-        fused_weight(mpc, lw, "w_gate_up", ("w_gate", "w_up"))
+    """Every fused weight of one layer that the dense operators use (LAYER_GROUPS: q/k/v with biases;
+    gate/up), each where the layer has its parts."""
+    for name, parts in LAYER_GROUPS:
+        if all(p in lw for p in parts):
+            fused_weight(mpc, lw, name, parts)
 
 
 def score_shift(hd: int) -> int | None:
