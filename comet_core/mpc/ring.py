@@ -7,6 +7,7 @@ accepts them and returns Shapes.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from comet_core.mpc import ringmm
@@ -162,11 +163,19 @@ def leaf_order(x: torch.Tensor) -> torch.Tensor:
     each field (32, 16, 8 bits: whole int32 / int16 / int8 units, no bit compaction), and each pair is
     two adjacent blocks of leaves. Bit 63 stays where it is. A bit permutation: linear over XOR, so it
     applies share-wise to binary shares. 24 elementwise operations; the arithmetic right shifts' sign
-    bits fall outside every mask. Returns a new tensor."""
-    if x.is_meta:
+    bits fall outside every mask. Returns a new tensor (a new int64 numpy array for a numpy input: the
+    dealer's small items)."""
+    if isinstance(x, np.ndarray):
+        x = x.copy()
+    elif x.is_meta:
         return x.clone()
-    x = x.clone()
-    for s, mask in _LEAF_SWAPS:
-        t = (x >> s).bitwise_xor_(x).bitwise_and_(mask)
-        x.bitwise_xor_(t).bitwise_xor_(t.bitwise_left_shift_(s))
+    else:
+        x = x.clone()
+    for s, mask in _LEAF_SWAPS:   # in-place operators: the same operations on tensors and numpy arrays
+        t = x >> s
+        t ^= x
+        t &= mask
+        x ^= t
+        t <<= s
+        x ^= t
     return x
