@@ -53,8 +53,8 @@ def _and_shared_left(mpc: MPC, left, rights: list, n: int, bits: int):
     if is_np:   # masking packs strided halves into dense words (the XOR writes a contiguous result)
         a, bs, cs = a.numpy(), [b.numpy() for b in bs], [c.numpy() for c in cs]
         dt = left.dtype
-        masked = [torch.from_numpy((t ^ m.view(dt)).view(np.int64)) for t, m in [(left, a), *zip(rights, bs)]]
-        d, *es = [v.numpy() for v in mpc.open_raw(masked, bits, xor=True, packed=n)]
+        d, *es = mpc.open_np([(t ^ m.view(dt)).view(np.int64) for t, m in [(left, a), *zip(rights, bs)]],
+                             bits, xor=True, packed=n)
         outs = []
         p0 = 0 in mpc.parties
         for e, b, c in zip(es, bs, cs):   # step 3 in c's buffer (the dealer's, fresh for this call)

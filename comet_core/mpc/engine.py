@@ -16,6 +16,7 @@ import contextlib
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from comet_core.comm.channel import InProcessChannel
@@ -304,8 +305,19 @@ class MPC:
         if tensors and tensors[0].is_meta:
             return [t[0] for t in tensors]
         if peer is None:  # simulation: both shares are here
+            if all(_small_cpu(t) for t in tensors):   # numpy: a fraction of torch's per-call overhead
+                return [torch.from_numpy(_np_open(t.numpy(), xor)) for t in tensors]
             return [t[0] ^ t[1] if xor else t[0] + t[1] for t in tensors]
         return [t[0] ^ p if xor else t[0] + p for t, p in zip(tensors, peer)]
+
+    def open_np(self, arrays: list[np.ndarray], bits: int = 64, xor: bool = False,
+                packed: int | None = None) -> list[np.ndarray]:
+        """`open_raw` of party-stacked int64 numpy arrays (CPU): the same round, messages and values, as
+        numpy arrays (the small protocols' local steps run in numpy)."""
+        if self.simulated and packed is not None:   # booking needs only the count: nothing moves
+            self.channel.exchange(arrays, bits, packed=packed)
+            return [_np_open(a, xor) for a in arrays]
+        return [v.numpy() for v in self.open_raw([torch.from_numpy(a) for a in arrays], bits, xor, packed)]
 
     def open_masked(self, *pairs: tuple[torch.Tensor, torch.Tensor], bits: int = 64, xor: bool = False,
                     packed: int | None = None) -> list[torch.Tensor]:
@@ -319,8 +331,19 @@ class MPC:
         if self.simulated and pairs and not pairs[0][0].is_meta and all(x.shape == m.shape for x, m in pairs):
             self.channel.exchange([x for x, _ in pairs], bits, packed=packed)   # books it: nothing moves
             out = []
+            small = all(_small_cpu(x) and _small_cpu(m) for x, m in pairs)
             for x, m in pairs:
-                if xor:
+                if small:   # numpy: the same value at a fraction of torch's per-call overhead
+                    xn, mn = x.numpy(), m.numpy()
+                    v = xn[0] ^ mn[0] if xor else xn[0] - mn[0]
+                    if xor:
+                        v ^= xn[1]
+                        v ^= mn[1]
+                    else:
+                        v += xn[1]
+                        v -= mn[1]
+                    out.append(torch.from_numpy(v))
+                elif xor:
                     out.append(torch.bitwise_xor(x[0], m[0]).bitwise_xor_(x[1]).bitwise_xor_(m[1]))
                 else:
                     out.append(torch.sub(x[0], m[0]).add_(x[1]).sub_(m[1]))
@@ -357,6 +380,19 @@ class MPC:
             self.weight_masks.clear()
             self.mask_digits.clear()
             self.dealer.forget_reused()
+
+
+SMALL_NP = 1 << 12   # party-stacked CPU tensors of up to this many words are opened in numpy (simulation)
+
+
+def _small_cpu(t: torch.Tensor) -> bool:
+    """Whether t is a small int64 CPU tensor that numpy can view (the small protocols' fast path)."""
+    return t.is_cpu and t.dtype == torch.int64 and t.numel() <= SMALL_NP and not t.requires_grad
+
+
+def _np_open(a: np.ndarray, xor: bool) -> np.ndarray:
+    """The opened value of party-stacked shares (2, ...) in the simulation: a0 ^ a1 or a0 + a1 (mod 2^64)."""
+    return a[0] ^ a[1] if xor else a[0] + a[1]
 
 
 def _lift(data: torch.Tensor, nd: int) -> torch.Tensor:
