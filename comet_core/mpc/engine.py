@@ -314,8 +314,9 @@ class MPC:
                 packed: int | None = None) -> list[np.ndarray]:
         """`open_raw` of party-stacked int64 numpy arrays (CPU): the same round, messages and values, as
         numpy arrays (the small protocols' local steps run in numpy)."""
-        if self.simulated and packed is not None:   # booking needs only the count: nothing moves
-            self.channel.exchange(arrays, bits, packed=packed)
+        if self.simulated:   # booking needs only the counts: nothing moves
+            self.channel.exchange(arrays if packed is not None else [torch.from_numpy(a) for a in arrays],
+                                  bits, packed=packed)
             return [_np_open(a, xor) for a in arrays]
         return [v.numpy() for v in self.open_raw([torch.from_numpy(a) for a in arrays], bits, xor, packed)]
 
