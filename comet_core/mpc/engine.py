@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -508,6 +509,10 @@ class AShare:
 
     def add_public(self, t) -> "AShare":
         """x + t for a public scalar or tensor: P0 adds the encoding of t."""
+        if type(t) in (float, int) and not self.data.is_meta:   # a Python number: ring.encode's value
+            v = float(t) * (1 << self.frac)                      # (float64 product, round half to even)
+            if math.isfinite(v) and abs(round(v)) <= ring.ENCODE_LIMIT:
+                return self._wrap(self.mpc.add_p0_(self.data.clone(), round(v)))
         t = torch.as_tensor(t, dtype=torch.float64)
         enc = ring.encode(t.to(self.data.device), self.frac)
         out = self.data.clone() if enc.shape == self.shape else _lift(self.data, enc.dim()).expand(
