@@ -389,7 +389,7 @@ SMALL_NP = 1 << 12   # party-stacked CPU tensors of up to this many words are op
 
 def _small_cpu(t: torch.Tensor) -> bool:
     """Whether t is a small int64 CPU tensor that numpy can view (the small protocols' fast path)."""
-    return t.is_cpu and t.dtype == torch.int64 and t.numel() <= SMALL_NP and not t.requires_grad
+    return not t.is_meta and t.is_cpu and t.dtype == torch.int64 and t.numel() <= SMALL_NP and not t.requires_grad
 
 
 def _np_open(a: np.ndarray, xor: bool) -> np.ndarray:
