@@ -17,6 +17,7 @@ import torch
 
 from comet_core.comm.ledger import Cost, wire_bytes
 from comet_core.mpc import arith, ring
+from comet_core.mpc import dealer as dealer_mod
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
 
@@ -49,6 +50,21 @@ def _and_shared_left(mpc: MPC, left, rights: list, n: int, bits: int):
         words = tuple(left.shape[1:])
     else:   # strided int32 / int16 / int8 halves (ltz_bits): their dense packing is this many words
         words = (left.shape[-1] * left.element_size() // 8,)
+    if is_np and mpc.simulated and words[0] * (1 + len(rights)) <= dealer_mod.SMALL:
+        # the simulation's small comparisons: the triples as one array, step 3 for all rights at once
+        k = len(rights)
+        z = mpc.dealer.and_triples_np(words, n, bits, k)       # (2, 1 + 2k, W): a, b_1, c_1, b_2, c_2, ..
+        a, bs, cs = z[:, 0], z[:, 1::2], z[:, 2::2]
+        dt = left.dtype
+        d, *es = mpc.open_np([(left ^ a.view(dt)).view(np.int64)]
+                             + [(r ^ bs[:, i].view(dt)).view(np.int64) for i, r in enumerate(rights)],
+                             bits, xor=True, packed=n)
+        e = np.stack(es)                                        # (k, W)
+        cs ^= bs & d
+        cs ^= a[:, None] & e
+        e &= d
+        cs[0] ^= e                                              # P0's share (both shares are here)
+        return [cs[:, i] for i in range(k)]
     a, bs, cs = mpc.dealer.and_triples(words, n, bits, len(rights))
     if is_np:   # masking packs strided halves into dense words (the XOR writes a contiguous result)
         a, bs, cs = a.numpy(), [b.numpy() for b in bs], [c.numpy() for c in cs]
