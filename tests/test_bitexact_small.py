@@ -20,10 +20,10 @@ import torch
 from comet_core.mpc import arith, compare, nonlinear, pairmax
 from comet_core.mpc.engine import MPC, EngineConfig
 
-# recorded at main d2ec281 (python tests/test_bitexact_small.py prints them)
+# recorded at main d2ec281 (PYTHONPATH=<a checkout of d2ec281> python tests/test_bitexact_small.py prints them)
 EXPECTED = {
-    "dealer": "f31a9c3fab5412c7f5ff21d20dd481102ef30b7f48b448f94cbad21a287f8e2e",
-    "local": "ca5b8e0f197d701243fa5646db9f65f744b8859ce5c79c1e6ce86bf0444fef01",
+    "dealer": "8194a0e7386e82fec0852e1372e55652cebf4cd705c3e5be30aa7007340228bf",
+    "local": "27a3942fd3d08fedbc263d840389bdec3e776f17e810337f41a48e704d637fd3",
 }
 
 
@@ -74,7 +74,11 @@ def fingerprint(truncation: str) -> dict[str, str]:
     outs.append(arith.mul(x16, x16, out_frac=24))
     outs.append(arith.square(x7))
     outs.append(arith.truncate(x16, 5))
-    for n in (1, 2, 3, 7, 16, 63, 64, 65, 130, 2100):   # 2100: reads past prg.SMALL_READ
+    big = sh(3, 3001)                                       # past the numpy limits of arith and the dealer
+    outs.append(arith.mul(big, big))
+    outs.append(arith.square(sh(5001)))
+    outs.append(arith.truncate(big, 9))
+    for n in (1, 2, 3, 7, 16, 63, 64, 65, 130, 2100, 9001, 17000):   # past prg.SMALL_READ and the numpy limits
         outs.append(compare.drelu(sh(n)))
     outs.append(AShareBits(compare.ltz_bits(sh(3, 5)), mpc))
     outs.append(compare.relu(x16))

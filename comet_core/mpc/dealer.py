@@ -29,7 +29,7 @@ from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
 
-SMALL = 1 << 11   # items of up to this many elements per share are made in numpy (CPU): per-call overhead
+SMALL = 1 << 14   # items of up to this many elements per share are made in numpy (CPU): per-call overhead
 FEW_ROWS = 3   # matmul_triple: up to this many rows of a, c = a @ b0 + a @ b1 for a fresh mask b (decode)
 
 

@@ -384,7 +384,7 @@ class MPC:
             self.dealer.forget_reused()
 
 
-SMALL_NP = 1 << 12   # party-stacked CPU tensors of up to this many words are opened in numpy (simulation)
+SMALL_NP = 1 << 14   # party-stacked CPU tensors of up to this many words are opened in numpy (simulation)
 
 
 def _small_cpu(t: torch.Tensor) -> bool:
