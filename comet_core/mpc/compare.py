@@ -8,6 +8,10 @@ instead of CrypTen's A2B conversion plus a full-width adder:
 The comparison of the public c with the XOR-shared bits of r runs as a binary tree over 64 leaf
 positions; each level halves the bits per element and opens only the bits it needs, packed, so a
 level of width w opens 3 * w/2 bits per element (2 * w/2 at the last level).
+
+Small comparisons on the CPU (up to NUMPY_MAX elements) run their local bit work in numpy, whose
+per-operation overhead is a fraction of torch's: the same openings, shares and ledger rows (pinned by
+tests/test_bitexact_small.py); larger ones and CUDA run the same steps in torch.
 """
 
 from __future__ import annotations

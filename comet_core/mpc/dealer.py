@@ -13,6 +13,11 @@ truncation and comparison masks, daBits) come from its private stream.
   * daBit (a random bit as XOR and arithmetic share): numel * (64 + 1) bits
 Every item is recorded in the ledger (phase `offline`, sender `dealer`, receiver `P1`).
 
+On the CPU, items of up to SMALL elements per share are made in numpy (a decode step's comparisons,
+truncations and products are of one to a few thousand elements, where torch's per-call overhead is most
+of the time): the same stream reads, values and ledger rows as the torch code below them, bit for bit
+(tests/test_bitexact_small.py pins both against the commit before the numpy path).
+
 This class computes both parties' halves of every item. In simulation the engine holds both; a single
 party gets only its own half through `parties.DealerView` (the dealer hands each party only its own
 correlations).
