@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from comet_core.mpc import arith, compare, nonlinear as nl, pairmax, ring
+from comet_core.mpc import dealer as dealer_mod
 from comet_core.mpc.dealer import Dealer
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.parties import run_pair
@@ -155,6 +156,9 @@ def weak_dealer(monkeypatch):
     monkeypatch.setattr(Dealer, "_rand", rand)
     monkeypatch.setattr(Dealer, "_random_arith", random_arith)
     monkeypatch.setattr(Dealer, "_random_shares", random_shares)
+    # the dealer's numpy path for small items draws the same words without these helpers (bit for bit
+    # the same items: tests/test_bitexact_small.py); off here, so that every item is weakened
+    monkeypatch.setattr(dealer_mod, "SMALL", -1)
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
@@ -174,8 +178,22 @@ def weak_streams(monkeypatch):
     def fill_words(self, out):           # the in-place entry point (dealer shares) alike
         return orig_fill(self, out).bitwise_and_(LOW32)
 
+    orig_np, orig_pieces = PRG.fill_np_, PRG.fill_pieces_np_
+
+    def fill_np_words(self, out):        # the numpy entry points (the dealer's small items) alike
+        out = orig_np(self, out)
+        out &= LOW32
+        return out
+
+    def fill_pieces_words(self, out):
+        out = orig_pieces(self, out)
+        out &= LOW32
+        return out
+
     monkeypatch.setattr(PRG, "ring", ring_words)
     monkeypatch.setattr(PRG, "fill_", fill_words)
+    monkeypatch.setattr(PRG, "fill_np_", fill_np_words)
+    monkeypatch.setattr(PRG, "fill_pieces_np_", fill_pieces_words)
 
 
 def test_positive_control_weak_streams_are_caught_in_what_p1_receives(weak_streams):

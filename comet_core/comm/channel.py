@@ -34,10 +34,9 @@ class _Booking:
     def _book_exchange(self, tensors: list, bits: int | list[int], packed: int | None) -> None:
         bits_l = [bits] * len(tensors) if isinstance(bits, int) else list(bits)
         r = self.ledger.new_round()
+        book = self.ledger.record_exchange
         for t, b in zip(tensors, bits_l):
-            n = packed if packed is not None else t[0].numel()
-            self.ledger.record("online", "P0", "P1", n, b, r)
-            self.ledger.record("online", "P1", "P0", n, b, r)
+            book(packed if packed is not None else t[0].numel(), b, r)   # P0 -> P1 and P1 -> P0
 
     def _book_one_way(self, sender: int, n: int, bits: int) -> None:
         r = self.ledger.new_round()

@@ -69,14 +69,10 @@ class Ledger:
         finally:
             self._labels = old
 
-    @contextlib.contextmanager
-    def protocol(self, name: str):
-        """Name the protocol whose messages follow; the outermost protocol name is recorded."""
-        self._protocol.append(name)
-        try:
-            yield
-        finally:
-            self._protocol.pop()
+    def protocol(self, name: str) -> "_Protocol":
+        """Name the protocol whose messages follow; the outermost protocol name is recorded.
+        A context manager (a plain class: entered thousands of times per decode step)."""
+        return _Protocol(self._protocol, name)
 
     def current_protocol(self) -> str:
         return self._protocol[0] if self._protocol else ""
@@ -84,10 +80,18 @@ class Ledger:
     # -- recording ----------------------------------------------------------------------------
     def record(self, phase: str, sender: str, receiver: str, elements: int, bits: int,
                round_index: int, cost_source: str = "measured") -> None:
-        lab = self._labels
-        self.rows.append((phase, lab["stage"], lab["layer"], lab["op"], self.current_protocol(), sender,
-                          receiver, int(elements), int(bits), wire_bytes(int(elements), int(bits)),
-                          round_index, cost_source))
+        lab, e, b = self._labels, int(elements), int(bits)
+        self.rows.append((phase, lab["stage"], lab["layer"], lab["op"], self._protocol[0] if self._protocol else "",
+                          sender, receiver, e, b, (e * b + 7) // 8, round_index, cost_source))   # wire_bytes(e, b)
+
+    def record_exchange(self, elements: int, bits: int, round_index: int) -> None:
+        """The two rows of one online exchange of `elements` values of `bits` bits: P0 -> P1, then P1 -> P0
+        (the same rows as two `record` calls)."""
+        lab, e, b = self._labels, int(elements), int(bits)
+        head = ("online", lab["stage"], lab["layer"], lab["op"], self._protocol[0] if self._protocol else "")
+        tail = (e, b, (e * b + 7) // 8, round_index, "measured")
+        self.rows.append((*head, "P0", "P1", *tail))
+        self.rows.append((*head, "P1", "P0", *tail))
 
     def new_round(self) -> int:
         self.round += 1
@@ -114,3 +118,19 @@ class Ledger:
     def signature(self) -> list[tuple]:
         """Everything but labels that vary by mode: used to compare exact and cost mode ledgers."""
         return list(self.rows)
+
+
+class _Protocol:
+    """Ledger.protocol's context: pushes the name on entry, pops it on exit (exceptions included)."""
+
+    __slots__ = ("stack", "name")
+
+    def __init__(self, stack: list, name: str) -> None:
+        self.stack, self.name = stack, name
+
+    def __enter__(self) -> None:
+        self.stack.append(self.name)
+
+    def __exit__(self, *exc) -> bool:
+        self.stack.pop()
+        return False

@@ -12,7 +12,7 @@ import torch
 
 from comet_core.comm.ledger import Cost
 from comet_core.mpc import blocked, ring
-from comet_core.mpc.engine import MPC, AShare, _lift
+from comet_core.mpc.engine import MPC, AShare, _lift, _np_open, _small_cpu
 
 W = ring.BYTES_PER_ELEMENT  # bytes of one ring element on the wire
 TRUNC_LIMIT = 1 << 62        # dealer truncation is exact for |x| < 2^62 (secret ring elements)
@@ -46,6 +46,9 @@ def _secret_minmax(data: torch.Tensor) -> tuple[int, int]:
     n = flat.shape[1]
     if n == 0:
         return 0, 0
+    if _small_cpu(flat):   # numpy: the same (min, max) at a fraction of torch's per-call overhead
+        v = _np_open(flat.numpy(), False)
+        return int(v.min()), int(v.max())
     buf = torch.empty(min(n, _ABS_BLOCK), dtype=torch.int64, device=data.device)
     lo = hi = None
     for s in range(0, n, _ABS_BLOCK):
@@ -163,6 +166,17 @@ def truncate(x: AShare, shift: int) -> AShare:
                     torch.neg(x.data[i], out=out[i]).bitwise_right_shift_(shift).neg_()
             return AShare(out, mpc, x.frac - shift)
         r, r_shift, r_top = mpc.dealer.trunc_triple(x.shape, shift)
+        if all(_small_cpu(t) for t in (x.data, r.data, r_shift.data, r_top.data)):   # the same steps in numpy
+            masked = x.data.numpy() + r.data.numpy()
+            if 0 in mpc.parties:
+                masked[0] += 1 << 62
+            (c,) = mpc.open_np([masked])
+            c_top = (c >> 63) & 1
+            out = r_top.data.numpy() * ((1 - c_top) << (64 - shift))
+            out -= r_shift.data.numpy()
+            if 0 in mpc.parties:
+                out[0] += ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift))
+            return AShare(torch.from_numpy(out), mpc, x.frac - shift)
         masked = mpc.add_p0_(x.data + r.data, 1 << 62)  # raw ring elements (r is not a fixed-point value)
         (c,) = mpc.open_raw([masked])
         c_top = (c >> 63) & 1
@@ -230,6 +244,13 @@ def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
         a, b, c = mpc.dealer.mul_triple(x.shape, y.shape)
         e, f = mpc.open_masked((x.data, a.data), (y.data, b.data))
         nd = len(c.shape)
+        if all(_small_cpu(t) for t in (e, f, a.data, b.data, c.data)):   # step 3 in numpy, in c's buffer
+            en, fn, z = e.numpy(), f.numpy(), c.data.numpy()
+            z += en * _lift(b.data, nd).numpy()
+            z += _lift(a.data, nd).numpy() * fn
+            if 0 in mpc.parties:
+                z[0] += en * fn
+            return _rescale_to_f(AShare(c.data, mpc, x.frac + y.frac), out_frac)
         if c.data.is_meta:
             z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
         else:   # in c's buffer (the dealer's, fresh for this call): no n_z-sized temporaries
@@ -256,6 +277,12 @@ def square(x: AShare, out_frac: int | None = None) -> AShare:
         check_product(x, x, 2 * x.frac, truncated=2 * x.frac > f, what="x^2")
         a, c = mpc.dealer.square_pair(x.shape)
         (e,) = mpc.open_masked((x.data, a.data))
+        if all(_small_cpu(t) for t in (e, a.data, c.data)):   # step 3 in numpy, in c's buffer
+            en, z = e.numpy(), c.data.numpy()
+            z += 2 * en * a.data.numpy()
+            if 0 in mpc.parties:
+                z[0] += en * en
+            return _rescale_to_f(AShare(c.data, mpc, 2 * x.frac), out_frac)
         z = c.data.addcmul_(e, a.data, value=2) if not c.data.is_meta else c.data + 2 * e * a.data
         z = mpc.add_p0_(z, e * e)   # c's buffer is the dealer's, fresh for this call
         return _rescale_to_f(AShare(z, mpc, 2 * x.frac), out_frac)

@@ -8,22 +8,31 @@ instead of CrypTen's A2B conversion plus a full-width adder:
 The comparison of the public c with the XOR-shared bits of r runs as a binary tree over 64 leaf
 positions; each level halves the bits per element and opens only the bits it needs, packed, so a
 level of width w opens 3 * w/2 bits per element (2 * w/2 at the last level).
+
+Small comparisons on the CPU (up to NUMPY_MAX elements) run their local bit work in numpy, whose
+per-operation overhead is a fraction of torch's: the same openings, shares and ledger rows (pinned by
+tests/test_bitexact_small.py); larger ones and CUDA run the same steps in torch.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from comet_core.comm.ledger import Cost, wire_bytes
 from comet_core.mpc import arith, ring
-from comet_core.mpc.engine import MPC, AShare
+from comet_core.mpc import dealer as dealer_mod
+from comet_core.mpc.engine import MPC, AShare, _small_cpu
 from comet_core.mpc.shape import Shape
 
 _LOW63 = (1 << 63) - 1
 _LEVEL_WIDTHS = (32, 16, 8, 4, 2, 1)  # bits per element of the AND operands at each tree level
 
 
-def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n: int, bits: int):
+NUMPY_MAX = 1 << 14   # ltz_bits on the CPU of up to this many elements runs its local steps in numpy
+
+
+def _and_shared_left(mpc: MPC, left, rights: list, n: int, bits: int):
     """[left & r for r in rights] on XOR-shared packed words, one round.
 
     The words pack n elements of `bits` bits each; only those bits go on the wire.
@@ -31,15 +40,51 @@ def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n
     2. Open d = left ^ a and e_i = r_i ^ b_i together.
     3. left & r_i = c_i ^ (d & b_i) ^ (e_i & a) ^ (d & e_i on P0).
     Cost: online 2 * (1 + len(rights)) * packed(n, bits); offline len(rights) * packed(n, bits).
+    The operands are torch tensors, or numpy arrays (ltz_bits' small inputs on the CPU: the same values
+    and messages, the local steps in numpy; the results are numpy arrays then).
     """
-    if left.is_meta or left.dtype == torch.int64:
+    is_np = isinstance(left, np.ndarray)
+    if not is_np and left.is_meta:
+        a, bs, cs = mpc.dealer.and_triples(tuple(left.shape[1:]), n, bits, len(rights))
+        mpc.open_raw([left] * (1 + len(rights)), bits, xor=True, packed=n)
+        return list(rights)
+    if is_np:
+        words = tuple(left.shape[1:]) if left.dtype == np.int64 else (left.shape[-1] * left.itemsize // 8,)
+    elif left.dtype == torch.int64:
         words = tuple(left.shape[1:])
     else:   # strided int32 / int16 / int8 halves (ltz_bits): their dense packing is this many words
         words = (left.shape[-1] * left.element_size() // 8,)
+    if is_np and mpc.simulated and words[0] * (1 + len(rights)) <= dealer_mod.SMALL:
+        # the simulation's small comparisons: the triples as one array, step 3 for all rights at once
+        k = len(rights)
+        z = mpc.dealer.and_triples_np(words, n, bits, k)       # (2, 1 + 2k, W): a, b_1, c_1, b_2, c_2, ..
+        a, bs, cs = z[:, 0], z[:, 1::2], z[:, 2::2]
+        dt = left.dtype
+        d, *es = mpc.open_np([(left ^ a.view(dt)).view(np.int64)]
+                             + [(r ^ bs[:, i].view(dt)).view(np.int64) for i, r in enumerate(rights)],
+                             bits, xor=True, packed=n)
+        e = np.stack(es)                                        # (k, W)
+        cs ^= bs & d
+        cs ^= a[:, None] & e
+        e &= d
+        cs[0] ^= e                                              # P0's share (both shares are here)
+        return [cs[:, i] for i in range(k)]
     a, bs, cs = mpc.dealer.and_triples(words, n, bits, len(rights))
-    if left.is_meta:
-        mpc.open_raw([left] * (1 + len(rights)), bits, xor=True, packed=n)
-        return list(rights)
+    if is_np:   # masking packs strided halves into dense words (the XOR writes a contiguous result)
+        a, bs, cs = a.numpy(), [b.numpy() for b in bs], [c.numpy() for c in cs]
+        dt = left.dtype
+        d, *es = mpc.open_np([(t ^ m.view(dt)).view(np.int64) for t, m in [(left, a), *zip(rights, bs)]],
+                             bits, xor=True, packed=n)
+        outs = []
+        p0 = 0 in mpc.parties
+        for e, b, c in zip(es, bs, cs):   # step 3 in c's buffer (the dealer's, fresh for this call)
+            c ^= b & d
+            c ^= a & e
+            if p0:
+                e &= d
+                c[0] ^= e
+            outs.append(c)
+        return outs
     if left.dtype == torch.int64:
         d, *es = mpc.open_masked((left, a), *zip(rights, bs), bits=bits, xor=True, packed=n)
     else:   # masking packs the strided halves into dense words (the XOR writes a contiguous result)
@@ -55,26 +100,34 @@ def _and_shared_left(mpc: MPC, left: torch.Tensor, rights: list[torch.Tensor], n
     return outs
 
 
-def _pack_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(P, nw) words with 32-bit payloads -> (P, ceil(nw/2)) full words, element order kept."""
+def _pack_pairs(x):
+    """(..., nw) words with 32-bit payloads -> (..., ceil(nw/2)) full words, element order kept
+    (a torch tensor or a numpy array)."""
     nw = x.shape[-1]
     if nw < 2:
         return x
     if nw % 2:
-        x = torch.cat([x, torch.zeros_like(x[:, :1])], dim=-1)
-    return x[:, 0::2] | (x[:, 1::2] << 32)
+        if isinstance(x, np.ndarray):
+            x = np.concatenate([x, np.zeros_like(x[..., :1])], axis=-1)
+        else:
+            x = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
+    return x[..., 0::2] | (x[..., 1::2] << 32)
 
 
 # levels 32 / 16 / 8 of the tree: a field's low and high halves are whole units of these types (leaf order)
 _HALF_DTYPES = {32: torch.int32, 16: torch.int16, 8: torch.int8}
+_HALF_NP = {32: np.int32, 16: np.int16, 8: np.int8}
 
 
-def _unpack_bits(x: torch.Tensor, n: int) -> torch.Tensor:
+def _unpack_bits(x, n: int):
     """(P, nw) words holding one bit per element (element 64*i + p at bit p of word i) -> (P, n)."""
-    if x.is_meta:
+    if isinstance(x, np.ndarray):
+        pos = np.arange(64, dtype=np.int64)
+    elif x.is_meta:
         return Shape((x.shape[0], n))
-    pos = torch.arange(64, device=x.device)
-    return ((x.unsqueeze(-1) >> pos) & 1).reshape(x.shape[0], -1)[:, :n]
+    else:
+        pos = torch.arange(64, device=x.device)
+    return ((x[..., None] >> pos) & 1).reshape(x.shape[0], -1)[:, :n]
 
 
 def ltz(x: AShare) -> AShare:
@@ -118,39 +171,49 @@ def ltz_bits(x: AShare) -> torch.Tensor:
             return Shape((P, *shape))
         c = c.reshape(n)
         r_b = r_b.reshape(P, n)              # XOR shares of ring.leaf_order(r) (the dealer's)
-        c_low = ring.leaf_order(c).bitwise_and_(_LOW63).bitwise_not_()   # ~c, same leaf order
+        is_np = n <= NUMPY_MAX and c.device.type == "cpu"
+        if is_np:   # small inputs: the local steps in numpy (a fraction of torch's per-operation overhead)
+            c, r_b = c.numpy(), r_b.numpy()
+        xp, halves = (np, _HALF_NP) if is_np else (torch, _HALF_DTYPES)
+        c_low = ~(ring.leaf_order(c) & _LOW63)                            # ~c, same leaf order
         # state (2, P, m): [lt; eq] of every element, one word each, padded with zero words to even m
-        st = torch.zeros((2, P, n + n % 2), dtype=torch.int64, device=c.device)
-        r_low = torch.bitwise_and(r_b, _LOW63, out=st[1, :, :n])
-        torch.bitwise_and(r_low, c_low, out=st[0, :, :n])   # lt = r & ~c: public AND, share-wise
-        mpc.xor_p0_(st[1, :, :n], c_low)                     # eq = r ^ ~c: P0 folds in the public part
-        lt = eq = None
+        st = xp.zeros((2, P, n + n % 2), dtype=xp.int64) if is_np else \
+            torch.zeros((2, P, n + n % 2), dtype=torch.int64, device=c.device)
+        r_low = st[1, :, :n]
+        r_low[...] = r_b & _LOW63
+        st[0, :, :n] = r_low & c_low       # lt = r & ~c: public AND, share-wise
+        if 0 in mpc.parties:
+            r_low[0] ^= c_low              # eq = r ^ ~c: P0 folds in the public part
+        both = None                        # bit levels: the stacked [lt; eq] (2, P, m)
         for w in _LEVEL_WIDTHS:
             if w >= 8:    # fields of 2w bits -> w: the halves are strided int32 / int16 / int8 views
-                dt = _HALF_DTYPES[w]
+                dt = halves[w]
                 v = st.view(dt).reshape(2, P, -1, 2)             # (2 [lt, eq], P, fields, 2 [lo, hi])
                 lt_lo, lt_hi, eq_lo, eq_hi = v[0, ..., 0], v[0, ..., 1], v[1, ..., 0], v[1, ..., 1]
-            else:         # bit levels: even / odd bits of each field, compacted and packed
-                if lt is None:
-                    lt, eq = st[0], st[1]
-                lt_lo, lt_hi = _pack_pairs(ring.even_bits(lt, 64)), _pack_pairs(ring.odd_bits(lt, 64))
-                eq_lo, eq_hi = _pack_pairs(ring.even_bits(eq, 64)), _pack_pairs(ring.odd_bits(eq, 64))
+            else:         # bit levels: even / odd bits of each field of lt and eq at once, compacted and packed
+                if both is None:
+                    both = st
+                lo, hi = _pack_pairs(ring.even_bits(both, 64)), _pack_pairs(ring.odd_bits(both, 64))
+                lt_lo, eq_lo, lt_hi, eq_hi = lo[0], lo[1], hi[0], hi[1]
             if w > 1:
                 t_lt, t_eq = _and_shared_left(mpc, eq_hi, [lt_lo, eq_lo], n, w)
                 if w >= 8:   # lt = lt_hi ^ t_lt, eq = t_eq as dense words: the next state, padded to even
                     mw = t_lt.shape[-1]
-                    st = torch.zeros((2, P, mw + mw % 2), dtype=torch.int64, device=c.device)
-                    torch.bitwise_xor(lt_hi, t_lt.view(dt), out=st[0, :, :mw].view(dt))
+                    st = xp.zeros((2, P, mw + mw % 2), dtype=xp.int64) if is_np else \
+                        torch.zeros((2, P, mw + mw % 2), dtype=torch.int64, device=c.device)
+                    xp.bitwise_xor(lt_hi, t_lt.view(dt), out=st[0, :, :mw].view(dt))
                     st[1, :, :mw] = t_eq
                 else:
-                    lt, eq = lt_hi ^ t_lt, t_eq
+                    both = xp.stack([lt_hi ^ t_lt, t_eq])
             else:
                 (t_lt,) = _and_shared_left(mpc, eq_hi, [lt_lo], n, w)
                 lt = lt_hi ^ t_lt
         msb = _unpack_bits(lt, n)
         msb ^= (r_b >> 63) & 1               # r's top bit, share-wise
-        mpc.xor_p0_(msb, (c >> 63) & 1)      # public top bit of c
-        return msb.reshape(P, *shape)
+        if 0 in mpc.parties:
+            msb[0] ^= (c >> 63) & 1          # public top bit of c
+        msb = msb.reshape(P, *shape)
+        return torch.from_numpy(msb) if is_np else msb
 
 
 def b2a_bit(mpc: MPC, bit: torch.Tensor) -> AShare:
@@ -163,6 +226,12 @@ def b2a_bit(mpc: MPC, bit: torch.Tensor) -> AShare:
     """
     with mpc.ledger.protocol("b2a"):
         bx, ba = mpc.dealer.dabit(bit.shape[1:])
+        if _small_cpu(bit) and _small_cpu(bx) and _small_cpu(ba.data):   # the same steps in numpy
+            (d,) = mpc.open_np([bit.numpy() ^ bx.numpy()], 1, xor=True)
+            out = ba.data.numpy() * (1 - 2 * d)
+            if 0 in mpc.parties:
+                out[0] += d
+            return AShare(torch.from_numpy(out), mpc, 0)
         (d,) = mpc.open_raw([bit ^ bx], 1, xor=True)
         out = mpc.add_p0_(ba.data * (1 - 2 * d), d)
         return AShare(out, mpc, 0)

@@ -13,6 +13,11 @@ truncation and comparison masks, daBits) come from its private stream.
   * daBit (a random bit as XOR and arithmetic share): numel * (64 + 1) bits
 Every item is recorded in the ledger (phase `offline`, sender `dealer`, receiver `P1`).
 
+On the CPU, items of up to SMALL elements per share are made in numpy (a decode step's comparisons,
+truncations and products are of one to a few thousand elements, where torch's per-call overhead is most
+of the time): the same stream reads, values and ledger rows as the torch code below them, bit for bit
+(tests/test_bitexact_small.py pins both against the commit before the numpy path).
+
 This class computes both parties' halves of every item. In simulation the engine holds both; a single
 party gets only its own half through `parties.DealerView` (the dealer hands each party only its own
 correlations).
@@ -20,12 +25,16 @@ correlations).
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
 
+SMALL = 1 << 14   # items of up to this many elements per share are made in numpy (CPU): per-call overhead
 FEW_ROWS = 3   # matmul_triple: up to this many rows of a, c = a @ b0 + a @ b1 for a fresh mask b (decode)
 
 
@@ -54,6 +63,18 @@ class Dealer:
     def _direct(self) -> bool:
         """Whether shares are written straight into party-stacked buffers (CPU exact mode)."""
         return self.mpc.device.type == "cpu"
+
+    def _tiny(self, shape) -> bool:
+        """Whether an item of this shape takes the numpy path (CPU exact mode, at most SMALL elements):
+        the same stream reads and values as the torch path, at a fraction of its per-call overhead
+        (a decode step's comparisons, truncations and products are of one to a few thousand elements)."""
+        return self.mpc.device.type == "cpu" and math.prod(shape) <= SMALL
+
+    @staticmethod
+    def _np(shape) -> tuple[torch.Tensor, np.ndarray]:
+        """An int64 CPU tensor of `shape` and the numpy view of its memory."""
+        t = torch.empty(tuple(shape), dtype=torch.int64)
+        return t, t.numpy()
 
     def _arith(self, value: torch.Tensor, frac: int = 0) -> AShare:
         """Additive shares of a correlated value: P0's from its seed, P1's is the correction."""
@@ -92,6 +113,16 @@ class Dealer:
 
     # -- items ---------------------------------------------------------------------------------
     def mul_triple(self, shape_a, shape_b) -> tuple[AShare, AShare, AShare]:
+        if self._tiny(shape_a) and self._tiny(shape_b):   # the same reads and values in numpy
+            p0, p1 = self.gen_p0.fill_np_, self.gen_p1.fill_np_
+            at, an = self._np((2, *shape_a))
+            bt, bn = self._np((2, *shape_b))
+            p0(an[0]), p1(an[1]), p0(bn[0]), p1(bn[1])
+            cv = (an[0] + an[1]) * (bn[0] + bn[1])          # wraps mod 2^64 like torch's int64
+            ct, cn = self._np((2, *cv.shape))
+            np.subtract(cv, p0(cn[0]), out=cn[1])
+            self._book(cv.size, 64)
+            return AShare(at, self.mpc, 0), AShare(bt, self.mpc, 0), AShare(ct, self.mpc, 0)
         a, av = self._random_arith(shape_a)
         b, bv = self._random_arith(shape_b)
         c = self._arith(av * bv)
@@ -149,6 +180,14 @@ class Dealer:
         self._perms.clear()
 
     def square_pair(self, shape) -> tuple[AShare, AShare]:
+        if self._tiny(shape):   # the same reads and values in numpy
+            at, an = self._np((2, *shape))
+            self.gen_p0.fill_np_(an[0]), self.gen_p1.fill_np_(an[1])
+            av = an[0] + an[1]
+            ct, cn = self._np((2, *shape))
+            np.subtract(av * av, self.gen_p0.fill_np_(cn[0]), out=cn[1])
+            self._book(av.size, 64)
+            return AShare(at, self.mpc, 0), AShare(ct, self.mpc, 0)
         a, av = self._random_arith(shape)
         c = self._arith(av * av)
         self._book(c.numel(), 64)
@@ -156,6 +195,16 @@ class Dealer:
 
     def trunc_triple(self, shape, f: int) -> tuple[AShare, AShare, AShare]:
         """Uniform r with shares of r, of r >> f (logical shift) and of its top bit r_63."""
+        if self._tiny(shape):   # the same reads and values in numpy
+            vals = np.empty((3, *tuple(shape)), dtype=np.int64)                # [r, r >> f, r_63]
+            r = self.gen_own.fill_np_(vals[0])
+            np.bitwise_and(r >> f, (1 << (64 - f)) - 1, out=vals[1])
+            np.bitwise_and(r >> 63, 1, out=vals[2])
+            ot, on = self._np((2, 3, *tuple(shape)))
+            np.subtract(vals, self.gen_p0.fill_pieces_np_(on[0]), out=on[1])
+            for _ in range(3):
+                self._book(r.size, 64)
+            return tuple(AShare(ot[:, i], self.mpc, 0) for i in range(3))
         if self._direct():   # the same stream reads and values as below, in 2 buffers and 8 operations
             vals = torch.empty((3, *tuple(shape)), dtype=torch.int64)        # [r, r >> f, r_63]
             vals[0] = self._rand(shape)
@@ -183,6 +232,15 @@ class Dealer:
         """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word), the bits in the
         comparison tree's leaf order: the word ring.leaf_order(r) (a fixed bit permutation; the top bit 63
         stays), so that the tree's first levels split whole int32 / int16 / int8 halves."""
+        if self._tiny(shape):   # the same reads and values in numpy
+            r = self.gen_own.fill_np_(np.empty(tuple(shape), dtype=np.int64))
+            rat, ran = self._np((2, *tuple(shape)))
+            np.subtract(r, self.gen_p0.fill_np_(ran[0]), out=ran[1])
+            rbt, rbn = self._np((2, *tuple(shape)))
+            np.bitwise_xor(ring.leaf_order(r), self.gen_p0.fill_np_(rbn[0]), out=rbn[1])
+            self._book(r.size, 64)
+            self._book(r.size, 64)
+            return AShare(rat, self.mpc, 0), rbt
         r = self._rand(shape)
         ra = self._arith(r)
         rb = self._xor_shares(r if r.is_meta else ring.leaf_order(r), 64)
@@ -192,7 +250,12 @@ class Dealer:
 
     def and_triples(self, word_shape, elements: int, bits: int, n_right: int):
         """XOR-shared (a, [b_1..b_k], [a & b_1 .. a & b_k]) as packed words holding `elements`
-        fields of `bits` bits; only those bits are booked."""
+        fields of `bits` bits; only those bits are booked.
+        The stream reads: P0's a_0, then b_i0 and c_i0 for each i; P1's a_1, then b_i1 for each i."""
+        if self._tiny((n_right + 1, *tuple(word_shape))):   # the same reads and values in numpy, in 3 reads
+            zt, zn = self._np((2, 1 + 2 * n_right, *tuple(word_shape)))
+            self._and_triples_into(zn, elements, bits)
+            return zt[:, 0], [zt[:, 1 + 2 * i] for i in range(n_right)], [zt[:, 2 + 2 * i] for i in range(n_right)]
         a = self._random_shares(word_shape)
         av = a[0] ^ a[1]
         bs, cs = [], []
@@ -203,8 +266,40 @@ class Dealer:
             self._book(elements, bits)
         return a, bs, cs
 
+    def _and_triples_into(self, zn: np.ndarray, elements: int, bits: int) -> np.ndarray:
+        """`and_triples`' items written into zn (2, 1 + 2k, *words): rows a, b_1, c_1, .., b_k, c_k (party
+        first), with `and_triples`' stream reads (P0: a_0, b_10, c_10, ..; P1: a_1, b_11, ..) and booking."""
+        k = (zn.shape[1] - 1) // 2
+        self.gen_p0.fill_pieces_np_(zn[0])
+        self.gen_p1.fill_np_(zn[1, 0])
+        if k:
+            bn1 = zn[1, 1::2]
+            self.gen_p1.fill_pieces_np_(bn1)
+            bv = zn[0, 1::2] ^ bn1
+            bv &= zn[0, 0] ^ zn[1, 0]
+            np.bitwise_xor(bv, zn[0, 2::2], out=zn[1, 2::2])   # c_i1 = (a & b_i) ^ c_i0
+        for _ in range(k):
+            self._book(elements, bits)
+        return zn
+
+    def and_triples_np(self, word_shape, elements: int, bits: int, n_right: int) -> np.ndarray:
+        """`and_triples` as one numpy array (2, 1 + 2 n_right, *word_shape), rows a, b_1, c_1, b_2, c_2, ..
+        (the same stream reads, values and ledger rows): the simulation's small comparisons."""
+        return self._and_triples_into(np.empty((2, 1 + 2 * n_right, *tuple(word_shape)), dtype=np.int64),
+                                      elements, bits)
+
     def dabit(self, shape) -> tuple[torch.Tensor, AShare]:
         """A random bit b as XOR shares (1 bit) and as additive shares (integer, frac 0)."""
+        if self._tiny(shape):   # the same reads and values in numpy
+            b = self.gen_own.fill_np_(np.empty(tuple(shape), dtype=np.int64))
+            b &= 1
+            bxt, bxn = self._np((2, *tuple(shape)))
+            np.bitwise_xor(b, np.bitwise_and(self.gen_p0.fill_np_(bxn[0]), 1, out=bxn[0]), out=bxn[1])
+            bat, ban = self._np((2, *tuple(shape)))
+            np.subtract(b, self.gen_p0.fill_np_(ban[0]), out=ban[1])
+            self._book(b.size, 64)
+            self._book(b.size, 1)
+            return bxt, AShare(bat, self.mpc, 0)
         b = self._rand(shape, 1)
         bx = self._xor_shares(b, 1)
         ba = self._arith(b)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from comet_core.comm.channel import InProcessChannel
@@ -293,8 +295,20 @@ class MPC:
         if tensors and tensors[0].is_meta:
             return [t[0] for t in tensors]
         if peer is None:  # simulation: both shares are here
+            if all(_small_cpu(t) for t in tensors):   # numpy: a fraction of torch's per-call overhead
+                return [torch.from_numpy(_np_open(t.numpy(), xor)) for t in tensors]
             return [t[0] ^ t[1] if xor else t[0] + t[1] for t in tensors]
         return [t[0] ^ p if xor else t[0] + p for t, p in zip(tensors, peer)]
+
+    def open_np(self, arrays: list[np.ndarray], bits: int = 64, xor: bool = False,
+                packed: int | None = None) -> list[np.ndarray]:
+        """`open_raw` of party-stacked int64 numpy arrays (CPU): the same round, messages and values, as
+        numpy arrays (the small protocols' local steps run in numpy)."""
+        if self.simulated:   # booking needs only the counts: nothing moves
+            self.channel.exchange(arrays if packed is not None else [torch.from_numpy(a) for a in arrays],
+                                  bits, packed=packed)
+            return [_np_open(a, xor) for a in arrays]
+        return [v.numpy() for v in self.open_raw([torch.from_numpy(a) for a in arrays], bits, xor, packed)]
 
     def open_masked(self, *pairs: tuple[torch.Tensor, torch.Tensor], bits: int = 64, xor: bool = False,
                     packed: int | None = None) -> list[torch.Tensor]:
@@ -307,14 +321,27 @@ class MPC:
         is exact, so the value is bit for bit the same. A single party sends x_p - m_p as always."""
         if self.simulated and pairs and not pairs[0][0].is_meta and all(x.shape == m.shape for x, m in pairs):
             self.channel.exchange([x for x, _ in pairs], bits, packed=packed)   # books it: nothing moves
-            return [self.open_pair(x, m, xor=xor) for x, m in pairs]
+            small = all(_small_cpu(x) and _small_cpu(m) for x, m in pairs)
+            return [self.open_pair(x, m, xor=xor, small=small) for x, m in pairs]
         return self.open_raw([x ^ m if xor else x - m for x, m in pairs], bits, xor=xor, packed=packed)
 
     @staticmethod
     def open_pair(x: torch.Tensor, m: torch.Tensor, out: torch.Tensor | None = None,
-                  xor: bool = False) -> torch.Tensor:
+                  xor: bool = False, small: bool = False) -> torch.Tensor:
         """The opened value of party-stacked x - m (x ^ m) from both shares in this process (simulation;
-        the caller books the round): ((x0 - m0) + x1) - m1 in one result buffer (`out` if given)."""
+        the caller books the round): ((x0 - m0) + x1) - m1 in one result buffer (`out` if given).
+        `small` (CPU tensors of a few elements): in numpy, the same value at a fraction of torch's
+        per-call overhead."""
+        if small and out is None:
+            xn, mn = x.numpy(), m.numpy()
+            v = xn[0] ^ mn[0] if xor else xn[0] - mn[0]
+            if xor:
+                v ^= xn[1]
+                v ^= mn[1]
+            else:
+                v += xn[1]
+                v -= mn[1]
+            return torch.from_numpy(v)
         if xor:
             return torch.bitwise_xor(x[0], m[0], out=out).bitwise_xor_(x[1]).bitwise_xor_(m[1])
         return torch.sub(x[0], m[0], out=out).add_(x[1]).sub_(m[1])
@@ -349,6 +376,19 @@ class MPC:
             self.weight_masks.clear()
             self.mask_digits.clear()
             self.dealer.forget_reused()
+
+
+SMALL_NP = 1 << 14   # party-stacked CPU tensors of up to this many words are opened in numpy (simulation)
+
+
+def _small_cpu(t: torch.Tensor) -> bool:
+    """Whether t is a small int64 CPU tensor that numpy can view (the small protocols' fast path)."""
+    return not t.is_meta and t.is_cpu and t.dtype == torch.int64 and t.numel() <= SMALL_NP and not t.requires_grad
+
+
+def _np_open(a: np.ndarray, xor: bool) -> np.ndarray:
+    """The opened value of party-stacked shares (2, ...) in the simulation: a0 ^ a1 or a0 + a1 (mod 2^64)."""
+    return a[0] ^ a[1] if xor else a[0] + a[1]
 
 
 def _lift(data: torch.Tensor, nd: int) -> torch.Tensor:
@@ -463,6 +503,10 @@ class AShare:
 
     def add_public(self, t) -> "AShare":
         """x + t for a public scalar or tensor: P0 adds the encoding of t."""
+        if type(t) in (float, int) and not self.data.is_meta:   # a Python number: ring.encode's value
+            v = float(t) * (1 << self.frac)                      # (float64 product, round half to even)
+            if math.isfinite(v) and abs(round(v)) <= ring.ENCODE_LIMIT:
+                return self._wrap(self.mpc.add_p0_(self.data.clone(), round(v)))
         t = torch.as_tensor(t, dtype=torch.float64)
         enc = ring.encode(t.to(self.data.device), self.frac)
         out = self.data.clone() if enc.shape == self.shape else _lift(self.data, enc.dim()).expand(

@@ -21,6 +21,8 @@ budget, then the same tree on them, carrying the index with the value.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from comet_core.comm.ledger import Cost
@@ -41,8 +43,10 @@ def use_pairs(rows: int, n: int, method: str = "auto") -> bool:
     return method == "pairs" or rows * n * (n - 1) // 2 <= PAIRS_BUDGET
 
 
+@functools.lru_cache(maxsize=64)
 def _incidence(n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pairs (i, j), i < j, and the public (P, n) matrix A with A[p, i_p] = 1, A[p, j_p] = -1."""
+    """Pairs (i, j), i < j, and the public (P, n) matrix A with A[p, i_p] = 1, A[p, j_p] = -1.
+    Cached per (n, device) (a decode step asks for the same n in every layer); read-only."""
     i, j = torch.triu_indices(n, n, 1)
     a = torch.zeros((i.numel(), n), dtype=torch.int64)
     p = torch.arange(i.numel())

@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 
+import numpy as np
 import torch
 
 from comet_core.mpc import aesctr
@@ -51,25 +52,63 @@ class PRG:
         self._cipher = lambda counter: Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big")))
         self._key = key
         self.block = 0  # next unused 16-byte counter block
-        # keystream of blocks [_ahead_block, _ahead_block + len(_ahead) / 16), made ahead for small reads
-        self._ahead = bytearray()
+        # keystream of blocks [_ahead_block, _ahead_block + _ahead_blocks), made ahead for small reads:
+        # its bytes (uint8) and the same memory as int64 words (two per block)
+        self._ahead = np.zeros(0, dtype=np.uint8)
+        self._words = self._ahead.view(np.int64)
         self._ahead_block = 0
+        self._ahead_blocks = 0
+
+    def _ahead_at(self, nb: int) -> int:
+        """Advance the counter by nb blocks (16 * nb <= SMALL_READ) and return the word offset of those
+        blocks in the keystream made ahead in AHEAD-byte pieces: one AES context per AHEAD bytes instead
+        of one per read (the keystream is a function of the block index only)."""
+        off = self.block - self._ahead_block
+        if off < 0 or off + nb > self._ahead_blocks:
+            buf = np.empty(AHEAD + 16, dtype=np.uint8)           # update_into wants 15 spare bytes
+            self._cipher(self.block).encryptor().update_into(_ZEROS[:AHEAD], buf)
+            self._ahead = buf[:AHEAD]
+            self._words = self._ahead.view(np.int64)
+            self._ahead_block, self._ahead_blocks, off = self.block, AHEAD // 16, 0
+        self.block += nb
+        return 2 * off
 
     def _small(self, n: int) -> memoryview | None:
-        """The next n bytes (n <= SMALL_READ) from keystream made ahead in AHEAD-byte pieces: one AES
-        context per AHEAD bytes instead of one per read. The same bytes and counter advance as `bytes(n)`
-        (the keystream is a function of the block index only). None for larger reads."""
+        """The next n bytes (n <= SMALL_READ) from the keystream made ahead: the same bytes and counter
+        advance as `bytes(n)`. None for larger reads."""
         if n > SMALL_READ:
             return None
-        nb = -(-n // 16)
-        off = 16 * (self.block - self._ahead_block)
-        if off < 0 or off + 16 * nb > len(self._ahead):
-            self._ahead = bytearray(AHEAD + 15)
-            self._cipher(self.block).encryptor().update_into(_ZEROS[:AHEAD], self._ahead)
-            del self._ahead[AHEAD:]
-            self._ahead_block, off = self.block, 0
-        self.block += nb
-        return memoryview(self._ahead)[off:off + n]
+        w = self._ahead_at(-(-n // 16))
+        return memoryview(self._ahead)[8 * w:8 * w + n]
+
+    def fill_np_(self, out: np.ndarray) -> np.ndarray:
+        """`fill_` for a C-contiguous int64 numpy array (a view of a CPU tensor's memory, say): the same
+        words and counter advance, without the torch-side checks and views (the small protocols' reads)."""
+        nw = out.size
+        if 8 * nw > SMALL_READ:
+            self.fill_(torch.from_numpy(out))
+        elif nw:
+            w = self._ahead_at((nw + 1) >> 1)
+            out.reshape(-1)[:] = self._words[w:w + nw]
+        return out
+
+    def fill_pieces_np_(self, out: np.ndarray) -> np.ndarray:
+        """out[0], out[1], ... filled in turn (each as `fill_np_(out[i])`: every piece starts at a block
+        boundary) with one read of the keystream made ahead when they fit in SMALL_READ bytes together.
+        `out` is an int64 numpy array (pieces, ...) whose pieces out[i] are C-contiguous."""
+        k = out.shape[0]
+        nw = out.size // k if k else 0
+        stride = 2 * ((nw + 1) >> 1)          # words per piece, rounded up to whole blocks
+        if not nw:
+            return out
+        if 8 * stride * k > SMALL_READ:
+            for i in range(k):
+                self.fill_np_(out[i])
+            return out
+        w = self._ahead_at(k * stride >> 1)
+        src = self._words[w:w + k * stride]
+        out[...] = src.reshape(k, stride)[:, :nw].reshape(out.shape)   # a strided `out` (rows of a buffer) too
+        return out
 
     def bytes(self, n: int) -> bytearray:
         small = self._small(n)
@@ -95,14 +134,14 @@ class PRG:
             return out
         if out.device.type != "cpu" or not out.is_contiguous() or out.dtype != torch.int64:
             raise ValueError("PRG.fill_ needs a contiguous int64 CPU tensor")
-        view = memoryview(out.view(-1).numpy()).cast("B")
-        small = self._small(n)
-        if small is not None:
-            view[:] = small
+        if n <= SMALL_READ:
+            w = self._ahead_at(-(-n // 16))
+            out.view(-1).numpy()[:] = self._words[w:w + n // 8]
             return out
         if aesctr.fill(self._key, self.block, out):   # a large read: two halves on two cores (aesctr.py)
             self.block += -(-n // 16)
             return out
+        view = memoryview(out.view(-1).numpy()).cast("B")
         enc = self._cipher(self.block).encryptor()
         self.block += -(-n // 16)
         body = n - 16                        # update_into wants 15 spare bytes after each piece: all but

@@ -7,6 +7,7 @@ accepts them and returns Shapes.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from comet_core.mpc import ringmm
@@ -127,27 +128,32 @@ _EVEN_MASKS = [
 ]
 
 
-def even_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
+def even_bits(x, bits: int):
     """Compress the bits at even positions 0, 2, 4, .. of a `bits`-wide word into its low bits/2 bits.
 
-    Linear over XOR, so it applies share-wise to binary shares (a local operation).
+    Linear over XOR, so it applies share-wise to binary shares (a local operation). A torch tensor or
+    an int64 numpy array (the comparison tree's small inputs): the same operations on either.
     """
-    if x.is_meta:
+    if getattr(x, "is_meta", False):
         return x.clone()
     x = x & 0x5555555555555555
     for s, mask in _EVEN_MASKS:
         if s >= bits // 2:
             break
-        x.bitwise_or_(x >> s).bitwise_and_(mask)
-    return x.bitwise_and_((1 << max(bits // 2, 1)) - 1)
+        x |= x >> s
+        x &= mask
+    x &= (1 << max(bits // 2, 1)) - 1
+    return x
 
 
-def odd_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
+def odd_bits(x, bits: int):
     """Compress the bits at odd positions 1, 3, 5, .. into the low bits/2 bits (logical shift first)."""
-    if x.is_meta:
+    if getattr(x, "is_meta", False):
         return x.clone()
     # logical right shift by one: clear the sign bit that an arithmetic shift would smear
-    return even_bits((x >> 1).bitwise_and_(0x7FFFFFFFFFFFFFFF), bits)
+    y = x >> 1
+    y &= 0x7FFFFFFFFFFFFFFF
+    return even_bits(y, bits)
 
 
 _LEAF_SWAPS = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0),
@@ -162,11 +168,19 @@ def leaf_order(x: torch.Tensor) -> torch.Tensor:
     each field (32, 16, 8 bits: whole int32 / int16 / int8 units, no bit compaction), and each pair is
     two adjacent blocks of leaves. Bit 63 stays where it is. A bit permutation: linear over XOR, so it
     applies share-wise to binary shares. 24 elementwise operations; the arithmetic right shifts' sign
-    bits fall outside every mask. Returns a new tensor."""
-    if x.is_meta:
+    bits fall outside every mask. Returns a new tensor (a new int64 numpy array for a numpy input: the
+    dealer's small items)."""
+    if isinstance(x, np.ndarray):
+        x = x.copy()
+    elif x.is_meta:
         return x.clone()
-    x = x.clone()
-    for s, mask in _LEAF_SWAPS:
-        t = (x >> s).bitwise_xor_(x).bitwise_and_(mask)
-        x.bitwise_xor_(t).bitwise_xor_(t.bitwise_left_shift_(s))
+    else:
+        x = x.clone()
+    for s, mask in _LEAF_SWAPS:   # in-place operators: the same operations on tensors and numpy arrays
+        t = x >> s
+        t ^= x
+        t &= mask
+        x ^= t
+        t <<= s
+        x ^= t
     return x
