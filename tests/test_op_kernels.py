@@ -162,26 +162,3 @@ def test_prg_direct_writes_give_the_stream_read_at_once(words):
     assert p.block == blocks + 3
     assert second.numpy().tobytes() == bytes(PRG(key).bytes(16 * blocks + 40)[16 * blocks:16 * blocks + 40])
 
-
-@pytest.mark.parametrize("words", [131072, 131073, 300001])
-@pytest.mark.parametrize("libcrypto", [True, False])
-def test_prg_large_reads_on_two_cores_give_the_same_stream(monkeypatch, words, libcrypto):
-    """aesctr.fill (two halves from their counters, libcrypto, GIL released) against cryptography's one
-    read: the same words and counter advance; without libcrypto the read falls back to cryptography."""
-    from comet_core.mpc import aesctr
-
-    if libcrypto and aesctr._load() is None:
-        pytest.skip("libcrypto.so.3 is not on this machine")
-    if not libcrypto:
-        monkeypatch.setattr(aesctr, "_load", lambda: None)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    key = bytes(range(3, 19))
-    whole = PRG(key).bytes(8 * (words + 5))
-    calls = []
-    real = aesctr._keystream
-    monkeypatch.setattr(aesctr, "_keystream", lambda *a: calls.append(a[1]) or real(*a))
-    p = PRG(key)
-    first = p.fill_(torch.empty(words, dtype=torch.int64))
-    assert first.numpy().tobytes() == bytes(whole[:8 * words])
-    assert p.block == -(-8 * words // 16)
-    assert sorted(calls) == ([0, (8 * words // 2) // 16] if libcrypto else [])

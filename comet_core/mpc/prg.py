@@ -21,7 +21,6 @@ import os
 import numpy as np
 import torch
 
-from comet_core.mpc import aesctr
 
 PAIRS = (
     ("dealer", "P0"), ("dealer", "P1"),
@@ -50,7 +49,6 @@ class PRG:
         if len(key) != 16:
             raise ValueError("PRG key must be 16 bytes")
         self._cipher = lambda counter: Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(16, "big")))
-        self._key = key
         self.block = 0  # next unused 16-byte counter block
         # keystream of blocks [_ahead_block, _ahead_block + _ahead_blocks), made ahead for small reads:
         # its bytes (uint8) and the same memory as int64 words (two per block)
@@ -137,9 +135,6 @@ class PRG:
         if n <= SMALL_READ:
             w = self._ahead_at(-(-n // 16))
             out.view(-1).numpy()[:] = self._words[w:w + n // 8]
-            return out
-        if aesctr.fill(self._key, self.block, out):   # a large read: two halves on two cores (aesctr.py)
-            self.block += -(-n // 16)
             return out
         view = memoryview(out.view(-1).numpy()).cast("B")
         enc = self._cipher(self.block).encryptor()
