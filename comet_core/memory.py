@@ -6,7 +6,8 @@ the peak of the run is the larger of its two phases when the ring product is tor
 (``int64_kernel``, the kernel chosen on AVX-512 hosts; ``ringmm.int64_gemm_faster``):
 
 A. sharing (before the private run): the float32 plaintext model 4 P, both parties' shares
-   2 x 8 P = 16 P, one float64 temporary of the largest weight (MPC.share writes into the shares' buffer)
+   2 x 8 P = 16 P, one float64 temporary of the largest weight (still counted: MPC.share writes into the
+   shares' buffer in 4 MiB blocks since mpc/sharing.py, so this term is slack now)
 B. the private run: the shares 16 P; the plaintext model 4 P only when the reference runs after the run
    (Comet: ``plain_during_run``; any other system's reference runs first and the model is released); the
    weight masks kept for the inference: the embedding's and LM head's always (their b shares 16, the

@@ -11,9 +11,12 @@ block by block:
 The same shares bit for bit as the unblocked steps: the keystream is a function of the counter block
 only, and every block but the last holds an even number of 64-bit words (whole 16-byte AES blocks), so
 the stream read in blocks is the stream read at once (prg.PRG). Cost: no messages here (the caller books
-numel * 64 bits from the owner to P1); memory: the (2, *shape) result plus two scratch blocks (4 MiB at
-the default block) instead of a weight-sized float64 temporary, so the passes run in cache (model
-weights: 163 M elements for SmolLM2-135M).
+numel * 64 bits from the owner to P1); memory: the (2, *shape) result plus a float64 scratch block
+(4 MiB at the default block; an int64 one more for a strided destination) instead of a weight-sized
+float64 temporary, so the passes run in cache (model weights: 163 M elements for SmolLM2-135M). Larger
+blocks than L2 on purpose: each block's operations are parallel regions of torch's thread pool, and
+fewer of them keep the per-region overhead small (it is large on a loaded 2-core machine: 64 Ki blocks
+took 2x the time of 1 Mi blocks there).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from comet_core.mpc import ring
 from comet_core.mpc.prg import PRG
 
-BLOCK = 1 << 18   # elements per block (2 MiB of float64 scratch): even, so a block is whole AES blocks
+BLOCK = 1 << 19   # elements per block (4 MiB of float64 scratch; in L3): even, so a block is whole AES blocks
 
 
 def share_into(x: torch.Tensor, frac: int, gen: PRG, out: torch.Tensor | None = None,
