@@ -18,10 +18,10 @@ drawn and opened by these blocks at its first use in an inference and kept (b by
 parties); later calls open only e and run steps 1 and 3 on the kept b and f as one block.
 
 Nothing is skipped or merged across parties: every product of the steps is computed, each from its own
-party's operands; products over the same matrix are batched into one GEMM (the dealer's a @ b_p with
-P_p's e @ b_p: rows [a; e] against b_p, which the dealer and P_p both hold; both parties' left rows
-against the public f), since torch's int64 GEMM of up to ~16 rows costs one pass over its matrix
-whatever the rows (~1 ns per element here): 3 passes (b0, b1, f) instead of 4-5. Only the loop order
+party's operands. A block's products run in one pass over it (mpc/blockkernel.py: a numba kernel, or
+torch's GEMMs with the products over the same matrix batched: the dealer's a @ b_p with P_p's e @ b_p,
+rows [a; e] against b_p, which the dealer and P_p both hold, and both parties' rows against the public
+f; torch's int64 GEMM of up to ~16 rows costs one pass over its matrix whatever the rows). Only the loop order
 differs, and ring arithmetic is exact, so every share, opened value and ledger row is bit for bit that
 of arith.matmul's unblocked steps (the streams are read in pieces of an even number of words, which
 reads the same words as one read; tests/test_blocked.py). Simulation only (both parties' shares in
