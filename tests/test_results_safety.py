@@ -234,3 +234,16 @@ def test_parallel_sweep_lands_in_one_folder(tmp_path):
     assert "sweep: 3 of 3 jobs finished" in r.stdout
     assert r.stdout.strip().splitlines()[-1] == str(sweeps[0].resolve())
     assert sorted(pd.read_csv(sweeps[0] / "metrics.csv").job.unique()) == [0, 1, 2]
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """run_info's peak_rss_bytes of a process started by a large parent (a test runner of 1+ GB, say):
+    its own high-water mark, not the parent's RSS that getrusage carries over a fork + exec (which made
+    the memory-estimate check above fail inside the full suite)."""
+    big = bytearray(600 * 2 ** 20)
+    for i in range(0, len(big), 4096):
+        big[i] = 1
+    code = "from comet_core.results.run_info import _peak_rss_bytes; print(_peak_rss_bytes())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert 0 < int(r.stdout) < 300 * 2 ** 20
+    del big
