@@ -239,3 +239,50 @@ def test_shuffle_view_is_independent_of_the_secret():
 def test_positive_control_weak_streams_are_caught_in_the_shuffle(weak_streams):
     with pytest.raises(AssertionError, match="words P1 receives"):
         check_shuffle_view()
+
+
+# ---- the simulation's blocked decode matmul (mpc/blocked.py): the values it opens, e and f -----------
+
+def blocked_openings(w_plain: torch.Tensor, seed: int, monkeypatch) -> torch.Tensor:
+    """Every value the simulation's blocked few-row matmul opens, for one row against a secret weight:
+    e = x - a (from MPC.open_pair, where it is formed) and f = y - b, block by block."""
+    from comet_core.mpc import blocked
+    from comet_core.mpc.engine import MPC, EngineConfig
+
+    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 2048)   # several blocks
+    opened, calls = [], []
+    real_open, real_blocks = MPC.open_pair, blocked.blockkernel.block_products
+    monkeypatch.setattr(MPC, "open_pair", staticmethod(lambda *a, **k: opened.append(
+        real_open(*a, **k).clone()) or opened[-1]))
+    def block_products(b, *a, y=None, **k):   # the block's f = (y0 - b0) + (y1 - b1), which the kernel forms
+        calls.append(1)                       # inline (tests/test_blocked.py: the kernels equal this formula)
+        if y is not None:
+            opened.append(((y[0] - b[0]) + (y[1] - b[1])).clone())
+        return real_blocks(b, *a, y=y, **k)
+
+    monkeypatch.setattr(blocked.blockkernel, "block_products", block_products)
+    m = MPC(EngineConfig(), seed=seed, mode="exact")
+    x = m.share(torch.randn(1, w_plain.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    arith.matmul(x, m.register_weight(m.share(w_plain, owner="model_owner")))
+    assert len(calls) > 1, "the blocked path did not run"
+    return torch.cat([o.reshape(-1) for o in opened])
+
+
+def check_blocked_view(monkeypatch) -> None:
+    k, n = 64, 128
+    wa = torch.randn(k, n, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    wb = torch.full((k, n), 3.0e4, dtype=torch.float64)
+    oa, ob = blocked_openings(wa, 101, monkeypatch), blocked_openings(wb, 202, monkeypatch)
+    assert oa.numel() == ob.numel() == k + k * n
+    assert_uniform_bits(oa, "blocked matmul: values P1 opens (weight A)")
+    assert_uniform_bits(ob, "blocked matmul: values P1 opens (weight B)")
+    assert_same_distribution(oa, ob, "blocked matmul: opened values")
+
+
+def test_blocked_matmul_openings_are_independent_of_the_weight(monkeypatch):
+    check_blocked_view(monkeypatch)
+
+
+def test_positive_control_weak_streams_are_caught_in_the_blocked_matmul(weak_streams, monkeypatch):
+    with pytest.raises(AssertionError, match="values P1 opens|opened values"):
+        check_blocked_view(monkeypatch)
