@@ -3,7 +3,7 @@
 A decode step multiplies 1-3 rows by each weight matrix. Written as whole-matrix steps (arith.matmul:
 the dealer draws b, forms c = a @ b; the parties open f = y - b, then e @ b_p and (a_p + [p = 0] e) @ f),
 every step with a fresh mask (engine.reuse_weight_masks false, as the published systems do) is a pass
-over weight-sized tensors in main memory: ~11 ns per weight element here. The same steps run block by
+over weight-sized tensors in main memory (the `whole` rows of results/decode_matmul.csv). The same steps run block by
 block over h rows of the weight, so that b's halves and f stay in cache between the dealer's step and
 the parties' steps:
 
@@ -87,8 +87,8 @@ def few_rows_matmul(x: AShare, y: AShare, key=None) -> torch.Tensor:
     e = mpc.open_pair(rows, a)                                        # (R, k) public
     ea = mpc.add_p0_(a.clone(), e)                                    # (2, R, k): a_p + [p = 0] e
     z = torch.zeros((2, R, n), dtype=torch.int64)
-    if kept is None:   # f opened block by block; kept whole when the mask is reused
-        f = torch.empty((k, n), dtype=torch.int64) if key is not None else None
+    # f is opened block by block; a reused mask's first use keeps it whole
+    f = torch.empty((k, n), dtype=torch.int64) if key is not None and kept is None else None
     for r0, b in triple.blocks():                                     # b: (2, hb, n), the mask's rows
         hb = b.shape[1]
         cols = slice(r0, r0 + hb)
@@ -96,8 +96,8 @@ def few_rows_matmul(x: AShare, y: AShare, key=None) -> torch.Tensor:
             b, triple.av[:, cols].contiguous(), e[:, cols].contiguous(), ea[:, :, cols].contiguous(),
             triple.acc, z, y=None if kept is not None else y.data[:, cols],
             f=kept[cols] if kept is not None else None,
-            f_out=f[cols] if kept is None and f is not None else None)
-    if key is not None and kept is None:
+            f_out=f[cols] if f is not None else None)
+    if f is not None:
         mpc.weight_masks[key] = f
     z.add_(triple.c().data)
     return z.reshape(2, *x.shape[:-1], n)

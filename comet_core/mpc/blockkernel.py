@@ -10,9 +10,9 @@ shares y0, y1, and the few rows (R <= 3) of the dealer's a, the opened e and the
 all over Z_2^64 (int64 wrap-around). Every product is computed from its own party's operands; the
 kernel only reads each block element once for all of them. Two kernels, the same results bit for bit
 (tests/test_blocked.py):
-  * numba (the `numba` package, installed with the toolkit): column chunks of 512 in parallel, AVX-512 /
-    AVX2 int64 multiplies, ~1.5 ns per block element on one core here against ~5 ns for torch's
-    passes (torch's int64 GEMM is a scalar loop: ~1 ns per element per pass, whatever the rows);
+  * numba (the `numba` package, installed with the toolkit): column chunks split over torch's threads,
+    AVX-512 / AVX2 int64 multiplies (torch's int64 GEMM of a few rows costs a pass over its matrix
+    whatever the rows; `benchmarks/decode_matmul.py` times both kernels, results/decode_matmul.csv);
   * torch, when numba is missing (the same steps as three GEMM passes; a log line says how to install).
 """
 
@@ -22,6 +22,8 @@ import importlib.util
 import logging
 
 import torch
+
+from comet_core.mpc import ring
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +135,13 @@ def _block_numba_call(kernel, b, av, e, ea, c, z, y, f, f_out) -> None:
     none = np.empty((0, n), np.int64)
     np_ = lambda t: t.numpy() if t is not None else none   # noqa: E731 - zero-copy views
     kernel(np_(y[0] if y is not None else None), np_(y[1] if y is not None else None),
-                 b[0].numpy(), b[1].numpy(), np_(f), av.numpy(), e.numpy(), ea[0].numpy(), ea[1].numpy(),
-                 c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None, threads)
+           b[0].numpy(), b[1].numpy(), np_(f), av.numpy(), e.numpy(), ea[0].numpy(), ea[1].numpy(),
+           c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None, threads)
 
 
 def _block_torch(b, av, e, ea, c, z, y, f, f_out) -> None:
     """The same products as torch GEMM passes: rows [a; e] against each b_p (the dealer's a @ b_p and P_p's
     e @ b_p), both parties' rows against f."""
-    from comet_core.mpc import ring
-
     R, h = av.shape
     if f is None:
         f = torch.sub(y[0], b[0], out=f_out).add_(y[1]).sub_(b[1])

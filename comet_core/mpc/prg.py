@@ -21,7 +21,6 @@ import os
 import numpy as np
 import torch
 
-
 PAIRS = (
     ("dealer", "P0"), ("dealer", "P1"),
     ("client", "P0"), ("client", "P1"),
