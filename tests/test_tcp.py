@@ -239,6 +239,37 @@ def test_oversized_malformed_and_late_frames(keys):
     a.close(), b.close()
 
 
+def _idle_sockets(port: int, n: int = 2) -> list:
+    """n TCP connections to a listener that never speak (no TLS hello): a port scan, a stuck peer."""
+    import socket
+
+    out = []
+    deadline = time.monotonic() + 30
+    while len(out) < n and time.monotonic() < deadline:
+        try:
+            out.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+        except OSError:
+            time.sleep(0.05)
+    return out
+
+
+def test_idle_connections_do_not_stall_the_listener(keys):
+    """Two idle connections before the real peer (issue 22, T1): the listener's handshakes are concurrent
+    with a short timeout each, so the peer is accepted at once (before: one handshake at a time, each
+    waiting min(timeout, 30 s) on the idle socket, and the peer was never reached)."""
+    lst = Listener("p0", "127.0.0.1", 0, server_context(keys / "a", "p0"))
+    idle = _idle_sockets(lst.address[1])
+    got = {}
+    th = threading.Thread(target=lambda: got.update(_catch(lambda: lst.accept({"p1"}, 15)) or {}), daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    c = connect("p1", "p0", "127.0.0.1", lst.address[1], client_context(keys / "a", "p1"), 15)
+    th.join(20)
+    lst.close()
+    assert "p1" in got and time.monotonic() - t0 < 10, got
+    c.close(), got["p1"].close(), [s.close() for s in idle]
+
+
 def test_handshake_names_the_differing_keys(keys):
     a, b = _pair(keys / "a", keys / "a")
     mine = dict(config_sha256="x", config={"engine.frac_bits": 16, "seed": 1})
@@ -321,6 +352,20 @@ def test_roles_run_and_a_party_receives_only_its_own_shares(tmp_path, keys, monk
     led = pd.read_csv(tmp_path / "p0" / "ledger.csv.gz")
     sent = p0["links"]["p1"]["sent_payload"]
     assert sent == led[(led.phase == "online") & (led.sender == "P0")].bytes.sum()
+
+
+def test_a_run_completes_with_two_idle_connections_to_p0(tmp_path, keys):
+    """Two idle connections to P0's port as it starts listening (issue 22, T1): the run still completes."""
+    cfg = _ports(_cfg(tmp_path, timeout_s=20))
+    idle: list = []
+    th = threading.Thread(target=lambda: idle.extend(_idle_sockets(int(cfg.transport.ports.p0))), daemon=True)
+    th.start()
+    rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path)
+    th.join(5)
+    assert len(idle) == 2
+    assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
+    for s in idle:
+        s.close()
 
 
 def test_config_mismatch_stops_every_role(tmp_path, keys):

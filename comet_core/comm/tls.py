@@ -19,9 +19,11 @@ only the roles it expects.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import ssl
 import struct
+import threading
 import time
 
 from comet_core.comm.channel import PeerError
@@ -209,8 +211,16 @@ def _reason(e: BaseException) -> str:
 # -- making links ------------------------------------------------------------------------------------
 
 
+HANDSHAKE_TIMEOUT_S = 10.0   # one TLS handshake (milliseconds when the peer is a comet role)
+MAX_PENDING = 32             # handshakes in progress at once; further connections are closed at once
+
+
 class Listener:
-    """A listening socket that accepts TLS connections from the given roles."""
+    """A listening socket that accepts TLS connections from the given roles.
+
+    Each connection's TLS handshake runs in its own thread with a short timeout (HANDSHAKE_TIMEOUT_S), so
+    idle or unauthenticated connections (a port scan, a peer that never speaks) cannot hold up the roles
+    the run waits for: they are dropped after that timeout, or at once beyond MAX_PENDING."""
 
     def __init__(self, me: str, host: str, port: int, ctx: ssl.SSLContext) -> None:
         self.me, self.ctx = me, ctx
@@ -222,44 +232,79 @@ class Listener:
             self.sock.close()
             raise PeerError(f"{me} cannot listen on {host}:{port} ({_reason(e)}); free the port or set "
                             f"transport.hosts.{me}") from None
-        self.sock.listen(8)
+        self.sock.listen(64)
         self.address = self.sock.getsockname()
+
+    def _handshake(self, raw: socket.socket, addr, timeout_s: float, done: "queue.Queue") -> None:
+        """One TLS handshake (a thread): puts (addr, conn or None, why) on `done`."""
+        raw.settimeout(timeout_s)
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            raw.close()
+            done.put((addr, None, f"TLS handshake from {addr[0]}:{addr[1]} failed: {_reason(e)}"))
+            return
+        done.put((addr, conn, ""))
 
     def accept(self, roles: set[str], timeout_s: float, each=None) -> dict[str, ssl.SSLSocket]:
         """Accept one connection from each role within timeout_s; others are refused and logged.
         `each(role, sock)` runs on every accepted connection at once (the hello: a mismatch stops here)."""
         got: dict[str, ssl.SSLSocket] = {}
+        done: queue.Queue = queue.Queue()
+        pending = 0
         deadline = time.monotonic() + timeout_s
         last = ""
-        while set(got) != roles:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                missing = ", ".join(sorted(roles - set(got)))
-                raise PeerError(f"{self.me}: no connection from {missing} within {timeout_s:g} s"
-                                + (f" (last refused: {last})" if last else ""))
-            self.sock.settimeout(left)
-            try:
-                raw, addr = self.sock.accept()
-            except socket.timeout:
-                continue
-            raw.settimeout(max(1.0, min(left, 30.0)))
-            try:
-                conn = self.ctx.wrap_socket(raw, server_side=True)
-            except (ssl.SSLError, OSError) as e:
-                last = f"TLS handshake from {addr[0]}:{addr[1]} failed: {_reason(e)}"
-                log.warning("%s: %s", self.me, last)
-                raw.close()
-                continue
-            role = peer_role(conn)
-            if role not in roles or role in got:
-                last = f"{addr[0]}:{addr[1]} presented role {role!r}, expected one of {sorted(roles - set(got))}"
-                log.warning("%s: %s", self.me, last)
-                conn.close()
-                continue
-            log.info("%s: %s connected from %s:%d", self.me, role, addr[0], addr[1])
-            got[role] = conn
-            if each is not None:
-                each(role, conn)
+        try:
+            while set(got) != roles:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = ", ".join(sorted(roles - set(got)))
+                    raise PeerError(f"{self.me}: no connection from {missing} within {timeout_s:g} s"
+                                    + (f" (last refused: {last})" if last else ""))
+                while True:   # finished handshakes first
+                    try:
+                        addr, conn, why = done.get_nowait()
+                    except queue.Empty:
+                        break
+                    pending -= 1
+                    if conn is None:
+                        last = why
+                        log.warning("%s: %s", self.me, last)
+                        continue
+                    role = peer_role(conn)
+                    if role not in roles or role in got:
+                        last = f"{addr[0]}:{addr[1]} presented role {role!r}, expected one of {sorted(roles - set(got))}"
+                        log.warning("%s: %s", self.me, last)
+                        conn.close()
+                        continue
+                    log.info("%s: %s connected from %s:%d", self.me, role, addr[0], addr[1])
+                    conn.settimeout(None)
+                    got[role] = conn
+                    if each is not None:
+                        each(role, conn)
+                if set(got) == roles:
+                    break
+                self.sock.settimeout(min(left, 0.05))
+                try:
+                    raw, addr = self.sock.accept()
+                except socket.timeout:
+                    continue
+                if pending >= MAX_PENDING:
+                    last = f"{addr[0]}:{addr[1]} closed: {MAX_PENDING} handshakes already in progress"
+                    log.warning("%s: %s", self.me, last)
+                    raw.close()
+                    continue
+                pending += 1
+                threading.Thread(target=self._handshake, args=(raw, addr, max(0.5, min(left, HANDSHAKE_TIMEOUT_S)), done),
+                                 name=f"{self.me}-tls-{addr[1]}", daemon=True).start()
+        finally:
+            while True:   # connections whose handshake finished after the last role came: not ours
+                try:
+                    _addr, conn, _why = done.get_nowait()
+                except queue.Empty:
+                    break
+                if conn is not None:
+                    conn.close()
         return got
 
     def close(self) -> None:
