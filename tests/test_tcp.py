@@ -270,6 +270,29 @@ def test_idle_connections_do_not_stall_the_listener(keys):
     c.close(), got["p1"].close(), [s.close() for s in idle]
 
 
+def _huge_words_body() -> bytes:
+    """A 1-byte packed tensor whose header names 2^40 words (8 TiB once unpacked)."""
+    body = encode([torch.zeros(4, dtype=torch.int64)], bits=1, packed=4).body
+    (hlen,) = struct.unpack_from("<I", body)
+    head = json.loads(body[4:4 + hlen])
+    head["$l"][0]["shape"] = [1 << 40]
+    new = json.dumps(head).encode()
+    return struct.pack("<I", len(new)) + new + body[4 + hlen:]
+
+
+def test_a_header_naming_a_huge_tensor_is_refused_in_one_line(keys):
+    """issue 22, T2: a small frame whose header names 2^40 words made the receiver allocate 8 TiB
+    (MemoryError traceback); now a malformed frame naming the peer."""
+    with pytest.raises(WireError, match="names 1099511627776 words for 1 bytes"):
+        decode(_huge_words_body())
+    a, b = _pair(keys / "a", keys / "a", timeout=2.0)
+    body = _huge_words_body()
+    b.sock.sendall(struct.pack("<Q", len(body)) + body)
+    with pytest.raises(PeerError, match="p1 sent a malformed frame: .*names 1099511627776 words"):
+        a.recv()
+    a.close(), b.close()
+
+
 def test_handshake_names_the_differing_keys(keys):
     a, b = _pair(keys / "a", keys / "a")
     mine = dict(config_sha256="x", config={"engine.frac_bits": 16, "seed": 1})

@@ -172,6 +172,9 @@ class SocketPipe:
             obj, payload = decode(body, self.mpc)
         except WireError as e:
             raise PeerError(f"{self.peer} sent a malformed frame{self._at()}: {e}") from None
+        except MemoryError:   # a frame within max_frame whose tensors do not fit this machine's memory
+            raise PeerError(f"{self.peer} sent a frame of {n} bytes whose tensors do not fit in memory{self._at()}") \
+                from None
         self.recv_payload += payload
         self.recv_frame += _LEN.size + n
         if isinstance(obj, dict) and "$error" in obj:

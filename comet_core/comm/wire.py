@@ -104,6 +104,8 @@ def _unpack(data: np.ndarray, head: dict) -> torch.Tensor:
         nbytes = int(head.get("nbytes", -1))
         if data.size != nbytes or nbytes > n * 8:
             raise WireError(f"packed words: {data.size} bytes for {nbytes} announced, {n} words")
+        if n > 8 * max(nbytes, 1):   # the sparsest real packing is one 1-bit field per word
+            raise WireError(f"packed words: a header names {n} words for {nbytes} bytes (at most {8 * max(nbytes, 1)})")
         full = np.zeros(n * 8, np.uint8)
         full[:nbytes] = data
         return torch.from_numpy(full).view(torch.int64).reshape(shape)
