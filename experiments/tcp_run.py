@@ -147,9 +147,10 @@ def tcp_execute(cfg, staging: Path):
     work = staging / "roles"
     work.mkdir(parents=True, exist_ok=True)
     keys = cfg.transport.keys_dir
-    if not keys:
+    own_keys = not keys
+    if own_keys:   # a one-run CA: its key is never stored; the roles' keys go when the roles are done
         keys = str(staging / "keys")
-        make_keys(keys)
+        make_keys(keys, keep_ca_key=False)
     run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(run_cfg):
         run_cfg.prompt = _prompt(cfg)
@@ -164,6 +165,10 @@ def tcp_execute(cfg, staging: Path):
     except CometError as e:
         kept = keep_logs(work, staging)
         raise CometError(str(e).replace(f"(logs: {work})", f"(role logs kept in {kept})")) from None
+    finally:
+        if own_keys:   # the run folder keeps the certificates (public), never a private key
+            for f in Path(keys).glob("*.key"):
+                f.unlink()
     wall = time.perf_counter() - t0
     res = {r: json.loads((work / r / "result.json").read_text()) for r in procs}
     import pandas as pd

@@ -333,12 +333,27 @@ def test_keys_are_not_overwritten(tmp_path):
     make_keys(tmp_path)
     with pytest.raises(CometError, match="already holds keys"):
         make_keys(tmp_path)
+    (tmp_path / "dealer.key").chmod(0o644)        # an old key made readable by others
     make_keys(tmp_path, overwrite=True)
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate((tmp_path / "dealer.pem").read_bytes())
     assert cert.subject.rfc4514_string() == "CN=dealer"
-    assert (tmp_path / "dealer.key").stat().st_mode & 0o077 == 0
+    assert all((tmp_path / f"{r}.key").stat().st_mode & 0o777 == 0o600 for r in ROLES)   # issue 22, K1
+    assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_one_run_ca_keeps_no_ca_key_and_readable_keys_are_refused(tmp_path):
+    """issue 22, K1: run-experiment's one-run CA never stores ca.key; a private key that others may read
+    is refused on load in one line."""
+    from comet_core.comm.keys import check_keys
+
+    make_keys(tmp_path, keep_ca_key=False)
+    assert not (tmp_path / "ca.key").exists() and (tmp_path / "ca.pem").exists()
+    check_keys(tmp_path, "p0")
+    (tmp_path / "p0.key").chmod(0o644)
+    with pytest.raises(CometError, match=r"role p0: the private key .*p0.key may be read by others \(mode 0644\); `chmod 600"):
+        check_keys(tmp_path, "p0")
 
 
 # -- roles as threads: what a party holds, and faults ---------------------------------------------------
@@ -467,6 +482,8 @@ def test_run_experiment_over_tcp_equals_inprocess(tmp_path):
     assert set(info["transport"]["roles"]) == set(ROLES)
     assert all(v["pid"] > 0 and v["address"] for v in info["transport"]["roles"].values())
     assert (tmp_path / "run" / "COMPLETE").exists()
+    keys = tmp_path / "run" / "keys"        # issue 22, K1: certificates only, no private key
+    assert (keys / "p0.pem").exists() and not list(keys.glob("*.key"))
 
 
 def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):

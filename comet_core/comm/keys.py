@@ -4,9 +4,11 @@
 2. For each role (p0, p1, dealer, client, owner): a key (`<role>.key`, mode 0600) and a certificate
    (`<role>.pem`) signed by the CA, whose subject CN and DNS name are the role: a TLS peer checks the
    certificate it is shown names the role it expects (tls.py).
-3. The CA's private key (`ca.key`) is written too, for issuing more certificates; it need not leave the
-   machine that made the keys. Each machine needs `ca.pem` and its own role's `.pem` and `.key` only.
-Existing files are never replaced unless `overwrite`.
+3. The CA's private key (`ca.key`) is written too, for issuing more certificates (unless `keep_ca_key` is
+   false: a one-run CA, as run-experiment makes, never stores it); it need not leave the machine that
+   made the keys. Each machine needs `ca.pem` and its own role's `.pem` and `.key` only.
+Existing files are never replaced unless `overwrite`; a private key is mode 0600 even where it replaces an
+older file of another mode, and `check_keys` refuses a private key that group or others may read.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ def key_files(role: str) -> tuple[str, str]:
     return f"{role}.pem", f"{role}.key"
 
 
-def make_keys(out: str | os.PathLike, overwrite: bool = False, days: int = 30) -> list[Path]:
-    """Write ca.pem, ca.key and <role>.pem/.key for every role into `out`; returns the files written."""
+def make_keys(out: str | os.PathLike, overwrite: bool = False, days: int = 30, keep_ca_key: bool = True) -> list[Path]:
+    """Write ca.pem, ca.key (if keep_ca_key) and <role>.pem/.key for every role into `out`; returns the
+    files written."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,7 +51,9 @@ def make_keys(out: str | os.PathLike, overwrite: bool = False, days: int = 30) -
 
     def write(name: str, data: bytes, private: bool = False) -> Path:
         p = out / name
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        mode = 0o600 if private else 0o644
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.fchmod(fd, mode)   # O_CREAT's mode applies to new files only: an old 0644 key must not stay 0644
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return p
@@ -62,7 +67,11 @@ def make_keys(out: str | os.PathLike, overwrite: bool = False, days: int = 30) -
                                        content_commitment=False, key_encipherment=False, data_encipherment=False,
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
-    written = [write("ca.pem", ca.public_bytes(serialization.Encoding.PEM)), write("ca.key", pem_key(ca_key), True)]
+    written = [write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))]
+    if keep_ca_key:
+        written.append(write("ca.key", pem_key(ca_key), True))
+    elif (out / "ca.key").exists():   # overwrite: an older CA's key does not belong to these certificates
+        (out / "ca.key").unlink()
     for role in ROLES:
         k = ec.generate_private_key(ec.SECP256R1())
         cert = (x509.CertificateBuilder()
@@ -87,4 +96,8 @@ def check_keys(keys_dir: str | os.PathLike, role: str) -> tuple[Path, Path, Path
     if missing:
         raise CometError(f"role {role}: missing key files {', '.join(missing)}; make them with "
                          f"`comet keys --out {d}` and copy ca.pem, {role}.pem and {role}.key to this machine")
+    mode = files[2].stat().st_mode & 0o777
+    if os.name == "posix" and mode & 0o077:
+        raise CometError(f"role {role}: the private key {files[2]} may be read by others (mode {mode:04o}); "
+                         f"`chmod 600 {files[2]}`")
     return files
