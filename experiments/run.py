@@ -100,7 +100,8 @@ def validate_config(cfg, role: str | None = None) -> None:
     require(cfg.prompt_len is None or (isinstance(cfg.prompt_len, int) and cfg.prompt_len >= 1),
             f"prompt_len must be a positive integer or null, got {cfg.prompt_len!r}")
     require(cfg.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {cfg.device!r}")
-    load_prompt(cfg)
+    if role in (None, "client"):   # only the client holds the prompt (the other roles' configs have none)
+        load_prompt(cfg)
     Network.from_cfg(cfg.network)
     engine_config(cfg)
     n_layers(cfg.model)

@@ -1,7 +1,8 @@
 """`comet run-experiment transport=tcp`: the five roles as OS processes on this machine, one command.
 
 1. Keys: `transport.keys_dir`, or a fresh CA and role certificates in the run's staging folder (`keys/`).
-2. Free ports for P0 and P1 where `transport.ports` are 0; the resolved config goes to `roles/config.yaml`.
+2. Free ports for P0 and P1 where `transport.ports` are 0; the resolved config goes to `roles/config.yaml`
+   without the prompt (P0, P1, the dealer and the owner never see it) and, with it, to `roles/client.yaml`.
 3. Start p0, p1, dealer, owner, client (`comet party --role R --config ...`), each with its own log
    (`roles/<role>.log`) and `transport.exec_prefix.<role>` before its command (e.g. `ip netns exec ns-p0`).
 4. Wait for all; the first role that fails gives the error line (the others stop within
@@ -46,19 +47,30 @@ def _last_error(logfile: Path) -> str:
     return lines[-1][len("error: "):] if lines else ""
 
 
-def start_roles(cfg, work: Path, keys: str) -> dict:
-    """Write the resolved config and start the five role processes: {role: (Popen, log path)}."""
-    from omegaconf import OmegaConf
+def role_configs(cfg, work: Path) -> dict:
+    """{role: config file}: the resolved config, whose prompt only the client's file holds (the others: "")."""
+    from omegaconf import OmegaConf, open_dict
 
-    cfg_file = work / "config.yaml"
-    OmegaConf.save(cfg, cfg_file, resolve=True)
+    files = {}
+    for name, prompt in (("client.yaml", cfg.prompt), ("config.yaml", "")):
+        c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        with open_dict(c):
+            c.prompt, c.prompt_file = prompt, None
+        OmegaConf.save(c, work / name, resolve=True)
+        files[name] = work / name
+    return {r: files["client.yaml" if r == "client" else "config.yaml"] for r in START_ORDER}
+
+
+def start_roles(cfg, work: Path, keys: str) -> dict:
+    """Write the roles' configs (role_configs) and start the five role processes: {role: (Popen, log path)}."""
+    cfg_files = role_configs(cfg, work)
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     procs = {}
     prefix = cfg.transport.get("exec_prefix") or {}
     for role in START_ORDER:
         cmd = [*[str(a) for a in (prefix.get(role) or [])], sys.executable, "-m", "cli.main", "party", "--role", role,
-               "--config", str(cfg_file), "--keys", str(keys), "--out", str(work / role)]
+               "--config", str(cfg_files[role]), "--keys", str(keys), "--out", str(work / role)]
         logf = work / f"{role}.log"
         with open(logf, "w") as fh:
             procs[role] = (subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=fh, stderr=subprocess.STDOUT,

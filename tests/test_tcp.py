@@ -482,6 +482,8 @@ def test_run_experiment_over_tcp_equals_inprocess(tmp_path):
     assert set(info["transport"]["roles"]) == set(ROLES)
     assert all(v["pid"] > 0 and v["address"] for v in info["transport"]["roles"].values())
     assert (tmp_path / "run" / "COMPLETE").exists()
+    roles = tmp_path / "run" / "roles"      # issue 22, V1: only the client's config holds the prompt
+    assert "To be" in (roles / "client.yaml").read_text() and "To be" not in (roles / "config.yaml").read_text()
     keys = tmp_path / "run" / "keys"        # issue 22, K1: certificates only, no private key
     assert (keys / "p0.pem").exists() and not list(keys.glob("*.key"))
 
@@ -525,6 +527,23 @@ def test_an_ideal_functionality_runs_through_the_dealer(tmp_path, keys):
     assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
     led = _equals_inprocess(cfg, tmp_path)
     assert (led.cost_source == "model").any()
+
+
+def test_only_the_clients_config_holds_the_prompt(tmp_path):
+    """issue 22, V1: the launcher wrote the prompt into every role's config; now only the client's. Every
+    role's config passes that role's checks (the others need no prompt), and all hash alike."""
+    from experiments.party import config_hash, flat_config, load_config
+    from experiments.run import validate_config
+    from experiments.tcp_run import role_configs
+
+    cfg = _cfg(tmp_path, "prompt=a secret prompt")
+    files = role_configs(cfg, tmp_path)
+    for role, f in files.items():
+        text = f.read_text()
+        assert ("a secret prompt" in text) == (role == "client"), role
+        loaded = load_config(str(f))
+        validate_config(loaded, role=role)
+        assert config_hash(flat_config(loaded)) == config_hash(flat_config(load_config(str(files["client"]))))
 
 
 def test_party_config_from_overrides_hashes_like_the_launchers_file(tmp_path):
