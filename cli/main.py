@@ -104,6 +104,7 @@ def party(ctx: typer.Context,
           role: str = typer.Option(..., "--role", help="p0 | p1 | dealer | client | owner"),
           keys_dir: Path = typer.Option(None, "--keys", help="folder with ca.pem and <role>.pem/.key (default: transport.keys_dir)"),
           out: Path = typer.Option(None, "--out", help="folder for this role's result.json (and the parties' ledger)"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier role's files in --out"),
           config: Path = typer.Option(None, "--config", help="a resolved config.yaml (run-experiment passes one) instead of overrides")) -> None:
     """Run one role of a transport=tcp run as this process (Hydra overrides as for run-experiment, e.g.
     transport=tcp transport.hosts.p0=10.0.0.1 transport.ports.p0=29500 ...). README: "Two machines"."""
@@ -132,7 +133,7 @@ def party(ctx: typer.Context,
         raise typer.Exit(2) from None
     from experiments.party import main as party_main
 
-    raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path("outputs") / f"party-{role}")))
+    raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path("outputs") / f"party-{role}"), overwrite=overwrite))
 
 
 @app.command("list")

@@ -15,7 +15,10 @@ What each role holds:
     system's public setup in the clear (Comet: per-layer predictor ranks and thresholds), then leaves.
   * client: the prompt; shares each step's one-hot rows, opens the output shares, picks the next token.
 Each role writes `<out>/result.json` (pid, address, link counters, timings; the parties also
-`ledger.csv.gz`, the client the tokens). An error is one line on stderr (`error: <role>: ...`), exit 2.
+`ledger.csv.gz`, the client the tokens). An error is one line on stderr (`error: <role>: ...`), exit 2,
+and `<out>/error.txt`. An `--out` that holds an earlier role's files is refused before any work (one line)
+unless `overwrite`, which removes them first: a folder never mixes two runs' files. Files are written
+atomically (a temporary name, then rename).
 """
 
 from __future__ import annotations
@@ -272,14 +275,42 @@ def owner_items(cfg, pw) -> tuple[list, dict]:
     return items, public
 
 
-def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
+OUTPUTS = ("result.json", "error.txt", "ledger.csv.gz")   # what a role writes into its --out
+
+
+def prepare_out(out_dir: Path, role: str, overwrite: bool) -> None:
+    """Refuse an --out holding an earlier role's files (CometError), or with `overwrite` remove them."""
+    from comet_core.errors import CometError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CometError(f"--out {out_dir} is a file; give a folder")
+    old = [n for n in OUTPUTS if (out_dir / n).exists()]
+    if old and not overwrite:
+        raise CometError(f"--out {out_dir} already holds an earlier run's {', '.join(old)}; give another --out, "
+                         "or --overwrite to replace them")
+    for n in old:
+        (out_dir / n).unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = False) -> int:
     """Run one role; returns the exit status (0, or 2 after one `error:` line on stderr)."""
     from comet_core.comm.channel import PeerError
     from comet_core.errors import CometError
     from experiments.run import validate_config
 
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_out(out_dir, role, overwrite)
+    except (CometError, OSError) as e:   # nothing written: the folder keeps what it held
+        print(f"error: {role}: {e}", file=sys.stderr, flush=True)
+        return 2
     links: dict = {}
     t0 = time.time()
     try:
@@ -321,7 +352,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
             res["shaper"] = shaper.summary()
         res.update(role=role, pid=os.getpid(), address=_address(cfg, role), wall_s=round(time.time() - t0, 3),
                    config_sha256=hello["config_sha256"], weights_sha256=hello.get("weights_sha256"))
-        (out_dir / "result.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        write_atomic(out_dir / "result.json", json.dumps(res, indent=1, default=str) + "\n")
         return 0
     except (CometError, PeerError) as e:
         msg = str(e) if str(e).startswith(f"{role}:") else f"{role}: {e}"
@@ -333,7 +364,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None) -> int:
     for pipe in links.values():
         pipe.send_error(msg)
         pipe.close()
-    (out_dir / "error.txt").write_text(msg + "\n")
+    write_atomic(out_dir / "error.txt", msg + "\n")
     print(f"error: {msg}", file=sys.stderr, flush=True)
     return 2
 

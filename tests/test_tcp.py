@@ -546,6 +546,23 @@ def test_only_the_clients_config_holds_the_prompt(tmp_path):
         assert config_hash(flat_config(loaded)) == config_hash(flat_config(load_config(str(files["client"]))))
 
 
+def test_a_reused_party_out_is_refused_or_cleared(tmp_path, capsys):
+    """issue 22, T3: a reused `comet party --out` kept an old result.json beside the new error.txt. Now
+    it is refused in one line before any work (the old files untouched), or cleared with --overwrite."""
+    from experiments.party import main
+
+    cfg = _ports(_cfg(tmp_path))
+    out = tmp_path / "p0"
+    out.mkdir()
+    (out / "result.json").write_text("{}\n")
+    assert main("p0", cfg, str(tmp_path / "nokeys"), str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds an earlier run's result.json" in err[0] and "--overwrite" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["result.json"]
+    assert main("p0", cfg, str(tmp_path / "nokeys"), str(out), overwrite=True) == 2   # missing keys: fails
+    assert sorted(p.name for p in out.iterdir()) == ["error.txt"] and "missing key files" in _err(tmp_path, "p0")
+
+
 def test_party_config_from_overrides_hashes_like_the_launchers_file(tmp_path):
     """Two machines compose the config from overrides; run-experiment passes a saved file: same hash.
     Keys that may differ per role (output_dir, the prompt, keys_dir) are not hashed."""
