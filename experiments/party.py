@@ -108,8 +108,9 @@ def _addr(cfg, role: str) -> tuple[str, int]:
     return str(cfg.transport.hosts[role]), int(cfg.transport.ports[role])
 
 
-def open_links(cfg, role: str, keys: str, hello: dict, shaper=None) -> dict:
-    """Listen/connect as `role`, then hello on every link: {peer role: SocketPipe}."""
+def open_links(cfg, role: str, keys: str, hello: dict, shaper=None, extra: dict | None = None) -> dict:
+    """Listen/connect as `role`, then hello on every link: {peer role: SocketPipe}. `extra[peer]` is added
+    to the hello on that link only (P0's P0-P1 key, for P1)."""
     from comet_core.comm.tls import Listener, SocketPipe, client_context, connect, handshake, server_context
 
     t = cfg.transport
@@ -120,7 +121,7 @@ def open_links(cfg, role: str, keys: str, hello: dict, shaper=None) -> dict:
     def link(peer: str, sock) -> None:
         pipe = mk(sock, peer)
         links[peer] = pipe
-        pipe.hello = handshake(pipe, hello)
+        pipe.hello = handshake(pipe, {**hello, **(extra or {}).get(peer, {})})
         log.info("%s: handshake with %s ok (config %s)", role, peer, hello["config_sha256"][:12])
 
     try:
@@ -160,7 +161,30 @@ def _engine(cfg):
     return engine_config(cfg)
 
 
-def run_party(cfg, rank: int, links: dict, out: Path) -> dict:
+def pair_key(cfg, rank: int, links: dict, drawn: bytes | None) -> bytes:
+    """The P0-P1 key: P0's (drawn from the OS, or the seed's), which P0 sent P1 in its hello over their
+    TLS link; the dealer, client and owner never see it (it keys MPC.relabel)."""
+    from comet_core.comm.channel import PeerError
+
+    if rank == 0:
+        return drawn
+    got = links["p0"].hello.get("pair_key")
+    try:
+        key = bytes.fromhex(got)
+    except (TypeError, ValueError):
+        key = b""
+    if len(key) != 16:
+        raise PeerError("p0's hello carries no P0-P1 key (16 bytes in hex): another comet release?")
+    return key
+
+
+def draw_pair_key(cfg) -> bytes:
+    from comet_core.mpc.prg import Keys
+
+    return Keys.from_os().key("P0", "P1") if cfg.seed is None else Keys.from_seed(cfg.seed).key("P0", "P1")
+
+
+def run_party(cfg, rank: int, links: dict, out: Path, key: bytes | None = None) -> dict:
     import torch
 
     from comet_core.comm.remote import RemotePeers
@@ -172,7 +196,7 @@ def run_party(cfg, rank: int, links: dict, out: Path) -> dict:
     from comet_core.systems import load_system
 
     torch.manual_seed(cfg.model_seed)
-    peers = RemotePeers(rank, links)
+    peers = RemotePeers(rank, links, pair_key(cfg, rank, links, key))
     mpc = MPC(_engine(cfg), seed=cfg.seed, device=cfg.device, party=rank, peers=peers)
     system = load_system(cfg.system)
     t0 = time.perf_counter()
@@ -339,13 +363,15 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
             from experiments.emulated import party_shaper
 
             shaper = party_shaper(cfg, role)
-        links = open_links(cfg, role, keys, hello, shaper=shaper)
+        key = draw_pair_key(cfg) if role == "p0" else None
+        links = open_links(cfg, role, keys, hello, shaper=shaper,
+                           extra={"p1": {"pair_key": key.hex()}} if key is not None else None)
         if role == "owner":
             from comet_core.comm.remote import OwnerService
 
             items, public = owner_items(cfg, plain_weights)
             ctx["owner_service"] = OwnerService(items, float(cfg.transport.timeout_s), wsha, public)
-        res = run_party(cfg, int(role[1]), links, out_dir) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
+        res = run_party(cfg, int(role[1]), links, out_dir, key) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
         if role in ("p0", "p1"):
             res["owner_weights_sha256"] = links["owner"].hello.get("weights_sha256") if "owner" in links else None
         if shaper is not None:

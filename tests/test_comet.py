@@ -155,7 +155,7 @@ def test_permute_and_reveal_costs(engines):
     perm = Permutation(m, 12)
     y, c = _measure(m, permute, xs, -1, perm)
     assert c == permute_cost(m, 60)
-    ref = x[:, m.dealer.permutation(perm.handle)] if m.simulated else None
+    ref = x[:, perm.composed()] if m.simulated else None   # sigma o pi (the dealer knows only pi)
     got = m.reveal(y)
     if ref is not None:
         assert torch.allclose(got, ref, atol=2 ** -16)
@@ -248,9 +248,9 @@ def _p1_view_first_half(active: torch.Tensor, runs: int, weak: bool, monkeypatch
         perm = Permutation(m, F)
         z = permute(m.share(scores), -1, perm)                        # what the permuted predictor outputs
         mask = M.reveal_bits(m, M.active_bits(z, 0.0))
-        pi1 = perm.halves[1]                                          # P1's knowledge
+        pi1, sigma = perm.halves[1], perm.sigma                       # P1's knowledge
         undone = torch.zeros_like(mask)
-        undone[pi1[mask]] = True                                      # P1's best placement guess
+        undone[pi1[sigma[mask]]] = True                               # P1's best placement guess
         fracs.append(float(undone[: F // 2].sum()) / max(1, int(mask.sum())))
     monkeypatch.undo()
     return sum(fracs) / len(fracs)

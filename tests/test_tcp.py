@@ -309,14 +309,14 @@ def test_handshake_names_the_differing_keys(keys):
 def test_handshake_refuses_a_peer_of_another_protocol(keys):
     """A role of another release (another protocol number, or none: before the number existed) is refused
     before any config comparison: its messages could mean something else (e.g. the dealer's mask bits)."""
-    for other in (1, None):
+    for other in (2, None):
         a, b = _pair(keys / "a", keys / "a")
         hello = dict(config_sha256="x", config={})
         theirs = dict(hello, protocol=other)
         out = {}
         th = threading.Thread(target=lambda: out.setdefault("e", _catch(lambda: handshake(b, theirs))), daemon=True)
         th.start()
-        with pytest.raises(PeerError, match=f"p1 speaks protocol {other!r}, this process 2 .another comet release"):
+        with pytest.raises(PeerError, match=f"p1 speaks protocol {other!r}, this process 3 .another comet release"):
             handshake(a, hello)
         th.join(5)
         a.close(), b.close()
@@ -673,3 +673,96 @@ def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictor
     sp = pd.read_csv(tmp_path / "run" / "sparsity.csv")
     assert set(sp.kind) == {"ffn", "head"} and len(sp) == 2 * 2 and sp.flips.notna().all()
     assert (tmp_path / "run" / "kv.csv").exists() and (tmp_path / "run" / "COMPLETE").exists()
+
+
+# -- issue 22, D1: what the online dealer learns ------------------------------------------------------
+
+
+def _dealer_rebuilds(cfg, monkeypatch, weak: bool) -> tuple[int, int]:
+    """The dealer's attack on a reused weight mask's selections: every `select` index it is sent, mapped
+    back through each permutation it made (it knows pi), compared with the real active neurons of the
+    run. Returns (selections it rebuilt exactly, selections of 0 < k < n). `weak`: the parties do not
+    relabel (sigma = identity: the code before the fix)."""
+    from omegaconf import open_dict
+
+    from comet_core.mpc.dealer import Dealer
+    from comet_core.mpc.engine import MPC
+    from experiments.run import execute
+
+    seen = []
+    orig = Dealer.matmul_triple
+
+    def recording(self, shape_a, shape_b, reuse_key=None, select=None):
+        if select is not None:
+            seen.append((select[1].clone(), [self.permutation(h) for h in self._perms]))
+        return orig(self, shape_a, shape_b, reuse_key=reuse_key, select=select)
+    monkeypatch.setattr(Dealer, "matmul_triple", recording)
+    if weak:
+        monkeypatch.setattr(MPC, "relabel", lambda self, n: torch.arange(n))
+    sim = cfg.copy()
+    with open_dict(sim):
+        sim.transport.name = "inprocess"
+        sim.engine.reuse_weight_masks = True
+    o = execute(sim)
+    monkeypatch.undo()
+    real = [set(torch.nonzero(r.real_mask).flatten().tolist()) for r in o.system.state.records if r.kind == "ffn"]
+    rebuilt = tried = 0
+    for idx, perms in seen:
+        for pi in perms:
+            if 0 < idx.numel() < pi.numel() and int(idx.max()) < pi.numel():
+                tried += 1
+                rebuilt += set(pi[idx].tolist()) in real
+    return rebuilt, tried
+
+
+def test_the_dealer_cannot_rebuild_the_active_neurons_from_reused_mask_selections(tmp_path, tiny_predictors, monkeypatch):
+    """issue 22, D1: with reused weight masks the parties ask the dealer for a triple of the selected rows
+    or columns; the dealer made pi, so before the fix it rebuilt the real active neurons from those
+    indices (the positive control, sigma = identity, shows the attack working). The parties now relabel
+    every permutation by sigma from their P0-P1 key: the same attack rebuilds none."""
+    cfg = _cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}", "gen_tokens=3")
+    weak_rebuilt, weak_tried = _dealer_rebuilds(cfg, monkeypatch, weak=True)
+    assert weak_tried > 0 and weak_rebuilt > 0, "the positive control (no relabelling) must be caught"
+    rebuilt, tried = _dealer_rebuilds(cfg, monkeypatch, weak=False)
+    assert tried > 0 and rebuilt == 0, (rebuilt, tried)
+
+
+def test_the_dealer_serves_only_its_items():
+    """issue 22, D1: the dealer process served any public Dealer method by name, `permutation` (pi itself)
+    included; now only DEALER_ITEMS, anything else stops the run in one line."""
+    from comet_core.comm.remote import DEALER_ITEMS, DealerService
+    from comet_core.mpc.engine import EngineConfig
+
+    assert "permutation" not in DEALER_ITEMS
+    svc = DealerService(EngineConfig(), 3, "cpu", 5.0)
+    for r in (0, 1):   # a served item works (positive control)
+        got = svc.handle(r, {"op": "dealer", "name": "new_permutation", "args": [8, 0], "kwargs": {}})
+        assert got["result"].shape == (1, 8)
+    for name in ("permutation", "blocked_matmul_triple", "_rand", "ideal"):
+        with pytest.raises(PeerError, match=f"P0 asked the dealer for {name!r}, which it does not serve"):
+            svc.handle(0, {"op": "dealer", "name": name, "args": [0], "kwargs": {}})
+
+
+def test_p0_and_p1_agree_on_their_relabelling_without_a_seed(tmp_path, keys, tiny_predictors, monkeypatch):
+    """seed=null (OS keys in every process): P0 draws the P0-P1 key and sends it to P1 in its hello over
+    their TLS link, so both relabel alike (sigma); the dealer's, client's and owner's hellos carry no key."""
+    from comet_core.mpc.engine import MPC
+
+    cfg = _ports(_cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}", "seed=null"))
+    sigmas: dict = {}
+    orig = MPC.relabel
+    monkeypatch.setattr(MPC, "relabel", lambda self, n: sigmas.setdefault(self.rank, []).append(orig(self, n))
+                        or sigmas[self.rank][-1])
+    hellos: list = []
+    import comet_core.comm.tls as tls
+
+    real_hs = tls.handshake
+    monkeypatch.setattr(tls, "handshake", lambda pipe, hello: hellos.append((pipe.me, pipe.peer, dict(hello)))
+                        or real_hs(pipe, hello))
+    rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path)
+    assert rc == {r: 0 for r in ROLES}, {r: _err(tmp_path, r) for r in ROLES}
+    assert sigmas[0] and len(sigmas[0]) == len(sigmas[1])
+    assert all(torch.equal(a, b) for a, b in zip(sigmas[0], sigmas[1]))
+    with_key = {(me, peer) for me, peer, h in hellos if "pair_key" in h}
+    assert with_key == {("p0", "p1")}, with_key
+

@@ -13,7 +13,8 @@ methods as `LocalPeers` (comet_core/mpc/parties.py), each a request on one TLS l
 
 Service side (one thread per party link, `serve_links`): `DealerService` (a full dealer from the seed, as
 LocalPeers runs it: each item made once in the parties' common call order; both parties must ask for
-the same item with the same arguments, else both are stopped), `OwnerService` (the plaintext weights'
+the same item with the same arguments, else both are stopped; only the items in DEALER_ITEMS are served:
+`permutation`, the dealer's own knowledge of pi, never is), `OwnerService` (the plaintext weights'
 shares, item by item in the order share_weights and the system's setup ask for them, and the system's
 public setup in the clear: Comet's predictor ranks and thresholds) and `ClientService` (the prompt, the
 one-hot rows of each step, the output shares that it opens into the next token).
@@ -77,9 +78,10 @@ class RemoteDealerView:
 class RemotePeers:
     """The dealer, client and owner of one party process, reached over its links."""
 
-    def __init__(self, rank: int, links: dict) -> None:
+    def __init__(self, rank: int, links: dict, pair_key: bytes | None = None) -> None:
         self.rank = rank
         self.links = links          # role -> SocketPipe: "p0"/"p1" (the other party), dealer, client, owner
+        self.pair_key = pair_key    # the P0-P1 key (P0 drew it, sent it to P1 in its hello over their TLS link)
 
     def channel(self, rank: int, ledger: Ledger) -> PartyChannel:
         ch = PartyChannel(rank, ledger, self.links[f"p{1 - rank}"])
@@ -152,6 +154,14 @@ class _Service:
         return True
 
 
+# What the dealer process serves (Dealer methods a party engine calls; README "What the online dealer
+# sees" lists what each one's arguments tell the dealer). Anything else (`permutation`: pi itself; the
+# simulation-only blocked_matmul_triple / and_triples_np) is refused.
+DEALER_ITEMS = frozenset({"mul_triple", "matmul_triple", "square_pair", "trunc_triple", "compare_mask",
+                          "and_triples", "dabit", "new_permutation", "permute_masks", "fourier_mask",
+                          "forget_reused"})
+
+
 class DealerService(_Service):
     """The dealer (and the ideal functionalities' trusted party): a full dealer from the same seed."""
 
@@ -174,8 +184,9 @@ class DealerService(_Service):
             name, args, kwargs = msg.get("name"), msg.get("args", []), msg.get("kwargs", {})
             from comet_core.mpc.dealer import Dealer
 
-            if not isinstance(name, str) or name.startswith("_") or not callable(getattr(Dealer, name, None)):
-                raise PeerError(f"P{rank} asked the dealer for an unknown item {name!r}")
+            if not isinstance(name, str) or name not in DEALER_ITEMS or not callable(getattr(Dealer, name, None)):
+                raise PeerError(f"P{rank} asked the dealer for {name!r}, which it does not serve (it serves "
+                                f"{', '.join(sorted(DEALER_ITEMS))})")
             k = self.items[rank]
             self.items[rank] += 1
             result, rows = self._call(rank, name, args, kwargs)

@@ -343,8 +343,9 @@ def connect(me: str, role: str, host: str, port: int, ctx: ssl.SSLContext, timeo
 
 # What the roles' messages mean, as one number: bump it whenever a message between roles changes meaning
 # with the same shape (a peer of another release would compute silently wrong values). 2: the dealer hands
-# out a comparison mask's bits in the LTZ tree's leaf order (ring.leaf_order), stop 8.
-PROTOCOL = 2
+# out a comparison mask's bits in the LTZ tree's leaf order (ring.leaf_order), stop 8. 3: the parties relabel
+# every oblivious permutation by sigma from their P0-P1 key, which P0 sends P1 in its hello (shuffle.py).
+PROTOCOL = 3
 
 
 def handshake(pipe: SocketPipe, hello: dict) -> dict:

@@ -114,8 +114,12 @@ class MPC:
             self._input_gens = {o: self._generator(o, "P0", "input") for o in ("client", "model_owner")}
         else:
             self.peers = peers
+            pair_key = getattr(peers, "pair_key", None)   # P0 and P1 share a key the dealer does not know
+            if pair_key is not None:
+                self.keys.adopt("P0", "P1", pair_key)
             self.channel = peers.channel(party, self.ledger)
             self.dealer = peers.dealer_view(self)
+        self._relabel_gen = None
 
     @property
     def frac_bits(self) -> int:
@@ -357,6 +361,15 @@ class MPC:
         d = ring.split_digits(t)
         self.mask_digits[(key, name)] = (t, d)
         return d
+
+    def relabel(self, n: int) -> torch.Tensor | None:
+        """A permutation of n indices (gather index) that P0 and P1 both know and the dealer does not: drawn
+        from the P0-P1 key's `relabel` stream, in the parties' common call order (None in cost mode)."""
+        if self.device.type == "meta":
+            return None
+        if self._relabel_gen is None:
+            self._relabel_gen = self._generator("P0", "P1", "relabel")
+        return torch.argsort(ring.random_bits((n,), 64, self._relabel_gen, self.device))
 
     def next_handle(self) -> int:
         """A name for a dealer-held object (a permutation): the same in both parties of an SPMD run."""

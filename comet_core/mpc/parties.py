@@ -113,6 +113,11 @@ class LocalPeers:
     def channel(self, rank: int, ledger: Ledger) -> PartyChannel:
         return PartyChannel(rank, ledger, self.pipes[rank])
 
+    @property
+    def pair_key(self) -> bytes:
+        """The P0-P1 key both party engines adopt (the parties' own; the harness holds every key)."""
+        return self.full.keys.key("P0", "P1")
+
     def dealer_view(self, mpc) -> DealerView:
         return DealerView(self, mpc)
 

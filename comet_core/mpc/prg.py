@@ -184,6 +184,13 @@ class Keys:
             raise KeyError(f"no key for the pair {a}-{b}; pairs: {', '.join('-'.join(p) for p in PAIRS)}")
         return self._keys[pair]
 
+    def adopt(self, a: str, b: str, key: bytes) -> None:
+        """Use `key` for the pair (a, b): the key the two agreed on (e.g. P0 and P1 over their TLS link)."""
+        pair = (a, b) if (a, b) in self._keys else (b, a)
+        if pair not in self._keys or not isinstance(key, bytes) or len(key) != 16:
+            raise KeyError(f"cannot adopt a key for the pair {a}-{b} (16 bytes, a known pair)")
+        self._keys[pair] = key
+
     def prg(self, a: str, b: str, stream: str) -> PRG:
         """A fresh generator of one named stream under the key of the pair (a, b)."""
         return PRG(_kdf(b"stream", self.key(a, b), stream.encode()))
