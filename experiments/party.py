@@ -238,10 +238,18 @@ def revealed_state(system) -> dict:
     return out
 
 
+def service_timeout(cfg) -> float:
+    """How long the dealer, client and owner wait for a party: twice transport.timeout_s, so that when a
+    party hangs, the other party's own wait for it (transport.timeout_s) ends first and names it."""
+    return 2 * float(cfg.transport.timeout_s)
+
+
 def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:
     from comet_core.comm.remote import ClientService, DealerService, serve_links
 
-    timeout = float(cfg.transport.timeout_s)
+    timeout = service_timeout(cfg)
+    for pipe in links.values():
+        pipe.timeout_s = timeout
     if role == "dealer":
         svc = DealerService(_engine(cfg), cfg.seed, cfg.device, timeout)
     elif role == "owner":
@@ -370,7 +378,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
             from comet_core.comm.remote import OwnerService
 
             items, public = owner_items(cfg, plain_weights)
-            ctx["owner_service"] = OwnerService(items, float(cfg.transport.timeout_s), wsha, public)
+            ctx["owner_service"] = OwnerService(items, service_timeout(cfg), wsha, public)
         res = run_party(cfg, int(role[1]), links, out_dir, key) if role in ("p0", "p1") else run_service(cfg, role, links, ctx)
         if role in ("p0", "p1"):
             res["owner_weights_sha256"] = links["owner"].hello.get("weights_sha256") if "owner" in links else None

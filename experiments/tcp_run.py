@@ -6,7 +6,8 @@
 3. Start p0, p1, dealer, owner, client (`comet party --role R --config ...`), each with its own log
    (`roles/<role>.log`) and `transport.exec_prefix.<role>` before its command (e.g. `ip netns exec ns-p0`).
 4. Wait for all; the first role that fails gives the error line (the others stop within
-   transport.timeout_s, or are killed after it): the run fails, the folder is never marked complete.
+   transport.timeout_s, or are killed after it; a role that a failed role found silent and that still runs
+   is hung: killed at once and named as such): the run fails, the folder is never marked complete.
 5. The plaintext reference is computed here, from the plaintext model, outside the parties; with
    transport.check_inprocess the same run is also simulated in this process (run.execute) and the
    tcp run's tokens and ledger must equal it.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -79,12 +81,35 @@ def start_roles(cfg, work: Path, keys: str) -> dict:
     return procs
 
 
-def wait_roles(procs: dict, grace_s: float) -> None:
-    """Wait for every role; after the first failure the others get grace_s to stop, then are killed.
-    Raises CometError with the failing role's line."""
+# what a role's error line says when a peer went silent: (peer, seconds)
+_SILENT = re.compile(r"no message from (p0|p1|dealer|client|owner) within ([0-9.]+) s|"
+                     r"(p0|p1|dealer|client|owner) did not take a message within ([0-9.]+) s")
+HUNG_GRACE_S = 2.0   # a role another role found silent, still running after the failure: killed after this
+
+
+def silent_peers(procs: dict) -> dict:
+    """{role: (seconds, reporter, reporter's line)} for the roles that a failed role found silent."""
+    out = {}
+    for r, (p, logf) in procs.items():
+        if p.returncode in (0, None):
+            continue
+        line = _last_error(logf)
+        m = _SILENT.search(line)
+        if m:
+            peer, secs = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+            out.setdefault(peer, (secs, r, line))
+    return out
+
+
+def wait_roles(procs: dict, grace_s: float) -> dict:
+    """Wait for every role; after the first failure the others get grace_s to stop, then are killed, except
+    a role that a failed role found silent (it sent nothing within transport.timeout_s) and that still
+    runs: it is hung, killed after HUNG_GRACE_S. Raises CometError with the failing role's line (naming a
+    hung role as hung); returns {} when every role succeeded."""
     from comet_core.errors import CometError
 
     failed_at = None
+    hung: dict = {}
     try:
         while True:
             states = {r: p.poll() for r, (p, _) in procs.items()}
@@ -92,13 +117,17 @@ def wait_roles(procs: dict, grace_s: float) -> None:
                 failed_at = time.monotonic()
             if all(s is not None for s in states.values()):
                 break
-            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            if failed_at is not None:
+                waited = time.monotonic() - failed_at
+                silent = silent_peers(procs)
                 for r, (p, _) in procs.items():
-                    if p.poll() is None:
-                        log.warning("killing %s (pid %d): it did not stop after another role failed", r, p.pid)
+                    if p.poll() is None and (waited > grace_s or (r in silent and waited > HUNG_GRACE_S)):
+                        if r in silent:
+                            hung[r] = silent[r]
+                        log.warning("killing %s (pid %d): %s", r, p.pid, "hung" if r in silent else
+                                    "it did not stop after another role failed")
                         os.killpg(p.pid, signal.SIGKILL)
                         p.wait()
-                break
             time.sleep(0.05)
     except BaseException:
         for _r, (p, _) in procs.items():
@@ -107,26 +136,31 @@ def wait_roles(procs: dict, grace_s: float) -> None:
                 p.wait()
         raise
     if failed_at is not None:
-        raise CometError(f"transport=tcp run failed: {failure_line(procs)} (logs: {next(iter(procs.values()))[1].parent})")
+        raise CometError(f"transport=tcp run failed: {failure_line(procs, hung)} (logs: {next(iter(procs.values()))[1].parent})")
+    return {}
 
 
-def failure_line(procs: dict) -> str:
-    """One line: the root cause (a role killed by a signal, or whose error is not just that a peer
-    stopped) first, then what the parties saw (which peer, which step)."""
+def failure_line(procs: dict, hung: dict | None = None) -> str:
+    """One line: the root cause (a hung role, a role killed by a signal, or whose error is not just that a
+    peer stopped) first, then what the parties saw (which peer, which step)."""
+    hung = hung or {}
     lines = {}
     for r, (p, logf) in procs.items():
         code = p.returncode
         if code in (0, None):
             continue
-        if code < 0:
+        if r in hung:
+            secs, reporter, seen = hung[r]
+            lines[r] = f"{r} hung: it sent nothing for {secs} s ({seen}); the launcher killed it"
+        elif code < 0:
             lines[r] = f"{r} was killed (signal {-code})"
         else:
             lines[r] = _last_error(logf) or f"{r} exited with status {code}"
     def secondary(text: str) -> bool:
         return any(w in text for w in ("stopped", "closed the link", "broke", "dropped the link"))
-    order = sorted(lines, key=lambda r: (secondary(lines[r]), ROLE_RANK.get(r, 9)))
+    order = sorted(lines, key=lambda r: (r not in hung, secondary(lines[r]), ROLE_RANK.get(r, 9)))
     root = lines[order[0]]
-    seen = next((lines[r] for r in order[1:] if r in ("p0", "p1")), None)
+    seen = next((lines[r] for r in order[1:] if r in ("p0", "p1") and lines[r] not in root), None)
     return root + (f"; {seen}" if seen and seen != root else "")
 
 

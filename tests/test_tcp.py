@@ -518,6 +518,44 @@ def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
     assert not (out / "COMPLETE").exists()
 
 
+def test_a_hung_party_is_named_as_hung(tmp_path):
+    """issue 22: P1 stopped (SIGSTOP) right after its handshakes. Before, the dealer's wait for P0 (which
+    waited for P1) ran out first and the run ended after the launcher's grace with "p1 was killed
+    (signal 9); p0: dealer stopped: no message from p0", naming the clean-up. Now the services wait twice
+    transport.timeout_s, P0's own wait names P1, and the launcher kills the silent P1 as hung."""
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cli.main", "run-experiment", f"output_dir={out}", "model=tiny-opt", "model.layers=1",
+           "gen_tokens=6", "prompt=To be", "transport=tcp", "transport.timeout_s=8", "transport.connect_timeout_s=20",
+           "transport.check_inprocess=false", "force=true"]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    pid = None
+    try:
+        while proc.poll() is None and time.monotonic() - t0 < 120:
+            for log in tmp_path.glob(".run.tmp-*/roles/p1.log"):
+                text = log.read_text()
+                if pid is None and "handshake with owner ok" in text:
+                    pid = int(re.search(r"role p1 is pid (\d+)", text).group(1))
+                    os.kill(pid, signal.SIGSTOP)     # the role process this run started (its own log names it)
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert pid is not None, stderr
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    assert "p1 hung: it sent nothing for 8 s (p0: no message from p1 within 8 s" in stderr, stderr
+    assert not (out / "COMPLETE").exists()
+
+
 def test_an_ideal_functionality_runs_through_the_dealer(tmp_path, keys):
     """system=iron: the parties hand their shares to the dealer process (the trusted party); tokens and
     ledger equal the in-process run."""

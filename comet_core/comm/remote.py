@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 
 import torch
 
@@ -132,6 +133,7 @@ class _Service:
         self.timeout_s = timeout_s
         self.failed: BaseException | None = None
         self.cv = threading.Condition()
+        self.last_heard = time.monotonic()   # the last message from either party (a link's wait counts from it)
 
     def fail(self, rank: int, exc: BaseException) -> None:
         with self.cv:
@@ -334,14 +336,20 @@ class ClientService(_Service):
 
 def serve_links(service: _Service, links: dict) -> None:
     """Serve P0 and P1 (links 'p0', 'p1') in two threads until each says goodbye; the first error stops both
-    links (each party is told why) and is re-raised here."""
+    links (each party is told why, also one that sends nothing: its thread stops waiting within
+    tls.STOP_POLL_S) and is re-raised here."""
     errors: list = []
 
     def body(rank: int) -> None:
         pipe = links[f"p{rank}"]
+        pipe.stop = lambda: str(service.failed) if service.failed is not None else None   # the other link failed
+        # a party that waits for the other party sends us nothing meanwhile: a link's timeout counts from the
+        # last message of either party, so the waiting party's own timeout, which names the silent one, ends first
+        pipe.since = lambda: service.last_heard
         try:
             while True:
                 msg = pipe.recv()
+                service.last_heard = time.monotonic()
                 if not isinstance(msg, dict):
                     raise PeerError(f"P{rank} sent a message that is not a request")
                 if service.failed is not None:   # the other party's link failed: tell this one why

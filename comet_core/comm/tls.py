@@ -33,6 +33,7 @@ from comet_core.comm.wire import WireError, decode, encode
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct("<Q")
+STOP_POLL_S = 0.5
 
 
 def server_context(keys_dir, role: str) -> ssl.SSLContext:
@@ -94,6 +95,8 @@ class SocketPipe:
         self.unpacked_excess = 0
         self.closed = False
         self.failed: PeerError | None = None   # the first error on this link: every later use repeats it
+        self.stop = None   # callable -> reason or None: checked every STOP_POLL_S while waiting for a frame
+        self.since = None  # callable -> monotonic time a wait's timeout counts from (None: the wait's start)
         sock.settimeout(self.timeout_s)
 
     def _at(self) -> str:
@@ -141,13 +144,20 @@ class SocketPipe:
 
     def _read(self, n: int) -> bytes:
         buf = bytearray()
-        deadline = time.monotonic() + self.timeout_s
+        start = time.monotonic()
         while len(buf) < n:
-            left = deadline - time.monotonic()
+            left = (self.since() if self.since is not None else start) + self.timeout_s - time.monotonic()
             if left <= 0:
                 raise socket.timeout
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            if self.stop is not None:   # a service thread: give up when the other party's link failed
+                why = self.stop()
+                if why:
+                    raise PeerError(why)
+            self.sock.settimeout(left if self.stop is None else min(left, STOP_POLL_S))
+            try:
+                chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            except socket.timeout:
+                continue
             if not chunk:
                 raise EOFError
             buf += chunk
