@@ -115,7 +115,8 @@ def launch(task: Callable, config_name: str, args: list[str], prog: str, check: 
 
     1. group names and (with `check`) every job's composed config are checked first (cli/preflight.py):
        a bad value fails in one line, exit 2, before any work or folder;
-    2. Hydra runs the job(s); a job's CometError is one line (exit 2), Ctrl-C one line (exit 130);
+    2. Hydra runs the job(s); a job's CometError is one line (exit 2), Ctrl-C one line (exit 130), also one
+       that a library's finalizer swallowed (run_folder.catch_interrupts);
     3. in a sweep a failing job is recorded and the others still run; the sweep ends with a summary,
        one table across its jobs, and exit status 1 if any job failed (cli/sweep.py).
     """
@@ -140,11 +141,17 @@ def launch(task: Callable, config_name: str, args: list[str], prog: str, check: 
         raise SystemExit(2) from None
     sys.argv = [prog, *args]
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(_guarded(task))
+    from comet_core.results.run_folder import catch_interrupts, interrupted
+
+    catch_interrupts()   # a Ctrl-C that a library's finalizer swallows still counts
     try:
         main()
     except KeyboardInterrupt:
         print("interrupted: the unfinished run's files were removed; earlier results are untouched", file=sys.stderr)
         raise SystemExit(130) from None
+    if interrupted():    # it came while the finished results were moved into place: they are kept
+        print("interrupted: the run had finished; its results are complete and in place", file=sys.stderr)
+        raise SystemExit(130)
     status = sweep.finish()
     if status:
         raise SystemExit(status)

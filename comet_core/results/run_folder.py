@@ -11,7 +11,9 @@ only when it is complete:
    marker ``COMPLETE`` last and renames the staging folder onto ``dest`` (one atomic ``rename``).
    With ``overwrite`` the old folder is renamed aside first and deleted afterwards: nothing of the old
    run (a stale ``generation.csv`` or ``ledger.csv.gz``) survives beside the new tables.
-4. On any error or Ctrl-C (``with folder:``) the staging folder is deleted; ``dest`` is untouched.
+4. On any error or Ctrl-C (``with folder:``) the staging folder is deleted; ``dest`` is untouched. With
+   ``catch_interrupts()`` (the CLI) a Ctrl-C is also recorded, so one that a finalizer swallowed still
+   stops ``publish``; one that comes while the folder is being swapped is reported after it.
 
 If another run took ``dest`` while this one worked (parallel runs), the result lands in
 ``<dest>-2`` (``-3``, ...) instead, and the caller prints the path it really used.
@@ -102,20 +104,40 @@ def probe_writable(dest: Path) -> None:
             from None
 
 
+_INTERRUPTED = threading.Event()   # set by every SIGINT once catch_interrupts() ran
+
+
+def _on_sigint(signum, frame):
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def catch_interrupts() -> None:
+    """SIGINT raises KeyboardInterrupt as before and also sets a flag that `publish` checks. Python drops a
+    KeyboardInterrupt raised inside a finalizer (a `__del__`, a GC or weakref callback: "Exception
+    ignored in ..."), where a Ctrl-C lands now and then under load; the run then went on to publish its
+    results and exit 0 (issue 22). Main thread only (signal handlers live there)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C came (since catch_interrupts), even one that a finalizer swallowed."""
+    return _INTERRUPTED.is_set()
+
+
 @contextmanager
 def _no_interrupt():
-    """Defer Ctrl-C while the folder is swapped (main thread only), then deliver it."""
+    """Hold Ctrl-C while the folder is swapped (main thread only): it is recorded (interrupted()), not raised,
+    since the results are complete and moving into place; the caller reports it afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
-    old = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    old = signal.signal(signal.SIGINT, lambda *a: _INTERRUPTED.set())
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
-        if caught:
-            raise KeyboardInterrupt
 
 
 class RunFolder:
@@ -161,9 +183,14 @@ class RunFolder:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def publish(self) -> Path:
-        """Write the completion marker, then move the staging folder onto dest (or a free sibling)."""
+        """Write the completion marker, then move the staging folder onto dest (or a free sibling). A Ctrl-C
+        seen before (even one a finalizer swallowed) stops here: KeyboardInterrupt, nothing published."""
+        if interrupted():
+            raise KeyboardInterrupt
         (self.staging / MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
         with _no_interrupt():
+            if interrupted():
+                raise KeyboardInterrupt
             self.final = self._swap()
         return self.final
 
