@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -119,6 +120,16 @@ def catch_interrupts() -> None:
     results and exit 0 (issue 22). Main thread only (signal handlers live there)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
+    if not getattr(sys.unraisablehook, "comet", False):
+        prev = sys.unraisablehook
+
+        def hook(unraisable):   # the dropped KeyboardInterrupt: recorded, without its traceback
+            if isinstance(unraisable.exc_value, KeyboardInterrupt):
+                _INTERRUPTED.set()
+                return
+            prev(unraisable)
+        hook.comet = True
+        sys.unraisablehook = hook
 
 
 def interrupted() -> bool:
