@@ -98,13 +98,36 @@ def test_teardown_is_idempotent_and_complete():
 
 
 @needs_netns
+def test_teardown_never_waits_for_the_rtnl_lock(monkeypatch):
+    """issue 22: a process interrupted with Ctrl-C did not exit within 20 s on a loaded machine: its teardown
+    ran `ip link del` on the root-side veth ends first, which waits for the kernel's rtnl lock (held while
+    other namespaces are freed). Teardown now deletes the namespaces only (their veths and those veths'
+    peers go with them): no `ip link del`, and the root-side ends are gone all the same."""
+    real = netns._run
+    ran = []
+
+    def recording(cmd, check=True, timeout=None):
+        ran.append(cmd)
+        return real(cmd, check, *([timeout] if timeout is not None else []))
+
+    link = EmulatedLink(1e8).setup()
+    devs = [name for kind, name in link._made if kind == "dev"]
+    assert devs and all(os.path.exists(f"/sys/class/net/{d}") for d in devs)
+    monkeypatch.setattr(netns, "_run", recording)
+    link.teardown()
+    assert not [c for c in ran if c[:3] == ["ip", "link", "del"]], ran
+    assert not any(os.path.exists(f"/sys/class/net/{d}") for d in devs)
+    assert not any(n in _namespaces() for n in link.namespaces.values())
+
+
+@needs_netns
 def test_a_failed_setup_leaves_nothing(monkeypatch):
     real = netns._run
 
-    def failing(cmd, check=True):
+    def failing(cmd, check=True, timeout=None):
         if "tbf" in cmd:
             raise LinkError("tbf refused (test)")
-        return real(cmd, check)
+        return real(cmd, check, timeout)
 
     monkeypatch.setattr(netns, "_run", failing)
     link = EmulatedLink(1e8)

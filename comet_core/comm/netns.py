@@ -26,9 +26,12 @@ Layout (one /24 ``10.A.B.0/24`` per link, chosen free; names unique per process 
    (comet_core/comm/shaper.py) delays each message instead. That shaper implements the model's own
    latency term (rounds * one-way latency), so for latency the measurement then only checks that
    the rounds the ledger counts are the messages the sockets carry, not the model's assumption.
-4. ``teardown()`` deletes both namespaces (which deletes the veths inside them), the root-side veths
-   and nothing else; it is idempotent and runs on exit, on errors and on Ctrl-C / SIGTERM
-   (``with EmulatedLink(...) as link:``). A process killed with SIGKILL cannot clean up: the next
+4. ``teardown()`` deletes both namespaces and nothing else: that deletes the veths inside them, and with
+   each its peer, the root-side end, which the kernel removes as it frees the namespace (it waits up to
+   TEARDOWN_WAIT_S for those to go, from sysfs). It never runs ``ip link del``, which waits for the kernel's
+   rtnl lock: on a busy machine (other namespaces being freed) that took long enough that a process
+   interrupted with Ctrl-C did not exit within 20 s (issue 22). Each command has a timeout. It is
+   idempotent and runs on exit, on errors and on Ctrl-C / SIGTERM (``with EmulatedLink(...) as link:``). A process killed with SIGKILL cannot clean up: the next
    ``setup()`` removes the namespaces of links whose process no longer runs (``teardown_stale``).
 
 The processes of P0 and P1 are started with ``link.exec_prefix[role] + [command...]``
@@ -54,14 +57,21 @@ log = logging.getLogger(__name__)
 
 PREFIX = "cmt"                     # namespace names: cmt<pid>x<hex>-p0 / -p1
 MTU = 1500
+TEARDOWN_WAIT_S = 3.0              # teardown: how long to wait for the kernel to remove the root-side veth ends
+TEARDOWN_CMD_S = 10.0              # teardown: the longest one `ip netns del` may take
 
 
 class LinkError(CometError):
     """The emulated link cannot be made here (not root, no ip/tc, a kernel without a needed qdisc)."""
 
 
-def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True)
+def _run(cmd: list[str], check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if check:
+            raise LinkError(f"`{' '.join(cmd)}` did not finish within {timeout:g} s") from None
+        return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {timeout:g} s")
     if check and r.returncode != 0:
         last = ((r.stderr or r.stdout).strip().splitlines() or ["no message"])[-1]
         raise LinkError(f"`{' '.join(cmd)}` failed: {last}")
@@ -127,7 +137,8 @@ class EmulatedLink:
     exec_prefix: dict = field(default_factory=dict)
     latency_by: str = "shaper"       # who emulates the one-way latency: netem (kernel) | shaper (transport)
     _made: list = field(default_factory=list, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # reentrant: the SIGTERM handler tears down from the main thread, possibly inside a teardown already
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # names ------------------------------------------------------------------------------------------
     @property
@@ -230,15 +241,25 @@ class EmulatedLink:
 
     # teardown ---------------------------------------------------------------------------------------
     def teardown(self) -> None:
-        """Delete what setup made (idempotent; never raises)."""
+        """Delete what setup made: the namespaces; the root-side veth ends go with them (module docstring,
+        step 4). Idempotent; never raises; bounded in time."""
+        import time
+
         with self._lock:
-            while self._made:
-                kind, name = self._made.pop()
-                cmd = ["ip", "netns", "del", name] if kind == "ns" else ["ip", "link", "del", name]
-                r = _run(cmd, check=False)
-                if r.returncode != 0 and "No such" not in r.stderr and "Cannot find" not in r.stderr:
-                    log.warning("teardown of %s %s: %s", kind, name, r.stderr.strip())
+            devs = [name for kind, name in self._made if kind == "dev"]
+            for kind, name in list(self._made):
+                if kind == "ns":
+                    r = _run(["ip", "netns", "del", name], check=False, timeout=TEARDOWN_CMD_S)
+                    if r.returncode != 0 and "No such" not in r.stderr and "Cannot find" not in r.stderr:
+                        log.warning("teardown of namespace %s: %s", name, r.stderr.strip())
+            self._made.clear()
             _LIVE.discard(self)
+            deadline = time.monotonic() + TEARDOWN_WAIT_S
+            while any(os.path.exists(f"/sys/class/net/{d}") for d in devs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = [d for d in devs if os.path.exists(f"/sys/class/net/{d}")]
+            if left:
+                log.warning("the kernel has not yet removed %s (it goes with the deleted namespaces)", ", ".join(left))
 
     def __enter__(self) -> "EmulatedLink":
         return self.setup()
