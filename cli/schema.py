@@ -98,6 +98,7 @@ class TransportSchema:
     check_inprocess: bool = True
     emulate: str = "none"           # none | netns | shaper: the P0-P1 link emulates network= (experiments/emulated.py)
     latency_by: str = "auto"        # netns: who adds the one-way latency: auto (netem if the kernel has it) | netem | shaper
+    insecure_seed: bool = False     # allow seed=<int> (every role then derives every key: tests and reproducible ledgers only)
 
 
 @dataclass

@@ -97,8 +97,20 @@ def check_party_config(cfg) -> None:
     require(float(t.timeout_s) > 0 and float(t.connect_timeout_s) > 0,
             "transport.timeout_s and transport.connect_timeout_s must be positive")
     require(int(t.max_frame_bytes) >= 1024, "transport.max_frame_bytes must be at least 1024")
+    require(cfg.seed is None or bool(t.get("insecure_seed", False)),
+            f"seed={cfg.seed} with transport=tcp lets every role derive every key (any role could recover the prompt "
+            "and every share): leave seed out (keys from the OS), or add transport.insecure_seed=true for a "
+            "reproducible, insecure test run")
     for r in ROLES:
         require(r in t.hosts and str(t.hosts[r]), f"transport.hosts.{r} must name the host of role {r}")
+
+
+def warn_insecure_seed(cfg, who: str) -> None:
+    """A declared insecure seed (transport.insecure_seed=true): every role says so in its log."""
+    if cfg.seed is not None:
+        log.warning("%s: INSECURE: seed=%s (transport.insecure_seed=true): every role derives every key from the "
+                    "seed, so any of them can recover the prompt and every share; for tests and reproducible "
+                    "ledgers only", who, cfg.seed)
 
 
 # -- links -----------------------------------------------------------------------------------------------
@@ -354,6 +366,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
             cfg.force = True   # the launcher (or the operator) checked memory for the run; a role holds less
         validate_config(cfg, role=role)
         check_party_config(cfg)
+        warn_insecure_seed(cfg, role)
         flat = flat_config(cfg)
         hello = dict(role=role, pid=os.getpid(), config_sha256=config_hash(flat), config=flat)
         ctx: dict = {}

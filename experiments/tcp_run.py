@@ -187,9 +187,10 @@ def tcp_execute(cfg, staging: Path):
     from comet_core.comm.keys import make_keys
     from comet_core.errors import CometError
     from comet_core.models.generate import Generation
-    from experiments.party import check_party_config
+    from experiments.party import check_party_config, warn_insecure_seed
 
     check_party_config(cfg)
+    warn_insecure_seed(cfg, "launcher")
     work = staging / "roles"
     work.mkdir(parents=True, exist_ok=True)
     keys = cfg.transport.keys_dir

@@ -171,3 +171,67 @@ def test_train_predictor_cli_end_to_end(tmp_path):
     assert len(ps.ffn) == 2
     r2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r2.returncode != 0 and "overwrite=true" in r2.stderr
+
+
+# -- a checkpoint is data, never code (issue 22, S1) ----------------------------------------------------
+
+
+class _RunsCode:
+    """Pickled into a crafted checkpoint: unpickling it would call open(marker, 'w')."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted(tmp_path) -> tuple[Path, Path]:
+    from comet_core.predictor.checkpoint import FORMAT
+
+    marker = tmp_path / "ran-code"
+    path = tmp_path / "crafted.pt"
+    torch.save({"format": FORMAT, "model": _RunsCode(marker)}, path)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_a_crafted_checkpoint_runs_no_code_exact_and_cost(tmp_path):
+    """A .pt whose pickle would run code is refused with one line, in both the exact loader and the
+    cost-mode rank probe; the marker file it would write never appears."""
+    from omegaconf import OmegaConf
+
+    from comet_core.sparse.predictors import shared_predictor_shapes
+
+    path, marker = _crafted(tmp_path)
+    with pytest.raises(CometError, match="corrupt or not a") as e:
+        load_predictors(path, model_cfg("tiny-opt"))
+    assert "\n" not in str(e.value) and not marker.exists()
+    sys_cfg = OmegaConf.create({"name": "comet", "predictor_checkpoint": str(path)})
+    with pytest.raises(CometError, match="corrupt or not a") as e:
+        shared_predictor_shapes(model_cfg("tiny-opt"), sys_cfg, 1)
+    assert "\n" not in str(e.value) and not marker.exists()
+
+
+def test_the_shipped_predictors_load_as_plain_data():
+    from omegaconf import OmegaConf
+
+    shipped = ROOT / "models" / "predictors" / "shakespeare-opt" / "default.pt"
+    torch.load(shipped, map_location="cpu", weights_only=True)     # tensors and plain data only
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "shakespeare-opt.yaml")
+    assert len(load_predictors(shipped, cfg).ffn) == int(cfg.num_layers)
+
+
+@pytest.mark.parametrize("mode", ["exact", "cost"])
+def test_cli_refuses_a_crafted_checkpoint_in_one_line(tmp_path, mode):
+    path, marker = _crafted(tmp_path)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "cli.main", "run-experiment", "system=comet", f"mode={mode}",
+                        "model=tiny-opt", "model.layers=1", "gen_tokens=1", "prompt=hi",
+                        f"system.predictor_checkpoint={path}", f"output_dir={out}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and not marker.exists(), r.stderr
+    assert "Traceback" not in r.stderr and "KeyError" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[")]   # less the log
+    assert len(lines) == 1 and lines[0].startswith("error:") and "could run code" in lines[0], r.stderr
+    assert not (out / "COMPLETE").exists()

@@ -16,6 +16,7 @@ every keyed stream, with their top 32 bits zero, monkeypatched in), so the tests
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +287,89 @@ def test_blocked_matmul_openings_are_independent_of_the_weight(monkeypatch):
 def test_positive_control_weak_streams_are_caught_in_the_blocked_matmul(weak_streams, monkeypatch):
     with pytest.raises(AssertionError, match="values P1 opens|opened values"):
         check_blocked_view(monkeypatch)
+
+
+# ---- seeds over tcp (issue 22, R1): a reproducibility seed lets every role derive every key -----------
+
+def _replay_recovers_input(seed_victim, seed_replay) -> bool:
+    """P1's attack on the client's input sharing: P1 holds x - r (its share); replaying the sharing of a
+    dummy input under the seed it knows gives r (P0's share, from the client-P0 key P1 should not hold)."""
+    from comet_core.mpc.engine import MPC, EngineConfig
+
+    x = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(5))    # the client's token ids
+    p1_share = MPC(EngineConfig(), seed=seed_victim).share(x).data[1]
+    replayed_r = MPC(EngineConfig(), seed=seed_replay).share(torch.zeros_like(x)).data[0]
+    return torch.equal(p1_share + replayed_r, x)
+
+
+def test_a_seed_lets_any_role_recover_the_input_and_os_keys_do_not():
+    """Why seed= is refused over tcp: with the seed, P1 alone recovers the client's input exactly;
+    with OS keys (seed=null) the same replay recovers nothing."""
+    assert _replay_recovers_input(7, 7)                   # the attack works under a shared seed
+    assert not _replay_recovers_input(None, None)         # OS keys: the replay's r is another r
+    assert not _replay_recovers_input(None, 7)
+
+
+def _tcp_cfg(*over):
+    from hydra import compose, initialize_config_dir
+
+    from cli.schema import register
+
+    register()
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        return compose("config", overrides=["model=tiny-opt", "model.layers=1", "gen_tokens=2", "transport=tcp",
+                                            "force=true", *over])
+
+
+def test_a_seed_over_tcp_is_refused_unless_declared_insecure():
+    from comet_core.errors import ConfigError
+    from experiments.run import validate_config
+
+    with pytest.raises(ConfigError, match="insecure_seed"):
+        validate_config(_tcp_cfg("seed=0"))
+    validate_config(_tcp_cfg())                                         # seed=null: OS keys
+    validate_config(_tcp_cfg("seed=0", "transport.insecure_seed=true"))  # declared, for reproducible tests
+    validate_config(_tcp_cfg("transport=inprocess", "seed=0"))          # one process: no role to hide keys from
+
+
+def _cli(*args, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=root, capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_cli_refuses_a_seed_over_tcp_in_one_line(tmp_path):
+    """run-experiment and comet party: exit 2, one line naming the flag, before any work (no run folder)."""
+    out = tmp_path / "run"
+    r = _cli("run-experiment", "transport=tcp", "seed=0", "model=tiny-opt", "model.layers=1", f"output_dir={out}",
+             tmp_path=tmp_path)
+    assert r.returncode == 2 and "insecure_seed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+    r = _cli("party", "--role", "dealer", "transport=tcp", "seed=0", "transport.ports.p0=29500",
+             "transport.ports.p1=29501", f"transport.keys_dir={tmp_path}", "--out", str(tmp_path / "dealer"),
+             tmp_path=tmp_path)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "insecure_seed" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_every_role_warns_of_a_declared_insecure_seed(tmp_path, caplog):
+    """transport.insecure_seed=true: each role's log says INSECURE before it connects (here it then stops
+    at the missing key files); without a seed no role warns."""
+    import logging
+
+    from experiments.party import ROLES, main
+
+    over = ("transport.ports.p0=29500", "transport.ports.p1=29501")
+    for seed, warned in ((("seed=0", "transport.insecure_seed=true"), True), ((), False)):
+        for role in ROLES:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="comet.party"):
+                assert main(role, _tcp_cfg(*seed, *over), str(tmp_path / "no-keys"), str(tmp_path / role)) == 2
+            said = [r.getMessage() for r in caplog.records if "INSECURE" in r.getMessage()]
+            assert (len(said) == 1 and said[0].startswith(f"{role}: INSECURE: seed=0")) if warned else not said, role

@@ -45,7 +45,10 @@ def _cfg(tmp_path, *over, timeout_s: int = 30):
     register()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=[f"output_dir={tmp_path / 'run'}", "model=tiny-opt", "model.layers=1",
-                                            "gen_tokens=2", "prompt=To be", "seed=3", "transport=tcp",
+                                            "gen_tokens=2", "prompt=To be", "transport=tcp",
+                                            # reproducible, INSECURE (every role derives every key): the
+                                            # tcp run must equal the in-process run bit for bit
+                                            "seed=3", "transport.insecure_seed=true",
                                             f"transport.timeout_s={timeout_s}",
                                             f"transport.connect_timeout_s={timeout_s}", "force=true", *over])
 

@@ -80,7 +80,7 @@ def load_smollm2_model():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = smollm2_path()
     try:
-        return LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        return LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True).eval()
     except Exception as e:  # corrupt cache: say how to rebuild it
         raise CometError(f"cached SmolLM2 weights in {path} are unreadable ({type(e).__name__}); "
                          f"delete that folder and rerun to rebuild it from the GGUF file") from e

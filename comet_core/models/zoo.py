@@ -154,7 +154,8 @@ def _load_checkpoint(model_cfg):
     if not (path / "config.json").is_file():
         raise CometError(f"checkpoint {path} not found; create it with: {hint}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        # safetensors only: a pytorch_model.bin would be unpickled (a file's pickle can run code)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
     except Exception as e:
         raise CometError(f"checkpoint {path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                          f"recreate it with: {hint} overwrite=true") from e

@@ -63,8 +63,9 @@ def _predictor_shapes(model_cfg, system_cfg, n_layers: int, kind: str, rank_key:
     r = int(r) if r is not None else rank
     path = checkpoint_path(model_cfg, system_cfg)
     if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        r = int(blob[kind][0]["shape"][1])
+        from comet_core.predictor.checkpoint import checkpoint_rank
+
+        r = checkpoint_rank(path, model_cfg, kind)
     f = lambda *s: Shape(s, torch.float32)  # noqa: E731
     return [dict(w1=f(d, r), b1=f(r), w2=f(r, units), b2=f(units)) for _ in range(n_layers)]
 
