@@ -23,8 +23,15 @@ def _edge_inputs(rng, alpha: np.ndarray, nb: int) -> np.ndarray:
     return y & top
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def kernels(request, monkeypatch):
+    """Both implementations of the level steps (numba's, fused per element; numpy's)."""
+    monkeypatch.setattr(dcf, "USE_NUMBA", request.param == "numba" and dcf.USE_NUMBA)
+    return request.param
+
+
 @pytest.mark.parametrize("nb,w", [(1, 1), (5, 1), (8, 2), (63, 1), (63, 2), (20, 4)])
-def test_dcf_evaluates_beta_below_alpha(nb, w):
+def test_dcf_evaluates_beta_below_alpha(nb, w, kernels):
     """V_0 + V_1 = beta [y < alpha] for every element, alpha including 0 and the domain's top."""
     rng = np.random.default_rng(nb * 10 + w)
     n = 800
@@ -64,7 +71,7 @@ def test_dcf_one_aes_call_per_level(monkeypatch):
     assert len(calls) == nb + 1
     calls.clear()
     dcf.eval_((0, 1), rng.integers(0, 1 << nb, n, dtype=np.uint64), keys)
-    assert len(calls) == nb + 1 and calls[0] == (2 * n, 2, 2)
+    assert len(calls) == nb + 1 and calls[0] == (2, n, 2, 2)   # both parties, 2 blocks per element
 
 
 def test_dcf_prg_is_fixed_key_mmo():
@@ -76,3 +83,20 @@ def test_dcf_prg_is_fixed_key_mmo():
     np.testing.assert_array_equal(dcf.mmo(blk), np.frombuffer(enc, dtype=np.uint64).reshape(1, 2) ^ blk)
 
 
+
+
+def test_dcf_numba_and_numpy_steps_give_the_same_keys_and_shares(monkeypatch):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(5)
+    n, nb = 300, 63
+    args = (rng.integers(0, 1 << nb, n, dtype=np.uint64), rng.integers(-(1 << 63), (1 << 63) - 1, (n, 2), dtype=np.int64),
+            rng.integers(0, 1 << 64, (2, n, 2), dtype=np.uint64), nb)
+    y = rng.integers(0, 1 << nb, n, dtype=np.uint64)
+    out = []
+    for use in (True, False):
+        monkeypatch.setattr(dcf, "USE_NUMBA", use)
+        k = dcf.gen(*args)
+        out.append((k.cw_s, k.cw_t, k.cw_v, dcf.eval_((0, 1), y, k)))
+    assert dcf._compiled is not None     # numba's kernels did compile
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)

@@ -44,10 +44,13 @@ per seed.
 from __future__ import annotations
 
 import hashlib
-import math
+import importlib.util
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 FIXED_KEY = hashlib.sha256(b"comet/dcf/mmo-fixed-key/v1").digest()[:16]   # public (MMO mode)
 _LSB_CLEAR = np.uint64(~np.uint64(1))
@@ -141,6 +144,44 @@ def _bits_msb_first(v: np.ndarray, nb: int, i: int) -> np.ndarray:
     return ((v >> np.uint64(nb - 1 - i)) & np.uint64(1)).astype(np.uint8)
 
 
+def _gen_level_np(g, a, s, t, v_alpha, beta, cw_s, cw_t, cw_v) -> None:
+    """Gen's level steps 2-4 (module docstring) on the expansions g (2, n, 2 + w, 2) uint64, alpha's bits
+    a (n,) uint8: writes this level's cw_s (n, 2), cw_t (n, 2), cw_v (n, w); updates s, t, v_alpha."""
+    w = beta.shape[1]
+    sl, tl = _seed_and_bit(g[:, :, 0])
+    sr, tr = _seed_and_bit(g[:, :, 1])
+    vl, vr = _values(g[:, :, 2:], w)                                          # (2, n, w)
+    go_r = a.astype(bool)[None, :, None]                                      # keep R where a = 1
+    s_keep, s_lose = np.where(go_r, sr, sl), np.where(go_r, sl, sr)
+    v_keep, v_lose = np.where(go_r, vr, vl), np.where(go_r, vl, vr)
+    sign1 = (1 - 2 * t[1].astype(np.int64))[:, None]                          # (-1)^t_1
+    cw_s[...] = s_lose[0] ^ s_lose[1]
+    vcw = v_lose[1] - v_lose[0] - v_alpha
+    vcw += beta * a[:, None].astype(np.int64)                                 # Lose = L exactly when a = 1
+    vcw *= sign1
+    cw_v[...] = vcw
+    v_alpha += v_keep[0] - v_keep[1] + sign1 * vcw
+    cw_t[:, 0] = tl[0] ^ tl[1] ^ a ^ 1
+    cw_t[:, 1] = tr[0] ^ tr[1] ^ a
+    t_keep = np.where(go_r[..., 0], tr, tl)                                   # (2, n)
+    tcw_keep = np.where(a.astype(bool), cw_t[:, 1], cw_t[:, 0])
+    s[...] = s_keep ^ (cw_s[None] * t[:, :, None].astype(np.uint64))
+    t[...] = t_keep ^ (t & tcw_keep[None])
+
+
+def _eval_level_np(g, c, s, t, acc, sign, cw_s, cw_t, cw_v) -> None:
+    """Eval's level steps 1-2 on the expansions g (P, n, 1 + vblk, 2) uint64 of the child c (n,) uint8
+    (block 0: its seed; then its value blocks, or for w = 1 the block of both values): updates s, t, acc."""
+    P, n, w = acc.shape
+    s_new, t_new = _seed_and_bit(g[:, :, 0])
+    words = g[:, :, 1:].reshape(P, n, -1).view(np.int64)
+    v = np.where(c.astype(bool)[None, :, None], words[..., 1:2], words[..., 0:1]) if w == 1 else words
+    acc += sign[:, None, None] * (v + t.astype(np.int64)[..., None] * cw_v[None])
+    s[...] = s_new ^ (cw_s[None] * t[..., None].astype(np.uint64))
+    tcw = np.where(c.astype(bool), cw_t[:, 1], cw_t[:, 0])
+    t[...] = t_new ^ (t & tcw[None])
+
+
 def gen(alpha: np.ndarray, beta: np.ndarray, seeds: np.ndarray, nb: int) -> Keys:
     """Keys for f_k(y) = beta_k [y < alpha_k] of every element k (steps in the module docstring).
 
@@ -156,31 +197,13 @@ def gen(alpha: np.ndarray, beta: np.ndarray, seeds: np.ndarray, nb: int) -> Keys
     cw_s = np.empty((nb, n, 2), dtype=np.uint64)
     cw_t = np.empty((nb, n, 2), dtype=np.uint8)
     cw_v = np.empty((nb + 1, n, w), dtype=np.int64)
-    all_blocks = np.arange(2 + w)
+    level, inputs = _kernels()[0::2]
+    beta = np.ascontiguousarray(beta)
+    inp = np.empty((2, n, 2 + w, 2), dtype=np.uint64)
     for i in range(nb):
         a = _bits_msb_first(alpha, nb, i)                                    # (n,)
-        g = _expand(s.reshape(2 * n, 2), all_blocks).reshape(2, n, 2 + w, 2)
-        sl, tl = _seed_and_bit(g[:, :, 0])
-        sr, tr = _seed_and_bit(g[:, :, 1])
-        vl, vr = _values(g[:, :, 2:], w)                                      # (2, n, w)
-        go_r = a.astype(bool)                                                 # keep R where a = 1
-        s_keep = np.where(go_r[None, :, None], sr, sl)
-        s_lose = np.where(go_r[None, :, None], sl, sr)
-        v_keep = np.where(go_r[None, :, None], vr, vl)
-        v_lose = np.where(go_r[None, :, None], vl, vr)
-        sign1 = 1 - 2 * t[1].astype(np.int64)                                # (-1)^t_1, (n,)
-        cw_s[i] = s_lose[0] ^ s_lose[1]
-        vcw = v_lose[1] - v_lose[0] - v_alpha
-        vcw += beta * a[:, None].astype(np.int64)                             # Lose = L exactly when a = 1
-        vcw *= sign1[:, None]
-        cw_v[i] = vcw
-        v_alpha += v_keep[0] - v_keep[1] + sign1[:, None] * vcw
-        cw_t[i, :, 0] = tl[0] ^ tl[1] ^ a ^ 1
-        cw_t[i, :, 1] = tr[0] ^ tr[1] ^ a
-        t_keep = np.where(go_r[None], tr, tl)                                 # (2, n)
-        tcw_keep = np.where(go_r, cw_t[i, :, 1], cw_t[i, :, 0])
-        s = s_keep ^ (cw_s[i][None] * t[:, :, None].astype(np.uint64))
-        t = t_keep ^ (t & tcw_keep[None])
+        inputs(s, np.zeros(n, np.uint8), 0, inp)                             # s ^ j for every block j
+        level(mmo(inp), a, s, t, v_alpha, beta, cw_s[i], cw_t[i], cw_v[i])
     conv = _conv(s.reshape(2 * n, 2), w).reshape(2, n, w)
     cw_v[nb] = (1 - 2 * t[1].astype(np.int64))[:, None] * (conv[1] - conv[0] - v_alpha)
     return Keys(seeds, cw_s, cw_t, cw_v)
@@ -194,40 +217,161 @@ def eval_(parties, y: np.ndarray, keys: Keys) -> np.ndarray:
     nb, n, w = keys.cw_s.shape[0], keys.cw_s.shape[1], keys.cw_v.shape[2]
     P = len(parties)
     b = np.asarray(parties, dtype=np.uint8)
-    sign = (1 - 2 * b.astype(np.int64))[:, None, None]                         # (-1)^b, (P, 1, 1)
+    sign = 1 - 2 * b.astype(np.int64)                                         # (-1)^b, (P,)
     s = keys.seeds.reshape(P, n, 2).copy()
     s[..., 0] &= _LSB_CLEAR
     t = np.broadcast_to(b[:, None], (P, n)).copy()
     acc = np.zeros((P, n, w), dtype=np.int64)
     vblk = 1 if w == 1 else w // 2
+    _, level, inputs = _kernels()
+    cw_s, cw_t, cw_v = (np.ascontiguousarray(a) for a in (keys.cw_s, keys.cw_t, keys.cw_v))
+    inp = np.empty((P, n, 1 + vblk, 2), dtype=np.uint64)
     for i in range(nb):
         c = _bits_msb_first(y, nb, i)                                        # (n,)
-        which = np.empty((n, 1 + vblk), dtype=np.uint64)
-        which[:, 0] = c
-        if w == 1:
-            which[:, 1] = 2
-        else:
-            which[:, 1:] = 2 + c[:, None].astype(np.uint64) * vblk + np.arange(vblk, dtype=np.uint64)
-        g = _expand(s.reshape(P * n, 2), np.broadcast_to(which, (P, n, 1 + vblk)).reshape(P * n, 1 + vblk))
-        g = g.reshape(P, n, 1 + vblk, 2)
-        s_new, t_new = _seed_and_bit(g[:, :, 0])
-        words = g[:, :, 1:].reshape(P, n, 2 * vblk).view(np.int64)
-        if w == 1:
-            v = np.where(c.astype(bool)[None, :, None], words[..., 1:2], words[..., 0:1])
-        else:
-            v = words
-        tm = t.astype(np.int64)[..., None]                                   # (P, n, 1)
-        acc += sign * (v + tm * keys.cw_v[i][None])
-        s = s_new ^ (keys.cw_s[i][None] * t[..., None].astype(np.uint64))
-        tcw = np.where(c.astype(bool), keys.cw_t[i, :, 1], keys.cw_t[i, :, 0])
-        t = t_new ^ (t & tcw[None])
+        inputs(s, c, -1 if w == 1 else vblk, inp)                             # child c's blocks only
+        level(mmo(inp), c, s, t, acc, sign, cw_s[i], cw_t[i], cw_v[i])
     conv = _conv(s.reshape(P * n, 2), w).reshape(P, n, w)
-    acc += sign * (conv + t.astype(np.int64)[..., None] * keys.cw_v[nb][None])
+    acc += sign[:, None, None] * (conv + t.astype(np.int64)[..., None] * cw_v[nb][None])
     return acc
 
 
-def evaluations(nb: int, w: int, n: int, parties: int) -> dict:
-    """Work of one Gen and one Eval of n keys (AES blocks), for benchmarks and docstrings."""
-    vblk = 1 if w == 1 else w // 2
-    return {"gen_blocks": 2 * n * (nb * (2 + w) + vblk), "eval_blocks": parties * n * (nb * (1 + vblk) + vblk),
-            "key_bytes": 2 * n * key_bytes(nb, w), "levels": nb, "log2_n": math.log2(max(n, 1))}
+# -- the level steps in numba (the same values as the numpy steps above, fused per element) ----------
+
+USE_NUMBA = importlib.util.find_spec("numba") is not None   # False: the numpy steps (tests, no numba)
+_compiled = None
+
+
+def _kernels():
+    """(gen level, eval level): numba's when it is installed and compiles (once, cached on disk next to
+    this module), else numpy's with a log line."""
+    global _compiled, USE_NUMBA
+    if not USE_NUMBA:
+        return _gen_level_np, _eval_level_np, _inputs_np
+    if _compiled is None:
+        try:
+            import numba
+
+            jit = numba.njit(cache=True, nogil=True)
+            _compiled = (jit(_gen_level_loop), jit(_eval_level_loop), jit(_inputs_loop))
+            _probe(_compiled)
+        except Exception as e:  # noqa: BLE001 - any compile failure: the numpy steps give the same keys
+            log.warning("dcf: numba kernels unavailable (%s); using numpy's level steps", e)
+            USE_NUMBA = False
+            return _gen_level_np, _eval_level_np, _inputs_np
+    return _compiled
+
+
+def _inputs_np(s, c, vblk, out) -> None:
+    """MMO inputs s ^ j (P, n, k, 2). vblk = 0: every block j = 0 .. k - 1 of every seed (Gen). Eval:
+    child c's seed block (j = c), then its value blocks: vblk = -1 (w = 1) block 2, which holds both
+    children's values; vblk > 0 (even w) the vblk blocks from 2 + c vblk."""
+    k = out.shape[2]
+    if vblk == 0:
+        j = np.broadcast_to(np.arange(k, dtype=np.uint64), (len(c), k))
+    else:
+        j = np.empty((len(c), k), dtype=np.uint64)
+        j[:, 0] = c
+        j[:, 1:] = 2 + np.arange(k - 1, dtype=np.uint64)
+        if vblk > 0:
+            j[:, 1:] += c[:, None].astype(np.uint64) * np.uint64(vblk)
+    out[..., 0] = s[:, :, None, 0] ^ j[None]
+    out[..., 1] = s[:, :, None, 1]
+
+
+def _inputs_loop(s, c, vblk, out):
+    """_inputs_np per element (numba)."""
+    P, n, k, _ = out.shape
+    for p in range(P):
+        for e in range(n):
+            lo = s[p, e, 0]
+            hi = s[p, e, 1]
+            for j in range(k):
+                if vblk == 0:
+                    b = j
+                elif j == 0:
+                    b = np.int64(c[e])
+                else:
+                    b = 2 + (j - 1) + (np.int64(c[e]) * vblk if vblk > 0 else 0)
+                out[p, e, j, 0] = lo ^ np.uint64(b)
+                out[p, e, j, 1] = hi
+
+
+def _probe(kernels) -> None:
+    """Compile both kernels on a one-element level (raises here, before any key is made, if they fail)."""
+    g = np.zeros((2, 1, 4, 2), dtype=np.uint64)
+    kernels[0](g, np.zeros(1, np.uint8), np.zeros((2, 1, 2), np.uint64), np.zeros((2, 1), np.uint8),
+               np.zeros((1, 2), np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 2), np.uint64),
+               np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.int64))
+    kernels[2](np.zeros((2, 1, 2), np.uint64), np.zeros(1, np.uint8), 0, np.zeros((2, 1, 4, 2), np.uint64))
+    kernels[1](g[:, :, :3], np.zeros(1, np.uint8), np.zeros((2, 1, 2), np.uint64), np.zeros((2, 1), np.uint8),
+               np.zeros((2, 1, 2), np.int64), np.ones(2, np.int64), np.zeros((1, 2), np.uint64),
+               np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.int64))
+
+
+def _gen_level_loop(g, a, s, t, v_alpha, beta, cw_s, cw_t, cw_v):
+    """_gen_level_np per element (numba)."""
+    n, w = beta.shape
+    one = np.uint64(1)
+    clear = ~one
+    gi = g.view(np.int64)
+    for k in range(n):
+        ak = np.uint64(a[k])
+        keep = np.int64(a[k])                     # child kept: 0 = L, 1 = R
+        lose = 1 - keep
+        sign1 = 1 - 2 * np.int64(t[1, k])
+        cw_s[k, 0] = (g[0, k, lose, 0] ^ g[1, k, lose, 0]) & clear
+        cw_s[k, 1] = g[0, k, lose, 1] ^ g[1, k, lose, 1]
+        ctl = (g[0, k, 0, 0] ^ g[1, k, 0, 0] ^ ak ^ one) & one
+        ctr = (g[0, k, 1, 0] ^ g[1, k, 1, 0] ^ ak) & one
+        cw_t[k, 0] = np.uint8(ctl)
+        cw_t[k, 1] = np.uint8(ctr)
+        for j in range(w):
+            jl = lose * w + j
+            jk = keep * w + j
+            vcw = gi[1, k, 2 + jl // 2, jl % 2] - gi[0, k, 2 + jl // 2, jl % 2] - v_alpha[k, j]
+            if keep == 1:
+                vcw += beta[k, j]
+            vcw *= sign1
+            cw_v[k, j] = vcw
+            v_alpha[k, j] += gi[0, k, 2 + jk // 2, jk % 2] - gi[1, k, 2 + jk // 2, jk % 2] + sign1 * vcw
+        tcw = ctr if keep == 1 else ctl
+        for p in range(2):
+            tp = np.uint64(t[p, k])
+            lo = g[p, k, keep, 0]
+            hi = g[p, k, keep, 1]
+            t[p, k] = np.uint8((lo & one) ^ (tp & tcw))
+            lo &= clear
+            if tp:
+                lo ^= cw_s[k, 0]
+                hi ^= cw_s[k, 1]
+            s[p, k, 0] = lo
+            s[p, k, 1] = hi
+
+
+def _eval_level_loop(g, c, s, t, acc, sign, cw_s, cw_t, cw_v):
+    """_eval_level_np per element (numba)."""
+    P, n, w = acc.shape
+    one = np.uint64(1)
+    clear = ~one
+    gi = g.view(np.int64)
+    for p in range(P):
+        sg = sign[p]
+        for k in range(n):
+            ck = np.int64(c[k])
+            tp = t[p, k]
+            lo = g[p, k, 0, 0]
+            hi = g[p, k, 0, 1]
+            tn = np.uint8(lo & one)
+            lo &= clear
+            if tp:
+                lo ^= cw_s[k, 0]
+                hi ^= cw_s[k, 1]
+                tn ^= cw_t[k, ck]
+            for j in range(w):
+                v = gi[p, k, 1, ck] if w == 1 else gi[p, k, 1 + j // 2, j % 2]
+                if tp:
+                    v += cw_v[k, j]
+                acc[p, k, j] += sg * v
+            s[p, k, 0] = lo
+            s[p, k, 1] = hi
+            t[p, k] = tn
