@@ -340,7 +340,8 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     cost = cfg.mode == "cost"
     labels = dict(model=cfg.model.name, system=cfg.system.name, mode=cfg.mode, seed=cfg.seed,
                   keys="os" if cfg.seed is None else "seed (insecure, reproducible)", model_seed=cfg.model_seed,
-                  frac_bits=cfg.engine.frac_bits, layers=o.n_layers, prompt_tokens=len(o.ids),
+                  frac_bits=cfg.engine.frac_bits, comparison=str(cfg.engine.get("comparison", "circuit")),
+                  layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
     selected = Network.from_cfg(cfg.network)
     selected = Network(network_label(cfg.network), selected.bandwidth_bps, selected.latency_s)
