@@ -62,8 +62,9 @@ def test_dcf_key_size_formula():
 def test_dcf_one_aes_call_per_level(monkeypatch):
     """Batched evaluation: one ECB call per tree level (and one for the leaf) for all elements and parties."""
     calls = []
-    real = dcf.mmo
+    real, real_into = dcf.mmo, dcf.aes_into
     monkeypatch.setattr(dcf, "mmo", lambda b: calls.append(b.shape) or real(b))
+    monkeypatch.setattr(dcf, "aes_into", lambda b, out: calls.append(b.shape) or real_into(b, out))
     rng = np.random.default_rng(0)
     n, nb = 500, 63
     keys = dcf.gen(rng.integers(0, 1 << nb, n, dtype=np.uint64), np.ones((n, 1), dtype=np.int64),

@@ -89,6 +89,17 @@ def mmo(blocks: np.ndarray) -> np.ndarray:
     return enc
 
 
+def aes_into(blocks: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """AES_K of every block of `blocks` (..., 2) uint64 (C-contiguous) into `out` (a uint8 buffer of at
+    least blocks.nbytes + 16 bytes), one ECB call; returns out's first blocks.nbytes as `blocks`' shape.
+    The numba level steps add the MMO feed-forward (^ x) themselves."""
+    global _CIPHER
+    if _CIPHER is None:
+        _CIPHER = _cipher()
+    _CIPHER.encryptor().update_into(memoryview(blocks.reshape(-1)).cast("B"), out)
+    return out[:blocks.nbytes].view(np.uint64).reshape(blocks.shape)
+
+
 def _tweak(j) -> np.ndarray:
     """The offset of block j as a 128-bit (lo, hi) pair: j in the low word (seeds have bit 0 clear, j < 2^62)."""
     j = np.asarray(j, dtype=np.uint64)
@@ -197,13 +208,21 @@ def gen(alpha: np.ndarray, beta: np.ndarray, seeds: np.ndarray, nb: int) -> Keys
     cw_s = np.empty((nb, n, 2), dtype=np.uint64)
     cw_t = np.empty((nb, n, 2), dtype=np.uint8)
     cw_v = np.empty((nb + 1, n, w), dtype=np.int64)
-    level, inputs = _kernels()[0::2]
     beta = np.ascontiguousarray(beta)
-    inp = np.empty((2, n, 2 + w, 2), dtype=np.uint64)
-    for i in range(nb):
-        a = _bits_msb_first(alpha, nb, i)                                    # (n,)
-        inputs(s, np.zeros(n, np.uint8), 0, inp)                             # s ^ j for every block j
-        level(mmo(inp), a, s, t, v_alpha, beta, cw_s[i], cw_t[i], cw_v[i])
+    fused = _kernels()
+    if fused is None:
+        for i in range(nb):
+            a = _bits_msb_first(alpha, nb, i)                                # (n,)
+            g = _expand(s.reshape(2 * n, 2), np.arange(2 + w)).reshape(2, n, 2 + w, 2)
+            _gen_level_np(g, a, s, t, v_alpha, beta, cw_s[i], cw_t[i], cw_v[i])
+    else:   # numba: the MMO inputs s ^ j live in `inp`; each level reads them and writes the next ones
+        inp = np.empty((2, n, 2 + w, 2), dtype=np.uint64)
+        _inputs_np(s, np.zeros(n, np.uint8), 0, inp)
+        buf = np.empty(inp.nbytes + 16, dtype=np.uint8)
+        alpha = np.ascontiguousarray(alpha, dtype=np.uint64)
+        for i in range(nb):
+            fused[0](aes_into(inp, buf), inp, alpha, nb - 1 - i, t, v_alpha, beta, cw_s[i], cw_t[i], cw_v[i])
+        s = np.ascontiguousarray(inp[:, :, 0])                               # block 0's input: s ^ 0
     conv = _conv(s.reshape(2 * n, 2), w).reshape(2, n, w)
     cw_v[nb] = (1 - 2 * t[1].astype(np.int64))[:, None] * (conv[1] - conv[0] - v_alpha)
     return Keys(seeds, cw_s, cw_t, cw_v)
@@ -223,13 +242,23 @@ def eval_(parties, y: np.ndarray, keys: Keys) -> np.ndarray:
     t = np.broadcast_to(b[:, None], (P, n)).copy()
     acc = np.zeros((P, n, w), dtype=np.int64)
     vblk = 1 if w == 1 else w // 2
-    _, level, inputs = _kernels()
+    mode = -1 if w == 1 else vblk                                             # _inputs_np's block choice
     cw_s, cw_t, cw_v = (np.ascontiguousarray(a) for a in (keys.cw_s, keys.cw_t, keys.cw_v))
     inp = np.empty((P, n, 1 + vblk, 2), dtype=np.uint64)
-    for i in range(nb):
-        c = _bits_msb_first(y, nb, i)                                        # (n,)
-        inputs(s, c, -1 if w == 1 else vblk, inp)                             # child c's blocks only
-        level(mmo(inp), c, s, t, acc, sign, cw_s[i], cw_t[i], cw_v[i])
+    fused = _kernels()
+    if fused is None:
+        for i in range(nb):
+            c = _bits_msb_first(y, nb, i)                                    # (n,)
+            _inputs_np(s, c, mode, inp)                                       # child c's blocks only
+            _eval_level_np(mmo(inp), c, s, t, acc, sign, cw_s[i], cw_t[i], cw_v[i])
+    else:   # numba: each level reads its MMO inputs and writes the next level's (for y's next bit)
+        _inputs_np(s, _bits_msb_first(y, nb, 0), mode, inp)
+        buf = np.empty(inp.nbytes + 16, dtype=np.uint8)
+        y = np.ascontiguousarray(y, dtype=np.uint64)
+        for i in range(nb):
+            fused[1](aes_into(inp, buf), inp, y, nb - 1 - i, nb - 2 - i, mode, t, acc, sign,
+                     cw_s[i], cw_t[i], cw_v[i])
+        s = np.ascontiguousarray(inp[:, :, 0])                               # the next bit is 0: s ^ 0
     conv = _conv(s.reshape(P * n, 2), w).reshape(P, n, w)
     acc += sign[:, None, None] * (conv + t.astype(np.int64)[..., None] * cw_v[nb][None])
     return acc
@@ -242,22 +271,22 @@ _compiled = None
 
 
 def _kernels():
-    """(gen level, eval level): numba's when it is installed and compiles (once, cached on disk next to
-    this module), else numpy's with a log line."""
+    """numba's fused level steps (gen, eval), compiled once and cached on disk next to this module, or None
+    (numba missing or failing to compile: numpy's steps, the same keys and shares, with a log line)."""
     global _compiled, USE_NUMBA
     if not USE_NUMBA:
-        return _gen_level_np, _eval_level_np, _inputs_np
+        return None
     if _compiled is None:
         try:
             import numba
 
-            jit = numba.njit(cache=True, nogil=True)
-            _compiled = (jit(_gen_level_loop), jit(_eval_level_loop), jit(_inputs_loop))
+            jit = numba.njit(cache=True, nogil=True)   # one thread: on two busy cores threads only contend
+            _compiled = (jit(_gen_level_loop), jit(_eval_level_loop))
             _probe(_compiled)
         except Exception as e:  # noqa: BLE001 - any compile failure: the numpy steps give the same keys
             log.warning("dcf: numba kernels unavailable (%s); using numpy's level steps", e)
             USE_NUMBA = False
-            return _gen_level_np, _eval_level_np, _inputs_np
+            return None
     return _compiled
 
 
@@ -278,89 +307,82 @@ def _inputs_np(s, c, vblk, out) -> None:
     out[..., 1] = s[:, :, None, 1]
 
 
-def _inputs_loop(s, c, vblk, out):
-    """_inputs_np per element (numba)."""
-    P, n, k, _ = out.shape
-    for p in range(P):
-        for e in range(n):
-            lo = s[p, e, 0]
-            hi = s[p, e, 1]
-            for j in range(k):
-                if vblk == 0:
-                    b = j
-                elif j == 0:
-                    b = np.int64(c[e])
-                else:
-                    b = 2 + (j - 1) + (np.int64(c[e]) * vblk if vblk > 0 else 0)
-                out[p, e, j, 0] = lo ^ np.uint64(b)
-                out[p, e, j, 1] = hi
-
-
 def _probe(kernels) -> None:
     """Compile both kernels on a one-element level (raises here, before any key is made, if they fail)."""
-    g = np.zeros((2, 1, 4, 2), dtype=np.uint64)
-    kernels[0](g, np.zeros(1, np.uint8), np.zeros((2, 1, 2), np.uint64), np.zeros((2, 1), np.uint8),
-               np.zeros((1, 2), np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 2), np.uint64),
-               np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.int64))
-    kernels[2](np.zeros((2, 1, 2), np.uint64), np.zeros(1, np.uint8), 0, np.zeros((2, 1, 4, 2), np.uint64))
-    kernels[1](g[:, :, :3], np.zeros(1, np.uint8), np.zeros((2, 1, 2), np.uint64), np.zeros((2, 1), np.uint8),
-               np.zeros((2, 1, 2), np.int64), np.ones(2, np.int64), np.zeros((1, 2), np.uint64),
-               np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.int64))
+    z = np.zeros
+    kernels[0](z((2, 1, 4, 2), np.uint64), z((2, 1, 4, 2), np.uint64), z(1, np.uint64), 0, z((2, 1), np.uint8),
+               z((1, 2), np.int64), z((1, 2), np.int64), z((1, 2), np.uint64), z((1, 2), np.uint8), z((1, 2), np.int64))
+    kernels[1](z((2, 1, 2, 2), np.uint64), z((2, 1, 2, 2), np.uint64), z(1, np.uint64), 1, 0, 1, z((2, 1), np.uint8),
+               z((2, 1, 2), np.int64), np.ones(2, np.int64), z((1, 2), np.uint64), z((1, 2), np.uint8),
+               z((1, 2), np.int64))
 
 
-def _gen_level_loop(g, a, s, t, v_alpha, beta, cw_s, cw_t, cw_v):
-    """_gen_level_np per element (numba)."""
+def _gen_level_loop(enc, inp, alpha, shift, t, v_alpha, beta, cw_s, cw_t, cw_v):
+    """_gen_level_np per element (numba), fused: G(s) = enc ^ inp (MMO's feed-forward), alpha's bit
+    (alpha >> shift) & 1, and the next level's inputs s' ^ j written over inp."""
     n, w = beta.shape
+    nblk = inp.shape[2]
     one = np.uint64(1)
     clear = ~one
-    gi = g.view(np.int64)
     for k in range(n):
-        ak = np.uint64(a[k])
-        keep = np.int64(a[k])                     # child kept: 0 = L, 1 = R
+        a = (alpha[k] >> np.uint64(shift)) & one
+        keep = np.int64(a)                        # child kept: 0 = L, 1 = R
         lose = 1 - keep
         sign1 = 1 - 2 * np.int64(t[1, k])
-        cw_s[k, 0] = (g[0, k, lose, 0] ^ g[1, k, lose, 0]) & clear
-        cw_s[k, 1] = g[0, k, lose, 1] ^ g[1, k, lose, 1]
-        ctl = (g[0, k, 0, 0] ^ g[1, k, 0, 0] ^ ak ^ one) & one
-        ctr = (g[0, k, 1, 0] ^ g[1, k, 1, 0] ^ ak) & one
+        g0l0 = enc[0, k, lose, 0] ^ inp[0, k, lose, 0]
+        g1l0 = enc[1, k, lose, 0] ^ inp[1, k, lose, 0]
+        cw_s[k, 0] = (g0l0 ^ g1l0) & clear
+        cw_s[k, 1] = enc[0, k, lose, 1] ^ inp[0, k, lose, 1] ^ enc[1, k, lose, 1] ^ inp[1, k, lose, 1]
+        tl = (enc[0, k, 0, 0] ^ inp[0, k, 0, 0] ^ enc[1, k, 0, 0] ^ inp[1, k, 0, 0]) & one
+        tr = (enc[0, k, 1, 0] ^ inp[0, k, 1, 0] ^ enc[1, k, 1, 0] ^ inp[1, k, 1, 0]) & one
+        ctl = tl ^ a ^ one
+        ctr = tr ^ a
         cw_t[k, 0] = np.uint8(ctl)
         cw_t[k, 1] = np.uint8(ctr)
         for j in range(w):
             jl = lose * w + j
             jk = keep * w + j
-            vcw = gi[1, k, 2 + jl // 2, jl % 2] - gi[0, k, 2 + jl // 2, jl % 2] - v_alpha[k, j]
+            bl, hl = 2 + jl // 2, jl % 2
+            bk, hk = 2 + jk // 2, jk % 2
+            vl0 = np.int64(enc[0, k, bl, hl] ^ inp[0, k, bl, hl])
+            vl1 = np.int64(enc[1, k, bl, hl] ^ inp[1, k, bl, hl])
+            vk0 = np.int64(enc[0, k, bk, hk] ^ inp[0, k, bk, hk])
+            vk1 = np.int64(enc[1, k, bk, hk] ^ inp[1, k, bk, hk])
+            vcw = vl1 - vl0 - v_alpha[k, j]
             if keep == 1:
                 vcw += beta[k, j]
             vcw *= sign1
             cw_v[k, j] = vcw
-            v_alpha[k, j] += gi[0, k, 2 + jk // 2, jk % 2] - gi[1, k, 2 + jk // 2, jk % 2] + sign1 * vcw
+            v_alpha[k, j] += vk0 - vk1 + sign1 * vcw
         tcw = ctr if keep == 1 else ctl
         for p in range(2):
             tp = np.uint64(t[p, k])
-            lo = g[p, k, keep, 0]
-            hi = g[p, k, keep, 1]
+            lo = enc[p, k, keep, 0] ^ inp[p, k, keep, 0]
+            hi = enc[p, k, keep, 1] ^ inp[p, k, keep, 1]
             t[p, k] = np.uint8((lo & one) ^ (tp & tcw))
             lo &= clear
             if tp:
                 lo ^= cw_s[k, 0]
                 hi ^= cw_s[k, 1]
-            s[p, k, 0] = lo
-            s[p, k, 1] = hi
+            for j in range(nblk):
+                inp[p, k, j, 0] = lo ^ np.uint64(j)
+                inp[p, k, j, 1] = hi
 
 
-def _eval_level_loop(g, c, s, t, acc, sign, cw_s, cw_t, cw_v):
-    """_eval_level_np per element (numba)."""
+def _eval_level_loop(enc, inp, y, shift, next_shift, mode, t, acc, sign, cw_s, cw_t, cw_v):
+    """_eval_level_np per element (numba), fused: G = enc ^ inp, y's bit (y >> shift) & 1, and the next
+    level's inputs for the next bit (none after the last level: next_shift < 0 writes s ^ 0)."""
     P, n, w = acc.shape
+    nblk = inp.shape[2]
     one = np.uint64(1)
     clear = ~one
-    gi = g.view(np.int64)
-    for p in range(P):
-        sg = sign[p]
-        for k in range(n):
-            ck = np.int64(c[k])
+    for k in range(n):
+        ck = np.int64((y[k] >> np.uint64(shift)) & one)
+        cn = np.int64((y[k] >> np.uint64(next_shift)) & one) if next_shift >= 0 else 0
+        for p in range(P):
             tp = t[p, k]
-            lo = g[p, k, 0, 0]
-            hi = g[p, k, 0, 1]
+            lo = enc[p, k, 0, 0] ^ inp[p, k, 0, 0]
+            hi = enc[p, k, 0, 1] ^ inp[p, k, 0, 1]
             tn = np.uint8(lo & one)
             lo &= clear
             if tp:
@@ -368,10 +390,18 @@ def _eval_level_loop(g, c, s, t, acc, sign, cw_s, cw_t, cw_v):
                 hi ^= cw_s[k, 1]
                 tn ^= cw_t[k, ck]
             for j in range(w):
-                v = gi[p, k, 1, ck] if w == 1 else gi[p, k, 1 + j // 2, j % 2]
+                if w == 1:
+                    v = np.int64(enc[p, k, 1, ck] ^ inp[p, k, 1, ck])
+                else:
+                    v = np.int64(enc[p, k, 1 + j // 2, j % 2] ^ inp[p, k, 1 + j // 2, j % 2])
                 if tp:
                     v += cw_v[k, j]
-                acc[p, k, j] += sg * v
-            s[p, k, 0] = lo
-            s[p, k, 1] = hi
+                acc[p, k, j] += sign[p] * v
             t[p, k] = tn
+            for j in range(nblk):
+                if j == 0:
+                    b = cn
+                else:
+                    b = 2 + (j - 1) + (cn * mode if mode > 0 else 0)
+                inp[p, k, j, 0] = lo ^ np.uint64(b)
+                inp[p, k, j, 1] = hi
