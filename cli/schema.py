@@ -81,6 +81,7 @@ class EngineSchema:
     sigmoid_nr_iters: int = 3
     check_ranges: bool = True
     max_method: str = "auto"      # auto | tree | pairs (comet_core/mpc/pairmax.py)
+    comparison: str = "circuit"   # circuit | fss (comet_core/mpc/fss.py; beyond the paper)
 
 
 @dataclass

@@ -169,6 +169,7 @@ def engine_config(cfg):
         frac_bits=e.frac_bits, truncation=e.truncation, reuse_weight_masks=bool(e.reuse_weight_masks),
         check_ranges=bool(e.get("check_ranges", True)),
         max_method=str(e.get("max_method", "auto")),
+        comparison=str(e.get("comparison", "circuit")),
         functions=FunctionConfig(exp_iterations=e.exp_iterations, exp_clamp=bool(e.exp_clamp), reciprocal_nr_iters=e.reciprocal_nr_iters,
                                  reciprocal_range=tuple(e.reciprocal_range), inv_sqrt_nr_iters=e.inv_sqrt_nr_iters,
                                  inv_sqrt_range=tuple(e.inv_sqrt_range), sigmoid_nr_iters=e.sigmoid_nr_iters))
@@ -340,7 +341,8 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     cost = cfg.mode == "cost"
     labels = dict(model=cfg.model.name, system=cfg.system.name, mode=cfg.mode, seed=cfg.seed,
                   keys="os" if cfg.seed is None else "seed (insecure, reproducible)", model_seed=cfg.model_seed,
-                  frac_bits=cfg.engine.frac_bits, layers=o.n_layers, prompt_tokens=len(o.ids),
+                  frac_bits=cfg.engine.frac_bits, comparison=str(cfg.engine.get("comparison", "circuit")),
+                  layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
     selected = Network.from_cfg(cfg.network)
     selected = Network(network_label(cfg.network), selected.bandwidth_bps, selected.latency_s)

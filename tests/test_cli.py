@@ -68,6 +68,7 @@ def test_cost_mode_and_overrides(tmp_path):
     (["model.layers=99"], "out of range"),
     (["prompt_len=600"], "exceeds the 512 positions"),
     (["engine.truncation=sloppy"], "engine.truncation must be one of local, dealer"),
+    (["engine.comparison=dcf"], "engine.comparison must be one of circuit, fss"),
 ])
 def test_bad_input_fails_fast_with_one_line(tmp_path, args, needle):
     r = comet("run-experiment", *args, f"output_dir={tmp_path / 'x'}", cwd=tmp_path)

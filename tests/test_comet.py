@@ -95,6 +95,8 @@ VARIANTS = [  # (model, overrides): FFN + heads (merged refill) is the default s
     ("tiny-opt", ("system.heads=false",)),                                # part 1 only
     ("tiny-opt", ("system.heads=false", "system.indexing=oblivious")),
     ("tiny-llama", ("system.heads=false", "system.indexing=oblivious")),
+    ("tiny-opt", ("engine.comparison=fss",)),                             # threshold test, ReLU, max: DCF keys
+    ("tiny-llama", ("engine.comparison=fss", "system.heads=false", "system.indexing=oblivious")),
 ]
 
 
@@ -122,10 +124,12 @@ def test_private_equals_masked_plaintext(model, over, predictors, tmp_path):
     assert (setup.online_bytes > 0) == (indexing == "shuffle") and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
 
 
-def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path):
-    _, ex = run_comet("tiny-opt", tmp_path / "exact", predictors["tiny-opt"], "gen_tokens=3", "prompt='Hello there'")
+@pytest.mark.parametrize("comparison", ["circuit", "fss"])
+def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path, comparison):
+    c = f"engine.comparison={comparison}"
+    _, ex = run_comet("tiny-opt", tmp_path / "exact", predictors["tiny-opt"], "gen_tokens=3", "prompt='Hello there'", c)
     _, co = run_comet("tiny-opt", tmp_path / "cost", predictors["tiny-opt"], "gen_tokens=3", "prompt='Hello there'",
-                      "mode=cost", f"system.mask_trace={ex / 'sparsity.csv'}")
+                      "mode=cost", f"system.mask_trace={ex / 'sparsity.csv'}", c)
     a, b = pd.read_csv(ex / "ledger.csv.gz"), pd.read_csv(co / "ledger.csv.gz")
     assert len(a) == len(b) and a.equals(b), "cost-mode ledger differs from exact mode's for the same masks"
 

@@ -24,7 +24,7 @@ import torch
 from comet_core.mpc import arith, compare, nonlinear as nl, pairmax, ring
 from comet_core.mpc import dealer as dealer_mod
 from comet_core.mpc.dealer import Dealer
-from comet_core.mpc.engine import AShare
+from comet_core.mpc.engine import AShare, EngineConfig
 from comet_core.mpc.parties import run_pair
 from comet_core.mpc.prg import PRG
 
@@ -49,7 +49,13 @@ PROTOCOLS = {
                   lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
     "argmax_last": (lambda x: pairmax.argmax_last(x.reshape(1, N)),
                     lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
+    # engine.comparison=fss (mpc/fss.py): the one opening is x + r under the dealer's uniform r
+    "relu_fss": (compare.relu, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 4),
+    "ltz_fss": (compare.ltz, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 1e-3),
+    "argmax_fss": (lambda x: compare.argmax(x.reshape(8, N // 8)),
+                   lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
 }
+CONFIGS = {name: EngineConfig(comparison="fss") for name in ("relu_fss", "ltz_fss", "argmax_fss")}
 SECOND = {  # a second secret input, far from the first: constants, other signs, other magnitudes
     "relu": lambda: torch.full((N,), -7.25, dtype=torch.float64),
     "truncation": lambda: torch.full((N,), 3.0e4, dtype=torch.float64),
@@ -58,10 +64,13 @@ SECOND = {  # a second secret input, far from the first: constants, other signs,
     "argmax": lambda: torch.arange(N, dtype=torch.float64) % 8,
     "max_pairs": lambda: torch.arange(N, dtype=torch.float64) % 8,
     "argmax_last": lambda: torch.full((N,), 2.5, dtype=torch.float64),
+    "relu_fss": lambda: torch.full((N,), -7.25, dtype=torch.float64),
+    "ltz_fss": lambda: torch.zeros(N, dtype=torch.float64),
+    "argmax_fss": lambda: torch.arange(N, dtype=torch.float64) % 8,
 }
 
 
-def p1_view(fn, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def p1_view(fn, x: torch.Tensor, seed: int, config=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run fn on a secret x as two single parties; return P1's (received words, opened 64-bit values)."""
     def body(m):
         if m.rank == 1:
@@ -69,7 +78,7 @@ def p1_view(fn, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]
         fn(m.share(x))
         return m.channel.recorder
 
-    _, log, _ = run_pair(body, seed=seed)
+    _, log, _ = run_pair(body, config=config, seed=seed)
     received, opened = [], []
     for bits, sent, got in log:
         if sent is None:     # a one-way message (the shuffle's resharings): received, nothing opened
@@ -113,8 +122,8 @@ def check_view(name: str) -> None:
     fn, first = PROTOCOLS[name]
     xa = first(torch.Generator().manual_seed(11))
     xb = SECOND[name]()
-    rec_a, open_a = p1_view(fn, xa, seed=101)
-    rec_b, open_b = p1_view(fn, xb, seed=202)
+    rec_a, open_a = p1_view(fn, xa, seed=101, config=CONFIGS.get(name))
+    rec_b, open_b = p1_view(fn, xb, seed=202, config=CONFIGS.get(name))
     assert open_a.numel() == open_b.numel() >= N  # the view's shape does not depend on the secret either
     for tag, rec, opened in (("input A", rec_a, open_a), ("input B", rec_b, open_b)):
         assert_uniform_bits(rec, f"{name}: words P1 receives ({tag})")
@@ -373,3 +382,73 @@ def test_every_role_warns_of_a_declared_insecure_seed(tmp_path, caplog):
                 assert main(role, _tcp_cfg(*seed, *over), str(tmp_path / "no-keys"), str(tmp_path / role)) == 2
             said = [r.getMessage() for r in caplog.records if "INSECURE" in r.getMessage()]
             assert (len(said) == 1 and said[0].startswith(f"{role}: INSECURE: seed=0")) if warned else not said, role
+
+
+# ---- engine.comparison=fss: a weakened input mask r, and the DCF keys P1 holds -------------------------
+
+@pytest.fixture(params=["zero", "low_entropy"])
+def weak_fss_mask(monkeypatch, request):
+    """The FSS comparison's mask r = 0 (x opened in the clear) or of 16 bits' entropy."""
+    orig = Dealer.fss_mask
+
+    def fss_mask(self, handle, n, relu):
+        real = self._rand
+        if request.param == "zero":
+            self._rand = lambda shape, bits=64, gen=None: torch.zeros(tuple(shape), dtype=torch.int64)
+        else:
+            self._rand = lambda shape, bits=64, gen=None: real(shape, bits, gen) & 0xFFFF
+        try:
+            return orig(self, handle, n, relu)
+        finally:
+            del self._rand
+
+    monkeypatch.setattr(Dealer, "fss_mask", fss_mask)
+
+
+@pytest.mark.parametrize("name", ["relu_fss", "ltz_fss"])
+def test_positive_control_weak_fss_mask_is_caught(name, weak_fss_mask):
+    with pytest.raises(AssertionError, match="values P1 opens|opened values"):
+        check_view(name)
+
+
+def dcf_key_words(alpha, seed: int) -> torch.Tensor:
+    """The corrections of N DCF keys (what the dealer sends P1: mpc/dcf.py) as 64-bit words: the high
+    words of s_cw (the low word's bit 0 is always 0: the control bit's place) and every V_cw."""
+    import numpy as np
+    from comet_core.mpc import dcf
+
+    rng = np.random.default_rng(seed)
+    beta = np.ones((N, 2), dtype=np.int64)
+    keys = dcf.gen(alpha, beta, rng.integers(0, 1 << 64, (2, N, 2), dtype=np.uint64), 63)
+    return torch.from_numpy(np.concatenate([keys.cw_s[..., 1].view(np.int64).reshape(-1),
+                                            keys.cw_v.reshape(-1)]))
+
+
+def check_dcf_keys() -> None:
+    import numpy as np
+
+    a = dcf_key_words(np.zeros(N, dtype=np.uint64), 1)                               # r mod 2^63 = 0
+    b = dcf_key_words(np.random.default_rng(9).integers(0, 1 << 63, N, dtype=np.uint64), 2)
+    assert_uniform_bits(a, "dcf: key words P1 receives (alpha 0)")
+    assert_uniform_bits(b, "dcf: key words P1 receives (alpha uniform)")
+    assert_same_distribution(a, b, "dcf: key words P1 receives")
+
+
+def test_dcf_keys_look_uniform_and_independent_of_alpha():
+    check_dcf_keys()
+
+
+def test_positive_control_weak_dcf_prg_is_caught(monkeypatch):
+    """A PRG whose words have their top 32 bits zero (every seed correction inherits it)."""
+    from comet_core.mpc import dcf
+
+    real = dcf.mmo
+    monkeypatch.setattr(dcf, "mmo", lambda blocks: real(blocks) & np_low32())
+    with pytest.raises(AssertionError, match="key words P1 receives"):
+        check_dcf_keys()
+
+
+def np_low32():
+    import numpy as np
+
+    return np.uint64(LOW32)

@@ -12,6 +12,10 @@ level of width w opens 3 * w/2 bits per element (2 * w/2 at the last level).
 Small comparisons on the CPU (up to NUMPY_MAX elements) run their local bit work in numpy, whose
 per-operation overhead is a fraction of torch's: the same openings, shares and ledger rows (pinned by
 tests/test_bitexact_small.py); larger ones and CUDA run the same steps in torch.
+
+engine.comparison=fss replaces ltz, ltz_bits and relu (and so drelu, maximum, max_along, argmax and
+every caller of them) with mpc/fss.py's one-round protocols on dealer-made DCF keys; the cost
+functions here follow the same switch.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from comet_core.comm.ledger import Cost, wire_bytes
-from comet_core.mpc import arith, ring
+from comet_core.mpc import arith, fss, ring
 from comet_core.mpc import dealer as dealer_mod
 from comet_core.mpc.engine import MPC, AShare, _small_cpu
 from comet_core.mpc.shape import Shape
@@ -148,14 +152,19 @@ def ltz(x: AShare) -> AShare:
     (CrypTen: 1344 bits, 8 rounds); offline 64+64 + 2*(32+16+8+4+2)+1 + 65 bits.
     """
     mpc = x.mpc
+    if mpc.config.comparison == "fss":
+        return fss.ltz(x)
     with mpc.ledger.protocol("ltz"):
         return b2a_bit(mpc, ltz_bits(x))
 
 
 def ltz_bits(x: AShare) -> torch.Tensor:
     """[x < 0] as XOR shares of one bit per element, (P, *shape): steps 1-5 of `ltz` (7 rounds).
-    Cost: ltz_cost less the daBit (online 2 * packed(n, 1), offline 8n + packed(n, 1)), 7 rounds."""
+    Cost: ltz_cost less the daBit (online 2 * packed(n, 1), offline 8n + packed(n, 1)), 7 rounds.
+    Under engine.comparison=fss: fss.ltz_bits (1 round)."""
     mpc = x.mpc
+    if mpc.config.comparison == "fss":
+        return fss.ltz_bits(x)
     shape = x.shape
     n = x.numel()
     with mpc.ledger.protocol("ltz"):
@@ -246,10 +255,21 @@ def _ltz_online_bytes(n: int) -> int:
 
 
 def ltz_cost(mpc: MPC, n: int) -> Cost:
+    if mpc.config.comparison == "fss":
+        return fss.ltz_cost(mpc, n)
     offline = 16 * n                                          # r: additive + XOR corrections
     offline += sum((2 if w > 1 else 1) * wire_bytes(n, w) for w in _LEVEL_WIDTHS)
     offline += 8 * n + wire_bytes(n, 1)                       # daBit
     return Cost(_ltz_online_bytes(n), offline, 1 + len(_LEVEL_WIDTHS) + 1)
+
+
+def ltz_bits_cost(mpc: MPC, n: int) -> Cost:
+    """ltz_bits: ltz_cost less the daBit's round and bytes (circuit); ltz_cost (fss)."""
+    full = ltz_cost(mpc, n)
+    if mpc.config.comparison == "fss":
+        return full
+    return Cost(full.online_bytes - 2 * wire_bytes(n, 1), full.offline_bytes - 8 * n - wire_bytes(n, 1),
+                full.rounds - 1)
 
 
 def drelu(x: AShare) -> AShare:
@@ -270,12 +290,17 @@ def relu(x: AShare) -> AShare:
 
     1. d = drelu(x) (8 rounds).   2. x * d by Beaver (1 round; d is an integer, no truncation).
     Cost: ltz_cost(n) + mul_cost(n, n, n) = 253 + 128 bits per element per direction, 9 rounds.
+    Under engine.comparison=fss: fss.relu, 64 bits per element per direction in 1 round.
     """
+    if x.mpc.config.comparison == "fss":
+        return fss.relu(x)
     with x.mpc.ledger.protocol("relu"):
         return arith.mul(x, drelu(x))
 
 
 def relu_cost(mpc: MPC, n: int) -> Cost:
+    if mpc.config.comparison == "fss":
+        return fss.relu_cost(mpc, n)
     return ltz_cost(mpc, n) + arith.mul_cost(mpc, n, n, n, frac_sum=mpc.frac_bits)
 
 

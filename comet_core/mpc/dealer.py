@@ -46,6 +46,7 @@ class Dealer:
         self.gen_own = mpc._generator("dealer", "dealer", "secrets")   # the dealer's own secrets
         self._reused: dict = {}  # reuse key -> [b share, b value or None]: weight masks kept for one inference
         self._perms: dict = {}   # permutation handle -> party-stacked (pi0, pi1)
+        self._fss: dict = {}     # FSS comparison handle -> the mask r, until its last keys are made
 
     # -- helpers -------------------------------------------------------------------------------
     def _rand(self, shape, bits: int = 64, gen=None) -> torch.Tensor:
@@ -178,6 +179,7 @@ class Dealer:
         """End of an inference: reused weight masks and the request's permutations are dropped."""
         self._reused.clear()
         self._perms.clear()
+        self._fss.clear()
 
     def square_pair(self, shape) -> tuple[AShare, AShare]:
         if self._tiny(shape):   # the same reads and values in numpy
@@ -306,6 +308,51 @@ class Dealer:
         self._book(ba.numel(), 64)
         self._book(ba.numel(), 1)
         return bx, ba
+
+    # -- function secret sharing (mpc/fss.py: engine.comparison=fss) ------------------------------
+    def fss_mask(self, handle: int, n: int, relu: bool) -> tuple[AShare, ...]:
+        """An FSS comparison's input mask: uniform r (the dealer's secret, kept under `handle` for the
+        keys) with additive shares of r and of s = r_63, and of s * r for ReLU. Books 64 bits per share
+        and element (to P1: P0's shares come from its stream)."""
+        k = 3 if relu else 2
+        for _ in range(k):
+            self._book(n, 64)
+        if self.mpc.is_cost:
+            return tuple(AShare(Shape((2, n)), self.mpc, 0) for _ in range(k))
+        r = self._rand((n,))
+        self._fss[handle] = r
+        s = (r >> 63) & 1
+        vals = (r, s, s * r)[:k]
+        return tuple(self._arith(v) for v in vals)
+
+    def fss_keys(self, handle: int, start: int, stop: int, relu: bool, last: bool) -> tuple:
+        """DCF keys (mpc/dcf.py) for elements [start, stop) of the handle's mask r: f(y) = beta [y < alpha]
+        over nb = 63 bits with alpha = r mod 2^63 and beta = 1 - 2 s (ReLU: (1 - 2 s, (1 - 2 s) r)),
+        s = r_63. Root seeds from the dealer-party streams (free); the corrections go to both parties:
+        dcf.key_bytes(63, w) per element each. Returns party-stacked torch tensors
+        (seeds, cw_s, cw_t, cw_v) (the corrections the same in both slots). `last` drops r."""
+        from comet_core.mpc import dcf
+        from comet_core.mpc.fss import NB
+
+        c, w = stop - start, 2 if relu else 1
+        for to in ("P0", "P1"):
+            self._book(c, 8 * dcf.key_bytes(NB, w), to=to)
+        if self.mpc.is_cost:
+            return (Shape((2, c, 2)), Shape((2, NB, c, 2)), Shape((2, NB, c, 2), torch.uint8),
+                    Shape((2, NB + 1, c, w)))
+        r = self._fss[handle][start:stop].cpu().numpy()
+        if last:
+            del self._fss[handle]
+        seeds = self._random_shares((c, 2)).cpu()                         # (2, c, 2): the root seeds
+        g = 1 - 2 * ((r >> 63) & 1)                                        # 1 - 2 s
+        beta = (g[:, None] if not relu else np.stack([g, g * r], axis=1)).astype(np.int64)
+        keys = dcf.gen((r & ((1 << 63) - 1)).view(np.uint64), beta, seeds.numpy().view(np.uint64), NB)
+
+        def both(a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a)
+            return t.unsqueeze(0).expand(2, *t.shape)
+
+        return seeds, both(keys.cw_s), both(keys.cw_t), both(keys.cw_v)
 
     # -- oblivious permutation (mpc/shuffle.py) ------------------------------------------------
     def new_permutation(self, n: int, handle: int) -> torch.Tensor:

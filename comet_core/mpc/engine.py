@@ -53,6 +53,7 @@ class EngineConfig:
     reuse_weight_masks: bool = False
     check_ranges: bool = True   # simulation only: raise a RangeError when a secret leaves a protocol's range
     max_method: str = "auto"    # max/argmax along a dim: auto | tree | pairs (comet_core/mpc/pairmax.py)
+    comparison: str = "circuit"  # circuit (mpc/compare.py's bit tree, 8 rounds) | fss (mpc/fss.py: DCF keys, 1 round)
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class EngineConfig:
                 f"{FRAC_BITS_RANGE[1]} products leave the 64-bit ring), got {self.frac_bits}")
         require(self.max_method in ("auto", "tree", "pairs"),
                 f"engine.max_method must be one of auto, tree, pairs; got {self.max_method!r}")
+        require(self.comparison in ("circuit", "fss"),
+                f"engine.comparison must be one of circuit, fss; got {self.comparison!r}")
         require(self.truncation in ("local", "dealer"),
                 f"engine.truncation must be one of local, dealer; got {self.truncation!r}")
         require(self.truncation == "dealer" or self.frac_bits <= 20,

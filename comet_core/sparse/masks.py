@@ -26,6 +26,7 @@ def active_bits(z: AShare, threshold: float) -> torch.Tensor:
     2. T > 1: m = ltz(threshold - z) per token (8 rounds), s = sum_t m (local, an integer),
        union = ltz_bits(-s) = [s > 0]                     (7 more rounds).
     Cost: T = 1: ltz_bits_cost(F); T > 1: ltz_cost(T F) + ltz_bits_cost(F).
+    Under engine.comparison=fss each comparison is one round (mpc/fss.py): 1 and 2 rounds.
     """
     d = (-z).add_public(threshold)
     if z.shape[0] == 1:
@@ -34,10 +35,7 @@ def active_bits(z: AShare, threshold: float) -> torch.Tensor:
     return compare.ltz_bits(-(m.sum(0)))
 
 
-def ltz_bits_cost(mpc: MPC, n: int) -> Cost:
-    full = compare.ltz_cost(mpc, n)
-    return Cost(full.online_bytes - 2 * wire_bytes(n, 1), full.offline_bytes - 8 * n - wire_bytes(n, 1),
-                full.rounds - 1)
+ltz_bits_cost = compare.ltz_bits_cost   # circuit: ltz less its daBit; fss: ltz (1 round)
 
 
 def active_bits_cost(mpc: MPC, rows: int, units: int) -> Cost:

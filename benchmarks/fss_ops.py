@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Rounds and bytes of comparisons under engine.comparison=circuit and =fss (issue 27), one sitting.
+
+    python benchmarks/fss_ops.py --out PATH [--overwrite] [--exact] [--model smollm2-135m] [--no-model]
+
+Per comparison setting, from the engine's ledger:
+  * relu 128x3072 and drelu 128x3072, softmax 12x128x128, max 9x40 (a decode step's scores), argmax
+    1x49152 (SmolLM2's vocabulary): cost mode (shapes only: tests/test_fss.py pins cost mode's ledger
+    to exact mode's), online bytes (both directions), offline bytes (dealer to both), rounds;
+  * with --exact also relu 128x3072 in exact mode with its wall time (checked against plaintext), which
+    on a shared machine is only indicative: the row records the CPU model, its vector flags and the
+    1-minute load before and after;
+  * unless --no-model: a decode step of `--model` (Llama architecture) as `comet run-experiment
+    system=dense mode=cost prompt_len=32 gen_tokens=3`: the decode phase's rounds and bytes per step.
+Writes one row per (op, comparison) with those columns, the CPU and the load; refuses to overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SETTINGS = ("circuit", "fss")
+
+
+def ledger_ops(comparison: str) -> list[dict]:
+    import torch
+
+    from comet_core.mpc import compare, nonlinear as nl
+    from comet_core.mpc.engine import MPC, EngineConfig
+
+    ops = [("relu", (128, 3072), compare.relu), ("drelu", (128, 3072), compare.drelu),
+           ("softmax", (12, 128, 128), nl.softmax), ("max", (9, 40), lambda x: compare.max_along(x, -1)),
+           ("argmax", (1, 49152), compare.argmax)]
+    rows = []
+    for name, shape, fn in ops:
+        m = MPC(EngineConfig(comparison=comparison), mode="cost")
+        x = m.share(torch.empty(*shape, device="meta"))
+        mark = m.ledger.mark()
+        fn(x)
+        c = m.ledger.cost_since(mark)
+        rows.append(dict(op=name, shape="x".join(map(str, shape)), comparison=comparison, mode="cost",
+                         rounds=c.rounds, online_bytes=c.online_bytes, offline_bytes=c.offline_bytes))
+    return rows
+
+
+def exact_relu(comparison: str) -> dict:
+    import torch
+
+    from comet_core.mpc import compare
+    from comet_core.mpc.engine import MPC, EngineConfig
+
+    m = MPC(EngineConfig(comparison=comparison), seed=1, mode="exact")
+    x = torch.randn(128, 3072, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    xs = m.share(x)
+    mark = m.ledger.mark()
+    t0 = time.perf_counter()
+    out = compare.relu(xs)
+    wall = time.perf_counter() - t0
+    c = m.ledger.cost_since(mark)
+    ref = torch.round(x * 2 ** 16) / 2 ** 16
+    ok = bool(torch.equal(m.reveal(out), ref.clamp_min(0)))
+    return dict(op="relu", shape="128x3072", comparison=comparison, mode="exact", rounds=c.rounds,
+                online_bytes=c.online_bytes, offline_bytes=c.offline_bytes, wall_s=round(wall, 2), exact_ok=ok)
+
+
+def decode_step(model: str, comparison: str) -> dict:
+    """One cost-mode run of the dense system; the decode phase's rounds and bytes per step."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "cli.main", "run-experiment", f"model={model}", "system=dense", "mode=cost",
+               "prompt_len=32", "gen_tokens=3", f"engine.comparison={comparison}", f"output_dir={out}"]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        met = pd.read_csv(out / "metrics.csv")
+    row = met[(met.phase == "decode") & (met.network == met.network.iloc[0])].iloc[0]
+    steps = 2                                          # gen_tokens=3: the first token comes from prefill
+    return dict(op=f"decode step ({model}, dense)", shape="prompt 32", comparison=comparison, mode="cost",
+                rounds=int(row.rounds) // steps, online_bytes=int(row.online_bytes) // steps,
+                offline_bytes=int(row.offline_bytes) // steps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="the CSV to write")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ap.add_argument("--exact", action="store_true", help="also run relu 128x3072 in exact mode (timed)")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--no-model", action="store_true", help="skip the decode step of --model")
+    args = ap.parse_args()
+    from comet_core.results.machine import cpu_info, refuse_existing
+    from comet_core.results.tables import git_revision
+
+    if refuse_existing(Path(args.out), args.overwrite):
+        raise SystemExit(2)
+    load0 = os.getloadavg()[0]
+    rows = []
+    for cmp in SETTINGS:
+        rows += ledger_ops(cmp)
+        if args.exact:
+            rows.append(exact_relu(cmp))
+        if not args.no_model:
+            rows.append(decode_step(args.model, cmp))
+    cpu, flags = cpu_info()
+    cols = ["op", "shape", "comparison", "mode", "rounds", "online_bytes", "offline_bytes", "wall_s", "exact_ok",
+            "cpu", "cpu_flags", "load_avg_1m_before", "load_avg_1m_after", "git_rev"]
+    meta = dict(cpu=cpu, cpu_flags=flags, load_avg_1m_before=round(load0, 2),
+                load_avg_1m_after=round(os.getloadavg()[0], 2), git_rev=git_revision())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, **meta})
+    tmp.replace(out)                                   # atomic: never a half-written results file
+    for r in rows:
+        print(f"{r['op']:32s} {r['shape']:10s} {r['comparison']:8s} {r['mode']:5s} rounds {r['rounds']:6d} "
+              f"online {r['online_bytes'] / 1e6:10.2f} MB offline {r['offline_bytes'] / 1e6:10.1f} MB"
+              + (f"  {r['wall_s']} s exact={r['exact_ok']}" if "wall_s" in r else ""))
+
+
+if __name__ == "__main__":
+    main()

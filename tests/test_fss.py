@@ -1,0 +1,220 @@
+"""engine.comparison=fss: the one-round comparisons on dealer-made DCF keys (mpc/fss.py) and their callers.
+
+The DCF itself is tested in tests/test_dcf.py. Exact vs plaintext (values near 0, the ring's extremes, every ring word for the sign), ledger vs cost
+formula exactly, cost mode's ledger equal to exact mode's, in both ways of running the parties (sim and
+spmd, conftest.py). The view tests of the opening x + r are in tests/test_security.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from comet_core.comm.ledger import Cost
+from comet_core.errors import ConfigError
+from comet_core.mpc import compare, fss, nonlinear as nl, pairmax
+from comet_core.mpc.engine import MPC, EngineConfig
+
+from conftest import LSB, assert_close, quantize
+from test_protocols import (ACT_X, EDGE, GELU_ATOL, INV_SQRT_ATOL, INV_SQRT_RTOL, RECIP_ATOL, RECIP_RTOL, SILU_ATOL,
+                            SOFTMAX_ATOL, SOFTMAX_RTOL, log_uniform, measure, randn)
+
+FSS = EngineConfig(comparison="fss")
+
+
+# ---- the comparisons ----------------------------------------------------------------------------
+
+@pytest.fixture
+def fmpc(engines):
+    return engines(FSS, seed=7, mode="exact")
+
+
+def test_ltz_fss(fmpc, gen):
+    x = torch.cat([randn(gen, 237, scale=5.0), EDGE])
+    out, cost = measure(fmpc, compare.ltz, fmpc.share(x))
+    assert out.frac == 0
+    assert cost == compare.ltz_cost(fmpc, x.numel()) == fss.ltz_cost(fmpc, x.numel())
+    assert cost.rounds == 1 and cost.online_bytes == 2 * 8 * x.numel()
+    assert cost.offline_bytes == x.numel() * (2 * 8 + 2 * 1536)
+    assert_close(fmpc.reveal(out), (quantize(x) < 0).to(torch.float64), 0.0, what="ltz fss", x=x)
+
+
+def test_ltz_fss_every_ring_word(fmpc, gen):
+    """The sign of any ring word, -2^63, 2^63 - 1, -1, 0, 1 included: no range restriction."""
+    k = torch.randint(-(1 << 63), (1 << 63) - 1, (300,), generator=gen, dtype=torch.int64)
+    k[:8] = torch.tensor([-(1 << 63), (1 << 63) - 1, -1, 0, 1, -(1 << 62), 1 << 62, 2])
+    out = compare.ltz(fmpc.share(k, frac=0))
+    assert torch.equal(fmpc.reveal(out), (k < 0).to(torch.float64))
+
+
+def test_ltz_bits_fss_are_xor_shares(fmpc, gen):
+    x = torch.cat([randn(gen, 61, scale=3.0), EDGE])
+    bits, cost = measure(fmpc, compare.ltz_bits, fmpc.share(x))
+    assert cost == compare.ltz_bits_cost(fmpc, x.numel()) and cost.rounds == 1
+    (opened,) = fmpc.open_raw([bits], 1, xor=True)      # a test-only opening of the bits
+    assert torch.equal(opened, (quantize(x) < 0).to(torch.int64))
+
+
+def test_drelu_and_relu_fss(fmpc, gen):
+    x = torch.cat([randn(gen, 200, scale=10.0), EDGE, -EDGE])
+    d, cost_d = measure(fmpc, compare.drelu, fmpc.share(x))
+    assert cost_d == compare.drelu_cost(fmpc, x.numel())
+    assert_close(fmpc.reveal(d), (quantize(x) >= 0).to(torch.float64), 0.0, what="drelu fss", x=x)
+    r, cost = measure(fmpc, compare.relu, fmpc.share(x))
+    assert cost == compare.relu_cost(fmpc, x.numel())
+    assert cost == Cost(2 * 8 * x.numel(), x.numel() * (3 * 8 + 2 * 2048), 1)
+    assert r.frac == 16
+    assert_close(fmpc.reveal(r), quantize(x).clamp_min(0), 0.0, what="relu fss", x=x)
+
+
+def test_relu_fss_at_the_ring_extremes(fmpc):
+    """Integer inputs (frac 0) across the whole ring: relu is exact there too."""
+    k = torch.tensor([-(1 << 63), (1 << 63) - 1, -1, 0, 1, (1 << 62) + 5, -(1 << 62) - 5], dtype=torch.int64)
+    got = fmpc.reveal(compare.relu(fmpc.share(k, frac=0)), raw=True)
+    assert torch.equal(got, k.clamp_min(0))
+
+
+def test_fss_chunks(monkeypatch, engines, gen):
+    """Keys made and evaluated by chunks: the same values, one opening round, the same formula."""
+    monkeypatch.setattr(fss, "CHUNK", 37)
+    m = engines(FSS, seed=3)
+    x = randn(gen, 5, 40, scale=4.0)
+    r, cost = measure(m, compare.relu, m.share(x))
+    assert cost == compare.relu_cost(m, 200) and cost.rounds == 1
+    assert_close(m.reveal(r), x.clamp_min(0), 0.0, what="relu fss in chunks")
+
+
+def test_fss_seeded_runs_repeat_and_keys_differ_by_seed(gen):
+    x = randn(gen, 50, scale=3.0)
+    outs = []
+    for seed in (1, 1, 2):
+        m = MPC(FSS, seed=seed)
+        s = compare.relu(m.share(x))
+        outs.append(s.data.clone())
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_comparison_setting_validated():
+    with pytest.raises(ConfigError, match="engine.comparison must be one of circuit, fss"):
+        EngineConfig(comparison="dcf")
+
+
+def test_circuit_is_the_default_and_unchanged():
+    """The default engine keeps the bit-tree comparison (8 rounds, 253 bits each way per element)."""
+    m = MPC(EngineConfig(), mode="cost")
+    assert EngineConfig().comparison == "circuit"
+    assert compare.ltz_cost(m, 64) == Cost(2 * 253 * 8, (64 + 64 + 2 * 62 + 1 + 65) * 8, 8)
+
+
+# ---- every caller of the comparison -------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 5, 8, 13])
+def test_max_along_fss(fmpc, gen, n):
+    x = randn(gen, 3, n, scale=10.0)
+    x[0, -1] = 2.0 ** 20
+    x[1] = -(2.0 ** 20)
+    out, cost = measure(fmpc, compare.max_along, fmpc.share(x), -1)
+    assert cost == compare.max_along_cost(fmpc, 3, n)
+    assert cost.rounds == math.ceil(math.log2(n))           # one round per tournament level (was 9)
+    assert_close(fmpc.reveal(out), x.max(-1).values, 0.0, what=f"max_along fss n={n}")
+
+
+@pytest.mark.parametrize("rows,n", [(1, 2), (3, 7), (2, 64)])
+def test_argmax_fss(fmpc, gen, rows, n):
+    x = randn(gen, rows, n, scale=3.0)
+    if n >= 7:
+        x[0, 2] = x[0, n - 1] = 40.0                     # a tie: the lowest index wins
+        x[-1, n // 2 + 1] = x[-1, n // 2] - LSB
+    out, cost = measure(fmpc, compare.argmax, fmpc.share(x))
+    assert cost == compare.argmax_cost(fmpc, rows, n)
+    assert cost.rounds == 2 * math.ceil(math.log2(n))       # comparison + selection per level (was 9)
+    assert fmpc.reveal(out).tolist() == x.argmax(-1).to(torch.float64).tolist()
+
+
+def test_pairs_max_and_argmax_fss(fmpc, gen):
+    x = randn(gen, 4, 9, scale=3.0)
+    x[1, 3] = x[1, 7] = 50.0
+    out, cost = measure(fmpc, pairmax.max_pairs, fmpc.share(x))
+    assert cost == pairmax.max_pairs_cost(fmpc, 4, 9)
+    assert_close(fmpc.reveal(out), x.max(-1, keepdim=True).values, 0.0, what="max_pairs fss")
+    idx, cost = measure(fmpc, pairmax.argmax_last, fmpc.share(x))
+    assert cost == pairmax.argmax_last_cost(fmpc, 4, 9)
+    assert fmpc.reveal(idx).tolist() == x.argmax(-1).to(torch.float64).tolist()
+
+
+def test_softmax_fss(fmpc, gen):
+    x = randn(gen, 3, 4, 16, scale=2.0)
+    out, cost = measure(fmpc, nl.softmax, fmpc.share(x))
+    assert cost == nl.softmax_cost(fmpc, rows=12, n=16)
+    assert_close(fmpc.reveal(out), torch.softmax(x, -1), SOFTMAX_ATOL, SOFTMAX_RTOL, what="softmax fss")
+
+
+def test_silu_gelu_fss(fmpc):
+    x = quantize(ACT_X)
+    for fn, ref, tol, cost_fn in ((nl.silu, F.silu, SILU_ATOL, nl.silu_cost), (nl.gelu, F.gelu, GELU_ATOL, nl.gelu_cost)):
+        out, cost = measure(fmpc, fn, fmpc.share(x))
+        assert cost == cost_fn(fmpc, x.numel())
+        assert_close(fmpc.reveal(out), ref(x), tol, what=f"{fn.__name__} fss", x=x)
+
+
+# ---- the fine power-of-two guess (comparisons are one round whatever their number) ----------------
+
+def test_reciprocal_fss_fine_guess_saves_a_newton_step(fmpc, gen):
+    lo, hi = fmpc.fn.reciprocal_range
+    x = torch.cat([log_uniform(gen, lo, hi + 1, 24).clamp_max(2.0 ** (hi + 1) - 1),
+                   quantize(torch.tensor([2.0 ** lo, 0.1, 1.0, 100.0, 2.0 ** (hi + 1) - 1], dtype=torch.float64))])
+    assert nl.guess_per_octave(fmpc, x.numel(), lo, hi) == nl.FINE_PER_OCTAVE
+    out, cost = measure(fmpc, nl.reciprocal, fmpc.share(x))
+    assert cost == nl.reciprocal_cost(fmpc, x.numel())
+    assert cost.rounds == 1 + (fmpc.fn.reciprocal_nr_iters - 1) * 4      # guess, then 2 products per step
+    assert_close(fmpc.reveal(out), 1.0 / x, RECIP_ATOL, RECIP_RTOL, what="reciprocal fss fine", x=x)
+
+
+def test_inv_sqrt_fss_fine_guess_saves_a_newton_step(fmpc, gen):
+    lo, hi = fmpc.fn.inv_sqrt_range[0], nl.inv_sqrt_hi(fmpc)
+    x = torch.cat([log_uniform(gen, lo, 8, 10).clamp_max(2.0 ** 8 - 1),
+                   quantize(torch.tensor([LSB, 0.1, 0.5, 1.0, 16.0], dtype=torch.float64))])
+    big = torch.tensor([2.0 ** 12, 2.0 ** 20, 2.0 ** 31], dtype=torch.float64)
+    n = x.numel() + big.numel()
+    assert nl.guess_per_octave(fmpc, n, lo, hi) == nl.FINE_PER_OCTAVE
+    out, cost = measure(fmpc, nl.inv_sqrt, fmpc.share(torch.cat([x, big])))
+    assert cost == nl.inv_sqrt_cost(fmpc, n)
+    assert cost.rounds == 1 + (fmpc.fn.inv_sqrt_nr_iters - 1) * 6      # guess, then 3 products per step
+    got = fmpc.reveal(out)
+    assert_close(got[:x.numel()], torch.rsqrt(x), INV_SQRT_ATOL, INV_SQRT_RTOL, what="inv_sqrt fss fine", x=x)
+    assert_close(got[x.numel():], torch.rsqrt(big), 2.0 ** -nl.hi_frac(fmpc) * 4, INV_SQRT_RTOL,
+                 what="inv_sqrt fss fine, large x", x=big)
+
+
+def test_large_calls_keep_the_coarse_guess(fmpc, gen):
+    """Beyond FINE_BUDGET comparisons (prefill, wide activations) the guess and the steps are circuit's."""
+    lo, hi = fmpc.fn.reciprocal_range
+    x = log_uniform(gen, lo, hi + 1, 400).clamp_max(2.0 ** (hi + 1) - 1)
+    assert nl.guess_per_octave(fmpc, 400, lo, hi) == 1
+    out, cost = measure(fmpc, nl.reciprocal, fmpc.share(x))
+    assert cost == nl.reciprocal_cost(fmpc, 400) and cost.rounds == 1 + fmpc.fn.reciprocal_nr_iters * 4
+    assert_close(fmpc.reveal(out), 1.0 / x, RECIP_ATOL, RECIP_RTOL, what="reciprocal fss coarse", x=x)
+    assert nl.guess_per_octave(MPC(EngineConfig(), mode="cost"), 1, lo, hi) == 1     # circuit: never fine
+
+
+# ---- cost mode ------------------------------------------------------------------------------------
+
+def test_exact_and_cost_mode_ledgers_identical_under_fss(monkeypatch):
+    from test_cost_mode import _exact_inputs, _meta, composed
+
+    monkeypatch.setattr(fss, "CHUNK", 50)    # several chunks of keys in some calls
+    exact = MPC(FSS, seed=5, mode="exact")
+    cost = MPC(FSS, seed=5, mode="cost")
+    out_e = composed(exact, _exact_inputs(0))
+    out_c = composed(cost, _meta)
+    assert len(exact.ledger.rows) > 100
+    assert exact.ledger.rows == cost.ledger.rows
+    assert exact.ledger.round == cost.ledger.round
+    for k in out_e:
+        assert out_c[k].is_meta and out_c[k].shape == out_e[k].shape, k
+    circuit = MPC(EngineConfig(), seed=5, mode="cost")
+    composed(circuit, _meta)
+    assert cost.ledger.round < circuit.ledger.round     # norms and reciprocals keep their rounds
