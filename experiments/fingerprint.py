@@ -1,18 +1,19 @@
 """Protocol fingerprints: is a published table still what HEAD's protocols would price?
 
 A table of results/ made in cost mode (a sweep's data.csv, a run folder's metrics.csv, ...) is a function
-of the protocols that ran. Its fingerprint.json (beside it) records the revisions that made it and, per
-system in it, a hash of the ledgers of a few small canonical cost-mode runs (CANONICAL: two-layer tiny-opt
+of the protocols that ran. The fingerprint.json beside it (one per folder, an entry per table name) records
+the revisions that made it and, per system in it, a hash of the ledgers of a few small canonical cost-mode runs (CANONICAL: two-layer tiny-opt
 and tiny-llama, a 64-token prompt so prefill takes the tournament maximum and decode the all-pairs one, two
 new tokens; the variants the artifacts sweep). A protocol change moves some system's ledger, hence its hash.
 
 Steps:
 1. ``fingerprints()``: the canonical runs at this tree (cost mode, ~0.3 s each), hashed per system.
-2. ``stamp(table)``: write ``fingerprint.json`` beside a table: its revisions, and the fingerprints of the
+2. ``stamp(table)``: write the table's entry of ``fingerprint.json`` beside it: its revisions, and the fingerprints of the
    code that made it. That is this tree's when no protocol source (PROTOCOL_PATHS) differs between the
    table's revisions and this tree; otherwise the table's single clean revision is checked out into a
    temporary folder and fingerprinted there; a table made at a dirty or mixed revision is marked unverified.
-3. ``stale_tables()``: every cost-mode table under results/ whose fingerprint.json is missing, unverified,
+3. ``stale_tables()``: every cost-mode table under results/ (a `mode` column holding cost, or KNOWN) whose
+   entry is missing, unverified,
    or differs from this tree's fingerprints for a system in it, with the command that reprices it
    (tests/test_fingerprint.py; ``comet fingerprint --check``).
 Library code: logs, never prints.
@@ -40,8 +41,16 @@ FILE = "fingerprint.json"
 PROTOCOL_PATHS = ("comet_core", "conf", "experiments/run.py")
 LEDGER_COLUMNS = ["phase", "stage", "layer", "op", "sender", "receiver", "elements", "bytes", "round",
                   "cost_source"]
-PRODUCERS = {  # tables neither an artifact nor a run folder: the script that remakes (and stamps) each
-    "results/baselines/runs.csv": "python benchmarks/baseline_runs.py --overwrite",
+KNOWN = {  # cost-mode tables that are neither an artifact nor a run folder: the script that remakes each
+    # (and stamps it) and, where the table has no `system` column, the systems it depends on
+    "results/baselines/runs.csv": dict(reprice="python benchmarks/baseline_runs.py --overwrite"),
+    "results/kv_refill_ablation.csv": dict(
+        reprice="python benchmarks/kv_refill_ablation.py --overwrite && comet fingerprint results/kv_refill_ablation.csv",
+        systems=("comet",)),
+    "results/cost/opt-6.7b-comet/breakdown.csv": dict(
+        reprice="python benchmarks/comet_breakdown.py results/cost/opt-6.7b-dense results/cost/opt-6.7b-comet "
+                "--out results/cost/opt-6.7b-comet/breakdown.csv && comet fingerprint "
+                "results/cost/opt-6.7b-comet/breakdown.csv", systems=("comet", "dense")),
 }
 COMMON = ("mode=cost", "prompt_len=64", "save_ledger=false", "seed=0")
 BASE = (("model=tiny-opt", "gen_tokens=2"), ("model=tiny-llama", "gen_tokens=2"),
@@ -158,19 +167,19 @@ def reprice_command(table: Path) -> str:
     from experiments.plot_artifacts import ARTIFACTS
 
     folder = table.parent
+    if _rel(table) in KNOWN:
+        return KNOWN[_rel(table)]["reprice"]
     if folder.parent.name == "results" and folder.name in ARTIFACTS:
         return f"{how_to_run(folder.name)} && comet plot {folder.name} --overwrite"
     info = folder / "run_info.json"
-    if info.is_file():   # a run folder: its own command line, replacing the folder
+    if info.is_file() and table.name == "metrics.csv":   # a run folder: its own command line, replacing it
         argv = [a for a in json.loads(info.read_text()).get("argv", []) if not a.startswith("overwrite=")]
         if argv:
             return " ".join([argv[0], *map(shlex.quote, argv[1:]), "overwrite=true",
                              f"&& comet fingerprint {_rel(folder)}"])
-    fp = folder / FILE
-    if fp.is_file():
-        return json.loads(fp.read_text()).get("reprice", "")
-    if _rel(table) in PRODUCERS:
-        return PRODUCERS[_rel(table)]
+    entry = read_entry(table)
+    if entry and entry.get("reprice"):
+        return entry["reprice"]
     return f"the command that README.md names for {_rel(table)}, then comet fingerprint {_rel(table)}"
 
 
@@ -182,11 +191,12 @@ def _rel(p: Path) -> str:
 
 
 def stamp(table: Path, reprice: str | None = None) -> Path:
-    """Write fingerprint.json beside `table` (a folder means its data.csv, else its metrics.csv)."""
+    """Write `table`'s entry of the fingerprint.json beside it (a folder means its data.csv, else its
+    metrics.csv). A table without a git_rev column is taken as made at this tree: stamp it when it is made."""
     table = resolve_table(Path(table))
     modes, systems, revs = table_columns(table)
     head = head_revision()
-    systems = sorted(systems) or list(SYSTEMS)
+    systems = table_systems(table, systems)
     verified, made_at = True, head
     if revs and not all(protocols_equal(r) for r in revs):
         rev = next(iter(revs))
@@ -200,15 +210,28 @@ def stamp(table: Path, reprice: str | None = None) -> Path:
                         "fingerprinted; reprice it", table, ", ".join(sorted(revs)))
     else:
         fps = fingerprints(systems)
-    doc = dict(table=table.name, modes=sorted(modes), revisions=sorted(revs), fingerprinted_at=made_at,
-               verified=verified, canonical=dict(common=" ".join(COMMON), base=[" ".join(b) for b in BASE],
-                                                 variants={k: [" ".join(v) for v in vs] for k, vs in VARIANTS.items()}),
-               systems=fps, reprice=reprice or reprice_command(table))
+    entry = dict(modes=sorted(modes), revisions=sorted(revs), fingerprinted_at=made_at, verified=verified,
+                 canonical=dict(common=" ".join(COMMON), base=[" ".join(b) for b in BASE],
+                                variants={k: [" ".join(v) for v in vs] for k, vs in VARIANTS.items()}),
+                 systems=fps, reprice=reprice or reprice_command(table))
     out = table.parent / FILE
+    doc = json.loads(out.read_text()) if out.is_file() else {}
+    doc[table.name] = entry
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     tmp.replace(out)
     return out
+
+
+def read_entry(table: Path) -> dict | None:
+    """The fingerprint.json entry of `table` (None when absent)."""
+    f = Path(table).parent / FILE
+    return json.loads(f.read_text()).get(Path(table).name) if f.is_file() else None
+
+
+def table_systems(table: Path, listed: set) -> list[str]:
+    """The systems a table depends on: its `system` column, else KNOWN's list, else all seven."""
+    return sorted(listed) or list(KNOWN.get(_rel(table), {}).get("systems", SYSTEMS))
 
 
 def resolve_table(p: Path) -> Path:
@@ -223,11 +246,11 @@ def resolve_table(p: Path) -> Path:
 
 
 def cost_tables(results: Path = REPO / "results") -> list[Path]:
-    """Every table under results/ with a `mode` column that holds `cost`."""
+    """Every table under results/ with a `mode` column that holds `cost`, and KNOWN's tables."""
     out = []
     for p in sorted(Path(results).rglob("*.csv")):
         modes, _, _ = table_columns(p)
-        if "cost" in modes:
+        if "cost" in modes or _rel(p) in KNOWN:
             out.append(p)
     return out
 
@@ -244,21 +267,18 @@ class Stale:
 
 def check_table(table: Path, current: dict[str, dict] | None = None) -> Stale | None:
     """None when `table`'s fingerprint.json matches this tree's protocols, else why not."""
-    fp = table.parent / FILE
-    if not fp.is_file():
+    doc = read_entry(table)
+    if doc is None:
         revs = sorted(table_columns(table)[2])
-        return Stale(table, f"no {FILE} (made at {', '.join(revs) or 'an unrecorded revision'}; protocols unknown)",
-                     reprice_command(table))
-    doc = json.loads(fp.read_text())
+        return Stale(table, f"no {FILE} entry (made at {', '.join(revs) or 'an unrecorded revision'}; "
+                            "protocols unknown)", reprice_command(table))
     cmd = doc.get("reprice") or reprice_command(table)
-    if doc.get("table") != table.name:
-        return Stale(table, f"{FILE} describes {doc.get('table')}, not {table.name}", cmd)
     if not doc.get("verified"):
         return Stale(table, f"made at {', '.join(doc.get('revisions', [])) or '?'} (dirty or several revisions)", cmd)
     _, systems, revs = table_columns(table)
     if sorted(revs) != doc.get("revisions"):
         return Stale(table, f"its revisions {sorted(revs)} are not those fingerprinted {doc.get('revisions')}", cmd)
-    systems = sorted(systems) or list(SYSTEMS)
+    systems = table_systems(table, systems)
     now = current if current is not None else fingerprints(systems)
     changed = []
     for s in systems:

@@ -67,13 +67,25 @@ def test_cost_mode_equals_exact_mode_ledger(tmp_path, system, model):
 def test_each_baseline_moves_its_own_ledger(tmp_path, model, over):
     """Every baseline replaces some dense operator by its own protocol, so its per-op bytes and rounds differ
     from dense's on each shape: a table where a baseline equals dense byte for byte priced dense's protocols
-    under its name. (On ReLU shapes PUMA differs from dense in its softmax alone: the clipped exp costs what
-    the engine's clamped exp does, its maximum is the tournament where dense takes all pairs. At 43d9078,
-    before the all-pairs maximum, PUMA's ledger on ReLU models was dense's in both modes.)"""
+    under its name, unless the next test's reason holds."""
     dense = _per_op(_ledger(tmp_path, "system=dense", f"model={model}", "mode=cost", *over))
     for system in BASELINES:
         own = _per_op(_ledger(tmp_path, f"system={system}", f"model={model}", "mode=cost", *over))
         assert not own.equals(dense), f"{system} books dense's ledger on {model} {' '.join(over)}"
+
+
+@pytest.mark.parametrize("model, over, equal", [("tiny-opt", (), True), ("tiny-llama", ("model.activation=relu",), True),
+                                                ("tiny-llama", (), False)], ids=["opt", "llama-relu", "llama-silu"])
+def test_puma_costs_dense_on_relu_models_where_both_take_the_tournament(tmp_path, model, over, equal):
+    """Why PUMA's column of results/end_to_end equals dense's byte for byte (OPT and ReLU-fied Llama-2-7B,
+    128 + 16 tokens): on a ReLU model PUMA's only own operator is its softmax, whose clipped exp costs an ltz
+    and a product as the engine's clamped exp (a ReLU) does; it differs from dense only in the maximum, the
+    tournament where dense takes all pairs for short rows. Paper-scale rows exceed the pairs budget, so
+    both take the tournament there (engine.max_method=tree here): the same ledger. With SiLU (SmolLM2,
+    tiny-llama) PUMA's SiLU is its own."""
+    led = {s: _per_op(_ledger(tmp_path, f"system={s}", f"model={model}", "mode=cost", "engine.max_method=tree", *over))
+           for s in ("dense", "puma")}
+    assert led["puma"].equals(led["dense"]) == equal
 
 
 def test_system_table_is_up_to_date():

@@ -14,8 +14,8 @@ from experiments import fingerprint as fp
 
 
 def test_published_tables_match_head_protocols():
-    tables = fp.cost_tables()
-    assert any("end_to_end" in str(t) for t in tables) and any("/cost/" in str(t) for t in tables)
+    tables = {fp._rel(t) for t in fp.cost_tables()}
+    assert {"results/end_to_end/data.csv", "results/cost/opt-6.7b-dense/metrics.csv", *fp.KNOWN} <= tables
     stale = fp.stale_tables()
     assert not stale, ("tables priced by other protocols than HEAD's; reprice each with its command:\n"
                        + "\n".join(s.line() for s in stale))
@@ -34,20 +34,31 @@ def test_stamped_table_passes_and_a_forged_hash_is_named(tmp_path):
     t = _table(tmp_path, ["dense", "puma"])
     out = fp.stamp(t, reprice="comet plot art --overwrite")
     doc = json.loads(out.read_text())
-    assert doc["verified"] and set(doc["systems"]) == {"dense", "puma"}
+    entry = doc["data.csv"]
+    assert entry["verified"] and set(entry["systems"]) == {"dense", "puma"}
     assert fp.check_table(t) is None
-    doc["systems"]["puma"]["hash"] = "0" * 16
-    doc["systems"]["puma"]["runs"][0]["rounds"] += 1
+    entry["systems"]["puma"]["hash"] = "0" * 16
+    entry["systems"]["puma"]["runs"][0]["rounds"] += 1
     out.write_text(json.dumps(doc))
     s = fp.check_table(t)
     assert s is not None and "puma" in s.why and "dense" not in s.why and s.command == "comet plot art --overwrite"
 
 
+def test_tables_of_one_folder_keep_their_own_entries(tmp_path):
+    t = _table(tmp_path, ["dense"])
+    other = t.parent / "other.csv"
+    pd.DataFrame(dict(system=["dense"], mode="cost")).to_csv(other, index=False)
+    fp.stamp(t, reprice="a")
+    doc = json.loads(fp.stamp(other, reprice="b").read_text())
+    assert set(doc) == {"data.csv", "other.csv"} and doc["data.csv"]["reprice"] == "a"
+    assert fp.check_table(t) is None and fp.check_table(other) is None
+
+
 def test_missing_dirty_or_unknown_revisions_are_stale(tmp_path):
     t = _table(tmp_path, ["dense"], "abc1234-dirty")
     s = fp.check_table(t)
-    assert s is not None and "no fingerprint.json" in s.why
-    doc = json.loads(fp.stamp(t).read_text())
+    assert s is not None and "no fingerprint.json entry" in s.why
+    doc = json.loads(fp.stamp(t).read_text())["data.csv"]
     assert not doc["verified"] and doc["systems"] == {}
     assert "dirty or several" in fp.check_table(t).why
 
