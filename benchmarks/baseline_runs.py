@@ -11,6 +11,9 @@ time on lan, and for exact runs whether the private tokens equal the plaintext r
 approximations (`tokens_match`, `max_logit_err`) and how many equal the unmodified model's
 (`tokens_equal_dense`).
 
+The table records each run's git revision, and fingerprint.json beside it the protocols' fingerprints
+(experiments/fingerprint.py).
+
 Usage: python benchmarks/baseline_runs.py [--systems dense,mpcformer,...] [--modes exact,cost]
                                           [--out results/baselines/runs.csv] [--overwrite]
 """
@@ -55,7 +58,8 @@ def one(system: str, mode: str, work: Path) -> dict:
                online_bytes=int(tot.online_bytes), online_bytes_measured=int(tot.online_bytes_measured),
                online_bytes_model=int(tot.online_bytes_model), offline_bytes=int(tot.offline_bytes),
                rounds=int(tot.rounds), rounds_model=int(tot.rounds_model), comm_s=float(tot.comm_s),
-               compute_s=float(tot.compute_s), load_avg_1m_before=load0, load_avg_1m_after=os.getloadavg()[0])
+               compute_s=float(tot.compute_s), load_avg_1m_before=load0, load_avg_1m_after=os.getloadavg()[0],
+               git_rev=tot.git_rev)
     if mode == "exact":
         g = pd.read_csv(out / "generation.csv")
         priv = g[g.source == "private"].token_id.tolist()
@@ -87,6 +91,9 @@ def main(argv=None) -> int:
     df["cpus"] = os.cpu_count()
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
+    from experiments.fingerprint import stamp   # which protocols priced it (tests/test_fingerprint.py)
+
+    stamp(out, reprice=f"python benchmarks/baseline_runs.py --out {a.out} --overwrite")
     print(out.resolve())
     return 0
 

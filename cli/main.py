@@ -201,5 +201,43 @@ def plot(
         raise typer.Exit(2) from None
 
 
+@app.command("fingerprint")
+def fingerprint(
+    tables: list[Path] = typer.Argument(None, help="tables (or their folders) to stamp with fingerprint.json"),
+    check: bool = typer.Option(False, "--check", help="list every cost-mode table of results/ that HEAD's protocols "
+                                                      "would price differently, with its reprice command"),
+    reprice: str = typer.Option(None, "--reprice", help="the command that remakes the stamped table (default: "
+                                                        "its run folder's command line or its artifact's sweep)"),
+) -> None:
+    """Protocol fingerprints of published tables (experiments/fingerprint.py): stamp a table made at this
+    tree's protocols (`comet plot` stamps the artifacts itself), or --check which tables are stale."""
+    import logging
+    import sys
+
+    from comet_core.errors import CometError
+
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s][%(levelname)s] %(message)s", stream=sys.stderr)
+    from experiments import fingerprint as fp
+
+    try:
+        if check == bool(tables):
+            raise CometError("give either tables to stamp or --check")
+        if check:
+            stale = fp.stale_tables()
+            for s in stale:
+                typer.echo(s.line())
+            typer.echo(f"{len(stale)} of {len(fp.cost_tables())} cost-mode tables stale")
+            if stale:
+                raise typer.Exit(1)
+            return
+        for t in tables:
+            if not Path(t).exists():
+                raise CometError(f"{t} does not exist; name a results table or its folder")
+            typer.echo(f"wrote {fp.stamp(Path(t), reprice=reprice)}")
+    except CometError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

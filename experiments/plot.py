@@ -6,7 +6,9 @@ Steps (plot_artifact):
 2. analyse it (plot_artifacts.py): one tidy data.csv (one row per job x phase, or per job x metric for
    train-predictor), derived tables, the measured values of the paper's claims, figures;
 3. refuse when results/<name>/ already holds any file this would write, unless overwrite;
-4. write data.csv, table.md, comparison.csv and every figure as PNG and PDF;
+4. write data.csv, table.md, comparison.csv and every figure as PNG and PDF; for a table of runs (a `mode`
+   column) fingerprint.json: its revisions and the fingerprints of the protocols that made it
+   (experiments/fingerprint.py; tests/test_fingerprint.py fails when HEAD's protocols differ);
 5. return the comparison with experiments/expected/<name>.csv (the CLI prints it).
 Library code: logs, never prints; user errors are CometError (one line).
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from comet_core.errors import CometError
+from experiments import fingerprint
 from experiments.plot_artifacts import ARTIFACTS, exp_block
 from experiments.plot_compare import EXPECTED_DIR, compare, comparison_text, load_expected
 from experiments.plot_figures import draw
@@ -151,8 +154,8 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
     cmp = compare(name, analysis.claims, expected_dir)
 
     out = Path(results_dir) / name
-    planned = ["data.csv", "table.md", "comparison.csv"] + [f"{f.stem}.{e}" for f in analysis.figures
-                                                            for e in ("png", "pdf")]
+    planned = ["data.csv", "table.md", "comparison.csv", fingerprint.FILE] + [
+        f"{f.stem}.{e}" for f in analysis.figures for e in ("png", "pdf")]
     stale = sorted(p.name for p in out.glob(f"{name}_*.png")) + sorted(p.name for p in out.glob(f"{name}_*.pdf"))
     existing = sorted({f for f in planned if (out / f).exists()} | set(stale))
     if existing and not overwrite:
@@ -166,6 +169,8 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
     cmp.assign(preset=sweep.preset, sweep=_rel(sweep.dir), analysis_notes="; ".join(analysis.notes)).to_csv(
         out / "comparison.csv", index=False)
     files += [out / "data.csv", out / "comparison.csv"]
+    if "mode" in analysis.data:
+        files.append(fingerprint.stamp(out / "data.csv", reprice=f"{how_to_run(name)} && comet plot {name} --overwrite"))
     fig_names = []
     for f in analysis.figures:
         if f.band_metric and not cmp.empty:

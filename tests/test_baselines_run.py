@@ -36,14 +36,56 @@ def test_baseline_runs_and_matches_its_reference(tmp_path, system, model):
     assert set(ops.cost_source) == ({"measured", "model"} if modelled else {"measured"})
 
 
-@pytest.mark.parametrize("system", ["secformer", "bolt"])
-def test_cost_mode_equals_exact_mode_ledger(tmp_path, system):
-    common = [f"system={system}", "model=tiny-opt", "model.layers=1", "gen_tokens=2", "prompt_len=5"]
-    run(_cfg(tmp_path / "e", *common, "save_ledger=true"), tmp_path / "e")
-    run(_cfg(tmp_path / "c", *common, "mode=cost", "save_ledger=true"), tmp_path / "c")
-    e = pd.read_csv(tmp_path / "e" / "ledger.csv.gz")
-    c = pd.read_csv(tmp_path / "c" / "ledger.csv.gz")
+def _ledger(tmp_path, *over):
+    from experiments.run import execute
+
+    return execute(_cfg(tmp_path, "seed=1", "prompt_len=5", "gen_tokens=2", *over)).ledger
+
+
+def _per_op(ledger) -> pd.DataFrame:
+    """(op, online bytes, online rounds) of a ledger: what a table's bytes and rounds are made of."""
+    on = ledger[ledger.phase == "online"]
+    return on.groupby("op").agg(bytes=("bytes", "sum"), rounds=("round", "nunique")).reset_index()
+
+
+@pytest.mark.parametrize("system", ["dense", *BASELINES])
+@pytest.mark.parametrize("model", ["tiny-opt", "tiny-llama"])
+def test_cost_mode_equals_exact_mode_ledger(tmp_path, system, model):
+    """Each system books in cost mode, on shapes only, every message its exact run sends (two layers of an
+    OPT and a Llama shape, prefill and decode): a published cost-mode table prices the system's own
+    protocols. Comet (counts from the exact run's masks): tests/test_comet.py."""
+    common = [f"system={system}", f"model={model}"]
+    e = _ledger(tmp_path, *common)
+    c = _ledger(tmp_path, *common, "mode=cost")
+    assert e.layer.nunique() >= 2 and {"prefill", "decode"} <= set(e.stage)
     pd.testing.assert_frame_equal(e, c)
+
+
+@pytest.mark.parametrize("model, over", [("tiny-opt", ()), ("tiny-llama", ()),
+                                         ("tiny-llama", ("model.activation=relu",))],   # llama2-7b is ReLU-fied
+                         ids=["opt", "llama-silu", "llama-relu"])
+def test_each_baseline_moves_its_own_ledger(tmp_path, model, over):
+    """Every baseline replaces some dense operator by its own protocol, so its per-op bytes and rounds differ
+    from dense's on each shape: a table where a baseline equals dense byte for byte priced dense's protocols
+    under its name, unless the next test's reason holds."""
+    dense = _per_op(_ledger(tmp_path, "system=dense", f"model={model}", "mode=cost", *over))
+    for system in BASELINES:
+        own = _per_op(_ledger(tmp_path, f"system={system}", f"model={model}", "mode=cost", *over))
+        assert not own.equals(dense), f"{system} books dense's ledger on {model} {' '.join(over)}"
+
+
+@pytest.mark.parametrize("model, over, equal", [("tiny-opt", (), True), ("tiny-llama", ("model.activation=relu",), True),
+                                                ("tiny-llama", (), False)], ids=["opt", "llama-relu", "llama-silu"])
+def test_puma_costs_dense_on_relu_models_where_both_take_the_tournament(tmp_path, model, over, equal):
+    """Why PUMA's column of results/end_to_end equals dense's byte for byte (OPT and ReLU-fied Llama-2-7B,
+    128 + 16 tokens): on a ReLU model PUMA's only own operator is its softmax, whose clipped exp costs an ltz
+    and a product as the engine's clamped exp (a ReLU) does; it differs from dense only in the maximum, the
+    tournament where dense takes all pairs for short rows. Paper-scale rows exceed the pairs budget, so
+    both take the tournament there (engine.max_method=tree here): the same ledger. With SiLU (SmolLM2,
+    tiny-llama) PUMA's SiLU is its own."""
+    led = {s: _per_op(_ledger(tmp_path, f"system={s}", f"model={model}", "mode=cost", "engine.max_method=tree", *over))
+           for s in ("dense", "puma")}
+    assert led["puma"].equals(led["dense"]) == equal
 
 
 def test_system_table_is_up_to_date():

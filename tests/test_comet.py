@@ -124,13 +124,16 @@ def test_private_equals_masked_plaintext(model, over, predictors, tmp_path):
     assert (setup.online_bytes > 0) == (indexing == "shuffle") and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
 
 
-@pytest.mark.parametrize("comparison", ["circuit", "fss"])
-def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path, comparison):
+@pytest.mark.parametrize("model,comparison", [("tiny-opt", "circuit"), ("tiny-llama", "circuit"), ("tiny-opt", "fss")])
+def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path, model, comparison):
+    """Two layers of an OPT and a Llama shape, FFN and head sparsity (and the OPT shape under fss comparisons):
+    cost mode replaying the exact run's counts (system.mask_trace) books the exact run's ledger, row for row."""
     c = f"engine.comparison={comparison}"
-    _, ex = run_comet("tiny-opt", tmp_path / "exact", predictors["tiny-opt"], "gen_tokens=3", "prompt='Hello there'", c)
-    _, co = run_comet("tiny-opt", tmp_path / "cost", predictors["tiny-opt"], "gen_tokens=3", "prompt='Hello there'",
+    _, ex = run_comet(model, tmp_path / "exact", predictors[model], "gen_tokens=3", "prompt='Hello there'", c)
+    _, co = run_comet(model, tmp_path / "cost", predictors[model], "gen_tokens=3", "prompt='Hello there'",
                       "mode=cost", f"system.mask_trace={ex / 'sparsity.csv'}", c)
     a, b = pd.read_csv(ex / "ledger.csv.gz"), pd.read_csv(co / "ledger.csv.gz")
+    assert a.layer.nunique() >= 2 and {"ffn.somm", "attn.shuffle"} <= set(a.op)
     assert len(a) == len(b) and a.equals(b), "cost-mode ledger differs from exact mode's for the same masks"
 
 

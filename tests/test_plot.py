@@ -2,6 +2,7 @@
 sweep selection (newest complete), and the README table. No experiment runs here (test_experiments.py
 runs the real quick presets)."""
 
+import json
 import math
 import os
 import subprocess
@@ -122,6 +123,9 @@ def test_end_to_end_ratios_comparison_and_files(tmp_path):
     assert "OUTSIDE TOLERANCE" in r.text and "comm_reduction" in r.text
     table = (out / "table.md").read_text()
     assert "| m-a | dense |" in table and "Comparison with the paper" in table and "![end_to_end_speedup.png]" in table
+    fp = json.loads((out / "fingerprint.json").read_text())["data.csv"]   # the sweep's revision, unknown to git
+    assert fp["revisions"] == ["abc1234"] and not fp["verified"]
+    assert fp["reprice"] == "comet run-experiment -m experiment=end_to_end && comet plot end_to_end --overwrite"
 
     # curated files are not replaced without --overwrite; with it they are
     with pytest.raises(CometError, match="--overwrite"):
