@@ -89,3 +89,34 @@ def test_bad_input_fails_before_any_work(tmp_path):
     with pytest.raises(CometError, match="exists; pass --overwrite"):
         A.run("shakespeare-opt", systems=["dense"], out=tmp_path / "a.csv")
     assert (tmp_path / "a.csv").read_text() == "taken\n"
+
+
+@pytest.mark.parametrize("heads, variant", [(True, "ffn+heads"), (False, "ffn")])
+def test_real_models_quality_reads_the_one_table(tiny, tmp_path, heads, variant):
+    """results/real_models/table.md's quality columns: every system of a model from results/accuracy/<model>.csv,
+    Comet's row the variant the sweep ran (with or without heads), one dense perplexity per model."""
+    from types import SimpleNamespace
+
+    from experiments.plot_artifacts import plaintext_quality
+
+    cfg, plain, tok, ps, windows = tiny
+    df = A.accuracy_table(cfg, plain, tok, windows, ["dense", "comet", "iron"], predictors=ps)
+    (tmp_path / "results" / "accuracy").mkdir(parents=True)
+    df.to_csv(tmp_path / "results" / "accuracy" / "tiny-opt.csv", index=False)
+    job = SimpleNamespace(cfg=OmegaConf.create({"system": {"name": "comet", "heads": heads}}))
+    q = plaintext_quality(SimpleNamespace(done_jobs=[job]), "comet", tmp_path / "results").set_index("system")
+    assert sorted(q.index) == ["comet", "dense", "iron"] and q.quality_dense_ppl.nunique() == 1
+    want = df[(df.system == "comet") & (df.variant == variant)].perplexity.iloc[0]
+    assert q.loc["comet", "quality_ppl"] == want and q.loc["comet", "quality_source"].endswith(f"({variant})")
+    assert q.loc["dense", "quality_ppl"] == q.loc["dense", "quality_dense_ppl"] and q.loc["dense", "quality_ppl_change_pct"] == 0
+
+
+def test_cli_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cli.main", "accuracy", "--model", "nope"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(A.REPO), "PATH": "/usr/bin:/bin", "CI": "true"})
+    err = [line for line in r.stderr.splitlines() if not line.startswith("[comet.")]
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: unknown model 'nope'"), r.stderr
