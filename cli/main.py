@@ -148,6 +148,39 @@ def list_configs(group: str = typer.Argument(None, help="a config group (model, 
         raise typer.Exit(2) from None
 
 
+@app.command("accuracy")
+def accuracy(
+    model: str = typer.Option(..., "--model", help="a trained model (conf/model/<name>.yaml): shakespeare-opt, smollm2-135m"),
+    windows: int = typer.Option(None, "--windows", help="held-out windows (default 16; smollm2-135m 8)"),
+    length: int = typer.Option(None, "--length", help="tokens per window (default 256)"),
+    systems: str = typer.Option("dense,comet,mpcformer,secformer,puma,iron,bolt", "--systems", help="comma-separated"),
+    ablations: bool = typer.Option(False, "--ablations", help="also each baseline with one operator approximated at a time"),
+    out: Path = typer.Option(None, "--out", help="default results/accuracy/<model>.csv"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing table"),
+    threads: int = typer.Option(2, "--threads", help="torch threads"),
+) -> None:
+    """Every system's perplexity and next-token accuracy on the same held-out windows (plaintext evaluation
+    of each system's approximations or masks): one table per model, results/accuracy/<model>.csv."""
+    import logging
+    import sys
+
+    from comet_core.errors import CometError
+
+    logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s", stream=sys.stderr)
+    try:
+        from experiments.accuracy import run
+
+        path = run(model, windows, length, [s for s in systems.split(",") if s], ablations, out, overwrite, threads)
+    except CometError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    import pandas as pd
+
+    typer.echo(pd.read_csv(path)[["system", "variant", "perplexity", "next_token_accuracy", "perplexity_change_pct",
+                                  "windows", "tokens"]].to_string(index=False))
+    typer.echo(str(path))
+
+
 @app.command("plot")
 def plot(
     name: str = typer.Argument(..., help="artifact (conf/experiment/<name>.yaml), `all`, or `readme` (README table)"),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -44,20 +43,7 @@ log = logging.getLogger("baseline_accuracy")
 DEFAULT_OUT = "results/baselines/accuracy.csv"
 
 
-def evaluate(decoder, windows) -> dict:
-    """Cross-entropy and top-1 accuracy of next-token prediction over all positions of all windows."""
-    nll, correct, count = 0.0, 0, 0
-    for w in windows:
-        ids = [int(t) for t in w]
-        logits = decoder.forward(ids[:-1], decoder.new_cache(), all_positions=True)     # (L-1, V)
-        target = torch.tensor(ids[1:])
-        logp = torch.log_softmax(logits, -1)
-        nll += float(-logp[torch.arange(len(target)), target].sum())
-        correct += int((logits.argmax(-1) == target).sum())
-        count += len(target)
-    ce = nll / count
-    return dict(cross_entropy_nats=ce, perplexity=math.exp(min(ce, 700.0)), next_token_acc=correct / count,
-                positions=count)
+from comet_core.models.perplexity import evaluate  # noqa: E402  (the one evaluator, shared with experiments/accuracy.py)
 
 
 # protocols whose function is the exact one (ideal functionalities of Iron and BOLT included)
@@ -85,7 +71,7 @@ def _variants(cfg, kind: str, ablations: bool):
 
 
 def run(args) -> pd.DataFrame:
-    from comet_core.models.corpus import spread_windows, token_ids
+    from comet_core.models.perplexity import held_out_windows
     from comet_core.models.reference import PlainDecoder
     from comet_core.models.weights import extract
     from comet_core.models.zoo import load_plain_model
@@ -101,8 +87,7 @@ def run(args) -> pd.DataFrame:
         plain, tok = load_plain_model(mcfg, seed=0)
         weights = extract(plain, mcfg.family, mcfg.activation)
         del plain
-        ids = token_ids("test", tok, max_chars=args.max_chars)
-        windows = spread_windows(ids, n_win, length)
+        windows = held_out_windows(tok, n_win, length, max_chars=args.max_chars)
         kind = "gelu" if str(mcfg.activation).startswith("gelu") else str(mcfg.activation)
         for name in systems:
             if name not in SYSTEMS:

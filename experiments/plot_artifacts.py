@@ -377,36 +377,28 @@ def time_breakdown(sweep: Sweep, exp: dict) -> Analysis:
 def plaintext_quality(sweep: Sweep, ref: str, results: Path = REPO_ROOT / "results") -> pd.DataFrame:
     """Perplexity and next-token accuracy of the plaintext model with each system's approximations or masks.
 
-    The client sees only tokens, so quality is measured in plaintext on the held-out plays, from committed
-    tables: the baselines' from results/baselines/accuracy.csv (every approximation on, test split;
-    `python experiments/baseline_accuracy.py`), Comet's from results/predictor/<model>/accuracy.csv
-    (predicted FFN masks, and head masks when the sweep ran with system.heads; `comet train-predictor`).
-    Each row carries the dense model's perplexity on the same text, since the two tables use different windows.
+    The client sees only tokens, so quality is measured in plaintext on held-out windows of the test
+    plays, from the committed results/accuracy/<model>.csv (`comet accuracy --model <model>`): every
+    system on the same windows, so `quality_dense_ppl` is one number per model. A baseline's row is its
+    variant `all`; Comet's is `ffn+heads` when the sweep ran Comet with system.heads, else `ffn`.
+    A model without a table, or a system without its row there, gets NaN (and a note, real_models).
     """
-    rows = []
-    acc = results / "baselines" / "accuracy.csv"
-    if acc.is_file():
-        b = pd.read_csv(acc)
-        b = b[(b.variant == "all") & (b.split == "test")]
-        dense = b[b.system == "dense"].set_index("model").perplexity
-        for r in b.itertuples():
-            rows.append(dict(model=r.model, system=r.system, quality_ppl=r.perplexity,
-                             quality_next_token_acc=r.next_token_acc, quality_dense_ppl=dense.get(r.model, math.nan),
-                             quality_source="results/baselines/accuracy.csv (variant all, test)"))
     heads = any(bool(OmegaConf.select(j.cfg, "system.heads", default=False)) for j in sweep.done_jobs
                 if str(OmegaConf.select(j.cfg, "system.name", default="")) == ref)
-    variant = "predicted-both" if heads else "predicted-ffn"
-    # results/predictor/<model>/ (default preset) or results/predictor/<model>/<preset>/ (the model's own preset)
-    for f in sorted(results.glob("predictor/*/accuracy.csv")) + sorted(results.glob("predictor/*/*/accuracy.csv")):
-        model = f.relative_to(results / "predictor").parts[0]
-        p = pd.read_csv(f).set_index("variant")
-        if variant in p.index and "dense" in p.index and model not in {r["model"] for r in rows if r["system"] == ref}:
-            rows.append(dict(model=model, system=ref, quality_ppl=p.loc[variant, "ppl"],
-                             quality_next_token_acc=p.loc[variant, "next_token_acc"],
-                             quality_dense_ppl=p.loc["dense", "ppl"],
-                             quality_source=f"{f.relative_to(results.parent)} ({variant})"))
+    comet_variant = "ffn+heads" if heads else "ffn"
+    rows = []
+    for f in sorted((results / "accuracy").glob("*.csv")):
+        acc = pd.read_csv(f)
+        model = f.stem
+        for r in acc.itertuples():
+            if r.variant != (comet_variant if r.system == ref else "exact" if r.system == "dense" else "all"):
+                continue
+            rows.append(dict(model=model, system=r.system, quality_ppl=r.perplexity,
+                             quality_next_token_acc=r.next_token_accuracy, quality_dense_ppl=r.perplexity_dense,
+                             quality_windows=f"{r.windows} x {r.window_tokens}",
+                             quality_source=f"{f.relative_to(results.parent)} ({r.variant})"))
     q = pd.DataFrame(rows, columns=["model", "system", "quality_ppl", "quality_next_token_acc", "quality_dense_ppl",
-                                    "quality_source"])
+                                    "quality_windows", "quality_source"])
     q["quality_ppl_change_pct"] = 100 * (q.quality_ppl / q.quality_dense_ppl - 1)
     return q
 
@@ -420,6 +412,10 @@ def real_models(sweep: Sweep, exp: dict) -> Analysis:
     cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err", "online_GB",
                         "offline_GB", "rounds", "compute_s", "comm_s", "total_s", "plaintext_s") if c in t]
     t = t.merge(plaintext_quality(sweep, ref), on=["model", "system"], how="left")
+    missing = t[t.quality_ppl.isna() & t.quality_source.isna()]
+    if len(missing):
+        a.notes.append("no plaintext quality for " + ", ".join(f"{r.model}/{r.system}" for r in missing.itertuples())
+                       + " in results/accuracy/<model>.csv (make it with `comet accuracy --model <model>`)")
     cols += [c for c in t.columns if ("ppl" in c or "perplexity" in c or c.startswith("quality_")) and c not in cols]
     a.tables["per model and system (exact mode, lan)"] = t[cols]
     a.figures += time_and_bytes_figures("real_models", t)

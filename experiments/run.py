@@ -28,7 +28,8 @@ _register_schemas()  # scripts that compose conf/config.yaml themselves need the
 
 log = logging.getLogger("comet.run")
 
-EXACT_ONLY_COLUMNS = ("plaintext_s", "tokens_match", "max_logit_err")  # NaN in cost mode
+EXACT_ONLY_COLUMNS = ("plaintext_s", "tokens_match", "max_logit_err",   # NaN in cost mode
+                      "predicted_token_agreement", "predicted_tokens_match")   # (and these for dense systems)
 
 
 def output_dir(cfg) -> Path:
@@ -353,6 +354,8 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     metrics["plaintext_s"] = o.ref.stage_seconds["total"] if o.ref is not None else math.nan
     metrics["tokens_match"] = summary["match"] if o.ref is not None else math.nan
     metrics["max_logit_err"] = summary["max_logit_err"] if o.ref is not None else math.nan
+    metrics["predicted_token_agreement"] = summary.get("predicted_agreement", math.nan)
+    metrics["predicted_tokens_match"] = summary.get("predicted_match", math.nan)
     metrics.insert(metrics.columns.get_loc("network") + 1, "transport", cfg.transport.name)
     if o.transport is not None:
         add_socket_columns(metrics, o.transport)
@@ -398,6 +401,11 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
     summary = dict(ids=o.ids, private=o.gen.tokens, network_label=network_label(cfg.network))
     if o.ref is not None:
         summary.update(_comparison(o))
+    pred = predicted_outcome(o)
+    if pred is not None:   # the independent reference: the model's own float predictors
+        summary.update(predicted=pred.tokens, predicted_text=decode(o.tok, pred.tokens),
+                       predicted_agreement=predicted_agreement(o.gen.tokens, pred.tokens),
+                       predicted_match=o.gen.tokens == pred.tokens)
     metrics = metrics_frame(cfg, o, summary)
     saved = OmegaConf.to_container(cfg, resolve=True)
     saved["prompt"] = load_prompt(cfg)  # the text that ran (also when it came from prompt_file)
@@ -408,7 +416,7 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
         o.ledger.to_csv(folder / "ledger.csv.gz", index=False)
     if o.ref is not None:  # cost mode has no token values to list (README: Conventions)
         generation_frame(o).to_csv(folder / "generation.csv", index=False)
-    write_sparsity(o.system, cfg, folder)
+    write_sparsity(o.system, cfg, folder, predicted_outcome(o))
     summary["metrics"] = metrics
     summary["transport"] = o.transport
     return summary
@@ -450,9 +458,10 @@ def plaintext_references(system, plain, plain_weights, ids: list[int], gen_token
     """What the private tokens are compared with: (reference, [(source, generation), ...] extra rows).
 
     dense: the unmodified HF model. comet: the plaintext model with the private run's FFN and head masks
-    (KV-cached semantics, sparse/reference.py). Any other system: the plaintext reference decoder with the
-    system's own approximations (models/reference.py). Both are shown beside the unmodified model as
-    `plaintext_dense` (how far sparsity or approximations move the model).
+    (KV-cached semantics, sparse/reference.py), and beside it `plaintext_predicted`, the plaintext model
+    with its own float predictors and thresholds (no mask from the private run). Any other system: the
+    plaintext reference decoder with the system's own approximations (models/reference.py). Both are shown
+    beside the unmodified model as `plaintext_dense` (how far sparsity or approximations move the model).
     """
     from comet_core.models.generate import plaintext_generate
 
@@ -463,7 +472,11 @@ def plaintext_references(system, plain, plain_weights, ids: list[int], gen_token
 
         masks = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "ffn"}
         heads = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "head"}
-        return masked_generate(plain, ids, gen_tokens, masks, heads), [("plaintext_dense", dense)]
+        extra = [("plaintext_dense", dense)]
+        predicted = predicted_reference(system, plain, ids, gen_tokens)
+        if predicted is not None:
+            extra.append(("plaintext_predicted", predicted))
+        return masked_generate(plain, ids, gen_tokens, masks, heads), extra
     if system.name == "dense":
         return dense, []
     from comet_core.models.reference import PlainDecoder, reference_generate
@@ -471,20 +484,54 @@ def plaintext_references(system, plain, plain_weights, ids: list[int], gen_token
     return reference_generate(PlainDecoder(plain_weights, system), ids, gen_tokens), [("plaintext_dense", dense)]
 
 
-def write_sparsity(system, cfg, out: Path) -> None:
-    """sparsity.csv: per (layer, step, kind) the revealed count of active units (sparse systems only)."""
+def predicted_reference(system, plain, ids: list[int], gen_tokens: int):
+    """The plaintext model with the checkpoint's float predictors and thresholds (FFN, and heads when the
+    system predicts heads): masks from its own layer inputs, nothing from the private run. None when the
+    system holds no float predictors (a tcp party's launcher without the in-process run)."""
+    ffn = getattr(system, "plain_predictors", None)
+    if not ffn:
+        return None
+    from comet_core.sparse.reference import FloatPredictors, predicted_generate
+
+    heads = getattr(system, "plain_head_predictors", None) if getattr(system, "heads", False) else None
+    kv = int(getattr(plain.config, "num_key_value_heads", None) or plain.config.num_attention_heads)
+    return predicted_generate(plain, ids, gen_tokens, FloatPredictors(ffn, heads or None, kv))
+
+
+def predicted_outcome(o: Outcome):
+    """The `plaintext_predicted` generation among the extra references, or None."""
+    return next((g for src, g in o.extra_refs if src == "plaintext_predicted"), None)
+
+
+def predicted_agreement(private: list[int], predicted: list[int]) -> float:
+    """Fraction of generated positions where the private token equals the plaintext_predicted one."""
+    return sum(p == q for p, q in zip(private, predicted)) / max(1, len(private))
+
+
+def write_sparsity(system, cfg, out: Path, predicted=None) -> None:
+    """sparsity.csv: per (layer, step, kind) the revealed count of active units (sparse systems only), and
+    `jaccard`: the Jaccard index of the revealed mask (real coordinates) with the mask of the
+    plaintext_predicted run at the same layer and step (NaN where either is missing: cost mode, tcp)."""
     records = getattr(getattr(system, "state", None), "records", None)
     if not records:
         return
     import pandas as pd
 
     from comet_core.sparse.predictors import density_note
+    from comet_core.sparse.reference import jaccard
+
+    def jac(r) -> float:
+        table = None if predicted is None else (predicted.ffn_masks if r.kind == "ffn" else predicted.head_masks)
+        other = None if table is None else table.get((r.layer, r.step))
+        if other is None or getattr(r, "real_mask", None) is None:
+            return float("nan")
+        return jaccard(r.real_mask.bool(), other.bool())
 
     source = "revealed" if cfg.mode == "exact" else density_note(cfg.model, cfg.system)
     pd.DataFrame([dict(layer=r.layer, step=r.step, kind=r.kind, active=r.active, total=r.total,
                        density=r.active / r.total if r.total else float("nan"), flips=r.flips,
-                       max_flip_margin=r.max_flip_margin, revealed=r.revealed, source=source) for r in records]
-                 ).to_csv(out / "sparsity.csv", index=False)
+                       max_flip_margin=r.max_flip_margin, jaccard=jac(r), revealed=r.revealed, source=source)
+                  for r in records]).to_csv(out / "sparsity.csv", index=False)
     kv = getattr(system.state, "kv", None)
     if kv:   # head-sparse attention: how often an active group found its past K/V (cache hits)
         rows = [dict(layer=l, hits=c.stats["hits"], misses=c.stats["misses"], prefetched=c.stats["prefetched"],
@@ -504,6 +551,9 @@ def _print_summary(s: dict) -> None:
                   f"private:   {s['private_text']!r}",
                   f"plaintext: {s['plaintext_text']!r}",
                   f"tokens match: {s['match']}   max |logit error| vs plaintext: {s['max_logit_err']:.3g}"]
+    if "predicted" in s:   # sparse systems: the reference with the model's own float predictors
+        lines += [f"plaintext, own float predictors: {s['predicted_text']!r}   token agreement "
+                  f"{s['predicted_agreement']:.3g}, texts equal: {s['predicted_match']}"]
     lines.append(readable_table(first))
     t = s.get("transport")
     if t:

@@ -276,8 +276,8 @@ def party_system(cfg, res: dict, ref_outcome, transport: dict):
         transport["sparsity_equal_inprocess"] = same
         if not same:
             raise CometError("the parties revealed other masks than the in-process run of the same config")
-        for r, q in zip(records, sim):
-            r.flips, r.max_flip_margin = q.flips, q.max_flip_margin
+        for r, q in zip(records, sim):   # (the real masks too: sparsity.csv's jaccard)
+            r.flips, r.max_flip_margin, r.real_mask = q.flips, q.max_flip_margin, q.real_mask
     kv = [HeadCache(groups=0, stats=dict(stats)) for stats in p0.get("kv", [])]   # the counters only
     return SimpleNamespace(name=cfg.system.name, state=SimpleNamespace(records=records, kv=kv),
                            kv_refill=cfg.system.get("kv_refill"), kv_prefetch=cfg.system.get("kv_prefetch"))

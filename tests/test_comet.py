@@ -111,7 +111,8 @@ def test_private_equals_masked_plaintext(model, over, predictors, tmp_path):
     assert ((sp.active > 0) & (sp.active < sp.total)).any()          # really sparse, not all or nothing
     assert (sp.max_flip_margin.fillna(0) <= 0.05).all()               # flips only near the threshold
     g = pd.read_csv(out / "generation.csv")
-    assert set(g.source) == {"private", "plaintext", "plaintext_dense"}
+    assert set(g.source) == {"private", "plaintext", "plaintext_dense", "plaintext_predicted"}
+    assert sp.jaccard.between(0, 1).all() and sp[sp.step == 0].jaccard.mean() > 0.95   # same inputs at step 0
     ops = pd.read_csv(out / "ops.csv")
     assert {"ffn.predict", "ffn.reveal", "ffn.somm", "ffn.act", "ffn.simm"} <= set(ops.op)
     assert ("ffn.shuffle" in set(ops.op)) == (indexing == "shuffle")
@@ -122,6 +123,49 @@ def test_private_equals_masked_plaintext(model, over, predictors, tmp_path):
     tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
     setup = m[(m.network == "lan") & (m.phase == "setup")].iloc[0]
     assert (setup.online_bytes > 0) == (indexing == "shuffle") and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
+
+
+def _corrupt_private_predictor(monkeypatch, what: str) -> None:
+    """Break the predictor of the private path only (its shares and public thresholds), after `prepare`:
+    the float predictors (`plain_predictors`, the checkpoint) stay as they are."""
+    prepare = C.CometSystem.prepare
+
+    def corrupted(self, mpc, weights, model_cfg):
+        prepare(self, mpc, weights, model_cfg)
+        for l, p in enumerate(self.predictors):
+            if what == "threshold":
+                self.thresholds[l] += 3.0
+            elif what == "w2":                       # W2's columns and b2 permuted: scores of other neurons
+                perm = torch.randperm(p["w2"].shape[1], generator=torch.Generator().manual_seed(l))
+                p["w2"] = mpc.register_weight(p["w2"].index_select(1, perm))
+                p["b2"] = p["b2"].index_select(0, perm)
+            elif what == "head_threshold":
+                self.head_thresholds[l] += 3.0
+    monkeypatch.setattr(C.CometSystem, "prepare", corrupted)
+
+
+@pytest.mark.parametrize("what", [None, "threshold", "w2", "head_threshold"])
+def test_predicted_reference_catches_a_wrong_private_predictor(what, predictors, tmp_path, monkeypatch):
+    """The masked reference follows the private run's masks, so it agrees even with a broken private
+    predictor; plaintext_predicted (the float predictors on the plaintext model's own inputs) does not.
+    Negative control (what=None): the same run unbroken agrees with both."""
+    if what is not None:
+        _corrupt_private_predictor(monkeypatch, what)
+    s, out = run_comet("tiny-opt", tmp_path, predictors["tiny-opt"], "gen_tokens=4", "prompt='To be, or not'")
+    assert_same_tokens(s)                                           # the masked reference cannot tell
+    sp = pd.read_csv(out / "sparsity.csv")
+    kind = "head" if what == "head_threshold" else "ffn"
+    jac = sp[sp.kind == kind].jaccard
+    m = pd.read_csv(out / "metrics.csv")
+    tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
+    assert tot.predicted_token_agreement == s["predicted_agreement"]
+    g = pd.read_csv(out / "generation.csv")
+    assert list(g[g.source == "plaintext_predicted"].token_id) == s["predicted"]
+    if what is None:
+        assert jac.min() > 0.95 and s["predicted_match"] and bool(tot.predicted_tokens_match)
+    else:
+        assert jac.mean() < 0.7, jac.tolist()
+        assert not s["predicted_match"] and tot.predicted_token_agreement < 1
 
 
 @pytest.mark.parametrize("model,comparison", [("tiny-opt", "circuit"), ("tiny-llama", "circuit"), ("tiny-opt", "fss")])

@@ -134,7 +134,7 @@ def test_comet_reference_after_the_run_keeps_the_model(tmp_path, monkeypatch):
     assert reference_needs_run(load_system(cfg.system)) and not reference_needs_run(load_system(_cfg(tmp_path).system))
     o, events = _trace_execute(monkeypatch, cfg)
     assert events == ["share", "private (plaintext model alive)", "reference"]
-    assert [s for s, _ in o.extra_refs] == ["plaintext_dense"]
+    assert [s for s, _ in o.extra_refs] == ["plaintext_dense", "plaintext_predicted"]
 
 
 @pytest.mark.parametrize("prompt_len,checks", [(5, [None]), (None, [None, 5])])

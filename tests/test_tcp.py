@@ -713,6 +713,7 @@ def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictor
     assert (led[led.op == "ffn.reveal"].bits == 1).any() and (led.op == "ffn.shuffle").any()
     sp = pd.read_csv(tmp_path / "run" / "sparsity.csv")
     assert set(sp.kind) == {"ffn", "head"} and len(sp) == 2 * 2 and sp.flips.notna().all()
+    assert sp.jaccard.between(0, 1).all()             # the in-process run's masks vs plaintext_predicted
     assert (tmp_path / "run" / "kv.csv").exists() and (tmp_path / "run" / "COMPLETE").exists()
 
 

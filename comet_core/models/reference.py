@@ -91,14 +91,23 @@ class PlainDecoder:
             mask = (torch.arange(S)[None, :] <= torch.arange(start, start + T)[:, None]).to(torch.int64)
         probs = sysm.plain_softmax(scores, mask)
         ctx = (probs @ v_all).transpose(0, 1).reshape(T, H * hd)     # (T, H*hd)
+        ctx = self.head_outputs(ctx, x, lw, layer)
         return sysm.plain_linear(ctx, lw["wo"], lw.get("bo"))
+
+    def head_outputs(self, ctx: torch.Tensor, x: torch.Tensor, lw: dict, layer: int) -> torch.Tensor:
+        """The heads' outputs ctx (T, H*hd) before the output projection (a sparse evaluation masks them;
+        x (T, d) is the attention input)."""
+        return ctx
+
+    def ffn(self, h: torch.Tensor, lw: dict, layer: int) -> torch.Tensor:
+        return self.system.plain_ffn(h, lw, self.meta, layer)
 
     def layer(self, x: torch.Tensor, layer: int, cache: PlainCache, start: int) -> torch.Tensor:
         lw, meta, sysm = self.w.layers[layer], self.meta, self.system
         h = sysm.plain_norm(x, lw["ln1_w"], lw.get("ln1_b"), self.family, meta["eps"])
         x = x + self.attention(h, lw, layer, cache, start)
         h = sysm.plain_norm(x, lw["ln2_w"], lw.get("ln2_b"), self.family, meta["eps"])
-        return x + sysm.plain_ffn(h, lw, meta, layer)
+        return x + self.ffn(h, lw, layer)
 
     def head(self, x_last: torch.Tensor) -> torch.Tensor:
         g = self.w.globals
