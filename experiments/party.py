@@ -193,7 +193,7 @@ def run_party(cfg, rank: int, links: dict, out: Path) -> dict:
     counters = {p: links[p].counters() for p in links if not links[p].closed}
     counters["owner"] = owner_counters
     mpc.ledger.frame().to_csv(out / "ledger.csv.gz", index=False)
-    return dict(stage_seconds=gen.stage_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
+    return dict(stage_seconds=gen.stage_seconds, stage_cpu_seconds=gen.stage_cpu_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
                 socket_bytes=mpc.channel.socket_bytes, link_wait_s=mpc.channel.link_wait_s, links=counters,
                 placeholder_tokens=gen.tokens, **revealed_state(system))
 

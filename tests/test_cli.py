@@ -99,3 +99,47 @@ def test_bad_ring_kernel_setting_fails_before_any_work(tmp_path):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and lines == ["error: COMET_RING_KERNEL must be one of auto, int64, limbs, got 'fast'"], r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_summary_labels_each_text_and_says_whether_private_equals_dense():
+    from experiments.run_summary import text_lines
+
+    texts = {"private": ([1, 2, 3], " ab"), "plaintext": ([1, 2, 3], " ab"), "plaintext_dense": ([1, 2, 4], " ac")}
+    lines = text_lines(texts, sparse=True, system="comet", max_logit_err=0.02)
+    assert [ln.split()[0] for ln in lines] == ["private", "plaintext", "plaintext_dense"]
+    assert "private run's masks" in lines[1] and "= private: yes (3 of 3 tokens)" in lines[1] and "0.02" in lines[1]
+    assert "unmodified" in lines[2] and "= private: NO (2 of 3 tokens)" in lines[2] and "sparsity changed" in lines[2]
+    # a fourth text (the model with its own float predictors) gets its own labelled line when generation.csv has it
+    texts["plaintext_predicted"] = ([1, 2, 3], " ab")
+    lines = text_lines(texts, sparse=True, system="comet", max_logit_err=None)
+    assert lines[3].split()[0] == "plaintext_predicted" and "float predictors" in lines[3] and "yes (3 of 3" in lines[3]
+    dense = text_lines({"private": ([5], "x"), "plaintext": ([5], "x")}, sparse=False, system="dense", max_logit_err=0.0)
+    assert "unmodified" in dense[1] and "masks" not in dense[1]
+
+
+def test_summary_notes_an_oversubscribed_machine_and_names_the_token():
+    from comet_core.results.run_info import RunInfo
+    from experiments.run_summary import load_note, token_note
+
+    assert load_note(1.5, 2) is None and load_note(float("nan"), 2) is None
+    assert "load average reached 4.3 on 2 cores" in load_note(4.3, 2)
+    assert "byte" in token_note("bytes") and "subword of the smollm2 tokenizer" in token_note("smollm2")
+    info = RunInfo.start().finish()
+    assert info.load_max >= max(info.load_before[0], info.load_after[0])
+    assert info.as_dict()["load_avg_max"] == info.load_max and info.as_dict()["usable_cores"] >= 1
+
+
+def test_stdout_names_the_run_prices_every_preset_and_says_what_is_modelled(tmp_path):
+    out = tmp_path / "run"
+    r = comet("run-experiment", "model=tiny-opt", "gen_tokens=2", f"output_dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == str(out.resolve())
+    assert lines[0].startswith("system=dense  model=tiny-opt (2 layers)  mode=exact  network=lan")
+    assert "a token is one byte of UTF-8 text" in r.stdout
+    m = pd.read_csv(out / "metrics.csv")
+    for net in set(m.network):
+        assert any(ln.split()[:1] == [net] and "total" not in ln for ln in lines), net   # every preset shown
+    assert "comm is modelled from the ledger for each network preset" in r.stdout
+    tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
+    assert tot.compute_cpu_s > 0 and "compute is measured on this machine" in r.stdout and " CPU (" in r.stdout
