@@ -135,6 +135,28 @@ def party(ctx: typer.Context,
     raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path("outputs") / f"party-{role}")))
 
 
+@app.command("compare")
+def compare(runs: list[Path] = typer.Argument(..., help="run folders (each the last line a run-experiment printed)"),
+            csv: bool = typer.Option(False, "--csv", help="print the table as CSV (bytes, seconds, ratios) for scripts"),
+            networks: str = typer.Option("default", "--networks",
+                                         help="default: every phase of the first run's network and the total of "
+                                              "the others; all: every phase of every network; total: the first "
+                                              "network's total only")) -> None:
+    """Runs side by side: bytes, rounds, modelled comm, measured compute and total per phase and network,
+    with ratios against the first run (or against the system=dense run when one is given)."""
+    from comet_core.errors import CometError
+    from experiments.compare import VIEWS, compare_frame, compare_text, load_runs
+
+    try:
+        if networks not in VIEWS:
+            raise CometError(f"--networks must be one of {', '.join(VIEWS)}, got {networks!r}")
+        df = compare_frame(load_runs(runs))
+    except CometError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(df.to_csv(index=False).rstrip("\n") if csv else compare_text(df, networks))
+
+
 @app.command("list")
 def list_configs(group: str = typer.Argument(None, help="a config group (model, system, network, ...); all if omitted")) -> None:
     """List the configs of each group (conf/<group>/*.yaml) with a one-line description."""

@@ -89,6 +89,11 @@ def test_multirun_sweep(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
     nets = {pd.read_csv(tmp_path / "sweep" / j / "metrics.csv").network.iloc[0] for j in ("0", "1")}
     assert nets == {"lan", "wan-100m"}
+    # the sweep ends with its jobs side by side (comet compare), then the summary, then the sweep folder
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == str((tmp_path / "sweep").resolve()) and lines[-2].startswith("sweep: 2 of 2 jobs finished")
+    assert "baseline b = run 1 (system=dense)" in r.stdout
+    assert any(ln.split()[:4] == ["lan", "total", "2", "dense"] and ln.split()[-1] == "1x" for ln in lines)
 
 
 def test_bad_ring_kernel_setting_fails_before_any_work(tmp_path):
