@@ -33,6 +33,17 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+HELP_FLAGS = ("--help", "-h")
+
+
+def hydra_help(ctx: typer.Context, config_name: str, prog: str) -> None:
+    """`--help` / `-h` of a Hydra command: its keys, types, defaults and groups (cli/help.py), not Hydra's page."""
+    if any(a in HELP_FLAGS for a in ctx.args):
+        from cli.help import config_help
+
+        doc = (ctx.command.help or "").strip()
+        typer.echo(config_help(config_name, prog, doc))
+        raise typer.Exit()
 
 
 def check_run(cfg, multirun: bool) -> None:
@@ -55,8 +66,9 @@ def run_experiment(ctx: typer.Context) -> None:
     Writes config.yaml, metrics.csv, ops.csv, run_info.json (and generation.csv, ledger.csv.gz) into a
     staging folder that moves into place when complete (COMPLETE marks it), and prints the output
     folder's absolute path as the last line of stdout. Every value, of every job of a -m sweep, is
-    checked first. `--help` shows Hydra's help.
+    checked first.
     """
+    hydra_help(ctx, "config", "comet run-experiment")
     from cli.hydra_launch import launch
     from experiments.run import run_experiment_task
 
@@ -66,6 +78,7 @@ def run_experiment(ctx: typer.Context) -> None:
 @app.command("train-lm", context_settings=HYDRA_ARGS)
 def train_lm(ctx: typer.Context) -> None:
     """Train the toolkit's ReLU OPT-architecture model on the Shakespeare texts."""
+    hydra_help(ctx, "train_lm", "comet train-lm")
     from cli.hydra_launch import launch
     from experiments.train_lm import train_lm_task
 
@@ -77,6 +90,7 @@ def train_lm(ctx: typer.Context) -> None:
 @app.command("train-predictor", context_settings=HYDRA_ARGS)
 def train_predictor(ctx: typer.Context) -> None:
     """Train and evaluate the activation-sparsity predictors for a model."""
+    hydra_help(ctx, "train_predictor", "comet train-predictor")
     from cli.hydra_launch import launch
     from experiments.train_predictor import check_train_predictor, train_predictor_task
 
@@ -99,7 +113,7 @@ def keys(out: Path = typer.Option(..., "--out", help="folder for ca.pem, ca.key 
     typer.echo(f"wrote {len(files)} files into {out.resolve()} (copy ca.pem and the role's .pem/.key to each machine)")
 
 
-@app.command("party", context_settings=HYDRA_ARGS)
+@app.command("party", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def party(ctx: typer.Context,
           role: str = typer.Option(..., "--role", help="p0 | p1 | dealer | client | owner"),
           keys_dir: Path = typer.Option(None, "--keys", help="folder with ca.pem and <role>.pem/.key (default: transport.keys_dir)"),

@@ -43,12 +43,12 @@ def compose(overrides: list[str]):
     """The run config from conf/config.yaml and Hydra overrides (as `comet run-experiment` composes it)."""
     from hydra import compose as hcompose, initialize_config_dir
 
-    from cli.hydra_launch import CONF_DIR
+    from cli.hydra_launch import CONF_DIR, quote_unicode_values
     from cli.schema import register
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides))
+        return hcompose(config_name="config", overrides=quote_unicode_values(list(overrides)))
 
 
 def load_config(path: str):

@@ -148,3 +148,47 @@ def test_stdout_names_the_run_prices_every_preset_and_says_what_is_modelled(tmp_
     assert "comm is modelled from the ledger for each network preset" in r.stdout
     tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
     assert tot.compute_cpu_s > 0 and "compute is measured on this machine" in r.stdout and " CPU (" in r.stdout
+
+
+def test_party_help_works_with_and_without_a_role(tmp_path):
+    for args in (["party", "--help"], ["party", "--role", "p0", "--help"]):
+        r = comet(*args, cwd=tmp_path)
+        assert r.returncode == 0 and "--role" in r.stdout and "--keys" in r.stdout, (args, r.stderr)
+
+
+def test_run_experiment_help_lists_every_key_with_type_and_default(tmp_path):
+    import dataclasses
+    import typing
+
+    from cli.schema import RunSchema
+
+    r = comet("run-experiment", "--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    groups = {"model", "system", "network", "engine", "transport", "experiment"}
+    for name, typ in typing.get_type_hints(RunSchema).items():
+        if name in groups:
+            assert any(ln.split()[:2] == [name, "default"] for ln in lines), name
+            continue
+        (line,) = [ln for ln in lines if ln.split()[:1] == [name]]
+        assert "default" in line, line
+        assert lines[lines.index(line) + 1].startswith("     "), f"{name}: no meaning under it"
+    assert next(ln for ln in lines if ln.split()[:1] == ["gen_tokens"]).split()[1:] == ["int", "default", "8"]
+    assert next(ln for ln in lines if ln.split()[:1] == ["seed"]).split()[1:] == ["int", "or", "null", "default", "null"]
+    assert "choices: bolt, comet, dense" in r.stdout and "model.layers=" in r.stdout
+    assert "schema" not in r.stdout and "== Config ==" not in r.stdout and len(lines) < 90
+    r = comet("train-lm", "-h", cwd=tmp_path)
+    assert r.returncode == 0 and "  lm  default default" in r.stdout and "threads     int" in r.stdout
+    assert "prompt" not in r.stdout
+
+
+def test_unicode_prompt_works_unquoted_or_names_the_real_cause(tmp_path):
+    out = tmp_path / "u"
+    r = comet("run-experiment", "prompt=héllo wörld ✓", *("model=tiny-opt", "mode=cost", "gen_tokens=1"),
+              f"output_dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "prompt: héllo wörld ✓" in (out / "config.yaml").read_text(encoding="utf-8")
+    r = comet("run-experiment", "prompt=héllo, it's", f"output_dir={tmp_path / 'x'}", cwd=tmp_path)
+    (line,) = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "only ASCII text, and this one has é beside quotes, commas" in line
+    assert not (tmp_path / "x").exists()
