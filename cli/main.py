@@ -192,6 +192,8 @@ def plot(
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="where results/<name>/ is written"),
     preset: str = typer.Option("any", "--preset", help="any | full | quick: which sweeps qualify"),
     readme: Path = typer.Option(Path("README.md"), "--readme", help="`plot readme`: the README to update"),
+    from_data: bool = typer.Option(False, "--from-data", help="re-analyse results/<name>/data.csv (an earlier "
+                                   "`comet plot <name>`) without the sweep: table.md, comparison.csv, figures"),
 ) -> None:
     """Collect an artifact's newest complete sweep into results/<name>/ (data.csv, table.md, PNG/PDF figures)
     and print the comparison with the paper (experiments/expected/<name>.csv).
@@ -211,8 +213,15 @@ def plot(
             path = write_readme_table(readme, results_dir)
             typer.echo(f"reproduction table written into {path}")
             return
-        from experiments.plot import plot_all, plot_artifact
+        from experiments.plot import plot_all, plot_artifact, plot_from_data
 
+        if from_data:
+            if name == "all" or run is not None:
+                raise CometError("--from-data re-analyses one artifact's data.csv: name the artifact, without --run")
+            r = plot_from_data(name, overwrite=overwrite, results_dir=results_dir)
+            typer.echo(r.text)
+            typer.echo(f"wrote {len(r.files)} files into {r.out_dir}")
+            return
         kw = dict(overwrite=overwrite, runs_root=runs_root, results_dir=results_dir, preset=preset)
         if name == "all":
             if run is not None:
