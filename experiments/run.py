@@ -148,7 +148,10 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
     if need <= have:
         return
     fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, **opts) <= have), default=0)
-    layers_hint = f"model.layers={fit} (of {L}) fits, " if fit else ""
+    one = memory.exact_run_bytes(cfg.model, 1, T, **opts)
+    layers_hint = (f"model.layers={fit} (of {L}) fits, " if fit else
+                   f"not even model.layers=1 fits (about {memory.gib(one)}: the embedding and LM head come with "
+                   "every layer count), ")
     raise CometError(f"an exact run of {cfg.model.name} ({L} layers) needs about {memory.gib(need)} but "
                      f"{memory.gib(have)} is available; use mode=cost (prices the full model on shapes), "
                      f"{layers_hint}or force=true to try anyway")

@@ -150,6 +150,30 @@ def test_paper_scale_exact_run_is_refused_before_allocating(tmp_path):
     assert r.returncode == 2 and time.time() - t0 < 60
     (line,) = one_line(r.stderr)
     assert "mode=cost" in line and "force=true" in line and "GiB" in line
+    assert "model.layers=" in line   # the largest that fits, or that not even one layer does
+
+
+def test_memory_refusal_names_the_largest_layer_count_that_fits(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from cli.schema import register
+    from experiments import run as run_mod
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=opt-1.3b", "prompt_len=16", "gen_tokens=2"])
+    opts = dict(int64_kernel=False)
+    monkeypatch.setattr(run_mod, "reference_needs_run", lambda system: True)
+    from comet_core.mpc import ringmm
+
+    monkeypatch.setattr(ringmm, "int64_gemm_faster", lambda: False)
+    need = lambda n: memory.exact_run_bytes(cfg.model, n, 18, reuse_weight_masks=False, plain_during_run=True, **opts)
+    monkeypatch.setattr(memory, "available_bytes", lambda: need(5) + 1)
+    with pytest.raises(CometError, match=r"model\.layers=5 \(of 24\) fits"):
+        run_mod.check_memory(cfg)
+    monkeypatch.setattr(memory, "available_bytes", lambda: need(1) - 1)
+    with pytest.raises(CometError, match=r"not even model\.layers=1 fits"):
+        run_mod.check_memory(cfg)
 
 
 def test_memory_estimate_grows_with_the_model():
