@@ -47,6 +47,24 @@ def check_group_overrides(args: list[str]) -> None:
                 )
 
 
+# characters Hydra's override grammar gives a meaning to in a value: such values need the user's quoting
+GRAMMAR_CHARS = set("'\"\\,=[](){}$")
+
+
+def quote_unicode_values(args: list[str]) -> list[str]:
+    """`prompt=héllo wörld` -> `prompt='héllo wörld'`: Hydra's grammar takes only ASCII in an unquoted value,
+    so a value with non-ASCII text and none of the grammar's own characters is quoted for the user (what
+    they meant; anything else is left for Hydra and its one-line message)."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if (eq and not arg.startswith("-") and value and not value.isascii() and key.isascii()
+                and not GRAMMAR_CHARS & set(value)):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
 # Hydra launcher plugins (name in hydra/launcher -> the module that provides it, its pip package)
 LAUNCHER_PLUGINS = {
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
@@ -128,6 +146,7 @@ def launch(task: Callable, config_name: str, args: list[str], prog: str, check: 
     from comet_core.errors import CometError
 
     register()
+    args = quote_unicode_values(args)
     try:
         check_group_overrides(args)
         check_launcher(args)

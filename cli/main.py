@@ -33,6 +33,17 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+HELP_FLAGS = ("--help", "-h")
+
+
+def hydra_help(ctx: typer.Context, config_name: str, prog: str) -> None:
+    """`--help` / `-h` of a Hydra command: its keys, types, defaults and groups (cli/help.py), not Hydra's page."""
+    if any(a in HELP_FLAGS for a in ctx.args):
+        from cli.help import config_help
+
+        doc = (ctx.command.help or "").strip()
+        typer.echo(config_help(config_name, prog, doc))
+        raise typer.Exit()
 
 
 def check_run(cfg, multirun: bool) -> None:
@@ -55,8 +66,9 @@ def run_experiment(ctx: typer.Context) -> None:
     Writes config.yaml, metrics.csv, ops.csv, run_info.json (and generation.csv, ledger.csv.gz) into a
     staging folder that moves into place when complete (COMPLETE marks it), and prints the output
     folder's absolute path as the last line of stdout. Every value, of every job of a -m sweep, is
-    checked first. `--help` shows Hydra's help.
+    checked first.
     """
+    hydra_help(ctx, "config", "comet run-experiment")
     from cli.hydra_launch import launch
     from experiments.run import run_experiment_task
 
@@ -66,6 +78,7 @@ def run_experiment(ctx: typer.Context) -> None:
 @app.command("train-lm", context_settings=HYDRA_ARGS)
 def train_lm(ctx: typer.Context) -> None:
     """Train the toolkit's ReLU OPT-architecture model on the Shakespeare texts."""
+    hydra_help(ctx, "train_lm", "comet train-lm")
     from cli.hydra_launch import launch
     from experiments.train_lm import train_lm_task
 
@@ -77,6 +90,7 @@ def train_lm(ctx: typer.Context) -> None:
 @app.command("train-predictor", context_settings=HYDRA_ARGS)
 def train_predictor(ctx: typer.Context) -> None:
     """Train and evaluate the activation-sparsity predictors for a model."""
+    hydra_help(ctx, "train_predictor", "comet train-predictor")
     from cli.hydra_launch import launch
     from experiments.train_predictor import check_train_predictor, train_predictor_task
 
@@ -99,7 +113,7 @@ def keys(out: Path = typer.Option(..., "--out", help="folder for ca.pem, ca.key 
     typer.echo(f"wrote {len(files)} files into {out.resolve()} (copy ca.pem and the role's .pem/.key to each machine)")
 
 
-@app.command("party", context_settings=HYDRA_ARGS)
+@app.command("party", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def party(ctx: typer.Context,
           role: str = typer.Option(..., "--role", help="p0 | p1 | dealer | client | owner"),
           keys_dir: Path = typer.Option(None, "--keys", help="folder with ca.pem and <role>.pem/.key (default: transport.keys_dir)"),
@@ -134,6 +148,28 @@ def party(ctx: typer.Context,
     from experiments.party import main as party_main
 
     raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path("outputs") / f"party-{role}"), overwrite=overwrite))
+
+
+@app.command("compare")
+def compare(runs: list[Path] = typer.Argument(..., help="run folders (each the last line a run-experiment printed)"),
+            csv: bool = typer.Option(False, "--csv", help="print the table as CSV (bytes, seconds, ratios) for scripts"),
+            networks: str = typer.Option("default", "--networks",
+                                         help="default: every phase of the first run's network and the total of "
+                                              "the others; all: every phase of every network; total: the first "
+                                              "network's total only")) -> None:
+    """Runs side by side: bytes, rounds, modelled comm, measured compute and total per phase and network,
+    with ratios against the first run (or against the system=dense run when one is given)."""
+    from comet_core.errors import CometError
+    from experiments.compare import VIEWS, compare_frame, compare_text, load_runs
+
+    try:
+        if networks not in VIEWS:
+            raise CometError(f"--networks must be one of {', '.join(VIEWS)}, got {networks!r}")
+        df = compare_frame(load_runs(runs))
+    except CometError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(df.to_csv(index=False).rstrip("\n") if csv else compare_text(df, networks))
 
 
 @app.command("list")
@@ -190,6 +226,8 @@ def plot(
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="where results/<name>/ is written"),
     preset: str = typer.Option("any", "--preset", help="any | full | quick: which sweeps qualify"),
     readme: Path = typer.Option(Path("README.md"), "--readme", help="`plot readme`: the README to update"),
+    from_data: bool = typer.Option(False, "--from-data", help="re-analyse results/<name>/data.csv (an earlier "
+                                   "`comet plot <name>`) without the sweep: table.md, comparison.csv, figures"),
 ) -> None:
     """Collect an artifact's newest complete sweep into results/<name>/ (data.csv, table.md, PNG/PDF figures)
     and print the comparison with the paper (experiments/expected/<name>.csv).
@@ -209,8 +247,15 @@ def plot(
             path = write_readme_table(readme, results_dir)
             typer.echo(f"reproduction table written into {path}")
             return
-        from experiments.plot import plot_all, plot_artifact
+        from experiments.plot import plot_all, plot_artifact, plot_from_data
 
+        if from_data:
+            if name == "all" or run is not None:
+                raise CometError("--from-data re-analyses one artifact's data.csv: name the artifact, without --run")
+            r = plot_from_data(name, overwrite=overwrite, results_dir=results_dir)
+            typer.echo(r.text)
+            typer.echo(f"wrote {len(r.files)} files into {r.out_dir}")
+            return
         kw = dict(overwrite=overwrite, runs_root=runs_root, results_dir=results_dir, preset=preset)
         if name == "all":
             if run is not None:

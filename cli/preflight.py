@@ -41,8 +41,12 @@ def one_line(exc: BaseException) -> str:
     msg = "; ".join(uniq) or type(exc).__name__
     if "LexerNoViableAltException" in msg or "token recognition error" in msg or "mismatched input" in msg:
         bad = next((p.split(" ^")[0].split(": ", 1)[-1] for p in uniq if " ^" in p), "an override")
-        return (f"cannot parse {bad}: Hydra's grammar reads quotes, commas, '=', '$' and brackets in values; quote "
-                "the whole value (\"key='a, b'\") or, for a prompt, use prompt_file=<path> (README: quoting)")
+        odd = sorted({ch for ch in bad.partition("=")[2] if not ch.isascii()})
+        why = (f"an unquoted value may hold only ASCII text, and this one has {' '.join(odd)} beside quotes, commas, "
+               "'=', '$' or brackets, which the grammar reads" if odd else
+               "Hydra's grammar reads quotes, commas, '=', '$' and brackets in values")
+        return (f"cannot parse {bad}: {why}; quote the whole value (\"key='a, b'\") or, for a prompt, use "
+                "prompt_file=<path> (README: quoting)")
     msg = re.sub(r"\s*To append to your config use \+(\S+)", r" (no such key: check its spelling; "
                  r"`--cfg job` lists every key)", msg)
     msg = re.sub(r"\s+", " ", msg)

@@ -2,7 +2,8 @@
 
 A failing job is recorded and the sweep goes on (cli/hydra_launch.py); at the end ``finish`` prints
 where each job's tables are, writes ``<sweep dir>/metrics.csv`` (every finished job's metrics.csv with
-``job`` and ``overrides`` columns in front) and returns the exit status (1 if any job failed).
+``job`` and ``overrides`` columns in front), prints the finished jobs side by side (``comet compare``,
+experiments/compare.py) and returns the exit status (1 if any job failed).
 """
 
 from __future__ import annotations
@@ -101,6 +102,25 @@ def aggregate(sweep: Sweep, table: str = "metrics.csv") -> Path | None:
     return path
 
 
+SHORT_SWEEP = 4   # up to this many jobs the comparison shows every phase; beyond, the first network's total
+
+
+def compare_jobs(done: list[Job]) -> str | None:
+    """The finished jobs side by side (experiments/compare.py), job numbers in place of run numbers."""
+    from comet_core.errors import CometError
+    from experiments.compare import compare_frame, compare_text, load_runs
+
+    folders = [j.out for j in done if j.out]
+    if len(folders) < 2:
+        return None
+    try:
+        df = compare_frame(load_runs([Path(f) for f in folders]))
+    except CometError as e:   # e.g. a job of another command (train-predictor) without metrics.csv
+        log.info("no comparison of the sweep's jobs: %s", e)
+        return None
+    return compare_text(df, "default" if len(folders) <= SHORT_SWEEP else "total")
+
+
 def finish() -> int:
     """Print the sweep's outcome (failures in one summary line); 0 if every job finished, else 1."""
     import sys
@@ -113,6 +133,9 @@ def finish() -> int:
     table = aggregate(s)
     for f in s.dir.glob(RECORD.format(num="*")) if s.dir is not None else ():
         f.unlink(missing_ok=True)   # the records carried the jobs' outcomes here; the summary and table hold them now
+    comparison = compare_jobs(done)
+    if comparison:
+        print(comparison)
     print(f"sweep: {len(done)} of {len(s.jobs)} jobs finished; tables in {s.dir}/<job>/"
           + (f"; all jobs' metrics in {table}" if table else ""))
     if failed:

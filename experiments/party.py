@@ -46,12 +46,12 @@ def compose(overrides: list[str]):
     """The run config from conf/config.yaml and Hydra overrides (as `comet run-experiment` composes it)."""
     from hydra import compose as hcompose, initialize_config_dir
 
-    from cli.hydra_launch import CONF_DIR
+    from cli.hydra_launch import CONF_DIR, quote_unicode_values
     from cli.schema import register
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides))
+        return hcompose(config_name="config", overrides=quote_unicode_values(list(overrides)))
 
 
 def load_config(path: str):
@@ -232,7 +232,7 @@ def run_party(cfg, rank: int, links: dict, out: Path, key: bytes | None = None) 
     counters = {p: links[p].counters() for p in links if not links[p].closed}
     counters["owner"] = owner_counters
     mpc.ledger.frame().to_csv(out / "ledger.csv.gz", index=False)
-    return dict(stage_seconds=gen.stage_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
+    return dict(stage_seconds=gen.stage_seconds, stage_cpu_seconds=gen.stage_cpu_seconds, weights_setup_s=setup_s, n_layers=model.n_layers,
                 socket_bytes=mpc.channel.socket_bytes, link_wait_s=mpc.channel.link_wait_s, links=counters,
                 placeholder_tokens=gen.tokens, **revealed_state(system))
 

@@ -110,12 +110,15 @@ def failed_job_notes(sweep: Sweep) -> list[str]:
     return notes
 
 
-def _table_md(name: str, sweep: Sweep, analysis, cmp: pd.DataFrame, figures: list[str]) -> str:
+def _table_md(name: str, sweep: Sweep, analysis, cmp: pd.DataFrame, figures: list[str],
+              from_data: bool = False) -> str:
     art = ARTIFACTS[name]
     revs = sorted(set(analysis.data["git_rev"].astype(str))) if "git_rev" in analysis.data else []
+    jobs = analysis.data.job.nunique() if from_data and "job" in analysis.data else len(sweep.done_jobs)
+    made = (f"Made by `comet plot {name} --from-data` from data.csv, which `comet plot {name}` collected from the "
+            f"sweep `{_rel(sweep.dir)}`" if from_data else f"Made by `comet plot {name}` from the sweep `{_rel(sweep.dir)}`")
     out = [f"# {name}: {art.title}", "",
-           f"Made by `comet plot {name}` from the sweep `{_rel(sweep.dir)}` ({sweep.preset} preset, "
-           f"{len(sweep.done_jobs)} jobs{'; git ' + ', '.join(revs) if revs else ''}).",
+           f"{made} ({sweep.preset} preset, {jobs} jobs{'; git ' + ', '.join(revs) if revs else ''}).",
            f"Sweep: `{how_to_run(name)}` (conf/experiment/{name}.yaml).", ""]
     if sweep.preset != "full":
         out += [f"**{sweep.preset} preset**: tiny shapes; a pipeline check, not a reproduction.", ""]
@@ -130,7 +133,8 @@ def _table_md(name: str, sweep: Sweep, analysis, cmp: pd.DataFrame, figures: lis
         out += [f"The paper gives no value for this artifact (no experiments/expected/{name}.csv).", ""]
     else:
         out += ["Tolerances are ours (see experiments/expected/" + name + ".csv for each reason).", "",
-                markdown(cmp[["claim", "metric", "stat", "paper", "ours", "unit", "tolerance", "status", "source"]]),
+                markdown(cmp[[c for c in ("claim", "metric", "stat", "paper", "ours", "point", "beside", "unit",
+                                          "tolerance", "status", "source") if c in cmp]]),
                 ""]
     if figures:
         out += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
@@ -151,10 +155,43 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
     exp = exp_block(sweep)
     analysis = art.analyze(sweep, exp)
     analysis.notes += failed_job_notes(sweep)
-    cmp = compare(name, analysis.claims, expected_dir)
+    return _publish(name, sweep, analysis, Path(results_dir), overwrite, expected_dir)
 
+
+def plot_from_data(name: str, overwrite: bool = False, results_dir: Path = DEFAULT_RESULTS,
+                   expected_dir: Path = EXPECTED_DIR) -> PlotResult:
+    """Re-analyse results_dir/<name>/data.csv (what an earlier `comet plot <name>` collected from its sweep)
+    without the sweep's job folders: table.md, comparison.csv and the figures again; data.csv is kept as is.
+    Only for artifacts whose analysis needs nothing beyond data.csv (``Artifact.from_data``)."""
+    import yaml
+
+    check_name(name)
+    art = ARTIFACTS[name]
+    able = [n for n, a in ARTIFACTS.items() if a.from_data is not None]
+    if art.from_data is None:
+        raise CometError(f"{name}'s analysis needs its sweep's job folders; --from-data works for {', '.join(able)}")
     out = Path(results_dir) / name
-    planned = ["data.csv", "table.md", "comparison.csv", fingerprint.FILE] + [
+    if not (out / "data.csv").is_file():
+        raise CometError(f"{out / 'data.csv'} does not exist; run `{how_to_run(name)}` then `comet plot {name}`")
+    old = out / "comparison.csv"
+    prev = pd.read_csv(old, keep_default_na=False) if old.is_file() else pd.DataFrame()
+    origin = Path(str(prev.sweep.iloc[0])) if "sweep" in prev and len(prev) else out / "data.csv"
+    preset = str(prev.preset.iloc[0]) if "preset" in prev and len(prev) else "full"
+    exp = (yaml.safe_load((CONF_EXPERIMENT / f"{name}.yaml").read_text()) or {}).get("experiment", {})
+    analysis = art.from_data(pd.read_csv(out / "data.csv"), exp)
+    # what the sweep itself told (failed jobs, the artifact whose sweep it re-used) is not in data.csv: kept
+    notes = str(prev.analysis_notes.iloc[0]) if "analysis_notes" in prev and len(prev) else ""
+    analysis.notes += [n for n in notes.split("; ") if n and n not in analysis.notes]
+    sweep = Sweep(dir=origin, artifact=name, preset=preset, command=str(exp.get("command", "run-experiment")))
+    return _publish(name, sweep, analysis, Path(results_dir), overwrite, expected_dir, from_data=True)
+
+
+def _publish(name: str, sweep: Sweep, analysis, results_dir: Path, overwrite: bool, expected_dir: Path,
+             from_data: bool = False) -> PlotResult:
+    """Steps 3-5 of the module docstring (data.csv is not rewritten ``from_data``)."""
+    cmp = compare(name, analysis.claims, expected_dir, beside=analysis.beside)
+    out = Path(results_dir) / name
+    planned = ([] if from_data else ["data.csv"]) + ["table.md", "comparison.csv", fingerprint.FILE] + [
         f"{f.stem}.{e}" for f in analysis.figures for e in ("png", "pdf")]
     stale = sorted(p.name for p in out.glob(f"{name}_*.png")) + sorted(p.name for p in out.glob(f"{name}_*.pdf"))
     existing = sorted({f for f in planned if (out / f).exists()} | set(stale))
@@ -165,10 +202,12 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
     for f in stale:  # figures of an earlier version of this artifact's plot
         (out / f).unlink()
     files = []
-    analysis.data.to_csv(out / "data.csv", index=False)
+    if not from_data:
+        analysis.data.to_csv(out / "data.csv", index=False)
+        files.append(out / "data.csv")
     cmp.assign(preset=sweep.preset, sweep=_rel(sweep.dir), analysis_notes="; ".join(analysis.notes)).to_csv(
         out / "comparison.csv", index=False)
-    files += [out / "data.csv", out / "comparison.csv"]
+    files.append(out / "comparison.csv")
     if "mode" in analysis.data:
         files.append(fingerprint.stamp(out / "data.csv", reprice=f"{how_to_run(name)} && comet plot {name} --overwrite"))
     fig_names = []
@@ -183,7 +222,7 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
             continue
         files += draw(f, out)
         fig_names.append(f"{f.stem}.png")
-    (out / "table.md").write_text(_table_md(name, sweep, analysis, cmp, fig_names))
+    (out / "table.md").write_text(_table_md(name, sweep, analysis, cmp, fig_names, from_data))
     files.append(out / "table.md")
     text = comparison_text(name, cmp, sweep.preset)
     if analysis.notes:

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from comet_core.errors import CometError
 from comet_core.models.cache import REPO_ROOT
 from experiments import plot_data as pdata
+from experiments.plot_compare import points
 from experiments.plot_figures import Figure
 from experiments.plot_sweeps import Sweep, select_sweep
 
@@ -31,7 +32,9 @@ GB = 1e9
 class Analysis:
     data: pd.DataFrame                                           # data.csv (tidy)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # derived tables for table.md
-    claims: dict[str, list[float]] = field(default_factory=dict)   # metric -> measured values (expected/*.csv)
+    claims: dict[str, list[float]] = field(default_factory=dict)   # metric -> measured values (expected/*.csv),
+                                                                   # each a plot_compare.Point naming its sweep point
+    beside: dict[str, tuple[str, str]] = field(default_factory=dict)   # metric -> (caption, metric quoted beside it)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -42,6 +45,8 @@ class Artifact:
     title: str
     analyze: Callable[[Sweep, dict], Analysis]
     accepts: tuple[str, ...] = ()      # other artifacts whose sweeps this one can re-use
+    # the analysis of results/<name>/data.csv alone (`comet plot <name> --from-data`), where it needs no job folder
+    from_data: Callable[[pd.DataFrame, dict], Analysis] | None = None
 
 
 def exp_block(sweep: Sweep) -> dict:
@@ -54,6 +59,15 @@ def exp_block(sweep: Sweep) -> dict:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+
+VS = {"baseline": lambda b: f"vs {b}"}
+
+
+def _at_bandwidth(bw) -> str:
+    from comet_core.results.units import fmt_bps
+
+    return f"at {fmt_bps(float(bw))}"
+
 
 def advantage(df: pd.DataFrame, ref: str, keys: list[str], col: str, name: str) -> pd.DataFrame:
     """Per row of every system other than `ref`: df[col] of that system / df[col] of `ref` (same keys)."""
@@ -109,8 +123,11 @@ def time_and_bytes_figures(name: str, t: pd.DataFrame, x: str = "model") -> list
 # -- artifacts -------------------------------------------------------------------------------------------
 
 def end_to_end(sweep: Sweep, exp: dict) -> Analysis:
+    return end_to_end_from_data(pdata.sweep_metrics(sweep), exp)
+
+
+def end_to_end_from_data(df: pd.DataFrame, exp: dict) -> Analysis:
     ref = exp.get("reference", "comet")
-    df = pdata.sweep_metrics(sweep)
     t = totals(df)
     a = Analysis(df)
     a.tables["per system (phase total, lan)"] = gb(gb(t), "offline_bytes")[
@@ -122,8 +139,8 @@ def end_to_end(sweep: Sweep, exp: dict) -> Analysis:
     if not sp.empty:
         both = sp.merge(cr, on=["model", "baseline"])
         a.tables[f"{ref} vs each baseline (baseline / {ref})"] = both
-        a.claims["speedup"] = list(sp.speedup)
-        a.claims["comm_reduction"] = list(cr.comm_reduction)
+        a.claims["speedup"] = points(sp, "speedup", "model", "baseline", fmt=VS)
+        a.claims["comm_reduction"] = points(cr, "comm_reduction", "model", "baseline", fmt=VS)
         a.figures += [
             Figure("end_to_end_speedup", "bars", both, x="model", y="speedup", hue="baseline", xlabel="model",
                    ylabel=f"speedup of {ref} (x)", hline=1.0, band_metric="speedup",
@@ -143,8 +160,14 @@ def bandwidth_sweep(sweep: Sweep, exp: dict) -> Analysis:
     bws = exp.get("bandwidths_bps") if exp.get("name") == "bandwidth_sweep" else None
     bws = [float(b) for b in (bws or DEFAULT_BANDWIDTHS)]
     lat = float(exp.get("latency_s", 8e-4)) if exp.get("name") == "bandwidth_sweep" else 8e-4
-    base = pdata.sweep_metrics(sweep)
-    df = pdata.reprice(base, bws, lat)
+    return bandwidth_sweep_from_data(pdata.reprice(pdata.sweep_metrics(sweep), bws, lat), exp)
+
+
+def bandwidth_sweep_from_data(df: pd.DataFrame, exp: dict) -> Analysis:
+    """The analysis of the re-priced rows (data.csv): the bandwidths and the latency are its columns."""
+    ref = exp.get("reference", "comet")
+    bws = sorted(float(b) for b in df.bandwidth_bps.unique())
+    lat = float(df.latency_s.iloc[0])
     a = Analysis(df)
     if exp.get("name") != "bandwidth_sweep":
         a.notes.append(f"re-priced from a {exp.get('name')} sweep at {len(bws)} bandwidths, latency {lat:g} s")
@@ -160,8 +183,10 @@ def bandwidth_sweep(sweep: Sweep, exp: dict) -> Analysis:
         a.tables[f"speedup of {ref} per bandwidth"] = sp.pivot_table(
             index=["model", "baseline"], columns="bandwidth_bps", values="speedup").reset_index()
         low = sp[sp.bandwidth_bps == min(bws)]
-        a.claims["speedup_at_lowest_bandwidth"] = list(low.speedup)
-        a.claims["speedup"] = list(sp.speedup)
+        a.claims["speedup_at_lowest_bandwidth"] = points(low, "speedup", "model", "baseline", "bandwidth_bps",
+                                                         fmt={**VS, "bandwidth_bps": _at_bandwidth})
+        a.claims["speedup"] = points(sp, "speedup", "model", "baseline", "bandwidth_bps",
+                                     fmt={**VS, "bandwidth_bps": _at_bandwidth})
         a.figures.append(Figure("bandwidth_sweep_speedup", "lines", sp, x="bandwidth_bps", y="speedup",
                                 hue="baseline", panel="model", xlabel="bandwidth (bit/s)",
                                 ylabel=f"speedup of {ref} (x)", logx=True, hline=1.0,
@@ -170,9 +195,13 @@ def bandwidth_sweep(sweep: Sweep, exp: dict) -> Analysis:
 
 
 def ffn_sparsity(sweep: Sweep, exp: dict) -> Analysis:
-    ref, target = exp.get("reference", "dense"), exp.get("target", "comet")
     df = pdata.with_op_groups(sweep, pdata.sweep_metrics(sweep), {"ffn": exp.get("ops", "ffn.*")})
-    df = add_config_column(sweep, df, exp.get("x_key"), "ffn_sparsity")
+    return ffn_sparsity_from_data(add_config_column(sweep, df, exp.get("x_key"), "ffn_sparsity"), exp)
+
+
+def ffn_sparsity_from_data(df: pd.DataFrame, exp: dict) -> Analysis:
+    """The analysis of ffn_sparsity's data.csv (the sweep's tidy rows with their FFN op group)."""
+    ref, target = exp.get("reference", "dense"), exp.get("target", "comet")
     a = Analysis(df)
     t = totals(df)
     cols = ["model", "system", "ffn_sparsity", "ffn_online_bytes", "ffn_rounds", "ffn_comm_s", "total_s"]
@@ -196,9 +225,14 @@ def ffn_sparsity(sweep: Sweep, exp: dict) -> Analysis:
     sp = g.merge(r, on="model")
     sp["ffn_speedup"] = sp.ref_ffn_s / sp.ffn_comm_s
     a.tables[f"FFN speedup of {target} over {ref}"] = sp
-    near = sp[(sp.ffn_sparsity - 0.9).abs() <= 0.05]
-    a.claims["ffn_speedup_at_90"] = list(near.ffn_speedup)
-    a.claims["ffn_speedup"] = list(sp.ffn_speedup)
+    # the claim is about ~90% sparsity: the sweep's points at 90% (not 85-95%, whose 95% end is the most
+    # favourable); the 95% points are quoted beside it, labelled
+    at = {"ffn_sparsity": lambda x: f"at {float(x):.0%} sparsity"}
+    for pct in (90, 95):
+        near = sp[(sp.ffn_sparsity - pct / 100).abs() <= 0.0125]
+        a.claims[f"ffn_speedup_at_{pct}"] = points(near, "ffn_speedup", "model", "ffn_sparsity", fmt=at)
+    a.beside["ffn_speedup_at_90"] = ("at 95% sparsity", "ffn_speedup_at_95")
+    a.claims["ffn_speedup"] = points(sp, "ffn_speedup", "model", "ffn_sparsity", fmt=at)
     a.figures.append(Figure("ffn_sparsity_speedup", "lines", sp, x="ffn_sparsity", y="ffn_speedup", hue="model",
                             xlabel="FFN sparsity (fraction of neurons skipped)",
                             ylabel="FFN speedup (x)", hline=1.0, band_metric="ffn_speedup_at_90",
@@ -207,7 +241,10 @@ def ffn_sparsity(sweep: Sweep, exp: dict) -> Analysis:
 
 
 def predictor_accuracy(sweep: Sweep, exp: dict) -> Analysis:
-    df = pdata.predictor_tables(sweep)
+    return predictor_accuracy_from_data(pdata.predictor_tables(sweep), exp)
+
+
+def predictor_accuracy_from_data(df: pd.DataFrame, exp: dict) -> Analysis:
     a = Analysis(df)
     m = df[df.source == "metrics"].pivot_table(index=["model", "kind", "layer"], columns="metric",
                                                values="value").reset_index()
@@ -221,10 +258,10 @@ def predictor_accuracy(sweep: Sweep, exp: dict) -> Analysis:
                                               values="value").reset_index()
     a.tables["threshold sweep"] = sw
     ffn = summ[summ.kind == "ffn"]
-    a.claims["recall"] = list(ffn.recall) if "recall" in ffn else []
+    a.claims["recall"] = points(ffn, "recall", "model") if "recall" in ffn else []
     pb = acc[acc.variant == "predicted-both"] if "variant" in acc else acc.iloc[0:0]
     if "acc_change_pts" in pb:
-        a.claims["accuracy_loss_pts"] = list(-pb.acc_change_pts)
+        a.claims["accuracy_loss_pts"] = points(pb.assign(loss=-pb.acc_change_pts), "loss", "model")
     a.figures += [
         Figure("predictor_accuracy_recall_layers", "bars", m, x="layer", y="recall", hue="kind", panel="model",
                xlabel="decoder layer", ylabel="recall on the test plays (fraction)",
@@ -240,10 +277,19 @@ def predictor_accuracy(sweep: Sweep, exp: dict) -> Analysis:
     return a
 
 
-def _variant_ratio(sweep: Sweep, exp: dict, name: str, prefix: str, default_ops: str) -> Analysis:
-    key = exp.get("x_key")
+def _variant_data(sweep: Sweep, exp: dict, prefix: str, default_ops: str) -> pd.DataFrame:
     df = pdata.with_op_groups(sweep, pdata.sweep_metrics(sweep), {prefix: exp.get("ops", default_ops)})
-    df = add_config_column(sweep, df, key, "variant")
+    df = add_config_column(sweep, df, exp.get("x_key"), "variant")
+    df["variant"] = df.variant.map(lambda v: "(none)" if pd.isna(v) else str(v))
+    return df
+
+
+def _variant_ratio(sweep: Sweep, exp: dict, name: str, prefix: str, default_ops: str) -> Analysis:
+    return _variant_ratio_from_data(_variant_data(sweep, exp, prefix, default_ops), exp, name, prefix, default_ops)
+
+
+def _variant_ratio_from_data(df: pd.DataFrame, exp: dict, name: str, prefix: str, default_ops: str) -> Analysis:
+    key = exp.get("x_key")
     df["variant"] = df.variant.map(lambda v: "(none)" if pd.isna(v) else str(v))
     a = Analysis(df)
     t = totals(df)
@@ -254,9 +300,14 @@ def _variant_ratio(sweep: Sweep, exp: dict, name: str, prefix: str, default_ops:
         a.notes.append(f"no op of this sweep matches experiment.ops={exp.get('ops', default_ops)!r}: "
                        f"{prefix} costs are 0 (needs the system that has them; see conf/experiment/{name}.yaml)")
     lab = t.assign(label=t.system + " " + t.variant)
+    part = lab[f"{prefix}_comm_s"]
+    # variants an order of magnitude apart (shuffle vs oblivious: ~30x): a log axis, or the small bars vanish;
+    # a linear one where a variant has no such cost (0 has no place on a log axis)
+    log_part = bool(len(part)) and bool((part > 0).all()) and float(part.max()) > 10 * float(part.min())
     a.figures += [
         Figure(f"{name}_{prefix}_time", "bars", lab, x="model", y=f"{prefix}_comm_s", hue="label", xlabel="model",
-               ylabel=f"{prefix} communication time (s, lan)", title=f"{name}: {prefix} cost per variant"),
+               ylabel=f"{prefix} communication time (s, lan)", logy=log_part,
+               title=f"{name}: {prefix} cost per variant"),
         Figure(f"{name}_time", "bars", lab, x="model", y="total_s", hue="label", xlabel="model",
                ylabel="time per request (s)", logy=True, title=f"{name}: end-to-end time per variant"),
     ]
@@ -264,7 +315,12 @@ def _variant_ratio(sweep: Sweep, exp: dict, name: str, prefix: str, default_ops:
 
 
 def shuffle_vs_oblivious(sweep: Sweep, exp: dict) -> Analysis:
-    a = _variant_ratio(sweep, exp, "shuffle_vs_oblivious", "index", "*index*|*shuffle*|*reveal*")
+    return shuffle_vs_oblivious_from_data(_variant_data(sweep, exp, "index", "*index*|*shuffle*|*reveal*"), exp)
+
+
+def shuffle_vs_oblivious_from_data(df: pd.DataFrame, exp: dict) -> Analysis:
+    """The analysis of shuffle_vs_oblivious's data.csv (tidy rows with their indexing op group)."""
+    a = _variant_ratio_from_data(df, exp, "shuffle_vs_oblivious", "index", "*index*|*shuffle*|*reveal*")
     ref, target = str(exp.get("reference", "oblivious")), str(exp.get("target", "shuffle"))
     t = totals(a.data)
     r = t[t.variant == ref][["model", "system", "index_comm_s", "total_s"]]
@@ -277,12 +333,16 @@ def shuffle_vs_oblivious(sweep: Sweep, exp: dict) -> Analysis:
     m["indexing_speedup"] = m.index_comm_s_ref / m.index_comm_s
     m["end_to_end_speedup"] = m.total_s_ref / m.total_s
     a.tables[f"{target} vs {ref} ({ref} / {target})"] = m
-    a.claims["indexing_speedup"] = list(m.indexing_speedup)
+    a.claims["indexing_speedup"] = points(m, "indexing_speedup", "model")
     return a
 
 
 def kv_refill_ablation(sweep: Sweep, exp: dict) -> Analysis:
     return _variant_ratio(sweep, exp, "kv_refill_ablation", "refill", "*refill*|*prefetch*")
+
+
+def kv_refill_ablation_from_data(df: pd.DataFrame, exp: dict) -> Analysis:
+    return _variant_ratio_from_data(df, exp, "kv_refill_ablation", "refill", "*refill*|*prefetch*")
 
 
 def output_length(sweep: Sweep, exp: dict) -> Analysis:
@@ -300,7 +360,8 @@ def output_length(sweep: Sweep, exp: dict) -> Analysis:
     if not sp.empty:
         a.tables[f"speedup of {ref} per output length"] = sp.pivot_table(
             index=["model", "baseline"], columns="gen_tokens", values="speedup").reset_index()
-        a.claims["speedup"] = list(sp.speedup)
+        a.claims["speedup"] = points(sp, "speedup", "model", "baseline", "gen_tokens",
+                                     fmt={**VS, "gen_tokens": lambda n: f"{int(n)} tokens"})
         a.figures.append(Figure("output_length_speedup", "lines", sp, x="gen_tokens", y="speedup", hue="baseline",
                                 panel="model", xlabel="generated tokens", ylabel=f"speedup of {ref} (x)", logx=True,
                                 hline=1.0, title=f"output_length: {ref}'s speedup vs output length"))
@@ -348,9 +409,10 @@ def time_breakdown(sweep: Sweep, exp: dict) -> Analysis:
     if not t.compute_measured.all():
         a.notes.append("some jobs ran in cost mode: compute is not measured there and their comm_share is NaN")
     base = t[t.system != ref]
-    a.claims["baseline_comm_share"] = list(base.comm_share.dropna())
+    a.claims["baseline_comm_share"] = points(base.dropna(subset=["comm_share"]), "comm_share", "model", "system")
     if (t.system == ref).any():
-        a.claims["predictor_share"] = list(t[t.system == ref].predictor_share.dropna())
+        a.claims["predictor_share"] = points(t[t.system == ref].dropna(subset=["predictor_share"]),
+                                             "predictor_share", "model")
     else:
         comp = _companion_predictor_share(sweep, ref, patterns, exp.get("predictor_sweep", "end_to_end"))
         if comp.empty:
@@ -358,7 +420,7 @@ def time_breakdown(sweep: Sweep, exp: dict) -> Analysis:
                            f"{exp.get('predictor_sweep', 'end_to_end')} sweep (conf/experiment/time_breakdown.yaml)")
         else:
             a.tables[f"{ref}'s predictor share (modelled communication of its predictor ops / its total time)"] = comp
-            a.claims["predictor_share"] = list(comp.predictor_share.dropna())
+            a.claims["predictor_share"] = points(comp.dropna(subset=["predictor_share"]), "predictor_share", "model")
             a.notes.append(f"predictor share from the {comp.source.iloc[0]}: cost mode, so it is a share of "
                            f"modelled communication time (compute is not measured there)")
     parts = t.rename(columns={"compute_s": "compute (measured)", "comm_s": "communication (modelled)"}).melt(
@@ -424,7 +486,7 @@ def real_models(sweep: Sweep, exp: dict) -> Analysis:
     if not sp.empty:
         a.tables[f"{ref} vs each baseline"] = sp.merge(
             advantage(t, ref, ["model"], "online_bytes", "comm_reduction"), on=["model", "baseline"])
-        a.claims["speedup"] = list(sp.speedup)
+        a.claims["speedup"] = points(sp, "speedup", "model", "baseline", fmt=VS)
     return a
 
 
@@ -454,7 +516,8 @@ def mask_reuse(sweep: Sweep, exp: dict) -> Analysis:
         piv = piv.rename(columns={False: "speedup, masks per call", True: "speedup, masks once"})
         a.tables[f"speedup of {ref} per mask policy (surviving_fraction = (speedup once - 1) / "
                  f"(speedup per call - 1))"] = piv
-        a.claims["speedup_reuse"] = list(sp[sp.reuse_weight_masks == True].speedup)  # noqa: E712
+        a.claims["speedup_reuse"] = points(sp[sp.reuse_weight_masks == True], "speedup", "model", "baseline",  # noqa: E712
+                                           fmt=VS)
         sp["policy"] = sp.reuse_weight_masks.map({True: "masks once per request", False: "masks per call"})
         a.figures.append(Figure("mask_reuse_speedup", "bars", sp, x="baseline", y="speedup", hue="policy",
                                 panel="model", xlabel="baseline", ylabel=f"speedup of {ref} (x)", hline=1.0,
@@ -463,13 +526,17 @@ def mask_reuse(sweep: Sweep, exp: dict) -> Analysis:
 
 
 ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
-    Artifact("end_to_end", "End-to-end speedup and communication vs six systems, four LLMs", end_to_end),
+    Artifact("end_to_end", "End-to-end speedup and communication vs six systems, four LLMs", end_to_end,
+             from_data=end_to_end_from_data),
     Artifact("bandwidth_sweep", "Speedup across bandwidths 100 Mbps - 5 Gbps", bandwidth_sweep,
-             accepts=("end_to_end",)),
-    Artifact("ffn_sparsity", "FFN speedup vs FFN sparsity", ffn_sparsity),
-    Artifact("predictor_accuracy", "Predictor recall, threshold and accuracy", predictor_accuracy),
-    Artifact("shuffle_vs_oblivious", "Shuffle-based vs oblivious indexing", shuffle_vs_oblivious),
-    Artifact("kv_refill_ablation", "KV-cache refill: naive, merged, merged + prefetch", kv_refill_ablation),
+             accepts=("end_to_end",), from_data=bandwidth_sweep_from_data),
+    Artifact("ffn_sparsity", "FFN speedup vs FFN sparsity", ffn_sparsity, from_data=ffn_sparsity_from_data),
+    Artifact("predictor_accuracy", "Predictor recall, threshold and accuracy", predictor_accuracy,
+             from_data=predictor_accuracy_from_data),
+    Artifact("shuffle_vs_oblivious", "Shuffle-based vs oblivious indexing", shuffle_vs_oblivious,
+             from_data=shuffle_vs_oblivious_from_data),
+    Artifact("kv_refill_ablation", "KV-cache refill: naive, merged, merged + prefetch", kv_refill_ablation,
+             from_data=kv_refill_ablation_from_data),
     Artifact("output_length", "Output length 1-16 tokens", output_length),
     Artifact("time_breakdown", "Communication share of runtime; predictor share", time_breakdown),
     Artifact("real_models", "Real models in exact mode", real_models),

@@ -17,6 +17,12 @@ Judgement (ours vs the paper, widened by the tolerance t; rel: v * (1 -/+ t), ab
 - stat=range: our minimum must lie within t of lo and our maximum within t of hi;
 - otherwise: the reduced value must lie in [lo - t, hi + t] (a missing side is unbounded).
 Status: ok | OUTSIDE | not measured.
+
+Each measured value may name the point it comes from (``Point``: a float with a label such as
+``llama2-7b at 90% sparsity``); ``compare`` writes the point(s) the reduced value quotes into the
+``point`` column (the max's point, a range's two ends, a mean's count), and ``beside`` quotes a second
+metric next to it (e.g. the 95%-sparsity value beside the 90% one), so that the README's "ours" cell
+says which point of the sweep it shows.
 """
 
 from __future__ import annotations
@@ -31,6 +37,49 @@ from comet_core.errors import CometError
 EXPECTED_DIR = Path(__file__).resolve().parent / "expected"
 COLUMNS = ["claim", "metric", "stat", "paper_value_lo", "paper_value_hi", "unit", "tolerance", "tolerance_kind",
            "tolerance_reason", "source", "note"]
+
+
+class Point(float):
+    """A measured value with the sweep point it comes from (model, setting, ...)."""
+
+    label: str = ""
+
+    def __new__(cls, value: float, label: str = ""):
+        obj = super().__new__(cls, value)
+        obj.label = label
+        return obj
+
+
+def points(df: pd.DataFrame, col: str, *label_cols: str, fmt: dict | None = None) -> list[Point]:
+    """The values of df[col], each labelled by its row's label_cols (``fmt``: column -> value formatter)."""
+    fmt = fmt or {}
+    out = []
+    for _, r in df.iterrows():
+        parts = [fmt.get(c, str)(r[c]) for c in label_cols if c in df.columns]
+        out.append(Point(float(r[col]), " ".join(p for p in parts if p)))
+    return out
+
+
+def _label(v) -> str:
+    return getattr(v, "label", "")
+
+
+def point_text(stat: str, values: list) -> str:
+    """Which point(s) the reduced value quotes: the max's (min's) label, a range's ends, a mean's count."""
+    vals = [v for v in values if v is not None and not math.isnan(float(v))]
+    if not vals:
+        return ""
+    if stat in ("max", "min"):
+        v = (max if stat == "max" else min)(vals, key=float)
+        lab = _label(v)
+        return f"{stat} of {len(vals)}: {lab}" if lab else f"{stat} of {len(vals)} values"
+    if stat == "range":
+        lo, hi = min(vals, key=float), max(vals, key=float)
+        if _label(lo) and _label(hi):
+            return f"{len(vals)} values; lowest {_label(lo)}, highest {_label(hi)}"
+        return f"range of {len(vals)} values"
+    labs = sorted({_label(v) for v in vals if _label(v)})
+    return f"mean of {len(vals)}" + (f": {', '.join(labs)}" if labs and len(labs) <= 4 else "")
 
 
 def load_expected(name: str, expected_dir: Path = EXPECTED_DIR) -> pd.DataFrame | None:
@@ -82,18 +131,30 @@ def paper_text(lo: float, hi: float) -> str:
     return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
 
 
-def compare(name: str, claims: dict[str, list[float]], expected_dir: Path = EXPECTED_DIR) -> pd.DataFrame:
-    """One row per expected claim: paper, ours, tolerance, status (empty frame without an expected file)."""
+def compare(name: str, claims: dict[str, list[float]], expected_dir: Path = EXPECTED_DIR,
+            beside: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
+    """One row per expected claim: paper, ours, the point(s) ours quotes, tolerance, status (empty frame
+    without an expected file). ``beside``: metric -> (caption, other metric) quoted next to ours."""
     exp = load_expected(name, expected_dir)
     if exp is None:
-        return pd.DataFrame(columns=["claim", "metric", "paper", "ours", "tolerance", "status", "source", "note"])
+        return pd.DataFrame(columns=["claim", "metric", "paper", "ours", "point", "beside", "tolerance", "status",
+                                     "source", "note"])
     rows = []
     for r in exp.itertuples(index=False):
         lo, hi = float(r.paper_value_lo), float(r.paper_value_hi)
         kind = str(r.tolerance_kind or "rel")
-        ours, status = judge(str(r.stat), claims.get(str(r.metric), []), lo, hi, float(r.tolerance), kind)
+        values = claims.get(str(r.metric), [])
+        ours, status = judge(str(r.stat), values, lo, hi, float(r.tolerance), kind)
         tol = f"±{float(r.tolerance):g}" + (" (relative)" if kind == "rel" else f" {r.unit}")
+        side = ""
+        if beside and str(r.metric) in beside:
+            caption, other = beside[str(r.metric)]
+            o_vals = claims.get(other, [])
+            o_text, _ = judge(str(r.stat), o_vals, lo, hi, float(r.tolerance), kind)
+            if o_text:
+                side = f"{caption}: {o_text} {r.unit} ({point_text(str(r.stat), o_vals)})"
         rows.append(dict(claim=r.claim, metric=r.metric, stat=r.stat, paper=paper_text(lo, hi), ours=ours,
+                         point=point_text(str(r.stat), values), beside=side,
                          unit=r.unit, tolerance=tol, status=status, source=r.source,
                          note="" if pd.isna(r.note) else str(r.note)))
     return pd.DataFrame(rows)
@@ -109,6 +170,8 @@ def comparison_text(name: str, cmp: pd.DataFrame, preset: str) -> str:
     lines = [head]
     for r in cmp.itertuples(index=False):
         flag = {"ok": "ok", "OUTSIDE": "OUTSIDE TOLERANCE", "not measured": "not measured"}[r.status]
-        lines.append(f"  {flag:>17}  {r.metric} ({r.stat}): ours {r.ours or '-'} vs paper {r.paper} {r.unit} "
-                     f"[{r.tolerance}]  {r.claim}")
+        where = f" ({r.point})" if getattr(r, "point", "") else ""
+        side = f"; {r.beside}" if getattr(r, "beside", "") else ""
+        lines.append(f"  {flag:>17}  {r.metric} ({r.stat}): ours {r.ours or '-'}{where}{side} vs paper {r.paper} "
+                     f"{r.unit} [{r.tolerance}]  {r.claim}")
     return "\n".join(lines)

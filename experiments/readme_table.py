@@ -2,8 +2,8 @@
 
 Steps:
 1. every artifact with an experiments/expected/<name>.csv gives one row per claim: the paper's value and
-   source from that file, our value and status from results/<name>/comparison.csv (written by
-   `comet plot <name>`), the commands that make it;
+   source from that file, our value with the sweep point(s) it quotes and status from
+   results/<name>/comparison.csv (written by `comet plot <name>`), the commands that make it;
 2. a status is `ok` (within our tolerance), `deviation: <note>` (the expected file's `note` column says
    why; an empty note is flagged as unexplained), `not measured` (the sweep lacks what the claim needs,
    e.g. a system), `quick preset only` or `not run`;
@@ -49,6 +49,17 @@ def _status(row: pd.Series | None, note: str, preset: str | None) -> str:
     return "not measured" + (f" ({why})" if why else "")
 
 
+def _point(got: pd.Series) -> str:
+    """The sweep point(s) the value quotes (comparison.csv `point`, `beside`); a comparison written before
+    points were recorded says which reduction of the sweep's values it is."""
+    point = str(got.get("point", "") or "")
+    if not point:
+        point = (f"{got.get('stat', '')} over the sweep's values; the point is not recorded in this comparison.csv, "
+                 "written before points were")
+    beside = str(got.get("beside", "") or "")
+    return f"{point}); {beside}" if beside else f"{point})"
+
+
 def table_block(results_dir: Path, expected_dir: Path = EXPECTED_DIR, base: Path | None = None) -> str:
     """The markdown between the markers; figure links relative to `base` (the README's folder)."""
     results_dir = Path(results_dir)
@@ -72,6 +83,8 @@ def table_block(results_dir: Path, expected_dir: Path = EXPECTED_DIR, base: Path
             preset = str(got["preset"]) if got is not None and "preset" in got.index else None
             unit = {"pct_points": "points", "fraction": ""}.get(str(r.unit), str(r.unit))
             ours = f"{got['ours']} {unit}".strip() if got is not None and str(got["ours"]) else "-"
+            if ours != "-":
+                ours += f" ({_point(got)}"
             note = "" if pd.isna(r.note) else str(r.note)
             unit = {"pct_points": "points", "fraction": ""}.get(str(r.unit), str(r.unit))
             paper = f"{paper_text(float(r.paper_value_lo), float(r.paper_value_hi))} {unit}".strip()

@@ -150,7 +150,10 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
     if need <= have:
         return
     fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, **opts) <= have), default=0)
-    layers_hint = f"model.layers={fit} (of {L}) fits, " if fit else ""
+    one = memory.exact_run_bytes(cfg.model, 1, T, **opts)
+    layers_hint = (f"model.layers={fit} (of {L}) fits, " if fit else
+                   f"not even model.layers=1 fits (about {memory.gib(one)}: the embedding and LM head come with "
+                   "every layer count), ")
     raise CometError(f"an exact run of {cfg.model.name} ({L} layers) needs about {memory.gib(need)} but "
                      f"{memory.gib(have)} is available; use mode=cost (prices the full model on shapes), "
                      f"{layers_hint}or force=true to try anyway")
@@ -348,7 +351,7 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     selected = Network.from_cfg(cfg.network)
     selected = Network(network_label(cfg.network), selected.bandwidth_bps, selected.latency_s)
     metrics = tables.metrics_table(o.ledger, o.gen.stage_seconds, preset_networks(selected), labels,
-                                   compute_measured=not cost)
+                                   compute_measured=not cost, cpu_seconds=o.gen.stage_cpu_seconds)
     metrics.insert(metrics.columns.get_loc("network") + 1, "network_preset", metrics.network)
     metrics.loc[metrics.network == selected.name, "network_preset"] = cfg.network.name
     metrics["plaintext_s"] = o.ref.stage_seconds["total"] if o.ref is not None else math.nan
@@ -398,9 +401,13 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
 
     from comet_core.results import tables
 
-    summary = dict(ids=o.ids, private=o.gen.tokens, network_label=network_label(cfg.network))
+    summary = dict(ids=o.ids, private=o.gen.tokens, network_label=network_label(cfg.network),
+                   tokenizer=str(cfg.model.get("tokenizer", "bytes")), sparse=reference_needs_run(o.system))
     if o.ref is not None:
         summary.update(_comparison(o))
+        gen = generation_frame(o)   # the texts as generation.csv lists them, one per source
+        summary["texts"] = {src: (list(g.token_id), decode(o.tok, list(g.token_id)))
+                            for src, g in gen.groupby("source", sort=False)}
     pred = predicted_outcome(o)
     if pred is not None:   # the independent reference: the model's own float predictors
         summary.update(predicted=pred.tokens, predicted_text=decode(o.tok, pred.tokens),
@@ -415,7 +422,7 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
     if cfg.get("save_ledger", True):
         o.ledger.to_csv(folder / "ledger.csv.gz", index=False)
     if o.ref is not None:  # cost mode has no token values to list (README: Conventions)
-        generation_frame(o).to_csv(folder / "generation.csv", index=False)
+        gen.to_csv(folder / "generation.csv", index=False)
     write_sparsity(o.system, cfg, folder, predicted_outcome(o))
     summary["metrics"] = metrics
     summary["transport"] = o.transport
@@ -429,6 +436,15 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
 
     validate(cfg, out)
     info = RunInfo.start()
+    try:
+        return _run(cfg, out, hydra_dir, info)
+    finally:
+        info.stop()
+
+
+def _run(cfg, out: Path, hydra_dir: Path | None, info) -> dict:
+    from comet_core.results.run_info import usable_cores
+
     with RunFolder(out, overwrite=bool(cfg.overwrite), hydra_dir=hydra_dir) as folder:
         if cfg.transport.name == "tcp":
             from experiments.emulated import emulated
@@ -444,6 +460,10 @@ def run(cfg, out: Path, hydra_dir: Path | None = None) -> dict:
         summary = write_results(cfg, outcome, folder.staging)
         info.finish().save(folder.staging)
         summary["out"] = folder.publish()
+    summary["load_max"], summary["cores"] = info.load_max, usable_cores()
+    if Path(summary["out"]) != Path(out).resolve():   # both runs started at once: kept, never silent
+        summary["taken"] = (f"output_dir {Path(out).resolve()} was taken by another run while this one worked; "
+                            f"this run's results are in {summary['out']} (nothing was overwritten)")
     return summary
 
 
@@ -540,32 +560,16 @@ def write_sparsity(system, cfg, out: Path, predicted=None) -> None:
         pd.DataFrame(rows).to_csv(out / "kv.csv", index=False)
 
 
-def _print_summary(s: dict) -> None:
-    from comet_core.results.units import readable_table
-
-    m = s["metrics"]
-    first = m[m.network == m.network.iloc[0]]
-    lines = []
-    if "plaintext" in s:
-        lines += [f"prompt:    {s['prompt_text']!r}",
-                  f"private:   {s['private_text']!r}",
-                  f"plaintext: {s['plaintext_text']!r}",
-                  f"tokens match: {s['match']}   max |logit error| vs plaintext: {s['max_logit_err']:.3g}"]
-    if "predicted" in s:   # sparse systems: the reference with the model's own float predictors
-        lines += [f"plaintext, own float predictors: {s['predicted_text']!r}   token agreement "
-                  f"{s['predicted_agreement']:.3g}, texts equal: {s['predicted_match']}"]
-    lines.append(readable_table(first))
-    t = s.get("transport")
-    if t:
-        lines.append(f"tcp: socket payload {t['socket_bytes']} B (ledger online {int(first[first.phase == 'total'].online_bytes.iloc[0])} B), "
-                     f"frame overhead {t['frame_overhead_bytes']} B, TLS overhead {t['tls_overhead_bytes']} B; "
-                     f"tokens = in-process: {t.get('tokens_equal_inprocess')}, ledger = in-process: {t.get('ledger_equal_inprocess')}")
-    print("\n".join(lines))
-
-
 def run_experiment_task(cfg) -> str:
     """Hydra entry point: run, print a summary, and the output folder as the last line."""
     summary = run(cfg, output_dir(cfg), hydra_dir=hydra_dir())
-    _print_summary(summary)
+    from experiments.run_summary import summary_text
+
+    print(summary_text(summary))
     print(summary["out"])
+    if summary.get("taken"):
+        from comet_core.errors import CometError
+
+        sys.stdout.flush()
+        raise CometError(summary["taken"])   # one line, exit 2 (cli/hydra_launch.py); the folder stays last on stdout
     return str(summary["out"])

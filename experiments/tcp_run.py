@@ -231,7 +231,8 @@ def tcp_execute(cfg, staging: Path):
 
     gen = Generation(tokens=[int(t) for t in client["tokens"]],
                      logits=[torch.tensor(lg) for lg in client.get("logits", [])],
-                     stage_seconds=res["p0"]["stage_seconds"])
+                     stage_seconds=res["p0"]["stage_seconds"],
+                     stage_cpu_seconds=res["p0"].get("stage_cpu_seconds", {}))   # P0's process
     transport = transport_summary(cfg, res, procs, led0, ref_outcome, wall, keys)
     from experiments.party import owner_weights
 

@@ -215,7 +215,9 @@ def test_readme_table_between_markers(tmp_path):
     write_readme_table(readme, res)
     text = readme.read_text()
     assert text.startswith("# title\n\nintro\n") and START in text and END in text
-    assert "| End-to-end speedup of Comet over the six systems on four LLMs | 1.87-2.63 x | 1.9-5 x |" in text
+    # the ours cell names the points it quotes (the range's two ends)
+    assert ("| End-to-end speedup of Comet over the six systems on four LLMs | 1.87-2.63 x | 1.9-5 x (2 values; "
+            "lowest m-a vs dense, highest m-b vs dense) |") in text
     assert "**deviation**" in text   # with the note of experiments/expected, or "not yet explained" without one
     assert "| Communication reduction" in text and "ok (within our tolerance)" in text
     assert "not run" in text and "![end_to_end: end_to_end_speedup](results/end_to_end/end_to_end_speedup.png)" in text
@@ -235,7 +237,7 @@ def test_ffn_sparsity_speedup_from_ffn_ops(tmp_path):
                  ops=[op("ffn.fc1", int(8e9), 10), op("attn.q", 50, 1)]) for s in (0.5, 0.9)]
     jobs += [dict(model="m", system="comet", rounds=10, bytes=1000, set={"system.ffn_sparsity": s},
                   ops=[op("ffn.fc1", int(8e9 * (1 - s)), 10), op("ffn.pred", int(1e8), 5), op("attn.q", 50, 1)])
-             for s in (0.5, 0.9)]
+             for s in (0.5, 0.9, 0.95)]
     make_sweep(tmp_path / "runs" / "a", jobs, artifact="ffn_sparsity",
                experiment={"reference": "dense", "target": "comet", "ops": "ffn.*", "x_key": "system.ffn_sparsity"})
     r = plot_artifact("ffn_sparsity", runs_root=tmp_path / "runs", results_dir=tmp_path / "res")
@@ -243,8 +245,41 @@ def test_ffn_sparsity_speedup_from_ffn_ops(tmp_path):
     dense_s = 10 * 8e-4 + 4e9 * 8 / 5e9
     comet_s = 15 * 8e-4 + 4.5e8 * 8 / 5e9
     got = r.comparison.set_index("metric").loc["ffn_speedup_at_90"]
+    # the 90% point, not the more favourable 95% one (which the metric's name once hid), quoted beside it
     assert float(got.ours) == pytest.approx(dense_s / comet_s, rel=1e-3) and got.status == "ok"
+    assert got.point == "max of 1: m at 90% sparsity"
+    comet95 = 15 * 8e-4 + (4e8 + 1e8) / 2 * 8 / 5e9
+    assert got.beside == f"at 95% sparsity: {dense_s / comet95:.3g} x (max of 1: m at 95% sparsity)"
     assert (r.out_dir / "ffn_sparsity_speedup.png").is_file()
+
+    # the same analysis from the published data.csv alone (no job folders), data.csv kept as it was
+    from experiments.plot import plot_from_data
+
+    before = (r.out_dir / "data.csv").read_bytes()
+    with pytest.raises(CometError, match="pass --overwrite"):
+        plot_from_data("ffn_sparsity", results_dir=tmp_path / "res")
+    again = plot_from_data("ffn_sparsity", overwrite=True, results_dir=tmp_path / "res")
+    assert (r.out_dir / "data.csv").read_bytes() == before
+    cols = ["metric", "ours", "point", "beside", "status"]
+    assert again.comparison[cols].equals(r.comparison[cols])
+    assert "--from-data" in (r.out_dir / "table.md").read_text()
+    with pytest.raises(CometError, match="needs its sweep's job folders"):
+        plot_from_data("time_breakdown", results_dir=tmp_path / "res")
+    with pytest.raises(CometError, match="does not exist"):
+        plot_from_data("end_to_end", results_dir=tmp_path / "res")
+
+
+def test_indexing_figure_has_a_log_axis_when_the_variants_differ_tenfold():
+    """results/shuffle_vs_oblivious: the shuffle's bars (~30x smaller) must show; a variant without such cost
+    (0) keeps a linear axis."""
+    from experiments.plot_artifacts import shuffle_vs_oblivious_from_data
+
+    df = pd.read_csv(REPO / "results" / "shuffle_vs_oblivious" / "data.csv")
+    exp = yaml.safe_load((REPO / "conf" / "experiment" / "shuffle_vs_oblivious.yaml").read_text())["experiment"]
+    fig = shuffle_vs_oblivious_from_data(df.copy(), exp).figures[0]
+    assert fig.stem == "shuffle_vs_oblivious_index_time" and fig.logy
+    df.loc[df.variant == "shuffle", "index_comm_s"] = 0.0
+    assert not shuffle_vs_oblivious_from_data(df, exp).figures[0].logy
 
 
 def test_shuffle_vs_oblivious_and_time_breakdown_and_mask_reuse(tmp_path):

@@ -186,6 +186,30 @@ def test_paper_scale_exact_run_is_refused_before_allocating(tmp_path):
     assert r.returncode == 2 and time.time() - t0 < 60
     (line,) = one_line(r.stderr)
     assert "mode=cost" in line and "force=true" in line and "GiB" in line
+    assert "model.layers=" in line   # the largest that fits, or that not even one layer does
+
+
+def test_memory_refusal_names_the_largest_layer_count_that_fits(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from cli.schema import register
+    from experiments import run as run_mod
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=opt-1.3b", "prompt_len=16", "gen_tokens=2"])
+    opts = dict(int64_kernel=False)
+    monkeypatch.setattr(run_mod, "reference_needs_run", lambda system: True)
+    from comet_core.mpc import ringmm
+
+    monkeypatch.setattr(ringmm, "int64_gemm_faster", lambda: False)
+    need = lambda n: memory.exact_run_bytes(cfg.model, n, 18, reuse_weight_masks=False, plain_during_run=True, **opts)
+    monkeypatch.setattr(memory, "available_bytes", lambda: need(5) + 1)
+    with pytest.raises(CometError, match=r"model\.layers=5 \(of 24\) fits"):
+        run_mod.check_memory(cfg)
+    monkeypatch.setattr(memory, "available_bytes", lambda: need(1) - 1)
+    with pytest.raises(CometError, match=r"not even model\.layers=1 fits"):
+        run_mod.check_memory(cfg)
 
 
 def test_memory_estimate_grows_with_the_model():
@@ -283,3 +307,49 @@ def test_peak_rss_is_the_process_own_not_its_parents():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert 0 < int(r.stdout) < 300 * 2 ** 20
     del big
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path):
+    out = tmp_path / "run"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])   # a live "run"
+    try:
+        (tmp_path / f".run.tmp-{writer.pid}-ab12").mkdir()   # its staging folder, as RunFolder names it
+        r = comet("run-experiment", *COST, f"output_dir={out}", cwd=tmp_path)
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        (line,) = one_line(r.stderr)
+        assert f"being written by another run now (pid {writer.pid})" in line and "overwrite=true" in line
+        assert not out.exists() and not (tmp_path / "run-2").exists()
+        r = comet("run-experiment", *COST, "overwrite=true", f"output_dir={out}", cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == str(out.resolve()), r.stderr
+    finally:
+        writer.kill()
+        writer.wait()
+    (tmp_path / f".run.tmp-{writer.pid}-ab12").rmdir()   # a dead writer's leftover does not block
+    r = comet("run-experiment", *COST, "overwrite=true", f"output_dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_folder_taken_while_the_run_worked_is_not_silent(tmp_path, monkeypatch, capsys):
+    """Two runs that start at once both pass the check; the later one keeps its results in <dir>-2, says so
+    in one line and exits non-zero (the folder is still the last stdout line)."""
+    from hydra import compose, initialize_config_dir
+
+    import experiments.run as run_mod
+    from cli.schema import register
+
+    out = tmp_path / "run"
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*COST, f"output_dir={out}"])
+    real = run_mod.write_results
+
+    def and_another_run_publishes(cfg, o, folder):
+        out.mkdir()
+        (out / "metrics.csv").write_text("the other run's\n")
+        return real(cfg, o, folder)
+
+    monkeypatch.setattr(run_mod, "write_results", and_another_run_publishes)
+    with pytest.raises(CometError, match="was taken by another run while this one worked; this run's results are in"):
+        run_mod.run_experiment_task(cfg)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "run-2")
+    assert (out / "metrics.csv").read_text() == "the other run's\n" and (tmp_path / "run-2" / MARKER).is_file()

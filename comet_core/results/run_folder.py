@@ -15,8 +15,10 @@ only when it is complete:
    ``catch_interrupts()`` (the CLI) a Ctrl-C is also recorded, so one that a finalizer swallowed still
    stops ``publish``; one that comes while the folder is being swapped is reported after it.
 
-If another run took ``dest`` while this one worked (parallel runs), the result lands in
-``<dest>-2`` (``-3``, ...) instead, and the caller prints the path it really used.
+Another run writing ``dest`` right now (a live ``.<name>.tmp-<pid>-...`` sibling) makes ``check_destination``
+refuse, unless ``overwrite``. If another run still took ``dest`` while this one worked (both started at
+once), the result lands in ``<dest>-2`` (``-3``, ...) rather than being lost, and the caller says so and
+exits non-zero (experiments/run.py): never a silent other folder.
 """
 
 from __future__ import annotations
@@ -57,6 +59,32 @@ def staging_path(dest: str | os.PathLike) -> Path:
     return d.parent / f".{d.name}.tmp-{_TOKEN}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def writers(dest: Path) -> list[int]:
+    """Pids of other live runs staging into ``dest`` now (their ``.<name>.tmp-<pid>-<hex>`` siblings)."""
+    import re
+
+    d = Path(os.path.abspath(dest))
+    if not d.parent.is_dir():
+        return []
+    pat = re.compile(re.escape(f".{d.name}.tmp-") + r"(\d+)-[0-9a-f]{4}$")
+    pids = []
+    for p in d.parent.iterdir():
+        m = pat.match(p.name)
+        if m and p.name != staging_path(d).name and int(m.group(1)) != os.getpid() and _alive(int(m.group(1))):
+            pids.append(int(m.group(1)))
+    return sorted(pids)
+
+
 def finished_results(dest: Path) -> list[str]:
     """Result files of a run already in ``dest`` (empty if none)."""
     return [f for f in RESULT_FILES if (dest / f).exists()]
@@ -79,6 +107,10 @@ def check_destination(dest: Path, overwrite: bool) -> None:
     if parent is None or not os.access(parent, os.W_OK | os.X_OK):
         raise CometError(f"output_dir {dest} cannot be written (no write permission in {parent}); "
                          "choose another output_dir=")
+    busy = writers(dest)
+    if busy and not overwrite:
+        raise CometError(f"output_dir {dest} is being written by another run now (pid {', '.join(map(str, busy))}); "
+                         "choose another output_dir=, wait for it to finish, or pass overwrite=true to replace its results")
     if not dest.is_dir() or not any(dest.iterdir()) or _only_hydra_files(dest):
         return
     existing = finished_results(dest)

@@ -1,7 +1,8 @@
 """What a run ran on: software versions, git revision, machine, threads, load; saved as run_info.json.
 
-``RunInfo.start()`` records the machine state before the work (load average, time), ``finish()`` after
-it (load average, wall time, peak memory); ``as_dict()`` is what ``run_info.json`` holds.
+``RunInfo.start()`` records the machine state before the work (load average, time) and samples the load
+average while the run works (a daemon thread, every few seconds), ``finish()`` after it (load average, the
+highest sample, wall time, peak memory); ``as_dict()`` is what ``run_info.json`` holds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -48,6 +50,32 @@ def _load() -> list[float]:
         return []
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 0
+
+
+LOAD_SAMPLE_S = 5.0
+
+
+class _LoadSampler(threading.Thread):
+    """The highest 1-minute load average seen while the run works."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="comet-load-sampler")
+        self.stop = threading.Event()
+        self.peak = (_load() or [float("nan")])[0]
+
+    def run(self) -> None:
+        while not self.stop.wait(LOAD_SAMPLE_S):
+            now = _load()
+            if now:
+                self.peak = max(self.peak, now[0])
+
+
 def _peak_rss_bytes() -> int:
     """This process's peak resident memory. Linux: VmHWM of /proc/self/status, the high-water mark of this
     process's own memory (getrusage's ru_maxrss carries over the RSS of the parent it was forked from when
@@ -75,14 +103,28 @@ class RunInfo:
     load_after: list[float] = field(default_factory=list)
     wall_s: float = float("nan")
     peak_rss_bytes: int = -1
+    load_max: float = float("nan")   # highest 1-minute load average sampled during the run
     extra: dict = field(default_factory=dict)   # e.g. transport=tcp: each role's pid and address
+    _sampler: _LoadSampler | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls) -> "RunInfo":
-        return cls(started=time.time(), load_before=_load())
+        info = cls(started=time.time(), load_before=_load())
+        info._sampler = _LoadSampler()
+        info._sampler.start()
+        return info
+
+    def stop(self) -> None:
+        """End the load sampling (also when the run failed)."""
+        if self._sampler is not None:
+            self._sampler.stop.set()
+            self.load_max = self._sampler.peak
 
     def finish(self) -> "RunInfo":
         self.load_after = _load()
+        self.stop()
+        samples = [x for x in (self.load_max, *self.load_after[:1], *self.load_before[:1]) if x == x]
+        self.load_max = max(samples) if samples else float("nan")
         self.wall_s = round(time.time() - self.started, 3)
         self.peak_rss_bytes = _peak_rss_bytes()
         return self
@@ -103,9 +145,10 @@ class RunInfo:
         return {
             "toolkit_version": toolkit_version(), "git_revision": git_revision(), "packages": package_versions(),
             "python": sys.version.split()[0], "platform": platform.platform(), "host": socket.gethostname(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads, "ring_kernel": kernel,
+            "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "torch_threads": threads, "ring_kernel": kernel,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "wall_s": self.wall_s, "load_avg_before": self.load_before, "load_avg_after": self.load_after,
+            "load_avg_max": self.load_max if self.load_max == self.load_max else None,
             "peak_rss_bytes": self.peak_rss_bytes, "argv": sys.argv, **self.extra,
         }
 

@@ -51,8 +51,11 @@ def stage_totals(ledger_df: pd.DataFrame, stage: str | None) -> dict:
 
 
 def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], networks: list[Network],
-                  labels: dict, compute_measured: bool) -> pd.DataFrame:
-    """One row per network x phase (prefill, decode, total); time = compute + modelled comm."""
+                  labels: dict, compute_measured: bool,
+                  cpu_seconds: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per network x phase (prefill, decode, total); time = compute + modelled comm.
+    ``cpu_seconds``: the CPU time per stage beside the wall time (``compute_cpu_s``; NaN when not given):
+    on a shared machine wall time grows with the load, CPU time much less."""
     rows = []
     # the label columns as categories: each stage's masks compare integer codes, not strings (same sums)
     labels_cols = [c for c in ("stage", "phase", "sender", "cost_source") if c in ledger_df]
@@ -66,10 +69,13 @@ def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], netw
             else:
                 compute = stage_seconds.get(stage, 0.0)
             compute = compute if compute_measured else math.nan
+            cpu = (sum(cpu_seconds.get(s, 0.0) for s in STAGES) if stage == "total" else cpu_seconds.get(stage, 0.0)) \
+                if cpu_seconds and compute_measured else math.nan
             comm = net.comm_seconds(t["rounds"], t["busiest_direction_bytes"])
             rows.append(dict(
                 **labels, network=net.name, phase=stage, **t,
-                compute_s=compute, comm_s=comm, total_s=(0.0 if math.isnan(compute) else compute) + comm,
+                compute_s=compute, compute_cpu_s=cpu, comm_s=comm,
+                total_s=(0.0 if math.isnan(compute) else compute) + comm,
                 bandwidth_bps=net.bandwidth_bps, latency_s=net.latency_s,
                 compute_measured=compute_measured,
                 bytes_convention="online_bytes: both directions P0<->P1; offline_bytes: dealer to both parties",

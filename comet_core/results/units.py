@@ -46,12 +46,14 @@ def fmt_bps(b: float) -> str:
 
 def readable_table(metrics) -> str:
     """The stdout cost table: bytes in kB/MB/GB, times in ms/s/min."""
-    cols = ["network", "phase", "online_bytes", "offline_bytes", "rounds", "compute_s", "comm_s", "total_s"]
-    df = metrics[cols].copy()
+    cols = ["network", "phase", "online_bytes", "offline_bytes", "rounds", "compute_s", "compute_cpu_s",
+            "comm_s", "total_s"]
+    df = metrics[[c for c in cols if c in metrics]].copy()
     for c in ("online_bytes", "offline_bytes"):
         df[c] = df[c].map(fmt_bytes)
-    for c in ("compute_s", "comm_s", "total_s"):
-        df[c] = df[c].map(fmt_seconds)
-    df = df.rename(columns={"online_bytes": "online", "offline_bytes": "offline", "compute_s": "compute",
-                            "comm_s": "comm", "total_s": "total"})
+    for c in ("compute_s", "compute_cpu_s", "comm_s", "total_s"):
+        if c in df:
+            df[c] = df[c].map(fmt_seconds)
+    df = df.rename(columns={"online_bytes": "online", "offline_bytes": "offline", "compute_s": "compute (wall)",
+                            "compute_cpu_s": "compute (CPU)", "comm_s": "comm (modelled)", "total_s": "total"})
     return df.to_string(index=False)
