@@ -1,7 +1,8 @@
 """Shared fixtures for the engine tests: engines in both truncation modes, both ways of running the
 parties, and a closeness check.
 
-Tests build small shapes only (2 shared CPU cores); every random input comes from a fixed seed.
+Tests build small shapes only (2 shared CPU cores); every random input comes from a fixed seed. Waits and
+timeouts stretch with the machine's load (tests/helpers_load.py): no test asserts a time or a speed.
 
 Two ways of running (the `parties` parameter, DESIGN 3 and engine.MPC):
   * `sim`: one engine holds both parties' shares (the default simulation);
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from comet_core.mpc.engine import MPC, EngineConfig
+from tests.helpers_load import scaled
 
 FRAC_BITS = 16
 LSB = 2.0 ** -FRAC_BITS  # one unit in the last place of the fixed-point encoding
@@ -89,7 +91,7 @@ class _PeersRegistry:
 
         with self.lock:
             if k not in self.peers:
-                self.peers[k] = LocalPeers(config, seed=seed, timeout_s=60.0)
+                self.peers[k] = LocalPeers(config, seed=seed, timeout_s=scaled(60.0))
             peers = self.peers[k]
         return MPC(config, seed=seed, party=rank, peers=peers, **kwargs)
 
@@ -149,7 +151,7 @@ def pytest_pyfunc_call(pyfuncitem):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(300)
+        t.join(scaled(300))
         assert not t.is_alive(), "a party thread hung"
     from comet_core.comm.channel import PeerError
 
