@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-kernel clean
+.PHONY: install run test test-quick bench bench-kernel clean
 
 # make bench: one sitting, CrypTen 0.4.1 + SecretFlow-SPU 0.9.5 (their harnesses where they are, never
 # copied here; each sets up its own venv under $$TMPDIR on first use) + the engine, into
@@ -31,8 +31,15 @@ install: $(STAMP)
 run: install
 	$(BIN)/comet run-experiment
 
+# make test: the suite, one pytest-xdist worker per core (TEST_WORKERS=0: one process; the README gives the
+# times). make test-quick: one cheap test per capability (tests/quick.txt), for the edit loop.
+# pytest's own exit status comes through, 5 (no test collected) included.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+test-quick: install
+	$(BIN)/python -m pytest -q -m quick -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # scratch copies under outputs/; results/*.csv are refreshed only by explicit runs (README, Results)
 bench: install

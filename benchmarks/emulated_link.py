@@ -27,8 +27,15 @@ The CSV also records rounds and bytes (equal in every run: same seed, a check), 
 the time the shaper slept, who added the latency, the CPU, the load average before and after, and
 every command. It refuses to overwrite an existing file. Needs root (network namespaces).
 
+With --raw-link it measures the link alone instead (no comet run; default --out results/emulated_link_raw.csv):
+per network preset, plain TCP transfers of --raw-bytes each way across the tbf-shaped link, and the same link
+unshaped as the control; payload_bps against the preset's rate (tbf counts the 66 header bytes of each
+1514-byte frame, so ~95% is the ceiling), the tbf counters, the CPU and the load. This is the measurement
+tests/test_netns.py leaves out (a busy machine slows a transfer; the test checks the kernel's counters).
+
 Usage: python benchmarks/emulated_link.py [--networks emu-100m-10ms,emu-1g-1ms] [--out results/emulated_link.csv]
        [--model shakespeare-opt] [--extra key=value ...]
+       python benchmarks/emulated_link.py --raw-link [--raw-bytes 4000000] [--networks ...] [--out ...]
 """
 
 from __future__ import annotations
@@ -85,6 +92,34 @@ def stage_rows(folder: Path, network: str) -> pd.DataFrame:
     return m
 
 
+def raw_link_rows(nets: list[str], nbytes: int) -> list[dict]:
+    """One row per network and direction (and the unshaped control): the payload rate of a plain TCP transfer."""
+    from omegaconf import OmegaConf
+
+    from comet_core.comm.netns import EmulatedLink, tcp_throughput
+
+    cpu, _ = cpu_info()
+    rows = []
+    for net in nets:
+        rate = float(OmegaConf.load(REPO / "conf" / "network" / f"{net}.yaml").bandwidth_bps)
+        with EmulatedLink(None) as link:
+            load = os.getloadavg()
+            runs = [("unshaped", "p0", "p1", tcp_throughput(link, nbytes, "p0", "p1"))]
+            link.set_rate(rate)
+            runs += [("shaped", s, d, tcp_throughput(link, nbytes, s, d)) for s, d in (("p0", "p1"), ("p1", "p0"))]
+            qdisc = link.qdiscs()
+        for kind, src, dst, bps in runs:
+            rows.append(dict(network=net, link=kind, src=src, dst=dst, bytes=nbytes, rate_bps=rate,
+                             payload_bps=round(bps), payload_over_rate=round(bps / rate, 4),
+                             tbf_after=" | ".join(ln.strip() for ln in qdisc.splitlines() if ln.strip()),
+                             cpu=cpu, cpu_count=os.cpu_count(), load_before=" ".join(f"{x:.2f}" for x in load),
+                             load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()),
+                             command=f"python benchmarks/emulated_link.py --raw-link --raw-bytes {nbytes} "
+                                     f"--networks {','.join(nets)}"))
+        log.info("%s: %s", net, ", ".join(f"{k} {s}->{d} {b / 1e6:.1f} Mbit/s" for k, s, d, b in runs))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--networks", default="emu-100m-10ms,emu-1g-1ms", help="network presets to emulate (conf/network)")
@@ -93,8 +128,12 @@ def main() -> int:
     ap.add_argument("--runs-dir", default=None, help="where the run folders go (default outputs/emulated_link/<time>)")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run (e.g. gen_tokens=2)")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--raw-link", action="store_true", help="measure the shaped link alone (no comet run)")
+    ap.add_argument("--raw-bytes", type=int, default=4_000_000, help="bytes per --raw-link transfer")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stderr)
+    if a.raw_link and a.out == ap.get_default("out"):
+        a.out = "results/emulated_link_raw.csv"
     out = Path(a.out)
     if refuse_existing(out, a.overwrite):
         return 2
@@ -105,6 +144,13 @@ def main() -> int:
     except LinkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.raw_link:
+        df = pd.DataFrame(raw_link_rows([n for n in a.networks.split(",") if n], a.raw_bytes))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+        print(df[["network", "link", "src", "dst", "rate_bps", "payload_bps", "payload_over_rate"]].to_string(index=False))
+        print(f"wrote {out}")
+        return 0
     runs_dir = Path(a.runs_dir or REPO / "outputs" / "emulated_link" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     runs_dir.mkdir(parents=True, exist_ok=True)
     # seed=0: the runs' ledgers must be equal (a check), so the seed stays: reproducible and INSECURE

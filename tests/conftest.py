@@ -1,7 +1,8 @@
 """Shared fixtures for the engine tests: engines in both truncation modes, both ways of running the
 parties, and a closeness check.
 
-Tests build small shapes only (2 shared CPU cores); every random input comes from a fixed seed.
+Tests build small shapes only (2 shared CPU cores); every random input comes from a fixed seed. Waits and
+timeouts stretch with the machine's load (tests/helpers_load.py): no test asserts a time or a speed.
 
 Two ways of running (the `parties` parameter, DESIGN 3 and engine.MPC):
   * `sim`: one engine holds both parties' shares (the default simulation);
@@ -13,12 +14,39 @@ Two ways of running (the `parties` parameter, DESIGN 3 and engine.MPC):
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from comet_core.mpc.engine import MPC, EngineConfig
+from tests.helpers_load import cores, scaled
+
+QUICK_LIST = Path(__file__).with_name("quick.txt")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores (torch would take them all in each)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, cores() // int(workers)))
+
+
+@pytest.hookimpl(tryfirst=True)   # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests tests/quick.txt names `quick` (`make test-quick`)."""
+    entries = [ln.strip() for ln in QUICK_LIST.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    wanted, found = set(entries), set()
+    for item in items:
+        for key in (item.nodeid, item.nodeid.split("[")[0]):
+            if key in wanted:
+                item.add_marker(pytest.mark.quick)
+                found.add(key)
+    missing = [e for e in entries if e not in found]
+    if missing and "quick" in (config.option.markexpr or ""):
+        raise pytest.UsageError(f"tests/quick.txt names tests that were not collected: {', '.join(missing)}")
 
 FRAC_BITS = 16
 LSB = 2.0 ** -FRAC_BITS  # one unit in the last place of the fixed-point encoding
@@ -89,7 +117,7 @@ class _PeersRegistry:
 
         with self.lock:
             if k not in self.peers:
-                self.peers[k] = LocalPeers(config, seed=seed, timeout_s=60.0)
+                self.peers[k] = LocalPeers(config, seed=seed, timeout_s=scaled(60.0))
             peers = self.peers[k]
         return MPC(config, seed=seed, party=rank, peers=peers, **kwargs)
 
@@ -149,7 +177,7 @@ def pytest_pyfunc_call(pyfuncitem):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(300)
+        t.join(scaled(300))
         assert not t.is_alive(), "a party thread hung"
     from comet_core.comm.channel import PeerError
 

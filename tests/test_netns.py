@@ -1,7 +1,7 @@
 """The emulated link (comet_core/comm/netns.py): namespaces, a tbf-shaped veth pair, teardown.
 
-The throughput tests need root and iproute2 (skipped with the reason otherwise); the error tests run
-everywhere.
+The link tests need root and iproute2 (skipped with the reason otherwise); the error tests run everywhere.
+None of them times the link: the rate it achieves is a measurement, `benchmarks/emulated_link.py --raw-link`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from comet_core.comm import netns
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 from comet_core.comm.netns import EmulatedLink, LinkError, tbf_params, tcp_throughput
+from tests.helpers_load import scaled
 
 
 def _can_make_namespaces() -> str | None:
@@ -62,19 +62,42 @@ def test_missing_tools_is_one_line(monkeypatch):
         EmulatedLink(1e8).setup()
 
 
+def tbf_counters(link: EmulatedLink) -> list[dict]:
+    """Each shaped end's tbf as the kernel reports it (`tc -s qdisc show`): rate, bytes sent, overlimits
+    (packets tbf held back for lack of tokens); [] for an end without tbf."""
+    ends = []
+    for block in link.qdiscs().split("qdisc ")[1:]:
+        words = block.split()
+        if words[0] != "tbf":
+            continue
+        sent = words.index("Sent")
+        ends.append(dict(rate=words[words.index("rate") + 1], sent_bytes=int(words[sent + 1]),
+                         overlimits=int(words[words.index("overlimits") + 1])))
+    return ends
+
+
 @needs_netns
-def test_rate_is_enforced_and_unshaped_is_much_faster():
-    """A plain TCP transfer across the link: ~95% of 100 Mbit/s in payload (tbf counts the 66 header bytes
-    of each 1514-byte frame), both directions; the same link unshaped is >= 10x faster (positive control)."""
+def test_rate_is_applied_by_the_kernel_in_both_directions():
+    """tbf shapes both ends at the configured rate, and each direction's 2 MB went through it with packets
+    held back (the kernel's own counters; no timing, so a busy machine cannot fail it). Positive control: the
+    same link unshaped has no tbf, and the check finds none after the same transfer. The rate the link
+    achieves is a measurement: `python benchmarks/emulated_link.py --raw-link` (results/emulated_link_raw.csv)."""
     with EmulatedLink(None) as link:
-        free = tcp_throughput(link, 4_000_000)
+        assert tcp_throughput(link, 2_000_000) > 0
+        assert tbf_counters(link) == [] and "tbf" not in link.qdiscs()      # the control: nothing shaped it
         link.set_rate(1e8)
-        there = tcp_throughput(link, 2_000_000, "p0", "p1")
-        back = tcp_throughput(link, 2_000_000, "p1", "p0")
-        assert "tbf" in link.qdiscs()
-    for got in (there, back):
-        assert 0.90e8 <= got <= 1.0e8, got
-    assert free >= 10 * 1e8, free
+        assert [e["sent_bytes"] for e in tbf_counters(link)] == [0, 0]
+        tcp_throughput(link, 2_000_000, "p0", "p1")
+        after_there = tbf_counters(link)
+        tcp_throughput(link, 2_000_000, "p1", "p0")
+        after_back = tbf_counters(link)
+    for ends in (after_there, after_back):
+        assert len(ends) == 2 and all(e["rate"] == "100Mbit" for e in ends), ends
+    p0_end, p1_end = after_there
+    assert p0_end["sent_bytes"] >= 2_000_000 and p0_end["overlimits"] > 0, after_there   # P0 -> P1 was shaped
+    assert p1_end["sent_bytes"] < 2_000_000                                              # P1 sent only ACKs
+    assert after_back[1]["sent_bytes"] - p1_end["sent_bytes"] >= 2_000_000 and \
+        after_back[1]["overlimits"] > 0, after_back                                      # P1 -> P0 was shaped
 
 
 @needs_netns
@@ -148,7 +171,7 @@ def test_interrupted_process_tears_down(sig):
         assert name, p.stderr.read()
         assert f"{name}-p0" in _namespaces()
         p.send_signal(sig)
-        p.wait(20)
+        p.wait(scaled(20))
     finally:
         if p.poll() is None:
             p.kill()

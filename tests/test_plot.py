@@ -334,3 +334,19 @@ def test_failed_jobs_are_named_with_their_error(tmp_path):
     notes = failed_job_notes(Sweep(tmp_path, "x", "full", "run-experiment", jobs))
     assert notes == ["job 1 (model=m system=s1) did not finish: job 1 failed: value out of range",
                      "job 2 (model=m system=s2) did not finish: no error recorded in its run.log (interrupted?)"]
+
+
+def test_plot_all_plots_every_artifact_that_has_a_sweep(tmp_path):
+    """`comet plot all` over several artifacts at once (one end_to_end sweep feeds end_to_end and
+    bandwidth_sweep), the others skipped with their command; the real sweeps: tests/test_experiments.py."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runs, res = tmp_path / "multirun", tmp_path / "results"
+    make_sweep(runs / "a", e2e_jobs())
+    r = CliRunner().invoke(app, ["plot", "all", "--runs-root", str(runs), "--results-dir", str(res)])
+    assert r.exit_code == 0, r.stderr
+    for name in ("end_to_end", "bandwidth_sweep"):
+        assert str((res / name).resolve()) in r.stdout and (res / name / "data.csv").is_file(), (name, r.stdout)
+    assert "skipped ffn_sparsity: no sweep" in r.stderr and "skipped end_to_end" not in r.stderr

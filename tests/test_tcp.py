@@ -26,6 +26,7 @@ from comet_core.comm.ledger import wire_bytes
 from comet_core.comm.tls import Listener, SocketPipe, client_context, connect, handshake, server_context
 from comet_core.comm.wire import WireError, decode, encode
 from comet_core.errors import CometError
+from tests.helpers_load import scaled
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 ROLES = ("p0", "p1", "dealer", "owner", "client")
@@ -238,7 +239,7 @@ def test_oversized_malformed_and_late_frames(keys):
     t0 = time.monotonic()
     with pytest.raises(PeerError, match="no message from p1 within 1 s"):
         a.recv()
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < scaled(3)
     a.close(), b.close()
 
 
@@ -416,7 +417,7 @@ def test_config_mismatch_stops_every_role(tmp_path, keys):
     other.engine.frac_bits = 18
     t0 = time.monotonic()
     rc = _run_threads({**{r: cfg for r in ROLES}, "dealer": other}, {r: keys / "a" for r in ROLES}, tmp_path)
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < scaled(30)
     assert rc["dealer"] == 2 and rc["p0"] == 2 and rc["p1"] == 2
     assert "config mismatch" in _err(tmp_path, "dealer") and "engine.frac_bits" in _err(tmp_path, "dealer")
 
@@ -426,7 +427,7 @@ def test_wrong_certificate_stops_every_role(tmp_path, keys):
     cfg.transport.connect_timeout_s = 8.0
     t0 = time.monotonic()
     rc = _run_threads({r: cfg for r in ROLES}, {**{r: keys / "a" for r in ROLES}, "p1": keys / "b"}, tmp_path)
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < scaled(30)
     assert all(rc[r] == 2 for r in ROLES), rc
     assert "certificate of p0" in _err(tmp_path, "p1")
     assert "no connection from" in _err(tmp_path, "p0") and "p1" in _err(tmp_path, "p0")
@@ -457,7 +458,7 @@ def test_a_bad_frame_from_the_dealer_stops_the_parties(tmp_path, keys, fault):
     t0 = time.monotonic()
     rc = _run_threads({r: cfg for r in ROLES}, {r: keys / "a" for r in ROLES}, tmp_path, skip=("dealer",))
     th.join(10)
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < scaled(30)
     assert rc["p0"] == 2 and rc["p1"] == 2
     line = _err(tmp_path, "p0")
     assert (f"dealer sent an {fault} frame" if fault == "oversized" else "dealer sent a malformed frame") in line
@@ -504,7 +505,7 @@ def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     killed = False
-    while proc.poll() is None and time.monotonic() - t0 < 120:
+    while proc.poll() is None and time.monotonic() - t0 < scaled(120):
         for log in tmp_path.glob(".run.tmp-*/roles/p1.log"):
             text = log.read_text()
             if not killed and "handshake with owner ok" in text:
@@ -514,7 +515,7 @@ def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
                 os.kill(pid, signal.SIGKILL)     # the role process this run started (its own log names it)
                 killed = True
         time.sleep(0.2)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=scaled(60))
     assert killed, stderr
     assert proc.returncode != 0
     assert "p1 was killed" in stderr and "Traceback" not in stderr, stderr

@@ -34,14 +34,25 @@ def test_every_model_config_can_print_every_id(path):
         assert text == (f"<id {i}>" if i >= 256 else bytes([i]).decode("utf-8", errors="replace")), (i, text)
 
 
-def test_random_opt125m_exact_run_with_any_seed(tmp_path):
-    """The issue's crash (`model=opt-125m mode=exact model.layers=2 prompt_len=16 gen_tokens=2 seed=3`) on
-    the cheapest shape that reproduced it: 1 layer, a 2-token prompt."""
+def _exact_run_prints_ids_beyond_the_bytes(tmp_path, *model: str) -> None:
     out = tmp_path / "opt"
-    r = comet("run-experiment", "model=opt-125m", "system=dense", "mode=exact", "model.layers=1", "prompt_len=2",
+    r = comet("run-experiment", *model, "system=dense", "mode=exact", "model.layers=1", "prompt_len=2",
               "gen_tokens=2", "seed=3", "save_ledger=false", f"output_dir={out}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     g = pd.read_csv(out / "generation.csv")
     priv = g[g.source == "private"]
     assert (priv.token_id >= 256).any(), "the random 50,272-id model should generate ids beyond the bytes"
     assert all(t == f"<id {i}>" for i, t in zip(priv.token_id, priv.text) if i >= 256)
+
+
+def test_random_large_vocab_exact_run_with_any_seed(tmp_path):
+    """The issue's crash (a random model with opt-125m's 50,272-id vocabulary, exact mode, seed=3) at tiny-opt's
+    width: the same path (CLI, private generation, generation.csv) with a 12x smaller embedding and LM head."""
+    _exact_run_prints_ids_beyond_the_bytes(tmp_path, "model=tiny-opt", "model.vocab_size=50272")
+
+
+@pytest.mark.slow(reason="opt-125m's width; the path and the vocabulary: test_random_large_vocab_exact_run_with_any_seed")
+def test_random_opt125m_exact_run_with_any_seed(tmp_path):
+    """The issue's crash (`model=opt-125m mode=exact model.layers=2 prompt_len=16 gen_tokens=2 seed=3`) on
+    the cheapest shape that reproduced it: 1 layer, a 2-token prompt."""
+    _exact_run_prints_ids_beyond_the_bytes(tmp_path, "model=opt-125m")
