@@ -195,7 +195,7 @@ def softmax(x: AShare, dim: int = -1, mask: torch.Tensor | None = None) -> AShar
         e = exp(x - m)
         if mask is not None:
             e = _set_public(e, mask, 0.0)
-        r = reciprocal(e.sum(-1, keepdim=True))
+        r = reciprocal(arith.local_sum(e, what="softmax row sum"))
         return arith.mul(e, r)
 
 
@@ -231,7 +231,7 @@ def _mean_last(x: AShare) -> AShare:
     d = x.shape[-1]
     t = (d - 1).bit_length()
     c = round(2.0 ** (t + MEAN_BITS) / d)
-    s = x.sum(-1, keepdim=True)
+    s = arith.local_sum(x, what="row sum for the mean")
     arith.check_product(s, torch.tensor(float(c)), s.frac, what=f"row sum * round(2^{t + MEAN_BITS}/d)")
     return arith.truncate(AShare(s.mul_int(c).data, mpc, s.frac + t + MEAN_BITS), t + MEAN_BITS)
 
@@ -255,7 +255,7 @@ def _mean_square_last(x: AShare) -> AShare:
     xs = arith.mul_public(x, 2.0 ** k / math.sqrt(d), frac=bits)   # x 2^k / sqrt(d) at scale f ...
     xs = AShare(xs.data, x.mpc, xs.frac + k)                      # ... is x / sqrt(d) at scale f + k
     q = arith.square(xs, out_frac=2 * xs.frac)
-    return arith.truncate(q.sum(-1, keepdim=True), 2 * xs.frac - x.mpc.frac_bits)
+    return arith.truncate(arith.local_sum(q, what="row sum of squares"), 2 * xs.frac - x.mpc.frac_bits)
 
 
 def _mean_square_cost(mpc: MPC, rows: int, n: int) -> Cost:
