@@ -221,7 +221,7 @@ MEAN_BITS = 18  # significant bits of the public 1/d factor: relative error <= 2
 def _mean_last(x: AShare) -> AShare:
     """mean over the last dim for any width d (not only powers of two).
 
-    1. s = sum(x) (local).
+    1. s = sum(x) (local; arith.local_sum bounds it before it can wrap).
     2. c = round(2^(t + MEAN_BITS) / d), t = ceil(log2 d): a public integer with MEAN_BITS significant
        bits (1/d encoded at frac_bits would be off by up to d / 2^(f+1) relative: 0.39% at d = 768).
     3. mean = (s * c) >> (t + MEAN_BITS) (local product, one truncation).
@@ -242,7 +242,8 @@ def _mean_square_last(x: AShare) -> AShare:
     1. xs = x * (2^k / sqrt(d)) (public factor with >= 20 significant bits; one truncation to frac_bits),
        read as x / sqrt(d) at scale f + k (k = NORM_EXTRA_BITS = 2).
     2. q = xs^2 at scale 2 (f + k) (square pair, no truncation).
-    3. ms = sum(q) (local) = mean(x^2), truncated once per row back to frac_bits.
+    3. ms = sum(q) (local, bounded by arith.local_sum: squares that each fit can sum past 2^64) = mean(x^2),
+       truncated once per row back to frac_bits.
     Squaring x / sqrt(d) instead of x moves the overflow from any |x| >= 2^(31-f) (2^15 at f = 16: a
     margin of only 1.8x over SmolLM2's outliers of 17,860) to mean(x^2) >= 2^(62 - 2(f+k)), i.e.
     rms(x) < 2^(31-f-k) = 8,192 at f = 16 (any single |x| < 8,192 sqrt(d): 196,608 at d = 576). The
