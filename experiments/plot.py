@@ -170,7 +170,8 @@ def plot_artifact(name: str, run: Path | None = None, overwrite: bool = False, r
         out / "comparison.csv", index=False)
     files += [out / "data.csv", out / "comparison.csv"]
     if "mode" in analysis.data:
-        files.append(fingerprint.stamp(out / "data.csv", reprice=f"{how_to_run(name)} && comet plot {name} --overwrite"))
+        reprice = f"{how_to_run(name)} && comet plot {name} --overwrite"
+        files.append(fingerprint.stamp(out / "data.csv", reprice=reprice))
     fig_names = []
     for f in analysis.figures:
         if f.band_metric and not cmp.empty:
