@@ -209,7 +209,8 @@ def _publish(name: str, sweep: Sweep, analysis, results_dir: Path, overwrite: bo
         out / "comparison.csv", index=False)
     files.append(out / "comparison.csv")
     if "mode" in analysis.data:
-        files.append(fingerprint.stamp(out / "data.csv", reprice=f"{how_to_run(name)} && comet plot {name} --overwrite"))
+        reprice = f"{how_to_run(name)} && comet plot {name} --overwrite"
+        files.append(fingerprint.stamp(out / "data.csv", reprice=reprice))
     fig_names = []
     for f in analysis.figures:
         if f.band_metric and not cmp.empty:
