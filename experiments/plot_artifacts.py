@@ -471,7 +471,8 @@ def real_models(sweep: Sweep, exp: dict) -> Analysis:
     a = Analysis(df)
     t = totals(df)
     t = gb(gb(t), "offline_bytes")
-    cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err", "online_GB",
+    cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err",
+                        "predicted_token_agreement", "online_GB",
                         "offline_GB", "rounds", "compute_s", "comm_s", "total_s", "plaintext_s") if c in t]
     t = t.merge(plaintext_quality(sweep, ref), on=["model", "system"], how="left")
     missing = t[t.quality_ppl.isna() & t.quality_source.isna()]
