@@ -82,7 +82,7 @@ def train_lm(ctx: typer.Context) -> None:
     from cli.hydra_launch import launch
     from experiments.train_lm import train_lm_task
 
-    from cli.schema import check_train_config
+    from comet_core.config.schema import check_train_config
 
     launch(train_lm_task, "train_lm", list(ctx.args), "comet train-lm", check=lambda cfg, multirun: check_train_config(cfg))
 

@@ -46,8 +46,9 @@ def compose(overrides: list[str]):
     """The run config from conf/config.yaml and Hydra overrides (as `comet run-experiment` composes it)."""
     from hydra import compose as hcompose, initialize_config_dir
 
-    from cli.hydra_launch import CONF_DIR, quote_unicode_values
-    from cli.schema import register
+    from comet_core.config.groups import CONF_DIR
+    from comet_core.config.overrides import quote_unicode_values
+    from comet_core.config.schema import register
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -57,7 +58,7 @@ def compose(overrides: list[str]):
 def load_config(path: str):
     from omegaconf import OmegaConf
 
-    from cli.schema import RunSchema, register
+    from comet_core.config.schema import RunSchema, register
 
     register()
     return OmegaConf.merge(OmegaConf.structured(RunSchema), OmegaConf.load(path))

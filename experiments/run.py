@@ -21,7 +21,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli.schema import register as _register_schemas
+from comet_core.config.schema import register as _register_schemas
 from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
 
 _register_schemas()  # scripts that compose conf/config.yaml themselves need the schemas and resolvers
@@ -83,7 +83,7 @@ def validate_config(cfg, role: str | None = None) -> None:
     """Reject bad values before any work starts (one-line ConfigError). No file system writes.
     `role`: a `comet party` role (p0, p1, dealer, client, owner): the system checks only the files that
     role reads (e.g. only the owner needs Comet's predictor checkpoint)."""
-    from cli.schema import check_run_config
+    from comet_core.config.schema import check_run_config
     from comet_core.comm.network import Network
     from comet_core.errors import require
     from comet_core.models.zoo import check_positions, n_layers

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from comet_core.errors import CometError
 from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, EngineConfig
-from experiments.run import reference_needs_run   # registers the config schemas (cli/schema.py)
+from experiments.run import reference_needs_run   # registers the config schemas (comet_core/config/schema.py)
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 

@@ -41,7 +41,7 @@ def keys(tmp_path_factory):
 
 
 def _cfg(tmp_path, *over, timeout_s: int = 30):
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     register()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
