@@ -260,7 +260,7 @@ def party_system(cfg, res: dict, ref_outcome, transport: dict):
     from types import SimpleNamespace
 
     from comet_core.errors import CometError
-    from comet_core.systems.comet import StepRecord
+    from comet_core.systems.step_record import StepRecord
 
     p0, p1 = res["p0"], res["p1"]
     if p0.get("records") != p1.get("records") or p0.get("kv") != p1.get("kv"):
