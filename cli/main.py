@@ -51,7 +51,7 @@ def check_run(cfg, multirun: bool) -> None:
     from pathlib import Path
 
     from comet_core.results.run_folder import check_destination, probe_writable
-    from experiments.run import validate_config
+    from experiments.run_config import validate_config
 
     validate_config(cfg)
     if not multirun:
