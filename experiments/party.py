@@ -183,7 +183,7 @@ def draw_pair_key(cfg) -> bytes:
 def run_party(cfg, rank: int, links: dict, out: Path, key: bytes | None = None) -> dict:
     import torch
 
-    from comet_core.comm.remote import RemotePeers
+    from comet_core.roles.remote import RemotePeers
     from comet_core.models.generate import private_generate
     from comet_core.models.secure import SecureDecoder
     from comet_core.models.weights import share_weights, weight_shapes
@@ -241,7 +241,7 @@ def service_timeout(cfg) -> float:
 
 
 def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:
-    from comet_core.comm.remote import ClientService, DealerService, serve_links
+    from comet_core.roles.remote import ClientService, DealerService, serve_links
 
     timeout = service_timeout(cfg)
     for pipe in links.values():
@@ -372,7 +372,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
         links = open_links(cfg, role, keys, hello, shaper=shaper,
                            extra={"p1": {"pair_key": key.hex()}} if key is not None else None)
         if role == "owner":
-            from comet_core.comm.remote import OwnerService
+            from comet_core.roles.remote import OwnerService
 
             items, public = owner_items(cfg, plain_weights)
             ctx["owner_service"] = OwnerService(items, service_timeout(cfg), wsha, public)

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from comet_core.comm.wire import register_share_type
 from comet_core.mpc import ring
 
 
@@ -161,3 +162,10 @@ class AShare:
 
     def __repr__(self) -> str:
         return f"AShare(shape={tuple(self.shape)}, frac={self.frac}, device={self.data.device})"
+
+
+def _rebuild(data: torch.Tensor, frac: int, mpc) -> AShare:
+    return AShare(data, mpc, frac)
+
+
+register_share_type(AShare, _rebuild)   # how comm/wire.py sends and rebuilds a share
