@@ -10,7 +10,8 @@ import logging
 import weakref
 from dataclasses import dataclass, field
 
-from experiments.run_config import check_memory, engine_config, prompt_ids, reference_needs_run
+from experiments import run_config   # run_config.check_memory: one name for validate_config and execute (tests patch it)
+from experiments.run_config import engine_config, prompt_ids, reference_needs_run
 
 log = logging.getLogger("comet.run")
 
@@ -51,7 +52,7 @@ def execute(cfg, memory_checked: bool = False) -> Outcome:
     tok = load_tokenizer(cfg.model.get("tokenizer", "bytes"))
     ids = prompt_ids(tok, cfg)  # a prompt too long for the model fails here, before any loading
     if not memory_checked or cfg.prompt_len is None or len(ids) != cfg.prompt_len:
-        check_memory(cfg, len(ids))
+        run_config.check_memory(cfg, len(ids))
     log.info("loading model %s (%s)", cfg.model.name, "shapes only" if cost else cfg.model.source)
     if cost:  # cost mode: the same protocol code on data-free shapes; no weights are loaded
         plain = None
