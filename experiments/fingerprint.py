@@ -163,7 +163,7 @@ def table_columns(table: Path) -> tuple[set, set, set]:
 
 def reprice_command(table: Path) -> str:
     """The command(s) that remake `table` at this tree (what stale_tables names)."""
-    from experiments.plot import how_to_run
+    from experiments.plot_artifacts import how_to_run
     from experiments.plot_artifacts import ARTIFACTS
 
     folder = table.parent

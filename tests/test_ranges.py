@@ -143,7 +143,7 @@ def _run_cfg(tmp_path, *over):
 
     from hydra import compose, initialize_config_dir
 
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     register()
     conf = str(Path(__file__).resolve().parent.parent / "conf")

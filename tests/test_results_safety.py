@@ -193,8 +193,8 @@ def test_paper_scale_exact_run_is_refused_before_allocating(tmp_path):
 def test_memory_refusal_names_the_largest_layer_count_that_fits(monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from cli.schema import register
-    from experiments import run as run_mod
+    from comet_core.config.schema import register
+    from experiments import run_config as run_mod
 
     register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -336,7 +336,7 @@ def test_a_folder_taken_while_the_run_worked_is_not_silent(tmp_path, monkeypatch
     from hydra import compose, initialize_config_dir
 
     import experiments.run as run_mod
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     out = tmp_path / "run"
     register()

@@ -322,7 +322,7 @@ def test_a_seed_lets_any_role_recover_the_input_and_os_keys_do_not():
 def _tcp_cfg(*over):
     from hydra import compose, initialize_config_dir
 
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     register()
     conf = str(Path(__file__).resolve().parent.parent / "conf")

@@ -41,7 +41,7 @@ def keys(tmp_path_factory):
 
 
 def _cfg(tmp_path, *over, timeout_s: int = 30):
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     register()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -772,7 +772,7 @@ def test_the_dealer_cannot_rebuild_the_active_neurons_from_reused_mask_selection
 def test_the_dealer_serves_only_its_items():
     """issue 22, D1: the dealer process served any public Dealer method by name, `permutation` (pi itself)
     included; now only DEALER_ITEMS, anything else stops the run in one line."""
-    from comet_core.comm.remote import DEALER_ITEMS, DealerService
+    from comet_core.roles.remote import DEALER_ITEMS, DealerService
     from comet_core.mpc.engine import EngineConfig
 
     assert "permutation" not in DEALER_ITEMS
