@@ -78,19 +78,25 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float 
             f"got {got.flatten()[i].item():.8g} (|err| {err.flatten()[i].item():.3g})")
 
 
-@pytest.fixture(autouse=True)
-def sigint_as_python_sets_it(request):
-    """Each test starts with SIGINT raising KeyboardInterrupt and unblocked, and a test that leaves it otherwise
-    is named (a warning) and undone: processes started later inherit an ignored or blocked SIGINT, so a test
-    that interrupts a child would see it run on to exit 0 (seen under xdist, where a worker runs many tests)."""
-    yield
+def _restore_sigint(when: str) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     handler, blocked = signal.getsignal(signal.SIGINT), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     if handler is not signal.default_int_handler or blocked:
-        warnings.warn(f"{request.node.nodeid} left SIGINT {'blocked' if blocked else handler!r}; restored")
+        warnings.warn(f"SIGINT was {'blocked' if blocked else repr(handler)} {when}; restored")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_python_sets_it(request):
+    """Each test starts with SIGINT raising KeyboardInterrupt and unblocked; finding it otherwise (before or
+    after a test) is named in a warning and undone: processes a test starts inherit an ignored or blocked
+    SIGINT, so a test that interrupts its child saw it run on to exit 0. Seen under xdist only, where SIGINT
+    was already ignored before a worker's first test (e.g. test_approx.py::test_quad[local-sim])."""
+    _restore_sigint(f"before {request.node.nodeid}")
+    yield
+    _restore_sigint(f"after {request.node.nodeid}")
 
 
 @pytest.fixture(params=["local", "dealer"])
