@@ -4,8 +4,8 @@
     python benchmarks/fss_ops.py --out PATH [--overwrite] [--exact] [--model smollm2-135m] [--no-model]
 
 Per comparison setting, from the engine's ledger:
-  * relu 128x3072 and drelu 128x3072, softmax 12x128x128, max 9x40 (a decode step's scores), argmax
-    1x49152 (SmolLM2's vocabulary): cost mode (shapes only: tests/test_fss.py pins cost mode's ledger
+  * relu 128x3072 and drelu 128x3072, softmax 12x128x128, a SmolLM2 decode step's softmax 9x1x40,
+    SiLU 1x1536 and RMSNorm 1x576, max 9x40 (tournament), argmax 1x49152 (SmolLM2's vocabulary): cost mode (shapes only: tests/test_fss.py pins cost mode's ledger
     to exact mode's), online bytes (both directions), offline bytes (dealer to both), rounds;
   * with --exact also relu 128x3072 in exact mode with its wall time (checked against plaintext), which
     on a shared machine is only indicative: the row records the CPU model, its vector flags and the
@@ -39,8 +39,9 @@ def ledger_ops(comparison: str) -> list[dict]:
     from comet_core.mpc.engine import MPC, EngineConfig
 
     ops = [("relu", (128, 3072), compare.relu), ("drelu", (128, 3072), compare.drelu),
-           ("softmax", (12, 128, 128), nl.softmax), ("max", (9, 40), lambda x: compare.max_along(x, -1)),
-           ("argmax", (1, 49152), compare.argmax)]
+           ("softmax", (12, 128, 128), nl.softmax), ("softmax", (9, 1, 40), nl.softmax),
+           ("silu", (1, 1536), nl.silu), ("rmsnorm", (1, 576), lambda x: nl.rmsnorm(x, torch.ones(576))),
+           ("max", (9, 40), lambda x: compare.max_along(x, -1)), ("argmax", (1, 49152), compare.argmax)]
     rows = []
     for name, shape, fn in ops:
         m = MPC(EngineConfig(comparison=comparison), mode="cost")

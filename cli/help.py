@@ -1,7 +1,7 @@
 """`--help` of the Hydra commands (run-experiment, train-lm, train-predictor): every top-level key with
 its meaning, type and default, and every config group with its choices.
 
-1. types come from the typed schema (cli/schema.py), defaults and meanings from the primary config
+1. types come from the typed schema (comet_core/config/schema.py), defaults and meanings from the primary config
    (conf/<config>.yaml: each key's value and the comment beside it, continued on the comment lines below);
 2. config groups (the defaults list, without the internal `schema` group and Hydra's own) with their
    default and choices (`comet list <group>` describes each);
@@ -16,7 +16,7 @@ import textwrap
 import typing
 from pathlib import Path
 
-from cli.hydra_launch import CONF_DIR, group_choices
+from comet_core.config.groups import CONF_DIR, group_choices
 
 WIDTH = 110
 NESTED = {"config": ("model.layers", "network.bandwidth_bps", "network.latency_s")}   # DESIGN.md 8
@@ -94,7 +94,7 @@ def defaults_groups(path: Path) -> list[tuple[str, str, str]]:
 
 def config_help(config_name: str, prog: str, summary: str) -> str:
     """The help page of a Hydra command (module docstring)."""
-    from cli.schema import PRIMARY
+    from comet_core.config.schema import PRIMARY
 
     schema = PRIMARY[config_name]
     path = CONF_DIR / f"{config_name}.yaml"
@@ -151,7 +151,7 @@ def _schema_default(schema, name: str) -> str:
 
 
 def _schema_comment(schema, name: str) -> str:
-    """The comment beside a field in cli/schema.py (keys the YAML does not set, e.g. `output`)."""
+    """The comment beside a field in comet_core/config/schema.py (keys the YAML does not set, e.g. `output`)."""
     import inspect
 
     src = inspect.getsource(schema)

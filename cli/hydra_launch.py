@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Callable
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-REQUIRED_GROUPS = ("model", "system", "network", "engine", "lm", "predictor")  # `experiment=null` is fine
-
-
-def group_choices(group: str) -> list[str]:
-    """Names of the configs in conf/<group>/ (without .yaml)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+from comet_core.config.groups import CONF_DIR, REQUIRED_GROUPS, group_choices
+from comet_core.config.overrides import quote_unicode_values
 
 
 def check_group_overrides(args: list[str]) -> None:
@@ -45,24 +37,6 @@ def check_group_overrides(args: list[str]) -> None:
                 raise SystemExit(
                     f"error: unknown {key} '{name}'; valid choices: {', '.join(choices)}"
                 )
-
-
-# characters Hydra's override grammar gives a meaning to in a value: such values need the user's quoting
-GRAMMAR_CHARS = set("'\"\\,=[](){}$")
-
-
-def quote_unicode_values(args: list[str]) -> list[str]:
-    """`prompt=héllo wörld` -> `prompt='héllo wörld'`: Hydra's grammar takes only ASCII in an unquoted value,
-    so a value with non-ASCII text and none of the grammar's own characters is quoted for the user (what
-    they meant; anything else is left for Hydra and its one-line message)."""
-    out = []
-    for arg in args:
-        key, eq, value = arg.partition("=")
-        if (eq and not arg.startswith("-") and value and not value.isascii() and key.isascii()
-                and not GRAMMAR_CHARS & set(value)):
-            arg = f"{key}='{value}'"
-        out.append(arg)
-    return out
 
 
 # Hydra launcher plugins (name in hydra/launcher -> the module that provides it, its pip package)
@@ -142,7 +116,7 @@ def launch(task: Callable, config_name: str, args: list[str], prog: str, check: 
 
     from cli import sweep
     from cli.preflight import preflight
-    from cli.schema import register
+    from comet_core.config.schema import register
     from comet_core.errors import CometError
 
     register()

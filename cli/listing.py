@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli.hydra_launch import CONF_DIR, group_choices
+from comet_core.config.groups import CONF_DIR, group_choices
 
 
 def groups() -> list[str]:

@@ -51,7 +51,7 @@ def check_run(cfg, multirun: bool) -> None:
     from pathlib import Path
 
     from comet_core.results.run_folder import check_destination, probe_writable
-    from experiments.run import validate_config
+    from experiments.run_config import validate_config
 
     validate_config(cfg)
     if not multirun:
@@ -82,7 +82,7 @@ def train_lm(ctx: typer.Context) -> None:
     from cli.hydra_launch import launch
     from experiments.train_lm import train_lm_task
 
-    from cli.schema import check_train_config
+    from comet_core.config.schema import check_train_config
 
     launch(train_lm_task, "train_lm", list(ctx.args), "comet train-lm", check=lambda cfg, multirun: check_train_config(cfg))
 

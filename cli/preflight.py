@@ -4,7 +4,7 @@ and run the task's checks on each, so that a bad value fails in one line before 
 1. Parse the command line with Hydra's own parser (``-m``, ``--cfg``, overrides).
 2. List the jobs: one, or the cartesian product of a sweep (with ``hydra.sweeper.params`` of the config,
    as Hydra's basic sweeper does).
-3. Compose each job's config (types and unknown keys are checked by the schema, cli/schema.py) and call
+3. Compose each job's config (types and unknown keys are checked by the schema, comet_core/config/schema.py) and call
    ``check(cfg, multirun)``. Hydra's several-line errors become one line (``one_line``).
 """
 
@@ -51,7 +51,7 @@ def one_line(exc: BaseException) -> str:
                  r"`--cfg job` lists every key)", msg)
     msg = re.sub(r"\s+", " ", msg)
     if re.search(r"Key '[^']+' not in '\w+Schema'", msg) and "In '" in msg:  # a YAML file's key, not a typo
-        msg += " (a new config key must be declared in cli/schema.py)"
+        msg += " (a new config key must be declared in comet_core/config/schema.py)"
     return msg
 
 
@@ -175,7 +175,7 @@ def preflight(config_name: str, args: list[str], conf_dir: str, check: Callable)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from cli.schema import PRIMARY
+    from comet_core.config.schema import PRIMARY
 
     schema = PRIMARY.get(config_name)
     ns = _parse(args)

@@ -19,6 +19,9 @@ just that operator's approximation (activation, softmax or norm) and makes the o
 which approximation costs the accuracy. A diverging approximation (SecFormer's Goldschmidt inverse
 square root on inputs beyond its range) gives non-finite logits: perplexity nan, accuracy ~0.
 
+Every system (Comet's masks included) on one set of windows per model, the table results/real_models reads:
+`comet accuracy --model <model>` (experiments/accuracy.py, the same evaluator).
+
 Usage: python experiments/baseline_accuracy.py [--out results/baselines/accuracy.csv] [--overwrite]
 """
 

@@ -78,6 +78,8 @@ def main() -> int:
             tot = m[(m.network == cfg.network.name) & (m.phase == "total")].iloc[0]
             rows.append(dict(model=a.model, prompt=i, prompt_tokens=len(s["ids"]), new_tokens=a.gen,
                              tokens_match=bool(s["match"]), max_logit_err=float(s["max_logit_err"]),
+                             predicted_token_agreement=s.get("predicted_agreement", float("nan")),
+                             ffn_jaccard_min=float(sp[sp.kind == "ffn"].jaccard.min()) if sp is not None else float("nan"),
                              private_ids=" ".join(map(str, s["private"])), plaintext_ids=" ".join(map(str, s["plaintext"])),
                              private_text=s["private_text"], plaintext_text=s["plaintext_text"],
                              online_bytes=int(tot.online_bytes), rounds=int(tot.rounds),

@@ -2,20 +2,20 @@
 
 A table of results/ made in cost mode (a sweep's data.csv, a run folder's metrics.csv, ...) is a function
 of the protocols that ran. The fingerprint.json beside it (one per folder, an entry per table name) records
-the revisions that made it and, per system in it, a hash of the ledgers of a few small canonical cost-mode runs (CANONICAL: two-layer tiny-opt
-and tiny-llama, a 64-token prompt so prefill takes the tournament maximum and decode the all-pairs one, two
-new tokens; the variants the artifacts sweep). A protocol change moves some system's ledger, hence its hash.
+the revisions that made it and, per system in it, a hash of the ledgers of a few small canonical cost-mode
+runs (two-layer tiny-opt and tiny-llama, a 64-token prompt so that prefill takes the tournament maximum and
+decode the all-pairs one; the switches the artifacts sweep). A protocol change moves some system's ledger,
+hence its hash.
 
 Steps:
 1. ``fingerprints()``: the canonical runs at this tree (cost mode, ~0.3 s each), hashed per system.
-2. ``stamp(table)``: write the table's entry of ``fingerprint.json`` beside it: its revisions, and the fingerprints of the
-   code that made it. That is this tree's when no protocol source (PROTOCOL_PATHS) differs between the
-   table's revisions and this tree; otherwise the table's single clean revision is checked out into a
-   temporary folder and fingerprinted there; a table made at a dirty or mixed revision is marked unverified.
+2. ``stamp(table)``: write the table's entry of ``fingerprint.json`` beside it: its revisions and the
+   fingerprints of the code that made it. That is this tree's when no protocol source (PROTOCOL_PATHS)
+   differs between the table's revisions and this tree; otherwise the table's single clean revision is
+   exported into a temporary folder and fingerprinted there; a dirty or mixed revision is marked unverified.
 3. ``stale_tables()``: every cost-mode table under results/ (a `mode` column holding cost, or KNOWN) whose
-   entry is missing, unverified,
-   or differs from this tree's fingerprints for a system in it, with the command that reprices it
-   (tests/test_fingerprint.py; ``comet fingerprint --check``).
+   entry is missing, unverified or differs from this tree's fingerprints for a system in it, with the
+   command that reprices it (tests/test_fingerprint.py; ``comet fingerprint --check``).
 Library code: logs, never prints.
 """
 
@@ -45,8 +45,8 @@ KNOWN = {  # cost-mode tables that are neither an artifact nor a run folder: the
     # (and stamps it) and, where the table has no `system` column, the systems it depends on
     "results/baselines/runs.csv": dict(reprice="python benchmarks/baseline_runs.py --overwrite"),
     "results/kv_refill_ablation.csv": dict(
-        reprice="python benchmarks/kv_refill_ablation.py --overwrite && comet fingerprint results/kv_refill_ablation.csv",
-        systems=("comet",)),
+        reprice="python benchmarks/kv_refill_ablation.py --overwrite && "
+                "comet fingerprint results/kv_refill_ablation.csv", systems=("comet",)),
     "results/cost/opt-6.7b-comet/breakdown.csv": dict(
         reprice="python benchmarks/comet_breakdown.py results/cost/opt-6.7b-dense results/cost/opt-6.7b-comet "
                 "--out results/cost/opt-6.7b-comet/breakdown.csv && comet fingerprint "
@@ -163,7 +163,7 @@ def table_columns(table: Path) -> tuple[set, set, set]:
 
 def reprice_command(table: Path) -> str:
     """The command(s) that remake `table` at this tree (what stale_tables names)."""
-    from experiments.plot import how_to_run
+    from experiments.plot_artifacts import how_to_run
     from experiments.plot_artifacts import ARTIFACTS
 
     folder = table.parent

@@ -33,7 +33,7 @@ from pathlib import Path
 
 log = logging.getLogger("comet.party")
 
-ROLES = ("p0", "p1", "dealer", "client", "owner")
+from experiments.run_config import ROLES, check_party_config  # noqa: F401 (re-exported)
 # keys that may differ between the roles' configs (where results go; the client's private text)
 UNHASHED = ("output_dir", "overwrite", "force", "save_ledger", "prompt", "prompt_file",
             "transport.keys_dir", "transport.exec_prefix", "transport.check_inprocess", "transport.bind")
@@ -46,8 +46,9 @@ def compose(overrides: list[str]):
     """The run config from conf/config.yaml and Hydra overrides (as `comet run-experiment` composes it)."""
     from hydra import compose as hcompose, initialize_config_dir
 
-    from cli.hydra_launch import CONF_DIR, quote_unicode_values
-    from cli.schema import register
+    from comet_core.config.groups import CONF_DIR
+    from comet_core.config.overrides import quote_unicode_values
+    from comet_core.config.schema import register
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -57,7 +58,7 @@ def compose(overrides: list[str]):
 def load_config(path: str):
     from omegaconf import OmegaConf
 
-    from cli.schema import RunSchema, register
+    from comet_core.config.schema import RunSchema, register
 
     register()
     return OmegaConf.merge(OmegaConf.structured(RunSchema), OmegaConf.load(path))
@@ -86,23 +87,6 @@ def flat_config(cfg) -> dict:
 
 def config_hash(flat: dict) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_party_config(cfg) -> None:
-    """What a tcp run needs beyond the in-process checks."""
-    from comet_core.errors import require
-
-    require(cfg.mode == "exact", "transport=tcp runs mode=exact (cost mode has no data to send)")
-    t = cfg.transport
-    require(float(t.timeout_s) > 0 and float(t.connect_timeout_s) > 0,
-            "transport.timeout_s and transport.connect_timeout_s must be positive")
-    require(int(t.max_frame_bytes) >= 1024, "transport.max_frame_bytes must be at least 1024")
-    require(cfg.seed is None or bool(t.get("insecure_seed", False)),
-            f"seed={cfg.seed} with transport=tcp lets every role derive every key (any role could recover the prompt "
-            "and every share): leave seed out (keys from the OS), or add transport.insecure_seed=true for a "
-            "reproducible, insecure test run")
-    for r in ROLES:
-        require(r in t.hosts and str(t.hosts[r]), f"transport.hosts.{r} must name the host of role {r}")
 
 
 def warn_insecure_seed(cfg, who: str) -> None:
@@ -168,7 +152,7 @@ def open_links(cfg, role: str, keys: str, hello: dict, shaper=None, extra: dict 
 
 
 def _engine(cfg):
-    from experiments.run import engine_config
+    from experiments.run_config import engine_config
 
     return engine_config(cfg)
 
@@ -199,7 +183,7 @@ def draw_pair_key(cfg) -> bytes:
 def run_party(cfg, rank: int, links: dict, out: Path, key: bytes | None = None) -> dict:
     import torch
 
-    from comet_core.comm.remote import RemotePeers
+    from comet_core.roles.remote import RemotePeers
     from comet_core.models.generate import private_generate
     from comet_core.models.secure import SecureDecoder
     from comet_core.models.weights import share_weights, weight_shapes
@@ -257,7 +241,7 @@ def service_timeout(cfg) -> float:
 
 
 def run_service(cfg, role: str, links: dict, ctx: dict) -> dict:
-    from comet_core.comm.remote import ClientService, DealerService, serve_links
+    from comet_core.roles.remote import ClientService, DealerService, serve_links
 
     timeout = service_timeout(cfg)
     for pipe in links.values():
@@ -347,7 +331,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
     """Run one role; returns the exit status (0, or 2 after one `error:` line on stderr)."""
     from comet_core.comm.channel import PeerError
     from comet_core.errors import CometError
-    from experiments.run import validate_config
+    from experiments.run_config import validate_config
 
     out_dir = Path(out)
     try:
@@ -375,7 +359,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
             hello["weights_sha256"] = wsha
         if role == "client":
             from comet_core.models.tokenizers import load_tokenizer
-            from experiments.run import prompt_ids
+            from experiments.run_config import prompt_ids
 
             ctx["ids"] = prompt_ids(load_tokenizer(cfg.model.get("tokenizer", "bytes")), cfg)
             hello["prompt_tokens"] = len(ctx["ids"])
@@ -388,7 +372,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
         links = open_links(cfg, role, keys, hello, shaper=shaper,
                            extra={"p1": {"pair_key": key.hex()}} if key is not None else None)
         if role == "owner":
-            from comet_core.comm.remote import OwnerService
+            from comet_core.roles.remote import OwnerService
 
             items, public = owner_items(cfg, plain_weights)
             ctx["owner_service"] = OwnerService(items, service_timeout(cfg), wsha, public)

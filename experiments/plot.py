@@ -25,7 +25,7 @@ import pandas as pd
 
 from comet_core.errors import CometError
 from experiments import fingerprint
-from experiments.plot_artifacts import ARTIFACTS, exp_block
+from experiments.plot_artifacts import ARTIFACTS, CONF_EXPERIMENT, exp_block, how_to_run
 from experiments.plot_compare import EXPECTED_DIR, compare, comparison_text, load_expected
 from experiments.plot_figures import draw
 from experiments.plot_sweeps import NoSweepError, Sweep, select_sweep
@@ -33,7 +33,6 @@ from experiments.plot_sweeps import NoSweepError, Sweep, select_sweep
 log = logging.getLogger("comet.plot")
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_EXPERIMENT = REPO / "conf" / "experiment"
 DEFAULT_RUNS = Path("outputs/multirun")
 DEFAULT_RESULTS = Path("results")
 
@@ -46,18 +45,6 @@ class PlotResult:
     files: list[Path] = field(default_factory=list)
     comparison: pd.DataFrame | None = None
     text: str = ""
-
-
-def how_to_run(name: str) -> str:
-    """The command that makes a sweep of artifact `name` (from its conf/experiment yaml)."""
-    import yaml
-
-    p = CONF_EXPERIMENT / f"{name}.yaml"
-    cmd = "run-experiment"
-    if p.is_file():
-        cmd = (yaml.safe_load(p.read_text()) or {}).get("experiment", {}).get("command", cmd)
-    plus = "+" if cmd == "train-predictor" else ""
-    return f"comet {cmd} -m {plus}experiment={name}"
 
 
 def check_name(name: str) -> None:
@@ -209,7 +196,8 @@ def _publish(name: str, sweep: Sweep, analysis, results_dir: Path, overwrite: bo
         out / "comparison.csv", index=False)
     files.append(out / "comparison.csv")
     if "mode" in analysis.data:
-        files.append(fingerprint.stamp(out / "data.csv", reprice=f"{how_to_run(name)} && comet plot {name} --overwrite"))
+        reprice = f"{how_to_run(name)} && comet plot {name} --overwrite"
+        files.append(fingerprint.stamp(out / "data.csv", reprice=reprice))
     fig_names = []
     for f in analysis.figures:
         if f.band_metric and not cmp.empty:

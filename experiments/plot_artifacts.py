@@ -21,6 +21,8 @@ from omegaconf import OmegaConf
 from comet_core.errors import CometError
 from comet_core.models.cache import REPO_ROOT
 from experiments import plot_data as pdata
+
+CONF_EXPERIMENT = REPO_ROOT / "conf" / "experiment"
 from experiments.plot_compare import points
 from experiments.plot_figures import Figure
 from experiments.plot_sweeps import Sweep, select_sweep
@@ -471,7 +473,8 @@ def real_models(sweep: Sweep, exp: dict) -> Analysis:
     a = Analysis(df)
     t = totals(df)
     t = gb(gb(t), "offline_bytes")
-    cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err", "online_GB",
+    cols = [c for c in ("model", "system", "gen_tokens", "tokens_match", "max_logit_err",
+                        "predicted_token_agreement", "online_GB",
                         "offline_GB", "rounds", "compute_s", "comm_s", "total_s", "plaintext_s") if c in t]
     t = t.merge(plaintext_quality(sweep, ref), on=["model", "system"], how="left")
     missing = t[t.quality_ppl.isna() & t.quality_source.isna()]
@@ -542,3 +545,15 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("real_models", "Real models in exact mode", real_models),
     Artifact("mask_reuse", "Weight masks opened once per request (beyond the paper)", mask_reuse),
 )}
+
+
+def how_to_run(name: str) -> str:
+    """The command that makes a sweep of artifact `name` (from its conf/experiment yaml)."""
+    import yaml
+
+    p = CONF_EXPERIMENT / f"{name}.yaml"
+    cmd = "run-experiment"
+    if p.is_file():
+        cmd = (yaml.safe_load(p.read_text()) or {}).get("experiment", {}).get("command", cmd)
+    plus = "+" if cmd == "train-predictor" else ""
+    return f"comet {cmd} -m {plus}experiment={name}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from comet_core.errors import CometError
-from experiments.plot import how_to_run
+from experiments.plot_artifacts import how_to_run
 from experiments.plot_artifacts import ARTIFACTS
 from experiments.plot_compare import EXPECTED_DIR, load_expected, paper_text
 

@@ -2,10 +2,12 @@
 
 A Hydra task function (module imports no torch at import time; heavy imports happen inside).
 
-1. ``validate_config``: every value checked before any work (schema, ranges, positions, memory).
+1. ``validate_config`` (experiments/run_config.py): every value checked before any work (schema, ranges,
+   positions, memory).
 2. ``check_destination``: the output folder may receive the results (never a silent overwrite).
-3. ``execute``: the private generation (and the plaintext reference in exact mode: first, and the
-   plaintext model released before the private run, unless the reference needs what the run revealed).
+3. ``execute`` (experiments/inprocess.py; transport=tcp: experiments/tcp_run.py): the private generation
+   (and the plaintext reference in exact mode: first, and the plaintext model released before the private
+   run, unless the reference needs what the run revealed).
 4. ``write_results`` into a hidden staging folder: config.yaml, metrics.csv, ops.csv, generation.csv,
    ledger.csv.gz, run_info.json; then ``RunFolder.publish`` writes ``COMPLETE`` and moves the folder
    into place in one rename (comet_core/results/run_folder.py). The folder's absolute path is the last
@@ -17,12 +19,12 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli.schema import register as _register_schemas
+from comet_core.config.schema import register as _register_schemas
 from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
+from experiments.inprocess import Outcome, execute  # noqa: F401 (execute re-exported: scripts and tests)
+from experiments.run_config import load_prompt, reference_needs_run, validate_config  # noqa: F401
 
 _register_schemas()  # scripts that compose conf/config.yaml themselves need the schemas and resolvers
 
@@ -59,124 +61,10 @@ def hydra_dir() -> Path | None:
 # -- 1. checks before any work --------------------------------------------------------------------
 
 
-def load_prompt(cfg) -> str:
-    """The client's text: ``prompt_file`` if set (read verbatim, one trailing newline dropped), else ``prompt``."""
-    from comet_core.errors import ConfigError
-
-    if cfg.get("prompt_file"):
-        p = Path(cfg.prompt_file).expanduser()
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"prompt_file={cfg.prompt_file} cannot be read "
-                              f"({getattr(e, 'strerror', None) or e}); give a readable UTF-8 text file") from None
-        text = text[:-1] if text.endswith("\n") else text
-        if not text.strip():
-            raise ConfigError(f"prompt_file={cfg.prompt_file} is empty; put the prompt text in it")
-        return text
-    if not isinstance(cfg.prompt, str) or cfg.prompt.strip() == "":
-        raise ConfigError("prompt must be a non-empty string (or use prompt_file=<path>)")
-    return cfg.prompt
-
-
-def validate_config(cfg, role: str | None = None) -> None:
-    """Reject bad values before any work starts (one-line ConfigError). No file system writes.
-    `role`: a `comet party` role (p0, p1, dealer, client, owner): the system checks only the files that
-    role reads (e.g. only the owner needs Comet's predictor checkpoint)."""
-    from cli.schema import check_run_config
-    from comet_core.comm.network import Network
-    from comet_core.errors import require
-    from comet_core.models.zoo import check_positions, n_layers
-
-    check_run_config(cfg)
-    from comet_core.mpc import ringmm
-
-    require(ringmm.KERNEL in ringmm.KERNELS,
-            f"COMET_RING_KERNEL must be one of {', '.join(ringmm.KERNELS)}, got {ringmm.KERNEL!r}")
-    require(cfg.mode in ("exact", "cost"), f"mode must be exact or cost, got {cfg.mode!r}")
-    require(cfg.get("output", "token") in ("token", "logits"),
-            f"output must be token (secure argmax; the client learns only the next token) or logits, got {cfg.output!r}")
-    require(isinstance(cfg.gen_tokens, int) and 1 <= cfg.gen_tokens <= 1024,
-            f"gen_tokens must be an integer in 1..1024 (the paper: 1-16), got {cfg.gen_tokens!r}")
-    require(cfg.prompt_len is None or (isinstance(cfg.prompt_len, int) and cfg.prompt_len >= 1),
-            f"prompt_len must be a positive integer or null, got {cfg.prompt_len!r}")
-    require(cfg.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {cfg.device!r}")
-    if role in (None, "client"):   # only the client holds the prompt (the other roles' configs have none)
-        load_prompt(cfg)
-    Network.from_cfg(cfg.network)
-    engine_config(cfg)
-    n_layers(cfg.model)
-    if cfg.prompt_len is not None:
-        check_positions(int(cfg.prompt_len), cfg.model, cfg.gen_tokens)
-    from comet_core.systems import load_system
-
-    system = load_system(cfg.system)
-    system.party_role = role
-    system.validate(cfg)   # a system's own keys and files, before any model is loaded
-    transport = cfg.get("transport", {}).get("name", "inprocess")
-    require(transport in ("inprocess", "tcp"), f"transport must be inprocess or tcp (conf/transport/), got {transport!r}")
-    from experiments.emulated import check_emulation
-
-    check_emulation(cfg)
-    if transport == "tcp":
-        from experiments.party import check_party_config
-
-        check_party_config(cfg)
-    check_memory(cfg)
-
-
-def check_memory(cfg, prompt_tokens: int | None = None) -> None:
-    """Refuse an exact run whose estimated peak memory exceeds what the machine has (force=true runs it)."""
-    from comet_core import memory
-    from comet_core.errors import CometError
-    from comet_core.models.zoo import n_layers
-
-    if cfg.mode != "exact" or cfg.get("force", False):
-        return
-    T = (prompt_tokens or cfg.prompt_len or 128) + cfg.gen_tokens
-    L = n_layers(cfg.model)
-    from comet_core.mpc import ringmm
-    from comet_core.systems import load_system
-
-    opts = dict(reuse_weight_masks=bool(cfg.engine.reuse_weight_masks),
-                # the exact run takes this kernel anyway (decided once per process): the estimate follows it
-                int64_kernel=cfg.device == "cpu" and ringmm.int64_gemm_faster(),
-                # the in-process run releases the plaintext model first unless its reference needs the run
-                # (experiments/tcp_run.py keeps it: counted)
-                plain_during_run=(reference_needs_run(load_system(cfg.system))
-                                  or cfg.get("transport", {}).get("name", "inprocess") != "inprocess"))
-    need = memory.exact_run_bytes(cfg.model, L, T, **opts)
-    have = memory.available_bytes()
-    if need <= have:
-        return
-    fit = max((n for n in range(1, L + 1) if memory.exact_run_bytes(cfg.model, n, T, **opts) <= have), default=0)
-    one = memory.exact_run_bytes(cfg.model, 1, T, **opts)
-    layers_hint = (f"model.layers={fit} (of {L}) fits, " if fit else
-                   f"not even model.layers=1 fits (about {memory.gib(one)}: the embedding and LM head come with "
-                   "every layer count), ")
-    raise CometError(f"an exact run of {cfg.model.name} ({L} layers) needs about {memory.gib(need)} but "
-                     f"{memory.gib(have)} is available; use mode=cost (prices the full model on shapes), "
-                     f"{layers_hint}or force=true to try anyway")
-
-
 def validate(cfg, out: Path) -> None:
     """Every check that runs before any work: the config, then the output folder."""
     validate_config(cfg)
     check_destination(Path(out), bool(cfg.overwrite))
-
-
-def engine_config(cfg):
-    from comet_core.mpc.engine import EngineConfig, FunctionConfig
-
-    e = cfg.engine
-    return EngineConfig(
-        frac_bits=e.frac_bits, truncation=e.truncation, reuse_weight_masks=bool(e.reuse_weight_masks),
-        check_ranges=bool(e.get("check_ranges", True)),
-        max_method=str(e.get("max_method", "auto")),
-        comparison=str(e.get("comparison", "circuit")),
-        functions=FunctionConfig(exp_iterations=e.exp_iterations, exp_clamp=bool(e.exp_clamp), reciprocal_nr_iters=e.reciprocal_nr_iters,
-                                 reciprocal_range=tuple(e.reciprocal_range), inv_sqrt_nr_iters=e.inv_sqrt_nr_iters,
-                                 inv_sqrt_range=tuple(e.inv_sqrt_range), sigmoid_nr_iters=e.sigmoid_nr_iters))
 
 
 # -- networks: what was run, and every preset ------------------------------------------------------
@@ -217,95 +105,7 @@ def preset_networks(selected):
     return nets
 
 
-def prompt_ids(tok, cfg) -> list[int]:
-    """The client's prompt as token ids; prompt_len repeats the text's tokens to reach that length."""
-    from comet_core.models.zoo import check_positions
-
-    ids = tok.encode(load_prompt(cfg))
-    if cfg.prompt_len is not None:
-        reps = -(-cfg.prompt_len // max(len(ids), 1))
-        ids = (ids * reps)[: cfg.prompt_len]
-    check_positions(len(ids), cfg.model, cfg.gen_tokens)
-    return ids
-
-
 # -- 3. the experiment ------------------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """What a run computed (no files yet)."""
-    ids: list
-    tok: object
-    gen: object            # private Generation
-    ref: object | None     # plaintext Generation (exact mode)
-    ledger: object         # pandas DataFrame of every message
-    n_layers: int
-    system: object = None  # the system (sparse systems keep what they revealed: sparsity.csv)
-    extra_refs: list = field(default_factory=list)   # [(source, Generation)] shown beside the reference
-    transport: dict | None = None   # transport=tcp: socket counters, in-process check, roles (tcp_run.py)
-
-
-def execute(cfg, memory_checked: bool = False) -> Outcome:
-    """The private generation (and, in exact mode, the plaintext reference).
-
-    ``memory_checked``: validate_config's check_memory passed for this cfg just before (``run``); the
-    check is repeated only when the prompt's token count differs from the ``prompt_len`` it assumed (the
-    same estimate is not computed twice). Other callers get the check here."""
-    import torch
-
-    from comet_core.models.generate import private_generate
-    from comet_core.models.secure import SecureDecoder
-    from comet_core.models.tokenizers import load_tokenizer
-    from comet_core.models.weights import extract, share_weights, weight_shapes
-    from comet_core.models.zoo import load_plain_model, n_layers
-    from comet_core.mpc.engine import MPC
-    from comet_core.progress import layer_progress
-    from comet_core.systems import load_system
-
-    torch.manual_seed(cfg.model_seed)
-    cost = cfg.mode == "cost"
-    tok = load_tokenizer(cfg.model.get("tokenizer", "bytes"))
-    ids = prompt_ids(tok, cfg)  # a prompt too long for the model fails here, before any loading
-    if not memory_checked or cfg.prompt_len is None or len(ids) != cfg.prompt_len:
-        check_memory(cfg, len(ids))
-    log.info("loading model %s (%s)", cfg.model.name, "shapes only" if cost else cfg.model.source)
-    if cost:  # cost mode: the same protocol code on data-free shapes; no weights are loaded
-        plain = None
-        plain_weights = weight_shapes(cfg.model, n_layers(cfg.model))
-    else:
-        plain, tok = load_plain_model(cfg.model, seed=cfg.model_seed, tokenizer=tok)
-        plain_weights = extract(plain, cfg.model.family, cfg.model.activation)
-
-    mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
-    system = load_system(cfg.system)
-    refs = None
-    if not cost and not reference_needs_run(system):
-        # the reference first: the plaintext model is then dropped before the private run (its 4 P bytes
-        # are not part of the run's peak memory); the same function and inputs as after the run
-        refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
-    weights = share_weights(mpc, plain_weights, groups=system.fused_layout())   # fused groups: one buffer each
-    released = None
-    if refs is not None:
-        released = weakref.ref(plain)
-        plain = plain_weights = None
-    from comet_core.memory import release_free_heap
-
-    # the sharing's freed temporaries (and the released model) go back to the kernel; a full garbage
-    # collection (0.1-0.2 s with transformers loaded) only when the model is not freed already (cycles)
-    release_free_heap(collect=released is None or released() is not None)
-    system.prepare(mpc, weights, cfg.model)   # e.g. Comet's predictors, shared by the model owner
-    model = SecureDecoder(mpc, weights, system)
-    log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
-             len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)
-    with layer_progress(model, passes=cfg.gen_tokens):
-        gen = private_generate(mpc, model, ids, cfg.gen_tokens, int(cfg.model.vocab_size),
-                               output=cfg.get("output", "token"))
-    if refs is None and not cost:   # a sparse system's reference uses what the private run revealed
-        refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
-    ref, extra_refs = refs if refs is not None else (None, [])
-    return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers,
-                   system=system, extra_refs=extra_refs)
 
 
 # -- 4. tables ---------------------------------------------------------------------------------------
@@ -335,6 +135,46 @@ def _comparison(o: Outcome) -> dict:
                 max_logit_err=max(errs[: same_prefix + 1]) if errs else float("nan"),
                 private_text=decode(o.tok, o.gen.tokens), plaintext_text=decode(o.tok, o.ref.tokens),
                 prompt_text=decode(o.tok, o.ids))
+
+
+NEAR_TIE_ERR = 0.05   # a flip is a near-tie only if the logit error is under 5% of the largest logit
+
+
+def equal_tokens_expected(cfg) -> bool:
+    """Whether the reference is the same function as the private run, so that equal tokens are the only
+    correct outcome: exact mode, no approximating operator, and for a sparse system (Comet) a reference
+    under the masks the run revealed (in-process, or tcp with the in-process run; tcp_run.py)."""
+    from comet_core.systems import load_system
+
+    if cfg.mode != "exact":
+        return False
+    system = load_system(cfg.system)
+    if getattr(system, "approximates", lambda: True)():
+        return False
+    if system.name == "dense":
+        return True
+    return system.name == "comet" and (cfg.transport.name == "inprocess" or bool(cfg.transport.check_inprocess))
+
+
+def token_mismatch(summary: dict, o: Outcome) -> str | None:
+    """Why the private tokens differ from the plaintext's, unless a near-tie explains it: at the first
+    differing step the plaintext's top-2 gap is within twice the logit error (private logits = plaintext
+    + error, so only then can the argmax move), and that error is small (< NEAR_TIE_ERR of the largest
+    logit). An error that is not measured (tcp, output=token) explains nothing."""
+    if summary["match"]:
+        return None
+    step = next((i for i, (p, q) in enumerate(zip(o.gen.tokens, o.ref.tokens)) if p != q),
+                min(len(o.gen.tokens), len(o.ref.tokens)) - 1)
+    err, gap = summary["max_logit_err"], summary["reference_top2_gaps"][step]
+    scale = float(o.ref.logits[step].abs().max())
+    if math.isfinite(err) and gap <= 2 * err and err <= NEAR_TIE_ERR * scale:
+        log.warning("private token %d differs from the plaintext's %d at step %d: a near-tie (top-2 gap %.3g, "
+                    "logit error %.3g)", o.gen.tokens[step], o.ref.tokens[step], step, gap, err)
+        return None
+    return (f"private tokens differ from the plaintext at step {step} (private {o.gen.tokens[step]}, plaintext "
+            f"{o.ref.tokens[step]}; max |logit error| {err:.3g} against logits up to {scale:.3g}, plaintext "
+            f"top-2 gap {gap:.3g}), and this system computes the plaintext function: a value left a protocol's "
+            "range unchecked or a protocol is wrong; the run is not marked complete")
 
 
 def metrics_frame(cfg, o: Outcome, summary: dict):
@@ -458,6 +298,11 @@ def _run(cfg, out: Path, hydra_dir: Path | None, info) -> dict:
         else:
             outcome = execute(cfg, memory_checked=True)   # validate() checked the memory for this cfg
         summary = write_results(cfg, outcome, folder.staging)
+        wrong = token_mismatch(summary, outcome) if outcome.ref is not None and equal_tokens_expected(cfg) else None
+        if wrong:
+            from comet_core.errors import CometError
+
+            raise CometError(wrong)
         info.finish().save(folder.staging)
         summary["out"] = folder.publish()
     summary["load_max"], summary["cores"] = info.load_max, usable_cores()
@@ -465,57 +310,6 @@ def _run(cfg, out: Path, hydra_dir: Path | None, info) -> dict:
         summary["taken"] = (f"output_dir {Path(out).resolve()} was taken by another run while this one worked; "
                             f"this run's results are in {summary['out']} (nothing was overwritten)")
     return summary
-
-
-def reference_needs_run(system) -> bool:
-    """Whether the plaintext reference depends on the private run: a sparse system (Comet) compares with
-    the plaintext model under the masks its private run revealed (``system.state.records``). Any other
-    system's reference is a function of the weights and the prompt alone, so it may run first."""
-    return getattr(getattr(system, "state", None), "records", None) is not None
-
-
-def plaintext_references(system, plain, plain_weights, ids: list[int], gen_tokens: int):
-    """What the private tokens are compared with: (reference, [(source, generation), ...] extra rows).
-
-    dense: the unmodified HF model. comet: the plaintext model with the private run's FFN and head masks
-    (KV-cached semantics, sparse/reference.py), and beside it `plaintext_predicted`, the plaintext model
-    with its own float predictors and thresholds (no mask from the private run). Any other system: the
-    plaintext reference decoder with the system's own approximations (models/reference.py). Both are shown
-    beside the unmodified model as `plaintext_dense` (how far sparsity or approximations move the model).
-    """
-    from comet_core.models.generate import plaintext_generate
-
-    dense = plaintext_generate(plain, ids, gen_tokens)
-    records = getattr(getattr(system, "state", None), "records", None)
-    if records:
-        from comet_core.sparse.reference import masked_generate
-
-        masks = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "ffn"}
-        heads = {(r.layer, r.step): r.real_mask for r in records if r.real_mask is not None and r.kind == "head"}
-        extra = [("plaintext_dense", dense)]
-        predicted = predicted_reference(system, plain, ids, gen_tokens)
-        if predicted is not None:
-            extra.append(("plaintext_predicted", predicted))
-        return masked_generate(plain, ids, gen_tokens, masks, heads), extra
-    if system.name == "dense":
-        return dense, []
-    from comet_core.models.reference import PlainDecoder, reference_generate
-
-    return reference_generate(PlainDecoder(plain_weights, system), ids, gen_tokens), [("plaintext_dense", dense)]
-
-
-def predicted_reference(system, plain, ids: list[int], gen_tokens: int):
-    """The plaintext model with the checkpoint's float predictors and thresholds (FFN, and heads when the
-    system predicts heads): masks from its own layer inputs, nothing from the private run. None when the
-    system holds no float predictors (a tcp party's launcher without the in-process run)."""
-    ffn = getattr(system, "plain_predictors", None)
-    if not ffn:
-        return None
-    from comet_core.sparse.reference import FloatPredictors, predicted_generate
-
-    heads = getattr(system, "plain_head_predictors", None) if getattr(system, "heads", False) else None
-    kv = int(getattr(plain.config, "num_key_value_heads", None) or plain.config.num_attention_heads)
-    return predicted_generate(plain, ids, gen_tokens, FloatPredictors(ffn, heads or None, kv))
 
 
 def predicted_outcome(o: Outcome):

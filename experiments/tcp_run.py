@@ -9,7 +9,7 @@
    transport.timeout_s, or are killed after it; a role that a failed role found silent and that still runs
    is hung: killed at once and named as such): the run fails, the folder is never marked complete.
 5. The plaintext reference is computed here, from the plaintext model, outside the parties; with
-   transport.check_inprocess the same run is also simulated in this process (run.execute) and the
+   transport.check_inprocess the same run is also simulated in this process (inprocess.execute) and the
    tcp run's tokens and ledger must equal it.
 6. The Outcome carries the parties' ledger (P0's; P1's must be equal), the client's tokens and the link
    counters: socket payload bytes (both parties' sends on the P0-P1 link, per stage) beside the ledger's
@@ -181,13 +181,14 @@ def keep_logs(work: Path, staging: Path) -> Path:
 
 
 def tcp_execute(cfg, staging: Path):
-    """The tcp run and its checks; returns run.Outcome with `transport` filled in."""
+    """The tcp run and its checks; returns inprocess.Outcome with `transport` filled in."""
     from omegaconf import OmegaConf, open_dict
 
     from comet_core.comm.keys import make_keys
     from comet_core.errors import CometError
     from comet_core.models.generate import Generation
-    from experiments.party import check_party_config, warn_insecure_seed
+    from experiments.party import warn_insecure_seed
+    from experiments.run_config import check_party_config
 
     check_party_config(cfg)
     warn_insecure_seed(cfg, "launcher")
@@ -241,7 +242,7 @@ def tcp_execute(cfg, staging: Path):
     if not transport["weights_equal_reference"]:
         raise CometError("the owner process served other weights than the launcher's plaintext model "
                          f"(weights SHA-256 {res['owner'].get('weights_sha256')}); check model= and model_seed=")
-    from experiments.run import Outcome
+    from experiments.inprocess import Outcome
     from comet_core.models.tokenizers import load_tokenizer
 
     tok = ref_outcome.tok if ref_outcome is not None else load_tokenizer(cfg.model.get("tokenizer", "bytes"))
@@ -260,7 +261,7 @@ def party_system(cfg, res: dict, ref_outcome, transport: dict):
     from types import SimpleNamespace
 
     from comet_core.errors import CometError
-    from comet_core.systems.comet import StepRecord
+    from comet_core.systems.step_record import StepRecord
 
     p0, p1 = res["p0"], res["p1"]
     if p0.get("records") != p1.get("records") or p0.get("kv") != p1.get("kv"):
@@ -285,7 +286,7 @@ def party_system(cfg, res: dict, ref_outcome, transport: dict):
 
 
 def _prompt(cfg) -> str:
-    from experiments.run import load_prompt
+    from experiments.run_config import load_prompt
 
     return load_prompt(cfg)
 
@@ -294,7 +295,7 @@ def _reference(cfg):
     """The plaintext reference (and the in-process run when transport.check_inprocess)."""
     from omegaconf import OmegaConf, open_dict
 
-    from experiments.run import Outcome, execute, plaintext_references
+    from experiments.inprocess import Outcome, execute, plaintext_references
 
     sim_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(sim_cfg):
@@ -309,7 +310,7 @@ def _reference(cfg):
     from comet_core.models.weights import extract
     from comet_core.models.zoo import load_plain_model
     from comet_core.systems import load_system
-    from experiments.run import prompt_ids
+    from experiments.run_config import prompt_ids
 
     torch.manual_seed(cfg.model_seed)
     tok = load_tokenizer(cfg.model.get("tokenizer", "bytes"))

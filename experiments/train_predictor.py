@@ -56,7 +56,7 @@ def check_collection_memory(cfg) -> None:
 
 def check_train_predictor(cfg, multirun: bool = False) -> None:
     """Preflight of `comet train-predictor` (cli/preflight.py): schema, then memory."""
-    from cli.schema import check_train_config
+    from comet_core.config.schema import check_train_config
 
     check_train_config(cfg)
     check_collection_memory(cfg)

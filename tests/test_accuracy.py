@@ -33,7 +33,16 @@ def dense_system():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = model_cfg("tiny-opt")
+    return _tiny("tiny-opt", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return _tiny("tiny-llama", tmp_path_factory)
+
+
+def _tiny(name, tmp_path_factory):
+    cfg = model_cfg(name)
     plain, tok = load_plain_model(cfg, seed=0)
     path = make_predictors(cfg, tmp_path_factory.mktemp("acc") / "p.pt")
     ps = load_predictors(path, cfg)
@@ -57,6 +66,19 @@ def test_sparse_decoder_equals_the_hf_model_with_the_same_masks(tiny, ffn, heads
         assert 0 < dec.density("ffn") < 1 and abs(dec.density("ffn") - ap.density(kept, "ffn")) < 1e-9
     if heads != "dense":
         assert 0 < dec.density("head") < 1 and abs(dec.density("head") - ap.density(kept, "head")) < 1e-9
+
+
+@pytest.mark.parametrize("ffn", ["predicted", "oracle"])
+def test_sparse_decoder_llama_ffn_equals_the_hf_model(tiny_llama, ffn):
+    """SwiGLU: the mask on act(gate) * up before down_proj, scored on |act(gate)| (oracle) as the HF hooks."""
+    cfg, plain, _, ps, windows = tiny_llama
+    dec = SparsePlainDecoder(extract(plain, cfg.family, cfg.activation), dense_system(), ps, ffn, "dense")
+    ids = [int(t) for t in windows[0]]
+    ours = dec.forward(ids, dec.new_cache(), all_positions=True)
+    with ap.sparsity_applied(plain, ps, ffn=ffn) as kept, torch.no_grad():
+        hf = plain(input_ids=torch.tensor([ids])).logits[0].double()
+    assert torch.allclose(ours, hf, atol=1e-4), float((ours - hf).abs().max())
+    assert 0 < dec.density("ffn") < 1 and abs(dec.density("ffn") - ap.density(kept, "ffn")) < 1e-9
 
 
 def test_table_columns_and_one_dense_perplexity(tiny):

@@ -161,7 +161,7 @@ def test_run_experiment_help_lists_every_key_with_type_and_default(tmp_path):
     import dataclasses
     import typing
 
-    from cli.schema import RunSchema
+    from comet_core.config.schema import RunSchema
 
     r = comet("run-experiment", "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -20,11 +20,12 @@ def comet(*args, cwd):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(comet folder, dense folder, comet's stdout): gen_tokens=2 on the default model, exact mode."""
+    """(comet folder, dense folder, comet's stdout): the default model's first two layers, gen_tokens=2, exact."""
     root = tmp_path_factory.mktemp("compare")
     out = {}
     for system in ("comet", "dense"):
-        r = comet("run-experiment", f"system={system}", "gen_tokens=2", f"output_dir={root / system}", cwd=root)
+        r = comet("run-experiment", f"system={system}", "model.layers=2", "gen_tokens=2",
+                  f"output_dir={root / system}", cwd=root)
         assert r.returncode == 0, r.stderr
         out[system] = r.stdout
     return root / "comet", root / "dense", out["comet"]

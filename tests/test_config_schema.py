@@ -1,4 +1,4 @@
-"""Typed configs (cli/schema.py) and the preflight of every job (cli/preflight.py): bad values are refused
+"""Typed configs (comet_core/config/schema.py) and the preflight of every job (cli/preflight.py): bad values are refused
 before any work, in one line; every documented key, group and sweep keeps working."""
 
 import shutil
@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from cli.main import check_run
 from cli.preflight import jobs, one_line, preflight
-from cli.schema import register
+from comet_core.config.schema import register
 from comet_core.errors import CometError, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def test_closed_groups_refuse_stray_yaml_keys(tmp_path):
 
 
 def test_train_configs_are_typed(tmp_path):
-    from cli.schema import check_train_config
+    from comet_core.config.schema import check_train_config
     from experiments.train_predictor import check_train_predictor
 
     with pytest.raises(ConfigError, match="predictor.rank"):

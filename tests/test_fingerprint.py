@@ -103,3 +103,13 @@ def test_cli_bad_input_is_one_line(tmp_path, args, msg):
     r = subprocess.run([sys.executable, "-m", "cli.main", "fingerprint", *args], cwd=fp.REPO, capture_output=True,
                        text=True, timeout=120, env={"PYTHONPATH": str(fp.REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_an_exported_revision_is_fingerprinted_in_its_own_tree():
+    """stamp's path for a table made at another revision: that revision exported and fingerprinted there
+    (HEAD's commit here, dense only: ~3 s); equal to this tree's when no protocol source differs."""
+    rev = fp._git("rev-parse", "--short", "HEAD").stdout.strip()
+    there = fp.fingerprints_at(rev, ("dense",))
+    assert set(there) == {"dense"} and len(there["dense"]["runs"]) == len(fp.canonical_runs("dense"))
+    if fp.protocols_equal(rev):
+        assert there == fp.fingerprints(("dense",))

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from comet_core.errors import CometError
 from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, EngineConfig
-from experiments.run import reference_needs_run   # registers the config schemas (cli/schema.py)
+from experiments.run import reference_needs_run   # registers the config schemas (comet_core/config/schema.py)
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -38,7 +38,7 @@ def _trace_execute(monkeypatch, cfg):
     import comet_core.models.generate as generate
     import comet_core.models.weights as weights
     import comet_core.models.zoo as zoo
-    import experiments.run as R
+    import experiments.inprocess as R
 
     events, plain = [], []
     load, share, refs, priv = zoo.load_plain_model, weights.share_weights, R.plaintext_references, generate.private_generate
@@ -82,7 +82,7 @@ def test_released_model_needs_no_collection_unless_cycles_keep_it(tmp_path, monk
     import comet_core.memory as memory
     import comet_core.models.generate as generate
     import comet_core.models.zoo as zoo
-    import experiments.run as R
+    import experiments.inprocess as R
 
     plain, calls, alive = [], [], []
     load, release, priv = zoo.load_plain_model, memory.release_free_heap, generate.private_generate
@@ -142,14 +142,15 @@ def test_run_estimates_the_memory_once_per_prompt_length(tmp_path, monkeypatch, 
     """run(): validate's check_memory covers execute when the prompt has the prompt_len it assumed (the
     same estimate is not made twice); without prompt_len, execute checks the prompt's real length."""
     import experiments.run as R
+    import experiments.run_config as C
 
-    seen, check = [], R.check_memory
+    seen, check = [], C.check_memory
 
     def check_(cfg, prompt_tokens=None):
         seen.append(prompt_tokens)
         return check(cfg, prompt_tokens)
 
-    monkeypatch.setattr(R, "check_memory", check_)
+    monkeypatch.setattr(C, "check_memory", check_)
     cfg = _cfg(tmp_path, "model=tiny-llama", "model.layers=1", "gen_tokens=1", "prompt=To be")
     cfg.prompt_len = prompt_len
     R.run(cfg, tmp_path / "run")

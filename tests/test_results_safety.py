@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,13 +92,24 @@ def test_ctrl_c_keeps_earlier_results_and_says_so(tmp_path):
     before = snapshot(out)
     p = subprocess.Popen([sys.executable, "-m", "cli.main", "run-experiment", "model=opt-125m", "model.layers=2",
                           "prompt_len=32", "gen_tokens=4", "overwrite=true", f"output_dir={out}"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    deadline = time.time() + scaled(120)
-    while time.time() < deadline and not any(n.startswith(".run.tmp-") for n in leftovers(tmp_path)):
-        time.sleep(0.2)
-    time.sleep(3)  # inside the private generation
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    # SIGINT inside the private generation: on its log line, not after a fixed sleep (on a busy machine the
+    # model load alone can take minutes)
+    lines_seen, generating = [], threading.Event()
+
+    def read_stderr():
+        for line in p.stderr:
+            lines_seen.append(line)
+            if "private generation:" in line:
+                generating.set()
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert generating.wait(scaled(120)), "".join(lines_seen)
+    assert any(n.startswith(".run.tmp-") for n in leftovers(tmp_path))     # the run is staging its folder
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=scaled(120))
+    p.wait(scaled(120))
+    reader.join(scaled(10))
+    err = "".join(lines_seen)
     # 130, or killed by SIGINT once the message is out (a library thread still running at exit can turn the
     # exit into the signal's): the shell reports 130 either way
     assert p.returncode in (130, -signal.SIGINT), err
@@ -193,8 +205,8 @@ def test_paper_scale_exact_run_is_refused_before_allocating(tmp_path):
 def test_memory_refusal_names_the_largest_layer_count_that_fits(monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from cli.schema import register
-    from experiments import run as run_mod
+    from comet_core.config.schema import register
+    from experiments import run_config as run_mod
 
     register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -336,7 +348,7 @@ def test_a_folder_taken_while_the_run_worked_is_not_silent(tmp_path, monkeypatch
     from hydra import compose, initialize_config_dir
 
     import experiments.run as run_mod
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     out = tmp_path / "run"
     register()

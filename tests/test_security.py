@@ -322,7 +322,7 @@ def test_a_seed_lets_any_role_recover_the_input_and_os_keys_do_not():
 def _tcp_cfg(*over):
     from hydra import compose, initialize_config_dir
 
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     register()
     conf = str(Path(__file__).resolve().parent.parent / "conf")
@@ -443,6 +443,7 @@ def test_positive_control_weak_dcf_prg_is_caught(monkeypatch):
     from comet_core.mpc import dcf
 
     real = dcf.mmo
+    monkeypatch.setattr(dcf, "USE_NUMBA", False)   # numpy's level steps, which call mmo (the same keys: test_dcf.py)
     monkeypatch.setattr(dcf, "mmo", lambda blocks: real(blocks) & np_low32())
     with pytest.raises(AssertionError, match="key words P1 receives"):
         check_dcf_keys()

@@ -41,7 +41,7 @@ def keys(tmp_path_factory):
 
 
 def _cfg(tmp_path, *over, timeout_s: int = 30):
-    from cli.schema import register
+    from comet_core.config.schema import register
 
     register()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -266,11 +266,10 @@ def test_idle_connections_do_not_stall_the_listener(keys):
     got = {}
     th = threading.Thread(target=lambda: got.update(_catch(lambda: lst.accept({"p1"}, 15)) or {}), daemon=True)
     th.start()
-    t0 = time.monotonic()
     c = connect("p1", "p0", "127.0.0.1", lst.address[1], client_context(keys / "a", "p1"), 15)
     th.join(20)
     lst.close()
-    assert "p1" in got and time.monotonic() - t0 < 10, got
+    assert "p1" in got, got      # before: "no connection from p1 within 15 s" (the first idle socket held 15 s)
     c.close(), got["p1"].close(), [s.close() for s in idle]
 
 
@@ -773,7 +772,7 @@ def test_the_dealer_cannot_rebuild_the_active_neurons_from_reused_mask_selection
 def test_the_dealer_serves_only_its_items():
     """issue 22, D1: the dealer process served any public Dealer method by name, `permutation` (pi itself)
     included; now only DEALER_ITEMS, anything else stops the run in one line."""
-    from comet_core.comm.remote import DEALER_ITEMS, DealerService
+    from comet_core.roles.remote import DEALER_ITEMS, DealerService
     from comet_core.mpc.engine import EngineConfig
 
     assert "permutation" not in DEALER_ITEMS

@@ -89,7 +89,7 @@ class SocketPipe:
         self.max_frame, self.timeout_s = int(max_frame), float(timeout_s)
         self.shaper = shaper
         self.where = where or (lambda: "")
-        self.mpc = None   # AShares received are rebuilt on this engine
+        self.share_context = None   # shares received are rebuilt on this (a party's engine; wire.decode)
         self.sent_payload = self.recv_payload = 0
         self.sent_frame = self.recv_frame = 0
         self.unpacked_excess = 0
@@ -179,7 +179,7 @@ class SocketPipe:
         except (OSError, ssl.SSLError) as e:
             raise PeerError(f"the link to {self.peer} broke{self._at()} ({_reason(e)})") from None
         try:
-            obj, payload = decode(body, self.mpc)
+            obj, payload = decode(body, self.share_context)
         except WireError as e:
             raise PeerError(f"{self.peer} sent a malformed frame{self._at()}: {e}") from None
         except MemoryError:   # a frame within max_frame whose tensors do not fit this machine's memory

@@ -1,7 +1,8 @@
 """What goes on a TCP link: messages encoded without pickle, tensors packed to their ledger width.
 
 A message is a tree of None, bool, int, float, str, lists, tuples, dicts with str keys, torch.Size,
-torch tensors and `AShare`s. It is encoded as
+torch tensors and shares (the share type registered from above, mpc/ashare.py's `AShare`: this module
+knows no protocol type). It is encoded as
 
     body = u32 json_length | JSON header | safetensors blob
 
@@ -39,6 +40,16 @@ DTYPES = {"int64": torch.int64, "float64": torch.float64, "float32": torch.float
           "uint8": torch.uint8, "bool": torch.bool, "int8": torch.int8, "int16": torch.int16}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_DEPTH = 32
+
+
+# The share type (mpc/ashare.py registers AShare at import): sent as {"$a": its .data, "frac": its .frac},
+# rebuilt on the receiving link's context (a party's engine) as rebuild(data, frac, context).
+_SHARE: tuple | None = None
+
+
+def register_share_type(cls: type, rebuild) -> None:
+    global _SHARE
+    _SHARE = (cls, rebuild)
 
 
 class WireError(CometError):
@@ -131,8 +142,6 @@ def encode(obj, bits=None, packed: int | None = None) -> Encoded:
     of a P0-P1 message (PartyChannel); other links send whole words."""
     from safetensors.numpy import save
 
-    from comet_core.mpc.engine import AShare
-
     blobs: dict[str, np.ndarray] = {}
     excess = 0
 
@@ -144,7 +153,7 @@ def encode(obj, bits=None, packed: int | None = None) -> Encoded:
             if isinstance(o, float) and not np.isfinite(o):
                 return {"$f": repr(o)}
             return o
-        if isinstance(o, AShare):
+        if _SHARE is not None and isinstance(o, _SHARE[0]):
             return {"$a": walk(o.data, b, depth + 1), "frac": int(o.frac)}
         if isinstance(o, torch.Tensor):
             if o.is_meta:
@@ -176,8 +185,8 @@ def encode(obj, bits=None, packed: int | None = None) -> Encoded:
     return Encoded(struct.pack("<I", len(header)) + header + blob, payload, excess)
 
 
-def decode(body: bytes, mpc=None):
-    """(message, payload bytes) of a frame body. AShares are rebuilt on `mpc` (a party's engine) when given."""
+def decode(body: bytes, context=None):
+    """(message, payload bytes) of a frame body. Shares are rebuilt on `context` (a party's engine) when given."""
     from safetensors.numpy import load
 
     if len(body) < 4:
@@ -215,9 +224,9 @@ def decode(body: bytes, mpc=None):
                 raise WireError("tensor blob entries must be flat uint8")
             return _unpack(arr, o)
         if "$a" in o:
-            from comet_core.mpc.engine import AShare
-
-            return AShare(walk(o["$a"], depth + 1), mpc, int(o.get("frac", 0)))
+            if _SHARE is None:
+                raise WireError("a share arrived but no share type is registered (import comet_core.mpc.ashare)")
+            return _SHARE[1](walk(o["$a"], depth + 1), int(o.get("frac", 0)), context)
         if "$l" in o:
             return [walk(x, depth + 1) for x in _seq(o["$l"])]
         if "$u" in o:

@@ -94,7 +94,7 @@ def softmax_2quad(x: AShare, mask: torch.Tensor | None = None, c: float = 5.0) -
         q = arith.square(_at_f(x).add_public(c))
         if mask is not None:
             q = nl._set_public(q, mask, 0.0)
-        r = nl.reciprocal(q.sum(-1, keepdim=True))
+        r = nl.reciprocal(arith.local_sum(q, what="2Quad row sum"))
         return arith.mul(q, r)
 
 
@@ -226,7 +226,7 @@ def softmax_2quad_goldschmidt(x: AShare, mask: torch.Tensor | None = None, c: fl
         q = arith.square(_at_f(x).add_public(c))
         if mask is not None:
             q = nl._set_public(q, mask, 0.0)
-        y = _reinterpret(q.sum(-1, keepdim=True), f + k)
+        y = _reinterpret(arith.local_sum(q, what="2Quad row sum"), f + k)
         y = arith.truncate(y, f + k - F) if f + k > F else y.rescale(F)
         m = (-y).add_public(2.0)
         xr = m                                                       # x1 = 1 * m1
@@ -510,7 +510,7 @@ def softmax_clipped_exp(x: AShare, mask: torch.Tensor | None = None, exp_iters: 
         e = clipped_exp(x - m, exp_iters)
         if mask is not None:
             e = nl._set_public(e, mask, 0.0)
-        r = nl.reciprocal(e.sum(-1, keepdim=True))
+        r = nl.reciprocal(arith.local_sum(e, what="softmax row sum"))
         return arith.mul(e, r)
 
 

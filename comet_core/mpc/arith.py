@@ -132,6 +132,26 @@ def check_product(x: AShare, y, frac_sum: int, truncated: bool = True, matrix: b
         raise mpc.range_error(f"the product {what}", float(p.flatten()[i]), limit)
 
 
+def local_sum(x: AShare, dim: int = -1, what: str = "row sum", limit: int = TRUNC_LIMIT) -> AShare:
+    """x.sum(dim, keepdim=True) (local, no messages), whose secret must stay inside [-limit, limit)
+    (simulation only): a sum of terms that each fit can still wrap mod 2^64, and a wrapped sum looks
+    small to the truncation that follows (its own check would pass).
+
+    1. A cheap bound: n * max|x| < limit.   2. Only if it fails: the float64 sum of the secret (exact to
+    its 53 bits: enough to place it against the limit), whose largest row is named.
+    """
+    mpc = x.mpc
+    if mpc.checking and x.numel():
+        n = x.shape[dim]
+        if n * _secret_abs_max(x.data) >= limit:
+            v = mpc.secret(x).to(torch.float64).sum(dim)        # float64: cannot wrap
+            i = int(v.abs().flatten().argmax())
+            if abs(float(v.flatten()[i])) >= limit:
+                raise mpc.range_error(f"the local {what} (of {n} terms)", float(v.flatten()[i]) / 2.0 ** x.frac,
+                                      limit / 2.0 ** x.frac)
+    return x.sum(dim, keepdim=True)
+
+
 # ---- truncation ------------------------------------------------------------------------------
 
 def truncate(x: AShare, shift: int) -> AShare:

@@ -52,6 +52,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+NB = 63   # the comparison's DCF domain (mpc/fss.py): the low 63 bits of c; here so the dealer need not import fss
 FIXED_KEY = hashlib.sha256(b"comet/dcf/mmo-fixed-key/v1").digest()[:16]   # public (MMO mode)
 _LSB_CLEAR = np.uint64(~np.uint64(1))
 

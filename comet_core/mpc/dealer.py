@@ -31,15 +31,24 @@ import numpy as np
 import torch
 
 from comet_core.mpc import ring
-from comet_core.mpc.engine import MPC, AShare
+from comet_core.mpc.ashare import AShare
 from comet_core.mpc.shape import Shape
 
 SMALL = 1 << 14   # items of up to this many elements per share are made in numpy (CPU): per-call overhead
 FEW_ROWS = 3   # matmul_triple: up to this many rows of a, c = a @ b0 + a @ b1 for a fresh mask b (decode)
 
 
+# The ideal functionalities' plaintext functions (name -> f(x, **kwargs)), registered from above by
+# mpc/ideal.py (so the dealer does not import the protocols that call it).
+IDEAL_FUNCTIONS: dict = {}
+
+
+def register_ideal_functions(functions: dict) -> None:
+    IDEAL_FUNCTIONS.update(functions)
+
+
 class Dealer:
-    def __init__(self, mpc: MPC) -> None:
+    def __init__(self, mpc) -> None:   # mpc: the engine it deals for (mpc/engine.py MPC)
         self.mpc = mpc
         self.gen_p0 = mpc._generator("dealer", "P0", "correlations")   # P0's random halves
         self.gen_p1 = mpc._generator("dealer", "P1", "correlations")   # P1's random halves
@@ -332,7 +341,7 @@ class Dealer:
         dcf.key_bytes(63, w) per element each. Returns party-stacked torch tensors
         (seeds, cw_s, cw_t, cw_v) (the corrections the same in both slots). `last` drops r."""
         from comet_core.mpc import dcf
-        from comet_core.mpc.fss import NB
+        from comet_core.mpc.dcf import NB
 
         c, w = stop - start, 2 if relu else 1
         for to in ("P0", "P1"):
@@ -419,15 +428,13 @@ class Dealer:
 
     def ideal(self, data: torch.Tensor, frac: int, fn: str, out_frac: int, kwargs: dict) -> AShare:
         """An ideal functionality (comet_core/mpc/ideal.py): open both parties' shares `data` (2, ...) at
-        scale `frac`, evaluate the plaintext function `fn` (ideal.FUNCTIONS) in float64, and re-share the
+        scale `frac`, evaluate the plaintext function `fn` (IDEAL_FUNCTIONS: ideal.FUNCTIONS, registered by mpc/ideal.py) in float64, and re-share the
         result at `out_frac` with fresh randomness (P0's half from its dealer stream). Nothing is booked
         here: the functionality's traffic is the modelled cost that ideal.py books (cost_source=model)."""
-        from comet_core.mpc.ideal import FUNCTIONS
-
         if data.is_meta:
             return self._arith(Shape(tuple(data.shape[1:])), out_frac)
         x = ring.decode(data[0] + data[1], frac)
-        y = FUNCTIONS[fn](x, **kwargs)
+        y = IDEAL_FUNCTIONS[fn](x, **kwargs)
         return self._arith(ring.encode(y, out_frac), out_frac)
 
 

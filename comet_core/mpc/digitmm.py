@@ -72,7 +72,7 @@ def from_digits(t: torch.Tensor) -> torch.Tensor:
 
 class Digits:
     """A right operand b: (*B, k, n) int64 as digit bytes (*B, k, 8n) int8, reusable across products.
-    `source` fingerprints the tensor it came from (ringmm._fingerprint): a changed b is refused."""
+    `source` fingerprints the tensor it came from (operand_id.operand_fingerprint): a changed b is refused."""
 
     __slots__ = ("bytes", "k", "n", "batch", "source")
 
@@ -82,9 +82,9 @@ class Digits:
         self.k, self.n, self.batch, self.source = k, n, tuple(batch), source
 
     def matches(self, x: torch.Tensor) -> bool:
-        from comet_core.mpc.ringmm import _fingerprint
+        from comet_core.mpc.operand_id import operand_fingerprint
 
-        return self.source is not None and self.source == _fingerprint(x)
+        return self.source is not None and self.source == operand_fingerprint(x)
 
     def nbytes(self) -> int:
         return self.bytes.numel()

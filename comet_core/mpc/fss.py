@@ -30,7 +30,7 @@ from comet_core.mpc import dcf
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
 
-NB = 63              # DCF domain: the low 63 bits of c
+NB = dcf.NB          # DCF domain: the low 63 bits of c
 CHUNK = 1 << 14      # elements per batch of keys (dealer and evaluation)
 _LOW63 = (1 << 63) - 1
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from comet_core.comm.ledger import Cost, wire_bytes
+from comet_core.mpc.dealer import register_ideal_functions
 from comet_core.mpc.engine import MPC, AShare
 
 LAMBDA = 128
@@ -319,6 +320,7 @@ FUNCTIONS = {
     "relu": plain_relu, "silu": plain_silu, "gelu_tanh": plain_gelu_tanh, "bolt_gelu": plain_bolt_gelu,
     "softmax": plain_softmax, "bolt_softmax": plain_bolt_softmax, "normalize": plain_normalize,
 }
+register_ideal_functions(FUNCTIONS)   # what the trusted party evaluates (Dealer.ideal)
 
 
 # ---- the protocol wrapper ----------------------------------------------------------------------

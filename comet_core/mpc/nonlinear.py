@@ -227,7 +227,7 @@ def softmax(x: AShare, dim: int = -1, mask: torch.Tensor | None = None) -> AShar
         e = exp(x - m)
         if mask is not None:
             e = _set_public(e, mask, 0.0)
-        r = reciprocal(e.sum(-1, keepdim=True))
+        r = reciprocal(arith.local_sum(e, what="softmax row sum"))
         return arith.mul(e, r)
 
 
@@ -253,7 +253,7 @@ MEAN_BITS = 18  # significant bits of the public 1/d factor: relative error <= 2
 def _mean_last(x: AShare) -> AShare:
     """mean over the last dim for any width d (not only powers of two).
 
-    1. s = sum(x) (local).
+    1. s = sum(x) (local; arith.local_sum bounds it before it can wrap).
     2. c = round(2^(t + MEAN_BITS) / d), t = ceil(log2 d): a public integer with MEAN_BITS significant
        bits (1/d encoded at frac_bits would be off by up to d / 2^(f+1) relative: 0.39% at d = 768).
     3. mean = (s * c) >> (t + MEAN_BITS) (local product, one truncation).
@@ -263,7 +263,7 @@ def _mean_last(x: AShare) -> AShare:
     d = x.shape[-1]
     t = (d - 1).bit_length()
     c = round(2.0 ** (t + MEAN_BITS) / d)
-    s = x.sum(-1, keepdim=True)
+    s = arith.local_sum(x, what="row sum for the mean")
     arith.check_product(s, torch.tensor(float(c)), s.frac, what=f"row sum * round(2^{t + MEAN_BITS}/d)")
     return arith.truncate(AShare(s.mul_int(c).data, mpc, s.frac + t + MEAN_BITS), t + MEAN_BITS)
 
@@ -274,7 +274,8 @@ def _mean_square_last(x: AShare) -> AShare:
     1. xs = x * (2^k / sqrt(d)) (public factor with >= 20 significant bits; one truncation to frac_bits),
        read as x / sqrt(d) at scale f + k (k = NORM_EXTRA_BITS = 2).
     2. q = xs^2 at scale 2 (f + k) (square pair, no truncation).
-    3. ms = sum(q) (local) = mean(x^2), truncated once per row back to frac_bits.
+    3. ms = sum(q) (local, bounded by arith.local_sum: squares that each fit can sum past 2^64) = mean(x^2),
+       truncated once per row back to frac_bits.
     Squaring x / sqrt(d) instead of x moves the overflow from any |x| >= 2^(31-f) (2^15 at f = 16: a
     margin of only 1.8x over SmolLM2's outliers of 17,860) to mean(x^2) >= 2^(62 - 2(f+k)), i.e.
     rms(x) < 2^(31-f-k) = 8,192 at f = 16 (any single |x| < 8,192 sqrt(d): 196,608 at d = 576). The
@@ -287,7 +288,7 @@ def _mean_square_last(x: AShare) -> AShare:
     xs = arith.mul_public(x, 2.0 ** k / math.sqrt(d), frac=bits)   # x 2^k / sqrt(d) at scale f ...
     xs = AShare(xs.data, x.mpc, xs.frac + k)                      # ... is x / sqrt(d) at scale f + k
     q = arith.square(xs, out_frac=2 * xs.frac)
-    return arith.truncate(q.sum(-1, keepdim=True), 2 * xs.frac - x.mpc.frac_bits)
+    return arith.truncate(arith.local_sum(q, what="row sum of squares"), 2 * xs.frac - x.mpc.frac_bits)
 
 
 def _mean_square_cost(mpc: MPC, rows: int, n: int) -> Cost:

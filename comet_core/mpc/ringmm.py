@@ -78,6 +78,7 @@ import time
 import torch
 
 from comet_core.mpc import digitmm
+from comet_core.mpc.operand_id import operand_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +236,11 @@ class Limbs:
         self.wide, self.pair, self.source = wide, pair, source
 
     def matches(self, x: torch.Tensor) -> bool:
-        return self.source == _fingerprint(x)
+        return self.source == operand_fingerprint(x)
 
     def __repr__(self) -> str:
         return (f"Limbs({self.side}, batch={tuple(self.batch)}, rows/cols={self.rows}, k={self.k}, "
                 f"chunks={self.c}x{self.kc}, device={self.wide.device})")
-
-
-def _fingerprint(x: torch.Tensor) -> tuple:
-    return (tuple(x.shape), tuple(x.stride()), x.data_ptr(), x.device, x._version)
 
 
 def _empty(scratch, role, shape, device) -> torch.Tensor:
@@ -264,7 +261,7 @@ def split_left(a: torch.Tensor, chunk: int = CHUNK, _scratch: "_Scratch | None" 
     wide = _empty(_scratch, "aw", (*batch, c, m, 2 * kc), a.device)
     pair = _empty(_scratch, "ap", (2, *batch, c, m, kc), a.device)
     _split(src, wide[..., :kc], pair[0], wide[..., kc:], pair[1], _scratch)
-    return Limbs("left", tuple(batch), m, k, c, kc, wide, pair, _fingerprint(a))
+    return Limbs("left", tuple(batch), m, k, c, kc, wide, pair, operand_fingerprint(a))
 
 
 def split_right(b: torch.Tensor, chunk: int = CHUNK, _scratch: "_Scratch | None" = None) -> Limbs:
@@ -279,7 +276,7 @@ def split_right(b: torch.Tensor, chunk: int = CHUNK, _scratch: "_Scratch | None"
     wide = _empty(_scratch, "bw", (*batch, c, 2 * kc, n), b.device)
     pair = _empty(_scratch, "bp", (2, *batch, c, kc, n), b.device)
     _split_unsigned(src, wide[..., kc:, :], pair[0], wide[..., :kc, :], pair[1])
-    return Limbs("right", tuple(batch), n, k, c, kc, wide, pair, _fingerprint(b))
+    return Limbs("right", tuple(batch), n, k, c, kc, wide, pair, operand_fingerprint(b))
 
 
 # ---- the product -----------------------------------------------------------------------------------
@@ -347,7 +344,7 @@ def _one_row_cpu(a: torch.Tensor, b: torch.Tensor, scratch: "_Scratch | None") -
 def split_digits(b: torch.Tensor) -> "digitmm.Digits":
     """Digits of a reused right operand b (*B, k, n) for `ring_matmul(a, b, b_digits=...)` (8 bytes per
     element, the digit kernel's operand; see digitmm)."""
-    return digitmm.split_digits(b, _fingerprint(b))
+    return digitmm.split_digits(b, operand_fingerprint(b))
 
 
 def _digit_route(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
@@ -394,7 +391,7 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
         raise ValueError("ring_matmul: both operands need at least one dimension")
     if b_limbs is not None and not b_limbs.matches(b):
         raise ValueError("b_limbs were split from another tensor (or b changed since): split_right(b) again")
-    if b_digits is not None and b_digits.source != _fingerprint(b):
+    if b_digits is not None and b_digits.source != operand_fingerprint(b):
         raise ValueError("b_digits were made from another tensor (or b changed since): split_digits(b) again")
     vec_a, vec_b = a.dim() == 1, b.dim() == 1
     if vec_a:

@@ -6,7 +6,7 @@ only when it is complete:
 1. ``check_destination(dest, overwrite)`` before any work: ``dest`` must not be a file, must not hold
    a finished run (unless ``overwrite``), and ``overwrite`` replaces only folders that are comet runs.
 2. ``RunFolder(dest)`` creates ``<parent>/.<name>.tmp-<pid>-<rand>`` (or adopts the one Hydra already
-   made for its own ``.hydra/`` files and log, see cli/schema.py ``comet.staging``).
+   made for its own ``.hydra/`` files and log, see comet_core/config/schema.py ``comet.staging``).
 3. The run writes into ``folder.staging``; on success ``folder.publish()`` writes the completion
    marker ``COMPLETE`` last and renames the staging folder onto ``dest`` (one atomic ``rename``).
    With ``overwrite`` the old folder is renamed aside first and deleted afterwards: nothing of the old

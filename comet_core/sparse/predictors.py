@@ -70,6 +70,12 @@ def _predictor_shapes(model_cfg, system_cfg, n_layers: int, kind: str, rank_key:
     return [dict(w1=f(d, r), b1=f(r), w2=f(r, units), b2=f(units)) for _ in range(n_layers)]
 
 
+def public_rank_shapes(rows: list[dict], d: int, units: int) -> list[dict]:
+    """Data-free predictor weights from the owner's public ranks: W1 (d, r), b1 (r,), W2 (r, units), b2."""
+    f = lambda *s: Shape(s, torch.float32)  # noqa: E731
+    return [dict(w1=f(d, int(p["rank"])), b1=f(int(p["rank"])), w2=f(int(p["rank"]), units), b2=f(units)) for p in rows]
+
+
 def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
     """FFN predictors: default rank d / 4 (the ratio of our trained predictors, rank 64 at d = 256)."""
     return _predictor_shapes(model_cfg, system_cfg, n_layers, "ffn", "predictor_rank",

@@ -37,6 +37,7 @@ from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse.masks import active_bits, reveal_bits
 from comet_core.systems.comet_heads import HeadSparsity, attention_step_cost  # noqa: F401 (re-exported)
 from comet_core.systems.dense import DenseSystem
+from comet_core.systems.step_record import StepRecord  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,6 @@ class LayerRequest:
     w_out: AShare         # (F, d)
     p2: AShare            # (r, F) predictor second layer
     pb2: AShare           # (F,)
-
-
-@dataclass
-class StepRecord:
-    """What one (layer, step) revealed, for sparsity.csv and the masked plaintext reference."""
-
-    layer: int
-    step: int
-    active: int
-    total: int
-    kind: str = "ffn"                         # ffn (neurons) | head (KV groups)
-    revealed: str = ""                        # head groups: the opened mask in permuted coordinates
-    real_mask: torch.Tensor | None = None    # (F,) bool in real coordinates (simulation only)
-    flips: int | float = math.nan             # MPC mask != float predictor mask
-    max_flip_margin: float = math.nan         # largest |score - threshold| among flipped units
 
 
 @dataclass
@@ -139,7 +125,8 @@ class CometSystem(HeadSparsity, DenseSystem):
              from the owner in the order of `plain` below, no plaintext predictor here (flips: NaN);
           3. otherwise (simulation, run_pair threads, the owner process): the checkpoint itself.
         """
-        from comet_core.sparse.predictors import cost_counts, load_for_system, shared_predictor_shapes
+        from comet_core.sparse.predictors import (cost_counts, load_for_system, public_rank_shapes,
+                                                  shared_predictor_shapes)
 
         L = len(weights.layers)
         owner_public = None if mpc.simulated else getattr(mpc.peers, "owner_public", None)
@@ -151,7 +138,7 @@ class CometSystem(HeadSparsity, DenseSystem):
             self.counts = cost_counts(model_cfg, self.cfg, L)
         elif owner_public is not None:
             self._public = _check_public(owner_public(self.name), model_cfg, L, self.heads)
-            plain = _public_shapes(self._public["ffn"], int(model_cfg.hidden_size), int(model_cfg.ffn_dim))
+            plain = public_rank_shapes(self._public["ffn"], int(model_cfg.hidden_size), int(model_cfg.ffn_dim))
             self.thresholds = [float(p["threshold"]) for p in self._public["ffn"]]
         else:
             ps = load_for_system(model_cfg, self.cfg)
@@ -337,14 +324,6 @@ class CometSystem(HeadSparsity, DenseSystem):
                 margin = (scores - thr).abs().min(0).values    # closest token's distance, per unit
                 rec.max_flip_margin = float(margin[flipped].max())
         self.state.records.append(rec)
-
-
-def _public_shapes(rows: list[dict], d: int, units: int) -> list[dict]:
-    """Data-free predictor weights from the owner's public ranks: W1 (d, r), b1 (r,), W2 (r, units), b2."""
-    from comet_core.mpc.shape import Shape
-
-    f = lambda *s: Shape(s, torch.float32)  # noqa: E731
-    return [dict(w1=f(d, int(p["rank"])), b1=f(int(p["rank"])), w2=f(int(p["rank"]), units), b2=f(units)) for p in rows]
 
 
 def _check_public(meta, model_cfg, L: int, heads: bool) -> dict:

@@ -51,9 +51,9 @@ class HeadSparsity:
             self.head_reactivation = self.head_masks.reactivation
         elif public is not None:   # data-free shapes; the shares come from the owner process
             from comet_core.sparse.predictors import reactivation_model
-            from comet_core.systems.comet import _public_shapes
+            from comet_core.sparse.predictors import public_rank_shapes
 
-            plain = _public_shapes(public["head"], int(model_cfg.hidden_size), int(model_cfg.num_heads))
+            plain = public_rank_shapes(public["head"], int(model_cfg.hidden_size), int(model_cfg.num_heads))
             self.head_thresholds = [float(p["threshold"]) for p in public["head"]]
             self.head_reactivation = reactivation_model(model_cfg, self.cfg)
         else:
@@ -263,7 +263,7 @@ class HeadSparsity:
         return inactive if p * later.online_bytes > now.online_bytes else inactive[:0]
 
     def _record_heads(self, mpc, x, layer, mask, req, G) -> None:
-        from comet_core.systems.comet import StepRecord
+        from comet_core.systems.step_record import StepRecord
 
         rec = StepRecord(layer, self.state.step, int(mask.sum()), int(mask.numel()), kind="head",
                          revealed="0b" + "".join("1" if b else "0" for b in mask.tolist()))

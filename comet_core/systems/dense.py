@@ -54,6 +54,11 @@ class DenseSystem:
             raise ValueError(f"unsupported activation {kind!r}; valid: relu, silu, gelu")
         return self.act_ops[k]
 
+    def approximates(self) -> bool:
+        """Whether any operator is an approximation (a name other than `exact`): the private tokens may then
+        differ from the unmodified model's; with none, the run computes the plaintext function in fixed point."""
+        return any(v != "exact" for v in (*self.act_names.values(), self.softmax_name, self.norm_name))
+
     def validate(self, cfg) -> None:
         """Refuse (one-line CometError) a run this system cannot do, before any work: the full run config."""
 

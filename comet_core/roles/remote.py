@@ -32,6 +32,7 @@ import torch
 from comet_core.comm.channel import PartyChannel, PeerError
 from comet_core.comm.ledger import Ledger
 from comet_core.comm.wire import encode
+from comet_core.mpc import ashare  # noqa: F401 (registers the share type that comm/wire.py sends)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class RemoteDealerView:
     def __init__(self, peers: "RemotePeers", mpc) -> None:
         self.peers, self.mpc = peers, mpc
         self.link = peers.links["dealer"]
-        self.link.mpc = mpc
+        self.link.share_context = mpc
 
     def __getattr__(self, name: str):
         if name.startswith("_"):

@@ -253,7 +253,7 @@ def check_unknown_keys(cfg: DictConfig) -> None:
         near = difflib.get_close_matches(leaf, known, n=1)
         hint = f"did you mean {path.rsplit('.', 1)[0] + '.' if '.' in path else ''}{near[0]}=? " if near else ""
         raise ConfigError(f"unknown config key '{path}'; {hint}`comet run-experiment --cfg job` lists the keys "
-                          "(a new key must also be declared in cli/schema.py)")
+                          "(a new key must also be declared in comet_core/config/schema.py)")
 
 
 def check_resolvable(cfg: DictConfig) -> None:
@@ -285,7 +285,7 @@ def check_run_config(cfg: DictConfig) -> None:
     """Schema-level checks of a composed `run-experiment` config (before any work)."""
     for key in ("model", "system", "network", "engine"):
         if key not in cfg or OmegaConf.is_missing(cfg, key) or cfg[key] is None:
-            from cli.hydra_launch import group_choices
+            from comet_core.config.groups import group_choices
 
             raise ConfigError(f"{key}= must name a config; valid choices: {', '.join(group_choices(key))}")
     check_unknown_keys(cfg)
@@ -304,7 +304,7 @@ def check_train_config(cfg: DictConfig) -> None:
     """Schema-level checks of a composed `train-lm` / `train-predictor` config."""
     for key in ("model", "predictor", "lm"):
         if key in cfg and (OmegaConf.is_missing(cfg, key) or cfg[key] is None):
-            from cli.hydra_launch import group_choices
+            from comet_core.config.groups import group_choices
 
             raise ConfigError(f"{key}= must name a config; valid choices: {', '.join(group_choices(key))}")
     check_unknown_keys(cfg)
