@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Publish one sitting of `make bench` into results/engine_ops.csv and regenerate the README's
-performance section from it.
+"""Publish one sitting of `make bench` into results/engine_ops.csv and regenerate the performance
+section of the docs (docs/results.md) from it.
 
 Steps:
   1. Read outputs/bench/<stamp>/anchors.csv (the combined table of one sitting) and check it holds the
      engine (a sitting without it has nothing to compare).
   2. Copy it to --out (default results/engine_ops.csv); an existing file is replaced only with --overwrite.
-  3. Replace the text between the README's `<!-- performance:start ... -->` and `<!-- performance:end -->`
+  3. Replace the text between docs/results.md's `<!-- performance:start ... -->` and `<!-- performance:end -->`
      markers with the section rendered from --out (comet_core/results/anchors.py).
 With --readme-only, only step 3 runs, from the table already at --out.
 
@@ -32,6 +32,7 @@ from comet_core.results.machine import refuse_existing  # noqa: E402
 log = logging.getLogger("bench_publish")
 
 DEFAULT_OUT = "results/engine_ops.csv"
+DEFAULT_PAGE = "docs/results.md"   # the page with the performance markers
 
 
 def publish(sitting: Path, out: Path, overwrite: bool) -> bool:
@@ -69,15 +70,15 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sitting", nargs="?", help="a sitting's folder, outputs/bench/<stamp>")
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"table to write (default {DEFAULT_OUT} in the repo root)")
-    ap.add_argument("--readme", default="README.md", help="README to update (default README.md in the repo root)")
+    ap.add_argument("--readme", default=DEFAULT_PAGE, help=f"the page to update (default {DEFAULT_PAGE} in the repo)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    ap.add_argument("--readme-only", action="store_true", help="only regenerate the README from --out")
+    ap.add_argument("--readme-only", action="store_true", help="only regenerate the performance section from --out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     if bool(args.sitting) == args.readme_only:
         ap.error("give a sitting folder, or --readme-only (not both)")
     out = REPO / args.out if args.out == DEFAULT_OUT else Path(args.out).expanduser().resolve()
-    readme = REPO / args.readme if args.readme == "README.md" else Path(args.readme).expanduser().resolve()
+    readme = REPO / args.readme if args.readme == DEFAULT_PAGE else Path(args.readme).expanduser().resolve()
     label = args.out if args.out == DEFAULT_OUT else str(out)
     try:
         if args.sitting and not publish(Path(args.sitting).expanduser().resolve(), out, args.overwrite):

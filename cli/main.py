@@ -121,7 +121,7 @@ def party(ctx: typer.Context,
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier role's files in --out"),
           config: Path = typer.Option(None, "--config", help="a resolved config.yaml (run-experiment passes one) instead of overrides")) -> None:
     """Run one role of a transport=tcp run as this process (Hydra overrides as for run-experiment, e.g.
-    transport=tcp transport.hosts.p0=10.0.0.1 transport.ports.p0=29500 ...). README: "Two machines"."""
+    transport=tcp transport.hosts.p0=10.0.0.1 transport.ports.p0=29500 ...). docs/tcp.md: "Two machines"."""
     import logging
     import sys
 

@@ -46,7 +46,7 @@ def one_line(exc: BaseException) -> str:
                "'=', '$' or brackets, which the grammar reads" if odd else
                "Hydra's grammar reads quotes, commas, '=', '$' and brackets in values")
         return (f"cannot parse {bad}: {why}; quote the whole value (\"key='a, b'\") or, for a prompt, use "
-                "prompt_file=<path> (README: quoting)")
+                "prompt_file=<path> (docs/commands.md: quoting)")
     msg = re.sub(r"\s*To append to your config use \+(\S+)", r" (no such key: check its spelling; "
                  r"`--cfg job` lists every key)", msg)
     msg = re.sub(r"\s+", " ", msg)

@@ -9,7 +9,9 @@ Steps:
    e.g. a system), `quick preset only` or `not run`;
 3. the artifacts without a paper value are listed with their commands and results folders;
 4. every figure under results/<name>/ is linked inline;
-5. the block replaces what lies between the two markers in README.md (added at the end if missing).
+5. the block replaces what lies between the two markers in README.md (added at the end if missing), and
+   the same block goes into the docs' page docs/reproduction.md, its figures linked through docs/results
+   (a link to results/, so that the site shows them).
 
 Run: `comet plot readme` (or `python -m experiments.readme_table`).
 """
@@ -108,12 +110,20 @@ def table_block(results_dir: Path, expected_dir: Path = EXPECTED_DIR, base: Path
 
 def write_readme_table(readme: Path = Path("README.md"), results_dir: Path = Path("results"),
                        expected_dir: Path = EXPECTED_DIR) -> Path:
-    """Replace the block between the markers of `readme` (appending a section when they are missing)."""
+    """Replace the block between the markers of `readme` (appending a section when they are missing) and,
+    beside a README that has a docs/ folder, of docs/reproduction.md (its figures through docs/results)."""
     readme = Path(readme)
     if not readme.is_file():
         raise CometError(f"{readme} does not exist; pass --readme PATH")
+    _replace_block(readme, table_block(results_dir, expected_dir, base=readme.resolve().parent))
+    docs = readme.resolve().parent / "docs"
+    if (docs / "results").is_dir() and (docs / "reproduction.md").is_file():
+        _replace_block(docs / "reproduction.md", table_block(docs / "results", expected_dir, base=docs))
+    return readme.resolve()
+
+
+def _replace_block(readme: Path, block: str) -> None:
     text = readme.read_text()
-    block = table_block(results_dir, expected_dir, base=readme.resolve().parent)
     if START in text and END in text:
         a, rest = text.split(START, 1)
         _, b = rest.split(END, 1)
@@ -123,7 +133,6 @@ def write_readme_table(readme: Path = Path("README.md"), results_dir: Path = Pat
     else:
         text = text.rstrip("\n") + "\n\n## Reproduction of the paper's claims\n\n" + block + "\n"
     readme.write_text(text)
-    return readme.resolve()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -261,7 +261,7 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
     tables.ops_table(o.ledger).to_csv(folder / "ops.csv", index=False)
     if cfg.get("save_ledger", True):
         o.ledger.to_csv(folder / "ledger.csv.gz", index=False)
-    if o.ref is not None:  # cost mode has no token values to list (README: Conventions)
+    if o.ref is not None:  # cost mode has no token values to list (docs/conventions.md)
         gen.to_csv(folder / "generation.csv", index=False)
     write_sparsity(o.system, cfg, folder, predicted_outcome(o))
     summary["metrics"] = metrics

@@ -2,7 +2,7 @@
 """The system x operator table, generated from conf/system/*.yaml and the operator registry.
 
 Writes conf/system/README.md and replaces the block between the markers
-`<!-- systems-table:start -->` and `<!-- systems-table:end -->` in README.md.
+`<!-- systems-table:start -->` and `<!-- systems-table:end -->` in docs/systems.md (the docs' Systems page).
 Columns: system, operator (linear, ReLU, SiLU, GeLU, softmax, norm, sparsity) -> protocol name, what it
 computes (with its parameters), source, and whether its cost is measured (a protocol that ran on shares)
 or modelled (an ideal functionality priced by comet_core/mpc/ideal.py).
@@ -77,10 +77,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     tab = table()
     sys_md = REPO / "conf" / "system" / "README.md"
-    readme = REPO / "README.md"
+    readme = REPO / "docs" / "systems.md"
     text = readme.read_text()
     if START not in text:
-        text = text.rstrip("\n") + f"\n\n## Systems\n\n{START}\n{END}\n"
+        text = text.rstrip("\n") + f"\n\n## The table\n\n{START}\n{END}\n"
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     new_readme = f"{head}{START}\n{tab}\n{END}{tail}"

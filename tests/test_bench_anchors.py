@@ -150,8 +150,8 @@ def test_replace_section_touches_only_the_text_between_the_markers():
         anchors.replace_section("# no markers\n", "x")
 
 
-def test_the_repository_readme_has_the_markers():
-    text = (REPO / "README.md").read_text()
+def test_the_repository_docs_have_the_markers():
+    text = (REPO / "docs" / "results.md").read_text()
     assert anchors.replace_section(text, "probe").count("probe") == 1
 
 

@@ -232,8 +232,8 @@ def test_memory_estimate_grows_with_the_model():
 
 
 def test_prompt_file_takes_any_text(tmp_path):
-    """The README's prompt_file example, run as written (apostrophes, quotes, =, $ and ${...})."""
-    readme = (REPO / "README.md").read_text()
+    """The docs' prompt_file example (docs/commands.md), run as written (apostrophes, quotes, =, $ and ${...})."""
+    readme = (REPO / "docs" / "commands.md").read_text()
     line = next(ln for ln in readme.splitlines() if ln.startswith("printf ") and "prompt.txt" in ln)
     subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True)
     text = (tmp_path / "prompt.txt").read_text()[:-1]

@@ -6,7 +6,7 @@ first in its defaults list (``- schema/run``, ...), so Hydra checks every value'
 (``gen_token=2``). ``check_config`` then catches what composition lets through: keys forced in with
 ``+key=`` and values whose type is right but whose meaning is not (``seed=-1``, bandwidth ``inf``).
 
-Open and closed groups (the choice, documented in README "Conventions"):
+Open and closed groups (the choice, documented in docs/conventions.md):
 
 - closed (every key declared, typed): the primary configs, ``model``, ``network``, ``engine``, ``lm``,
   ``predictor``. A new key in one of their YAML files must be declared here too (one line).

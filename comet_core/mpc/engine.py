@@ -171,7 +171,7 @@ class MPC:
         proto = "/".join(self.ledger._protocol) or "engine"
         msg = (f"value out of range in {', '.join(where)} (protocol {proto}): {what} = {value:.6g}, beyond "
                f"+-{limit:.6g} at frac_bits={self.frac_bits}")
-        return RangeError(msg + (f"; {hint}" if hint else "; see the README's supported ranges (lower "
+        return RangeError(msg + (f"; {hint}" if hint else "; see docs/ranges.md (lower "
                                  "engine.frac_bits for a wider range, or rescale the input)"))
 
     def _generator(self, a: str, b: str, stream: str) -> "PRG | None":

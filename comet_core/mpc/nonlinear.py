@@ -86,7 +86,7 @@ def _check_domain(x: AShare, hi: int, name: str) -> None:
     top = float(v.max()) / 2.0 ** x.frac if v.numel() else 0.0
     if top >= 2.0 ** (hi + 1):
         raise mpc.range_error(f"the {name} input", top, 2.0 ** (hi + 1),
-                              f"{name} holds x < 2^{hi + 1} at frac_bits={mpc.frac_bits} (README: supported ranges)")
+                              f"{name} holds x < 2^{hi + 1} at frac_bits={mpc.frac_bits} (docs/ranges.md)")
 
 
 FINE_PER_OCTAVE = 8     # engine.comparison=fss: breakpoints per octave of the guess (one round for any number)

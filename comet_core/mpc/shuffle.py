@@ -7,7 +7,7 @@ Then both parties relabel the result by sigma, a permutation they both know and 
 (MPC.relabel: the P0-P1 key), locally: the permutation in force is sigma o pi, which no single process
 knows. The dealer made pi, so without sigma the public indices the parties later ask it about (a reused
 weight mask's selected rows, issue 22 D1) would name the real neurons; with sigma they are a uniformly
-random set of the same size to it (README: "What the online dealer sees").
+random set of the same size to it (docs/threat-model.md: "What the online dealer sees").
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ class _Service:
         return True
 
 
-# What the dealer process serves (Dealer methods a party engine calls; README "What the online dealer
+# What the dealer process serves (Dealer methods a party engine calls; docs/threat-model.md "What the online dealer
 # sees" lists what each one's arguments tell the dealer). Anything else (`permutation`: pi itself; the
 # simulation-only blocked_matmul_triple / and_triples_np) is refused.
 DEALER_ITEMS = frozenset({"mul_triple", "matmul_triple", "square_pair", "trunc_triple", "compare_mask",

@@ -1,0 +1,86 @@
+"""The documentation: the site builds strictly (a broken link or a page missing from the nav fails), and
+every `comet` command shown in a code block of the README, CONTRIBUTING.md or docs/ is checked as the CLI
+would check it before any work (its overrides compose and pass every config check; its sub-command and
+artifact exist), unless its line is marked `# needs: <what CI lacks>` (root, a cluster, two machines).
+A renamed key or config that the docs still show therefore fails here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def shown_commands() -> list[tuple[str, str]]:
+    """(page, command line) of every `comet ...` line inside a ```bash block (`# needs:` lines left out)."""
+    out = []
+    for page in PAGES:
+        if page.name == "contributing.md":   # a link to CONTRIBUTING.md
+            continue
+        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():   # continuation lines joined
+                line = line.strip()
+                if line.startswith("comet ") and "# needs:" not in line:
+                    out.append((page.name, line))
+    return out
+
+
+def _args(line: str) -> list[str]:
+    return shlex.split(line, comments=True)[1:]
+
+
+def _check(args: list[str]) -> None:
+    from cli.hydra_launch import CONF_DIR, check_group_overrides, check_launcher
+    from cli.main import app, check_run
+    from cli.preflight import preflight
+    from comet_core.config.schema import register
+    from experiments.plot_artifacts import ARTIFACTS
+
+    register()
+
+    cmd, rest = args[0], args[1:]
+    names = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    assert cmd in names, f"`comet {cmd}` is not a command ({', '.join(sorted(names))})"
+    if cmd == "run-experiment":
+        check_group_overrides(rest)
+        check_launcher(rest)
+        preflight("config", rest, str(CONF_DIR), check_run)
+    elif cmd == "train-predictor":
+        from experiments.train_predictor import check_train_predictor
+
+        preflight("train_predictor", rest, str(CONF_DIR), check_train_predictor)
+    elif cmd == "plot":
+        assert rest and (rest[0] in ARTIFACTS or rest[0] in ("all", "readme")), f"no artifact {rest[:1]}"
+
+
+def test_the_docs_show_commands():
+    cmds = shown_commands()
+    assert len(cmds) >= 5 and any(c.startswith("comet run-experiment") for _, c in cmds)
+
+
+@pytest.mark.parametrize("page,line", shown_commands(), ids=lambda v: v if "comet" in str(v) else str(v))
+def test_every_command_the_docs_show_passes_the_cli_checks(page, line, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # a prompt_file= or output_dir= in a command is relative to where it runs
+    (tmp_path / "prompt.txt").write_text("JULIET. 'Tis but thy name\n")
+    _check(_args(line))
+
+
+def test_docs_site_builds_strictly(tmp_path):
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
+    if mkdocs is None:
+        if os.environ.get("CI"):
+            pytest.fail("mkdocs is missing: `make install` installs the docs extra (pip install -e '.[docs]')")
+        pytest.skip("mkdocs not installed: pip install -e '.[docs]'")
+    r = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "site" / "index.html").is_file()
