@@ -86,7 +86,9 @@ def test_rate_is_applied_by_the_kernel_in_both_directions():
         assert tcp_throughput(link, 2_000_000) > 0
         assert tbf_counters(link) == [] and "tbf" not in link.qdiscs()      # the control: nothing shaped it
         link.set_rate(1e8)
-        assert [e["sent_bytes"] for e in tbf_counters(link)] == [0, 0]
+        # a fresh tbf; a stray packet of the control's connection (a late ACK or FIN) may still pass it
+        start = [e["sent_bytes"] for e in tbf_counters(link)]
+        assert len(start) == 2 and all(b < 100_000 for b in start), start
         tcp_throughput(link, 2_000_000, "p0", "p1")
         after_there = tbf_counters(link)
         tcp_throughput(link, 2_000_000, "p1", "p0")
@@ -94,8 +96,8 @@ def test_rate_is_applied_by_the_kernel_in_both_directions():
     for ends in (after_there, after_back):
         assert len(ends) == 2 and all(e["rate"] == "100Mbit" for e in ends), ends
     p0_end, p1_end = after_there
-    assert p0_end["sent_bytes"] >= 2_000_000 and p0_end["overlimits"] > 0, after_there   # P0 -> P1 was shaped
-    assert p1_end["sent_bytes"] < 2_000_000                                              # P1 sent only ACKs
+    assert p0_end["sent_bytes"] - start[0] >= 2_000_000 and p0_end["overlimits"] > 0, after_there   # P0 -> P1 shaped
+    assert p1_end["sent_bytes"] - start[1] < 2_000_000                                   # P1 sent only ACKs
     assert after_back[1]["sent_bytes"] - p1_end["sent_bytes"] >= 2_000_000 and \
         after_back[1]["overlimits"] > 0, after_back                                      # P1 -> P0 was shaped
 

@@ -491,17 +491,22 @@ def test_run_experiment_over_tcp_equals_inprocess(tmp_path):
     assert (keys / "p0.pem").exists() and not list(keys.glob("*.key"))
 
 
-def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
-    """P1 is killed (SIGKILL) right after its handshakes: one line naming it, the folder is not complete."""
+def _start_faulty_tcp_run(out: Path):
+    """A tcp run of six tokens whose roles a test then disturbs (short timeouts, no in-process check)."""
     import subprocess
     import sys
 
-    out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cli.main", "run-experiment", f"output_dir={out}", "model=tiny-opt", "model.layers=1",
            "gen_tokens=6", "prompt=To be", "transport=tcp", "transport.timeout_s=8", "transport.connect_timeout_s=20",
            "transport.check_inprocess=false", "force=true"]
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_party_fails_the_run_within_the_timeout(tmp_path):
+    """P1 is killed (SIGKILL) right after its handshakes: one line naming it, the folder is not complete."""
+    out = tmp_path / "run"
+    proc = _start_faulty_tcp_run(out)
     t0 = time.monotonic()
     killed = False
     while proc.poll() is None and time.monotonic() - t0 < scaled(120):
@@ -527,15 +532,9 @@ def test_a_hung_party_is_named_as_hung(tmp_path):
     (signal 9); p0: dealer stopped: no message from p0", naming the clean-up. Now the services wait twice
     transport.timeout_s, P0's own wait names P1, and the launcher kills the silent P1 as hung."""
     import re
-    import subprocess
-    import sys
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cli.main", "run-experiment", f"output_dir={out}", "model=tiny-opt", "model.layers=1",
-           "gen_tokens=6", "prompt=To be", "transport=tcp", "transport.timeout_s=8", "transport.connect_timeout_s=20",
-           "transport.check_inprocess=false", "force=true"]
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_faulty_tcp_run(out)
     t0 = time.monotonic()
     pid = None
     try:
