@@ -242,12 +242,12 @@ def plot(
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s", stream=sys.stderr)
     try:
         if name == "readme":
-            from experiments.readme_table import write_readme_table
+            from plotting.readme_table import write_readme_table
 
             path = write_readme_table(readme, results_dir)
             typer.echo(f"reproduction table written into {path}")
             return
-        from experiments.plot import plot_all, plot_artifact, plot_from_data
+        from plotting.plot import plot_all, plot_artifact, plot_from_data
 
         if from_data:
             if name == "all" or run is not None:

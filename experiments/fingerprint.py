@@ -163,13 +163,12 @@ def table_columns(table: Path) -> tuple[set, set, set]:
 
 def reprice_command(table: Path) -> str:
     """The command(s) that remake `table` at this tree (what stale_tables names)."""
-    from experiments.plot_artifacts import how_to_run
-    from experiments.plot_artifacts import ARTIFACTS
+    from experiments.artifacts import how_to_run, is_artifact
 
     folder = table.parent
     if _rel(table) in KNOWN:
         return KNOWN[_rel(table)]["reprice"]
-    if folder.parent.name == "results" and folder.name in ARTIFACTS:
+    if folder.parent.name == "results" and is_artifact(folder.name):
         return f"{how_to_run(folder.name)} && comet plot {folder.name} --overwrite"
     info = folder / "run_info.json"
     if info.is_file() and table.name == "metrics.csv":   # a run folder: its own command line, replacing it

@@ -119,7 +119,7 @@ def test_real_models_quality_reads_the_one_table(tiny, tmp_path, heads, variant)
     Comet's row the variant the sweep ran (with or without heads), one dense perplexity per model."""
     from types import SimpleNamespace
 
-    from experiments.plot_artifacts import plaintext_quality
+    from plotting.analyses import plaintext_quality
 
     cfg, plain, tok, ps, windows = tiny
     df = A.accuracy_table(cfg, plain, tok, windows, ["dense", "comet", "iron"], predictors=ps)

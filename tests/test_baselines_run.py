@@ -90,6 +90,6 @@ def test_puma_costs_dense_on_relu_models_where_both_take_the_tournament(tmp_path
 
 def test_system_table_is_up_to_date():
     """conf/system/README.md and the README section are generated from the YAML files."""
-    from experiments.system_table import main
+    from plotting.system_table import main
 
-    assert main(["--check"]) == 0, "run: python experiments/system_table.py"
+    assert main(["--check"]) == 0, "run: python -m plotting.system_table"

@@ -43,7 +43,7 @@ def _check(args: list[str]) -> None:
     from cli.main import app, check_run
     from cli.preflight import preflight
     from comet_core.config.schema import register
-    from experiments.plot_artifacts import ARTIFACTS
+    from plotting.analyses import ARTIFACTS
 
     register()
 

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli.main import app
-from experiments.plot_artifacts import ARTIFACTS
+from plotting.analyses import ARTIFACTS
 from tests.helpers_load import scaled
 
 REPO = Path(__file__).resolve().parent.parent

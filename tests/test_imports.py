@@ -1,6 +1,6 @@
 """The project's import graph has no circle and no arrow back up (issue 28 item 1).
 
-Every import of cli/, comet_core/, experiments/ and benchmarks/ is counted, also those inside
+Every import of cli/, comet_core/, experiments/, plotting/ and benchmarks/ is counted, also those inside
 functions; `from x import y` counts as an import of x.y when x/y is a module of ours, else of x.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cli", "comet_core", "experiments", "benchmarks")
+PACKAGES = ("cli", "comet_core", "experiments", "plotting", "benchmarks")
 
 
 
@@ -170,6 +170,14 @@ def test_comm_imports_no_protocol_code():
 
 
 def test_core_and_experiments_do_not_import_cli():
-    bad = _arrows_up("comet_core", ("cli", "experiments")) + _arrows_up("experiments", ("cli",))
+    bad = (_arrows_up("comet_core", ("cli", "experiments")) + _arrows_up("experiments", ("cli",))
+           + _arrows_up("plotting", ("cli",)))
     print("\n".join(bad))
     assert not bad, "arrows back up to the CLI:\n" + "\n".join(bad)
+
+
+def test_plotting_sits_above_the_runs_it_reads():
+    # plotting/ reads what experiments/ and the core wrote; nothing below it draws or publishes.
+    bad = _arrows_up("comet_core", ("plotting",)) + _arrows_up("experiments", ("plotting",))
+    print("\n".join(bad))
+    assert not bad, "arrows up to plotting/:\n" + "\n".join(bad)

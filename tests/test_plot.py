@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from comet_core.errors import CometError
-from experiments.plot import plot_artifact
-from experiments.plot_compare import compare, judge
-from experiments.plot_sweeps import load_sweep
-from experiments.readme_table import END, START, write_readme_table
+from plotting.plot import plot_artifact
+from plotting.compare import compare, judge
+from plotting.sweeps import load_sweep
+from plotting.readme_table import END, START, write_readme_table
 
 REPO = Path(__file__).resolve().parent.parent
 LAN = dict(name="lan", bandwidth_bps=5e9, latency_s=8e-4)
@@ -253,7 +253,7 @@ def test_ffn_sparsity_speedup_from_ffn_ops(tmp_path):
     assert (r.out_dir / "ffn_sparsity_speedup.png").is_file()
 
     # the same analysis from the published data.csv alone (no job folders), data.csv kept as it was
-    from experiments.plot import plot_from_data
+    from plotting.plot import plot_from_data
 
     before = (r.out_dir / "data.csv").read_bytes()
     with pytest.raises(CometError, match="pass --overwrite"):
@@ -272,7 +272,7 @@ def test_ffn_sparsity_speedup_from_ffn_ops(tmp_path):
 def test_indexing_figure_has_a_log_axis_when_the_variants_differ_tenfold():
     """results/shuffle_vs_oblivious: the shuffle's bars (~30x smaller) must show; a variant without such cost
     (0) keeps a linear axis."""
-    from experiments.plot_artifacts import shuffle_vs_oblivious_from_data
+    from plotting.analyses import shuffle_vs_oblivious_from_data
 
     df = pd.read_csv(REPO / "results" / "shuffle_vs_oblivious" / "data.csv")
     exp = yaml.safe_load((REPO / "conf" / "experiment" / "shuffle_vs_oblivious.yaml").read_text())["experiment"]
@@ -321,8 +321,8 @@ def test_failed_jobs_are_named_with_their_error(tmp_path):
     its run.log holds; a job with no recorded error says so."""
     from omegaconf import OmegaConf
 
-    from experiments.plot import failed_job_notes
-    from experiments.plot_sweeps import Job, Sweep
+    from plotting.plot import failed_job_notes
+    from plotting.sweeps import Job, Sweep
 
     jobs = []
     for n, text in [("0", "[t][comet.run][INFO] - ok\n"),

@@ -1,6 +1,6 @@
 """One analysis per paper artifact: tidy data, derived tables, measured claims and figures.
 
-Each analysis reads a sweep (plot_sweeps.Sweep) and the artifact's `experiment:` block from the jobs'
+Each analysis reads a sweep (plotting.sweeps.Sweep) and the artifact's `experiment:` block from the jobs'
 config (conf/experiment/<name>.yaml: reference system, op patterns, swept key, bandwidths). Which systems
 are compared is whatever the sweep ran: adding a system to an artifact is adding its name to the sweep.
 
@@ -20,12 +20,10 @@ from omegaconf import OmegaConf
 
 from comet_core.errors import CometError
 from comet_core.models.cache import REPO_ROOT
-from experiments import plot_data as pdata
-
-CONF_EXPERIMENT = REPO_ROOT / "conf" / "experiment"
-from experiments.plot_compare import points
-from experiments.plot_figures import Figure
-from experiments.plot_sweeps import Sweep, select_sweep
+from plotting import data as pdata
+from plotting.compare import points
+from plotting.figures import Figure
+from plotting.sweeps import Sweep, select_sweep
 
 GB = 1e9
 
@@ -35,7 +33,7 @@ class Analysis:
     data: pd.DataFrame                                           # data.csv (tidy)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # derived tables for table.md
     claims: dict[str, list[float]] = field(default_factory=dict)   # metric -> measured values (expected/*.csv),
-                                                                   # each a plot_compare.Point naming its sweep point
+                                                                   # each a plotting.compare.Point naming its sweep point
     beside: dict[str, tuple[str, str]] = field(default_factory=dict)   # metric -> (caption, metric quoted beside it)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -546,14 +544,3 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("mask_reuse", "Weight masks opened once per request (beyond the paper)", mask_reuse),
 )}
 
-
-def how_to_run(name: str) -> str:
-    """The command that makes a sweep of artifact `name` (from its conf/experiment yaml)."""
-    import yaml
-
-    p = CONF_EXPERIMENT / f"{name}.yaml"
-    cmd = "run-experiment"
-    if p.is_file():
-        cmd = (yaml.safe_load(p.read_text()) or {}).get("experiment", {}).get("command", cmd)
-    plus = "+" if cmd == "train-predictor" else ""
-    return f"comet {cmd} -m {plus}experiment={name}"

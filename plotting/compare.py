@@ -2,7 +2,7 @@
 
 expected/<name>.csv columns:
     claim             the paper's claim in words
-    metric            the name of a measured quantity the artifact's analysis returns (plot_artifacts.py)
+    metric            the name of a measured quantity the artifact's analysis returns (analyses.py)
     stat              how the measured values (one per model x baseline, ...) are reduced: range | max |
                       min | mean
     paper_value_lo/hi the paper's value: a range (lo < hi), a point (lo == hi), or a bound (one side empty)
@@ -33,8 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from comet_core.errors import CometError
-
-EXPECTED_DIR = Path(__file__).resolve().parent / "expected"
+from experiments.artifacts import EXPECTED_DIR
 COLUMNS = ["claim", "metric", "stat", "paper_value_lo", "paper_value_hi", "unit", "tolerance", "tolerance_kind",
            "tolerance_reason", "source", "note"]
 
@@ -90,7 +89,7 @@ def load_expected(name: str, expected_dir: Path = EXPECTED_DIR) -> pd.DataFrame 
     df = pd.read_csv(p, keep_default_na=False, na_values=[""])
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise CometError(f"{p} lacks columns {', '.join(missing)}; see experiments/plot_compare.py")
+        raise CometError(f"{p} lacks columns {', '.join(missing)}; see plotting/compare.py")
     return df
 
 

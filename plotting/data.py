@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from comet_core.comm.network import Network
-from experiments.plot_sweeps import Job, Sweep
+from plotting.sweeps import Job, Sweep
 
 GROUPS = ("model", "system", "network", "engine", "predictor", "experiment", "lm")
 PHASES = ("prefill", "decode", "total")

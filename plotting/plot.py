@@ -2,8 +2,8 @@
 
 Steps (plot_artifact):
 1. pick the sweep: the newest complete multirun sweep whose jobs say `experiment.name: <name>` under the runs
-   root (default outputs/multirun), or the one `run` names (plot_sweeps.py);
-2. analyse it (plot_artifacts.py): one tidy data.csv (one row per job x phase, or per job x metric for
+   root (default outputs/multirun), or the one `run` names (sweeps.py);
+2. analyse it (analyses.py): one tidy data.csv (one row per job x phase, or per job x metric for
    train-predictor), derived tables, the measured values of the paper's claims, figures;
 3. refuse when results/<name>/ already holds any file this would write, unless overwrite;
 4. write data.csv, table.md, comparison.csv and every figure as PNG and PDF; for a table of runs (a `mode`
@@ -25,10 +25,11 @@ import pandas as pd
 
 from comet_core.errors import CometError
 from experiments import fingerprint
-from experiments.plot_artifacts import ARTIFACTS, CONF_EXPERIMENT, exp_block, how_to_run
-from experiments.plot_compare import EXPECTED_DIR, compare, comparison_text, load_expected
-from experiments.plot_figures import draw
-from experiments.plot_sweeps import NoSweepError, Sweep, select_sweep
+from experiments.artifacts import CONF_EXPERIMENT, EXPECTED_DIR, how_to_run
+from plotting.analyses import ARTIFACTS, exp_block
+from plotting.compare import compare, comparison_text, load_expected
+from plotting.figures import draw
+from plotting.sweeps import NoSweepError, Sweep, select_sweep
 
 log = logging.getLogger("comet.plot")
 
