@@ -51,7 +51,7 @@ def check_run(cfg, multirun: bool) -> None:
     from pathlib import Path
 
     from comet_core.results.run_folder import check_destination, probe_writable
-    from experiments.run_config import validate_config
+    from comet_core.roles.run_config import validate_config
 
     validate_config(cfg)
     if not multirun:
@@ -131,7 +131,7 @@ def party(ctx: typer.Context,
     logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][{role}][%(name)s][%(levelname)s] %(message)s",
                         stream=sys.stderr)
     try:
-        from experiments.party import compose, load_config
+        from comet_core.roles.party import compose, load_config
 
         cfg = load_config(str(config)) if config is not None else compose(list(ctx.args))
         if cfg.transport.name != "tcp":
@@ -145,7 +145,7 @@ def party(ctx: typer.Context,
     except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf composition errors: one line
         typer.echo(f"error: {role}: {one_line(e)}", err=True)
         raise typer.Exit(2) from None
-    from experiments.party import main as party_main
+    from comet_core.roles.party import main as party_main
 
     raise typer.Exit(party_main(role, cfg, str(keys), str(out or Path("outputs") / f"party-{role}"), overwrite=overwrite))
 

@@ -2,10 +2,10 @@
 
 A Hydra task function (module imports no torch at import time; heavy imports happen inside).
 
-1. ``validate_config`` (experiments/run_config.py): every value checked before any work (schema, ranges,
+1. ``validate_config`` (comet_core/roles/run_config.py): every value checked before any work (schema, ranges,
    positions, memory).
 2. ``check_destination``: the output folder may receive the results (never a silent overwrite).
-3. ``execute`` (experiments/inprocess.py; transport=tcp: experiments/tcp_run.py): the private generation
+3. ``execute`` (comet_core/roles/inprocess.py; transport=tcp: comet_core/roles/tcp_run.py): the private generation
    (and the plaintext reference in exact mode: first, and the plaintext model released before the private
    run, unless the reference needs what the run revealed).
 4. ``write_results`` into a hidden staging folder: config.yaml, metrics.csv, ops.csv, generation.csv,
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from comet_core.config.schema import register as _register_schemas
 from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
-from experiments.inprocess import Outcome, execute  # noqa: F401 (execute re-exported: scripts and tests)
-from experiments.run_config import load_prompt, reference_needs_run, validate_config  # noqa: F401
+from comet_core.roles.inprocess import Outcome, execute  # noqa: F401 (execute re-exported: scripts and tests)
+from comet_core.roles.run_config import load_prompt, reference_needs_run, validate_config  # noqa: F401
 
 _register_schemas()  # scripts that compose conf/config.yaml themselves need the schemas and resolvers
 
@@ -287,10 +287,10 @@ def _run(cfg, out: Path, hydra_dir: Path | None, info) -> dict:
 
     with RunFolder(out, overwrite=bool(cfg.overwrite), hydra_dir=hydra_dir) as folder:
         if cfg.transport.name == "tcp":
-            from experiments.emulated import emulated
-            from experiments.tcp_run import tcp_execute
+            from comet_core.roles.emulated import emulated
+            from comet_core.roles.tcp_run import tcp_execute
 
-            with emulated(cfg) as link:      # transport.emulate=netns: P0, P1 in namespaces (experiments/emulated.py)
+            with emulated(cfg) as link:      # transport.emulate=netns: P0, P1 in namespaces (comet_core/roles/emulated.py)
                 outcome = tcp_execute(cfg, folder.staging)
             if link is not None:
                 outcome.transport["link"] = link

@@ -1,4 +1,4 @@
-"""`transport.emulate` (experiments/emulated.py): config checks, the parties' shaper, and one tcp run of a tiny
+"""`transport.emulate` (comet_core/roles/emulated.py): config checks, the parties' shaper, and one tcp run of a tiny
 model whose P0 and P1 sit in network namespaces behind a shaped link (root only; skipped with the reason)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from comet_core.comm import netns
 from comet_core.comm.netns import LinkError
 from comet_core.comm.shaper import LinkShaper
 from comet_core.errors import ConfigError
-from experiments.emulated import check_emulation, party_shaper
+from comet_core.roles.emulated import check_emulation, party_shaper
 
 from tests.test_netns import WHY_NOT
 from tests.test_tcp import _cfg as tcp_cfg

@@ -38,7 +38,7 @@ def _trace_execute(monkeypatch, cfg):
     import comet_core.models.generate as generate
     import comet_core.models.weights as weights
     import comet_core.models.zoo as zoo
-    import experiments.inprocess as R
+    import comet_core.roles.inprocess as R
 
     events, plain = [], []
     load, share, refs, priv = zoo.load_plain_model, weights.share_weights, R.plaintext_references, generate.private_generate
@@ -82,7 +82,7 @@ def test_released_model_needs_no_collection_unless_cycles_keep_it(tmp_path, monk
     import comet_core.memory as memory
     import comet_core.models.generate as generate
     import comet_core.models.zoo as zoo
-    import experiments.inprocess as R
+    import comet_core.roles.inprocess as R
 
     plain, calls, alive = [], [], []
     load, release, priv = zoo.load_plain_model, memory.release_free_heap, generate.private_generate
@@ -142,7 +142,7 @@ def test_run_estimates_the_memory_once_per_prompt_length(tmp_path, monkeypatch, 
     """run(): validate's check_memory covers execute when the prompt has the prompt_len it assumed (the
     same estimate is not made twice); without prompt_len, execute checks the prompt's real length."""
     import experiments.run as R
-    import experiments.run_config as C
+    import comet_core.roles.run_config as C
 
     seen, check = [], C.check_memory
 

@@ -206,7 +206,7 @@ def test_memory_refusal_names_the_largest_layer_count_that_fits(monkeypatch):
     from hydra import compose, initialize_config_dir
 
     from comet_core.config.schema import register
-    from experiments import run_config as run_mod
+    from comet_core.roles import run_config as run_mod
 
     register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -372,7 +372,7 @@ def test_every_role_warns_of_a_declared_insecure_seed(tmp_path, caplog):
     at the missing key files); without a seed no role warns."""
     import logging
 
-    from experiments.party import ROLES, main
+    from comet_core.roles.party import ROLES, main
 
     over = ("transport.ports.p0=29500", "transport.ports.p1=29501")
     for seed, warned in ((("seed=0", "transport.insecure_seed=true"), True), ((), False)):

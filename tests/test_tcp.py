@@ -1,6 +1,6 @@
 """transport=tcp: the wire format, TLS links, the five roles and their faults.
 
-Fast tests run the roles as threads of this process (`experiments.party.main`, the function each
+Fast tests run the roles as threads of this process (`comet_core.roles.party.main`, the function each
 `comet party` process runs); two tests start real processes through `comet run-experiment transport=tcp`
 (tokens and ledger equal the in-process run, socket bytes equal the ledger; a killed party).
 """
@@ -71,7 +71,7 @@ def _equals_inprocess(cfg, tmp_path) -> pd.DataFrame:
 def _ports(cfg):
     from omegaconf import open_dict
 
-    from experiments.tcp_run import free_port
+    from comet_core.roles.tcp_run import free_port
 
     with open_dict(cfg):
         cfg.transport.ports.p0 = free_port("127.0.0.1")
@@ -81,7 +81,7 @@ def _ports(cfg):
 
 def _run_threads(cfgs: dict, keys: dict, out: Path, skip=()) -> dict:
     """Run the roles as threads (party.main); returns {role: exit status}."""
-    from experiments.party import main
+    from comet_core.roles.party import main
 
     rc = {}
     threads = []
@@ -435,7 +435,7 @@ def test_wrong_certificate_stops_every_role(tmp_path, keys):
 @pytest.mark.parametrize("fault", ["malformed", "oversized"])
 def test_a_bad_frame_from_the_dealer_stops_the_parties(tmp_path, keys, fault):
     """A fake dealer passes the handshake, then answers the first request with a bad frame."""
-    from experiments.party import config_hash, flat_config
+    from comet_core.roles.party import config_hash, flat_config
 
     cfg = _ports(_cfg(tmp_path))
     flat = flat_config(cfg)
@@ -572,9 +572,9 @@ def test_an_ideal_functionality_runs_through_the_dealer(tmp_path, keys):
 def test_only_the_clients_config_holds_the_prompt(tmp_path):
     """issue 22, V1: the launcher wrote the prompt into every role's config; now only the client's. Every
     role's config passes that role's checks (the others need no prompt), and all hash alike."""
-    from experiments.party import config_hash, flat_config, load_config
+    from comet_core.roles.party import config_hash, flat_config, load_config
     from experiments.run import validate_config
-    from experiments.tcp_run import role_configs
+    from comet_core.roles.tcp_run import role_configs
 
     cfg = _cfg(tmp_path, "prompt=a secret prompt")
     files = role_configs(cfg, tmp_path)
@@ -589,7 +589,7 @@ def test_only_the_clients_config_holds_the_prompt(tmp_path):
 def test_a_reused_party_out_is_refused_or_cleared(tmp_path, capsys):
     """issue 22, T3: a reused `comet party --out` kept an old result.json beside the new error.txt. Now
     it is refused in one line before any work (the old files untouched), or cleared with --overwrite."""
-    from experiments.party import main
+    from comet_core.roles.party import main
 
     cfg = _ports(_cfg(tmp_path))
     out = tmp_path / "p0"
@@ -608,7 +608,7 @@ def test_party_config_from_overrides_hashes_like_the_launchers_file(tmp_path):
     Keys that may differ per role (output_dir, the prompt, keys_dir) are not hashed."""
     from omegaconf import OmegaConf
 
-    from experiments.party import compose, config_hash, flat_config, load_config
+    from comet_core.roles.party import compose, config_hash, flat_config, load_config
 
     over = ["transport=tcp", "model=tiny-opt", "seed=2", "transport.ports.p0=29500", "transport.ports.p1=29501"]
     a = compose(over)

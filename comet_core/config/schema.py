@@ -86,7 +86,7 @@ class EngineSchema:
 
 @dataclass
 class TransportSchema:
-    """conf/transport/*.yaml: inprocess (the default) or tcp (comet_core/comm/tls.py, experiments/party.py)."""
+    """conf/transport/*.yaml: inprocess (the default) or tcp (comet_core/comm/tls.py, comet_core/roles/party.py)."""
     name: str = "inprocess"
     keys_dir: Optional[str] = None
     hosts: Dict[str, str] = field(default_factory=lambda: {r: "127.0.0.1" for r in ("p0", "p1", "dealer", "client", "owner")})
@@ -97,7 +97,7 @@ class TransportSchema:
     max_frame_bytes: int = 1 << 30
     exec_prefix: Dict[str, List[str]] = field(default_factory=lambda: {"p0": [], "p1": []})
     check_inprocess: bool = True
-    emulate: str = "none"           # none | netns | shaper: the P0-P1 link emulates network= (experiments/emulated.py)
+    emulate: str = "none"           # none | netns | shaper: the P0-P1 link emulates network= (comet_core/roles/emulated.py)
     latency_by: str = "auto"        # netns: who adds the one-way latency: auto (netem if the kernel has it) | netem | shaper
     insecure_seed: bool = False     # allow seed=<int> (every role then derives every key: tests and reproducible ledgers only)
 

@@ -1,6 +1,6 @@
 """The in-process run: both parties, the dealer, the client and the owner in this process.
 
-Its Outcome is what either runner (this one, or experiments/tcp_run.py) hands to experiments/run.py,
+Its Outcome is what either runner (this one, or comet_core/roles/tcp_run.py) hands to experiments/run.py,
 which writes the tables.
 """
 
@@ -10,8 +10,8 @@ import logging
 import weakref
 from dataclasses import dataclass, field
 
-from experiments import run_config   # run_config.check_memory: one name for validate_config and execute (tests patch it)
-from experiments.run_config import engine_config, prompt_ids, reference_needs_run
+from comet_core.roles import run_config   # run_config.check_memory: one name for validate_config and execute (tests patch it)
+from comet_core.roles.run_config import engine_config, prompt_ids, reference_needs_run
 
 log = logging.getLogger("comet.run")
 

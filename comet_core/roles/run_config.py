@@ -1,6 +1,6 @@
 """The run's configuration, read and checked before any work: shared by the in-process run
-(experiments/inprocess.py), the tcp run (experiments/tcp_run.py) and every `comet party` role
-(experiments/party.py), below all three so that none of them imports another for its config.
+(comet_core/roles/inprocess.py), the tcp run (comet_core/roles/tcp_run.py) and every `comet party` role
+(comet_core/roles/party.py), below all three so that none of them imports another for its config.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def validate_config(cfg, role: str | None = None) -> None:
     system.validate(cfg)   # a system's own keys and files, before any model is loaded
     transport = cfg.get("transport", {}).get("name", "inprocess")
     require(transport in ("inprocess", "tcp"), f"transport must be inprocess or tcp (conf/transport/), got {transport!r}")
-    from experiments.emulated import check_emulation
+    from comet_core.roles.emulated import check_emulation
 
     check_emulation(cfg)
     if transport == "tcp":
@@ -91,7 +91,7 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
                 # the exact run takes this kernel anyway (decided once per process): the estimate follows it
                 int64_kernel=cfg.device == "cpu" and ringmm.int64_gemm_faster(),
                 # the in-process run releases the plaintext model first unless its reference needs the run
-                # (experiments/tcp_run.py keeps it: counted)
+                # (comet_core/roles/tcp_run.py keeps it: counted)
                 plain_during_run=(reference_needs_run(load_system(cfg.system))
                                   or cfg.get("transport", {}).get("name", "inprocess") != "inprocess"))
     need = memory.exact_run_bytes(cfg.model, L, T, **opts)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 log = logging.getLogger("comet.tcp")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 START_ORDER = ("p0", "p1", "dealer", "owner", "client")
 
 
@@ -187,8 +187,8 @@ def tcp_execute(cfg, staging: Path):
     from comet_core.comm.keys import make_keys
     from comet_core.errors import CometError
     from comet_core.models.generate import Generation
-    from experiments.party import warn_insecure_seed
-    from experiments.run_config import check_party_config
+    from comet_core.roles.party import warn_insecure_seed
+    from comet_core.roles.run_config import check_party_config
 
     check_party_config(cfg)
     warn_insecure_seed(cfg, "launcher")
@@ -235,14 +235,14 @@ def tcp_execute(cfg, staging: Path):
                      stage_seconds=res["p0"]["stage_seconds"],
                      stage_cpu_seconds=res["p0"].get("stage_cpu_seconds", {}))   # P0's process
     transport = transport_summary(cfg, res, procs, led0, ref_outcome, wall, keys)
-    from experiments.party import owner_weights
+    from comet_core.roles.party import owner_weights
 
     # the owner served the model the launcher's reference runs (hash of the plaintext tensors)
     transport["weights_equal_reference"] = owner_weights(cfg)[1] == res["owner"].get("weights_sha256")
     if not transport["weights_equal_reference"]:
         raise CometError("the owner process served other weights than the launcher's plaintext model "
                          f"(weights SHA-256 {res['owner'].get('weights_sha256')}); check model= and model_seed=")
-    from experiments.inprocess import Outcome
+    from comet_core.roles.inprocess import Outcome
     from comet_core.models.tokenizers import load_tokenizer
 
     tok = ref_outcome.tok if ref_outcome is not None else load_tokenizer(cfg.model.get("tokenizer", "bytes"))
@@ -286,7 +286,7 @@ def party_system(cfg, res: dict, ref_outcome, transport: dict):
 
 
 def _prompt(cfg) -> str:
-    from experiments.run_config import load_prompt
+    from comet_core.roles.run_config import load_prompt
 
     return load_prompt(cfg)
 
@@ -295,7 +295,7 @@ def _reference(cfg):
     """The plaintext reference (and the in-process run when transport.check_inprocess)."""
     from omegaconf import OmegaConf, open_dict
 
-    from experiments.inprocess import Outcome, execute, plaintext_references
+    from comet_core.roles.inprocess import Outcome, execute, plaintext_references
 
     sim_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(sim_cfg):
@@ -310,7 +310,7 @@ def _reference(cfg):
     from comet_core.models.weights import extract
     from comet_core.models.zoo import load_plain_model
     from comet_core.systems import load_system
-    from experiments.run_config import prompt_ids
+    from comet_core.roles.run_config import prompt_ids
 
     torch.manual_seed(cfg.model_seed)
     tok = load_tokenizer(cfg.model.get("tokenizer", "bytes"))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 log = logging.getLogger("comet.party")
 
-from experiments.run_config import ROLES, check_party_config  # noqa: F401 (re-exported)
+from comet_core.roles.run_config import ROLES, check_party_config  # noqa: F401 (re-exported)
 # keys that may differ between the roles' configs (where results go; the client's private text)
 UNHASHED = ("output_dir", "overwrite", "force", "save_ledger", "prompt", "prompt_file",
             "transport.keys_dir", "transport.exec_prefix", "transport.check_inprocess", "transport.bind")
@@ -152,7 +152,7 @@ def open_links(cfg, role: str, keys: str, hello: dict, shaper=None, extra: dict 
 
 
 def _engine(cfg):
-    from experiments.run_config import engine_config
+    from comet_core.roles.run_config import engine_config
 
     return engine_config(cfg)
 
@@ -331,7 +331,7 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
     """Run one role; returns the exit status (0, or 2 after one `error:` line on stderr)."""
     from comet_core.comm.channel import PeerError
     from comet_core.errors import CometError
-    from experiments.run_config import validate_config
+    from comet_core.roles.run_config import validate_config
 
     out_dir = Path(out)
     try:
@@ -359,13 +359,13 @@ def main(role: str, cfg, keys: str, out: str, shaper=None, overwrite: bool = Fal
             hello["weights_sha256"] = wsha
         if role == "client":
             from comet_core.models.tokenizers import load_tokenizer
-            from experiments.run_config import prompt_ids
+            from comet_core.roles.run_config import prompt_ids
 
             ctx["ids"] = prompt_ids(load_tokenizer(cfg.model.get("tokenizer", "bytes")), cfg)
             hello["prompt_tokens"] = len(ctx["ids"])
         log.info("role %s is pid %d", role, os.getpid())
         if shaper is None:
-            from experiments.emulated import party_shaper
+            from comet_core.roles.emulated import party_shaper
 
             shaper = party_shaper(cfg, role)
         key = draw_pair_key(cfg) if role == "p0" else None
