@@ -80,7 +80,7 @@ def train_lm(ctx: typer.Context) -> None:
     """Train the toolkit's ReLU OPT-architecture model on the Shakespeare texts."""
     hydra_help(ctx, "train_lm", "comet train-lm")
     from cli.hydra_launch import launch
-    from experiments.train_lm import train_lm_task
+    from comet_core.models.lm_train_task import train_lm_task
 
     from comet_core.config.schema import check_train_config
 
@@ -92,7 +92,7 @@ def train_predictor(ctx: typer.Context) -> None:
     """Train and evaluate the activation-sparsity predictors for a model."""
     hydra_help(ctx, "train_predictor", "comet train-predictor")
     from cli.hydra_launch import launch
-    from experiments.train_predictor import check_train_predictor, train_predictor_task
+    from comet_core.predictor.train_task import check_train_predictor, train_predictor_task
 
     launch(train_predictor_task, "train_predictor", list(ctx.args), "comet train-predictor", check=check_train_predictor)
 

@@ -99,7 +99,7 @@ def test_closed_groups_refuse_stray_yaml_keys(tmp_path):
 
 def test_train_configs_are_typed(tmp_path):
     from comet_core.config.schema import check_train_config
-    from experiments.train_predictor import check_train_predictor
+    from comet_core.predictor.train_task import check_train_predictor
 
     with pytest.raises(ConfigError, match="predictor.rank"):
         pre("predictor.rank=1.5", config="train_predictor", check=check_train_predictor)
@@ -133,7 +133,7 @@ def test_one_line_wraps_chained_multiline_errors():
 
 def test_memory_checks_refuse_what_does_not_fit(monkeypatch, tmp_path):
     from comet_core import memory
-    from experiments.train_predictor import check_train_predictor
+    from comet_core.predictor.train_task import check_train_predictor
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 16 * 2 ** 30)
     with pytest.raises(CometError, match=r"model.layers=\d+ fits.*force=true"):

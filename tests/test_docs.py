@@ -55,7 +55,7 @@ def _check(args: list[str]) -> None:
         check_launcher(rest)
         preflight("config", rest, str(CONF_DIR), check_run)
     elif cmd == "train-predictor":
-        from experiments.train_predictor import check_train_predictor
+        from comet_core.predictor.train_task import check_train_predictor
 
         preflight("train_predictor", rest, str(CONF_DIR), check_train_predictor)
     elif cmd == "plot":
