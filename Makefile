@@ -13,8 +13,8 @@ ANCHORS ?= ../shared/benchmarks
 REPS ?= 5
 ENGINE_THREADS ?= 2
 # glibc's allocator for every system of the sitting (anchors too): 2 MiB pages for large blocks, so a fresh
-# weight-sized temporary costs 512x fewer page faults (results/engine_ops.csv against
-# results/engine_ops_default_malloc.csv). MALLOC= for glibc's default.
+# weight-sized temporary costs 512x fewer page faults (results/engine_ops/engine_vs_anchors.csv against
+# results/engine_ops/engine_vs_anchors_default_malloc.csv). MALLOC= for glibc's default.
 MALLOC ?= glibc.malloc.hugetlb=1
 
 $(STAMP): pyproject.toml Makefile
@@ -45,7 +45,7 @@ test-quick: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-# scratch copies under outputs/; results/*.csv are refreshed only by explicit runs (README, Results)
+# scratch copies under outputs/; results/ is refreshed only by explicit runs (each folder's README.md names them)
 bench: install
 	GLIBC_TUNABLES=$(MALLOC) $(BIN)/python benchmarks/bench_sitting.py --anchors $(ANCHORS) --reps $(REPS) --engine-threads $(ENGINE_THREADS)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-operator microbenchmark of every system's non-linear operators (dense and the five baselines).
 
-Shapes as results/engine_ops.csv: activations (ReLU, GeLU, SiLU) 128x3072, softmax 12x128x128 along the
+Shapes as results/engine_ops/engine_vs_anchors.csv: activations (ReLU, GeLU, SiLU) 128x3072, softmax 12x128x128 along the
 last dim (no mask), LayerNorm 128x768 with secret weight and bias. Each operator runs in exact mode on real
 shares, both parties in one process (simulation, dealer truncation, f = 16): 1 warm-up + N timed reps,
 median wall time. Inputs (fixed seed, stated in the `input_range` column):

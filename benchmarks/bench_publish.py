@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Publish one sitting of `make bench` into results/engine_ops.csv and regenerate the performance
+"""Publish one sitting of `make bench` into results/engine_ops/engine_vs_anchors.csv and regenerate the performance
 section of the docs (docs/results.md) from it.
 
 Steps:
   1. Read outputs/bench/<stamp>/anchors.csv (the combined table of one sitting) and check it holds the
      engine (a sitting without it has nothing to compare).
-  2. Copy it to --out (default results/engine_ops.csv); an existing file is replaced only with --overwrite.
+  2. Copy it to --out (default results/engine_ops/engine_vs_anchors.csv); an existing file is replaced only with --overwrite.
   3. Replace the text between docs/results.md's `<!-- performance:start ... -->` and `<!-- performance:end -->`
      markers with the section rendered from --out (comet_core/results/anchors.py).
 With --readme-only, only step 3 runs, from the table already at --out.
@@ -31,7 +31,7 @@ from comet_core.results.machine import refuse_existing  # noqa: E402
 
 log = logging.getLogger("bench_publish")
 
-DEFAULT_OUT = "results/engine_ops.csv"
+DEFAULT_OUT = "results/engine_ops/engine_vs_anchors.csv"
 DEFAULT_PAGE = "docs/results.md"   # the page with the performance markers
 
 

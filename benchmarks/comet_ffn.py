@@ -19,7 +19,7 @@ included), modelled communication and total time on `lan` (5 Gbps, 0.8 ms) and `
 Comet's bytes spent in the predictor and the reveal. The weight masks are re-opened on every call in
 both systems (engine.reuse_weight_masks=false, the published baselines' policy).
 
-Usage: python benchmarks/comet_ffn.py [--out results/comet_ffn.csv] [--overwrite] [--d 2048 --ffn 8192]
+Usage: python benchmarks/comet_ffn.py [--out results/comet_ffn/opt-1.3b.csv] [--overwrite] [--d 2048 --ffn 8192]
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def main() -> int:
     ap.add_argument("--rank", type=int, default=None, help="predictor rank (default d / 4)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="results/comet_ffn.csv")
+    ap.add_argument("--out", default="results/comet_ffn/opt-1.3b.csv")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -2,7 +2,7 @@
 """Benchmark: time per decode step against its rounds, SmolLM2-135M-shaped dense layers, two commits.
 
     python benchmarks/decode_layers.py --before <rev> [--after HEAD] [--reps 4] [--layers 2] [--steps 12]
-        [--out results/decode_layers_ab.csv] [--overwrite]
+        [--out results/decode_layers/revisions.csv] [--overwrite]
 
 A short, load-robust companion of benchmarks/private_generation.py for per-operation overhead (issue 15:
 decode is bound by ~0.5 ms per round, not by bytes):
@@ -83,7 +83,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--out", default=str(REPO / "results" / "decode_layers_ab.csv"))
+    ap.add_argument("--out", default=str(REPO / "results" / "decode_layers" / "revisions.csv"))
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--repo", help=argparse.SUPPRESS)      # internal: measure this tree, print one JSON row
     a = ap.parse_args()

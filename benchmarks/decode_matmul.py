@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: a decode step's Beaver matmuls, whole-matrix steps against blocks (numba and torch kernels).
 
-    python benchmarks/decode_matmul.py [--reps 8] [--threads 2] [--out results/decode_matmul.csv] [--overwrite]
+    python benchmarks/decode_matmul.py [--reps 8] [--threads 2] [--out results/decode_matmul/smollm2-135m.csv] [--overwrite]
 
 SmolLM2-135M's decode products (one row): the fused q/k/v (576 x 960), the output projection (576 x 576),
 the fused gate/up (576 x 3072) and down (1536 x 576) with a fresh mask per call (the default), and the LM
@@ -40,7 +40,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(REPO / "results" / "decode_matmul.csv"))
+    ap.add_argument("--out", default=str(REPO / "results" / "decode_matmul" / "smollm2-135m.csv"))
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args()
     out = Path(a.out)

@@ -27,13 +27,13 @@ The CSV also records rounds and bytes (equal in every run: same seed, a check), 
 the time the shaper slept, who added the latency, the CPU, the load average before and after, and
 every command. It refuses to overwrite an existing file. Needs root (network namespaces).
 
-With --raw-link it measures the link alone instead (no comet run; default --out results/emulated_link_raw.csv):
+With --raw-link it measures the link alone instead (no comet run; default --out results/emulated_link/link_alone.csv):
 per network preset, plain TCP transfers of --raw-bytes each way across the tbf-shaped link, and the same link
 unshaped as the control; payload_bps against the preset's rate (tbf counts the 66 header bytes of each
 1514-byte frame, so ~95% is the ceiling), the tbf counters, the CPU and the load. This is the measurement
 tests/test_netns.py leaves out (a busy machine slows a transfer; the test checks the kernel's counters).
 
-Usage: python benchmarks/emulated_link.py [--networks emu-100m-10ms,emu-1g-1ms] [--out results/emulated_link.csv]
+Usage: python benchmarks/emulated_link.py [--networks emu-100m-10ms,emu-1g-1ms] [--out results/emulated_link/comet_runs.csv]
        [--model shakespeare-opt] [--extra key=value ...]
        python benchmarks/emulated_link.py --raw-link [--raw-bytes 4000000] [--networks ...] [--out ...]
 """
@@ -124,7 +124,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--networks", default="emu-100m-10ms,emu-1g-1ms", help="network presets to emulate (conf/network)")
     ap.add_argument("--model", default="shakespeare-opt")
-    ap.add_argument("--out", default="results/emulated_link.csv")
+    ap.add_argument("--out", default="results/emulated_link/comet_runs.csv")
     ap.add_argument("--runs-dir", default=None, help="where the run folders go (default outputs/emulated_link/<time>)")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run (e.g. gen_tokens=2)")
     ap.add_argument("--overwrite", action="store_true")
@@ -133,7 +133,7 @@ def main() -> int:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stderr)
     if a.raw_link and a.out == ap.get_default("out"):
-        a.out = "results/emulated_link_raw.csv"
+        a.out = "results/emulated_link/link_alone.csv"
     out = Path(a.out)
     if refuse_existing(out, a.overwrite):
         return 2

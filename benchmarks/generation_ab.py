@@ -2,7 +2,7 @@
 """Before/after of private generation for two commits, in one sitting, interleaved (A B A B ...).
 
     python benchmarks/generation_ab.py --before <rev> --after <rev> [--reps 3]
-        [--out results/private_generation_ab.csv] [--overwrite] [-- extra args of private_generation.py]
+        [--out results/private_generation/revisions.csv] [--overwrite] [-- extra args of private_generation.py]
 
 1. Each revision's tree is exported with `git archive <rev>` into a temporary folder (no worktree, no
    checkout: the working tree is untouched).
@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--before", required=True)
     ap.add_argument("--after", default="HEAD")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=str(REPO / "results" / "private_generation_ab.csv"))
+    ap.add_argument("--out", default=str(REPO / "results" / "private_generation" / "revisions.csv"))
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: passed to private_generation.py")
     a = ap.parse_args()

@@ -12,7 +12,7 @@ Columns: online bytes and rounds (whole request and attention only), modelled ti
 cache hits / misses / prefetched entries and the hit rate (hits / (hits + misses) over active groups'
 past positions).
 
-Usage: python benchmarks/kv_refill_ablation.py [--model shakespeare-opt] [--out results/kv_refill_ablation.csv]
+Usage: python benchmarks/kv_refill_ablation.py [--model shakespeare-opt] [--out results/kv_refill_hit_rate/shakespeare-opt.csv]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="shakespeare-opt")
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--out", default="results/kv_refill_ablation.csv")
+    ap.add_argument("--out", default="results/kv_refill_hit_rate/shakespeare-opt.csv")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

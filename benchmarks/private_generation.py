@@ -6,7 +6,7 @@ Prints one table (wall time, peak memory, online/offline bytes, rounds, plaintex
 private tokens equal plaintext greedy decoding, max logit error) and writes it as CSV.
 
     python benchmarks/private_generation.py [--model smollm2-135m] [--prompt-len 32] [--gen 8]
-        [--out results/private_generation.csv] [--overwrite | --append] [--threads 2] [--label NAME]
+        [--out results/private_generation/smollm2-135m.csv] [--overwrite | --append] [--threads 2] [--label NAME]
         [--repo PATH] [--profile PATH]
 Targets (issue 15): under 30 s and under 5 GiB on the 2-core development machine.
 
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
-    ap.add_argument("--out", default=str(REPO / "results" / "private_generation.csv"))
+    ap.add_argument("--out", default=str(REPO / "results" / "private_generation" / "smollm2-135m.csv"))
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--append", action="store_true", help="add the row to an existing CSV (same columns)")
     ap.add_argument("--label", default="", help="a name for this row (e.g. a commit)")

@@ -26,7 +26,7 @@ cpu_model, vector_ext, malloc_tunables (GLIBC_TUNABLES), omp_wait_policy (OMP_WA
 load_avg_1m_before/after (per shape), cpus, torch, timestamp.
 
 Usage: python benchmarks/ring_matmul.py [--reps 15] [--threads 2] [--groups large,decode]
-                                        [--out results/ring_matmul.csv] [--overwrite]
+                                        [--out results/ring_matmul/kernels.csv] [--overwrite]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from comet_core.mpc import digitmm, ringmm  # noqa: E402
 
 
 log = logging.getLogger("ring_matmul")
-DEFAULT_OUT = "results/ring_matmul.csv"
+DEFAULT_OUT = "results/ring_matmul/kernels.csv"
 
 LARGE = [((128, 768), (768, 3072)), ((128, 3072), (3072, 768)), ((12, 128, 64), (12, 64, 128))]
 NOT_RING = ("split_b", "f64_floor")   # timed for reference, not ring products

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-call time of the small protocols of a decode step (issue 15: per-round overhead), exact mode.
 
-    python benchmarks/small_ops.py [--repo PATH] [--label NAME] [--out results/small_ops.csv [--append | --overwrite]]
+    python benchmarks/small_ops.py [--repo PATH] [--label NAME] [--out results/small_ops/per_call.csv [--append | --overwrite]]
 
 SmolLM2-135M's decode-step shapes: a Beaver product, a truncation and DReLU of one element, DReLU of
 16, the inverse square root of one value (RMSNorm's), SiLU of 1x1536, softmax of 9 heads x 40 keys,

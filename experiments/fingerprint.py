@@ -44,9 +44,9 @@ LEDGER_COLUMNS = ["phase", "stage", "layer", "op", "sender", "receiver", "elemen
 KNOWN = {  # cost-mode tables that are neither an artifact nor a run folder: the script that remakes each
     # (and stamps it) and, where the table has no `system` column, the systems it depends on
     "results/baselines/runs.csv": dict(reprice="python benchmarks/baseline_runs.py --overwrite"),
-    "results/kv_refill_ablation.csv": dict(
+    "results/kv_refill_hit_rate/shakespeare-opt.csv": dict(
         reprice="python benchmarks/kv_refill_ablation.py --overwrite && "
-                "comet fingerprint results/kv_refill_ablation.csv", systems=("comet",)),
+                "comet fingerprint results/kv_refill_hit_rate/shakespeare-opt.csv", systems=("comet",)),
     "results/cost/opt-6.7b-comet/breakdown.csv": dict(
         reprice="python benchmarks/comet_breakdown.py results/cost/opt-6.7b-dense results/cost/opt-6.7b-comet "
                 "--out results/cost/opt-6.7b-comet/breakdown.csv && comet fingerprint "

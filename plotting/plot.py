@@ -174,6 +174,19 @@ def plot_from_data(name: str, overwrite: bool = False, results_dir: Path = DEFAU
     return _publish(name, sweep, analysis, Path(results_dir), overwrite, expected_dir, from_data=True)
 
 
+def folder_readme(name: str) -> str:
+    """The README.md of results/<name>/: which commands make its files (written once; kept on --overwrite)."""
+    return (f"# {name}: {ARTIFACTS[name].title}\n\n"
+            f"A paper artifact. Made by `{how_to_run(name)}` (the sweep, conf/experiment/{name}.yaml), then "
+            f"`comet plot {name}` (or `comet plot {name} --from-data`: the same from data.csv alone, where the "
+            f"analysis allows).\n\n"
+            f"- `data.csv`: the tidy table of the sweep (one row per job and phase, or per job and metric);\n"
+            f"- `table.md`: the derived tables, the comparison with the paper and the sweep it came from;\n"
+            f"- `comparison.csv`: each claim against experiments/expected/{name}.csv (where the paper gives one);\n"
+            f"- `fingerprint.json` (cost-mode tables): the protocols that priced it (`comet fingerprint --check`);\n"
+            f"- `{name}_*.png` / `.pdf`: the figures.\n")
+
+
 def _publish(name: str, sweep: Sweep, analysis, results_dir: Path, overwrite: bool, expected_dir: Path,
              from_data: bool = False) -> PlotResult:
     """Steps 3-5 of the module docstring (data.csv is not rewritten ``from_data``)."""
@@ -213,6 +226,9 @@ def _publish(name: str, sweep: Sweep, analysis, results_dir: Path, overwrite: bo
         fig_names.append(f"{f.stem}.png")
     (out / "table.md").write_text(_table_md(name, sweep, analysis, cmp, fig_names, from_data))
     files.append(out / "table.md")
+    if not (out / "README.md").exists():   # every folder of results/ says what made it (tests/test_results_layout.py)
+        (out / "README.md").write_text(folder_readme(name))
+        files.append(out / "README.md")
     text = comparison_text(name, cmp, sweep.preset)
     if analysis.notes:
         text += "\n" + "\n".join(f"  note: {n}" for n in analysis.notes)

@@ -81,7 +81,7 @@ def test_rate_is_applied_by_the_kernel_in_both_directions():
     """tbf shapes both ends at the configured rate, and each direction's 2 MB went through it with packets
     held back (the kernel's own counters; no timing, so a busy machine cannot fail it). Positive control: the
     same link unshaped has no tbf, and the check finds none after the same transfer. The rate the link
-    achieves is a measurement: `python benchmarks/emulated_link.py --raw-link` (results/emulated_link_raw.csv)."""
+    achieves is a measurement: `python benchmarks/emulated_link.py --raw-link` (results/emulated_link/link_alone.csv)."""
     with EmulatedLink(None) as link:
         assert tcp_throughput(link, 2_000_000) > 0
         assert tbf_counters(link) == [] and "tbf" not in link.qdiscs()      # the control: nothing shaped it

@@ -126,13 +126,17 @@ def test_end_to_end_ratios_comparison_and_files(tmp_path):
     fp = json.loads((out / "fingerprint.json").read_text())["data.csv"]   # the sweep's revision, unknown to git
     assert fp["revisions"] == ["abc1234"] and not fp["verified"]
     assert fp["reprice"] == "comet run-experiment -m experiment=end_to_end && comet plot end_to_end --overwrite"
+    readme = (out / "README.md").read_text()   # a new results folder says what made it (test_results_layout.py)
+    assert "`comet run-experiment -m experiment=end_to_end`" in readme and "`comet plot end_to_end`" in readme
 
     # curated files are not replaced without --overwrite; with it they are
     with pytest.raises(CometError, match="--overwrite"):
         plot_artifact("end_to_end", runs_root=runs, results_dir=res)
     (out / "end_to_end_old.png").write_bytes(b"x")   # a figure of an earlier plot version goes too
+    (out / "README.md").write_text("# end_to_end, described by hand\n")
     plot_artifact("end_to_end", runs_root=runs, results_dir=res, overwrite=True)
     assert not (out / "end_to_end_old.png").exists()
+    assert (out / "README.md").read_text() == "# end_to_end, described by hand\n"   # kept: not a table
 
 
 def test_bandwidth_sweep_reprices_an_end_to_end_sweep(tmp_path):

@@ -3,7 +3,7 @@
 A decode step multiplies 1-3 rows by each weight matrix. Written as whole-matrix steps (arith.matmul:
 the dealer draws b, forms c = a @ b; the parties open f = y - b, then e @ b_p and (a_p + [p = 0] e) @ f),
 every step with a fresh mask (engine.reuse_weight_masks false, as the published systems do) is a pass
-over weight-sized tensors in main memory (the `whole` rows of results/decode_matmul.csv). The same steps run block by
+over weight-sized tensors in main memory (the `whole` rows of results/decode_matmul/smollm2-135m.csv). The same steps run block by
 block over h rows of the weight, so that b's halves and f stay in cache between the dealer's step and
 the parties' steps:
 

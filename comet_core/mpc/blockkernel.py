@@ -12,7 +12,7 @@ kernel only reads each block element once for all of them. Two kernels, the same
 (tests/test_blocked.py):
   * numba (the `numba` package, installed with the toolkit): column chunks split over torch's threads,
     AVX-512 / AVX2 int64 multiplies (torch's int64 GEMM of a few rows costs a pass over its matrix
-    whatever the rows; `benchmarks/decode_matmul.py` times both kernels, results/decode_matmul.csv);
+    whatever the rows; `benchmarks/decode_matmul.py` times both kernels, results/decode_matmul/smollm2-135m.csv);
   * torch, when numba is missing (the same steps as three GEMM passes; a log line says how to install).
 """
 

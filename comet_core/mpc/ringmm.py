@@ -53,7 +53,7 @@ Few rows (decode: one token): on CPU, with at most 3 rows in a, splitting a weig
 than the whole product, so b is never split: one row (`INT64_ROWS`) is an elementwise int64 product
 and a column sum (vectorised int64 multiply), and 2-3 rows use torch's int64 matmul (single-threaded,
 but it reads b once for all rows; per-row passes lose there). Measured on the 2-core AMD EPYC
-(results/ring_matmul.csv, 2 threads, load 0.7-1.0): one row 1.6-1.9x faster than torch's int64 matmul
+(results/ring_matmul/kernels.csv, 2 threads, load 0.7-1.0): one row 1.6-1.9x faster than torch's int64 matmul
 on 576x1536, 1536x576, 768x3072 and 3072x768 (1 thread: 1.0-1.3x). CUDA has no int64 matmul, so it
 always takes the limb path.
 
@@ -170,7 +170,7 @@ class _Scratch(threading.local):
     """Per-thread workspaces of the CPU kernel, reused across calls.
 
     Every fresh large tensor costs one page fault per 4 KiB page on first touch (glibc hands freed
-    large blocks back to the kernel). In results/ring_matmul_allocator.csv the previous kernel takes
+    large blocks back to the kernel). In results/ring_matmul/allocators.csv the previous kernel takes
     ~22k faults per 128x768 @ 768x3072 product, 126 ms against 90 ms without them (1 thread). One
     flat buffer per role, grown to the largest size seen, removes those faults after the first call.
     Held memory: about 40 bytes per element of the largest right operand seen (4 float64 limbs; the

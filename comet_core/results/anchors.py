@@ -134,7 +134,7 @@ def combine(rows: list[dict], sitting: str, cpu_model: str, vector_ext: str, cpu
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A combined table (``anchors.csv`` / ``results/engine_ops.csv``); refuses anything else in one line."""
+    """A combined table (``anchors.csv`` / ``results/engine_ops/engine_vs_anchors.csv``); refuses anything else in one line."""
     if not Path(path).is_file():
         raise CometError(f"{path} not found: run `make bench` (it writes outputs/bench/<stamp>/anchors.csv)")
     df = pd.read_csv(path)
@@ -161,7 +161,7 @@ def _x(speedup, target) -> str:
     return f"{speedup:.2f}x (target >= {target:g}x: {met})"
 
 
-def performance_section(df: pd.DataFrame, source: str = "results/engine_ops.csv") -> str:
+def performance_section(df: pd.DataFrame, source: str = "results/engine_ops/engine_vs_anchors.csv") -> str:
     """The README's performance section (markdown, without the markers) from a combined table."""
     sittings = sorted(set(df["sitting"].astype(str)))
     if len(sittings) != 1:
