@@ -40,6 +40,8 @@ class DenseSystem:
         if unknown:
             raise ConfigError(f"system '{self.name}': activations has unknown kinds {sorted(unknown)}; valid: {', '.join(ACT_KINDS)}")
         self.params = {str(k): v for k, v in dict(get("params") or {}).items()}
+        if get("ot") is not None:                       # system.ot: the OT flavour of modelled operators
+            self.params["ot"] = str(get("ot"))
         self.params["_ideal"] = self.IDEAL_PARAMS(self.params)
         self.act_ops = {k: ops.lookup(ops.ACTIVATIONS, v, "activation", self.name) for k, v in acts.items()}
         self.act_names = acts
