@@ -64,6 +64,10 @@ class DenseSystem:
     def validate(self, cfg) -> None:
         """Refuse (one-line CometError) a run this system cannot do, before any work: the full run config."""
 
+    def after_layer(self, decoder, x: AShare, layer: int) -> AShare:
+        """The hidden states handed to the next layer (identity; BOLT prunes tokens here)."""
+        return x
+
     # -- request and step hooks (systems with per-request state override them) ----------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
         """Once per deployment, after the model owner shared the weights (e.g. share predictors).
