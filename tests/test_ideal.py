@@ -57,8 +57,8 @@ def test_mill_from_sci_code():
 def test_ot_instances_by_flavour():
     """iknp: receiver 128 bits (1-of-2) or 256 (1-of-N), sender N l; silent: log2 N choice bits plus
     Ferret's 0.45 bits per COT (half each way), sender N l."""
-    assert I.ot(2, 37, 1, "iknp") == I.Block(74, 128, 0)
-    assert I.ot(16, 2, 1, "iknp", receiver="P0") == I.Block(256, 32, 0)
+    assert I.ot(2, 37, 1, "iknp") == I.Block(74, 128, 0, 1)
+    assert I.ot(16, 2, 1, "iknp", receiver="P0") == I.Block(256, 32, 0, 4)
     assert I.ot(2, 37, 1, "iknp", correlated=True).p0 == 37
     s = I.ot(16, 2, 1, "silent")
     assert s.p1 == 4 * (1 + 0.45 / 2) and s.p0 == 32 + 4 * 0.45 / 2
@@ -67,11 +67,11 @@ def test_ot_instances_by_flavour():
 
 
 def test_building_blocks():
-    assert I.MUX(37) == I.Block(128 + 74, 128 + 74, 2)                  # CrypTFlow2: 2 (lambda + 2 l)
+    assert I.MUX(37) == I.Block(128 + 74, 128 + 74, 2, 2)                  # CrypTFlow2: 2 (lambda + 2 l)
     assert I.MUL(37).bits == 2 * 37 * 128 + 37 * 37                     # SIRNN: 2 l lambda + l^2
     assert I.TRUNC(37, 12).bits == I.MILL(12).bits + 128 + 37
     assert I.LUT(8, 37).bits == 256 + 256 * 37                           # SIRNN: 2 lambda + 2^d l
-    assert I.DIGDEC(37, 8) == I.Block(0, 128 * 4 * 10, 6)               # SIRNN: lambda (c - 1)(d + 2)
+    assert I.DIGDEC(37, 8) == I.Block(0, 128 * 4 * 10, 6, 4 * 10)               # SIRNN: lambda (c - 1)(d + 2)
     e = I.EXP(37, 12)
     assert e.bits == I.DIGDEC(37, 8).bits + 5 * I.LUT(8, 37).bits + 4 * (I.MUL(37).bits + I.TRUNC(37, 12).bits)
 
@@ -130,3 +130,11 @@ def test_cost_mode_books_the_same_rows():
     I.ideal_op(e.share(S), "bolt_softmax", steps, mask=MASK)
     I.ideal_op(c.share(Shape(S.shape, torch.float64)), "bolt_softmax", steps, mask=MASK)
     assert e.ledger.rows == c.ledger.rows
+
+
+def test_ot_work_counts_log2n_per_ot():
+    """MILL(37): 9 leaf KKOT16 x 4 + the 1-bit top digit's 1-of-2 x 1; triples 5 KKOT8 x 3 + 2 KKOT16 x 4."""
+    assert I.MILL(37).ots == 9 * 4 + 1 + 5 * 3 + 2 * 4
+    assert I.MUX(37).ots == 2 and I.MUL(37).ots == 2 * 37
+    steps = I.relu_steps(P, 10)
+    assert I.steps_ot_instances(steps) == 10 * (I.MILL(36).ots + 2)

@@ -88,21 +88,23 @@ OT_FLAVOURS = ("iknp", "silent")
 
 @dataclass(frozen=True)
 class Block:
-    """A building block's traffic per element: bits P0 -> P1, bits P1 -> P0, rounds."""
+    """A building block per element: bits P0 -> P1, bits P1 -> P0, rounds, and its OT work in 1-of-2 OT
+    equivalents (log2 N per 1-out-of-N OT, either flavour: what a per-OT CPU cost multiplies)."""
 
     p0: float
     p1: float
     rounds: int
+    ots: float = 0.0
 
     @property
     def bits(self) -> float:
         return self.p0 + self.p1
 
     def __add__(self, o: "Block") -> "Block":
-        return Block(self.p0 + o.p0, self.p1 + o.p1, self.rounds + o.rounds)
+        return Block(self.p0 + o.p0, self.p1 + o.p1, self.rounds + o.rounds, self.ots + o.ots)
 
     def __mul__(self, k: float) -> "Block":
-        return Block(self.p0 * k, self.p1 * k, int(self.rounds * k))
+        return Block(self.p0 * k, self.p1 * k, int(self.rounds * k), self.ots * k)
 
 
 ZERO = Block(0.0, 0.0, 0)
@@ -118,6 +120,7 @@ class Step:
     p0: int
     p1: int
     rounds: int
+    ots: float = 0.0       # OT work per element (Block.ots)
 
     @property
     def bits(self) -> int:
@@ -145,8 +148,8 @@ def ot(n: int, msg: float, count: float, ot: str, receiver: str = "P1", correlat
         recv_bits = cots * (1 + FERRET_BITS_PER_COT / 2)
         sender_bits += cots * FERRET_BITS_PER_COT / 2
     if receiver == "P1":
-        return Block(sender_bits, recv_bits, 0)
-    return Block(recv_bits, sender_bits, 0)
+        return Block(sender_bits, recv_bits, 0, logn * count)
+    return Block(recv_bits, sender_bits, 0, logn * count)
 
 
 def _plain(bits_each_way: float, rounds: int = 0) -> Block:
@@ -206,7 +209,7 @@ def _seq(*parts: Block, times: int = 1) -> Block:
     total = ZERO
     for p in parts:
         total = total + p
-    return Block(total.p0 * times, total.p1 * times, total.rounds * times)
+    return Block(total.p0 * times, total.p1 * times, total.rounds * times, total.ots * times)
 
 
 def EXP(l: int, s: int, o: str = "iknp") -> Block:
@@ -260,7 +263,7 @@ class Params:
 
 
 def _steps(n: int, *named: tuple[str, Block]) -> list[Step]:
-    return [Step(name, n, math.ceil(c.p0 - 1e-9), math.ceil(c.p1 - 1e-9), c.rounds) for name, c in named]
+    return [Step(name, n, math.ceil(c.p0 - 1e-9), math.ceil(c.p1 - 1e-9), c.rounds, c.ots) for name, c in named]
 
 
 def relu_steps(p: Params, n: int) -> list[Step]:
@@ -293,7 +296,8 @@ def bolt_gelu_steps(p: Params, n: int) -> list[Step]:
 
 
 def _max_steps(p: Params, rows: int, n: int) -> list[Step]:
-    return [Step(name, rows * k, math.ceil(c.p0), math.ceil(c.p1), c.rounds) for name, k, c in MAX_TREE(p.ell, n, p.ot)]
+    return [Step(name, rows * k, math.ceil(c.p0), math.ceil(c.p1), c.rounds, c.ots)
+            for name, k, c in MAX_TREE(p.ell, n, p.ot)]
 
 
 def iron_softmax_steps(p: Params, rows: int, n: int) -> list[Step]:
@@ -344,10 +348,27 @@ def steps_direction_bytes(steps: list[Step]) -> tuple[int, int]:
     return (sum(wire_bytes(st.count, st.p0) for st in steps), sum(wire_bytes(st.count, st.p1) for st in steps))
 
 
+def steps_ot_instances(steps: list[Step]) -> float:
+    """The steps' OT work in 1-of-2 OT equivalents (what `book` counts as work kind "ot")."""
+    return sum(st.count * st.ots for st in steps)
+
+
+try:   # the work counters of the compute model (comet_core/comm/work.py), where present
+    from comet_core.comm.work import register_kind as _register_kind
+    _register_kind("ot", "1-of-2 OT equivalent", "mpc/ideal.py: the OT instances of an OT-based ideal "
+                   "functionality's modelled steps (log2 N per 1-out-of-N OT), priced by a per-OT CPU cost")
+except ImportError:        # pragma: no cover - the counters are not on this branch yet
+    _register_kind = None
+
+
 def book(mpc: MPC, steps: list[Step]) -> None:
     """Write the modelled messages into the ledger (cost_source=model), each direction as the protocol
-    sends it (an OT's receiver sends the lambda columns, its sender the masked messages)."""
+    sends it (an OT's receiver sends the lambda columns, its sender the masked messages), and their OT
+    work as kind "ot" where the ledger keeps work counters (the hook of the compute model)."""
     led = mpc.ledger
+    work = getattr(led, "work", None)
+    if work is not None and _register_kind is not None:
+        work.add("ot", steps_ot_instances(steps))
     for st in steps:
         for i in range(st.rounds):
             r = led.new_round()

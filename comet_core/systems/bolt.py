@@ -9,12 +9,15 @@ scale 11); they run here as ideal functionalities (comet_core/mpc/ideal.py) pric
   * LayerNorm / RMSNorm -> exact normalisation (layer_norm_fix: SIRNN rsqrt) + engine affine.
   * ReLU (OPT) -> exact ReLU priced as CrypTFlow2's DReLU + MUX (BOLT defines only GeLU; SCI's ReLU).
   * SiLU (Llama) -> exact x * sigmoid(x) priced as SIRNN's sigmoid + one multiplication.
-  * linear -> dense Beaver matmul (Comet's linear layers; BOLT's HE matmul unused).
+  * linear -> dense Beaver matmul (Comet's linear layers, the default as Comet compared BOLT), or with
+    `system.linear=he` BOLT's HE products as an ideal functionality priced by the BFV ciphertexts its
+    code sends and the mod-p reduction after each (comet_core/mpc/he_linear.py).
   * word elimination (`system.word_elimination=true`, off by default, encoder passes only): after layer
     `we_layer` only ceil(keep * T) tokens go on, chosen by an oblivious bitonic sort of their scores
-    (its compare-swaps priced as MSB + MUX over the token's d + 1 values). The layer (4), the kept
-    share (1/2) and the sort are recalled from the BOLT paper's word-elimination section [R]; mode=cost
-    only (the exact-mode choice of tokens by score is not implemented).
+    (its compare-swaps priced as MSB + MUX over the token's d + 1 values: BOLT's code sorts and swaps
+    by a bitonic network, fp-math.cpp bitonic_sort_and_swap [S]). The layer (4) and the kept share (1/2)
+    are recalled from the BOLT paper's word-elimination section [R]; mode=cost only (the exact-mode
+    choice of tokens by score is not implemented).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class BoltSystem(DenseSystem):
     SOFTMAX = "bolt"
     NORM = "ot_exact"
     IDEAL_PARAMS = staticmethod(ops._bolt_params)
+    LINEARS = ("beaver", "he")
 
     def __init__(self, cfg=None) -> None:
         super().__init__(cfg)
