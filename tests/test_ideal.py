@@ -69,7 +69,7 @@ def test_ot_instances_by_flavour():
 def test_building_blocks():
     assert I.MUX(37) == I.Block(128 + 74, 128 + 74, 2, 2)                  # CrypTFlow2: 2 (lambda + 2 l)
     assert I.MUL(37).bits == 2 * 37 * 128 + 37 * 37                     # SIRNN: 2 l lambda + l^2
-    assert I.TRUNC(37, 12).bits == I.MILL(12).bits + 128 + 37
+    assert I.TRUNC(37, 12).bits == I.MILL(12).bits + 128 + 25            # truncate_and_reduce: B2A in l - s bits
     assert I.LUT(8, 37).bits == 256 + 256 * 37                           # SIRNN: 2 lambda + 2^d l
     assert I.DIGDEC(37, 8) == I.Block(0, 128 * 4 * 10, 6, 4 * 10)               # SIRNN: lambda (c - 1)(d + 2)
     e = I.EXP(37, 12)

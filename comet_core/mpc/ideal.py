@@ -49,8 +49,11 @@ from the papers, not re-read (their PDFs are not reachable); pinned by tests/tes
                MUX calls"; 2 (lambda + 2 l) in all, CrypTFlow2 Sec. 2, R].
   MUL(l)       secret x secret by correlated OTs on the cross terms: l COTs each way of l/2-bit messages
                on average, 2 l lambda + l^2 bits in all under iknp, 2 rounds (SIRNN Sec. 4) [R].
-  TRUNC(l, s)  truncate-reduce: MILL(s) for the wrap of the low s bits + 1 COT of l bits for its
-               arithmetic share, 1 more round; the structure of SIRNN's lambda (s + 1) + 14 s (Sec. 4) [R].
+  TRUNC(l, s)  truncate-reduce (what fp-math's truncate_reduce calls): the wrap of the low s bits by
+               MILL(s), then its arithmetic share in l - s bits by one COT (B2A), 1 more round
+               [S SCI/src/BuildingBlocks/truncation.cpp, Truncation::truncate_and_reduce:
+               aux->wrap_computation(.., shift) then aux->B2A(wrap, .., bw - shift)]; SIRNN's published
+               lambda (s + 1) + 14 s (Sec. 4) [R] has the same structure.
   LUT(d, l)    one 1-out-of-2^d OT of l-bit entries, 2 rounds (SIRNN Sec. 3) [R]; priced by the rows above.
   DIGDEC(l, d) digit decomposition into c = ceil(l/d) digits: (c - 1)(d + 2) 1-of-2 OT columns, no
                message bits, ceil(log2 l) rounds: lambda (c - 1)(d + 2) under iknp (SIRNN Sec. 4) [R, the
@@ -191,7 +194,7 @@ def MUL(l: int, ot_: str = "iknp") -> Block:
 
 
 def TRUNC(l: int, s: int, ot_: str = "iknp") -> Block:
-    return MILL(s, ot_) + ot(2, l, 1, ot_, correlated=True) + Block(0, 0, 1)
+    return MILL(s, ot_) + ot(2, l - s, 1, ot_, correlated=True) + Block(0, 0, 1)
 
 
 def LUT(d: int, l: int, ot_: str = "iknp") -> Block:
