@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-quick docs bench bench-kernel clean
+.PHONY: install run test test-quick docs bench bench-he bench-kernel clean
 
 # make bench: one sitting, CrypTen 0.4.1 + SecretFlow-SPU 0.9.5 (their harnesses where they are, never
 # copied here; each sets up its own venv under $$TMPDIR on first use) + the engine, into
@@ -48,6 +48,12 @@ docs: install
 # scratch copies under outputs/; results/ is refreshed only by explicit runs (each folder's README.md names them)
 bench: install
 	GLIBC_TUNABLES=$(MALLOC) $(BIN)/python benchmarks/bench_sitting.py --anchors $(ANCHORS) --reps $(REPS) --engine-threads $(ENGINE_THREADS)
+	$(MAKE) bench-he
+
+# SPU 0.9.5 CHEETAH (HE + silent OT) beside SEMI2K and the toolkit's iron/bolt (results/he_anchor/README.md);
+# skipped with one line when the SPU venv ($$ANCHOR_SPU_VENV, default $${TMPDIR:-/tmp}/anchor-spu-venv) is missing
+bench-he: install
+	$(BIN)/python benchmarks/he_anchor.py --out outputs/bench/he_anchor.csv --overwrite
 
 bench-kernel: install
 	$(BIN)/python benchmarks/ring_matmul.py --out outputs/bench/ring_matmul.csv --overwrite

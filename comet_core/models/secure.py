@@ -113,5 +113,6 @@ class SecureDecoder:
         x = self.embed(onehot, start)
         for i in range(self.n_layers):
             x = self.layer(x, i, cache, start)
+            x = self.system.after_layer(self, x, i)    # identity except BOLT's word elimination
         cache.positions += onehot.shape[0]
         return self.head(x[-1:])

@@ -9,13 +9,37 @@ scale 11); they run here as ideal functionalities (comet_core/mpc/ideal.py) pric
   * LayerNorm / RMSNorm -> exact normalisation (layer_norm_fix: SIRNN rsqrt) + engine affine.
   * ReLU (OPT) -> exact ReLU priced as CrypTFlow2's DReLU + MUX (BOLT defines only GeLU; SCI's ReLU).
   * SiLU (Llama) -> exact x * sigmoid(x) priced as SIRNN's sigmoid + one multiplication.
-  * linear -> dense Beaver matmul (Comet's linear layers; BOLT's HE matmul and word elimination unused).
+  * linear -> dense Beaver matmul (Comet's linear layers, the default as Comet compared BOLT), or with
+    `system.linear=he` BOLT's HE products as an ideal functionality priced by the BFV ciphertexts its
+    code sends and the mod-p reduction after each (comet_core/mpc/he_linear.py).
+  * word elimination (`system.word_elimination=true`, off by default, encoder passes only): after layer
+    `we_layer` only ceil(keep * T) tokens go on, chosen by an oblivious bitonic sort of their scores
+    (its compare-swaps priced as MSB + MUX over the token's d + 1 values: BOLT's code sorts and swaps
+    by a bitonic network, fp-math.cpp bitonic_sort_and_swap [S]). The layer (4) and the kept share (1/2)
+    are recalled from the BOLT paper's word-elimination section [R]; mode=cost only (the exact-mode
+    choice of tokens by score is not implemented).
 """
 
 from __future__ import annotations
 
+import math
+
+from comet_core.errors import CometError
+from comet_core.mpc import ideal
 from comet_core.systems import operators as ops
 from comet_core.systems.dense import DenseSystem
+
+
+def word_elimination_steps(p: ideal.Params, tokens: int, d: int) -> list[ideal.Step]:
+    """Bitonic sort of `tokens` scores carrying their d-wide token vectors: (T/2) log2 T (log2 T + 1) / 2
+    compare-swaps (T padded to a power of two), each an MSB on the score difference and a MUX of d + 1 values."""
+    t = 1 << max(1, math.ceil(math.log2(max(tokens, 2))))
+    k = int(math.log2(t))
+    swaps = (t // 2) * k * (k + 1) // 2
+    cmp = ideal.MSB(p.ell, p.ot)
+    mux = ideal.MUX(p.ell, p.ot) * (d + 1)
+    return [ideal.Step("word_elim.cmp", swaps, math.ceil(cmp.p0), math.ceil(cmp.p1), cmp.rounds * k * (k + 1) // 2),
+            ideal.Step("word_elim.swap", swaps, math.ceil(mux.p0), math.ceil(mux.p1), ideal.MUX(p.ell, p.ot).rounds)]
 
 
 class BoltSystem(DenseSystem):
@@ -24,3 +48,33 @@ class BoltSystem(DenseSystem):
     SOFTMAX = "bolt"
     NORM = "ot_exact"
     IDEAL_PARAMS = staticmethod(ops._bolt_params)
+    LINEARS = ("beaver", "he")
+
+    def __init__(self, cfg=None) -> None:
+        super().__init__(cfg)
+        get = (lambda k, d=None: cfg.get(k, d)) if cfg is not None else (lambda k, d=None: d)
+        self.word_elimination = bool(get("word_elimination", False))
+        self.we_layer = int(self.params.get("we_layer", 4))
+        self.we_keep = float(self.params.get("we_keep", 0.5))
+
+    def validate(self, cfg) -> None:
+        if not self.word_elimination:
+            return
+        if cfg.mode != "cost":
+            raise CometError("system.word_elimination=true is priced in mode=cost only (the exact choice of "
+                             "tokens by score is not implemented); use mode=cost or drop it")
+        if int(cfg.get("gen_tokens", 1)) > 1:
+            raise CometError("system.word_elimination=true prunes an encoder pass; it is off for generation "
+                             "(use gen_tokens=1)")
+
+    def after_layer(self, decoder, x, layer: int):
+        """Word elimination after layer `we_layer - 1`: book the sort, keep the first ceil(keep T) rows
+        (cost mode: which rows is immaterial to the ledger)."""
+        if not self.word_elimination or layer != self.we_layer - 1:
+            return x
+        T, d = x.shape[0], x.shape[-1]
+        keep = max(1, math.ceil(self.we_keep * T))
+        mpc = x.mpc
+        with mpc.label(layer=layer, op="word_elim"), mpc.ledger.protocol("ideal.word_elim"):
+            ideal.book(mpc, word_elimination_steps(self.params["_ideal"], T, d))
+        return x[:keep]

@@ -30,6 +30,7 @@ class DenseSystem:
     SOFTMAX = "exact"
     NORM = "exact"
     IDEAL_PARAMS = staticmethod(ops._iron_params)   # building-block sizes of modelled (OT) operators
+    LINEARS = ("beaver",)                            # system.linear choices (bolt adds "he")
 
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg
@@ -40,7 +41,13 @@ class DenseSystem:
         if unknown:
             raise ConfigError(f"system '{self.name}': activations has unknown kinds {sorted(unknown)}; valid: {', '.join(ACT_KINDS)}")
         self.params = {str(k): v for k, v in dict(get("params") or {}).items()}
+        if get("ot") is not None:                       # system.ot: the OT flavour of modelled operators
+            self.params["ot"] = str(get("ot"))
         self.params["_ideal"] = self.IDEAL_PARAMS(self.params)
+        self.linear_name = str(get("linear") or "beaver")
+        if self.linear_name not in self.LINEARS:
+            raise ConfigError(f"system '{self.name}': linear={self.linear_name!r} is not available; valid: "
+                              f"{', '.join(self.LINEARS)}")
         self.act_ops = {k: ops.lookup(ops.ACTIVATIONS, v, "activation", self.name) for k, v in acts.items()}
         self.act_names = acts
         self.softmax_name = str(get("softmax") or self.SOFTMAX)
@@ -61,6 +68,10 @@ class DenseSystem:
 
     def validate(self, cfg) -> None:
         """Refuse (one-line CometError) a run this system cannot do, before any work: the full run config."""
+
+    def after_layer(self, decoder, x: AShare, layer: int) -> AShare:
+        """The hidden states handed to the next layer (identity; BOLT prunes tokens here)."""
+        return x
 
     # -- request and step hooks (systems with per-request state override them) ----------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
@@ -84,8 +95,12 @@ class DenseSystem:
     # -- linear layers ---------------------------------------------------------------------------
     def linear(self, x: AShare, w: AShare, b: AShare | None = None, op: str = "linear",
                reuse_mask: bool | None = None) -> AShare:
-        """y = x @ W (+ b): Beaver matmul of two secrets (masks re-opened per call by default)."""
+        """y = x @ W (+ b): Beaver matmul of two secrets (masks re-opened per call by default), or with
+        system.linear=he BOLT's HE product as an ideal functionality (mpc/he_linear.py)."""
         with x.mpc.label(op=op):
+            if self.linear_name == "he":
+                from comet_core.mpc import he_linear
+                return he_linear.he_linear(x, w, b, self.params["_ideal"])
             y = arith.matmul(x, w, reuse_mask=reuse_mask)
             return y + b if b is not None else y
 
@@ -134,6 +149,9 @@ class DenseSystem:
     def describe(self) -> dict[str, tuple[str, str, str]]:
         """operator -> (protocol name, what it computes, source)."""
         out = {"linear": ("beaver", "secret x secret Beaver matmul, masks re-opened per call", "engine")}
+        if self.linear_name == "he":
+            out["linear"] = ("he", "ideal: x W + b; cost BFV ciphertexts as BOLT sends them + mod-p reduction",
+                             "EzPC bert: tests/bert/bert.cpp, he.cpp")
         for k in ACT_KINDS:
             o = self.act_ops[k]
             what = ops.EXACT_ACT[k] if self.act_names[k] == "exact" else o.protocol

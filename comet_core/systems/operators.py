@@ -49,14 +49,23 @@ def _plain_exact_act(x: torch.Tensor, kind: str, p) -> torch.Tensor:
     return torch.nn.functional.gelu(x)
 
 
+def _ot_flavour(p) -> str:
+    ot = str(p.get("ot", "iknp"))
+    if ot not in ideal.OT_FLAVOURS:
+        raise ConfigError(f"system.ot={ot!r} is not an OT flavour; valid: {', '.join(ideal.OT_FLAVOURS)}")
+    return ot
+
+
 def _iron_params(p) -> ideal.Params:
     return ideal.Params(ell=int(p.get("ell", 37)), scale=int(p.get("scale", 12)),
-                        gelu_ell=int(p.get("gelu_ell", 37)), gelu_scale=int(p.get("gelu_scale", 12)))
+                        gelu_ell=int(p.get("gelu_ell", 37)), gelu_scale=int(p.get("gelu_scale", 12)),
+                        ot=_ot_flavour(p))
 
 
 def _bolt_params(p) -> ideal.Params:
     return ideal.Params(ell=int(p.get("ell", 37)), scale=int(p.get("scale", 12)),
-                        gelu_ell=int(p.get("gelu_ell", 20)), gelu_scale=int(p.get("gelu_scale", 11)))
+                        gelu_ell=int(p.get("gelu_ell", 20)), gelu_scale=int(p.get("gelu_scale", 11)),
+                        ot=_ot_flavour(p))
 
 
 EXACT_ACT = {  # what `exact` computes per kind (for the table)
