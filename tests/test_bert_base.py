@@ -12,7 +12,7 @@ from comet_core.errors import CometError
 from comet_core.mpc import ideal
 from comet_core.systems.bolt import word_elimination_steps
 from experiments.run import execute
-from experiments.run_config import validate_config
+from comet_core.roles.run_config import validate_config
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
