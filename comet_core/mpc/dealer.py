@@ -299,6 +299,19 @@ class Dealer:
         return self._and_triples_into(np.empty((2, 1 + 2 * n_right, *tuple(word_shape)), dtype=np.int64),
                                       elements, bits)
 
+    def ring_compare_mask(self, shape, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reduced-ring comparison's mask (mpc/smallring.py): uniform r in Z_2^bits as additive shares mod
+        2^bits and XOR shares of its bits, both (2, *shape) words in [0, 2^bits). Books 2 * bits per element
+        (P1's corrections; P0's halves come from its stream)."""
+        self._book(math.prod(shape), bits)
+        self._book(math.prod(shape), bits)
+        if self.mpc.is_cost:
+            return Shape((2, *tuple(shape))), Shape((2, *tuple(shape)))
+        low = (1 << bits) - 1
+        r = self._rand(shape, bits)
+        ra0, rb0 = self._rand0(shape, bits), self._rand0(shape, bits)
+        return torch.stack([ra0, (r - ra0) & low]), torch.stack([rb0, r ^ rb0])
+
     def dabit(self, shape) -> tuple[torch.Tensor, AShare]:
         """A random bit b as XOR shares (1 bit) and as additive shares (integer, frac 0)."""
         if self._tiny(shape):   # the same reads and values in numpy

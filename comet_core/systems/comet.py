@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from comet_core.errors import CometError
-from comet_core.mpc import arith, compare
+from comet_core.mpc import arith, compare, smallring
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse.masks import active_bits, reveal_bits
@@ -75,6 +75,7 @@ class CometSystem(HeadSparsity, DenseSystem):
         if self.indexing not in ("shuffle", "oblivious"):
             raise CometError(f"system.indexing must be shuffle or oblivious, got {self.indexing!r}")
         self.flip_eps = float(get("flip_epsilon", 0.05))
+        self.predictor_bits, self.predictor_range = _predictor_bits(get)
         self.correlations = str(get("correlations", "dealer"))
         if self.correlations not in ("dealer", "client"):
             raise CometError(f"system.correlations must be dealer or client, got {self.correlations!r}")
@@ -97,6 +98,9 @@ class CometSystem(HeadSparsity, DenseSystem):
     def validate(self, cfg) -> None:
         """Exact mode needs the model's trained predictors (checked here, before the model loads); a forced
         ffn_sparsity only prices cost mode."""
+        if self.predictor_bits < 64 and str(cfg.engine.get("comparison", "circuit")) != "circuit":
+            raise CometError("system.predictor_bits < 64 runs on the circuit comparison (mpc/smallring.py); use "
+                             "engine.comparison=circuit or system.predictor_bits=64")
         if cfg.mode != "exact":
             return
         if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
@@ -217,7 +221,7 @@ class CometSystem(HeadSparsity, DenseSystem):
         with mpc.label(op="ffn.predict"):
             z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], req.p2) + req.pb2   # (T, F) permuted
         with mpc.label(op="ffn.reveal"):
-            bits = active_bits(z, self.thresholds[layer])
+            bits = active_bits(z, self.thresholds[layer], self.predictor_bits, self.predictor_range)
             count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
             mask = reveal_bits(mpc, bits, count)
         S = torch.nonzero(mask).flatten()
@@ -326,6 +330,18 @@ class CometSystem(HeadSparsity, DenseSystem):
         self.state.records.append(rec)
 
 
+def _predictor_bits(get) -> tuple[int, int]:
+    """system.predictor_bits (64 | 3..63: the threshold test on a reduced ring, sparse/masks.py) and
+    system.predictor_range (log2 of the public bound on |score - threshold|), checked."""
+    bits, rng = get("predictor_bits", 64), get("predictor_range", 7)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 3 <= bits <= 64:
+        raise CometError(f"system.predictor_bits must be an integer in 3..64 (e.g. 64, 16, 12, 8), got {bits!r}")
+    if isinstance(rng, bool) or not isinstance(rng, int) or not 0 <= rng <= 40:
+        raise CometError(f"system.predictor_range (log2 of the bound on |score - threshold|) must be an integer "
+                         f"in 0..40, got {rng!r}")
+    return bits, rng
+
+
 def _check_public(meta, model_cfg, L: int, heads: bool) -> dict:
     """The owner's public setup, checked (one line naming what does not fit this run)."""
     from comet_core.comm.channel import PeerError
@@ -364,16 +380,17 @@ def sparse_ffn_cost(mpc, T: int, d: int, k: int, llama: bool):
     if llama:
         c = c + nl.silu_cost(mpc, T * k) + arith.mul_cost(mpc, T * k, T * k, T * k)
     else:
-        c = c + compare.relu_cost(mpc, T * k)
+        c = c + smallring.activation_relu_cost(mpc, T * k)
     return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
 
 
-def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
-    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons."""
+def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64):
+    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons (threshold test on
+    Z_2^bits: system.predictor_bits)."""
     from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
 
     c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
-    c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
+    c = c + active_bits_cost(mpc, T, F, bits) + reveal_bits_cost(F)
     if k == 0:
         return c
     return c + sparse_ffn_cost(mpc, T, d, k, llama)

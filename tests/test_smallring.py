@@ -1,0 +1,92 @@
+"""Sign tests on a reduced ring (mpc/smallring.py: system.predictor_bits, engine.relu_bits): exact against
+plaintext outside the truncation's band, never a wrong sign for x >= 0, ledger == cost formula (exact, party
+pairs and cost mode), a value outside the window caught by the range check, and a dense run with the reduced
+ReLU against its plaintext model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comet_core.errors import RangeError
+from comet_core.mpc import smallring as S
+from comet_core.mpc.engine import MPC, EngineConfig
+from comet_core.mpc.shape import Shape
+from comet_core.sparse import masks as M
+
+F = 16
+
+
+def _measure(m, fn, *a):
+    mark = m.ledger.mark()
+    out = fn(*a)
+    return out, m.ledger.cost_since(mark)
+
+
+def _inputs(bits: int, e: int, shape=(3, 70)) -> tuple[torch.Tensor, int]:
+    """Values across the whole window, plus the edge cases: 0, +-1 LSB, the band's ends."""
+    s = S.shift_for(F, bits, e)
+    g = torch.Generator().manual_seed(bits)
+    x = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * (2 ** e - 2 ** (s - F)) * 0.999
+    x = torch.round(x * 2 ** F) / 2 ** F
+    x[0, :6] = torch.tensor([0.0, 2 ** -F, -2 ** -F, -2 ** (s - F), -2 ** (s - F) - 2 ** -F, 2 ** (s - F)])
+    return x, s
+
+
+@pytest.mark.parametrize("bits", [3, 8, 12, 16, 40])
+def test_reduced_sign_is_exact_outside_the_band_and_costs_its_formula(engines, bits):
+    m = engines(EngineConfig(), seed=bits)
+    x, s = _inputs(bits, 5)
+    b, c = _measure(m, S.ge_zero_bits, m.share(x), bits, s)
+    assert c == S.sign_bits_cost(m, x.numel(), bits)
+    assert c.rounds == 1 + (bits - 2).bit_length()
+    (got,) = m.open_raw([b], 1, xor=True)
+    got = got.bool().cpu()
+    band = (x < 0) & (x >= -2 ** (s - F))
+    assert torch.equal(got[~band], (x >= 0)[~band])          # (a)-(c): exact outside the band
+    assert bool(got[x >= 0].all())                           # a value >= 0 always tests >= 0
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_reduced_relu_error_is_within_the_resolution(engines, bits):
+    m = engines(EngineConfig(), seed=3)
+    x, s = _inputs(bits, 4)
+    y, c = _measure(m, S.relu, m.share(x), bits, s)
+    assert c == S.relu_cost(m, x.numel(), bits)
+    err = (m.reveal(y).cpu() - x.clamp(min=0)).abs().max()
+    assert err <= 2 ** (s - F) + 2 ** -F
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_cost_mode_books_the_exact_ledger(bits):
+    ex, co = MPC(EngineConfig(), seed=1), MPC(EngineConfig(), seed=1, mode="cost")
+    x, s = _inputs(bits, 7, (2, 33))
+    for m, v in ((ex, ex.share(x)), (co, co.share(Shape((2, 33), torch.float32)))):
+        _, c = _measure(m, M.active_bits, v, 0.25, bits, 7)
+        assert c == M.active_bits_cost(m, 2, 33, bits)
+    assert [r[:-1] for r in ex.ledger.rows] == [r[:-1] for r in co.ledger.rows]
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_reduced_threshold_test_against_plaintext(T):
+    """masks.active_bits on 8 bits: [z > 0.25] (union over T tokens), wrong only within the band below it."""
+    m = MPC(EngineConfig(), seed=5)
+    z, s = _inputs(8, 7, (T, 200))
+    bits = M.active_bits(m.share(z), 0.25, 8, 7)
+    got = M.reveal_bits(m, bits)
+    full = (z > 0.25).any(0)
+    maybe = ((z <= 0.25) & (z >= 0.25 - 2 ** (s - F))).any(0)
+    assert torch.equal(got[~maybe], full[~maybe]) and bool(got[full].all())
+
+
+def test_a_value_outside_the_window_is_a_range_error():
+    m = MPC(EngineConfig(), seed=1)
+    x = torch.tensor([1.0, -200.0], dtype=torch.float64)          # beyond 2^7
+    with pytest.raises(RangeError, match="predictor_range"):
+        M.active_bits(m.share(x.unsqueeze(0)), 0.0, 8, 7)
+    M.active_bits(m.share(x.unsqueeze(0) / 4), 0.0, 8, 7)         # inside: no error (positive control)
+
+
+def test_relu_bits_below_64_refuses_fss():
+    with pytest.raises(Exception, match="engine.relu_bits < 64 runs on the circuit"):
+        EngineConfig(relu_bits=16, comparison="fss")
