@@ -6,8 +6,10 @@ sparsity (k = 819), predictor rank 512 (d / 4) and 64, weight masks re-opened pe
 (`request`: the masks of every weight registered and opened before the measured step). Rows per
 (masks, rank, bits): Comet's per-token step without the per-request shuffle (ffn.predict, ffn.reveal,
 ffn.somm, ffn.act, ffn.simm) with the threshold test and its sparse ReLU on Z_2^bits, and dense's FFN with
-its ReLU on Z_2^bits (engine.relu_bits = bits: the best Comet faces the best dense). Columns: online bytes,
-rounds, modelled time on lan (5 Gbps, 0.8 ms), the bytes of the threshold test (ffn.reveal), and the ratios.
+its ReLU on Z_2^bits (engine.relu_bits = bits: the best Comet faces the best dense; under fss both keep the
+64-bit ReLU, fss.relu's single round, which a b-bit sign plus a Beaver product cannot beat online). Columns: online bytes,
+rounds, modelled time on lan (5 Gbps, 0.8 ms), the bytes of the threshold test (ffn.reveal), and the ratios;
+under engine.comparison=circuit and fss.
 
 `--flips RUN [RUN ...]`: instead, summarise exact Comet runs (one per system.predictor_bits) into flips.csv:
 per run the FFN mask flips against the float predictor (sparsity.csv `flips`: units whose private mask
@@ -54,8 +56,10 @@ def _cost(m: MPC, fn, *args) -> dict:
                 lan_s=LAN.comm_seconds(rounds, busiest))
 
 
-def measure(masks: str, rank: int, bits: int) -> list[dict]:
-    m = MPC(EngineConfig(reuse_weight_masks=masks == "request", relu_bits=bits), seed=0, mode="cost")
+def measure(masks: str, rank: int, bits: int, comparison: str) -> list[dict]:
+    relu_bits = bits if comparison == "circuit" else 64   # fss: the 1-round 64-bit ReLU is the cheaper online
+    m = MPC(EngineConfig(reuse_weight_masks=masks == "request", relu_bits=relu_bits, comparison=comparison), seed=0,
+            mode="cost")
     f = lambda *s: m.share(Shape(s, torch.float32), owner="model_owner")  # noqa: E731
     reg = m.register_weight
     lw = dict(w1=reg(f(D, F)), b1=f(F), w2=reg(f(F, D)), b2=f(D))
@@ -75,7 +79,7 @@ def measure(masks: str, rank: int, bits: int) -> list[dict]:
             c = _cost(m, sysm.ffn, x, lw, meta, 0)
             dn = _cost(m, dense.ffn, x, lw, meta, 0)
     for system, v in (("comet", c), ("dense", dn)):
-        out.append(dict(masks=masks, rank=rank, bits=bits, system=system, **v))
+        out.append(dict(comparison=comparison, masks=masks, rank=rank, bits=bits, relu_bits=relu_bits, system=system, **v))
     return out
 
 
@@ -125,14 +129,13 @@ def main() -> int:
 
 
 def _cost_table() -> pd.DataFrame:
-    rows = [r for masks in ("call", "request") for rank in (512, 64) for bits in (64, 16, 12, 8)
-            for r in measure(masks, rank, bits)]
+    rows = [r for comparison in ("circuit", "fss") for masks in ("call", "request") for rank in (512, 64)
+            for bits in (64, 16, 12, 8) for r in measure(masks, rank, bits, comparison)]
     df = pd.DataFrame(rows)
-    dense = df[df.system == "dense"].set_index(["masks", "rank", "bits"])
-    df["bytes_ratio_vs_dense_same_bits"] = [
-        dense.loc[(r.masks, r.rank, r.bits), "online_bytes"] / r.online_bytes for r in df.itertuples()]
-    df["lan_speedup_vs_dense_same_bits"] = [
-        dense.loc[(r.masks, r.rank, r.bits), "lan_s"] / r.lan_s for r in df.itertuples()]
+    dense = df[df.system == "dense"].set_index(["comparison", "masks", "rank", "bits"])
+    key = lambda r: (r.comparison, r.masks, r.rank, r.bits)  # noqa: E731
+    df["bytes_ratio_vs_dense_same_bits"] = [dense.loc[key(r), "online_bytes"] / r.online_bytes for r in df.itertuples()]
+    df["lan_speedup_vs_dense_same_bits"] = [dense.loc[key(r), "lan_s"] / r.lan_s for r in df.itertuples()]
     return df
 
 

@@ -100,6 +100,7 @@ VARIANTS = [  # (model, overrides): FFN + heads (merged refill) is the default s
     ("tiny-opt", ("system.heads=false", "system.predictor_bits=8")),     # threshold test on Z_2^8
     ("tiny-opt", ("system.predictor_bits=12", "engine.relu_bits=16")),   # and the sparse ReLU on Z_2^16
     ("tiny-llama", ("system.heads=false", "system.predictor_bits=16", "system.indexing=oblivious")),
+    ("tiny-opt", ("engine.comparison=fss", "system.heads=false", "system.predictor_bits=8", "engine.relu_bits=12")),
 ]
 
 
@@ -176,7 +177,8 @@ def test_predicted_reference_catches_a_wrong_private_predictor(what, predictors,
 @pytest.mark.parametrize("model,comparison,extra", [("tiny-opt", "circuit", ()), ("tiny-llama", "circuit", ()),
                                                     ("tiny-opt", "fss", ()),
                                                     ("tiny-opt", "circuit", ("system.predictor_bits=8", "engine.relu_bits=12")),
-                                                    ("tiny-llama", "circuit", ("system.heads=false", "system.indexing=oblivious"))])
+                                                    ("tiny-llama", "circuit", ("system.heads=false", "system.indexing=oblivious")),
+                                                    ("tiny-opt", "fss", ("system.predictor_bits=12", "engine.relu_bits=8"))])
 def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path, model, comparison, extra):
     """Two layers of an OPT and a Llama shape, FFN and head sparsity (and the OPT shape under fss comparisons,
     and with reduced-ring threshold tests and ReLU): cost mode replaying the exact run's counts

@@ -1,7 +1,7 @@
 """Sign tests on a reduced ring (mpc/smallring.py: system.predictor_bits, engine.relu_bits): exact against
 plaintext outside the truncation's band, never a wrong sign for x >= 0, ledger == cost formula (exact, party
-pairs and cost mode), a value outside the window caught by the range check, and a dense run with the reduced
-ReLU against its plaintext model."""
+pairs and cost mode), a value outside the window caught by the range check; under engine.comparison=circuit
+and fss (whose DCF keys shrink with the ring). Whole runs: tests/test_comet.py (Comet), test_fused.py (dense)."""
 
 from __future__ import annotations
 
@@ -33,13 +33,14 @@ def _inputs(bits: int, e: int, shape=(3, 70)) -> tuple[torch.Tensor, int]:
     return x, s
 
 
+@pytest.mark.parametrize("comparison", ["circuit", "fss"])
 @pytest.mark.parametrize("bits", [3, 8, 12, 16, 40])
-def test_reduced_sign_is_exact_outside_the_band_and_costs_its_formula(engines, bits):
-    m = engines(EngineConfig(), seed=bits)
+def test_reduced_sign_is_exact_outside_the_band_and_costs_its_formula(engines, bits, comparison):
+    m = engines(EngineConfig(comparison=comparison), seed=bits)
     x, s = _inputs(bits, 5)
     b, c = _measure(m, S.ge_zero_bits, m.share(x), bits, s)
     assert c == S.sign_bits_cost(m, x.numel(), bits)
-    assert c.rounds == 1 + (bits - 2).bit_length()
+    assert c.rounds == (1 + (bits - 2).bit_length() if comparison == "circuit" else 1)
     (got,) = m.open_raw([b], 1, xor=True)
     got = got.bool().cpu()
     band = (x < 0) & (x >= -2 ** (s - F))
@@ -47,9 +48,10 @@ def test_reduced_sign_is_exact_outside_the_band_and_costs_its_formula(engines, b
     assert bool(got[x >= 0].all())                           # a value >= 0 always tests >= 0
 
 
+@pytest.mark.parametrize("comparison", ["circuit", "fss"])
 @pytest.mark.parametrize("bits", [8, 16])
-def test_reduced_relu_error_is_within_the_resolution(engines, bits):
-    m = engines(EngineConfig(), seed=3)
+def test_reduced_relu_error_is_within_the_resolution(engines, bits, comparison):
+    m = engines(EngineConfig(comparison=comparison), seed=3)
     x, s = _inputs(bits, 4)
     y, c = _measure(m, S.relu, m.share(x), bits, s)
     assert c == S.relu_cost(m, x.numel(), bits)
@@ -57,9 +59,11 @@ def test_reduced_relu_error_is_within_the_resolution(engines, bits):
     assert err <= 2 ** (s - F) + 2 ** -F
 
 
+@pytest.mark.parametrize("comparison", ["circuit", "fss"])
 @pytest.mark.parametrize("bits", [8, 12])
-def test_cost_mode_books_the_exact_ledger(bits):
-    ex, co = MPC(EngineConfig(), seed=1), MPC(EngineConfig(), seed=1, mode="cost")
+def test_cost_mode_books_the_exact_ledger(bits, comparison):
+    cfg = EngineConfig(comparison=comparison)
+    ex, co = MPC(cfg, seed=1), MPC(cfg, seed=1, mode="cost")
     x, s = _inputs(bits, 7, (2, 33))
     for m, v in ((ex, ex.share(x)), (co, co.share(Shape((2, 33), torch.float32)))):
         _, c = _measure(m, M.active_bits, v, 0.25, bits, 7)
@@ -67,10 +71,11 @@ def test_cost_mode_books_the_exact_ledger(bits):
     assert [r[:-1] for r in ex.ledger.rows] == [r[:-1] for r in co.ledger.rows]
 
 
+@pytest.mark.parametrize("comparison", ["circuit", "fss"])
 @pytest.mark.parametrize("T", [1, 3])
-def test_reduced_threshold_test_against_plaintext(T):
+def test_reduced_threshold_test_against_plaintext(T, comparison):
     """masks.active_bits on 8 bits: [z > 0.25] (union over T tokens), wrong only within the band below it."""
-    m = MPC(EngineConfig(), seed=5)
+    m = MPC(EngineConfig(comparison=comparison), seed=5)
     z, s = _inputs(8, 7, (T, 200))
     bits = M.active_bits(m.share(z), 0.25, 8, 7)
     got = M.reveal_bits(m, bits)
@@ -87,6 +92,15 @@ def test_a_value_outside_the_window_is_a_range_error():
     M.active_bits(m.share(x.unsqueeze(0) / 4), 0.0, 8, 7)         # inside: no error (positive control)
 
 
-def test_relu_bits_below_64_refuses_fss():
-    with pytest.raises(Exception, match="engine.relu_bits < 64 runs on the circuit"):
-        EngineConfig(relu_bits=16, comparison="fss")
+@pytest.mark.parametrize("bad", [2, 65, "8"])
+def test_bad_relu_bits_are_refused(bad):
+    with pytest.raises(Exception, match="engine.relu_bits must be an integer in 3..64"):
+        EngineConfig(relu_bits=bad)
+
+
+def test_fss_keys_shrink_with_the_ring():
+    m = MPC(EngineConfig(comparison="fss"), seed=1, mode="cost")
+    from comet_core.mpc import fss
+
+    full, small = fss.ltz_cost(m, 1000), S.sign_bits_cost(m, 1000, 8)
+    assert small.offline_bytes * 6 < full.offline_bytes and small.online_bytes * 8 == full.online_bytes

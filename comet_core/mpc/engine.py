@@ -65,9 +65,6 @@ class EngineConfig:
                 f"engine.comparison must be one of circuit, fss; got {self.comparison!r}")
         require(isinstance(self.relu_bits, int) and 3 <= self.relu_bits <= 64,
                 f"engine.relu_bits must be an integer in 3..64, got {self.relu_bits!r}")
-        require(self.relu_bits == 64 or self.comparison == "circuit",
-                "engine.relu_bits < 64 runs on the circuit comparison (mpc/smallring.py); use engine.comparison=circuit "
-                "or engine.relu_bits=64")
         require(isinstance(self.relu_range, int) and 0 <= self.relu_range <= 40,
                 f"engine.relu_range (log2 of the ReLU input bound) must be an integer in 0..40, got {self.relu_range!r}")
         require(self.truncation in ("local", "dealer"),

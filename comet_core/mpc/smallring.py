@@ -25,14 +25,19 @@ the w blocks, an odd top block waits; the last level needs only lt):
   online  per direction: packed(n, b) + sum_levels (3 or 2 at the last) * packed(n p, 1) bytes,
   offline: 2 * packed(n, b) (r's corrections) + sum_levels (2 or 1) * packed(n p, 1),
   rounds: 1 + ceil(log2(b - 1)).   b = 8: 25 bits per element each way in 4 rounds (64-bit circuit: 252, 7).
+Under engine.comparison=fss step 3 is mpc/fss.py's sign on b bits instead: open c = t + r on b bits, a DCF
+over the b - 1 low bits of c keyed on r (dealer.ring_fss_mask), [t < 0] = m + (1 - 2 m)(s + DCF(y)) with
+m = c_(b-1), s = r_(b-1): 1 round, packed(n, b) each way; offline packed(n, b) + 8 n + 2 n key_bytes(b - 1, 1)
+(the 64-bit DCF's keys: 63 levels; b = 8: 7). Its output is an additive 0/1 share: drelu needs no daBit.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from comet_core.comm.ledger import Cost, wire_bytes
-from comet_core.mpc import arith, compare
+from comet_core.mpc import arith, compare, dcf
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
 
@@ -123,21 +128,56 @@ def _msb_bits(mpc: MPC, t, bits: int) -> torch.Tensor:
     return mpc.xor_p0_(msb, (c >> m) & 1)
 
 
-def ge_zero_bits(x: AShare, bits: int, shift: int, what: str = "comparison") -> torch.Tensor:
-    """XOR shares (P, *shape) of [x >= 0] decided on Z_2^bits after truncating by `shift` (module docstring:
-    exact under (a)-(c)). Cost: sign_bits_cost."""
+def _msb_fss(mpc: MPC, t, bits: int):
+    """Step 3 under engine.comparison=fss: additive 0/1 shares (P, n) of bit bits - 1 of the Z_2^bits secret t."""
+    low, nb = (1 << bits) - 1, bits - 1
+    P, n = t.shape[0], t.shape[1]
+    ra, sa, seeds, cw_s, cw_t, cw_v = mpc.dealer.ring_fss_mask(n, bits)
+    if isinstance(t, Shape):
+        mpc.open_raw([t], bits)
+        return Shape((P, n))
+    (c,) = mpc.open_raw([(t + ra.to(t.device)) & low], bits)
+    c = (c & low).cpu().numpy()
+    keys = dcf.Keys(seeds.numpy().view(np.uint64), cw_s[0].numpy().view(np.uint64), cw_t[0].numpy(), cw_v[0].numpy())
+    u = dcf.eval_(mpc.parties, (c & ((1 << nb) - 1)).view(np.uint64), keys)[..., 0]    # (1 - 2 s)[y < alpha]
+    m = (c >> nb) & 1
+    out = (1 - 2 * m) * (sa.cpu().numpy() + u)                                          # m ^ (s ^ [y < alpha])
+    if 0 in mpc.parties:
+        out[0] += m
+    return torch.from_numpy(out).to(t.device)
+
+
+def _sign(x: AShare, bits: int, shift: int, what: str):
+    """[x < 0] on Z_2^bits: XOR shares (circuit) or additive 0/1 shares (fss), (P, n)."""
     mpc = x.mpc
     _check_window(x, bits, shift, what)
     with mpc.ledger.protocol("ltz"):
-        neg = _msb_bits(mpc, _truncate_reduce(x, bits, shift), bits)
+        t = _truncate_reduce(x, bits, shift)
+        return _msb_fss(mpc, t, bits) if mpc.config.comparison == "fss" else _msb_bits(mpc, t, bits)
+
+
+def ge_zero_bits(x: AShare, bits: int, shift: int, what: str = "comparison") -> torch.Tensor:
+    """XOR shares (P, *shape) of [x >= 0] decided on Z_2^bits after truncating by `shift` (module docstring:
+    exact under (a)-(c)). Cost: sign_bits_cost."""
+    neg = _sign(x, bits, shift, what)
+    P = x.data.shape[0]
     if isinstance(neg, Shape):
-        return Shape((neg.shape[0], *x.shape))
-    return mpc.xor_p0_(neg, 1).reshape(neg.shape[0], *x.shape)
+        return Shape((P, *x.shape))
+    if x.mpc.config.comparison == "fss":
+        neg = neg & 1                     # additive shares of a bit: their low bits XOR to it
+    return x.mpc.xor_p0_(neg, 1).reshape(P, *x.shape)
 
 
 def drelu(x: AShare, bits: int, shift: int, what: str = "comparison") -> AShare:
-    """[x >= 0] as an additive 0/1 share (frac 0): ge_zero_bits, then compare.b2a_bit (1 round, 1 bit)."""
-    return compare.b2a_bit(x.mpc, ge_zero_bits(x, bits, shift, what))
+    """[x >= 0] as an additive 0/1 share (frac 0): ge_zero_bits, then compare.b2a_bit (1 round, 1 bit); under
+    fss 1 - [x < 0] from the additive sign directly."""
+    mpc = x.mpc
+    if mpc.config.comparison != "fss":
+        return compare.b2a_bit(mpc, ge_zero_bits(x, bits, shift, what))
+    neg = _sign(x, bits, shift, what)
+    if isinstance(neg, Shape):
+        return AShare(Shape((x.data.shape[0], *x.shape)), mpc, 0)
+    return AShare(mpc.add_p0_(-neg, 1).reshape(neg.shape[0], *x.shape), mpc, 0)
 
 
 def relu(x: AShare, bits: int, shift: int) -> AShare:
@@ -148,6 +188,8 @@ def relu(x: AShare, bits: int, shift: int) -> AShare:
 
 def sign_bits_cost(mpc: MPC, n: int, bits: int) -> Cost:
     """ge_zero_bits / the b-bit sign of n elements (module docstring)."""
+    if mpc.config.comparison == "fss":
+        return Cost(2 * wire_bytes(n, bits), wire_bytes(n, bits) + 8 * n + 2 * n * dcf.key_bytes(bits - 1, 1), 1)
     levels = _levels(bits - 1)
     on = wire_bytes(n, bits) + sum((2 if i == len(levels) - 1 else 3) * wire_bytes(n * p, 1)
                                    for i, p in enumerate(levels))
@@ -157,6 +199,8 @@ def sign_bits_cost(mpc: MPC, n: int, bits: int) -> Cost:
 
 
 def drelu_cost(mpc: MPC, n: int, bits: int) -> Cost:
+    if mpc.config.comparison == "fss":
+        return sign_bits_cost(mpc, n, bits)
     b2a = Cost(2 * wire_bytes(n, 1), 8 * n + wire_bytes(n, 1), 1)
     return sign_bits_cost(mpc, n, bits) + b2a
 

@@ -32,8 +32,8 @@ def active_bits(z: AShare, threshold: float, bits: int = 64, range_log2: int = 7
     truncation of the scores by s = shift_for(f, bits, range_log2) bits; equal to the full test for
     |z - threshold| < 2^range_log2 - 2^(s-f) outside the band threshold - 2^(s-f) <= z < threshold, where a
     unit may be taken active (never lost); failure probability <= 2^(f + range_log2 + 1 - 64) per score.
-    T > 1: the per-token bits as 0/1 integers (b2a), summed, union = [s - 1 >= 0] on max(bits, bitlen(T) + 1)
-    bits untruncated (exact). Cost: union_bits_cost.
+    T > 1: the per-token bits as 0/1 integers (b2a; fss: additive already), summed, union = [s - 1 >= 0] on
+    max(bits, bitlen(T) + 1) bits untruncated (exact). Cost: active_bits_cost(mpc, T, F, bits).
     """
     if bits < 64:
         return _active_bits_reduced(z, threshold, bits, range_log2)

@@ -99,9 +99,6 @@ class CometSystem(HeadSparsity, DenseSystem):
     def validate(self, cfg) -> None:
         """Exact mode needs the model's trained predictors (checked here, before the model loads); a forced
         ffn_sparsity only prices cost mode."""
-        if self.predictor_bits < 64 and str(cfg.engine.get("comparison", "circuit")) != "circuit":
-            raise CometError("system.predictor_bits < 64 runs on the circuit comparison (mpc/smallring.py); use "
-                             "engine.comparison=circuit or system.predictor_bits=64")
         if cfg.mode != "exact":
             return
         if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
