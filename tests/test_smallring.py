@@ -104,3 +104,39 @@ def test_fss_keys_shrink_with_the_ring():
 
     full, small = fss.ltz_cost(m, 1000), S.sign_bits_cost(m, 1000, 8)
     assert small.offline_bytes * 6 < full.offline_bytes and small.online_bytes * 8 == full.online_bytes
+
+
+def _opened_c(m, x, bits):
+    """The values of c = t + r that ge_zero_bits opens (its first opening on `bits` bits)."""
+    seen = []
+    real = m.open_raw
+
+    def spy(tensors, b=64, *a, **k):
+        out = real(tensors, b, *a, **k)
+        if b == bits and not seen:
+            seen.append(out[0].clone())
+        return out
+    m.open_raw = spy
+    S.ge_zero_bits(m.share(x), bits, S.shift_for(F, bits, 7))
+    m.open_raw = real
+    return seen[0] & ((1 << bits) - 1)
+
+
+def _chi2_uniform(c, bits) -> float:
+    n, cells = c.numel(), 1 << bits
+    counts = torch.bincount(c.flatten(), minlength=cells).double()
+    return float(((counts - n / cells) ** 2 / (n / cells)).sum())
+
+
+@pytest.mark.parametrize("weak", [False, True])
+def test_opened_value_is_uniform_whatever_x_with_positive_control(weak, monkeypatch):
+    """c = t + r on Z_2^8 looks uniform (chi-square over 256 cells, 4096 draws) for x = 0 and for x = 3;
+    positive control: a dealer whose r is 0 opens t itself, which the check catches."""
+    m = MPC(EngineConfig(), seed=11)
+    if weak:
+        real = m.dealer.ring_compare_mask
+        monkeypatch.setattr(m.dealer, "ring_compare_mask",
+                            lambda shape, bits: tuple(torch.zeros_like(v) for v in real(shape, bits)))
+    stats = [_chi2_uniform(_opened_c(m, torch.full((4096,), v, dtype=torch.float64), 8), 8) for v in (0.0, 3.0)]
+    limit = 255 + 6 * (2 * 255) ** 0.5          # mean + 6 sd of chi-square with 255 degrees of freedom
+    assert all(s < limit for s in stats) != weak, stats
