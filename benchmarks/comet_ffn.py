@@ -9,9 +9,9 @@ The predictor's weights are set so that exactly (1 - s) F real neurons score abo
 Rows (system):
   dense              the engine's dense FFN (Beaver matmuls, ReLU on all F neurons)
   comet              Comet's step (predict, reveal, SOMM, sparse ReLU, SIMM), shuffle indexing
-  comet_oblivious    the oblivious-indexing variant (CometSystem._ffn_oblivious): COST MODE (the same
-                     protocol code on shapes; its (k + 1) F comparisons are too large to run exactly
-                     here): bytes and rounds exact, compute not measured
+  comet_oblivious    the oblivious-indexing baseline (CometSystem._ffn_oblivious, sparse/oblivious.py: a fresh
+                     shuffle-then-reveal compaction per step): COST MODE (the same protocol code on shapes):
+                     bytes and rounds exact, compute not measured
   comet_setup        the per-request oblivious permutation of this FFN's weights (once per request)
 Columns: online/offline bytes, rounds, measured compute (both parties in one process, the dealer's work
 included), modelled communication and total time on `lan` (5 Gbps, 0.8 ms) and `wan-100m`

@@ -186,6 +186,8 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     labels = dict(model=cfg.model.name, system=cfg.system.name, mode=cfg.mode, seed=cfg.seed,
                   keys="os" if cfg.seed is None else "seed (insecure, reproducible)", model_seed=cfg.model_seed,
                   frac_bits=cfg.engine.frac_bits, comparison=str(cfg.engine.get("comparison", "circuit")),
+                  relu_bits=int(cfg.engine.get("relu_bits", 64)),
+                  predictor_bits=cfg.system.get("predictor_bits", math.nan),   # sparse systems only
                   layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
     selected = Network.from_cfg(cfg.network)

@@ -97,6 +97,10 @@ VARIANTS = [  # (model, overrides): FFN + heads (merged refill) is the default s
     ("tiny-llama", ("system.heads=false", "system.indexing=oblivious")),
     ("tiny-opt", ("engine.comparison=fss",)),                             # threshold test, ReLU, max: DCF keys
     ("tiny-llama", ("engine.comparison=fss", "system.heads=false", "system.indexing=oblivious")),
+    ("tiny-opt", ("system.heads=false", "system.predictor_bits=8")),     # threshold test on Z_2^8
+    ("tiny-opt", ("system.predictor_bits=12", "engine.relu_bits=16")),   # and the sparse ReLU on Z_2^16
+    ("tiny-llama", ("system.heads=false", "system.predictor_bits=16", "system.indexing=oblivious")),
+    ("tiny-opt", ("engine.comparison=fss", "system.heads=false", "system.predictor_bits=8", "engine.relu_bits=12")),
 ]
 
 
@@ -109,7 +113,9 @@ def test_private_equals_masked_plaintext(model, over, predictors, tmp_path):
     sp = pd.read_csv(out / "sparsity.csv", dtype={"revealed": str})
     assert set(sp.step) == {0, 1, 2, 3} and set(sp.kind) == ({"ffn", "head"} if heads else {"ffn"})
     assert ((sp.active > 0) & (sp.active < sp.total)).any()          # really sparse, not all or nothing
-    assert (sp.max_flip_margin.fillna(0) <= 0.05).all()               # flips only near the threshold
+    bits = int(next((o.split("=")[1] for o in over if o.startswith("system.predictor_bits=")), 64))
+    band = 0.0 if bits == 64 else 2.0 ** (7 + 1 - bits)             # reduced ring: the truncation's band
+    assert (sp.max_flip_margin.fillna(0) <= 0.05 + band).all()        # flips only near the threshold
     g = pd.read_csv(out / "generation.csv")
     assert set(g.source) == {"private", "plaintext", "plaintext_dense", "plaintext_predicted"}
     assert sp.jaccard.between(0, 1).all() and sp[sp.step == 0].jaccard.mean() > 0.95   # same inputs at step 0
@@ -168,16 +174,22 @@ def test_predicted_reference_catches_a_wrong_private_predictor(what, predictors,
         assert not s["predicted_match"] and tot.predicted_token_agreement < 1
 
 
-@pytest.mark.parametrize("model,comparison", [("tiny-opt", "circuit"), ("tiny-llama", "circuit"), ("tiny-opt", "fss")])
-def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path, model, comparison):
-    """Two layers of an OPT and a Llama shape, FFN and head sparsity (and the OPT shape under fss comparisons):
-    cost mode replaying the exact run's counts (system.mask_trace) books the exact run's ledger, row for row."""
+@pytest.mark.parametrize("model,comparison,extra", [("tiny-opt", "circuit", ()), ("tiny-llama", "circuit", ()),
+                                                    ("tiny-opt", "fss", ()),
+                                                    ("tiny-opt", "circuit", ("system.predictor_bits=8", "engine.relu_bits=12")),
+                                                    ("tiny-llama", "circuit", ("system.heads=false", "system.indexing=oblivious")),
+                                                    ("tiny-opt", "fss", ("system.predictor_bits=12", "engine.relu_bits=8"))])
+def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path, model, comparison, extra):
+    """Two layers of an OPT and a Llama shape, FFN and head sparsity (and the OPT shape under fss comparisons,
+    and with reduced-ring threshold tests and ReLU): cost mode replaying the exact run's counts
+    (system.mask_trace) books the exact run's ledger, row for row."""
     c = f"engine.comparison={comparison}"
-    _, ex = run_comet(model, tmp_path / "exact", predictors[model], "gen_tokens=3", "prompt='Hello there'", c)
+    _, ex = run_comet(model, tmp_path / "exact", predictors[model], "gen_tokens=3", "prompt='Hello there'", c, *extra)
     _, co = run_comet(model, tmp_path / "cost", predictors[model], "gen_tokens=3", "prompt='Hello there'",
-                      "mode=cost", f"system.mask_trace={ex / 'sparsity.csv'}", c)
+                      "mode=cost", f"system.mask_trace={ex / 'sparsity.csv'}", c, *extra)
     a, b = pd.read_csv(ex / "ledger.csv.gz"), pd.read_csv(co / "ledger.csv.gz")
-    assert a.layer.nunique() >= 2 and {"ffn.somm", "attn.shuffle"} <= set(a.op)
+    heads = "system.heads=false" not in extra
+    assert a.layer.nunique() >= 2 and {"ffn.somm", "attn.shuffle" if heads else "ffn.select"} <= set(a.op)
     assert len(a) == len(b) and a.equals(b), "cost-mode ledger differs from exact mode's for the same masks"
 
 
@@ -242,6 +254,10 @@ def test_ffn_step_and_setup_cost_formulas(family):
         sysm.state = C.CometState(request=[req])
         _, c = _measure(m, sysm.ffn, f(T, d), lw, meta, 0)
         assert c == C.ffn_step_cost(m, T, d, F, r, k, family == "llama"), (T, k)
+        sysm.predictor_bits = 8
+        _, c = _measure(m, sysm.ffn, f(T, d), lw, meta, 0)
+        assert c == C.ffn_step_cost(m, T, d, F, r, k, family == "llama", bits=8), ("8 bits", T, k)
+        sysm.predictor_bits = 64
         sysm.indexing = "oblivious"
         _, c = _measure(m, sysm.ffn, f(T, d), lw, meta, 0)
         assert c == C.ffn_oblivious_step_cost(m, T, d, F, r, k, family == "llama"), ("oblivious", T, k)

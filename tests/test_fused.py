@@ -40,16 +40,17 @@ def _share(m: MPC, lw: dict) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["exact", "cost"])
-@pytest.mark.parametrize("family, H, Hkv, hd", [("opt", 4, 4, 4), ("opt", 2, 2, 8), ("llama", 4, 2, 4),
-                                                ("llama", 2, 1, 8)])
-def test_dense_layer_costs_pinned_and_outputs_equal_reference(family, H, Hkv, hd, mode):
+@pytest.mark.parametrize("family, H, Hkv, hd, relu_bits", [("opt", 4, 4, 4, 64), ("opt", 2, 2, 8, 12),
+                                                           ("llama", 4, 2, 4, 64), ("llama", 2, 1, 8, 64)])
+def test_dense_layer_costs_pinned_and_outputs_equal_reference(family, H, Hkv, hd, relu_bits, mode):
     """Per step (prefill of 3, then 2 decode tokens, masks reused): the attention and the FFN cost
     exactly dense_attention_cost / dense_ffn_cost; q, k, v take one matmul (2 rounds), RoPE and the
     scaling one round (none for OPT with a power-of-four hd), gate and up one matmul; the outputs
-    equal the float64 reference (and the ledgers of both modes agree, as the formulas are shared)."""
+    equal the float64 reference (and the ledgers of both modes agree, as the formulas are shared); one OPT
+    case with the ReLU's sign test on Z_2^12 (engine.relu_bits)."""
     d, F = 16, 24
     act = "relu" if family == "opt" else "silu"
-    m = MPC(EngineConfig(reuse_weight_masks=True), seed=5, mode=mode)
+    m = MPC(EngineConfig(reuse_weight_masks=True, relu_bits=relu_bits), seed=5, mode=mode)
     plain = _layer(family, d, H, Hkv, hd, F)
     lw = _share(m, plain)
     meta = dict(num_heads=H, num_kv_heads=Hkv, head_dim=hd, rope_theta=10000.0, act=act, eps=1e-5)

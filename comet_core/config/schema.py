@@ -82,6 +82,8 @@ class EngineSchema:
     check_ranges: bool = True
     max_method: str = "auto"      # auto | tree | pairs (comet_core/mpc/pairmax.py)
     comparison: str = "circuit"   # circuit | fss (comet_core/mpc/fss.py; beyond the paper)
+    relu_bits: int = 64           # the FFN ReLU's sign test on Z_2^relu_bits (comet_core/mpc/smallring.py)
+    relu_range: int = 4           # log2 of the public bound on |ReLU input| the reduced test covers
 
 
 @dataclass

@@ -299,6 +299,50 @@ class Dealer:
         return self._and_triples_into(np.empty((2, 1 + 2 * n_right, *tuple(word_shape)), dtype=np.int64),
                                       elements, bits)
 
+    def ring_compare_mask(self, shape, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reduced-ring comparison's mask (mpc/smallring.py): uniform r in Z_2^bits as additive shares mod
+        2^bits and XOR shares of its bits, both (2, *shape) words in [0, 2^bits). Books 2 * bits per element
+        (P1's corrections; P0's halves come from its stream)."""
+        self._book(math.prod(shape), bits)
+        self._book(math.prod(shape), bits)
+        if self.mpc.is_cost:
+            return Shape((2, *tuple(shape))), Shape((2, *tuple(shape)))
+        low = (1 << bits) - 1
+        r = self._rand(shape, bits)
+        ra0, rb0 = self._rand0(shape, bits), self._rand0(shape, bits)
+        return torch.stack([ra0, (r - ra0) & low]), torch.stack([rb0, r ^ rb0])
+
+    def ring_fss_mask(self, n: int, bits: int) -> tuple:
+        """A reduced-ring FSS sign test's items (mpc/smallring.py, engine.comparison=fss): uniform r in Z_2^bits
+        as additive shares mod 2^bits, additive shares of s = r_(bits-1), and DCF keys (mpc/dcf.py) of
+        f(y) = (1 - 2 s) [y < r mod 2^(bits-1)] over nb = bits - 1 bits. Party-stacked (ra, sa, seeds, cw_s,
+        cw_t, cw_v) (the corrections the same in both slots). Books bits + 64 per element to P1 and
+        dcf.key_bytes(bits - 1, 1) per element to each party; the root seeds come from the streams."""
+        from comet_core.mpc import dcf
+
+        nb = bits - 1
+        self._book(n, bits)
+        self._book(n, 64)
+        for to in ("P0", "P1"):
+            self._book(n, 8 * dcf.key_bytes(nb, 1), to=to)
+        if self.mpc.is_cost:
+            return (Shape((2, n)), Shape((2, n)), Shape((2, n, 2)), Shape((2, nb, n, 2)),
+                    Shape((2, nb, n, 2), torch.uint8), Shape((2, nb + 1, n, 1)))
+        low = (1 << bits) - 1
+        r = self._rand((n,), bits).cpu()
+        ra0 = self._rand0((n,), bits).cpu()
+        s = (r >> nb) & 1
+        sa = self._arith(s.to(self.mpc.device)).data
+        seeds = self._random_shares((n, 2)).cpu()
+        beta = (1 - 2 * s).numpy()[:, None].astype(np.int64)
+        keys = dcf.gen((r & ((1 << nb) - 1)).numpy().view(np.uint64), beta, seeds.numpy().view(np.uint64), nb)
+
+        def both(a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a)
+            return t.unsqueeze(0).expand(2, *t.shape)
+
+        return (torch.stack([ra0, (r - ra0) & low]), sa, seeds, both(keys.cw_s), both(keys.cw_t), both(keys.cw_v))
+
     def dabit(self, shape) -> tuple[torch.Tensor, AShare]:
         """A random bit b as XOR shares (1 bit) and as additive shares (integer, frac 0)."""
         if self._tiny(shape):   # the same reads and values in numpy

@@ -49,6 +49,8 @@ class EngineConfig:
     check_ranges: bool = True   # simulation only: raise a RangeError when a secret leaves a protocol's range
     max_method: str = "auto"    # max/argmax along a dim: auto | tree | pairs (comet_core/mpc/pairmax.py)
     comparison: str = "circuit"  # circuit (mpc/compare.py's bit tree, 8 rounds) | fss (mpc/fss.py: DCF keys, 1 round)
+    relu_bits: int = 64          # the activation ReLU's sign test on Z_2^relu_bits (mpc/smallring.py); 64: compare.relu
+    relu_range: int = 4          # log2 of the public bound on |ReLU input| that the reduced test covers
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
     def __post_init__(self) -> None:
@@ -61,6 +63,10 @@ class EngineConfig:
                 f"engine.max_method must be one of auto, tree, pairs; got {self.max_method!r}")
         require(self.comparison in ("circuit", "fss"),
                 f"engine.comparison must be one of circuit, fss; got {self.comparison!r}")
+        require(isinstance(self.relu_bits, int) and 3 <= self.relu_bits <= 64,
+                f"engine.relu_bits must be an integer in 3..64, got {self.relu_bits!r}")
+        require(isinstance(self.relu_range, int) and 0 <= self.relu_range <= 40,
+                f"engine.relu_range (log2 of the ReLU input bound) must be an integer in 0..40, got {self.relu_range!r}")
         require(self.truncation in ("local", "dealer"),
                 f"engine.truncation must be one of local, dealer; got {self.truncation!r}")
         require(self.truncation == "dealer" or self.frac_bits <= 20,

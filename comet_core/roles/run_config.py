@@ -117,6 +117,7 @@ def engine_config(cfg):
         check_ranges=bool(e.get("check_ranges", True)),
         max_method=str(e.get("max_method", "auto")),
         comparison=str(e.get("comparison", "circuit")),
+        relu_bits=int(e.get("relu_bits", 64)), relu_range=int(e.get("relu_range", 4)),
         functions=FunctionConfig(exp_iterations=e.exp_iterations, exp_clamp=bool(e.exp_clamp), reciprocal_nr_iters=e.reciprocal_nr_iters,
                                  reciprocal_range=tuple(e.reciprocal_range), inv_sqrt_nr_iters=e.inv_sqrt_nr_iters,
                                  inv_sqrt_range=tuple(e.inv_sqrt_range), sigmoid_nr_iters=e.sigmoid_nr_iters))

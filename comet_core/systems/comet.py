@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 import torch
 
 from comet_core.errors import CometError
-from comet_core.mpc import arith, compare
+from comet_core.mpc import arith, compare, smallring
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
+from comet_core.sparse import oblivious
 from comet_core.sparse.masks import active_bits, reveal_bits
 from comet_core.systems.comet_heads import HeadSparsity, attention_step_cost  # noqa: F401 (re-exported)
 from comet_core.systems.dense import DenseSystem
@@ -75,6 +76,7 @@ class CometSystem(HeadSparsity, DenseSystem):
         if self.indexing not in ("shuffle", "oblivious"):
             raise CometError(f"system.indexing must be shuffle or oblivious, got {self.indexing!r}")
         self.flip_eps = float(get("flip_epsilon", 0.05))
+        self.predictor_bits, self.predictor_range = _predictor_bits(get)
         self.correlations = str(get("correlations", "dealer"))
         if self.correlations not in ("dealer", "client"):
             raise CometError(f"system.correlations must be dealer or client, got {self.correlations!r}")
@@ -217,7 +219,7 @@ class CometSystem(HeadSparsity, DenseSystem):
         with mpc.label(op="ffn.predict"):
             z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], req.p2) + req.pb2   # (T, F) permuted
         with mpc.label(op="ffn.reveal"):
-            bits = active_bits(z, self.thresholds[layer])
+            bits = active_bits(z, self.thresholds[layer], self.predictor_bits, self.predictor_range)
             count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
             mask = reveal_bits(mpc, bits, count)
         S = torch.nonzero(mask).flatten()
@@ -251,49 +253,25 @@ class CometSystem(HeadSparsity, DenseSystem):
             return out + b_out if b_out is not None else out
 
     def _ffn_oblivious(self, x: AShare, lw: dict, meta: dict, layer: int) -> AShare:
-        """The oblivious-indexing variant (no shuffle), defined before measuring:
-
-        1. Predictor as in step 2, with the unpermuted W2, b2: [z] (T, F).
-        2. [u] = [z > threshold] per neuron (union over the T tokens: [sum_t m_t > 0]) as 0/1 shares;
-           only the count k = sum u is opened (64 bits each way, 1 round).
-        3. Selection matrix [Sel] (k, F), Sel[i, j] = u_j [c_j = i + 1] with c = prefix sums of u (local):
-           g_i = [c - i >= 0] for i = 1 .. k + 1 ((k + 1) F comparisons), [c_j = i] = g_i - g_(i+1)
-           (local), times u (one Beaver multiply of k F integers).
-        4. The active weights by secret selection: [W_in b_in]^T Sel^T... as Beaver matmuls of the whole
-           weights with Sel: (d + 1, F) x (F, k) and (k, F) x (F, d), opening both full weight masks
-           and Sel every step (the weights cannot be re-indexed locally without the shuffle).
-        5. SOMM / activation / SIMM on the k selected neurons as in steps 4-6.
-        Leaks k per layer and step only. Cost: ffn_oblivious_step_cost.
-        """
+        """The oblivious-indexing baseline (no per-request shuffle; leaks k per layer and step only): a fresh
+        shuffle-then-reveal compaction per layer and step (steps and cost: sparse/oblivious.py), then
+        steps 4-6 on the k compacted neurons. Cost: ffn_oblivious_step_cost."""
         mpc = x.mpc
         pred = self.predictors[layer]
         llama = "w_gate" in lw
         with mpc.label(op="ffn.predict"):
             z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], pred["w2"]) + pred["b2"]   # (T, F)
-        F = z.shape[1]
         with mpc.label(op="ffn.reveal"):
-            m = compare.ltz((-z).add_public(self.thresholds[layer]))                 # (T, F) 0/1
-            u = m[0] if z.shape[0] == 1 else compare.ltz(-(m.sum(0)))                 # (F,) union
-            (cnt,) = mpc.open(u.sum(0, keepdim=True))
-            k = int(self.counts(layer, self.state.step, x.shape[0])) if mpc.is_cost else int(cnt[0])
-        self._record(mpc, x, layer, None, None, oblivious=(u, k, F))
-        if k == 0:
-            return self._sparse_ffn(x, None, None, _empty_rows(mpc, lw), lw, meta, 0)
+            u = compare.b2a_bit(mpc, active_bits(z, self.thresholds[layer], self.predictor_bits,
+                                                 self.predictor_range))                       # (F,) 0/1
         with mpc.label(op="ffn.select"):
-            c = AShare(torch.cumsum(u.data, dim=-1) if not mpc.is_cost else u.data, mpc, 0)   # prefix sums
-            idx = torch.arange(1, k + 2, dtype=torch.float64)[:, None]
-            g = compare.drelu(c.unsqueeze(0).expand(k + 1, F).add_public(-idx))      # (k + 1, F): [c >= i]
-            sel = arith.mul(g[:-1] - g[1:], u.unsqueeze(0))                           # (k, F) integers
-            ins = [lw["w_gate"], lw["w_up"]] if llama else [lw["w1"], lw["b1"].unsqueeze(0)]
-            w_in_all = AShare.cat(ins, 0)                                              # (rows, F)
-            picked = arith.matmul(w_in_all, sel.transpose(0, 1))                      # (rows, k)
-            w_out = arith.matmul(sel, lw["w_down"] if llama else lw["w2"])            # (k, d)
-        d = x.shape[1]
-        if llama:
-            w_in, b_in = AShare.cat([picked[:d], picked[d:2 * d]], 1), None
-        else:
-            w_in, b_in = picked[:d], picked[d]
-        return self._sparse_ffn(x, w_in, b_in, w_out, lw, meta, k)
+            count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
+            S, w_in, b_in, w_out = oblivious.compact(lw, u, self.correlations, count)
+        k, F = S.numel(), z.shape[1]
+        self._record(mpc, x, layer, None, None, oblivious=(u, k, F))
+        cols = torch.cat([S, S + F]) if llama else S
+        return self._sparse_ffn(x, w_in, None if llama else b_in.index_select(0, S), w_out, lw, meta, k,
+                                (1, cols), (0, S))
 
     def _record(self, mpc, x: AShare, layer: int, mask, pi, oblivious=None) -> None:
         """Count what was revealed; in the simulation also the real-coordinate mask (for the masked
@@ -326,6 +304,18 @@ class CometSystem(HeadSparsity, DenseSystem):
         self.state.records.append(rec)
 
 
+def _predictor_bits(get) -> tuple[int, int]:
+    """system.predictor_bits (64 | 3..63: the threshold test on a reduced ring, sparse/masks.py) and
+    system.predictor_range (log2 of the public bound on |score - threshold|), checked."""
+    bits, rng = get("predictor_bits", 64), get("predictor_range", 7)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 3 <= bits <= 64:
+        raise CometError(f"system.predictor_bits must be an integer in 3..64 (e.g. 64, 16, 12, 8), got {bits!r}")
+    if isinstance(rng, bool) or not isinstance(rng, int) or not 0 <= rng <= 40:
+        raise CometError(f"system.predictor_range (log2 of the bound on |score - threshold|) must be an integer "
+                         f"in 0..40, got {rng!r}")
+    return bits, rng
+
+
 def _check_public(meta, model_cfg, L: int, heads: bool) -> dict:
     """The owner's public setup, checked (one line naming what does not fit this run)."""
     from comet_core.comm.channel import PeerError
@@ -340,10 +330,6 @@ def _check_public(meta, model_cfg, L: int, heads: bool) -> dict:
                         f"{' with head predictors' if heads else ''} (ranks and thresholds per layer)")
     return meta
 
-
-def _empty_rows(mpc, lw):
-    w = lw["w_down"] if "w_down" in lw else lw["w2"]
-    return w[:0]
 
 # ---- cost formulas (pinned against the ledger by tests/test_comet.py) ------------------------------------
 
@@ -364,33 +350,32 @@ def sparse_ffn_cost(mpc, T: int, d: int, k: int, llama: bool):
     if llama:
         c = c + nl.silu_cost(mpc, T * k) + arith.mul_cost(mpc, T * k, T * k, T * k)
     else:
-        c = c + compare.relu_cost(mpc, T * k)
+        c = c + smallring.activation_relu_cost(mpc, T * k)
     return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
 
 
-def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
-    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons."""
+def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64):
+    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons (threshold test on
+    Z_2^bits: system.predictor_bits)."""
     from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
 
     c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
-    c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
+    c = c + active_bits_cost(mpc, T, F, bits) + reveal_bits_cost(F)
     if k == 0:
         return c
     return c + sparse_ffn_cost(mpc, T, d, k, llama)
 
 
-def ffn_oblivious_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
-    """The oblivious-indexing variant's steps 1-5 (CometSystem._ffn_oblivious)."""
-    from comet_core.comm.ledger import Cost
+def ffn_oblivious_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64):
+    """The oblivious-indexing baseline's step (CometSystem._ffn_oblivious, sparse/oblivious.py)."""
+    from comet_core.comm.ledger import Cost, wire_bytes
+    from comet_core.mpc.shuffle import permute_cost
+    from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
+    from comet_core.sparse.oblivious import stacked_rows
 
-    W = 8
     c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
-    c = c + compare.ltz_cost(mpc, T * F) + (compare.ltz_cost(mpc, F) if T > 1 else Cost())
-    c = c + Cost(2 * W, 0, 1)                                   # open the count
+    c = c + active_bits_cost(mpc, T, F, bits) + Cost(2 * wire_bytes(F, 1), 8 * F + wire_bytes(F, 1), 1)   # b2a
+    c = c + permute_cost(mpc, stacked_rows(d, llama) * F) + reveal_bits_cost(F)
     if k == 0:
         return c
-    rows = 2 * d if llama else d + 1
-    c = c + compare.drelu_cost(mpc, (k + 1) * F) + arith.mul_cost(mpc, k * F, F, k * F, frac_sum=0)
-    c = c + Cost(2 * W * (rows * F + F * k), W * rows * k, 1)   # [W_in b_in] Sel^T: integer Sel, no truncation
-    c = c + Cost(2 * W * (k * F + F * d), W * k * d, 1)         # Sel W_out
     return c + sparse_ffn_cost(mpc, T, d, k, llama)

@@ -253,7 +253,7 @@ def dense_ffn_cost(mpc, T: int, d: int, F: int, act: str, reused: bool = False):
     OPT (relu / gelu): fc1 (T, d) x (d, F), activation, fc2 (T, F) x (F, d). Llama (silu): ffn.gate_up
     (T, d) x (d, 2F) (one matmul), SiLU on the gate half, ffn.gate_mul, ffn.down (T, F) x (F, d).
     """
-    from comet_core.mpc import compare
+    from comet_core.mpc import smallring
 
     n = T * F
     if act == "silu":
@@ -261,5 +261,5 @@ def dense_ffn_cost(mpc, T: int, d: int, F: int, act: str, reused: bool = False):
         c = c + arith.mul_cost(mpc, n, n, n)
     else:
         c = arith.matmul_cost(mpc, T * d, d * F, n, reused)
-        c = c + (compare.relu_cost(mpc, n) if act == "relu" else nl.gelu_cost(mpc, n))
+        c = c + (smallring.activation_relu_cost(mpc, n) if act == "relu" else nl.gelu_cost(mpc, n))
     return c + arith.matmul_cost(mpc, n, F * d, T * d, reused)

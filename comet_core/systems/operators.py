@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from comet_core.errors import ConfigError
-from comet_core.mpc import approx, compare, ideal, nonlinear as nl
+from comet_core.mpc import approx, ideal, nonlinear as nl, smallring
 from comet_core.mpc.engine import AShare
 
 
@@ -31,7 +31,7 @@ class Op:
 
 def _exact_act(x: AShare, kind: str, p) -> AShare:
     if kind == "relu":
-        return compare.relu(x)
+        return smallring.activation_relu(x)   # compare.relu unless engine.relu_bits < 64
     if kind == "silu":
         return nl.silu(x)
     return nl.gelu(x)
