@@ -59,7 +59,33 @@ def check_train_predictor(cfg, multirun: bool = False) -> None:
     from comet_core.config.schema import check_train_config
 
     check_train_config(cfg)
+    check_train_predictor_task(cfg)
     check_collection_memory(cfg)
+
+
+def split_windows(tok, P) -> dict:
+    """The train / validation / test windows (n, seq_len) of token ids, spread evenly over their plays."""
+    from comet_core.models.corpus import spread_windows, token_ids
+
+    sl = int(P.seq_len)
+    chars = lambda n: n * sl * (1 if tok.name == "bytes" else 8)  # noqa: E731  enough text for n windows
+    win = {}
+    for split, n in (("train", P.train_windows), ("validation", P.val_windows), ("test", P.test_windows)):
+        ids = token_ids(split, tok, max_chars=None if split != "train" else max(chars(int(n)) * 8, 2_000_000))
+        win[split] = spread_windows(ids, int(n), sl)
+    return win
+
+
+def check_train_predictor_task(cfg) -> None:
+    """What only `comet train-predictor` refuses: block predictors (the protocol and the checkpoint take
+    one prediction per neuron; blocks are measured by `comet predictor-tradeoff`)."""
+    from comet_core.errors import CometError
+    from comet_core.predictor.collect import label_field
+
+    label_field(str(cfg.predictor.labels))
+    if int(cfg.predictor.block) != 1:
+        raise CometError(f"predictor.block={cfg.predictor.block}: comet train-predictor trains one prediction per "
+                         "neuron; measure blocks with comet predictor-tradeoff grid.blocks=[...]")
 
 
 def train_predictor_task(cfg: DictConfig) -> None:
@@ -69,7 +95,6 @@ def train_predictor_task(cfg: DictConfig) -> None:
 
     from comet_core.errors import CometError
     from comet_core.models.cache import cache_path
-    from comet_core.models.corpus import spread_windows, token_ids
     from comet_core.models.zoo import load_plain_model, n_layers
     from comet_core.predictor import apply as ap
     from comet_core.predictor.checkpoint import PredictorSet, model_signature, save_predictors
@@ -97,22 +122,19 @@ def train_predictor_task(cfg: DictConfig) -> None:
     sl = int(P.seq_len)
     if sl > int(M.max_positions):
         raise CometError(f"predictor.seq_len={sl} exceeds the {M.max_positions} positions of {M.name}")
-    chars = lambda n: n * sl * (1 if tok.name == "bytes" else 8)  # noqa: E731  enough text for n windows
-    win = {}
-    for split, n in (("train", P.train_windows), ("validation", P.val_windows), ("test", P.test_windows)):
-        ids = token_ids(split, tok, max_chars=None if split != "train" else max(chars(int(n)) * 8, 2_000_000))
-        win[split] = spread_windows(ids, int(n), sl)
+    win = split_windows(tok, P)
     log.info("%s: %d layers; windows train/val/test = %d/%d/%d x %d tokens", M.name, L,
              len(win["train"]), len(win["validation"]), len(win["test"]), sl)
 
     # (1) label thresholds
     ffn_tau, head_tau = calibrate(model, win["train"][: max(4, len(win["train"]) // 4)],
                                   None if relu else float(P.ffn_target_sparsity), float(P.head_target_sparsity),
-                                  batch_size=int(P.forward_batch), seed=int(cfg.seed))
+                                  batch_size=int(P.forward_batch), seed=int(cfg.seed), labels=str(P.labels))
     # (2) activations
     work = cache_path(cfg.work_dir)
     shutil.rmtree(work, ignore_errors=True)
-    data = {s: collect(model, win[s], ffn_tau, head_tau, work, s, int(P.forward_batch)) for s in win}
+    data = {s: collect(model, win[s], ffn_tau, head_tau, work, s, int(P.forward_batch), labels=str(P.labels))
+            for s in win}
     t_collect = time.monotonic() - t_start
     log.info("collected activations in %.1f s", t_collect)
 
