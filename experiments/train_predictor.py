@@ -77,15 +77,14 @@ def split_windows(tok, P) -> dict:
 
 
 def check_train_predictor_task(cfg) -> None:
-    """What only `comet train-predictor` refuses: block predictors (the protocol and the checkpoint take
-    one prediction per neuron; blocks are measured by `comet predictor-tradeoff`)."""
+    """The predictor's labels and block (one line each)."""
     from comet_core.errors import CometError
     from comet_core.predictor.collect import label_field
 
     label_field(str(cfg.predictor.labels))
-    if int(cfg.predictor.block) != 1:
-        raise CometError(f"predictor.block={cfg.predictor.block}: comet train-predictor trains one prediction per "
-                         "neuron; measure blocks with comet predictor-tradeoff grid.blocks=[...]")
+    b, F = int(cfg.predictor.block), int(cfg.model.ffn_dim)
+    if b < 1 or F % b:
+        raise CometError(f"predictor.block={b} must divide the {F} FFN neurons of {cfg.model.name}")
 
 
 def train_predictor_task(cfg: DictConfig) -> None:
@@ -101,7 +100,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
     from comet_core.predictor.collect import calibrate, collect, load_layer
     from comet_core.predictor.metrics import confusion, scores, threshold_for_recall
     from comet_core.predictor.profile import BLOCK_SIZES, HORIZONS, SCHEMA, SparsityProfile, layer_profile
-    from comet_core.predictor.train import TrainSettings, _logits, fit
+    from comet_core.predictor.train import TrainSettings, _logits, fit, neuron_logits
     from comet_core.progress import progress
 
     t_start = time.monotonic()
@@ -143,16 +142,17 @@ def train_predictor_task(cfg: DictConfig) -> None:
     for l in progress(range(L), desc="train predictors", unit="layer"):
         masks = {}
         for kind, xf, yf, rank in (("ffn", "ffn_x", "ffn_y", P.rank), ("head", "attn_x", "head_y", P.head_rank)):
+            b = int(P.block) if kind == "ffn" else 1
             s = TrainSettings(rank=int(rank), target_recall=float(P.target_recall), lr=float(P.lr),
                               batch_size=int(P.batch_size), max_epochs=int(P.max_epochs), patience=int(P.patience),
-                              pos_weight_max=float(P.pos_weight_max), early_stop=str(P.early_stop))
+                              pos_weight_max=float(P.pos_weight_max), early_stop=str(P.early_stop), block=b)
             t0 = time.monotonic()
             pred, info = fit(load_layer(data["train"]["paths"][l], xf), load_layer(data["train"]["paths"][l], yf),
                              load_layer(data["validation"]["paths"][l], xf),
                              load_layer(data["validation"]["paths"][l], yf), s, seed=int(cfg.seed) + l)
             Xte = torch.from_numpy(np.array(load_layer(data["test"]["paths"][l], xf), dtype=np.float32))
             Yte = torch.from_numpy(np.array(load_layer(data["test"]["paths"][l], yf), dtype=bool))
-            lte = _logits(pred, Xte)
+            lte = neuron_logits(_logits(pred, Xte), b)            # per neuron (a block's logit on its neurons)
             sc = scores(confusion(lte > pred.threshold, Yte))
             val_sc = scores(confusion(info["val_logits"] > pred.threshold,
                                       torch.from_numpy(np.array(load_layer(data["validation"]["paths"][l], yf)))))
