@@ -187,3 +187,19 @@ def test_explicit_rank_wins_over_the_checkpoint_and_scales_the_measured_profile(
     sys_cfg.derived.rank_curve = str(tmp_path / "none.csv")
     with pytest.raises(CometError, match="comet predictor-tradeoff"):
         cost_counts(cfg, sys_cfg, 4)
+
+
+def test_opt13b_ffn_pricing_reproduces_the_cost_anatomy():
+    """Rank 64 at d = 256 is rank 512 at OPT-1.3B; at exactly 10% density (predicted = true) the block costs
+    3.89x fewer bytes than dense (shared/reference/comet-cost-anatomy.md, 538.0 MB / 138.4 MB); blocks of 16
+    at rank 8 (-> 64) and the same density are cheaper still."""
+    from experiments.predictor_cost import price
+
+    rows = pd.DataFrame([dict(labels="cats", rank=64, bits=64, block=1, recall=0.93, predicted_sparsity=0.9,
+                              true_sparsity=0.9),
+                         dict(labels="cats", rank=8, bits=64, block=16, recall=0.93, predicted_sparsity=0.9,
+                              true_sparsity=0.9)])
+    df = price(rows)
+    assert df.opt13b_rank.tolist() == [512, 64] and df.active_neurons.tolist()[0] == 820
+    assert df.bytes_ratio[0] == pytest.approx(3.89, abs=0.01)
+    assert df.bytes_ratio[1] > 8 and df.predictor_share[1] < df.predictor_share[0]
