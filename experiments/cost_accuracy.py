@@ -7,7 +7,7 @@ on validation (comet_core/predictor/train.py); (4) on the test windows: recall, 
 sparsity per neuron (mean over layers), and the perplexity and next-token accuracy of the model with the
 predicted FFN masks (heads dense), beside the dense model's on the same windows and the oracle labels'.
 
-Rows are merged into `grid.table` (`results/predictor/<model>/cost_accuracy.csv`) keyed by
+Each point's row is merged into `grid.table` as soon as it is measured (`results/predictor/<model>/cost_accuracy.csv`) keyed by
 (labels, rank, bits, block): rows of other keys are kept, so other axes (the threshold comparison's
 `bits`) add theirs; a key already there is replaced only with overwrite=true. This command measures the
 64-bit comparison (float predictor; bits 64).
@@ -195,7 +195,7 @@ def tradeoff_task(cfg: DictConfig) -> None:
                          git_rev=git_revision()))
         log.info("%s rank %d block %d: recall %.3f predicted sparsity %.3f ppl %.4g (dense %.4g; %.0f s)", lab, r, b,
                  rows[-1]["recall"], rows[-1]["predicted_sparsity"], res["ppl"], dense["ppl"], train_s)
-    out = write_table(Path(str(G.table)), pd.DataFrame(rows), bool(cfg.overwrite))
+        out = write_table(Path(str(G.table)), pd.DataFrame(rows[-1:]), bool(cfg.overwrite))   # each point kept at once
     if not cfg.keep_activations:
         import shutil
 
