@@ -97,6 +97,16 @@ def train_predictor(ctx: typer.Context) -> None:
     launch(train_predictor_task, "train_predictor", list(ctx.args), "comet train-predictor", check=check_train_predictor)
 
 
+@app.command("predictor-tradeoff", context_settings=HYDRA_ARGS)
+def predictor_tradeoff(ctx: typer.Context) -> None:
+    """Train FFN predictors over a grid of labels, ranks and blocks; recall, sparsity, perplexity per point."""
+    hydra_help(ctx, "train_predictor", "comet predictor-tradeoff")
+    from cli.hydra_launch import launch
+    from experiments.cost_accuracy import check_tradeoff, tradeoff_task
+
+    launch(tradeoff_task, "train_predictor", list(ctx.args), "comet predictor-tradeoff", check=check_tradeoff)
+
+
 @app.command("keys")
 def keys(out: Path = typer.Option(..., "--out", help="folder for ca.pem, ca.key and <role>.pem/.key"),
          overwrite: bool = typer.Option(False, "--overwrite", help="replace keys already in --out"),

@@ -180,6 +180,19 @@ class PredictorSchema:
     pos_weight_max: float = MISSING
     early_stop: str = MISSING
     sweep_recalls: List[float] = MISSING
+    labels: str = "cats"             # cats | product (FFN neuron labels of SiLU models; collect.py)
+    block: int = 1                   # neurons per FFN prediction (comet predictor-tradeoff; train.py)
+
+
+@dataclass
+class GridSchema:
+    """`comet predictor-tradeoff`'s points (experiments/cost_accuracy.py); null: the predictor's own."""
+    labels: Optional[List[str]] = None
+    ranks: Optional[List[int]] = None
+    blocks: Optional[List[int]] = None
+    cross: bool = False              # false: one axis at a time around the predictor's own point
+    checkpoints: bool = False        # true: also train head predictors and save a checkpoint per block-1 point
+    table: str = MISSING             # the cost_accuracy.csv rows are merged into
 
 
 @dataclass
@@ -196,6 +209,7 @@ class TrainPredictorSchema:
     overwrite: bool = False
     force: bool = False
     experiment: Optional[Dict[str, Any]] = None   # paper artifact metadata (conf/experiment/predictor_accuracy*)
+    grid: GridSchema = field(default_factory=GridSchema)
 
 
 SCHEMAS = {"run": RunSchema, "train_lm": TrainLMSchema, "train_predictor": TrainPredictorSchema}

@@ -1,10 +1,11 @@
 """Apply FFN-neuron and head sparsity to a plaintext model and measure its language-model accuracy.
 
-Modes per kind: ``dense`` (no mask), ``oracle`` (the true labels: ReLU zeros / CATS threshold for FFN,
-the head-share threshold for heads), ``predicted`` (the predictors at their tuned thresholds, evaluated
+Modes per kind: ``dense`` (no mask), ``oracle`` (the true labels: ReLU zeros / the CATS or product
+threshold for FFN, per the checkpoint's ``labels`` setting; the head-share threshold for heads), ``predicted`` (the predictors at their tuned thresholds, evaluated
 on the live layer inputs, so errors of earlier layers propagate as they would in the protocol).
 A masked unit contributes nothing: its hidden value is zeroed before ``fc2``/``down_proj`` (neurons) or
-its head output before ``out_proj``/``o_proj`` (heads).
+its head output before ``out_proj``/``o_proj`` (heads). A block predictor (``F / block`` outputs, one per
+block of ``block`` consecutive neurons) keeps or drops whole blocks (``expand_blocks``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from comet_core.predictor.sites import attn_hidden, head_shares, layer_sites
 from comet_core.progress import progress
 
 
+def expand_blocks(mask: torch.Tensor, units: int) -> torch.Tensor:
+    """A (..., F / b) block mask as the (..., F) neuron mask it keeps (block i = neurons i*b .. i*b+b-1)."""
+    b = units // mask.shape[-1]
+    return mask if b == 1 else mask.repeat_interleave(b, dim=-1)
+
+
 @contextmanager
 def sparsity_applied(model, ps, ffn: str = "dense", head: str = "dense", ffn_thresholds=None,
                      head_thresholds=None):
@@ -27,6 +34,7 @@ def sparsity_applied(model, ps, ffn: str = "dense", head: str = "dense", ffn_thr
     ``ffn_thresholds`` / ``head_thresholds`` override the predictors' tuned thresholds (threshold sweeps).
     """
     sites = layer_sites(model)
+    product = (getattr(ps, "settings", None) or {}).get("labels", "cats") == "product"
     state = [dict() for _ in sites]
     kept = {"ffn": [[0, 0] for _ in sites], "head": [[0, 0] for _ in sites]}
     hooks = []
@@ -44,10 +52,10 @@ def sparsity_applied(model, ps, ffn: str = "dense", head: str = "dense", ffn_thr
 
             def ffn_mask(m, a, l=l, st=st):
                 if ffn == "oracle":
-                    mask = st["score"] > ps.ffn_tau[l]
+                    mask = (a[0].abs() if product else st["score"]) > ps.ffn_tau[l]
                 else:
                     thr = ps.ffn[l].threshold if ffn_thresholds is None else ffn_thresholds[l]
-                    mask = ps.ffn[l](st["fx"]) > thr
+                    mask = expand_blocks(ps.ffn[l](st["fx"]) > thr, a[0].shape[-1])
                 count("ffn", l, mask)
                 return (a[0] * mask.to(a[0].dtype),) + tuple(a[1:])
             hooks.append(s.ffn_down.register_forward_pre_hook(ffn_mask))

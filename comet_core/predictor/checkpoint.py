@@ -123,8 +123,9 @@ def load_predictors(path: Path, model_cfg) -> PredictorSet:
         raise CometError(f"predictor checkpoint {path}: its predictors do not load ({first}); "
                          f"retrain with: {hint} overwrite=true") from None
     d, H = int(want["hidden_size"]), int(want["num_heads"])
+    units = int(want["ffn_dim"]) // int((ps.settings or {}).get("block", 1) or 1)   # one output per block of neurons
     for l, (f, h) in enumerate(zip(ps.ffn, ps.head)):
-        if f.shape[0] != d or f.shape[2] != int(want["ffn_dim"]) or h.shape[0] != d or h.shape[2] != H:
+        if f.shape[0] != d or f.shape[2] != units or h.shape[0] != d or h.shape[2] != H:
             raise CometError(f"predictor checkpoint {path}: layer {l} predictor shapes {f.shape}/{h.shape} "
                              f"do not fit model '{name}'; retrain with: {hint} overwrite=true")
     return ps

@@ -8,6 +8,9 @@
   when the threshold is tuned to ``target_recall`` on validation, i.e. recall held at the target and
   the skipped share maximised (plain recall alone is maximised by predicting every unit active).
   The best epoch's weights are kept; training stops after ``patience`` epochs without improvement.
+- Blocks (``block = b > 1``, the paper's "spatial locality"): one output per block of b consecutive
+  neurons, labelled active iff any of its neurons is; recall, sparsity and the threshold are measured on
+  the neurons the block mask keeps (a kept block keeps all its neurons), so they compare across b.
 """
 
 from __future__ import annotations
@@ -35,6 +38,24 @@ class TrainSettings:
     pos_weight_max: float = 20.0
     weight_decay: float = 0.0
     early_stop: str = "sparsity_at_recall"
+    block: int = 1
+
+
+def block_labels(Y: torch.Tensor, block: int) -> torch.Tensor:
+    """(N, F) neuron labels -> (N, F / block): a block is active iff any of its neurons is."""
+    if block == 1:
+        return Y
+    N, F = Y.shape
+    if F % block:
+        from comet_core.errors import CometError
+
+        raise CometError(f"block={block} does not divide the {F} FFN neurons")
+    return Y.reshape(N, F // block, block).any(-1)
+
+
+def neuron_logits(logits: torch.Tensor, block: int) -> torch.Tensor:
+    """Block logits (N, F / block) as per-neuron logits (N, F): each neuron takes its block's."""
+    return logits if block == 1 else logits.repeat_interleave(block, dim=-1)
 
 
 def _logits(pred: LowRankPredictor, X: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
@@ -49,12 +70,15 @@ def evaluate(pred: LowRankPredictor, X: torch.Tensor, Y: torch.Tensor, threshold
 
 def fit(Xtr, Ytr, Xva, Yva, s: TrainSettings, seed: int = 0) -> tuple[LowRankPredictor, dict]:
     """Train on (Xtr, Ytr), early-stop on (Xva, Yva), tune the threshold to ``s.target_recall`` on
-    validation. Inputs: float arrays (N, d) and bool arrays (N, out). Returns (predictor, history)."""
+    validation. Inputs: float arrays (N, d) and bool arrays (N, out) of neuron labels. Returns (predictor,
+    history); the history's validation logits are per neuron (a block's logit repeated over its neurons)."""
     torch.manual_seed(seed)
     Xtr = torch.from_numpy(np.array(Xtr, dtype=np.float32))
     Ytr = torch.from_numpy(np.array(Ytr, dtype=bool))
     Xva = torch.from_numpy(np.array(Xva, dtype=np.float32))
     Yva = torch.from_numpy(np.array(Yva, dtype=bool))
+    b = int(s.block)
+    Ytr = block_labels(Ytr, b)
     n, d = Xtr.shape
     out = Ytr.shape[1]
     pred = LowRankPredictor(d, int(s.rank), out)
@@ -78,7 +102,7 @@ def fit(Xtr, Ytr, Xva, Yva, s: TrainSettings, seed: int = 0) -> tuple[LowRankPre
             opt.step()
             total += loss.item() * len(idx)
         pred.eval()
-        lv = _logits(pred, Xva)
+        lv = neuron_logits(_logits(pred, Xva), b)
         if s.early_stop == "recall":
             metric = scores(confusion(lv > 0, Yva))["recall"]
         else:
@@ -94,7 +118,7 @@ def fit(Xtr, Ytr, Xva, Yva, s: TrainSettings, seed: int = 0) -> tuple[LowRankPre
                 break
     pred.load_state_dict(best_state)
     pred.eval()
-    lv = _logits(pred, Xva)
+    lv = neuron_logits(_logits(pred, Xva), b)
     delta = threshold_for_recall(lv[Yva.bool()], s.target_recall)
     pred.threshold.fill_(delta)
     return pred, {"epochs": len(hist), "history": hist, "val_logits_pos": lv[Yva.bool()], "val_logits": lv}

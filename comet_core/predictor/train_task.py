@@ -59,7 +59,32 @@ def check_train_predictor(cfg, multirun: bool = False) -> None:
     from comet_core.config.schema import check_train_config
 
     check_train_config(cfg)
+    check_train_predictor_task(cfg)
     check_collection_memory(cfg)
+
+
+def split_windows(tok, P) -> dict:
+    """The train / validation / test windows (n, seq_len) of token ids, spread evenly over their plays."""
+    from comet_core.models.corpus import spread_windows, token_ids
+
+    sl = int(P.seq_len)
+    chars = lambda n: n * sl * (1 if tok.name == "bytes" else 8)  # noqa: E731  enough text for n windows
+    win = {}
+    for split, n in (("train", P.train_windows), ("validation", P.val_windows), ("test", P.test_windows)):
+        ids = token_ids(split, tok, max_chars=None if split != "train" else max(chars(int(n)) * 8, 2_000_000))
+        win[split] = spread_windows(ids, int(n), sl)
+    return win
+
+
+def check_train_predictor_task(cfg) -> None:
+    """The predictor's labels and block (one line each)."""
+    from comet_core.errors import CometError
+    from comet_core.predictor.collect import label_field
+
+    label_field(str(cfg.predictor.labels))
+    b, F = int(cfg.predictor.block), int(cfg.model.ffn_dim)
+    if b < 1 or F % b:
+        raise CometError(f"predictor.block={b} must divide the {F} FFN neurons of {cfg.model.name}")
 
 
 def train_predictor_task(cfg: DictConfig) -> None:
@@ -69,14 +94,13 @@ def train_predictor_task(cfg: DictConfig) -> None:
 
     from comet_core.errors import CometError
     from comet_core.models.cache import cache_path
-    from comet_core.models.corpus import spread_windows, token_ids
     from comet_core.models.zoo import load_plain_model, n_layers
     from comet_core.predictor import apply as ap
     from comet_core.predictor.checkpoint import PredictorSet, model_signature, save_predictors
     from comet_core.predictor.collect import calibrate, collect, load_layer
     from comet_core.predictor.metrics import confusion, scores, threshold_for_recall
     from comet_core.predictor.profile import BLOCK_SIZES, HORIZONS, SCHEMA, SparsityProfile, layer_profile
-    from comet_core.predictor.train import TrainSettings, _logits, fit
+    from comet_core.predictor.train import TrainSettings, _logits, fit, neuron_logits
     from comet_core.progress import progress
 
     t_start = time.monotonic()
@@ -97,22 +121,19 @@ def train_predictor_task(cfg: DictConfig) -> None:
     sl = int(P.seq_len)
     if sl > int(M.max_positions):
         raise CometError(f"predictor.seq_len={sl} exceeds the {M.max_positions} positions of {M.name}")
-    chars = lambda n: n * sl * (1 if tok.name == "bytes" else 8)  # noqa: E731  enough text for n windows
-    win = {}
-    for split, n in (("train", P.train_windows), ("validation", P.val_windows), ("test", P.test_windows)):
-        ids = token_ids(split, tok, max_chars=None if split != "train" else max(chars(int(n)) * 8, 2_000_000))
-        win[split] = spread_windows(ids, int(n), sl)
+    win = split_windows(tok, P)
     log.info("%s: %d layers; windows train/val/test = %d/%d/%d x %d tokens", M.name, L,
              len(win["train"]), len(win["validation"]), len(win["test"]), sl)
 
     # (1) label thresholds
     ffn_tau, head_tau = calibrate(model, win["train"][: max(4, len(win["train"]) // 4)],
                                   None if relu else float(P.ffn_target_sparsity), float(P.head_target_sparsity),
-                                  batch_size=int(P.forward_batch), seed=int(cfg.seed))
+                                  batch_size=int(P.forward_batch), seed=int(cfg.seed), labels=str(P.labels))
     # (2) activations
     work = cache_path(cfg.work_dir)
     shutil.rmtree(work, ignore_errors=True)
-    data = {s: collect(model, win[s], ffn_tau, head_tau, work, s, int(P.forward_batch)) for s in win}
+    data = {s: collect(model, win[s], ffn_tau, head_tau, work, s, int(P.forward_batch), labels=str(P.labels))
+            for s in win}
     t_collect = time.monotonic() - t_start
     log.info("collected activations in %.1f s", t_collect)
 
@@ -121,16 +142,17 @@ def train_predictor_task(cfg: DictConfig) -> None:
     for l in progress(range(L), desc="train predictors", unit="layer"):
         masks = {}
         for kind, xf, yf, rank in (("ffn", "ffn_x", "ffn_y", P.rank), ("head", "attn_x", "head_y", P.head_rank)):
+            b = int(P.block) if kind == "ffn" else 1
             s = TrainSettings(rank=int(rank), target_recall=float(P.target_recall), lr=float(P.lr),
                               batch_size=int(P.batch_size), max_epochs=int(P.max_epochs), patience=int(P.patience),
-                              pos_weight_max=float(P.pos_weight_max), early_stop=str(P.early_stop))
+                              pos_weight_max=float(P.pos_weight_max), early_stop=str(P.early_stop), block=b)
             t0 = time.monotonic()
             pred, info = fit(load_layer(data["train"]["paths"][l], xf), load_layer(data["train"]["paths"][l], yf),
                              load_layer(data["validation"]["paths"][l], xf),
                              load_layer(data["validation"]["paths"][l], yf), s, seed=int(cfg.seed) + l)
             Xte = torch.from_numpy(np.array(load_layer(data["test"]["paths"][l], xf), dtype=np.float32))
             Yte = torch.from_numpy(np.array(load_layer(data["test"]["paths"][l], yf), dtype=bool))
-            lte = _logits(pred, Xte)
+            lte = neuron_logits(_logits(pred, Xte), b)            # per neuron (a block's logit on its neurons)
             sc = scores(confusion(lte > pred.threshold, Yte))
             val_sc = scores(confusion(info["val_logits"] > pred.threshold,
                                       torch.from_numpy(np.array(load_layer(data["validation"]["paths"][l], yf)))))

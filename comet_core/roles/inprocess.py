@@ -133,4 +133,5 @@ def predicted_reference(system, plain, ids: list[int], gen_tokens: int):
 
     heads = getattr(system, "plain_head_predictors", None) if getattr(system, "heads", False) else None
     kv = int(getattr(plain.config, "num_key_value_heads", None) or plain.config.num_attention_heads)
-    return predicted_generate(plain, ids, gen_tokens, FloatPredictors(ffn, heads or None, kv))
+    return predicted_generate(plain, ids, gen_tokens, FloatPredictors(ffn, heads or None, kv,
+                                                                      int(getattr(system, "block", 1))))

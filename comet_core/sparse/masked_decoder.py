@@ -58,7 +58,9 @@ class SparsePlainDecoder(PlainDecoder):
         if self.ffn_mode == "oracle":
             mask = score.abs() > self.ps.ffn_tau[layer]                           # (T, F)
         else:
-            mask = self._predicted(self.ps.ffn[layer], h)
+            from comet_core.predictor.apply import expand_blocks
+
+            mask = expand_blocks(self._predicted(self.ps.ffn[layer], h), hidden.shape[-1])   # blocks -> neurons
         self._count("ffn", mask)
         return sysm.plain_linear(hidden * mask.to(hidden.dtype), lw["w_down" if "w_down" in lw else "w2"], lw.get("b2"))
 

@@ -10,8 +10,8 @@ per layer and step it takes the number of predicted-active neurons from a sparsi
     (mean over layers of union_density(T) / density(1) of the reference profile);
   * `mask_trace`: the counts an exact run revealed (its sparsity.csv), so that exact and cost ledgers
     can be compared for the same masks.
-The predictor's shape (rank r) in cost mode comes from the config (`predictor_rank`) when no checkpoint
-is loaded.
+The predictor's shape (rank r) in cost mode: `predictor_rank` when set (it wins over a checkpoint's rank,
+and then the counts follow the rank too, `rank_density_factor`), else the checkpoint's rank, else d / 4.
 """
 
 from __future__ import annotations
@@ -57,12 +57,14 @@ def missing_predictors_message(model_cfg, system_cfg) -> str:
 def _predictor_shapes(model_cfg, system_cfg, n_layers: int, kind: str, rank_key: str, rank: int,
                       units: int) -> list[dict]:
     """Data-free weights of the `kind` (ffn | head) predictors for cost mode: the checkpoint's rank if one
-    exists (so cost and exact ledgers agree), else system_cfg[rank_key], else `rank`."""
+    exists (so cost and exact ledgers agree), else `rank`; system_cfg[rank_key], when set, wins (a what-if of
+    another rank: the counts follow it through the measured rank curve, `rank_density_factor`)."""
     d = int(model_cfg.hidden_size)
     r = system_cfg.get(rank_key)
-    r = int(r) if r is not None else rank
+    explicit = r is not None
+    r = int(r) if explicit else rank
     path = checkpoint_path(model_cfg, system_cfg)
-    if path.is_file():
+    if path.is_file() and not explicit:
         from comet_core.predictor.checkpoint import checkpoint_rank
 
         r = checkpoint_rank(path, model_cfg, kind)
@@ -77,9 +79,46 @@ def public_rank_shapes(rows: list[dict], d: int, units: int) -> list[dict]:
 
 
 def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
-    """FFN predictors: default rank d / 4 (the ratio of our trained predictors, rank 64 at d = 256)."""
+    """FFN predictors: default rank d / 4 (the ratio of our trained predictors, rank 64 at d = 256); one
+    output per block of `system.block` neurons."""
     return _predictor_shapes(model_cfg, system_cfg, n_layers, "ffn", "predictor_rank",
-                             int(model_cfg.hidden_size) // 4, int(model_cfg.ffn_dim))
+                             int(model_cfg.hidden_size) // 4, int(model_cfg.ffn_dim) // int(system_cfg.get("block", 1) or 1))
+
+
+def _curve_rows(system_cfg):
+    """The measured rank curve (`derived.rank_curve`: a cost_accuracy.csv): 64-bit, block-1, cats rows of one
+    model, sorted by rank, and that model's hidden size."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    der = system_cfg.get("derived")
+    rel = der.get("rank_curve") if der is not None else None
+    if not rel:
+        raise CometError("system.predictor_rank needs system.derived.rank_curve (a cost_accuracy.csv of "
+                         "comet predictor-tradeoff) to price the predicted density at that rank")
+    path = Path(str(rel)) if Path(str(rel)).is_absolute() else REPO_ROOT / str(rel)
+    if not path.is_file():
+        raise CometError(f"system.derived.rank_curve {path} does not exist; make it with comet predictor-tradeoff "
+                         "model=shakespeare-opt grid.ranks=[8,16,32,64]")
+    df = pd.read_csv(path)
+    df = df[(df.labels == "cats") & (df.bits == 64) & (df.block == 1)].sort_values("rank")
+    if len(df) < 1:
+        raise CometError(f"system.derived.rank_curve {path} has no 64-bit block-1 rows")
+    model = str(df.model.iloc[0])
+    d = int(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{model}.yaml").hidden_size)
+    return df, d
+
+
+def rank_density_factor(system_cfg, rank: int, d: int) -> float:
+    """Predicted / true FFN density (= recall / precision) of a rank-`rank` predictor at hidden size d, from
+    the measured rank curve at the same ratio rank / d, linear in log2(rank / d) between measured ranks
+    (clamped at the ends: no extrapolation)."""
+    import numpy as np
+
+    df, d_ref = _curve_rows(system_cfg)
+    x = np.log2(df["rank"].to_numpy(dtype=float) / d_ref)
+    y = (1 - df.predicted_sparsity.to_numpy(dtype=float)) / (1 - df.true_sparsity.to_numpy(dtype=float))
+    return float(np.interp(np.log2(rank / d), x, y))
 
 
 def _profile_path(model_cfg, system_cfg) -> Path:
@@ -114,12 +153,24 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
         return from_trace
     kind = str(system_cfg.get("profile", "auto"))
     path = _profile_path(model_cfg, system_cfg)
+    d = int(model_cfg.hidden_size)
+    rank = system_cfg.get("predictor_rank")
     if kind in ("auto", "measured") and path.is_file():
         prof = SparsityProfile(json.loads(path.read_text()))
         if prof.num_layers < n_layers:
             raise CometError(f"sparsity profile {path} has {prof.num_layers} layers, the run needs {n_layers}")
-        return lambda layer, step, n: int(round(F * (prof.ffn_density(layer) if n == 1
-                                                     else prof.ffn_union_density(layer, n))))
+        scale = 1.0   # another rank than the profile's predictors: the measured curve's density ratio
+        if rank is not None:
+            ckpt = checkpoint_path(model_cfg, system_cfg)
+            if ckpt.is_file():
+                from comet_core.predictor.checkpoint import checkpoint_rank
+
+                r0 = checkpoint_rank(ckpt, model_cfg, "ffn")
+            else:
+                r0 = d // 4
+            scale = rank_density_factor(system_cfg, int(rank), d) / rank_density_factor(system_cfg, r0, d)
+        return lambda layer, step, n: int(round(F * min(1.0, scale * (prof.ffn_density(layer) if n == 1
+                                                                       else prof.ffn_union_density(layer, n)))))
     if kind == "measured":
         raise CometError(f"system.profile=measured but {path} does not exist; make it with "
                          f"comet train-predictor model={model_cfg.name}, or use system.profile=derived")
@@ -127,7 +178,8 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
     if der is None:
         raise CometError("system.profile=derived needs system.derived (true density, recall, precision)")
     ref = SparsityProfile(json.loads((REPO_ROOT / str(der.union_growth_profile)).read_text()))
-    per_token = float(der.ffn_true_density) * float(der.recall) / float(der.precision)
+    per_token = float(der.ffn_true_density) * (float(der.recall) / float(der.precision) if rank is None
+                                                else rank_density_factor(system_cfg, int(rank), d))
 
     def growth(n: int) -> float:
         vals = [ref.ffn_union_density(l, n) / max(ref.ffn_density(l), 1e-9) for l in range(ref.num_layers)]
@@ -146,9 +198,11 @@ def density_note(model_cfg, system_cfg) -> str:
     if system_cfg.get("mask_trace"):
         return f"mask_trace:{system_cfg.get('mask_trace')}"
     path = _profile_path(model_cfg, system_cfg)
+    rank = system_cfg.get("predictor_rank")
+    curve = f" x rank_curve(r={rank})" if rank is not None else ""
     if str(system_cfg.get("profile", "auto")) in ("auto", "measured") and path.is_file():
-        return f"measured:{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}"
-    return "derived:conf/system/comet.yaml"
+        return f"measured:{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}{curve}"
+    return f"derived:conf/system/comet.yaml{curve}"
 
 
 

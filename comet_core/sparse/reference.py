@@ -38,13 +38,14 @@ class FloatPredictors:
     ffn: per layer a LowRankPredictor (d -> F); head: per layer one (d -> H) or None (dense attention).
     A KV group is active iff any of its G query heads is predicted active for any row (as the private run)."""
 
-    def __init__(self, ffn: list, head: list | None, kv_heads: int | None = None) -> None:
-        self.ffn, self.head, self.kv_heads = ffn, head, kv_heads
+    def __init__(self, ffn: list, head: list | None, kv_heads: int | None = None, block: int = 1) -> None:
+        self.ffn, self.head, self.kv_heads, self.block = ffn, head, kv_heads, block
 
     @torch.no_grad()
     def ffn_mask(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         p = self.ffn[layer]
-        return (p(x.reshape(-1, x.shape[-1])) > float(p.threshold)).any(0)                  # (F,)
+        blocks = (p(x.reshape(-1, x.shape[-1])) > float(p.threshold)).any(0)                 # (F / block,)
+        return blocks.repeat_interleave(self.block)                                          # (F,)
 
     @torch.no_grad()
     def head_mask(self, layer: int, x: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,14 @@ Per request (stage `setup`, phase online, counted in `total`):
      (mpc/shuffle.py), applied obliviously and consistently to every tensor indexed by neuron: the
      columns of W_in (OPT fc1 + b1; Llama gate and up), the rows of W_out (fc2 / down) and the
      predictor's second layer (W2 columns, b2). One `permute` call per layer (all those tensors
-     stacked along their neuron axis): 2 rounds and 8 * (numel) bytes each way in total.
+     stacked along their neuron axis): 2 rounds and 8 * (numel) bytes each way in total. With
+     `system.block = b > 1` pi permutes the F / b blocks of b consecutive neurons (a block moves whole).
 Per layer and step (ops `ffn.predict`, `ffn.reveal`, `ffn.somm`, `ffn.act`, `ffn.simm`):
   2. Predictor in MPC on the FFN input h (T, d): [z] = ([h] W1 + b1) W2pi + b2pi (two Beaver
      matmuls): the scores come out already permuted, so no per-step mask shuffle is needed.
-  3. [m] = [z > threshold] (union over the T tokens of a prefill), opened as one bit per neuron:
-     a public mask S in permuted coordinates (sparse/masks.py states the leakage).
+  3. [m] = [z > threshold] (union over the T tokens of a prefill), opened as one bit per neuron (per
+     block: the predictor has F / b outputs, and S is every neuron of each active block): a public mask S
+     in permuted coordinates (sparse/masks.py states the leakage).
   4. SOMM: y = h W_in pi[:, S] (+ b_in pi[S]): one Beaver matmul of (T, d) by (d, |S|), each operand
      masked and opened once (Llama: gate and up side by side, (d, 2|S|), so h is opened once).
   5. Sparse activation: ReLU / SiLU (x up) on the |S| active columns only; the others are exactly 0.
@@ -89,6 +91,11 @@ class CometSystem(HeadSparsity, DenseSystem):
             raise CometError(f"system.kv_prefetch must be cost_benefit, always or never, got {self.kv_prefetch!r}")
         if self.heads and self.indexing == "oblivious":
             raise CometError("system.indexing=oblivious covers the FFN only; set system.heads=false with it")
+        self.block = get("block", 1)
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
+            raise CometError(f"system.block must be a positive integer (neurons per prediction), got {self.block!r}")
+        if self.block > 1 and self.indexing == "oblivious":
+            raise CometError("system.block > 1 needs system.indexing=shuffle (the oblivious variant selects neurons)")
         self.state = CometState()
         self.predictors: list[dict] = []     # per layer: shared W1 (d, r), b1 (r,), W2 (r, F), b2 (F,)
         self.thresholds: list[float] = []
@@ -99,6 +106,9 @@ class CometSystem(HeadSparsity, DenseSystem):
     def validate(self, cfg) -> None:
         """Exact mode needs the model's trained predictors (checked here, before the model loads); a forced
         ffn_sparsity only prices cost mode."""
+        if int(cfg.model.ffn_dim) % self.block:
+            raise CometError(f"system.block={self.block} must divide the {cfg.model.ffn_dim} FFN neurons of "
+                             f"{cfg.model.name}")
         if cfg.mode != "exact":
             return
         if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
@@ -140,10 +150,14 @@ class CometSystem(HeadSparsity, DenseSystem):
             self.counts = cost_counts(model_cfg, self.cfg, L)
         elif owner_public is not None:
             self._public = _check_public(owner_public(self.name), model_cfg, L, self.heads)
-            plain = public_rank_shapes(self._public["ffn"], int(model_cfg.hidden_size), int(model_cfg.ffn_dim))
+            plain = public_rank_shapes(self._public["ffn"], int(model_cfg.hidden_size),
+                                       int(model_cfg.ffn_dim) // self.block)
             self.thresholds = [float(p["threshold"]) for p in self._public["ffn"]]
         else:
             ps = load_for_system(model_cfg, self.cfg)
+            if int(ps.settings.get("block", 1)) != self.block:
+                raise CometError(f"the predictor checkpoint predicts blocks of {ps.settings.get('block', 1)} neurons, "
+                                 f"system.block={self.block}: set system.block to match, or train its predictors")
             self._ps = ps
             self.plain_predictors = ps.ffn[:L]
             plain = [dict(w1=p.w1.weight.detach().t().double(), b1=p.w1.bias.detach().double(),
@@ -187,22 +201,28 @@ class CometSystem(HeadSparsity, DenseSystem):
         llama = "w_gate" in lw
         ins = [lw["w_gate"], lw["w_up"]] if llama else [lw["w1"]]
         F = ins[0].shape[1]
+        b = self.block
+        nb = F // b
         w_out = lw["w_down"] if llama else lw["w2"]
-        rows = [*ins, w_out.transpose(0, 1), pred["w2"], pred["b2"].unsqueeze(0)]
-        if not llama:
-            rows.append(lw["b1"].unsqueeze(0))
-        perm = Permutation(mpc, F, source=self.correlations)
-        stacked = permute(AShare.cat([r for r in rows], 0), -1, perm)     # [M]: (k, F) over Z_2^64
-        o = 0
-        parts = []
+        rows = [*ins, w_out.transpose(0, 1)] + ([] if llama else [lw["b1"].unsqueeze(0)])
+        neurons = AShare.cat(rows, 0)                                      # [N]: (m, F) over Z_2^64
+        m = neurons.shape[0]
+        if b > 1:   # block j's b neurons as b rows of column j, so one permutation of F / b moves whole blocks
+            neurons = neurons.reshape(m, nb, b).transpose(0, 1).reshape(nb, m * b).transpose(0, 1)   # (m b, F/b)
+        perm = Permutation(mpc, nb, source=self.correlations)
+        stacked = permute(AShare.cat([neurons, pred["w2"], pred["b2"].unsqueeze(0)], 0), -1, perm)
+        neurons, p2, pb2 = stacked[:m * b], stacked[m * b:-1], stacked[-1]
+        if b > 1:
+            neurons = neurons.transpose(0, 1).reshape(nb, m, b).transpose(0, 1).reshape(m, F)
+        parts, o = [], 0
         for r in rows:
-            parts.append(stacked[o:o + r.shape[0]])
+            parts.append(neurons[o:o + r.shape[0]])
             o += r.shape[0]
         w_in = AShare.cat(parts[:2], 1) if llama else parts[0]            # (d, F) | (d, 2F)
         k = 2 if llama else 1
         reg = mpc.register_weight   # this request's weights: their masks may be reused (engine policy)
         return LayerRequest(perm=perm, w_in=reg(w_in), b_in=None if llama else parts[-1][0],
-                            w_out=reg(parts[k].transpose(0, 1)), p2=reg(parts[k + 1]), pb2=parts[k + 2][0])
+                            w_out=reg(parts[k].transpose(0, 1)), p2=reg(p2), pb2=pb2)
 
     def start_step(self, step: int, n_tokens: int) -> None:
         self.state.step, self.state.n_tokens = step, n_tokens
@@ -218,11 +238,14 @@ class CometSystem(HeadSparsity, DenseSystem):
         F = req.w_out.shape[0]
         with mpc.label(op="ffn.predict"):
             z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], req.p2) + req.pb2   # (T, F) permuted
+        b = self.block
         with mpc.label(op="ffn.reveal"):
             bits = active_bits(z, self.thresholds[layer], self.predictor_bits, self.predictor_range)
-            count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
-            mask = reveal_bits(mpc, bits, count)
+            count = -(-self.counts(layer, self.state.step, x.shape[0]) // b) if mpc.is_cost else None   # blocks
+            mask = reveal_bits(mpc, bits, count)                          # (F / b,) permuted blocks
         S = torch.nonzero(mask).flatten()
+        if b > 1:   # every neuron of each active block (permuted coordinates)
+            S = (S[:, None] * b + torch.arange(b, device=S.device)).flatten()
         self._record(mpc, x, layer, mask, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
         cols = torch.cat([S, S + F]) if llama else S                   # public indices (permuted)
         b_in = None if llama else req.b_in.index_select(0, S)
@@ -280,14 +303,15 @@ class CometSystem(HeadSparsity, DenseSystem):
             u, k, F = oblivious
             rec = StepRecord(layer, self.state.step, k, F)
         else:
-            rec = StepRecord(layer, self.state.step, int(mask.sum()), int(mask.numel()))
+            rec = StepRecord(layer, self.state.step, int(mask.sum()) * self.block, int(mask.numel()) * self.block)
         if mpc.simulated and not mpc.is_cost:
             if oblivious is not None:
                 real = mpc.peek(u) > 0.5
             else:
                 real = torch.zeros_like(mask)
-                real[pi[mask]] = True                    # permuted position j holds real neuron pi[j]
-            rec.real_mask = real.cpu()
+                real[pi[mask]] = True                    # permuted position j holds real neuron (block) pi[j]
+            rec.real_mask = real.cpu().repeat_interleave(self.block)      # (F,) neurons
+            real = real.cpu()                            # (F / b,) the flips check's units
             if not self.plain_predictors:
                 self.state.records.append(rec)
                 return
@@ -296,7 +320,7 @@ class CometSystem(HeadSparsity, DenseSystem):
             with torch.no_grad():
                 scores = p(h)                            # (T, F) real coordinates
             thr = float(p.threshold)
-            flipped = (scores > thr).any(0) != rec.real_mask
+            flipped = (scores > thr).any(0) != real
             rec.flips = int(flipped.sum())
             if rec.flips:
                 margin = (scores - thr).abs().min(0).values    # closest token's distance, per unit
@@ -333,12 +357,13 @@ def _check_public(meta, model_cfg, L: int, heads: bool) -> dict:
 
 # ---- cost formulas (pinned against the ledger by tests/test_comet.py) ------------------------------------
 
-def setup_cost(mpc, d: int, F: int, r: int, llama: bool):
-    """Step 1 for one layer: one permute of the stacked neuron-indexed tensors, (rows, F)."""
+def setup_cost(mpc, d: int, F: int, r: int, llama: bool, block: int = 1):
+    """Step 1 for one layer: one permute of the stacked neuron-indexed tensors, (rows, F), and of the
+    predictor's W2 and b2, (r + 1, F / block)."""
     from comet_core.mpc.shuffle import permute_cost
 
-    rows = (2 * d if llama else d) + d + r + 1 + (0 if llama else 1)
-    return permute_cost(mpc, rows * F)
+    rows = (2 * d if llama else d) + d + (0 if llama else 1)
+    return permute_cost(mpc, rows * F + (r + 1) * (F // block))
 
 
 def sparse_ffn_cost(mpc, T: int, d: int, k: int, llama: bool):
@@ -354,13 +379,14 @@ def sparse_ffn_cost(mpc, T: int, d: int, k: int, llama: bool):
     return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
 
 
-def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64):
-    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons (threshold test on
-    Z_2^bits: system.predictor_bits)."""
+def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64, block: int = 1):
+    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons (a multiple of block:
+    the predictor and its threshold test cover F / block units; the test on Z_2^bits: system.predictor_bits)."""
     from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
 
-    c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
-    c = c + active_bits_cost(mpc, T, F, bits) + reveal_bits_cost(F)
+    u = F // block
+    c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * u, T * u)
+    c = c + active_bits_cost(mpc, T, u, bits) + reveal_bits_cost(u)
     if k == 0:
         return c
     return c + sparse_ffn_cost(mpc, T, d, k, llama)
