@@ -10,6 +10,12 @@ and phase (prefill, decode, total): rounds, online bytes (both directions), offl
 modelled comm seconds (rounds x one-way latency + busiest-direction bytes / bandwidth; cost mode
 measures no compute). Writes one CSV (atomically, never over an existing file unless --overwrite),
 with git_rev.
+
+    python benchmarks/fss_end_to_end.py --table FSS_CSV [--circuit results/end_to_end/data.csv]
+
+prints the markdown table of the total phase: fss rows beside the circuit rows of the end_to_end
+artifact's data.csv (its lan rows; their wan-100m seconds from the same network model, comm/network.py,
+on their rounds and busiest-direction bytes).
 """
 
 from __future__ import annotations
@@ -51,15 +57,46 @@ def job(model: str, system: str, comparison: str, networks: list[str]) -> list[d
     return rows
 
 
+def table(fss_csv: Path, circuit_csv: Path) -> str:
+    import pandas as pd
+
+    from comet_core.comm.network import Network
+
+    wan = Network(name="wan-100m", bandwidth_bps=1.0e8, latency_s=8.0e-2)   # conf/network/wan-100m.yaml
+    f = pd.read_csv(fss_csv)
+    c = pd.read_csv(circuit_csv)
+    c = c[(c.phase == "total") & (c.network == "lan")]
+    lines = ["| model | system | comparison | rounds | online GB | offline GB | lan s | wan-100m s |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for (model, system), g in f[f.phase == "total"].groupby(["model", "system"], sort=False):
+        base = c[(c.model == model) & (c.system == system)]
+        if len(base):
+            b = base.iloc[0]
+            w = wan.comm_seconds(int(b.rounds), int(b.busiest_direction_bytes))
+            lines.append(f"| {model} | {system} | circuit ({b.git_rev}) | {int(b.rounds):,} | "
+                         f"{b.online_bytes / 1e9:.1f} | {b.offline_bytes / 1e9:.1f} | {b.comm_s:.1f} | {w:.1f} |")
+        lan, w = g[g.network == "lan"].iloc[0], g[g.network == "wan-100m"].iloc[0]
+        lines.append(f"| {model} | {system} | fss ({lan.git_rev}) | {int(lan.rounds):,} | "
+                     f"{lan.online_bytes / 1e9:.1f} | {lan.offline_bytes / 1e9:.1f} | {lan.comm_s:.1f} | {w.comm_s:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--table", type=Path, help="print the markdown table of this fss CSV and exit")
+    ap.add_argument("--circuit", type=Path, default=ROOT / "results" / "end_to_end" / "data.csv")
+    ap.add_argument("--out")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--models", default="opt-1.3b,opt-2.7b,opt-6.7b,llama2-7b")
     ap.add_argument("--systems", default="dense,comet")
     ap.add_argument("--comparisons", default="fss")
     ap.add_argument("--networks", default="lan,wan-100m")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.table, args.circuit))
+        return
+    if not args.out:
+        ap.error("--out is required (or --table)")
     from comet_core.results.machine import refuse_existing
     from comet_core.results.tables import git_revision
 
