@@ -68,9 +68,10 @@ def ledger_ops(comparison: str, budget: int | None = None) -> list[dict]:
 
 
 def exact_ops(comparison: str) -> list[dict]:
-    """Exact-mode runs with wall time (median of 3 after a warm-up) and a check against plaintext:
-    relu exactly; softmax within 16 LSB + 1e-3 relative; SiLU within 4e-3; RMSNorm within 1e-3 relative
-    + 8 LSB (the tolerances of tests/test_protocols.py and tests/test_spline.py)."""
+    """Exact-mode runs with wall time (median of 3 after a warm-up), the largest |error| against plaintext
+    (max_err) and the check within tests/test_protocols.py's tolerances (exact_ok): relu exactly; softmax
+    within 64 LSB + 2% relative (SOFTMAX_*); SiLU within 4e-3 (SILU_ATOL); RMSNorm within 8 LSB + 1e-3
+    relative (NORM_*)."""
     import statistics
 
     import torch
@@ -88,7 +89,7 @@ def exact_ops(comparison: str) -> list[dict]:
     w = torch.ones(576, dtype=torch.float64)
     cases = [
         ("relu", (128, 3072), 4.0, compare.relu, lambda x: x.clamp_min(0), 0.0, 0.0),
-        ("softmax", (9, 1, 40), 3.0, nl.softmax, lambda x: torch.softmax(x, -1), 16 * lsb, 1e-3),
+        ("softmax", (9, 1, 40), 3.0, nl.softmax, lambda x: torch.softmax(x, -1), 64 * lsb, 0.02),
         ("silu", (1, 1536), 4.0, nl.silu, F.silu, 4e-3, 0.0),
         ("rmsnorm", (1, 576), 2.0, lambda x: nl.rmsnorm(x, w),
          lambda x: x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6), 8 * lsb, 1e-3),
@@ -110,7 +111,8 @@ def exact_ops(comparison: str) -> list[dict]:
         ok = bool(((got - want).abs() <= atol + rtol * want.abs()).all())
         rows.append(dict(op=name, shape="x".join(map(str, shape)), comparison=comparison, mode="exact",
                          rounds=c.rounds, online_bytes=c.online_bytes, offline_bytes=c.offline_bytes,
-                         wall_s=round(statistics.median(walls), 4), exact_ok=ok))
+                         wall_s=round(statistics.median(walls), 4), exact_ok=ok,
+                         max_err=float(f"{float((got - want).abs().max()):.3g}")))
     return rows
 
 
@@ -160,7 +162,7 @@ def main() -> None:
         rows += ledger_ops("fss", args.wide_budget)
     cpu, flags = cpu_info()
     cols = ["op", "shape", "comparison", "mode", "rounds", "online_bytes", "offline_bytes", "wall_s", "exact_ok",
-            "wan100m_s", "cpu", "cpu_flags", "load_avg_1m_before", "load_avg_1m_after", "git_rev"]
+            "max_err", "wan100m_s", "cpu", "cpu_flags", "load_avg_1m_before", "load_avg_1m_after", "git_rev"]
     meta = dict(cpu=cpu, cpu_flags=flags, load_avg_1m_before=round(load0, 2),
                 load_avg_1m_after=round(os.getloadavg()[0], 2), git_rev=git_revision())
     out = Path(args.out)
