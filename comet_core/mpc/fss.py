@@ -78,7 +78,7 @@ def _compare(x: AShare, relu: bool, offsets: np.ndarray | None = None):
         for a in range(0, hi - lo, step):      # element k's key repeated for its K points
             b = min(hi - lo, a + step)
             rep = np.repeat(np.arange(a, b), K)
-            keys = dcf.Keys(seeds[:, rep], cw_s[:, rep], cw_t[:, rep], cw_v[:, rep])
+            keys = dcf.Keys(*(np.take(v, rep, axis=1) for v in (seeds, cw_s, cw_t, cw_v)))   # C-contiguous
             u[:, lo + a:lo + b] = dcf.eval_(mpc.parties, y[lo + a:lo + b].reshape(-1), keys).reshape(P, b - a, K, w)
     return masks, c, (u[:, :, 0] if offsets is None else u)
 

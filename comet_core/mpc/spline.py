@@ -149,11 +149,12 @@ def _selection(t: Table, f: int) -> tuple[np.ndarray, ...]:
     return tuple(v.astype(np.int64) for v in (o, a0, a1, a2))
 
 
-def _select(L: AShare, v: np.ndarray) -> AShare:
-    """v_K - sum_k L_k (v_k - v_k-1): the piece's public value from the shares L (..., K) (local)."""
-    d = torch.from_numpy(np.diff(v))
-    out = L.mul_int(-d).sum(-1)
-    return AShare(out.mpc.add_p0_(out.data, int(v[-1])), L.mpc, 0)
+def _select(L: AShare, v: np.ndarray) -> torch.Tensor:
+    """v_K - sum_k L_k (v_k - v_k-1) for every column of v (K + 1, c): the piece's public values from the
+    shares L (..., K), as one integer product (local). Returns the shares (P, ..., c)."""
+    d = torch.from_numpy(-np.diff(v, axis=0))                                   # (K, c)
+    out = torch.matmul(L.data, d)
+    return L.mpc.add_p0_(out, torch.from_numpy(v[-1]))
 
 
 def evaluate(x: AShare, name: str) -> AShare:
@@ -166,8 +167,8 @@ def evaluate(x: AShare, name: str) -> AShare:
         x = arith.truncate(x, x.frac - f) if x.frac > f else x.rescale(f)
         thr = torch.from_numpy(np.round(t.knots * 2.0 ** f).astype(np.int64))
         L = fss.ltz_many(x, thr)                                                    # (..., K) 0/1
-        o, a0, a1, a2 = _selection(t, f)
-        u = x - AShare(_select(L, o).data, mpc, f)                                  # [0, width) inside
+        sel = _select(L, np.stack(_selection(t, f), 1))                          # (P, ..., 4): O, A0, A1, A2
+        u = x - AShare(sel[..., 0], mpc, f)                                         # [0, width) inside
         with mpc.ranges_unchecked():    # outer pieces: u unbounded, but A2 = 0 there (integer selection)
             if t.relu_tail:
                 k0 = int(np.flatnonzero(t.knots == 0.0)[0])
@@ -176,11 +177,11 @@ def evaluate(x: AShare, name: str) -> AShare:
                 u2, relu = sq[0], AShare(sq[1].data, mpc, f)
             else:
                 u2, relu = arith.square(u, out_frac=2 * f), None
-        A1 = AShare(_select(L, a1).data, mpc, S)
-        A2 = AShare(_select(L, a2).data, mpc, S)                                    # read at S: scale S - f
+        A1 = AShare(sel[..., 2], mpc, S)
+        A2 = AShare(sel[..., 3], mpc, S)                                            # read at S: scale S - f
         terms = arith.mul(AShare.stack([A1, A2], 0), AShare.stack([u, AShare(u2.data, mpc, f)], 0),
                           out_frac=S + f)
-        acc = terms[0] + terms[1] + AShare(_select(L, a0).data, mpc, S + f)
+        acc = terms[0] + terms[1] + AShare(sel[..., 1], mpc, S + f)
         y = arith.truncate(acc, S)
         return y + relu if relu is not None else y
 
