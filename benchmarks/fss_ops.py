@@ -17,6 +17,11 @@ Per comparison setting, from the engine's ledger:
     its modelled wan-100m comm seconds per step (wan100m_s: rounds x 80 ms + busiest-direction bytes /
     100 Mbps, the run's own network model).
 Writes one row per (op, comparison) with those columns, the CPU and the load; refuses to overwrite.
+
+    python benchmarks/fss_ops.py --table PATH
+
+prints the markdown tables of such a CSV: rounds and bytes per op under both settings (cost mode), and
+the exact-mode rows' wall time and largest error.
 """
 
 from __future__ import annotations
@@ -135,9 +140,42 @@ def decode_step(model: str, comparison: str) -> dict:
                 offline_bytes=int(row.offline_bytes) // steps, wan100m_s=round(float(wan.comm_s) / steps, 2))
 
 
+def table(path: Path) -> str:
+    import pandas as pd
+
+    d = pd.read_csv(path)
+    cost = d[d["mode"] == "cost"]
+    out = ["| op | shape | circuit rounds | circuit online MB | circuit offline MB | fss rounds | fss online MB "
+           "| fss offline MB | fss-wide rounds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (op, shape), g in cost.groupby(["op", "shape"], sort=False):
+        by = {r.comparison.split(" ")[0]: r for r in g.itertuples()}
+        c, f = by["circuit"], by["fss"]
+        wide = by.get("fss-wide")
+        out.append(f"| {op} | {shape} | {c.rounds:,} | {c.online_bytes / 1e6:.2f} | {c.offline_bytes / 1e6:.1f} | "
+                   f"{f.rounds:,} | {f.online_bytes / 1e6:.2f} | {f.offline_bytes / 1e6:.1f} | "
+                   f"{'' if wide is None else f'{wide.rounds:,}'} |")
+    dec = cost[cost.op.str.startswith("decode step")]
+    if len(dec):
+        out.append("")
+        out.append("decode step, modelled wan-100m comm seconds per step: " + ", ".join(
+            f"{r.comparison} {r.wan100m_s:.1f} s" for r in dec.itertuples()))
+    ex = d[d["mode"] == "exact"]
+    if len(ex):
+        out += ["", "| op (exact) | shape | comparison | rounds | wall s | max error | within tolerance |",
+                "|---|---|---|---:|---:|---:|---|"]
+        for r in ex.itertuples():
+            out.append(f"| {r.op} | {r.shape} | {r.comparison} | {r.rounds} | {r.wall_s} | {getattr(r, 'max_err', float('nan')):.3g} | "
+                       f"{r.exact_ok} |")
+        out.append("")
+        out.append(f"CPU {d.cpu.iloc[0]} ({d.cpu_flags.iloc[0]}), load {d.load_avg_1m_before.iloc[0]} before, "
+                   f"{d.load_avg_1m_after.iloc[0]} after, git {d.git_rev.iloc[0]}")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="the CSV to write")
+    ap.add_argument("--table", type=Path, help="print the markdown tables of this CSV and exit")
+    ap.add_argument("--out", help="the CSV to write")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--exact", action="store_true", help="also run relu and decode-sized ops in exact mode (timed)")
     ap.add_argument("--model", default="smollm2-135m")
@@ -145,6 +183,11 @@ def main() -> None:
     ap.add_argument("--wide-budget", type=int, default=1 << 23,
                     help="also the fss ledgers with this many DCF evaluations per call allowed (0: skip)")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not args.out:
+        ap.error("--out is required (or --table)")
     from comet_core.results.machine import cpu_info, refuse_existing
     from comet_core.results.tables import git_revision
 
