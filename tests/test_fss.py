@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from comet_core.comm.ledger import Cost
 from comet_core.errors import ConfigError
-from comet_core.mpc import compare, fss, nonlinear as nl, pairmax
+from comet_core.mpc import arith, compare, fss, nonlinear as nl, pairmax, spline
 from comet_core.mpc.engine import MPC, EngineConfig
 
 from conftest import LSB, assert_close, quantize
@@ -162,42 +162,43 @@ def test_silu_gelu_fss(fmpc):
 
 # ---- the fine power-of-two guess (comparisons are one round whatever their number) ----------------
 
-def test_reciprocal_fss_fine_guess_saves_a_newton_step(fmpc, gen):
+@pytest.mark.parametrize("n,m,steps", [(9, 256, 1), (15, 64, 2), (109, 8, 3), (400, 1, 4)])
+def test_reciprocal_fss_fine_guess_saves_newton_steps(fmpc, gen, n, m, steps):
+    """The finer the guess within GUESS_BUDGET evaluations, the fewer Newton steps (one round for any m)."""
     lo, hi = fmpc.fn.reciprocal_range
-    x = torch.cat([log_uniform(gen, lo, hi + 1, 24).clamp_max(2.0 ** (hi + 1) - 1),
-                   quantize(torch.tensor([2.0 ** lo, 0.1, 1.0, 100.0, 2.0 ** (hi + 1) - 1], dtype=torch.float64))])
-    assert nl.guess_per_octave(fmpc, x.numel(), lo, hi) == nl.FINE_PER_OCTAVE
-    out, cost = measure(fmpc, nl.reciprocal, fmpc.share(x))
-    assert cost == nl.reciprocal_cost(fmpc, x.numel())
-    assert cost.rounds == 1 + (fmpc.fn.reciprocal_nr_iters - 1) * 4      # guess, then 2 products per step
-    assert_close(fmpc.reveal(out), 1.0 / x, RECIP_ATOL, RECIP_RTOL, what="reciprocal fss fine", x=x)
+    edges = quantize(torch.tensor([2.0 ** lo, 0.1, 1.0, 100.0, 2.0 ** (hi + 1) - 1], dtype=torch.float64))
+    x = torch.cat([log_uniform(gen, lo, hi + 1, n - 5).clamp_max(2.0 ** (hi + 1) - 1), edges])
+    if n == 9:   # a softmax-sized call: the octaves of its row sums
+        lo, hi = -1, 6
+        x = torch.cat([log_uniform(gen, lo, hi + 1, 6).clamp_max(2.0 ** (hi + 1) - 1),
+                       quantize(torch.tensor([0.5, 1.0, 127.9], dtype=torch.float64))])
+    assert nl.guess_plan(fmpc, n, lo, hi, -1.0, fmpc.fn.reciprocal_nr_iters) == (m, steps)
+    out, cost = measure(fmpc, nl.reciprocal, fmpc.share(x), (lo, hi))
+    mc = arith.mul_cost(fmpc, n, n, n)
+    assert cost == nl.reciprocal_cost(fmpc, n, (lo, hi)) == fss.ltz_many_cost(fmpc, n) + steps * (mc + mc)
+    assert cost.rounds == 1 + steps * 4                                   # guess, then 2 products per step
+    assert_close(fmpc.reveal(out), 1.0 / x, RECIP_ATOL, RECIP_RTOL, what=f"reciprocal fss m={m}", x=x)
 
 
-def test_inv_sqrt_fss_fine_guess_saves_a_newton_step(fmpc, gen):
+def test_inv_sqrt_fss_fine_guess_saves_newton_steps(fmpc, gen):
     lo, hi = fmpc.fn.inv_sqrt_range[0], nl.inv_sqrt_hi(fmpc)
-    x = torch.cat([log_uniform(gen, lo, 8, 10).clamp_max(2.0 ** 8 - 1),
+    x = torch.cat([log_uniform(gen, lo, 8, 2).clamp_max(2.0 ** 8 - 1),     # 10 values: 64 per octave fit
                    quantize(torch.tensor([LSB, 0.1, 0.5, 1.0, 16.0], dtype=torch.float64))])
     big = torch.tensor([2.0 ** 12, 2.0 ** 20, 2.0 ** 31], dtype=torch.float64)
     n = x.numel() + big.numel()
-    assert nl.guess_per_octave(fmpc, n, lo, hi) == nl.FINE_PER_OCTAVE
+    assert nl.guess_plan(fmpc, n, lo, hi, -0.5, fmpc.fn.inv_sqrt_nr_iters) == (64, 1)
     out, cost = measure(fmpc, nl.inv_sqrt, fmpc.share(torch.cat([x, big])))
     assert cost == nl.inv_sqrt_cost(fmpc, n)
-    assert cost.rounds == 1 + (fmpc.fn.inv_sqrt_nr_iters - 1) * 6      # guess, then 3 products per step
+    assert cost.rounds == 1 + 1 * 6                                      # guess, then 3 products per step
     got = fmpc.reveal(out)
     assert_close(got[:x.numel()], torch.rsqrt(x), INV_SQRT_ATOL, INV_SQRT_RTOL, what="inv_sqrt fss fine", x=x)
     assert_close(got[x.numel():], torch.rsqrt(big), 2.0 ** -nl.hi_frac(fmpc) * 4, INV_SQRT_RTOL,
                  what="inv_sqrt fss fine, large x", x=big)
 
 
-def test_large_calls_keep_the_coarse_guess(fmpc, gen):
-    """Beyond FINE_BUDGET comparisons (prefill, wide activations) the guess and the steps are circuit's."""
-    lo, hi = fmpc.fn.reciprocal_range
-    x = log_uniform(gen, lo, hi + 1, 400).clamp_max(2.0 ** (hi + 1) - 1)
-    assert nl.guess_per_octave(fmpc, 400, lo, hi) == 1
-    out, cost = measure(fmpc, nl.reciprocal, fmpc.share(x))
-    assert cost == nl.reciprocal_cost(fmpc, 400) and cost.rounds == 1 + fmpc.fn.reciprocal_nr_iters * 4
-    assert_close(fmpc.reveal(out), 1.0 / x, RECIP_ATOL, RECIP_RTOL, what="reciprocal fss coarse", x=x)
-    assert nl.guess_per_octave(MPC(EngineConfig(), mode="cost"), 1, lo, hi) == 1     # circuit: never fine
+def test_circuit_keeps_the_coarse_guess():
+    m = MPC(EngineConfig(), mode="cost")
+    assert nl.guess_plan(m, 1, -8, 24, -1.0, 4) == (1, 4) and nl.guess_plan(m, 1, -16, 31, -0.5, 3) == (1, 3)
 
 
 # ---- cost mode ------------------------------------------------------------------------------------

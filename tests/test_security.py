@@ -54,8 +54,13 @@ PROTOCOLS = {
     "ltz_fss": (compare.ltz, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 1e-3),
     "argmax_fss": (lambda x: compare.argmax(x.reshape(8, N // 8)),
                    lambda g: torch.randn(N, generator=g, dtype=torch.float64)),
+    # mpc/spline.py: the many-threshold opening x + r (fss.ltz_many), then Beaver and truncation openings
+    "silu_fss": (nl.silu, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 4),
+    "softmax_fss": (lambda x: nl.softmax(x.reshape(32, N // 32)),
+                    lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 3),
 }
-CONFIGS = {name: EngineConfig(comparison="fss") for name in ("relu_fss", "ltz_fss", "argmax_fss")}
+CONFIGS = {name: EngineConfig(comparison="fss")
+           for name in ("relu_fss", "ltz_fss", "argmax_fss", "silu_fss", "softmax_fss")}
 SECOND = {  # a second secret input, far from the first: constants, other signs, other magnitudes
     "relu": lambda: torch.full((N,), -7.25, dtype=torch.float64),
     "truncation": lambda: torch.full((N,), 3.0e4, dtype=torch.float64),
@@ -67,6 +72,8 @@ SECOND = {  # a second secret input, far from the first: constants, other signs,
     "relu_fss": lambda: torch.full((N,), -7.25, dtype=torch.float64),
     "ltz_fss": lambda: torch.zeros(N, dtype=torch.float64),
     "argmax_fss": lambda: torch.arange(N, dtype=torch.float64) % 8,
+    "silu_fss": lambda: torch.full((N,), -0.75, dtype=torch.float64),
+    "softmax_fss": lambda: torch.arange(N, dtype=torch.float64) % 32,
 }
 
 
@@ -405,7 +412,7 @@ def weak_fss_mask(monkeypatch, request):
     monkeypatch.setattr(Dealer, "fss_mask", fss_mask)
 
 
-@pytest.mark.parametrize("name", ["relu_fss", "ltz_fss"])
+@pytest.mark.parametrize("name", ["relu_fss", "ltz_fss", "silu_fss"])
 def test_positive_control_weak_fss_mask_is_caught(name, weak_fss_mask):
     with pytest.raises(AssertionError, match="values P1 opens|opened values"):
         check_view(name)

@@ -16,6 +16,11 @@ What is opened: c = x + r, r uniform over Z_2^64 and independent of everything e
 and independent of x (a one-time pad over the ring); the DCF keys a party holds are pseudo-random
 (BCGGIKR21, Thm. 3.3: each key alone is simulatable), and every output is a share.
 
+Many thresholds on one opening (ltz_many): x - t has the masked value c - t under the same r, so one
+key per element, evaluated at the K public points c - t_k, gives [x < t_k] for every k in the same round
+(BCGGIKR21's interval containment, in the form SIGMA uses for splines): the K points are public
+functions of the one opened c, so the view is that of a single comparison.
+
 Keys are made and evaluated by chunks of CHUNK elements (bounded memory); the opening is one round for
 all elements.
 """
@@ -40,13 +45,15 @@ def _chunks(n: int):
         yield lo, min(n, lo + CHUNK)
 
 
-def _compare(x: AShare, relu: bool):
-    """Steps shared by ltz and relu: the mask, the opening, the DCF outputs.
+def _compare(x: AShare, relu: bool, offsets: np.ndarray | None = None):
+    """Steps shared by ltz, ltz_many and relu: the mask, the opening, the DCF outputs.
 
     1. Dealer: r; shares of r, s = r_63 (and s r); DCF keys by chunks (fss_mask, fss_keys).
     2. Open c = x + r (1 round, 64 bits per element each way).
-    3. Evaluate the keys at y = c mod 2^63 (local).
-    Returns (masks, c (n,) int64 numpy, u (P, n, w) int64 numpy) or, in cost mode, (masks, None, None)."""
+    3. Evaluate the keys at y = c mod 2^63 (local); with `offsets` (K,) int64, each element's one key at
+       the K points (c - t_k) mod 2^63 (by sub-chunks of about CHUNK evaluations).
+    Returns (masks, c (n,) int64 numpy, u (P, n, w) int64 numpy, or (P, n, K, w) with offsets) or, in
+    cost mode, (masks, None, None)."""
     mpc = x.mpc
     n = x.numel()
     P = x.data.shape[0]
@@ -59,14 +66,21 @@ def _compare(x: AShare, relu: bool):
             mpc.dealer.fss_keys(h, lo, hi, relu, hi == n)
         return masks, None, None
     c = c.cpu().numpy()
-    y = (c & _LOW63).view(np.uint64)
-    u = np.empty((P, n, w), dtype=np.int64)
+    K = 1 if offsets is None else len(offsets)
+    pts = c[:, None] if offsets is None else c[:, None] - offsets[None, :]         # (n, K), wrapping
+    y = (pts & _LOW63).view(np.uint64)
+    u = np.empty((P, n, K, w), dtype=np.int64)
+    step = max(1, CHUNK // K)
     for lo, hi in _chunks(n):
         seeds, cw_s, cw_t, cw_v = mpc.dealer.fss_keys(h, lo, hi, relu, hi == n)
-        keys = dcf.Keys(seeds.numpy().view(np.uint64), cw_s[0].numpy().view(np.uint64), cw_t[0].numpy(),
-                        cw_v[0].numpy())
-        u[:, lo:hi] = dcf.eval_(mpc.parties, y[lo:hi], keys)
-    return masks, c, u
+        seeds, cw_s = seeds.numpy().view(np.uint64), cw_s[0].numpy().view(np.uint64)
+        cw_t, cw_v = cw_t[0].numpy(), cw_v[0].numpy()
+        for a in range(0, hi - lo, step):      # element k's key repeated for its K points
+            b = min(hi - lo, a + step)
+            rep = np.repeat(np.arange(a, b), K)
+            keys = dcf.Keys(*(np.take(v, rep, axis=1) for v in (seeds, cw_s, cw_t, cw_v)))   # C-contiguous
+            u[:, lo + a:lo + b] = dcf.eval_(mpc.parties, y[lo + a:lo + b].reshape(-1), keys).reshape(P, b - a, K, w)
+    return masks, c, (u[:, :, 0] if offsets is None else u)
 
 
 def _share(mpc: MPC, a: np.ndarray, shape, frac: int) -> AShare:
@@ -90,6 +104,34 @@ def ltz(x: AShare) -> AShare:
         if 0 in mpc.parties:
             out[0] += m
         return _share(mpc, out, x.shape, 0)
+
+
+def ltz_many(x: AShare, thresholds: torch.Tensor) -> AShare:
+    """[x < t_k] for K public thresholds t_k (ring integers at x's scale, |x|, |t_k| < 2^62), as additive
+    0/1 shares (*shape, K) (frac 0), on one opening and one DCF key per element.
+
+    1-3. _compare with payload beta = 1 - 2 s, evaluated at y_k = (c - t_k) mod 2^63: u_k = shares of
+       (1 - 2 s) [y_k < alpha] (c - t_k = (x - t_k) + r: the same r, so the same key).
+    4. [q_k] = [s] + u_k; [x - t_k < 0] = m_k + (1 - 2 m_k) [q_k], m_k = (c - t_k)_63 (local).
+    Cost: ltz_many_cost(n) = ltz_cost(n) whatever K: 1 round, 2 * 8n bytes online; offline 2 * 8n (r, s)
+    + 2n * key_bytes(63, 1). Local work: K DCF evaluations per element and party.
+    """
+    mpc = x.mpc
+    t = np.asarray(torch.as_tensor(thresholds, dtype=torch.int64).cpu().numpy(), dtype=np.int64).reshape(-1)
+    with mpc.ledger.protocol("ltz"):
+        (r, s), c, u = _compare(x, relu=False, offsets=t)
+        if c is None:
+            return AShare(Shape((x.data.shape[0], *x.shape, len(t))), mpc, 0)
+        ck = c[:, None] - t[None, :]                                        # (n, K)
+        m = (ck >> 63) & 1
+        out = (1 - 2 * m)[None] * (s.data.cpu().numpy()[..., None] + u[..., 0])
+        if 0 in mpc.parties:
+            out[0] += m
+        return _share(mpc, out, (*x.shape, len(t)), 0)
+
+
+def ltz_many_cost(mpc: MPC, n: int) -> Cost:
+    return _cost(n, relu=False)
 
 
 def ltz_bits(x: AShare) -> torch.Tensor:
