@@ -9,6 +9,8 @@ that load spikes on a shared machine hit all kernels alike; medians reported):
     5gemm_nows    the same without the per-thread workspaces (fresh temporaries: page faults)
     5gemm_cached  the new kernel with b's limbs split beforehand (split_right; a reused weight mask)
     split_b       split_right(b) alone (the elementwise part that caching saves)
+    int64_numba   the numba int64 kernel (comet_core/mpc/fewrowmm.py; the engine takes it for 4-64 rows where
+                  torch's int64 GEMM loses to the limbs, mpc/matmul.py rule 5), in both groups
   decode shapes (1-3 rows, SmolLM2-135M and OPT-125m projections):
     int64         torch's int64 matmul (what the previous kernel used for <= 3 rows on CPU)
     5gemm         ring_matmul's choice (now the int8 digit kernel for up to 16 rows, comet_core/mpc/digitmm)
@@ -49,7 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
-from comet_core.mpc import digitmm, matmul, ringmm  # noqa: E402
+from comet_core.mpc import digitmm, fewrowmm, matmul, ringmm  # noqa: E402
 
 
 log = logging.getLogger("ring_matmul")
@@ -83,7 +85,8 @@ def kernels(group: str, a: torch.Tensor, b: torch.Tensor) -> dict:
                 "5gemm": lambda: matmul.ring_matmul(a, b),
                 "5gemm_nows": lambda: _no_workspace(a, b),
                 "5gemm_cached": lambda: matmul.ring_matmul(a, b, b_limbs=lb),
-                "split_b": lambda: ringmm.split_right(b)}
+                "split_b": lambda: ringmm.split_right(b),
+                **_numba(a, b)}
     bd = matmul.split_digits(b)
     af, bf = a.double(), b.double()
     return {"int64": lambda: torch.matmul(a, b),
@@ -92,7 +95,13 @@ def kernels(group: str, a: torch.Tensor, b: torch.Tensor) -> dict:
             "limbs": lambda: _forced_limbs(a, b),
             "digits": lambda: digitmm.digit_matmul(a, b),
             "digits_cached": lambda: matmul.ring_matmul(a, b, b_digits=bd),
-            "onerow_int64": lambda: _one_row_path(a, b)}
+            "onerow_int64": lambda: _one_row_path(a, b),
+            **_numba(a, b)}
+
+
+def _numba(a, b) -> dict:
+    """The numba int64 kernel (fewrowmm, mpc/matmul.py rule 5), where numba is installed."""
+    return {"int64_numba": lambda: fewrowmm.fewrow_matmul(a, b)} if fewrowmm.available() else {}
 
 
 def _one_row_path(a, b):

@@ -44,6 +44,8 @@ def validate_config(cfg, role: str | None = None) -> None:
 
     require(matmul.KERNEL in matmul.KERNELS,
             f"COMET_RING_KERNEL must be one of {', '.join(matmul.KERNELS)}, got {matmul.KERNEL!r}")
+    require(matmul.USE_FEWROW in ("auto", "on", "off"),
+            f"COMET_FEWROW_KERNEL must be one of auto, on, off, got {matmul.USE_FEWROW!r}")
     require(cfg.mode in ("exact", "cost"), f"mode must be exact or cost, got {cfg.mode!r}")
     require(cfg.get("output", "token") in ("token", "logits"),
             f"output must be token (secure argmax; the client learns only the next token) or logits, got {cfg.output!r}")

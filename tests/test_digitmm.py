@@ -16,6 +16,7 @@ def _limb_kernel(monkeypatch):
     """These tests pin the limb / digit kernels' routes: keep the int64-matmul shortcut out of the way
     (test_ring.py::test_kernel_choice covers it)."""
     monkeypatch.setattr(matmul, "KERNEL", "limbs")
+    monkeypatch.setattr(matmul, "USE_FEWROW", "off")   # the numba int64 kernel: test_matmul_entry.py
 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 ALL_MIN_DIGITS = -digitmm._C   # the word whose 8 digits are all -128 (the largest digit products)

@@ -35,6 +35,7 @@ def _w(*shape, g):
 @pytest.mark.parametrize("kernel", ["int64", "limbs"])
 def test_rule_picks_the_documented_strategy_and_each_is_exact(kernel, monkeypatch):
     monkeypatch.setattr(matmul, "KERNEL", kernel)
+    monkeypatch.setattr(matmul, "USE_FEWROW", "off")      # rule 5: test_rule_5_where_the_int64_gemm_loses
     g = torch.Generator().manual_seed(5)
     cases = [  # (a, b, strategy under KERNEL=limbs)
         (_w(1, 40, g=g), _w(40, 30, g=g), "one_row"),
@@ -72,3 +73,50 @@ def test_beaver_strategy_blocked_for_a_decode_row_only(monkeypatch):
     assert matmul.beaver_strategy(m.share(torch.randn(matmul.FEW_ROWS + 1, 64)), w) == "whole"
     monkeypatch.setattr(matmul.blocked, "ENABLED", False)
     assert matmul.beaver_strategy(m.share(torch.randn(1, 64)), w) == "whole"
+
+
+@pytest.mark.parametrize("sa,sb", [((4, 7), (7, 9)), ((64, 100), (100, 1029)), ((5, 33), (3, 33, 17)),
+                                   ((2, 5, 33), (2, 33, 17)), ((6, 40000), (40000, 24))])
+def test_fewrow_numba_kernel_equals_int64_matmul(sa, sb):
+    """The numba int64 kernel (rule 5) over full-range words: torch's int64 product bit for bit, also at an
+    inner dimension far past the float64 limbs' bound (ringmm.CHUNK = 455 per chunk): int64 has none."""
+    from comet_core.mpc import fewrowmm
+
+    if not fewrowmm.available():
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(sa[0] * 7 + sb[-1])
+    a, b = _w(*sa, g=g), _w(*sb, g=g)
+    assert torch.equal(fewrowmm.fewrow_matmul(a, b), torch.matmul(a, b))
+    # the extreme words: every product and partial sum wraps
+    lo = torch.full(sa, -2 ** 63, dtype=torch.int64)
+    hi = torch.full(sb, 2 ** 63 - 1, dtype=torch.int64)
+    assert torch.equal(fewrowmm.fewrow_matmul(lo, hi), torch.matmul(lo, hi))
+
+
+@pytest.mark.parametrize("fewrow", ["on", "off"])
+def test_rule_5_where_the_int64_gemm_loses(fewrow, monkeypatch):
+    from comet_core.mpc import fewrowmm
+
+    if fewrow == "on" and not fewrowmm.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(matmul, "KERNEL", "limbs")        # rule 3 fails, as on an AVX2-only host
+    monkeypatch.setattr(matmul, "USE_FEWROW", fewrow)
+    g = torch.Generator().manual_seed(8)
+    for m, want in [(1, "one_row"), (3, "int64"), (4, "int64_numba"), (64, "int64_numba"), (65, "limbs")]:
+        a, b = _w(m, 50, g=g), _w(50, 40, g=g)
+        got = matmul.product_strategy(a, b)
+        assert got == (want if fewrow == "on" or want != "int64_numba" else "limbs"), (m, got)
+        assert torch.equal(matmul.ring_matmul(a, b), torch.matmul(a, b))
+    a, b = _w(8, 50, g=g), _w(50, 40, g=g)
+    assert matmul.product_strategy(a, b, have_limbs=True) == "limbs"   # a caller's split b is used
+    monkeypatch.setattr(matmul, "KERNEL", "int64")        # rule 3 first (AVX-512 hosts)
+    assert matmul.product_strategy(a, b) == "int64"
+
+
+def test_fewrow_setting_refuses_unknown(monkeypatch):
+    from comet_core.errors import CometError
+
+    monkeypatch.setattr(matmul, "KERNEL", "limbs")
+    monkeypatch.setattr(matmul, "USE_FEWROW", "fast")
+    with pytest.raises(CometError, match="COMET_FEWROW_KERNEL"):
+        matmul.fewrow_faster()

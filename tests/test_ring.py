@@ -17,6 +17,7 @@ def _limb_kernel(request, monkeypatch):
     of the way, except in the tests of the choice itself."""
     if "kernel_choice" not in request.node.name:
         monkeypatch.setattr(matmul, "KERNEL", "limbs")
+        monkeypatch.setattr(matmul, "USE_FEWROW", "off")   # and the numba int64 kernel (test_matmul_entry.py)
 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 

@@ -17,10 +17,15 @@ matches wins; m counts the rows of a after a 2-D b folds a's batch into them):
     4. CPU, USE_DIGITS, m <= DIGIT_ROWS (<= DIGIT_ROWS_LARGE      "digits"   digitmm.digit_matmul (int8
        against a b of >= DIGIT_LARGE_ELEMENTS) and b >= DIGIT_MIN_ELEMENTS  GEMM on base-256 digits)
        per batch entry (or its digits given), torch's int8 GEMM exact here
-    5. CPU, m <= INT64_ROWS (1)                                   "one_row"  ringmm.one_row_cpu (product
+    5. CPU, INT64_MATMUL_ROWS < m <= fewrowmm.ROWS (4..64), a and "int64_numba" fewrowmm (one pass over
+       b of at most 3 dims (<= FEWROW_BATCH entries), no b_limbs,            b, int64 multiply-adds, no
+       and fewrow_faster() (USE_FEWROW "auto": the numba kernel              limbs: none of the limb
+       beat the limb kernel when timed once; reached only where              split's 32-40 bytes per
+       rule 3 failed, so never on AVX-512 hosts)                             element of b)
+    6. CPU, m <= INT64_ROWS (1)                                   "one_row"  ringmm.one_row_cpu (product
                                                                              and column sum, vectorised)
-    6. CPU, m <= INT64_MATMUL_ROWS (3) and no b_limbs given       "int64"    torch.matmul
-    7. otherwise (CUDA always)                                    "limbs"    ringmm (5 float64 GEMMs on
+    7. CPU, m <= INT64_MATMUL_ROWS (3) and no b_limbs given       "int64"    torch.matmul
+    8. otherwise (CUDA always)                                    "limbs"    ringmm (5 float64 GEMMs on
                                                                              21-bit limbs, K chunks of 455)
 
 Beaver-level strategy (`beaver_strategy(x, y)`, for arith.matmul of two secrets):
@@ -33,9 +38,12 @@ Beaver-level strategy (`beaver_strategy(x, y)`, for arith.matmul of two secrets)
     "whole"   otherwise: arith.matmul's whole-matrix steps, each product through ring_matmul above.
 
 CPU features enter in one place, `int64_gemm_faster()` (rule 3, decided once per process and logged with
-torch's vector capability, `cpu_capability()`): on AVX-512 hosts torch's int64 GEMM is 2-10x faster than
-the limb kernel at every engine shape; on AVX2-only hosts it is a scalar loop and the float64 limb kernel
-(full-width AVX2 FMAs) takes the many-row products. The timing decides rather than a feature flag, because
+torch's vector capability, `cpu_capability()`) and, only where it fails, `fewrow_faster()` (rule 5): on
+AVX-512 hosts torch's int64 GEMM is 2-10x faster than the limb kernel at every engine shape; on AVX2-only
+hosts it is a scalar loop, and products of up to 64 rows take the numba int64 kernel (AVX2: three vpmuludq
+per 4 products, no limb split) where it beats the float64 limb kernel (full-width AVX2 FMAs, which keeps
+the products of more rows). The int8 digits (rule 4) are no AVX2 path: oneDNN's AVX2 int8 GEMM pairs
+u8 x s8 products in saturating int16 (measured: digitmm.available() refuses it with ONEDNN_MAX_CPU_ISA=AVX2). The timing decides rather than a feature flag, because
 the flag does not predict it (an Intel host with ATEN_CPU_CAPABILITY=avx2 keeps a fast int64 GEMM). The
 decode kernel (blockkernel, numba) is compiled for the host: int64 multiplies are one vpmullq with
 AVX-512DQ and three vpmuludq with AVX2; it beats the whole-matrix steps on both (results/matmul/).
@@ -54,7 +62,7 @@ import time
 
 import torch
 
-from comet_core.mpc import blocked, digitmm, ringmm
+from comet_core.mpc import blocked, digitmm, fewrowmm, ringmm
 from comet_core.mpc.operand_id import operand_fingerprint
 from comet_core.mpc.shape import Shape, broadcast
 
@@ -64,8 +72,8 @@ log = logging.getLogger(__name__)
 KERNEL = os.environ.get("COMET_RING_KERNEL", "auto")
 KERNELS = ("auto", "int64", "limbs")
 _INT64_FASTER: bool | None = None    # the "auto" decision of this process
-INT64_ROWS = 1                       # rule 5: up to this many rows of a, never split b (measured)
-INT64_MATMUL_ROWS = 3                # rule 6: 2..3 rows, torch's int64 matmul beats the split and per-row passes
+INT64_ROWS = 1                       # rule 6: up to this many rows of a, never split b (measured)
+INT64_MATMUL_ROWS = 3                # rule 7: 2..3 rows, torch's int64 matmul beats the split and per-row passes
 USE_DIGITS = False                   # rule 4 off: on the 2-core AVX-512 EPYC the digits lost to the int64
                                      # paths (digitmm's docstring); kept exact and tested for other hosts
 DIGIT_ROWS = 16                      # rule 4: up to this many rows of a take the digit kernel (measured)
@@ -74,7 +82,11 @@ DIGIT_ROWS_LARGE = 64                # and up to this many rows against a very l
 DIGIT_LARGE_ELEMENTS = 1 << 22       # the limb split's 32 bytes per element of b would be GBs; digits take 8)
 FEW_ROWS = 3                         # Beaver "blocked": up to this many rows of x (the dealer's few-row c too)
 
-STRATEGIES = ("shape", "zeros", "int64", "digits", "one_row", "limbs")
+USE_FEWROW = os.environ.get("COMET_FEWROW_KERNEL", "auto")   # rule 5: "auto" (timed), "on" or "off"
+FEWROW_BATCH = 16                    # rule 5: at most this many batch entries (one kernel call each)
+_FEWROW_FASTER: bool | None = None   # the "auto" decision of this process
+
+STRATEGIES = ("shape", "zeros", "int64", "digits", "int64_numba", "one_row", "limbs")
 Limbs = ringmm.Limbs
 
 
@@ -104,21 +116,58 @@ def int64_gemm_faster() -> bool:
         a = torch.randint(-2 ** 62, 2 ** 62, (64, 768), generator=g, dtype=torch.int64)
         b = torch.randint(-2 ** 62, 2 ** 62, (768, 768), generator=g, dtype=torch.int64)
 
-        def median_s(f) -> float:
-            f()
-            ts = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t0)
-            return sorted(ts)[1]
-        t_int64 = median_s(lambda: torch.matmul(a, b))
-        t_limbs = median_s(lambda: ringmm.matmul_limbs(ringmm.split_left(a), ringmm.split_right(b)))
+        t_int64 = _median_s(lambda: torch.matmul(a, b))
+        t_limbs = _median_s(lambda: ringmm.matmul_limbs(ringmm.split_left(a), ringmm.split_right(b)))
         _INT64_FASTER = t_int64 < t_limbs
         log.info("ring product kernel: %s (int64 matmul %.4f s, limb kernel %.4f s on 64x768 @ 768x768; "
                  "torch CPU capability %s)", "int64" if _INT64_FASTER else "limbs", t_int64, t_limbs,
                  cpu_capability())
     return _INT64_FASTER
+
+
+def _median_s(f) -> float:
+    f()
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[1]
+
+
+def fewrow_faster() -> bool:
+    """Rule 5: whether products of 4-64 rows take the numba int64 kernel (USE_FEWROW; "auto": timed once
+    against the limb kernel, median of 3 on 32x768 @ 768x768, ~0.1 s plus numba's compile or cache load)."""
+    global _FEWROW_FASTER
+    if USE_FEWROW not in ("auto", "on", "off"):
+        from comet_core.errors import CometError
+
+        raise CometError(f"COMET_FEWROW_KERNEL must be one of auto, on, off, got {USE_FEWROW!r}")
+    if USE_FEWROW != "auto" or not fewrowmm.available():
+        return USE_FEWROW == "on" and fewrowmm.available()
+    if _FEWROW_FASTER is None:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randint(-2 ** 62, 2 ** 62, (32, 768), generator=g, dtype=torch.int64)
+        b = torch.randint(-2 ** 62, 2 ** 62, (768, 768), generator=g, dtype=torch.int64)
+        t_numba = _median_s(lambda: fewrowmm.matmul_2d(a, b))
+        t_limbs = _median_s(lambda: ringmm.matmul_limbs(ringmm.split_left(a), ringmm.split_right(b)))
+        _FEWROW_FASTER = t_numba < t_limbs
+        log.info("products of 4-64 rows: %s (numba int64 %.4f s, limb kernel %.4f s on 32x768 @ 768x768)",
+                 "numba int64" if _FEWROW_FASTER else "limbs", t_numba, t_limbs)
+    return _FEWROW_FASTER
+
+
+def _fewrow_rule(a: torch.Tensor, b: torch.Tensor, have_limbs: bool) -> bool:
+    """Rule 5 for a (*Ba, m, k) @ b (*Bb, k, n) (a's batch already folded when b is 2-D)."""
+    if a.device.type != "cpu" or have_limbs or a.dim() > 3 or b.dim() > 3:
+        return False
+    if not INT64_MATMUL_ROWS < a.shape[-2] <= fewrowmm.ROWS:
+        return False
+    if a.dim() == 3 and b.dim() == 3 and a.shape[0] not in (1, b.shape[0]):
+        return False
+    if max(a.shape[0] if a.dim() == 3 else 1, b.shape[0] if b.dim() == 3 else 1) > FEWROW_BATCH:
+        return False
+    return fewrow_faster()
 
 
 def kernel_in_use() -> str:
@@ -150,7 +199,7 @@ def _digit_rule(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
 
 
 def product_strategy(a, b, have_limbs: bool = False, have_digits: bool = False, chunk: int = ringmm.CHUNK) -> str:
-    """The strategy of ring_matmul(a, b) (rules 1-7 of the module doc); a and b as ring_matmul gets them
+    """The strategy of ring_matmul(a, b) (rules 1-8 of the module doc); a and b as ring_matmul gets them
     after its 1-D and batch folding (`_fold`)."""
     if getattr(a, "is_meta", False) or getattr(b, "is_meta", False):
         return "shape"
@@ -161,6 +210,8 @@ def product_strategy(a, b, have_limbs: bool = False, have_digits: bool = False, 
         return "int64"
     if _digit_rule(a, b, have_digits):
         return "digits"
+    if cpu and chunk == ringmm.CHUNK and _fewrow_rule(a, b, have_limbs):
+        return "int64_numba"
     if cpu and a.shape[-2] <= INT64_ROWS:
         return "one_row"
     if cpu and a.shape[-2] <= INT64_MATMUL_ROWS and not have_limbs:
@@ -252,6 +303,8 @@ def ring_matmul(a, b, b_limbs: Limbs | None = None, b_digits: "digitmm.Digits | 
         out = torch.matmul(a, b)
     elif strategy == "digits":
         out = _digit_product(a, b, b_digits)
+    elif strategy == "int64_numba":
+        out = fewrowmm.fewrow_matmul(a, b)
     elif strategy == "one_row":
         out = ringmm.one_row_cpu(a, b)
     else:
