@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kernel-only micro-benchmark of the exact ring product over Z_2^64 (comet_core.mpc.ringmm).
+"""Kernel-only micro-benchmark of the exact ring product over Z_2^64 (comet_core.mpc.matmul and its kernels).
 
 Compares, interleaved in one process (every repetition runs each kernel once, in rotating order, so
 that load spikes on a shared machine hit all kernels alike; medians reported):
@@ -9,6 +9,8 @@ that load spikes on a shared machine hit all kernels alike; medians reported):
     5gemm_nows    the same without the per-thread workspaces (fresh temporaries: page faults)
     5gemm_cached  the new kernel with b's limbs split beforehand (split_right; a reused weight mask)
     split_b       split_right(b) alone (the elementwise part that caching saves)
+    int64_numba   the numba int64 kernel (comet_core/mpc/fewrowmm.py; the engine takes it for 4-64 rows where
+                  torch's int64 GEMM loses to the limbs, mpc/matmul.py rule 5), in both groups
   decode shapes (1-3 rows, SmolLM2-135M and OPT-125m projections):
     int64         torch's int64 matmul (what the previous kernel used for <= 3 rows on CPU)
     5gemm         ring_matmul's choice (now the int8 digit kernel for up to 16 rows, comet_core/mpc/digitmm)
@@ -49,7 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from comet_core.results.machine import cpu_info, refuse_existing  # noqa: E402
-from comet_core.mpc import digitmm, ringmm  # noqa: E402
+from comet_core.mpc import digitmm, fewrowmm, matmul, ringmm  # noqa: E402
 
 
 log = logging.getLogger("ring_matmul")
@@ -67,7 +69,7 @@ def _faults() -> int:
 def _no_workspace(a, b):
     ringmm.USE_WORKSPACE = False
     try:
-        return ringmm.ring_matmul(a, b)
+        return matmul.ring_matmul(a, b)
     finally:
         ringmm.USE_WORKSPACE = True
 
@@ -80,24 +82,31 @@ def kernels(group: str, a: torch.Tensor, b: torch.Tensor) -> dict:
     if group == "large":
         lb = ringmm.split_right(b)
         return {"6gemm": lambda: ringmm.ring_matmul_6gemm(a, b),
-                "5gemm": lambda: ringmm.ring_matmul(a, b),
+                "5gemm": lambda: matmul.ring_matmul(a, b),
                 "5gemm_nows": lambda: _no_workspace(a, b),
-                "5gemm_cached": lambda: ringmm.ring_matmul(a, b, b_limbs=lb),
-                "split_b": lambda: ringmm.split_right(b)}
-    bd = ringmm.split_digits(b)
+                "5gemm_cached": lambda: matmul.ring_matmul(a, b, b_limbs=lb),
+                "split_b": lambda: ringmm.split_right(b),
+                **_numba(a, b)}
+    bd = matmul.split_digits(b)
     af, bf = a.double(), b.double()
     return {"int64": lambda: torch.matmul(a, b),
             "f64_floor": lambda: torch.matmul(af, bf),
-            "5gemm": lambda: ringmm.ring_matmul(a, b),
+            "5gemm": lambda: matmul.ring_matmul(a, b),
             "limbs": lambda: _forced_limbs(a, b),
             "digits": lambda: digitmm.digit_matmul(a, b),
-            "digits_cached": lambda: ringmm.ring_matmul(a, b, b_digits=bd),
-            "onerow_int64": lambda: _one_row_path(a, b)}
+            "digits_cached": lambda: matmul.ring_matmul(a, b, b_digits=bd),
+            "onerow_int64": lambda: _one_row_path(a, b),
+            **_numba(a, b)}
+
+
+def _numba(a, b) -> dict:
+    """The numba int64 kernel (fewrowmm, mpc/matmul.py rule 5), where numba is installed."""
+    return {"int64_numba": lambda: fewrowmm.fewrow_matmul(a, b)} if fewrowmm.available() else {}
 
 
 def _one_row_path(a, b):
     """The previous kernel's choice for 1-3 rows: one row elementwise + column sum, else int64 matmul."""
-    return ringmm._one_row_cpu(a, b, ringmm._SCRATCH) if a.shape[-2] == 1 else torch.matmul(a, b)
+    return ringmm.one_row_cpu(a, b) if a.shape[-2] == 1 else torch.matmul(a, b)
 
 
 def bench_case(group: str, sa, sb, reps: int, gen: torch.Generator) -> list[dict]:

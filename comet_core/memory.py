@@ -3,7 +3,7 @@ kernel's OOM killer.
 
 Exact run (``mode=exact``), for P weights of the layers that run (embedding and LM head included);
 the peak of the run is the larger of its two phases when the ring product is torch's int64 matmul
-(``int64_kernel``, the kernel chosen on AVX-512 hosts; ``ringmm.int64_gemm_faster``):
+(``int64_kernel``, the kernel chosen on AVX-512 hosts; ``matmul.int64_gemm_faster``):
 
 A. sharing (before the private run): the float32 plaintext model 4 P, both parties' shares
    2 x 8 P = 16 P, one float64 temporary of the largest weight (still counted: MPC.share writes into the

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comet_core.mpc import arith, blocked
+from comet_core.mpc import arith, blocked, matmul
 from comet_core.mpc.engine import MPC, EngineConfig
 
 
@@ -65,7 +65,7 @@ def test_reused_mask_shared_by_blocked_and_whole_matrix_calls(monkeypatch, order
 def test_blocked_path_taken_and_cost_formula(monkeypatch):
     calls = []
     real = blocked.few_rows_matmul
-    monkeypatch.setattr(blocked, "few_rows_matmul", lambda x, y, key: calls.append(1) or real(x, y, key))
+    monkeypatch.setattr(blocked, "few_rows_matmul", lambda x, y, key, **k: calls.append(1) or real(x, y, key, **k))
     m, x, w, _ = _product(monkeypatch, True, (1, 64), (64, 515), 600, calls=1)
     assert calls == [1]
     want = arith.matmul_cost(m, x.numel(), w.numel(), 515)
@@ -81,12 +81,12 @@ def test_blocked_applies_only_to_few_row_products(monkeypatch, shape_x, shape_w,
     m = MPC(EngineConfig(reuse_weight_masks=reuse), seed=1, mode="exact")
     x, w = m.share(torch.randn(*shape_x)), m.register_weight(m.share(torch.randn(*shape_w)))
     called = []
-    monkeypatch.setattr(blocked, "few_rows_matmul", lambda *a: called.append(1))
+    monkeypatch.setattr(blocked, "few_rows_matmul", lambda *a, **k: called.append(1))
     arith.matmul(x, w)
     assert not called
     cost = MPC(EngineConfig(), seed=1, mode="cost")
-    assert not blocked.applies(cost.share(torch.empty(1, 96, device="meta")),
-                               cost.share(torch.empty(96, 1536, device="meta")))
+    assert matmul.beaver_strategy(cost.share(torch.empty(1, 96, device="meta")),
+                                  cost.share(torch.empty(96, 1536, device="meta"))) == "whole"
 
 
 def test_block_rows_even_words():

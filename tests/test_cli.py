@@ -193,3 +193,13 @@ def test_unicode_prompt_works_unquoted_or_names_the_real_cause(tmp_path):
     (line,) = r.stderr.strip().splitlines()
     assert r.returncode == 2 and "only ASCII text, and this one has é beside quotes, commas" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_bad_fewrow_kernel_setting_fails_before_any_work(tmp_path):
+    """COMET_FEWROW_KERNEL (mpc/matmul.py rule 5) is checked with the config too: one line, no model load."""
+    r = subprocess.run([sys.executable, "-m", "cli.main", "run-experiment", f"output_dir={tmp_path / 'x'}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CI": "true", "COMET_FEWROW_KERNEL": "fast"})
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and lines == ["error: COMET_FEWROW_KERNEL must be one of auto, on, off, got 'fast'"], r.stderr
+    assert not (tmp_path / "x").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comet_core.mpc import digitmm, ring, ringmm
+from comet_core.mpc import digitmm, matmul
 from comet_core.mpc.prg import PRG
 
 pytestmark = pytest.mark.skipif(not digitmm.available(), reason="no exact int8 GEMM in this torch build")
@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(not digitmm.available(), reason="no exact int8 G
 def _limb_kernel(monkeypatch):
     """These tests pin the limb / digit kernels' routes: keep the int64-matmul shortcut out of the way
     (test_ring.py::test_kernel_choice covers it)."""
-    monkeypatch.setattr(ringmm, "KERNEL", "limbs")
+    monkeypatch.setattr(matmul, "KERNEL", "limbs")
+    monkeypatch.setattr(matmul, "USE_FEWROW", "off")   # the numba int64 kernel: test_matmul_entry.py
 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 ALL_MIN_DIGITS = -digitmm._C   # the word whose 8 digits are all -128 (the largest digit products)
@@ -68,38 +69,38 @@ def test_one_past_the_inner_bound_overflows_without_chunks():
 
 
 def test_ring_matmul_routes_few_rows_to_digits(gen, monkeypatch):
-    """With the digit kernel on (ringmm.USE_DIGITS), up to DIGIT_ROWS rows against a large b take it;
+    """With the digit kernel on (matmul.USE_DIGITS), up to DIGIT_ROWS rows against a large b take it;
     the result equals the other paths."""
-    monkeypatch.setattr(ringmm, "USE_DIGITS", True)
+    monkeypatch.setattr(matmul, "USE_DIGITS", True)
     calls = []
     real = digitmm.digit_matmul
     monkeypatch.setattr(digitmm, "digit_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
-    k, n = 200, ringmm.DIGIT_MIN_ELEMENTS // 200 + 1
+    k, n = 200, matmul.DIGIT_MIN_ELEMENTS // 200 + 1
     b = full_range((k, n), gen)
-    for rows in (1, ringmm.DIGIT_ROWS, ringmm.DIGIT_ROWS + 1):
+    for rows in (1, matmul.DIGIT_ROWS, matmul.DIGIT_ROWS + 1):
         calls.clear()
         a = full_range((rows, k), gen)
-        assert torch.equal(ring.ring_matmul(a, b), torch.matmul(a, b))
-        assert bool(calls) == (rows <= ringmm.DIGIT_ROWS), rows
+        assert torch.equal(matmul.ring_matmul(a, b), torch.matmul(a, b))
+        assert bool(calls) == (rows <= matmul.DIGIT_ROWS), rows
     calls.clear()
     small, a1 = full_range((k, 8), gen), full_range((1, k), gen)   # a small b: the int64 paths
-    assert torch.equal(ring.ring_matmul(a1, small), torch.matmul(a1, small))
+    assert torch.equal(matmul.ring_matmul(a1, small), torch.matmul(a1, small))
     assert not calls
 
 
 @pytest.mark.parametrize("on", [True, False])
 def test_cached_digits_refused_when_stale(gen, on, monkeypatch):
-    monkeypatch.setattr(ringmm, "USE_DIGITS", on)
+    monkeypatch.setattr(matmul, "USE_DIGITS", on)
     b = full_range((300, 80), gen)
-    bd = ring.split_digits(b)
+    bd = matmul.split_digits(b)
     a = full_range((2, 300), gen)
-    assert torch.equal(ring.ring_matmul(a, b, b_digits=bd), torch.matmul(a, b))
+    assert torch.equal(matmul.ring_matmul(a, b, b_digits=bd), torch.matmul(a, b))
     with pytest.raises(ValueError, match="split_digits"):
-        ring.ring_matmul(a, b.clone(), b_digits=bd)
+        matmul.ring_matmul(a, b.clone(), b_digits=bd)
     b.add_(1)
     with pytest.raises(ValueError, match="split_digits"):
-        ring.ring_matmul(a, b, b_digits=bd)
-    assert ring.split_digits(torch.empty((4, 4), device="meta")) is None
+        matmul.ring_matmul(a, b, b_digits=bd)
+    assert matmul.split_digits(torch.empty((4, 4), device="meta")) is None
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 131071, 131072, 131073, 131074, 262149])
@@ -119,7 +120,7 @@ def _decode_products(on: bool, monkeypatch) -> tuple[list, list]:
     from comet_core.mpc import arith
     from comet_core.mpc.engine import MPC
 
-    monkeypatch.setattr(ringmm, "USE_DIGITS", on)
+    monkeypatch.setattr(matmul, "USE_DIGITS", on)
     mpc = MPC(seed=3)
     g = torch.Generator().manual_seed(0)
     w = mpc.register_weight(mpc.share(torch.randn(200, 120, generator=g, dtype=torch.float64) * 0.1,

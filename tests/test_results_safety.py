@@ -213,9 +213,9 @@ def test_memory_refusal_names_the_largest_layer_count_that_fits(monkeypatch):
         cfg = compose("config", overrides=["model=opt-1.3b", "prompt_len=16", "gen_tokens=2"])
     opts = dict(int64_kernel=False)
     monkeypatch.setattr(run_mod, "reference_needs_run", lambda system: True)
-    from comet_core.mpc import ringmm
+    from comet_core.mpc import matmul
 
-    monkeypatch.setattr(ringmm, "int64_gemm_faster", lambda: False)
+    monkeypatch.setattr(matmul, "int64_gemm_faster", lambda: False)
     need = lambda n: memory.exact_run_bytes(cfg.model, n, 18, reuse_weight_masks=False, plain_during_run=True, **opts)
     monkeypatch.setattr(memory, "available_bytes", lambda: need(5) + 1)
     with pytest.raises(CometError, match=r"model\.layers=5 \(of 24\) fits"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comet_core.errors import CometError
-from comet_core.mpc import ring, ringmm
+from comet_core.mpc import matmul, ring, ringmm
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +16,8 @@ def _limb_kernel(request, monkeypatch):
     """The tests below pin the limb kernel (its bounds, chunks, caches): keep the int64-matmul shortcut out
     of the way, except in the tests of the choice itself."""
     if "kernel_choice" not in request.node.name:
-        monkeypatch.setattr(ringmm, "KERNEL", "limbs")
+        monkeypatch.setattr(matmul, "KERNEL", "limbs")
+        monkeypatch.setattr(matmul, "USE_FEWROW", "off")   # and the numba int64 kernel (test_matmul_entry.py)
 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -66,7 +67,7 @@ DECODE_SHAPES = [((r, 600), (600, 70)) for r in (1, 2, 3, 4)] + [
     ((2, 3, 600), (600, 70)),
     ((1, 2 * C + 5), (2 * C + 5, 9)),
 ]
-KERNELS = {"5gemm": ring.ring_matmul, "6gemm": ring.ring_matmul_6gemm}
+KERNELS = {"5gemm": matmul.ring_matmul, "6gemm": ringmm.ring_matmul_6gemm}
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -75,7 +76,7 @@ KERNELS = {"5gemm": ring.ring_matmul, "6gemm": ring.ring_matmul_6gemm}
 def test_ring_matmul_equals_naive_int64(sa, sb, kernel, gen):
     a, b = full_range(sa, gen), full_range(sb, gen)
     got = KERNELS[kernel](a, b)
-    ref = ring.naive_ring_matmul(a, b)
+    ref = matmul.naive_ring_matmul(a, b)
     assert got.dtype == torch.int64
     assert got.shape == ref.shape
     assert torch.equal(got, ref)
@@ -87,10 +88,10 @@ def test_limb_kernel_on_few_rows_and_noncontiguous(sa, sb, gen):
     a, b = full_range(sa, gen), full_range(sb, gen)
     la = ringmm.split_left(a if a.dim() > 1 else a.unsqueeze(0))
     got = ringmm.matmul_limbs(la, ringmm.split_right(b))
-    assert torch.equal(got.reshape(ring.naive_ring_matmul(a, b).shape), ring.naive_ring_matmul(a, b))
+    assert torch.equal(got.reshape(matmul.naive_ring_matmul(a, b).shape), matmul.naive_ring_matmul(a, b))
     at = full_range(sa[:-2] + sa[-1:] + sa[-2:-1], gen).transpose(-1, -2)   # strided views
     bt = full_range(sb[:-2] + sb[-1:] + sb[-2:-1], gen).transpose(-1, -2)
-    assert torch.equal(ring.ring_matmul(at, bt), ring.naive_ring_matmul(at, bt))
+    assert torch.equal(matmul.ring_matmul(at, bt), matmul.naive_ring_matmul(at, bt))
 
 
 def _word(x0: int, x1: int, x2: int) -> int:
@@ -154,10 +155,10 @@ def _bound_operands(k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_exact_at_the_float64_bound(k):
     """Every sum limb at its largest magnitude over whole chunks: partial sums reach ~455 * 9 * 2^41."""
     a, b = _bound_operands(k)
-    assert torch.equal(ring.ring_matmul(a, b), ring.naive_ring_matmul(a, b))
+    assert torch.equal(matmul.ring_matmul(a, b), matmul.naive_ring_matmul(a, b))
     a[1] = I64_MIN
     b[:, 2] = I64_MAX
-    assert torch.equal(ring.ring_matmul(a, b), ring.naive_ring_matmul(a, b))
+    assert torch.equal(matmul.ring_matmul(a, b), matmul.naive_ring_matmul(a, b))
 
 
 def test_chunk_one_past_the_bound_breaks():
@@ -165,9 +166,9 @@ def test_chunk_one_past_the_bound_breaks():
     bound tests above can fail: 455 odd terms and one even term, each ~9 * 2^41, sum to an odd
     integer above 2^53."""
     a, b = _bound_operands(C + 1)
-    ref = ring.naive_ring_matmul(a, b)
-    assert not torch.equal(ringmm.ring_matmul(a, b, chunk=C + 1), ref)
-    assert torch.equal(ringmm.ring_matmul(a, b, chunk=C), ref)
+    ref = matmul.naive_ring_matmul(a, b)
+    assert not torch.equal(matmul.ring_matmul(a, b, chunk=C + 1), ref)
+    assert torch.equal(matmul.ring_matmul(a, b, chunk=C), ref)
 
 
 @pytest.mark.parametrize("k", [1, C, C + 1, 3000])
@@ -177,7 +178,7 @@ def test_extreme_words(k, rows):
     for va, vb in [(I64_MIN, I64_MIN), (I64_MAX, I64_MAX), (I64_MIN, I64_MAX), (-1, I64_MIN)]:
         a = torch.full((rows, k), va, dtype=torch.int64)
         b = torch.full((k, 4), vb, dtype=torch.int64)
-        assert torch.equal(ring.ring_matmul(a, b), ring.naive_ring_matmul(a, b)), (va, vb)
+        assert torch.equal(matmul.ring_matmul(a, b), matmul.naive_ring_matmul(a, b)), (va, vb)
 
 
 def test_chunking_covers_and_divides():
@@ -192,16 +193,16 @@ def test_chunking_covers_and_divides():
 def test_cached_right_limbs(gen):
     """split_right once, multiply by several left operands (the weight-mask reuse); stale limbs refused."""
     b = full_range((C + 7, 40), gen)
-    lb = ring.split_right(b)
+    lb = matmul.split_right(b)
     for shape in [(5, C + 7), (2, 3, C + 7), (C + 7,), (1, C + 7)]:
         a = full_range(shape, gen)
-        assert torch.equal(ring.ring_matmul(a, b, b_limbs=lb), ring.naive_ring_matmul(a, b))
+        assert torch.equal(matmul.ring_matmul(a, b, b_limbs=lb), matmul.naive_ring_matmul(a, b))
     with pytest.raises(ValueError, match="split_right"):
-        ring.ring_matmul(full_range((5, C + 7), gen), b.clone(), b_limbs=lb)
+        matmul.ring_matmul(full_range((5, C + 7), gen), b.clone(), b_limbs=lb)
     b.add_(1)                                       # in-place change after the split
     with pytest.raises(ValueError, match="split_right"):
-        ring.ring_matmul(full_range((5, C + 7), gen), b, b_limbs=lb)
-    assert ring.split_right(torch.empty((4, 4), device="meta")) is None
+        matmul.ring_matmul(full_range((5, C + 7), gen), b, b_limbs=lb)
+    assert matmul.split_right(torch.empty((4, 4), device="meta")) is None
 
 
 def test_workspace_reuse_across_shapes(gen):
@@ -210,7 +211,7 @@ def test_workspace_reuse_across_shapes(gen):
     shapes = [((64, 700), (700, 300)), ((5, 20), (20, 3)), ((2, 8, 1000), (2, 1000, 30)), ((64, 700), (700, 300))]
     for sa, sb in shapes:
         a, b = full_range(sa, gen), full_range(sb, gen)
-        assert torch.equal(ring.ring_matmul(a, b), ring.naive_ring_matmul(a, b))
+        assert torch.equal(matmul.ring_matmul(a, b), matmul.naive_ring_matmul(a, b))
     assert ringmm.workspace_bytes() > 48 * 700 * 300
     ringmm.release_workspace()
     assert ringmm.workspace_bytes() == 0
@@ -218,10 +219,10 @@ def test_workspace_reuse_across_shapes(gen):
 
 def test_bad_operands():
     with pytest.raises(TypeError):
-        ring.ring_matmul(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.int64))
+        matmul.ring_matmul(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="cannot be multiplied"):
-        ring.ring_matmul(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64))
-    assert torch.equal(ring.ring_matmul(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0, 3, dtype=torch.int64)),
+        matmul.ring_matmul(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64))
+    assert torch.equal(matmul.ring_matmul(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0, 3, dtype=torch.int64)),
                        torch.zeros(2, 3, dtype=torch.int64))
 
 
@@ -230,10 +231,10 @@ def test_bad_operands():
                                    ((3, 4, 5), (3, 5, 6)), ((7,), (7,)), ((2, 1, 600), (600, 70))])
 def test_ring_matmul_cuda_equals_cpu(sa, sb, gen):
     a, b = full_range(sa, gen), full_range(sb, gen)
-    got = ring.ring_matmul(a.cuda(), b.cuda())
-    assert got.is_cuda and torch.equal(got.cpu(), ring.naive_ring_matmul(a, b))
+    got = matmul.ring_matmul(a.cuda(), b.cuda())
+    assert got.is_cuda and torch.equal(got.cpu(), matmul.naive_ring_matmul(a, b))
     a, b = _bound_operands(C)
-    assert torch.equal(ring.ring_matmul(a.cuda(), b.cuda()).cpu(), ring.naive_ring_matmul(a, b))
+    assert torch.equal(matmul.ring_matmul(a.cuda(), b.cuda()).cpu(), matmul.naive_ring_matmul(a, b))
 
 
 def _worst_limbs22_word() -> int:
@@ -249,15 +250,15 @@ def test_old_kernel_exact_at_its_float64_limit(k):
     assert [float(t) for t in ringmm._limbs22(torch.tensor([w]))][:2] == [-(2.0 ** 21)] * 2
     a = torch.full((4, k), w, dtype=torch.int64)
     b = torch.full((k, 3), w, dtype=torch.int64)
-    assert torch.equal(ring.ring_matmul_6gemm(a, b), ring.naive_ring_matmul(a, b))
+    assert torch.equal(ringmm.ring_matmul_6gemm(a, b), matmul.naive_ring_matmul(a, b))
 
 
 def test_ring_matmul_meta_shape():
     a = torch.empty((2048, 4096), dtype=torch.int64, device="meta")
     b = torch.empty((4096, 4096), dtype=torch.int64, device="meta")
-    out = ring.ring_matmul(a, b)
+    out = matmul.ring_matmul(a, b)
     assert out.is_meta and out.shape == (2048, 4096) and out.dtype == torch.int64
-    assert ring.ring_matmul(torch.empty((3, 5, 7), device="meta"), torch.empty((7,), device="meta")).shape == (3, 5)
+    assert matmul.ring_matmul(torch.empty((3, 5, 7), device="meta"), torch.empty((7,), device="meta")).shape == (3, 5)
 
 
 # ---- fixed point ------------------------------------------------------------------------------------
@@ -326,27 +327,27 @@ def test_random_bits_range(gen):
 @pytest.mark.parametrize("choice", ["int64", "limbs", "auto"])
 def test_kernel_choice_is_exact(choice, monkeypatch, gen):
     """Every CPU kernel choice gives the naive product, bit for bit (auto times both once per process)."""
-    monkeypatch.setattr(ringmm, "KERNEL", choice)
+    monkeypatch.setattr(matmul, "KERNEL", choice)
     for sa, sb in [((5, 700), (700, 9)), ((2, 3, 40), (2, 40, 6)), ((1, 33), (33, 8)), ((64, 300), (300,))]:
         a, b = full_range(sa, gen), full_range(sb, gen)
-        assert torch.equal(ring.ring_matmul(a, b), ring.naive_ring_matmul(a, b))
-    assert ringmm.kernel_in_use() in ("int64", "limbs")
+        assert torch.equal(matmul.ring_matmul(a, b), matmul.naive_ring_matmul(a, b))
+    assert matmul.kernel_in_use() in ("int64", "limbs")
     if choice != "auto":
-        assert ringmm.kernel_in_use() == choice
+        assert matmul.kernel_in_use() == choice
 
 
 def test_kernel_choice_refuses_unknown(monkeypatch):
-    monkeypatch.setattr(ringmm, "KERNEL", "fast")
+    monkeypatch.setattr(matmul, "KERNEL", "fast")
     with pytest.raises(CometError, match="COMET_RING_KERNEL must be one of auto, int64, limbs"):
-        ringmm.int64_gemm_faster()
+        matmul.int64_gemm_faster()
 
 
 def test_kernel_record_names_the_setting_without_timing(monkeypatch):
-    monkeypatch.setattr(ringmm, "KERNEL", "auto")
-    monkeypatch.setattr(ringmm, "_INT64_FASTER", None)
-    assert ringmm.kernel_record() == "not used"      # nothing timed yet
-    assert ringmm._INT64_FASTER is None
-    monkeypatch.setattr(ringmm, "_INT64_FASTER", True)
-    assert ringmm.kernel_record() == "int64"
-    monkeypatch.setattr(ringmm, "KERNEL", "limbs")
-    assert ringmm.kernel_record() == "limbs"
+    monkeypatch.setattr(matmul, "KERNEL", "auto")
+    monkeypatch.setattr(matmul, "_INT64_FASTER", None)
+    assert matmul.kernel_record() == "not used"      # nothing timed yet
+    assert matmul._INT64_FASTER is None
+    monkeypatch.setattr(matmul, "_INT64_FASTER", True)
+    assert matmul.kernel_record() == "int64"
+    monkeypatch.setattr(matmul, "KERNEL", "limbs")
+    assert matmul.kernel_record() == "limbs"

@@ -173,9 +173,11 @@ def weak_dealer(monkeypatch):
     monkeypatch.setattr(Dealer, "_rand", rand)
     monkeypatch.setattr(Dealer, "_random_arith", random_arith)
     monkeypatch.setattr(Dealer, "_random_shares", random_shares)
-    # the dealer's numpy path for small items draws the same words without these helpers (bit for bit
-    # the same items: tests/test_bitexact_small.py); off here, so that every item is weakened
+    # the dealer's CPU steps (numpy or torch, mpc/xp.py) draw the same words without these helpers (bit for
+    # bit the same items: tests/test_bitexact_small.py); off here (the generic steps), so that every item
+    # is weakened
     monkeypatch.setattr(dealer_mod, "SMALL", -1)
+    monkeypatch.setattr(Dealer, "_ns", lambda self, *shapes: None)
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))

@@ -11,8 +11,10 @@ import weakref
 import torch
 
 from comet_core.comm.ledger import Cost
-from comet_core.mpc import blocked, ring
+from comet_core.mpc import matmul as mm
+from comet_core.mpc import ring
 from comet_core.mpc.engine import MPC, AShare, _lift, _np_open, _small_cpu
+from comet_core.mpc.xp import ops_for
 
 W = ring.BYTES_PER_ELEMENT  # bytes of one ring element on the wire
 TRUNC_LIMIT = 1 << 62        # dealer truncation is exact for |x| < 2^62 (secret ring elements)
@@ -186,23 +188,19 @@ def truncate(x: AShare, shift: int) -> AShare:
                     torch.neg(x.data[i], out=out[i]).bitwise_right_shift_(shift).neg_()
             return AShare(out, mpc, x.frac - shift)
         r, r_shift, r_top = mpc.dealer.trunc_triple(x.shape, shift)
-        if all(_small_cpu(t) for t in (x.data, r.data, r_shift.data, r_top.data)):   # the same steps in numpy
-            masked = x.data.numpy() + r.data.numpy()
-            if 0 in mpc.parties:
-                masked[0] += 1 << 62
-            (c,) = mpc.open_np([masked])
-            c_top = (c >> 63) & 1
-            out = r_top.data.numpy() * ((1 - c_top) << (64 - shift))
-            out -= r_shift.data.numpy()
-            if 0 in mpc.parties:
-                out[0] += ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift))
-            return AShare(torch.from_numpy(out), mpc, x.frac - shift)
-        masked = mpc.add_p0_(x.data + r.data, 1 << 62)  # raw ring elements (r is not a fixed-point value)
-        (c,) = mpc.open_raw([masked])
-        c_top = (c >> 63) & 1
-        out = -r_shift.data + r_top.data * ((1 - c_top) << (64 - shift))
-        mpc.add_p0_(out, ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift)))
-        return AShare(out, mpc, x.frac - shift)
+        xp = ops_for(x.data, r.data, r_shift.data, r_top.data)       # numpy for a few elements
+        out = _truncate_steps(xp, mpc, *(xp.arr(t.data) for t in (x, r, r_shift, r_top)), shift)
+        return AShare(xp.tensor(out), mpc, x.frac - shift)
+
+
+def _truncate_steps(xp, mpc, x, r, r_shift, r_top, shift: int):
+    """Steps 2-4 of truncate's dealer protocol on party-stacked arrays of namespace xp (mpc/xp.py)."""
+    masked = xp.add_p0(mpc, x + r, 1 << 62)           # raw ring elements (r is not a fixed-point value)
+    (c,) = xp.open(mpc, [masked])
+    c_top = (c >> 63) & 1
+    out = r_top * ((1 - c_top) << (64 - shift))
+    out = out - r_shift
+    return xp.add_p0(mpc, out, ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift)))
 
 
 def truncate_cost(mpc: MPC, n: int) -> Cost:
@@ -242,7 +240,7 @@ def matmul_public(x: AShare, w: torch.Tensor) -> AShare:
     enc = ring.encode(w.to(x.data.device), mpc.frac_bits)
     with mpc.ledger.protocol("matmul_public"):
         check_product(x, w, x.frac + mpc.frac_bits, matrix=True, what="x @ public")
-        return _rescale_to_f(AShare(ring.ring_matmul(x.data, enc), mpc, x.frac + mpc.frac_bits))
+        return _rescale_to_f(AShare(mm.ring_matmul(x.data, enc), mpc, x.frac + mpc.frac_bits))
 
 
 # ---- Beaver multiplication ---------------------------------------------------------------------
@@ -264,19 +262,13 @@ def mul(x: AShare, y: AShare, out_frac: int | None = None) -> AShare:
         a, b, c = mpc.dealer.mul_triple(x.shape, y.shape)
         e, f = mpc.open_masked((x.data, a.data), (y.data, b.data))
         nd = len(c.shape)
-        if all(_small_cpu(t) for t in (e, f, a.data, b.data, c.data)):   # step 3 in numpy, in c's buffer
-            en, fn, z = e.numpy(), f.numpy(), c.data.numpy()
-            z += en * _lift(b.data, nd).numpy()
-            z += _lift(a.data, nd).numpy() * fn
-            if 0 in mpc.parties:
-                z[0] += en * fn
-            return _rescale_to_f(AShare(c.data, mpc, x.frac + y.frac), out_frac)
-        if c.data.is_meta:
-            z = c.data + e * _lift(b.data, nd) + _lift(a.data, nd) * f
-        else:   # in c's buffer (the dealer's, fresh for this call): no n_z-sized temporaries
-            z = c.data.addcmul_(e, _lift(b.data, nd)).addcmul_(_lift(a.data, nd), f)
-        mpc.add_p0_(z, e * f)
-        return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
+        xp = ops_for(e, f, a.data, b.data, c.data)       # numpy for a few elements
+        # step 3 in c's buffer (the dealer's, fresh for this call): no n_z-sized temporaries
+        en, fn = xp.arr(e), xp.arr(f)
+        z = xp.addmul_(xp.arr(c.data), en, xp.arr(_lift(b.data, nd)))
+        z = xp.addmul_(z, xp.arr(_lift(a.data, nd)), fn)
+        z = xp.add_p0(mpc, z, en * fn)
+        return _rescale_to_f(AShare(xp.tensor(z), mpc, x.frac + y.frac), out_frac)
 
 
 def mul_cost(mpc: MPC, n_x: int, n_y: int, n_z: int, frac_sum: int | None = None) -> Cost:
@@ -297,15 +289,11 @@ def square(x: AShare, out_frac: int | None = None) -> AShare:
         check_product(x, x, 2 * x.frac, truncated=2 * x.frac > f, what="x^2")
         a, c = mpc.dealer.square_pair(x.shape)
         (e,) = mpc.open_masked((x.data, a.data))
-        if all(_small_cpu(t) for t in (e, a.data, c.data)):   # step 3 in numpy, in c's buffer
-            en, z = e.numpy(), c.data.numpy()
-            z += 2 * en * a.data.numpy()
-            if 0 in mpc.parties:
-                z[0] += en * en
-            return _rescale_to_f(AShare(c.data, mpc, 2 * x.frac), out_frac)
-        z = c.data.addcmul_(e, a.data, value=2) if not c.data.is_meta else c.data + 2 * e * a.data
-        z = mpc.add_p0_(z, e * e)   # c's buffer is the dealer's, fresh for this call
-        return _rescale_to_f(AShare(z, mpc, 2 * x.frac), out_frac)
+        xp = ops_for(e, a.data, c.data)                  # numpy for a few elements
+        en = xp.arr(e)
+        z = xp.addmul_(xp.arr(c.data), en, xp.arr(a.data), 2)   # c's buffer is the dealer's, fresh for this call
+        z = xp.add_p0(mpc, z, en * en)
+        return _rescale_to_f(AShare(xp.tensor(z), mpc, 2 * x.frac), out_frac)
 
 
 def square_cost(mpc: MPC, n: int, truncated: bool = True) -> Cost:
@@ -321,8 +309,9 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     3. P0: z0 = e @ (f + b0) + a0 @ f + c0;  P1: z1 = e @ b1 + a1 @ f + c1 (computed as
        (a_p + [p = 0] e) @ f + e @ b_p + c_p: no weight-sized sum).
     4. Truncate to frac_bits.
-    A few rows (a decode step) run steps 1-3 in cache-sized blocks of y's rows (mpc/blocked.py: the
-    same shares and ledger, bit for bit).
+    The kernels: mpc/matmul.py (beaver_strategy: a few rows, a decode step, run steps 1-3 in cache-sized
+    blocks of y's rows, mpc/blocked.py, the same shares and ledger bit for bit; every product of the whole
+    steps by ring_matmul's product_strategy).
     With `reuse_mask` (engine.reuse_weight_masks) and a registered weight y (MPC.register_weight),
     y's mask b and the opened f are kept for the rest of the inference (MPC.inference), so later calls
     with the same y open only e. Activations are never cached (they are not reused).
@@ -340,8 +329,8 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         key = y.uid if reuse else None
         if select is not None and key is None:   # no reuse: the slice is the operand
             y, select = y.index_select(*select), None
-        if select is None and blocked.applies(x, y):   # a decode step's rows: the same steps by blocks
-            return _rescale_to_f(AShare(blocked.few_rows_matmul(x, y, key), mpc, x.frac + y.frac), out_frac)
+        if select is None and mm.beaver_strategy(x, y) == "blocked":   # a decode step's rows, by blocks
+            return _rescale_to_f(AShare(mm.beaver_blocked(x, y, key), mpc, x.frac + y.frac), out_frac)
         cached = mpc.weight_masks.get(key) if key is not None else None
         a, b, c, *full = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_key=key, select=select)
         b_full = full[0] if full else b
@@ -363,12 +352,12 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         nd = max(ev.dim(), fv.dim())
         bv, ea = _lift(bv, nd), _lift(ea, nd)
         fd = bd = None
-        if select is None and ring.takes_digits(ev, bv):     # b's digits: the dealer's (or a reused mask's)
+        if select is None and mm.takes_digits(ev, bv):     # b's digits: the dealer's (or a reused mask's)
             bd = mpc.digits(key, "b", bv)
-        if key is not None and select is None and ring.takes_digits(ea, fv):   # a reused f: split once
+        if key is not None and select is None and mm.takes_digits(ea, fv):   # a reused f: split once
             fd = mpc.digits(key, "f", fv)
-        eb = ring.ring_matmul(ev, bv, b_digits=bd)
-        af = ring.ring_matmul(ea, fv, b_digits=fd)
+        eb = mm.ring_matmul(ev, bv, b_digits=bd)
+        af = mm.ring_matmul(ea, fv, b_digits=fd)
         z = eb.add_(af).reshape(c.data.shape).add_(c.data) if not eb.is_meta else \
             (eb + af).reshape(c.data.shape) + c.data
         return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)

@@ -33,30 +33,11 @@ from __future__ import annotations
 
 import torch
 
-from comet_core.mpc import blockkernel, ring
-from comet_core.mpc.engine import AShare
+from comet_core.mpc import blockkernel
+from comet_core.mpc.ashare import AShare
 
 BLOCK_ELEMENTS = 1 << 18   # weight elements per block (2 MiB per int64 buffer: b0, b1, b0 + b1, f in L2/L3)
-ENABLED = True             # tests switch it off to compare with the unblocked steps
-
-
-def applies(x: AShare, y: AShare) -> bool:
-    """Whether matmul(x, y) runs here: a simulated CPU exact run, y a (k, n) matrix and x at most
-    dealer.FEW_ROWS rows of k (any batch dims), y larger than one block, and torch's int64 GEMM the
-    product kernel (a host whose few-row products take the int8 digit kernel keeps arith.matmul's
-    steps, which cache a reused mask's digits)."""
-    from comet_core.mpc.dealer import FEW_ROWS
-
-    mpc = x.mpc
-    if not ENABLED or not mpc.simulated or mpc.is_cost or mpc.device.type != "cpu":
-        return False
-    if y.dim() != 2 or x.dim() < 2 or x.data.is_meta or y.data.is_meta:
-        return False
-    k, n = y.shape
-    rows = x.numel() // max(k, 1)
-    if x.shape[-1] != k or not 0 < rows <= FEW_ROWS or k * n <= BLOCK_ELEMENTS:
-        return False
-    return not ring.takes_digits(x.data[0].reshape(rows, k), y.data[0])
+ENABLED = True             # tests switch it off to compare with the unblocked steps (matmul.beaver_strategy)
 
 
 def block_rows(k: int, n: int) -> int:
@@ -70,10 +51,12 @@ def block_rows(k: int, n: int) -> int:
     return h
 
 
-def few_rows_matmul(x: AShare, y: AShare, key=None) -> torch.Tensor:
-    """The party-stacked shares of x @ y at scale x.frac + y.frac (not yet truncated), steps 1-4 above.
+def few_rows_matmul(x: AShare, y: AShare, key=None, product=None) -> torch.Tensor:
+    """The party-stacked shares of x @ y at scale x.frac + y.frac (not yet truncated), steps 1-4 above:
+    mpc/matmul.py's "blocked" Beaver strategy (its beaver_strategy says when; call matmul.beaver_blocked).
     `key`: y's id when its mask is reused (engine.reuse_weight_masks): drawn and opened by blocks at its
     first use in the inference and kept (the dealer's b, the parties' f), later calls open only e.
+    `product`: the ring product of the torch fallback (matmul.ring_matmul, passed down: no import circle).
     [x]: (2, *B, R, k), [y]: (2, k, n) over Z_2^64 -> (2, *B, R, n)."""
     mpc = x.mpc
     k, n = y.shape
@@ -96,7 +79,7 @@ def few_rows_matmul(x: AShare, y: AShare, key=None) -> torch.Tensor:
             b, triple.av[:, cols].contiguous(), e[:, cols].contiguous(), ea[:, :, cols].contiguous(),
             triple.acc, z, y=None if kept is not None else y.data[:, cols],
             f=kept[cols] if kept is not None else None,
-            f_out=f[cols] if f is not None else None)
+            f_out=f[cols] if f is not None else None, product=product)
     if f is not None:
         mpc.weight_masks[key] = f
     z.add_(triple.c().data)

@@ -23,8 +23,6 @@ import logging
 
 import torch
 
-from comet_core.mpc import ring
-
 log = logging.getLogger(__name__)
 
 numba = np = None   # imported on the first block (numba's import and cache load cost ~0.5 s: not for every command)
@@ -97,10 +95,11 @@ _warned = False
 
 def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch.Tensor, c: torch.Tensor,
                    z: torch.Tensor, y: torch.Tensor | None = None, f: torch.Tensor | None = None,
-                   f_out: torch.Tensor | None = None) -> None:
+                   f_out: torch.Tensor | None = None, product=None) -> None:
     """One block's products, accumulated in place into c (R, n) and z (2, R, n).
     b: (2, h, n) mask halves; av, e: (R, h); ea: (2, R, h); either y (2, h, n), the weight's shares (f is
-    opened here and written to f_out (h, n) if given), or f (h, n), a reused mask's kept opening."""
+    opened here and written to f_out (h, n) if given), or f (h, n), a reused mask's kept opening.
+    product: the torch fallback's ring product (matmul.ring_matmul; torch.matmul, exact for int64, if None)."""
     global _warned, _broken
     operands = (b[0], b[1], av, e, ea, c, z, *(y if y is not None else ()), *(t for t in (f, f_out) if t is not None))
     if not USE_NUMBA or _broken or not all(t.is_contiguous() for t in operands):
@@ -108,7 +107,7 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
             _warned = True
             log.info("numba is not installed: the decode matmul takes torch's slower GEMM passes "
                      "(pip install numba, or reinstall the toolkit: make install)")
-        _block_torch(b, av, e, ea, c, z, y, f, f_out)
+        _block_torch(b, av, e, ea, c, z, y, f, f_out, product)
         return
     try:
         kernel = _numba_kernel()
@@ -117,7 +116,7 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
         _broken = True
         log.warning("the numba block kernel did not compile here (%s); torch's GEMM passes instead",
                     str(err).splitlines()[0])
-        _block_torch(b, av, e, ea, c, z, y, f, f_out)
+        _block_torch(b, av, e, ea, c, z, y, f, f_out, product)
 
 
 _broken = False
@@ -139,12 +138,13 @@ def _block_numba_call(kernel, b, av, e, ea, c, z, y, f, f_out) -> None:
            c.numpy(), z[0].numpy(), z[1].numpy(), np_(f_out), f is not None, f_out is not None, threads)
 
 
-def _block_torch(b, av, e, ea, c, z, y, f, f_out) -> None:
+def _block_torch(b, av, e, ea, c, z, y, f, f_out, product) -> None:
     """The same products as torch GEMM passes: rows [a; e] against each b_p (the dealer's a @ b_p and P_p's
     e @ b_p), both parties' rows against f."""
     R, h = av.shape
+    product = product or torch.matmul
     if f is None:
         f = torch.sub(y[0], b[0], out=f_out).add_(y[1]).sub_(b[1])
-    prod = ring.ring_matmul(torch.cat([av, e]), b)                 # (2, 2R, n)
+    prod = product(torch.cat([av, e]), b)                # (2, 2R, n)
     c.add_(prod[0, :R]).add_(prod[1, :R])
-    z.add_(prod[:, R:]).add_(ring.ring_matmul(ea.reshape(2 * R, h), f).view(2, R, -1))
+    z.add_(prod[:, R:]).add_(product(ea.reshape(2 * R, h), f).view(2, R, -1))

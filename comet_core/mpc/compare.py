@@ -26,8 +26,9 @@ import torch
 from comet_core.comm.ledger import Cost, wire_bytes
 from comet_core.mpc import arith, fss, ring
 from comet_core.mpc import dealer as dealer_mod
-from comet_core.mpc.engine import MPC, AShare, _small_cpu
+from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
+from comet_core.mpc.xp import ops_for
 
 _LOW63 = (1 << 63) - 1
 _LEVEL_WIDTHS = (32, 16, 8, 4, 2, 1)  # bits per element of the AND operands at each tree level
@@ -235,15 +236,10 @@ def b2a_bit(mpc: MPC, bit: torch.Tensor) -> AShare:
     """
     with mpc.ledger.protocol("b2a"):
         bx, ba = mpc.dealer.dabit(bit.shape[1:])
-        if _small_cpu(bit) and _small_cpu(bx) and _small_cpu(ba.data):   # the same steps in numpy
-            (d,) = mpc.open_np([bit.numpy() ^ bx.numpy()], 1, xor=True)
-            out = ba.data.numpy() * (1 - 2 * d)
-            if 0 in mpc.parties:
-                out[0] += d
-            return AShare(torch.from_numpy(out), mpc, 0)
-        (d,) = mpc.open_raw([bit ^ bx], 1, xor=True)
-        out = mpc.add_p0_(ba.data * (1 - 2 * d), d)
-        return AShare(out, mpc, 0)
+        xp = ops_for(bit, bx, ba.data)                       # numpy for a few elements (mpc/xp.py)
+        (d,) = xp.open(mpc, [xp.arr(bit) ^ xp.arr(bx)], 1, xor=True)
+        out = xp.add_p0(mpc, xp.arr(ba.data) * (1 - 2 * d), d)
+        return AShare(xp.tensor(out), mpc, 0)
 
 
 def _ltz_online_bytes(n: int) -> int:

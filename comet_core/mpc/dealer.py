@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from comet_core.mpc import ring
+from comet_core.mpc.matmul import FEW_ROWS, ring_matmul, takes_digits
 from comet_core.mpc.ashare import AShare
 from comet_core.mpc.shape import Shape
+from comet_core.mpc.xp import NUMPY, TORCH
 
 SMALL = 1 << 14   # items of up to this many elements per share are made in numpy (CPU): per-call overhead
-FEW_ROWS = 3   # matmul_triple: up to this many rows of a, c = a @ b0 + a @ b1 for a fresh mask b (decode)
 
 
 # The ideal functionalities' plaintext functions (name -> f(x, **kwargs)), registered from above by
@@ -86,6 +87,19 @@ class Dealer:
         t = torch.empty(tuple(shape), dtype=torch.int64)
         return t, t.numpy()
 
+    def _ns(self, *shapes):
+        """The namespace (mpc/xp.py) of an item's CPU steps: NUMPY when every shape has at most SMALL
+        elements, else TORCH; None off the CPU (CUDA, cost mode: the generic steps below them)."""
+        if not self._direct():
+            return None
+        return NUMPY if all(self._tiny(s) for s in shapes) else TORCH
+
+    @staticmethod
+    def _buf(xp, shape) -> tuple[torch.Tensor, object]:
+        """An int64 CPU tensor of `shape` and its view in namespace xp (the same memory)."""
+        t = torch.empty(tuple(shape), dtype=torch.int64)
+        return t, xp.arr(t)
+
     def _arith(self, value: torch.Tensor, frac: int = 0) -> AShare:
         """Additive shares of a correlated value: P0's from its seed, P1's is the correction."""
         if self._direct() and not value.is_meta:
@@ -123,15 +137,16 @@ class Dealer:
 
     # -- items ---------------------------------------------------------------------------------
     def mul_triple(self, shape_a, shape_b) -> tuple[AShare, AShare, AShare]:
-        if self._tiny(shape_a) and self._tiny(shape_b):   # the same reads and values in numpy
-            p0, p1 = self.gen_p0.fill_np_, self.gen_p1.fill_np_
-            at, an = self._np((2, *shape_a))
-            bt, bn = self._np((2, *shape_b))
-            p0(an[0]), p1(an[1]), p0(bn[0]), p1(bn[1])
-            cv = (an[0] + an[1]) * (bn[0] + bn[1])          # wraps mod 2^64 like torch's int64
-            ct, cn = self._np((2, *cv.shape))
-            np.subtract(cv, p0(cn[0]), out=cn[1])
-            self._book(cv.size, 64)
+        xp = self._ns(shape_a, shape_b)
+        if xp is not None:   # CPU: one definition, numpy for a few elements (mpc/xp.py)
+            at, a = self._buf(xp, (2, *shape_a))
+            bt, b = self._buf(xp, (2, *shape_b))
+            for gen, out in ((self.gen_p0, a[0]), (self.gen_p1, a[1]), (self.gen_p0, b[0]), (self.gen_p1, b[1])):
+                xp.fill(gen, out)
+            cv = (a[0] + a[1]) * (b[0] + b[1])              # wraps mod 2^64 (numpy and torch int64 alike)
+            ct, c = self._buf(xp, (2, *cv.shape))
+            xp.sub_into(cv, xp.fill(self.gen_p0, c[0]), c[1])
+            self._book(math.prod(cv.shape), 64)
             return AShare(at, self.mpc, 0), AShare(bt, self.mpc, 0), AShare(ct, self.mpc, 0)
         a, av = self._random_arith(shape_a)
         b, bv = self._random_arith(shape_b)
@@ -145,7 +160,7 @@ class Dealer:
         With `select` = (dim, index) the product is with b.index_select(dim, index) (a public slice of
         the weight's mask): returns (a, b_slice, c, b_full).
         c = a @ (b0 + b1) is computed as a @ b0 + a @ b1 from the digits of the stacked shares when the
-        product has few rows (ring.takes_digits): those digits are the ones the parties' e @ b_p use
+        product has few rows (matmul.takes_digits): those digits are the ones the parties' e @ b_p use
         (MPC.digits), and no weight-sized b0 + b1 is formed."""
         a, av = self._random_arith(shape_a)
         entry = self._reused.get(reuse_key) if reuse_key is not None else None
@@ -158,22 +173,22 @@ class Dealer:
             dim, idx = select
             if entry[1] is None:
                 entry[1] = b.data[0] + b.data[1]
-            c = self._arith(ring.ring_matmul(av, entry[1].index_select(dim, idx)))
+            c = self._arith(ring_matmul(av, entry[1].index_select(dim, idx)))
             self._book(c.numel(), 64)
             return a, b.index_select(dim, idx), c, b
         rows = None if av.is_meta or b.dim() != 2 else av.reshape(-1, av.shape[-1])   # a's rows: (R, k)
-        digits = rows is not None and ring.takes_digits(rows, b.data)
+        digits = rows is not None and takes_digits(rows, b.data)
         # a fresh mask and few rows: a @ b0 + a @ b1 reads the two shares once; forming b0 + b1 first would
         # cost a weight-sized pass and a weight-sized buffer more (the same c, bit for bit)
         few = reuse_key is None and rows is not None and rows.shape[0] <= FEW_ROWS and not b.data.is_cuda
         if digits or few:
             bd = self.mpc.digits(reuse_key, "b", b.data) if digits else None
-            both = ring.ring_matmul(rows, b.data, b_digits=bd)                            # (2, R, n)
+            both = ring_matmul(rows, b.data, b_digits=bd)                            # (2, R, n)
             c = self._arith(both[0].add_(both[1]).reshape(*av.shape[:-1], b.shape[-1]))
         else:
             if entry[1] is None:
                 entry[1] = b.data[0] + b.data[1]
-            c = self._arith(ring.ring_matmul(av, entry[1]))
+            c = self._arith(ring_matmul(av, entry[1]))
             if reuse_key is None:
                 entry[1] = None
         self._book(c.numel(), 64)
@@ -191,13 +206,14 @@ class Dealer:
         self._fss.clear()
 
     def square_pair(self, shape) -> tuple[AShare, AShare]:
-        if self._tiny(shape):   # the same reads and values in numpy
-            at, an = self._np((2, *shape))
-            self.gen_p0.fill_np_(an[0]), self.gen_p1.fill_np_(an[1])
-            av = an[0] + an[1]
-            ct, cn = self._np((2, *shape))
-            np.subtract(av * av, self.gen_p0.fill_np_(cn[0]), out=cn[1])
-            self._book(av.size, 64)
+        xp = self._ns(shape)
+        if xp is not None:   # CPU: one definition, numpy for a few elements (mpc/xp.py)
+            at, a = self._buf(xp, (2, *shape))
+            xp.fill(self.gen_p0, a[0]), xp.fill(self.gen_p1, a[1])
+            av = a[0] + a[1]
+            ct, c = self._buf(xp, (2, *shape))
+            xp.sub_into(av * av, xp.fill(self.gen_p0, c[0]), c[1])
+            self._book(math.prod(shape), 64)
             return AShare(at, self.mpc, 0), AShare(ct, self.mpc, 0)
         a, av = self._random_arith(shape)
         c = self._arith(av * av)
@@ -206,28 +222,17 @@ class Dealer:
 
     def trunc_triple(self, shape, f: int) -> tuple[AShare, AShare, AShare]:
         """Uniform r with shares of r, of r >> f (logical shift) and of its top bit r_63."""
-        if self._tiny(shape):   # the same reads and values in numpy
-            vals = np.empty((3, *tuple(shape)), dtype=np.int64)                # [r, r >> f, r_63]
-            r = self.gen_own.fill_np_(vals[0])
-            np.bitwise_and(r >> f, (1 << (64 - f)) - 1, out=vals[1])
-            np.bitwise_and(r >> 63, 1, out=vals[2])
-            ot, on = self._np((2, 3, *tuple(shape)))
-            np.subtract(vals, self.gen_p0.fill_pieces_np_(on[0]), out=on[1])
+        xp = self._ns(shape)
+        if xp is not None:   # CPU: one definition, numpy for a few elements (mpc/xp.py)
+            _, vals = self._buf(xp, (3, *tuple(shape)))                    # [r, r >> f, r_63]
+            r = xp.fill(self.gen_own, vals[0])
+            vals[1] = (r >> f) & ((1 << (64 - f)) - 1)
+            vals[2] = (r >> 63) & 1
+            ot, o = self._buf(xp, (2, 3, *tuple(shape)))
+            xp.sub_into(vals, xp.fill_pieces(self.gen_p0, o[0]), o[1])
             for _ in range(3):
-                self._book(r.size, 64)
+                self._book(math.prod(shape), 64)
             return tuple(AShare(ot[:, i], self.mpc, 0) for i in range(3))
-        if self._direct():   # the same stream reads and values as below, in 2 buffers and 8 operations
-            vals = torch.empty((3, *tuple(shape)), dtype=torch.int64)        # [r, r >> f, r_63]
-            vals[0] = self._rand(shape)
-            torch.bitwise_right_shift(vals[0], f, out=vals[1]).bitwise_and_((1 << (64 - f)) - 1)
-            torch.bitwise_right_shift(vals[0], 63, out=vals[2]).bitwise_and_(1)
-            out = torch.empty((2, 3, *tuple(shape)), dtype=torch.int64)
-            for i in range(3):
-                self.gen_p0.fill_(out[0, i])
-            torch.sub(vals, out[0], out=out[1])
-            for _ in range(3):
-                self._book(vals[0].numel(), 64)
-            return tuple(AShare(out[:, i], self.mpc, 0) for i in range(3))
         r = self._rand(shape)
         if r.is_meta:
             shifted, top = r, r
@@ -243,14 +248,16 @@ class Dealer:
         """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word), the bits in the
         comparison tree's leaf order: the word ring.leaf_order(r) (a fixed bit permutation; the top bit 63
         stays), so that the tree's first levels split whole int32 / int16 / int8 halves."""
-        if self._tiny(shape):   # the same reads and values in numpy
-            r = self.gen_own.fill_np_(np.empty(tuple(shape), dtype=np.int64))
-            rat, ran = self._np((2, *tuple(shape)))
-            np.subtract(r, self.gen_p0.fill_np_(ran[0]), out=ran[1])
-            rbt, rbn = self._np((2, *tuple(shape)))
-            np.bitwise_xor(ring.leaf_order(r), self.gen_p0.fill_np_(rbn[0]), out=rbn[1])
-            self._book(r.size, 64)
-            self._book(r.size, 64)
+        xp = self._ns(shape)
+        if xp is not None:   # CPU: one definition, numpy for a few elements (mpc/xp.py)
+            _, r = self._buf(xp, shape)
+            xp.fill(self.gen_own, r)
+            rat, ra = self._buf(xp, (2, *tuple(shape)))
+            xp.sub_into(r, xp.fill(self.gen_p0, ra[0]), ra[1])
+            rbt, rb = self._buf(xp, (2, *tuple(shape)))
+            xp.xor_into(ring.leaf_order(r), xp.fill(self.gen_p0, rb[0]), rb[1])
+            self._book(math.prod(shape), 64)
+            self._book(math.prod(shape), 64)
             return AShare(rat, self.mpc, 0), rbt
         r = self._rand(shape)
         ra = self._arith(r)
@@ -345,15 +352,19 @@ class Dealer:
 
     def dabit(self, shape) -> tuple[torch.Tensor, AShare]:
         """A random bit b as XOR shares (1 bit) and as additive shares (integer, frac 0)."""
-        if self._tiny(shape):   # the same reads and values in numpy
-            b = self.gen_own.fill_np_(np.empty(tuple(shape), dtype=np.int64))
+        xp = self._ns(shape)
+        if xp is not None:   # CPU: one definition, numpy for a few elements (mpc/xp.py)
+            _, b = self._buf(xp, shape)
+            xp.fill(self.gen_own, b)
             b &= 1
-            bxt, bxn = self._np((2, *tuple(shape)))
-            np.bitwise_xor(b, np.bitwise_and(self.gen_p0.fill_np_(bxn[0]), 1, out=bxn[0]), out=bxn[1])
-            bat, ban = self._np((2, *tuple(shape)))
-            np.subtract(b, self.gen_p0.fill_np_(ban[0]), out=ban[1])
-            self._book(b.size, 64)
-            self._book(b.size, 1)
+            bxt, bx = self._buf(xp, (2, *tuple(shape)))
+            s0 = xp.fill(self.gen_p0, bx[0])
+            s0 &= 1
+            xp.xor_into(b, s0, bx[1])
+            bat, ba = self._buf(xp, (2, *tuple(shape)))
+            xp.sub_into(b, xp.fill(self.gen_p0, ba[0]), ba[1])
+            self._book(math.prod(shape), 64)
+            self._book(math.prod(shape), 1)
             return bxt, AShare(bat, self.mpc, 0)
         b = self._rand(shape, 1)
         bx = self._xor_shares(b, 1)

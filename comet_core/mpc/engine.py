@@ -19,6 +19,7 @@ from comet_core.comm.ledger import Ledger
 from comet_core.errors import RangeError, require
 from comet_core.mpc import ring
 from comet_core.mpc.ashare import SMALL_NP, AShare, _lift, _np_open, _small_cpu  # noqa: F401 (re-exported)
+from comet_core.mpc.matmul import split_digits
 from comet_core.mpc.prg import PRG, Keys
 from comet_core.mpc.shape import Shape
 from comet_core.mpc.sharing import share_into
@@ -355,14 +356,14 @@ class MPC:
         return torch.sub(x[0], m[0], out=out).add_(x[1]).sub_(m[1])
 
     def digits(self, key, name: str, t: torch.Tensor):
-        """Digits (ring.split_digits) of a right operand t that several few-row products share: a reused
+        """Digits (matmul.split_digits) of a right operand t that several few-row products share: a reused
         weight's mask b and opening f (key = the weight id, kept for the inference), or with key None
         the last fresh mask (the dealer's product and the parties' e @ b use the same b). The entry
         holds t itself, so a match of the fingerprint (storage, shape, strides, version) is t."""
         hit = self.mask_digits.get((key, name))
         if hit is not None and hit[0] is t and hit[1].matches(t):
             return hit[1]
-        d = ring.split_digits(t)
+        d = split_digits(t)
         self.mask_digits[(key, name)] = (t, d)
         return d
 

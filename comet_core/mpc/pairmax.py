@@ -26,7 +26,8 @@ import functools
 import torch
 
 from comet_core.comm.ledger import Cost
-from comet_core.mpc import arith, compare, ring
+from comet_core.mpc import arith, compare
+from comet_core.mpc.matmul import ring_matmul
 from comet_core.mpc.engine import MPC, AShare
 
 PAIRS_BUDGET = 1 << 15   # comparisons of one call (R P) up to which `use_pairs` chooses the pairs
@@ -63,7 +64,7 @@ def _first_max_onehot(x: AShare) -> AShare:
     i, j, a = _incidence(n, dev)
     d = x.index_select(-1, i) - x.index_select(-1, j)                       # (..., P)
     b = compare.drelu(d)                                                      # integer 0/1
-    wins = AShare(ring.ring_matmul(b.data, a), mpc, 0)                        # (..., n): sum b - sum b'
+    wins = AShare(ring_matmul(b.data, a), mpc, 0)                        # (..., n): sum b - sum b'
     # + #(i < k) for every k: the (1 - b_ik) terms' ones (public, P0)
     wins = wins.add_public(torch.arange(n, dtype=torch.float64) - (n - 1))
     return compare.drelu(wins)

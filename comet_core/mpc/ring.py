@@ -1,4 +1,4 @@
-"""The ring Z_2^64 on torch.int64, fixed-point encoding and the fast exact ring matmul (kernel in ringmm).
+"""The ring Z_2^64 on torch.int64 and fixed-point encoding (its matrix products: mpc/matmul.py).
 
 Ring elements are torch.int64; two's-complement wrap-around of +, -, * is the ring's arithmetic.
 In cost mode, data-free `Shape` objects (is_meta = True) stand in for tensors: every function here
@@ -10,10 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from comet_core.mpc import ringmm
 from comet_core.mpc.prg import PRG
-from comet_core.mpc.ringmm import Limbs, ring_matmul_6gemm  # noqa: F401  (re-exported)
-from comet_core.mpc.shape import Shape, broadcast
+from comet_core.mpc.shape import Shape
 
 RING_BITS = 64
 BYTES_PER_ELEMENT = 8
@@ -65,56 +63,6 @@ def random_bits(shape, bits: int, generator: "PRG | None", device) -> torch.Tens
     """Uniform `bits`-bit values in the low bits of int64 words (bits = 64 gives full words)."""
     r = random_ring(shape, generator, device)
     return r if bits >= 64 or r.is_meta else r.bitwise_and_((1 << bits) - 1)
-
-
-def _matmul_shape(a, b) -> tuple:
-    """torch.matmul's output shape (1-D operands and batch broadcasting included)."""
-    sa, sb = tuple(a.shape), tuple(b.shape)
-    if len(sa) == 1 and len(sb) == 1:
-        return ()
-    if len(sa) == 1:
-        return (*sb[:-2], sb[-1])
-    if len(sb) == 1:
-        return sa[:-1]
-    batch = broadcast(sa[:-2], sb[:-2])
-    return (*batch, sa[-2], sb[-1])
-
-
-def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: "Limbs | None" = None,
-                b_digits=None) -> torch.Tensor:
-    """a @ b over Z_2^64, exactly (torch.matmul broadcasting); a Shape in cost mode.
-
-    The kernels of comet_core.mpc.ringmm (5-GEMM float64 limbs; few rows: int8 digits, digitmm; their
-    docstrings have the exactness proofs); `b_limbs = split_right(b)` / `b_digits = split_digits(b)`
-    skip b's split when b (a weight mask) is used in several products.
-    """
-    if a.is_meta or b.is_meta:
-        return Shape(_matmul_shape(a, b))
-    return ringmm.ring_matmul(a, b, b_limbs=b_limbs, b_digits=b_digits)
-
-
-def split_digits(b: torch.Tensor):
-    """Pre-split a reused right operand for the few-rows digit kernel; None in cost mode."""
-    return None if b.is_meta else ringmm.split_digits(b)
-
-
-def takes_digits(a, b) -> bool:
-    """Whether ring_matmul(a, b) runs the few-rows digit kernel (so that cached digits of b pay off)."""
-    if a.is_meta or b.is_meta or a.dim() < 2 or b.dim() < 2:
-        return False
-    if b.dim() == 2 and a.dim() > 2:
-        a = a.reshape(-1, a.shape[-1])
-    return ringmm._digit_route(a, b, True)
-
-
-def split_right(b: torch.Tensor) -> "Limbs | None":
-    """Pre-split a reused right operand for ring_matmul(a, b, b_limbs=...); None in cost mode."""
-    return None if b.is_meta else ringmm.split_right(b)
-
-
-def naive_ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Reference: torch's own int64 matmul (slow, exact, wraps). Used by tests."""
-    return torch.matmul(a, b)
 
 
 # ---- bit helpers for binary (XOR) sharing: bits packed in the low bits of int64 words -------------

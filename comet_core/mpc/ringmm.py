@@ -1,10 +1,11 @@
-"""Exact matrix products over Z_2^64 (int64 with wrap-around) through float64 BLAS.
+"""Exact matrix products over Z_2^64 (int64 with wrap-around) through float64 BLAS: the "limbs" and
+"one_row" strategies of mpc/matmul.py (which chooses the kernel of every product; call it, not this).
 
 int64 matmul has no BLAS path (torch's is a scalar loop, ~100x slower than float64 GEMM), so the
 operands are split into small signed limbs held exactly in float64 and multiplied with float64
 GEMMs whose every partial sum stays an integer of magnitude <= 2^53 (float64 is exact there).
 
-The 5-GEMM kernel (`ring_matmul`)
+The 5-GEMM kernel (`limb_matmul`)
 ---------------------------------
 1. Split both operands at bit offsets 0 / 21 / 43 into limbs held exactly as float64:
        x = x0 + x1 * 2^21 + x2 * 2^43   (mod 2^64),   xs = x0 + x1 (the Karatsuba sum limb)
@@ -46,11 +47,11 @@ The 5-GEMM kernel (`ring_matmul`)
    over the chunks, weighted and summed over the 4 products (int64 wrap-around is the ring).
 
 Reused operands: `split_right(b)` returns a `Limbs` object with b's limbs in GEMM layout; pass it as
-`ring_matmul(a, b, b_limbs=...)` to skip b's split (the dominant elementwise cost when b is a
+`matmul.ring_matmul(a, b, b_limbs=...)` to skip b's split (the dominant elementwise cost when b is a
 weight-sized mask used in several products). `split_left(a)` does the same for a left operand.
 
 Few rows (decode: one token): on CPU, with at most 3 rows in a, splitting a weight-sized b costs more
-than the whole product, so b is never split: one row (`INT64_ROWS`) is an elementwise int64 product
+than the whole product, so b is never split (mpc/matmul.py's rules 5-6): one row (`one_row_cpu`) is an elementwise int64 product
 and a column sum (vectorised int64 multiply), and 2-3 rows use torch's int64 matmul (single-threaded,
 but it reads b once for all rows; per-row passes lose there). Measured on the 2-core AMD EPYC
 (results/ring_matmul/kernels.csv, 2 threads, load 0.7-1.0): one row 1.6-1.9x faster than torch's int64 matmul
@@ -64,49 +65,26 @@ is memory-bound (~1 GEMM's time for a 768x3072 operand), so the uncached gain is
 limbs of a reused operand, and the absent page faults (workspaces), are where the time goes.
 
 Everything is device-agnostic (buffers are created on the operands' device); cost mode passes
-data-free `Shape`s through `comet_core.mpc.ring.ring_matmul`, not here.
+data-free `Shape`s through `comet_core.mpc.matmul.ring_matmul`, not here.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import threading
-import time
 
 import torch
 
-from comet_core.mpc import digitmm
 from comet_core.mpc.operand_id import operand_fingerprint
-
-log = logging.getLogger(__name__)
 
 LIMB_OFFSETS = (0, 21, 43)
 CHUNK = 455                          # max inner dimension per float64 GEMM chunk (proof above)
-INT64_ROWS = 1                       # CPU: up to this many rows of a, never split b (measured)
 _ADD = (1 << 20) + (1 << 42)         # balances limb 0 and pre-adds limb 1's 2^21 offset
 _M21 = (1 << 21) - 1
 _M22 = (1 << 22) - 1
 # weights of [P0, P2, P11, Pm] in a @ b (mod 2^64)
 _WEIGHTS = (1 - (1 << 21), 1 << 43, (1 << 42) - (1 << 21), 1 << 21)
 USE_WORKSPACE = True                 # CPU: reuse per-thread workspaces (see _Scratch); False for A/B timing
-USE_DIGITS = False                   # CPU: few-row products by the int8 digit kernel (digitmm). Off: on the
-                                     # 2-core AVX-512 EPYC it lost to the int64 paths (digitmm's docstring)
-# CPU kernel for products of more than 3 rows: "limbs" (the 5-GEMM float64 kernel above), "int64" (torch's
-# int64 matmul, which wraps mod 2^64: exact too) or "auto" (time both once per process, keep the faster).
-# torch's int64 GEMM is a scalar loop on AVX2-only hosts (~100x slower than float64 BLAS) but vectorised
-# with AVX-512: on the 2-core AVX-512 EPYC it is 2-10x faster than the limb kernel at every engine shape
-# (128x768 @ 768x3072: 0.029 s vs 0.062 s; one-hot 32x49152 @ 49152x576: 0.078 s vs 0.494 s).
-KERNEL = os.environ.get("COMET_RING_KERNEL", "auto")
-KERNELS = ("auto", "int64", "limbs")
-_INT64_FASTER: bool | None = None    # the "auto" decision of this process
-DIGIT_ROWS = 16                      # CPU: up to this many rows of a take the digit kernel (measured)
-DIGIT_MIN_ELEMENTS = 1 << 14         # ... when b (per batch entry) has at least this many elements
-DIGIT_ROWS_LARGE = 64                # and up to this many rows against a very large b (an embedding table:
-DIGIT_LARGE_ELEMENTS = 1 << 22       # the limb split's 32 bytes per element of b would be GBs; digits take 8)
-
-
 # ---- chunking and limb splitting -------------------------------------------------------------------
 
 def chunking(k: int, chunk: int = CHUNK) -> tuple[int, int]:
@@ -225,7 +203,7 @@ class Limbs:
     side "right" (b: (*B, k, n)):  wide (*B, c, 2kc, n) = [b2 ; b0];  pair (2, *B, c, kc, n) = [b1, bs]
     (left limbs are balanced, right limbs have unsigned b0, b1: see the module doc, step 1)
     `source` records the tensor it was made from (shape, strides, storage, version counter) so that
-    `ring_matmul(a, b, b_limbs=...)` can refuse limbs of another or a since-modified tensor.
+    `matmul.ring_matmul(a, b, b_limbs=...)` can refuse limbs of another or a since-modified tensor.
     Memory: 4 float64 words per element of the operand (32 bytes per element, with padding).
     """
 
@@ -251,7 +229,7 @@ def _empty(scratch, role, shape, device) -> torch.Tensor:
 
 def split_left(a: torch.Tensor, chunk: int = CHUNK, _scratch: "_Scratch | None" = None) -> Limbs:
     """Limbs of a left operand a: (*B, m, k) int64 (m >= 1 rows; 1-D operands: unsqueeze first).
-    The returned Limbs own their memory (workspaces are used only inside ring_matmul)."""
+    The returned Limbs own their memory (workspaces are used only inside limb_matmul)."""
     if a.dim() < 2:
         raise ValueError(f"split_left needs a (..., m, k) operand, got shape {tuple(a.shape)}")
     *batch, m, k = a.shape
@@ -326,13 +304,14 @@ def matmul_limbs(la: Limbs, lb: Limbs, _scratch: "_Scratch | None" = None) -> to
     return gs.sum(dim=0)
 
 
-def _one_row_cpu(a: torch.Tensor, b: torch.Tensor, scratch: "_Scratch | None") -> torch.Tensor:
+def one_row_cpu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in int64 for one row of a (a: (*Ba, 1, k), b: (*Bb, k, n)) without splitting b.
 
     Two vectorised passes (AVX2/AVX-512 int64 multiply into a workspace of b's size, then a column
     sum), against torch's scalar int64 GEMM loop; only two parallel regions, so a loaded machine
     (where every OpenMP barrier can cost a time slice) hurts it little. Wrap-around is the ring.
     """
+    scratch = _SCRATCH if USE_WORKSPACE else None
     col = a.transpose(-1, -2)                                        # (*Ba, k, 1)
     shape = torch.broadcast_shapes(b.shape, col.shape)
     prod = torch.empty(shape, dtype=torch.int64, device=a.device) if scratch is None else \
@@ -341,143 +320,14 @@ def _one_row_cpu(a: torch.Tensor, b: torch.Tensor, scratch: "_Scratch | None") -
     return prod.sum(dim=-2, keepdim=True)
 
 
-def split_digits(b: torch.Tensor) -> "digitmm.Digits":
-    """Digits of a reused right operand b (*B, k, n) for `ring_matmul(a, b, b_digits=...)` (8 bytes per
-    element, the digit kernel's operand; see digitmm)."""
-    return digitmm.split_digits(b, operand_fingerprint(b))
-
-
-def _digit_route(a: torch.Tensor, b: torch.Tensor, have_digits: bool) -> bool:
-    """Whether a (*Ba, m, k) @ b (*Bb, k, n) takes the int8 digit kernel (CPU, few rows, a large b)."""
-    if not USE_DIGITS or a.device.type != "cpu" or b.dim() > 3 or a.dim() > 3:
-        return False
-    if int64_gemm_faster():   # ring_matmul takes torch's int64 matmul first: digits made for it go unused
-        return False
-    if a.shape[-2] > DIGIT_ROWS and not (a.shape[-2] <= DIGIT_ROWS_LARGE and b.numel() >= DIGIT_LARGE_ELEMENTS):
-        return False
-    if a.shape[-1] < 2 or (not have_digits and b.shape[-1] * b.shape[-2] < DIGIT_MIN_ELEMENTS):
-        return False
-    if a.dim() == 3 and b.dim() == 3 and a.shape[0] != b.shape[0] and a.shape[0] != 1:
-        return False
-    return digitmm.available()
-
-
-def _digit_product(a: torch.Tensor, b: torch.Tensor, bd: "digitmm.Digits | None") -> torch.Tensor:
-    """a @ b by the digit kernel: a (m, k) or (B|1, m, k), b (k, n) or (B, k, n)."""
-    if a.dim() == 2 or a.shape[0] == 1:
-        out = digitmm.digit_matmul(a.reshape(a.shape[-2], a.shape[-1]), b, bd)
-        return out if a.dim() == 2 or b.dim() == 3 else out.unsqueeze(0)
-    if b.dim() == 2:   # (B, m, k) @ (k, n): one product over B*m rows
-        return digitmm.digit_matmul(a.reshape(-1, a.shape[-1]), b, bd).reshape(*a.shape[:-1], -1)
-    return torch.stack([digitmm.digit_matmul(a[i], b[i]) for i in range(a.shape[0])])
-
-
-def ring_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None,
-                chunk: int = CHUNK, b_digits: "digitmm.Digits | None" = None) -> torch.Tensor:
-    """a @ b over Z_2^64, exactly (torch.matmul's broadcasting and 1-D rules); int64 tensors in and out.
-
-    b_limbs: `split_right(b)` made earlier (b unchanged since) to skip b's split on the limb path;
-    b_digits: `split_digits(b)` the same for the few-rows digit path (digitmm). `chunk` is the
-    inner-dimension chunk (<= CHUNK keeps the result exact; larger values exist for the tests'
-    positive control only).
-    Routes (CPU): torch's int64 matmul whenever `int64_gemm_faster()` (KERNEL); else up to DIGIT_ROWS
-    rows of a against a large b -> int8 digit GEMM (digitmm); one row
-    otherwise -> vectorised int64 product and column sum; 2-3 rows -> torch's int64 matmul; more ->
-    the float64 limb kernel. CUDA always takes the limb kernel.
-    """
-    if a.dtype != torch.int64 or b.dtype != torch.int64:
-        raise TypeError(f"ring_matmul takes int64 operands, got {a.dtype} and {b.dtype}")
-    if a.dim() == 0 or b.dim() == 0:
-        raise ValueError("ring_matmul: both operands need at least one dimension")
-    if b_limbs is not None and not b_limbs.matches(b):
-        raise ValueError("b_limbs were split from another tensor (or b changed since): split_right(b) again")
-    if b_digits is not None and b_digits.source != operand_fingerprint(b):
-        raise ValueError("b_digits were made from another tensor (or b changed since): split_digits(b) again")
-    vec_a, vec_b = a.dim() == 1, b.dim() == 1
-    if vec_a:
-        a = a.unsqueeze(0)
-    if vec_b:
-        b = b.unsqueeze(-1)
-        b_limbs = b_digits = None
-    fold = None
-    if b.dim() == 2 and a.dim() > 2:
-        # (*B, m, k) @ (k, n): one GEMM over B*m rows (torch.matmul would expand b otherwise)
-        fold = a.shape[:-1]
-        a = a.reshape(-1, a.shape[-1])
-    k = a.shape[-1]
-    if k != b.shape[-2]:
-        raise ValueError(f"ring_matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied")
-    if k == 0:
-        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        out = torch.zeros((*batch, a.shape[-2], b.shape[-1]), dtype=torch.int64, device=a.device)
-    elif a.device.type == "cpu" and chunk == CHUNK and int64_gemm_faster():
-        out = torch.matmul(a, b)
-    elif _digit_route(a, b, b_digits is not None):
-        out = _digit_product(a, b, b_digits)
-    elif a.device.type == "cpu" and a.shape[-2] <= INT64_ROWS:
-        out = _one_row_cpu(a, b, _SCRATCH if USE_WORKSPACE else None)
-    elif a.device.type == "cpu" and a.shape[-2] <= _INT64_MATMUL_ROWS and b_limbs is None:
-        out = torch.matmul(a, b)
-    else:
-        # CUDA has torch's caching allocator; on CPU fresh pages cost a fault each
-        scratch = _SCRATCH if a.device.type == "cpu" and USE_WORKSPACE else None
-        lb = b_limbs if b_limbs is not None and b_limbs.c == chunking(k, chunk)[0] else \
-            split_right(b, chunk, scratch)
-        out = matmul_limbs(split_left(a, chunk, scratch), lb, scratch)
-    if fold is not None:
-        out = out.reshape(*fold, out.shape[-1])
-    if vec_a:
-        out = out.squeeze(-2)
-    if vec_b:
-        out = out.squeeze(-1)
-    return out
-
-
-_INT64_MATMUL_ROWS = 3  # CPU: 2..3 rows, torch's int64 matmul beats both the split and per-row passes
-
-
-def int64_gemm_faster() -> bool:
-    """Whether this process's CPU products take torch's int64 matmul (KERNEL; "auto": timed once, median of
-    3 on a 64x768 @ 768x768 product, ~0.1 s). Both kernels are exact: the choice changes time, never a bit."""
-    global _INT64_FASTER
-    if KERNEL not in KERNELS:
-        from comet_core.errors import CometError
-
-        raise CometError(f"COMET_RING_KERNEL must be one of {', '.join(KERNELS)}, got {KERNEL!r}")
-    if KERNEL != "auto":
-        return KERNEL == "int64"
-    if _INT64_FASTER is None:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randint(-2 ** 62, 2 ** 62, (64, 768), generator=g, dtype=torch.int64)
-        b = torch.randint(-2 ** 62, 2 ** 62, (768, 768), generator=g, dtype=torch.int64)
-
-        def median_s(f) -> float:
-            f()
-            ts = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t0)
-            return sorted(ts)[1]
-        t_int64 = median_s(lambda: torch.matmul(a, b))
-        t_limbs = median_s(lambda: matmul_limbs(split_left(a), split_right(b)))
-        _INT64_FASTER = t_int64 < t_limbs
-        log.info("ring product kernel: %s (int64 matmul %.4f s, limb kernel %.4f s on 64x768 @ 768x768)",
-                 "int64" if _INT64_FASTER else "limbs", t_int64, t_limbs)
-    return _INT64_FASTER
-
-
-def kernel_in_use() -> str:
-    """The CPU kernel of products above 3 rows in this process ("int64" or "limbs"), for run records."""
-    return "int64" if int64_gemm_faster() else "limbs"
-
-
-def kernel_record() -> str:
-    """What a run record says of the kernel, without timing anything: the setting when it is explicit,
-    the decision when "auto" has decided, else "not used" (no CPU product ran)."""
-    if KERNEL != "auto":
-        return KERNEL
-    return "not used" if _INT64_FASTER is None else kernel_in_use()
+def limb_matmul(a: torch.Tensor, b: torch.Tensor, b_limbs: Limbs | None = None, chunk: int = CHUNK) -> torch.Tensor:
+    """a (*Ba, m, k) @ b (*Bb, k, n) over Z_2^64 by the 5-GEMM limb kernel (steps 1-4 of the module doc);
+    b_limbs: b's split made earlier (used when its chunking matches). CPU: per-thread workspaces."""
+    # CUDA has torch's caching allocator; on CPU fresh pages cost a fault each
+    scratch = _SCRATCH if a.device.type == "cpu" and USE_WORKSPACE else None
+    lb = b_limbs if b_limbs is not None and b_limbs.c == chunking(a.shape[-1], chunk)[0] else \
+        split_right(b, chunk, scratch)
+    return matmul_limbs(split_left(a, chunk, scratch), lb, scratch)
 
 
 # ---- the previous kernel, kept as the benchmark's and tests' baseline ------------------------------

@@ -136,10 +136,10 @@ class RunInfo:
             import torch
 
             threads = torch.get_num_threads()
-            from comet_core.mpc import ringmm
+            from comet_core.mpc import matmul
 
             # the CPU ring-product kernel this run took (both are exact; chosen by speed on this host)
-            kernel = ringmm.kernel_record()
+            kernel = matmul.kernel_record()
         except ImportError:  # pragma: no cover
             threads, kernel = -1, "unknown"
         return {

@@ -40,10 +40,12 @@ def validate_config(cfg, role: str | None = None) -> None:
     from comet_core.models.zoo import check_positions, n_layers
 
     check_run_config(cfg)
-    from comet_core.mpc import ringmm
+    from comet_core.mpc import matmul
 
-    require(ringmm.KERNEL in ringmm.KERNELS,
-            f"COMET_RING_KERNEL must be one of {', '.join(ringmm.KERNELS)}, got {ringmm.KERNEL!r}")
+    require(matmul.KERNEL in matmul.KERNELS,
+            f"COMET_RING_KERNEL must be one of {', '.join(matmul.KERNELS)}, got {matmul.KERNEL!r}")
+    require(matmul.USE_FEWROW in ("auto", "on", "off"),
+            f"COMET_FEWROW_KERNEL must be one of auto, on, off, got {matmul.USE_FEWROW!r}")
     require(cfg.mode in ("exact", "cost"), f"mode must be exact or cost, got {cfg.mode!r}")
     require(cfg.get("output", "token") in ("token", "logits"),
             f"output must be token (secure argmax; the client learns only the next token) or logits, got {cfg.output!r}")
@@ -84,12 +86,12 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
         return
     T = (prompt_tokens or cfg.prompt_len or 128) + cfg.gen_tokens
     L = n_layers(cfg.model)
-    from comet_core.mpc import ringmm
+    from comet_core.mpc import matmul
     from comet_core.systems import load_system
 
     opts = dict(reuse_weight_masks=bool(cfg.engine.reuse_weight_masks),
                 # the exact run takes this kernel anyway (decided once per process): the estimate follows it
-                int64_kernel=cfg.device == "cpu" and ringmm.int64_gemm_faster(),
+                int64_kernel=cfg.device == "cpu" and matmul.int64_gemm_faster(),
                 # the in-process run releases the plaintext model first unless its reference needs the run
                 # (comet_core/roles/tcp_run.py keeps it: counted)
                 plain_during_run=(reference_needs_run(load_system(cfg.system))
