@@ -65,9 +65,6 @@ def validate(cfg, out: Path) -> None:
     """Every check that runs before any work: the config, then the output folder."""
     validate_config(cfg)
     check_destination(Path(out), bool(cfg.overwrite))
-    from comet_core.results.compute_model import check_profile_env
-
-    check_profile_env()
 
 
 # -- networks: what was run, and every preset ------------------------------------------------------
