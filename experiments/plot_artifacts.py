@@ -112,7 +112,10 @@ def gb(df: pd.DataFrame, col: str = "online_bytes") -> pd.DataFrame:
 
 def compute_notes(t: pd.DataFrame) -> list[str]:
     """What compute_s is in a table's rows: measured, modelled (docs/compute-model.md) or absent."""
-    src = set(t.compute_source.dropna()) if "compute_source" in t else set()
+    if "compute_source" in t:
+        src = set(t.compute_source.dropna())
+    else:   # tables made before the compute model: exact rows measured compute, cost rows had none
+        src = {"measured" if m else "none" for m in t.get("compute_measured", pd.Series([False] * len(t)))}
     if src == {"modelled"}:
         prof = ", ".join(sorted(set(t.compute_profile.dropna()))) if "compute_profile" in t else "?"
         return ["compute_s is modelled (cost mode): the runs' work counters x the unit costs of the compute profile "
