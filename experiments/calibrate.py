@@ -3,9 +3,9 @@
 1. Each benchmark runs one protocol in exact mode (in-process simulation, as exact runs compute) on fresh
    shares, `reps` times; its time is the median, its work the counters it left (comm/work.py).
 2. The unit costs, in the benchmarks' order: each benchmark prices one kind (`prices`) from its time less
-   what the kinds priced before it explain (a tiny multiply prices the round, an opening of many words the
-   opened word, a dealer-only triple the dealt word, a large comparison the packed bit word, then the
-   matmuls, the shuffle, ...). Benchmarks that price nothing (a large multiply) are checks: their
+   what the kinds priced before it explain (a tiny multiply prices the round, a dealer-only triple the dealt
+   word, openings and products of activation sizes the opened word, and of 2^17 elements the large one, a
+   comparison of 2^12 elements the packed bit word, then the matmuls, the shuffle, ...). Benchmarks that price nothing (a large multiply) are checks: their
    `fit_ratio` (modelled / measured) says how well the units add up on a protocol not used to fit them.
 3. The profile (results/compute_model.py FORMAT) records the CPU model, vector flags, threads, torch and
    numpy versions, the load, every benchmark with its fitted time, and the units; written atomically to
@@ -83,12 +83,18 @@ def _defaults() -> None:
     add("mul_1", lambda m, q: (_vec(m, 1), _vec(m, 1)), lambda m, a: arith.mul(*a), prices="round")
     add("ltz_1", lambda m, q: _vec(m, 1), lambda m, a: compare.ltz(a), prices="round")
     add("relu_1", lambda m, q: _vec(m, 1), lambda m, a: compare.relu(a), prices="round")
+    big = lambda q: 1 << (16 if q else 17)   # noqa: E731  (messages of at least work.LARGE elements)
     add("triple_n", lambda m, q: (n(q, 14, 13),), lambda m, a: m.dealer.mul_triple((a[0],), (a[0],)),
         prices="dealer_word")
+    add("triple_large", lambda m, q: (big(q),), lambda m, a: m.dealer.mul_triple((a[0],), (a[0],)),
+        prices="dealer_word_large")
     # an opened word: openings and the elementwise protocols built on them, of activation sizes
-    add("open_n", lambda m, q: _vec(m, n(q, 15, 15)), lambda m, a: m.open(a), prices="open_word")
+    add("open_n", lambda m, q: _vec(m, n(q, 14, 14)), lambda m, a: m.open(a), prices="open_word")
     add("mul_n", lambda m, q: (_vec(m, n(q, 14, 13)),) * 2, lambda m, a: arith.mul(*a), prices="open_word")
     add("square_n", lambda m, q: _vec(m, n(q, 14, 13)), lambda m, a: arith.square(a), prices="open_word")
+    add("open_large", lambda m, q: _vec(m, big(q)), lambda m, a: m.open(a), prices="open_word_large")
+    add("mul_large", lambda m, q: (_vec(m, big(q)),) * 2, lambda m, a: arith.mul(*a), prices="open_word_large")
+    add("square_large", lambda m, q: _vec(m, big(q)), lambda m, a: arith.square(a), prices="open_word_large")
     # a packed bit word: comparison circuits (DReLU's adder tree; ReLU adds its multiplexer)
     add("ltz_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.ltz(a), prices="bit_word")
     add("relu_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.relu(a), prices="bit_word")

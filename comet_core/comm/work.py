@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 WORK_COLUMNS = ["stage", "layer", "op", "kind", "amount"]
+LARGE = 1 << 15   # elements per message from which a word counts as large (256 KiB per share)
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,20 @@ def register_kind(name: str, unit: str, doc: str) -> Kind:
 register_kind("round", "online round", "each online round of a protocol that ran (cost_source=measured): "
               "the fixed local cost of one protocol step (dispatch, message assembly)")
 register_kind("open_word", "64-bit word opened", "elements of 64 bits on the wire online (both directions, "
-              "measured rows): forming x - a, adding the peer's share, the local products that follow")
+              "measured rows) in messages of fewer than LARGE elements: forming x - a, adding the peer's "
+              "share, the local products that follow")
+register_kind("open_word_large", "64-bit word opened", "the same in messages of at least LARGE elements (their "
+              "buffers leave the caches and come fresh from the kernel: several times the cost per word)")
 register_kind("bit_word", "64-bit word of packed bit fields", "online fields of fewer than 64 bits, in words "
               "(comparison circuits' AND gates, bit decompositions)")
-register_kind("dealer_word", "64-bit word dealt", "offline rows in words: the dealer's correction words "
-              "(its PRG expansion of both parties' seeds and the correlation it forms)")
+register_kind("dealer_word", "64-bit word dealt", "offline rows in words, messages of fewer than LARGE "
+              "elements: the dealer's correction words (its PRG expansion of both parties' seeds and the "
+              "correlation it forms)")
+register_kind("dealer_word_large", "64-bit word dealt", "the same in messages of at least LARGE elements")
 # -- explicit kinds ------------------------------------------------------------------------------------
 register_kind("matmul_mac", "multiply-accumulate", "arith.matmul of more than dealer.FEW_ROWS rows: "
-              "m*k*n per product (the dealer's a@b and both parties' two products)")
+              "m*k*n per product (the dealer's a@b and both parties' two products; with the product's "
+              "openings, dealt words and truncation, which the word kinds leave out)")
 register_kind("matmul_mac_few", "multiply-accumulate", "arith.matmul of at most dealer.FEW_ROWS rows (a "
               "decode step's weight products, memory-bound)")
 register_kind("public_mac", "multiply-accumulate", "a shared matrix times a public one (arith.matmul_public, "
@@ -99,14 +106,27 @@ def ledger_kinds(ledger_df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=WORK_COLUMNS)
     measured = ledger_df.cost_source == "measured" if "cost_source" in ledger_df else True
     on = ledger_df[(ledger_df.phase == "online") & measured]
+    rounds = on.groupby(keys)["round"].nunique().rename("round")
+    # a Beaver matmul's openings and dealt words are part of its MAC kinds (priced on whole products: its
+    # blocked decode steps open a weight in cache-sized pieces, at a fraction of a large word's cost)
+    on = on[on.protocol != "matmul"]
     words = (on.elements * on.bits) / 64.0
+    large = on.elements >= LARGE
+
+    def by_op(sel, df, name):
+        return (words if df is on else off_words)[sel].groupby([df[k][sel] for k in keys]).sum().rename(name)
+
+    off = ledger_df[(ledger_df.phase == "offline") & (ledger_df.protocol != "matmul")]
+    off_words = (off.elements * off.bits) / 64.0
+    off_large = off.elements >= LARGE
     parts = [
-        on.groupby(keys)["round"].nunique().rename("round"),
-        words[on.bits == 64].groupby([on[k] for k in keys]).sum().rename("open_word"),
-        words[on.bits < 64].groupby([on[k] for k in keys]).sum().rename("bit_word"),
+        rounds,
+        by_op((on.bits == 64) & ~large, on, "open_word"),
+        by_op((on.bits == 64) & large, on, "open_word_large"),
+        by_op(on.bits < 64, on, "bit_word"),
+        by_op(~off_large, off, "dealer_word"),
+        by_op(off_large, off, "dealer_word_large"),
     ]
-    off = ledger_df[ledger_df.phase == "offline"]
-    parts.append(((off.elements * off.bits) / 64.0).groupby([off[k] for k in keys]).sum().rename("dealer_word"))
     frames = [p.reset_index().rename(columns={p.name: "amount"}).assign(kind=p.name) for p in parts if len(p)]
     if not frames:
         return pd.DataFrame(columns=WORK_COLUMNS)
