@@ -148,18 +148,25 @@ def test_a_profile_without_a_counted_kind_says_to_recalibrate(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_model_is_within_a_loose_factor_of_a_tiny_exact_run(tmp_path, monkeypatch):
-    """Calibrated here (--quick), the model of a tiny exact run's compute is within 4x of its measured CPU
-    seconds (the error on real shapes is in results/calibration/validation.csv). Not a speed assertion: a
-    ratio of two times taken in the same process, with a wide bound. Cheaper coverage of the same path: the
-    counter-exactness tests (cost == exact) and test_cost_mode_fills_compute_s_from_the_counters."""
+def test_the_model_follows_a_tiny_exact_run_within_a_loose_factor(tmp_path, monkeypatch):
+    """Calibrated here (--quick), the model of two tiny exact runs (dense, and mpcformer with its cheaper
+    approximations) keeps their ratio within 2x of the measured CPU ratio, and each within 20x of its CPU
+    seconds (results/calibration/validation.csv: on a machine at load 13 the loaded runs took 5-8x the model,
+    while the ratios to dense agreed within 12%). Not a speed assertion: ratios of times taken in one
+    process, with wide bounds. Cheaper coverage of the same path: the counter-exactness tests (cost ==
+    exact) and test_cost_mode_fills_compute_s_from_the_counters."""
     from experiments import calibrate as cal
     from experiments.run import run
 
     profile = cal.write_profile(cal.calibrate(quick=True), tmp_path / "p.json")
     monkeypatch.setenv(cm.ENV, str(profile))
-    out = tmp_path / "run"
-    run(_cfg(out, "gen_tokens=4", "model.layers=2"), out)
-    tot = pd.read_csv(out / "metrics.csv").query("network == 'lan' and phase == 'total'").iloc[0]
-    ratio = tot.compute_modelled_s / tot.compute_cpu_s
-    assert 0.25 < ratio < 4, ratio
+    tot = {}
+    for system in ("dense", "mpcformer"):
+        out = tmp_path / system
+        run(_cfg(out, f"system={system}", "gen_tokens=4", "model.layers=2"), out)
+        tot[system] = pd.read_csv(out / "metrics.csv").query("network == 'lan' and phase == 'total'").iloc[0]
+    for t in tot.values():
+        assert 1 / 20 < t.compute_modelled_s / t.compute_cpu_s < 20, t.compute_modelled_s / t.compute_cpu_s
+    modelled = tot["mpcformer"].compute_modelled_s / tot["dense"].compute_modelled_s
+    measured = tot["mpcformer"].compute_cpu_s / tot["dense"].compute_cpu_s
+    assert 0.5 < modelled / measured < 2, (modelled, measured)
