@@ -289,6 +289,41 @@ def plot(
         raise typer.Exit(2) from None
 
 
+@app.command("calibrate")
+def calibrate(
+    quick: bool = typer.Option(False, "--quick", help="smaller sizes, fewer repetitions (tests; a second or two)"),
+    out: Path = typer.Option(None, "--out", help="profile path (default: $COMET_CACHE/calibration/profile.json, "
+                                                  "which cost-mode runs read)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda (untested: no GPU was available)"),
+    overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite", help="replace an existing profile"),
+) -> None:
+    """Time each work kind of the compute model on this machine (experiments/calibrate.py) and write the
+    profile that prices cost-mode compute_s (docs/compute-model.md)."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s][%(levelname)s] %(message)s", stream=sys.stderr)
+    if device not in ("cpu", "cuda"):
+        typer.echo(f"error: --device must be cpu or cuda, got {device!r}", err=True)
+        raise typer.Exit(2)
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        typer.echo("error: --device cuda but no CUDA device is available; calibrate the CPU (the default)", err=True)
+        raise typer.Exit(2)
+    from comet_core.results.compute_model import profile_path
+    from comet_core.results.machine import refuse_existing
+    from experiments import calibrate as cal
+
+    dest = Path(out) if out is not None else profile_path(device)
+    if refuse_existing(dest, overwrite):
+        raise typer.Exit(2)
+    profile = cal.calibrate(quick=quick, device=device)
+    for line in cal.summary_lines(profile):
+        typer.echo(line)
+    typer.echo(str(cal.write_profile(profile, dest).resolve()))
+
+
 @app.command("fingerprint")
 def fingerprint(
     tables: list[Path] = typer.Argument(None, help="tables (or their folders) to stamp with fingerprint.json"),

@@ -177,10 +177,22 @@ def token_mismatch(summary: dict, o: Outcome) -> str | None:
             "range unchecked or a protocol is wrong; the run is not marked complete")
 
 
+def compute_profile(cfg, o: Outcome):
+    """The calibration profile that prices this run's work counters (results/compute_model.py), or None:
+    no counters (a tcp run's launcher), or no profile at all. Found once per run (o.profile)."""
+    from comet_core.results import compute_model
+
+    if o.work is None:
+        return None
+    if o.profile is False:
+        o.profile = compute_model.find_profile(str(cfg.device), warn=cfg.mode == "cost")
+    return o.profile
+
+
 def metrics_frame(cfg, o: Outcome, summary: dict):
     """metrics.csv: the same columns in exact and cost mode (NaN where a value was not measured)."""
     from comet_core.comm.network import Network
-    from comet_core.results import tables
+    from comet_core.results import compute_model, tables
 
     cost = cfg.mode == "cost"
     labels = dict(model=cfg.model.name, system=cfg.system.name, mode=cfg.mode, seed=cfg.seed,
@@ -192,8 +204,11 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
     selected = Network.from_cfg(cfg.network)
     selected = Network(network_label(cfg.network), selected.bandwidth_bps, selected.latency_s)
+    profile = compute_profile(cfg, o)
+    modelled = compute_model.stage_seconds(o.work, profile) if profile is not None else None
     metrics = tables.metrics_table(o.ledger, o.gen.stage_seconds, preset_networks(selected), labels,
-                                   compute_measured=not cost, cpu_seconds=o.gen.stage_cpu_seconds)
+                                   compute_measured=not cost, cpu_seconds=o.gen.stage_cpu_seconds,
+                                   modelled_seconds=modelled, compute_profile=profile.label if profile else "")
     metrics.insert(metrics.columns.get_loc("network") + 1, "network_preset", metrics.network)
     metrics.loc[metrics.network == selected.name, "network_preset"] = cfg.network.name
     metrics["plaintext_s"] = o.ref.stage_seconds["total"] if o.ref is not None else math.nan
@@ -261,6 +276,10 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
     OmegaConf.save(OmegaConf.create(saved), folder / "config.yaml")
     metrics.to_csv(folder / "metrics.csv", index=False)
     tables.ops_table(o.ledger).to_csv(folder / "ops.csv", index=False)
+    if o.work is not None:   # the work counters, priced (comm/work.py, results/compute_model.py)
+        from comet_core.results import compute_model
+
+        compute_model.priced(o.work, compute_profile(cfg, o)).to_csv(folder / "work.csv", index=False)
     if cfg.get("save_ledger", True):
         o.ledger.to_csv(folder / "ledger.csv.gz", index=False)
     if o.ref is not None:  # cost mode has no token values to list (docs/conventions.md)

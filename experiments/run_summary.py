@@ -96,13 +96,21 @@ def timing_lines(metrics, mode: str, transport: str) -> list[str]:
 
     comm = ("comm is modelled from the ledger for each network preset (rounds x one-way latency + "
             "busiest-direction bytes / bandwidth), not measured on a link")
-    if mode != "exact":
-        return [comm, "compute is not measured in mode=cost (shapes only): total = comm"]
     tot = metrics[metrics.phase == "total"].iloc[0]
+    profile = tot.get("compute_profile", "")
+    if mode != "exact":
+        if tot.get("compute_source", "none") != "modelled":
+            return [comm, "compute is not measured in mode=cost (shapes only) and no compute profile was found "
+                          "(run `comet calibrate`): total = comm"]
+        return [comm, f"compute is modelled in mode=cost: {fmt_seconds(tot.compute_s)} = the run's work counters "
+                      f"(work.csv) x unit costs of the profile {profile} (docs/compute-model.md); "
+                      f"total = compute + comm; communication only: comm"]
     cpu = tot.get("compute_cpu_s", math.nan)
     who = "P0's process" if transport == "tcp" else "this process: both parties and the dealer"
+    modelled = tot.get("compute_modelled_s", math.nan)
+    model = f"; the compute model says {fmt_seconds(modelled)} (work.csv)" if modelled == modelled else ""
     return [comm, f"compute is measured on this machine: {fmt_seconds(tot.compute_s)} wall, {fmt_seconds(cpu)} "
-                  f"CPU ({who}, all threads); total = compute + comm"]
+                  f"CPU ({who}, all threads){model}; total = compute + comm"]
 
 
 def summary_text(s: dict) -> str:

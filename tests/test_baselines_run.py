@@ -36,10 +36,14 @@ def test_baseline_runs_and_matches_its_reference(tmp_path, system, model):
     assert set(ops.cost_source) == ({"measured", "model"} if modelled else {"measured"})
 
 
-def _ledger(tmp_path, *over):
+def _outcome(tmp_path, *over):
     from experiments.run import execute
 
-    return execute(_cfg(tmp_path, "seed=1", "prompt_len=5", "gen_tokens=2", *over)).ledger
+    return execute(_cfg(tmp_path, "seed=1", "prompt_len=5", "gen_tokens=2", *over))
+
+
+def _ledger(tmp_path, *over):
+    return _outcome(tmp_path, *over).ledger
 
 
 def _per_op(ledger) -> pd.DataFrame:
@@ -55,10 +59,14 @@ def test_cost_mode_equals_exact_mode_ledger(tmp_path, system, model):
     OPT and a Llama shape, prefill and decode): a published cost-mode table prices the system's own
     protocols. Comet (counts from the exact run's masks): tests/test_comet.py."""
     common = [f"system={system}", f"model={model}"]
-    e = _ledger(tmp_path, *common)
-    c = _ledger(tmp_path, *common, "mode=cost")
+    eo, co = _outcome(tmp_path, *common), _outcome(tmp_path, *common, "mode=cost")
+    e, c = eo.ledger, co.ledger
     assert e.layer.nunique() >= 2 and {"prefill", "decode"} <= set(e.stage)
     pd.testing.assert_frame_equal(e, c)
+    # the work counters that price cost-mode compute (comm/work.py) are the exact run's, count for count
+    assert {"round", "open_word", "matmul_mac", "matmul_mac_few"} <= set(eo.work.kind)
+    assert ("float_elem" in set(eo.work.kind)) == (system in ("iron", "bolt"))
+    pd.testing.assert_frame_equal(eo.work, co.work)
 
 
 @pytest.mark.parametrize("model, over", [("tiny-opt", ()), ("tiny-llama", ()),

@@ -77,7 +77,8 @@ def test_refused_run_touches_nothing_and_overwrite_replaces_wholesale(tmp_path):
     assert "mode=cost" in (out / ".hydra" / "overrides.yaml").read_text().replace("- ", "")
     cost = pd.read_csv(out / "metrics.csv")
     assert set(cost.columns) == exact_cols  # same columns in both modes
-    assert cost.max_logit_err.isna().all() and cost.compute_s.isna().all()
+    assert cost.max_logit_err.isna().all() and cost.compute_cpu_s.isna().all()
+    assert (cost.compute_source == "modelled").all() and (cost[cost.phase == "total"].compute_s > 0).all()
     info = json.loads((out / "run_info.json").read_text())
     assert peak <= memory.exact_run_bytes(OmegaConf.load(REPO / "conf/model/tiny-opt.yaml"), 2, 77 + 1) <= 4 * peak
     assert {"torch", "transformers"} <= set(info["packages"]) and info["git_revision"] and info["host"]

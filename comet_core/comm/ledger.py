@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from comet_core.comm.work import Work
+
 COLUMNS = [
     "phase", "stage", "layer", "op", "protocol", "sender", "receiver",
     "elements", "bits", "bytes", "round", "cost_source",
@@ -57,6 +59,7 @@ class Ledger:
         self.round = 0  # online rounds so far
         self._labels = {"stage": "", "layer": -1, "op": ""}
         self._protocol: list[str] = []
+        self.work = Work(self)   # local work counts beside the messages (comm/work.py)
 
     # -- labels -------------------------------------------------------------------------------
     @contextlib.contextmanager

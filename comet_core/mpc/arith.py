@@ -6,7 +6,9 @@ P0 and P1, offline bytes the dealer's corrections (see dealer.py). n = elements.
 
 from __future__ import annotations
 
+import math
 import weakref
+from types import SimpleNamespace
 
 import torch
 
@@ -238,6 +240,7 @@ def matmul_public(x: AShare, w: torch.Tensor) -> AShare:
     """x @ w for a public real matrix w: local ring matmul, then truncate. Cost: truncate_cost."""
     mpc = x.mpc
     enc = ring.encode(w.to(x.data.device), mpc.frac_bits)
+    count_macs(mpc, x.data.shape, enc.shape, kind="public_mac")   # both shares
     with mpc.ledger.protocol("matmul_public"):
         check_product(x, w, x.frac + mpc.frac_bits, matrix=True, what="x @ public")
         return _rescale_to_f(AShare(mm.ring_matmul(x.data, enc), mpc, x.frac + mpc.frac_bits))
@@ -323,6 +326,7 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     """
     mpc = x.mpc
     reuse = mpc.config.reuse_weight_masks if reuse_mask is None else reuse_mask
+    count_macs(mpc, x.shape, y.shape, select)
     with mpc.ledger.protocol("matmul"):
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f, matrix=True, what="x @ y")
@@ -361,6 +365,23 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         z = eb.add_(af).reshape(c.data.shape).add_(c.data) if not eb.is_meta else \
             (eb + af).reshape(c.data.shape) + c.data
         return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
+
+
+def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None) -> None:
+    """Count a product's multiply-accumulates (comm/work.py), from shapes only (the same in both modes):
+    prod(output shape) * k, as `matmul_mac_few` for at most dealer.FEW_ROWS rows of x, else `matmul_mac`."""
+    from comet_core.mpc.dealer import FEW_ROWS
+
+    ys = list(y_shape)
+    if select is not None:
+        ys[select[0]] = int(select[1].numel())
+    k = int(x_shape[-1]) if len(x_shape) else 1
+    out = mm._matmul_shape(SimpleNamespace(shape=tuple(x_shape)), SimpleNamespace(shape=tuple(ys)))
+    macs = math.prod(out) * k
+    if kind is None:
+        rows = math.prod(x_shape[:-1]) if len(x_shape) > 1 else 1
+        kind = "matmul_mac_few" if rows <= FEW_ROWS else "matmul_mac"
+    mpc.ledger.work.add(kind, macs)
 
 
 def matmul_cost(mpc: MPC, n_x: int, n_y: int, n_z: int, reused: bool = False) -> Cost:

@@ -59,6 +59,7 @@ def _compare(x: AShare, relu: bool, offsets: np.ndarray | None = None):
     P = x.data.shape[0]
     h = mpc.next_handle()
     masks = mpc.dealer.fss_mask(h, n, relu)
+    mpc.ledger.work.add("dcf_elem", n)   # n DCF evaluations by each party (comm/work.py)
     (c,) = mpc.open(x._wrap(x.data.reshape(P, n) + masks[0].data))
     w = 2 if relu else 1
     if c.is_meta:

@@ -471,4 +471,5 @@ def ideal_op(x: AShare, fn: str, steps: list[Step], **kwargs) -> AShare:
     mpc = x.mpc
     with mpc.ledger.protocol(f"ideal.{fn}"):
         book(mpc, steps)
+        mpc.ledger.work.add("float_elem", x.numel())   # the trusted party's float64 evaluation (comm/work.py)
         return mpc.dealer.ideal(x.data, x.frac, fn, mpc.frac_bits, kwargs)

@@ -54,6 +54,7 @@ def permute(x: AShare, dim: int, perm: Permutation) -> AShare:
     mpc = x.mpc
     d = dim if dim >= 0 else x.dim() + dim
     shape = tuple(x.shape)
+    mpc.ledger.work.add("shuffle_elem", x.numel())   # comm/work.py: the same count in both modes
     with mpc.ledger.protocol("permute"):
         a, b, dd, a2, b2, dd2 = mpc.dealer.permute_masks(shape, d, perm.handle, sender=perm.source)
         if x.data.is_meta:

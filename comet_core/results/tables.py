@@ -52,10 +52,21 @@ def stage_totals(ledger_df: pd.DataFrame, stage: str | None) -> dict:
 
 def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], networks: list[Network],
                   labels: dict, compute_measured: bool,
-                  cpu_seconds: dict[str, float] | None = None) -> pd.DataFrame:
+                  cpu_seconds: dict[str, float] | None = None,
+                  modelled_seconds: dict[str, float] | None = None, compute_profile: str = "") -> pd.DataFrame:
     """One row per network x phase (prefill, decode, total); time = compute + modelled comm.
     ``cpu_seconds``: the CPU time per stage beside the wall time (``compute_cpu_s``; NaN when not given):
-    on a shared machine wall time grows with the load, CPU time much less."""
+    on a shared machine wall time grows with the load, CPU time much less.
+    ``modelled_seconds``: the compute model's seconds per stage (results/compute_model.py), in the column
+    ``compute_modelled_s`` in both modes; in cost mode (``compute_measured`` false) they are compute_s too,
+    and ``compute_source`` says which (measured | modelled | none: cost mode without a profile).
+    ``comm_s`` alone is the communication-only time; ``total_s`` = compute_s + comm_s."""
+    def _sum(d, stage):
+        if d is None:
+            return math.nan
+        return sum(d.get(s, 0.0) for s in STAGES) if stage == "total" else d.get(stage, 0.0)
+
+    source = "measured" if compute_measured else ("modelled" if modelled_seconds is not None else "none")
     rows = []
     # the label columns as categories: each stage's masks compare integer codes, not strings (same sums)
     labels_cols = [c for c in ("stage", "phase", "sender", "cost_source") if c in ledger_df]
@@ -64,11 +75,8 @@ def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], netw
     for net in networks:   # the ledger's totals once per stage; only the pricing depends on the network
         for stage in (*STAGES, "total"):
             t = totals[stage]
-            if stage == "total":
-                compute = sum(stage_seconds.get(s, 0.0) for s in STAGES)
-            else:
-                compute = stage_seconds.get(stage, 0.0)
-            compute = compute if compute_measured else math.nan
+            modelled = _sum(modelled_seconds, stage)
+            compute = _sum(stage_seconds, stage) if compute_measured else modelled
             cpu = (sum(cpu_seconds.get(s, 0.0) for s in STAGES) if stage == "total" else cpu_seconds.get(stage, 0.0)) \
                 if cpu_seconds and compute_measured else math.nan
             comm = net.comm_seconds(t["rounds"], t["busiest_direction_bytes"])
@@ -76,10 +84,12 @@ def metrics_table(ledger_df: pd.DataFrame, stage_seconds: dict[str, float], netw
                 **labels, network=net.name, phase=stage, **t,
                 compute_s=compute, compute_cpu_s=cpu, comm_s=comm,
                 total_s=(0.0 if math.isnan(compute) else compute) + comm,
+                compute_source=source, compute_modelled_s=modelled, compute_profile=compute_profile,
                 bandwidth_bps=net.bandwidth_bps, latency_s=net.latency_s,
                 compute_measured=compute_measured,
                 bytes_convention="online_bytes: both directions P0<->P1; offline_bytes: dealer to both parties",
-                time_convention="rounds x one-way latency + busiest-direction bytes / bandwidth",
+                time_convention="comm_s = rounds x one-way latency + busiest-direction bytes / bandwidth; "
+                                "total_s = compute_s + comm_s",
             ))
     return pd.DataFrame(rows)
 

@@ -54,6 +54,8 @@ def readable_table(metrics) -> str:
     for c in ("compute_s", "compute_cpu_s", "comm_s", "total_s"):
         if c in df:
             df[c] = df[c].map(fmt_seconds)
-    df = df.rename(columns={"online_bytes": "online", "offline_bytes": "offline", "compute_s": "compute (wall)",
+    modelled = "compute_source" in metrics and (metrics.compute_source == "modelled").all()
+    df = df.rename(columns={"online_bytes": "online", "offline_bytes": "offline",
+                            "compute_s": "compute (modelled)" if modelled else "compute (wall)",
                             "compute_cpu_s": "compute (CPU)", "comm_s": "comm (modelled)", "total_s": "total"})
     return df.to_string(index=False)

@@ -28,6 +28,8 @@ class Outcome:
     system: object = None  # the system (sparse systems keep what they revealed: sparsity.csv)
     extra_refs: list = field(default_factory=list)   # [(source, Generation)] shown beside the reference
     transport: dict | None = None   # transport=tcp: socket counters, in-process check, roles (tcp_run.py)
+    work: object = None    # work counters (comm/work.py work_table; None: not counted, e.g. a tcp launcher)
+    profile: object = False   # the compute profile that prices `work` (False: not looked up yet)
 
 
 def execute(cfg, memory_checked: bool = False) -> Outcome:
@@ -88,8 +90,11 @@ def execute(cfg, memory_checked: bool = False) -> Outcome:
     if refs is None and not cost:   # a sparse system's reference uses what the private run revealed
         refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
     ref, extra_refs = refs if refs is not None else (None, [])
-    return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=mpc.ledger.frame(), n_layers=model.n_layers,
-                   system=system, extra_refs=extra_refs)
+    from comet_core.comm.work import work_table
+
+    ledger = mpc.ledger.frame()
+    return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=ledger, n_layers=model.n_layers,
+                   system=system, extra_refs=extra_refs, work=work_table(ledger, mpc.ledger.work))
 
 
 def plaintext_references(system, plain, plain_weights, ids: list[int], gen_tokens: int):

@@ -58,6 +58,9 @@ def validate_config(cfg, role: str | None = None) -> None:
         load_prompt(cfg)
     Network.from_cfg(cfg.network)
     engine_config(cfg)
+    from comet_core.results.compute_model import check_profile_env
+
+    check_profile_env()   # a compute profile named by $COMET_COMPUTE_PROFILE exists and is valid
     n_layers(cfg.model)
     if cfg.prompt_len is not None:
         check_positions(int(cfg.prompt_len), cfg.model, cfg.gen_tokens)

@@ -1,0 +1,145 @@
+"""Work counters beside the ledger: how much local computation each operator did, by kind.
+
+The ledger says what went on the wire; these counters say what the parties (and the dealer) computed
+between messages, so that cost mode can price compute as well as communication
+(comet_core/results/compute_model.py: seconds = sum over kinds of count x the kind's unit cost from a
+`comet calibrate` profile).
+
+Two sources, both the same in exact and cost mode (tests/test_baselines_run.py, tests/test_comet.py):
+  * explicit counts: a protocol step calls `ledger.work.add(kind, amount)` (a Beaver matmul's
+    multiply-accumulates, a shuffle's permuted elements, an ideal functionality's float elements, FSS
+    DCF evaluations); every count is keyed by the ledger's current (stage, layer, op) labels;
+  * counts read off the ledger's own rows (`ledger_kinds`): online rounds, 64-bit words opened,
+    packed bit fields opened (comparison circuits), dealer correction words. They need no hook: the
+    local work of masking, unmasking and combining shares grows with what is opened.
+Counts are for the in-process simulation: both parties and the dealer, as exact mode's compute_s measures.
+
+A new protocol registers its kind with `register_kind` (and, to price it, a microbenchmark with
+experiments/calibrate.register_benchmark).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+WORK_COLUMNS = ["stage", "layer", "op", "kind", "amount"]
+LARGE = 1 << 15   # elements per message from which a word counts as large (256 KiB per share)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    unit: str          # what one count is
+    doc: str           # where it is counted
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register_kind(name: str, unit: str, doc: str) -> Kind:
+    """Declare a work kind (idempotent for the same definition). Counts of unknown kinds are refused."""
+    k = Kind(name, unit, doc)
+    old = KINDS.get(name)
+    if old is not None and old != k:
+        raise ValueError(f"work kind {name!r} is already registered as {old}")
+    KINDS[name] = k
+    return k
+
+
+# -- kinds read off the ledger rows --------------------------------------------------------------------
+register_kind("round", "online round", "each online round of a protocol that ran (cost_source=measured): "
+              "the fixed local cost of one protocol step (dispatch, message assembly)")
+register_kind("open_word", "64-bit word opened", "elements of 64 bits on the wire online (both directions, "
+              "measured rows) in messages of fewer than LARGE elements: forming x - a, adding the peer's "
+              "share, the local products that follow")
+register_kind("open_word_large", "64-bit word opened", "the same in messages of at least LARGE elements (their "
+              "buffers leave the caches and come fresh from the kernel: several times the cost per word)")
+register_kind("bit_word", "64-bit word of packed bit fields", "online fields of fewer than 64 bits, in words "
+              "(comparison circuits' AND gates, bit decompositions)")
+register_kind("dealer_word", "64-bit word dealt", "offline rows in words, messages of fewer than LARGE "
+              "elements: the dealer's correction words (its PRG expansion of both parties' seeds and the "
+              "correlation it forms)")
+register_kind("dealer_word_large", "64-bit word dealt", "the same in messages of at least LARGE elements")
+# -- explicit kinds ------------------------------------------------------------------------------------
+register_kind("matmul_mac", "multiply-accumulate", "arith.matmul of more than dealer.FEW_ROWS rows: "
+              "m*k*n per product (the dealer's a@b and both parties' two products; with the product's "
+              "openings, dealt words and truncation, which the word kinds leave out)")
+register_kind("matmul_mac_few", "multiply-accumulate", "arith.matmul of at most dealer.FEW_ROWS rows (a "
+              "decode step's weight products, memory-bound)")
+register_kind("public_mac", "multiply-accumulate", "a shared matrix times a public one (arith.matmul_public, "
+              "pairmax's indicator sums): m*k*n, both shares")
+register_kind("shuffle_elem", "element permuted", "shuffle.permute: elements of the permuted share")
+register_kind("float_elem", "element", "an ideal functionality's float64 evaluation (mpc/ideal.py)")
+register_kind("dcf_elem", "comparison", "FSS comparisons (mpc/fss.py): one DCF key evaluated per element "
+              "by both parties (AES-MMO per level)")
+
+
+class Work:
+    """Explicit work counts of one ledger, keyed by its labels at the time of the count."""
+
+    __slots__ = ("ledger", "counts")
+
+    def __init__(self, ledger) -> None:
+        self.ledger = ledger
+        self.counts: dict[tuple, float] = {}
+
+    def add(self, kind: str, amount) -> None:
+        if kind not in KINDS:
+            raise KeyError(f"unknown work kind {kind!r}; register it with comet_core.comm.work.register_kind")
+        lab = self.ledger._labels
+        key = (lab["stage"], lab["layer"], lab["op"], kind)
+        self.counts[key] = self.counts.get(key, 0) + amount
+
+    def frame(self) -> pd.DataFrame:
+        rows = [(*k, v) for k, v in self.counts.items()]
+        return pd.DataFrame(rows, columns=WORK_COLUMNS)
+
+
+def ledger_kinds(ledger_df: pd.DataFrame) -> pd.DataFrame:
+    """Work read off ledger rows per (stage, layer, op): rounds, 64-bit words and packed words opened online
+    (measured rows only: a modelled row's traffic is an ideal functionality's, with no local steps here),
+    the dealer's words offline."""
+    keys = ["stage", "layer", "op"]
+    if ledger_df.empty:
+        return pd.DataFrame(columns=WORK_COLUMNS)
+    measured = ledger_df.cost_source == "measured" if "cost_source" in ledger_df else True
+    on = ledger_df[(ledger_df.phase == "online") & measured]
+    rounds = on.groupby(keys)["round"].nunique().rename("round")
+    # a Beaver matmul's openings and dealt words are part of its MAC kinds (priced on whole products: its
+    # blocked decode steps open a weight in cache-sized pieces, at a fraction of a large word's cost)
+    on = on[on.protocol != "matmul"]
+    words = (on.elements * on.bits) / 64.0
+    large = on.elements >= LARGE
+
+    def by_op(sel, df, name):
+        return (words if df is on else off_words)[sel].groupby([df[k][sel] for k in keys]).sum().rename(name)
+
+    off = ledger_df[(ledger_df.phase == "offline") & (ledger_df.protocol != "matmul")]
+    off_words = (off.elements * off.bits) / 64.0
+    off_large = off.elements >= LARGE
+    parts = [
+        rounds,
+        by_op((on.bits == 64) & ~large, on, "open_word"),
+        by_op((on.bits == 64) & large, on, "open_word_large"),
+        by_op(on.bits < 64, on, "bit_word"),
+        by_op(~off_large, off, "dealer_word"),
+        by_op(off_large, off, "dealer_word_large"),
+    ]
+    frames = [p.reset_index().rename(columns={p.name: "amount"}).assign(kind=p.name) for p in parts if len(p)]
+    if not frames:
+        return pd.DataFrame(columns=WORK_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)[WORK_COLUMNS]
+    return out[out.amount > 0]
+
+
+def work_table(ledger_df: pd.DataFrame, work) -> pd.DataFrame:
+    """All work of a run, one row per (stage, layer, op, kind): the explicit counts and the ledger's."""
+    explicit = work.frame() if isinstance(work, Work) else work
+    parts = [f for f in (explicit, ledger_kinds(ledger_df)) if len(f)]
+    if not parts:
+        return pd.DataFrame(columns=WORK_COLUMNS)
+    df = pd.concat(parts, ignore_index=True)
+    df = df.groupby(["stage", "layer", "op", "kind"], as_index=False, sort=True)["amount"].sum()
+    return df.astype({"layer": "int64", "amount": "float64"})

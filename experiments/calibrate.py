@@ -1,0 +1,239 @@
+"""`comet calibrate`: time the engine's own protocols on this machine and fit one cost per work kind.
+
+1. Each benchmark runs one protocol in exact mode (in-process simulation, as exact runs compute) on fresh
+   shares, `reps` times; its time is the median, its work the counters it left (comm/work.py).
+2. The unit costs, in the benchmarks' order: each benchmark prices one kind (`prices`) from its time less
+   what the kinds priced before it explain (a tiny multiply prices the round, a dealer-only triple the dealt
+   word, openings and products of activation sizes the opened word, and of 2^17 elements the large one, a
+   comparison of 2^12 elements the packed bit word, then the matmuls, the shuffle, ...). Benchmarks that price nothing (a large multiply) are checks: their
+   `fit_ratio` (modelled / measured) says how well the units add up on a protocol not used to fit them.
+3. The profile (results/compute_model.py FORMAT) records the CPU model, vector flags, threads, torch and
+   numpy versions, the load, every benchmark with its fitted time, and the units; written atomically to
+   $COMET_CACHE/calibration/profile.json unless --out says otherwise.
+`--quick` (tests): smaller sizes and fewer repetitions, a second or two. A new work kind registers a
+benchmark with `register_benchmark`. `--device cuda` times the same protocols on a CUDA device
+(profile-cuda.json); that path has not been run on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("comet.calibrate")
+
+SAMPLE_S = 0.04    # seconds per timed sample (a quarter with --quick)
+# CPU seconds of this process (all its threads): what other processes on a shared machine take from it is
+# not counted, as it would be in wall time (the calibration host of results/calibration ran at load 5-12)
+CLOCK = time.process_time
+MAX_INNER = 200    # calls per sample at most
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    setup: Callable      # (mpc, quick) -> inputs (shared before timing)
+    op: Callable         # (mpc, inputs) -> None: the timed protocol
+    prices: str | None = None    # the work kind this benchmark prices (None: a check)
+    config: dict | None = None   # EngineConfig overrides (e.g. comparison=fss)
+
+
+BENCHMARKS: list[Benchmark] = []
+
+
+def register_benchmark(name: str, setup: Callable, op: Callable, prices: str | None = None,
+                       config: dict | None = None) -> None:
+    """Add a benchmark (a protocol whose time prices the work kind `prices`, after the kinds priced by the
+    benchmarks before it) to every later calibration."""
+    if not BENCHMARKS:
+        _defaults()
+    if any(b.name == name for b in BENCHMARKS):
+        raise ValueError(f"benchmark {name!r} is already registered")
+    BENCHMARKS.append(Benchmark(name, setup, op, prices, config))
+
+
+# -- the default benchmarks ------------------------------------------------------------------------------
+
+def _vec(mpc, n):
+    import torch
+
+    return mpc.share(torch.randn(n, dtype=torch.float64, device=mpc.device))
+
+
+def _mat(mpc, *shape):
+    import torch
+
+    return mpc.share(torch.randn(*shape, dtype=torch.float64, device=mpc.device) * 0.1)
+
+
+def _defaults() -> None:
+    from comet_core.mpc import arith, compare, fss, ideal, shuffle
+
+    n = lambda q, full, quick: 1 << (quick if q else full)   # noqa: E731
+    add = lambda *a, **k: BENCHMARKS.append(Benchmark(*a, **k))   # noqa: E731
+    # a round's fixed cost: tiny protocols (a multiply, a comparison, a ReLU), whose time is nearly all per round
+    add("mul_1", lambda m, q: (_vec(m, 1), _vec(m, 1)), lambda m, a: arith.mul(*a), prices="round")
+    add("ltz_1", lambda m, q: _vec(m, 1), lambda m, a: compare.ltz(a), prices="round")
+    add("relu_1", lambda m, q: _vec(m, 1), lambda m, a: compare.relu(a), prices="round")
+    big = lambda q: 1 << (16 if q else 17)   # noqa: E731  (messages of at least work.LARGE elements)
+    add("triple_n", lambda m, q: (n(q, 14, 13),), lambda m, a: m.dealer.mul_triple((a[0],), (a[0],)),
+        prices="dealer_word")
+    add("triple_large", lambda m, q: (big(q),), lambda m, a: m.dealer.mul_triple((a[0],), (a[0],)),
+        prices="dealer_word_large")
+    # an opened word: openings and the elementwise protocols built on them, of activation sizes
+    add("open_n", lambda m, q: _vec(m, n(q, 14, 14)), lambda m, a: m.open(a), prices="open_word")
+    add("mul_n", lambda m, q: (_vec(m, n(q, 14, 13)),) * 2, lambda m, a: arith.mul(*a), prices="open_word")
+    add("square_n", lambda m, q: _vec(m, n(q, 14, 13)), lambda m, a: arith.square(a), prices="open_word")
+    add("open_large", lambda m, q: _vec(m, big(q)), lambda m, a: m.open(a), prices="open_word_large")
+    add("mul_large", lambda m, q: (_vec(m, big(q)),) * 2, lambda m, a: arith.mul(*a), prices="open_word_large")
+    add("square_large", lambda m, q: _vec(m, big(q)), lambda m, a: arith.square(a), prices="open_word_large")
+    # a packed bit word: comparison circuits (DReLU's adder tree; ReLU adds its multiplexer)
+    add("ltz_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.ltz(a), prices="bit_word")
+    add("relu_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.relu(a), prices="bit_word")
+    add("matmul", lambda m, q: (_mat(m, 128, 256), _mat(m, 256, 256)) if q else (_mat(m, 128, 768), _mat(m, 768, 768)),
+        lambda m, a: arith.matmul(*a), prices="matmul_mac")
+    add("matmul_few", lambda m, q: (_mat(m, 1, 512), _mat(m, 512, 1024)) if q else (_mat(m, 1, 768), _mat(m, 768, 3072)),
+        lambda m, a: arith.matmul(*a), prices="matmul_mac_few")
+    add("matmul_public", lambda m, q: (_mat(m, 16, 256), _plain(m, 256, 256)), lambda m, a: arith.matmul_public(*a),
+        prices="public_mac")
+    add("permute", lambda m, q: (_vec(m, n(q, 14, 13)), shuffle.Permutation(m, n(q, 14, 13))),
+        lambda m, a: shuffle.permute(a[0], -1, a[1]), prices="shuffle_elem")
+    add("ideal_silu", lambda m, q: _vec(m, n(q, 14, 13)),
+        lambda m, a: ideal.ideal_op(a, "silu", ideal.silu_steps(ideal.Params(), a.numel())), prices="float_elem")
+    add("fss_ltz", lambda m, q: _vec(m, n(q, 10, 9)), lambda m, a: fss.ltz(a), prices="dcf_elem",
+        config={"comparison": "fss"})
+
+def _plain(mpc, *shape):
+    import torch
+
+    return torch.randn(*shape, dtype=torch.float64) * 0.1
+
+
+# -- timing -------------------------------------------------------------------------------------------
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_benchmark(b: Benchmark, quick: bool, reps: int, device: str = "cpu") -> dict:
+    """CPU seconds (CLOCK) of one call of the protocol in steady state (as a run's thousands of calls are): on one
+    engine, a first call warms up (numba compiles, buffers fault in) and counts the work; then the fastest
+    of `reps` samples (the least disturbed by other processes), each of `inner` calls lasting about
+    SAMPLE_S."""
+    from comet_core.comm.work import work_table
+    from comet_core.mpc.engine import MPC, EngineConfig
+
+    mpc = MPC(EngineConfig(**(b.config or {})), seed=1000, device=device, mode="exact")
+    inputs = b.setup(mpc, quick)
+    led = mpc.ledger
+    led.rows.clear()
+    led.work.counts.clear()
+    b.op(mpc, inputs)
+    w = work_table(led.frame(), led.work)
+    counts = {str(k): float(v) for k, v in w.groupby("kind").amount.sum().items()}
+    target = SAMPLE_S / (4 if quick else 1)
+    clock = time.perf_counter if device == "cuda" else CLOCK   # a GPU's work is not this process's CPU time
+    best, inner = float("inf"), 1
+    for i in range(reps + 1):
+        led.rows.clear()   # the samples' messages are not kept (a sample may book thousands of rows)
+        _sync(device)
+        t0 = clock()
+        for _ in range(inner):
+            b.op(mpc, inputs)
+        _sync(device)
+        dt = (clock() - t0) / inner
+        if i == 0:   # a second warm-up: how many calls make one sample
+            inner = max(1, min(MAX_INNER, int(target / max(dt, 1e-7))))
+            continue
+        best = min(best, dt)
+    led.rows.clear()
+    return dict(name=b.name, seconds=best, reps=reps, inner=inner, counts=counts)
+
+def fit_units(rows: list[dict], prices: list[str | None]) -> dict[str, float]:
+    """Each kind priced in the benchmarks' order, from the benchmarks that price it together: (their
+    seconds - what the kinds priced before explain) / their count of that kind, never below 0."""
+    units: dict[str, float] = {}
+    order = list(dict.fromkeys(k for k in prices if k is not None))
+    for kind in order:
+        group = [r for r, k in zip(rows, prices) if k == kind and r["counts"].get(kind)]
+        if not group:
+            continue
+        rest = sum(r["seconds"] - sum(units.get(k, 0.0) * v for k, v in r["counts"].items() if k != kind)
+                   for r in group)
+        units[kind] = max(0.0, rest) / sum(r["counts"][kind] for r in group)
+    return units
+
+def host_record(device: str) -> dict:
+    import numpy as np
+    import torch
+
+    from comet_core.results.machine import cpu_info
+
+    model, flags = cpu_info()
+    rec = dict(cpu_model=model, flags=flags, cores=os.cpu_count(), threads=torch.get_num_threads(),
+               torch=torch.__version__, numpy=np.__version__, python=platform.python_version(),
+               platform=platform.platform(), hostname=platform.node())
+    if device == "cuda":
+        rec["gpu"] = torch.cuda.get_device_name(0)
+    return rec
+
+
+def calibrate(quick: bool = False, device: str = "cpu", reps: int | None = None) -> dict:
+    """Every benchmark timed, the units fitted; the profile as a dict (not yet written)."""
+    from comet_core.comm.work import KINDS
+    from comet_core.results.compute_model import FORMAT
+    from comet_core.results.tables import git_revision
+
+    if not BENCHMARKS:
+        _defaults()
+    reps = reps or (3 if quick else 7)
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    rows = [run_benchmark(b, quick, reps, device) for b in BENCHMARKS]
+    units = fit_units(rows, [b.prices for b in BENCHMARKS])
+    for r in rows:
+        r["fitted_s"] = sum(units.get(k, 0.0) * v for k, v in r["counts"].items())
+        r["fit_ratio"] = r["fitted_s"] / r["seconds"]
+    unpriced = sorted(set(KINDS) - set(units))
+    if unpriced:
+        log.warning("no benchmark exercises %s: runs that count them cannot be priced", ", ".join(unpriced))
+    return dict(format=FORMAT, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                command="comet calibrate" + (" --quick" if quick else "") + (f" --device {device}" if device != "cpu" else ""),
+                git_rev=git_revision(), device=device, quick=quick, host=host_record(device),
+                load_avg_before=list(load0), load_avg_after=list(os.getloadavg()),
+                seconds=time.perf_counter() - t0, clock="wall" if device == "cuda" else "process CPU",
+                units_s=units,
+                kinds={k: KINDS[k].unit for k in units if k in KINDS}, benchmarks=rows)
+
+
+def write_profile(profile: dict, out: Path) -> Path:
+    """Atomically (a temporary file renamed into place)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(profile, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def summary_lines(profile: dict) -> list[str]:
+    h = profile["host"]
+    lines = [f"{h['cpu_model']} ({h['flags'] or 'no vector flags'}), {h['threads']} torch threads, torch "
+             f"{h['torch']}, numpy {h['numpy']}; load {profile['load_avg_before'][0]:.1f}",
+             f"{'kind':<16}{'ns per count':>14}  unit"]
+    for k, v in sorted(profile["units_s"].items()):
+        lines.append(f"{k:<16}{v * 1e9:>14.4g}  {profile['kinds'].get(k, '')}")
+    worst = max(profile["benchmarks"], key=lambda r: abs(r["fit_ratio"] - 1))
+    lines.append(f"fit: worst benchmark {worst['name']} at {worst['fit_ratio']:.2f}x its measured time")
+    return lines
