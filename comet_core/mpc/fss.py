@@ -59,7 +59,8 @@ def _compare(x: AShare, relu: bool, offsets: np.ndarray | None = None):
     P = x.data.shape[0]
     h = mpc.next_handle()
     masks = mpc.dealer.fss_mask(h, n, relu)
-    mpc.ledger.work.add("dcf_elem", n)   # n DCF evaluations by each party (comm/work.py)
+    K = 1 if offsets is None else len(offsets)
+    mpc.ledger.work.add("dcf_elem", n * K)   # n K DCF evaluations by each party (comm/work.py)
     (c,) = mpc.open(x._wrap(x.data.reshape(P, n) + masks[0].data))
     w = 2 if relu else 1
     if c.is_meta:
@@ -67,7 +68,6 @@ def _compare(x: AShare, relu: bool, offsets: np.ndarray | None = None):
             mpc.dealer.fss_keys(h, lo, hi, relu, hi == n)
         return masks, None, None
     c = c.cpu().numpy()
-    K = 1 if offsets is None else len(offsets)
     pts = c[:, None] if offsets is None else c[:, None] - offsets[None, :]         # (n, K), wrapping
     y = (pts & _LOW63).view(np.uint64)
     u = np.empty((P, n, K, w), dtype=np.int64)
