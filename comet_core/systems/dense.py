@@ -32,19 +32,21 @@ class DenseSystem:
     IDEAL_PARAMS = staticmethod(ops._iron_params)   # building-block sizes of modelled (OT) operators
 
     def __init__(self, cfg=None) -> None:
-        self.cfg = cfg
-        get = (lambda k: cfg.get(k)) if cfg is not None else (lambda k: None)
+        """``cfg``: the system's typed params (comet_core/config/typed.py; a mapping is converted, None: defaults)."""
+        from comet_core.config.typed import system_params
+
+        self.cfg = cfg = system_params(cfg, default=self.name)
         acts = dict(self.ACTIVATIONS)
-        acts.update({str(k): str(v) for k, v in dict(get("activations") or {}).items()})
+        acts.update({str(k): str(v) for k, v in cfg.activations.items()})
         unknown = set(acts) - set(ACT_KINDS)
         if unknown:
             raise ConfigError(f"system '{self.name}': activations has unknown kinds {sorted(unknown)}; valid: {', '.join(ACT_KINDS)}")
-        self.params = {str(k): v for k, v in dict(get("params") or {}).items()}
+        self.params = {str(k): v for k, v in cfg.params.items()}
         self.params["_ideal"] = self.IDEAL_PARAMS(self.params)
         self.act_ops = {k: ops.lookup(ops.ACTIVATIONS, v, "activation", self.name) for k, v in acts.items()}
         self.act_names = acts
-        self.softmax_name = str(get("softmax") or self.SOFTMAX)
-        self.norm_name = str(get("norm") or self.NORM)
+        self.softmax_name = str(cfg.softmax or self.SOFTMAX)
+        self.norm_name = str(cfg.norm or self.NORM)
         self.softmax_op = ops.lookup(ops.SOFTMAXES, self.softmax_name, "softmax", self.name)
         self.norm_op = ops.lookup(ops.NORMS, self.norm_name, "norm", self.name)
 
@@ -59,8 +61,9 @@ class DenseSystem:
         differ from the unmodified model's; with none, the run computes the plaintext function in fixed point."""
         return any(v != "exact" for v in (*self.act_names.values(), self.softmax_name, self.norm_name))
 
-    def validate(self, cfg) -> None:
-        """Refuse (one-line CometError) a run this system cannot do, before any work: the full run config."""
+    def validate(self, mode: str, model) -> None:
+        """Refuse (one-line CometError) a run this system cannot do, before any work: ``mode`` (exact | cost)
+        and the typed ``model`` (ModelSchema)."""
 
     # -- request and step hooks (systems with per-request state override them) ----------------------
     def prepare(self, mpc, weights, model_cfg) -> None:
