@@ -10,9 +10,10 @@ Open and closed groups (the choice, documented in docs/conventions.md):
 
 - closed (every key declared, typed): the primary configs, ``model``, ``network``, ``engine``, ``lm``,
   ``predictor``. A new key in one of their YAML files must be declared here too (one line).
-- open: ``system``. Systems differ in their knobs (``comet``'s predictor and thresholds, ``puma``'s
-  approximations, ...), so a ``conf/system/<name>.yaml`` may carry keys of its own; ``check_config``
-  requires only ``name`` (a string). A system validates its own keys when it is built.
+- per family: ``system``. Systems differ in their knobs (``comet``'s predictor and thresholds, ``puma``'s
+  approximations, ...), so the schema here requires only ``name`` (a string); the keys of each family are
+  declared in comet_core/config/typed.py (``DenseParams`` for every system, ``CometParams`` for comet), and
+  ``check_run_config`` refuses any other key there (one line listing the valid ones).
 
 Resolvers (registered by ``register()``): ``${comet.run_id:}`` = ``<pid>-<4 hex>``, fixed within a
 process (unique run folders); ``${comet.staging:<dir>}`` = the hidden sibling a run of ``<dir>`` is
@@ -296,6 +297,9 @@ def check_run_config(cfg: DictConfig) -> None:
     sys_name = cfg.system.get("name") if isinstance(cfg.system, DictConfig) else None
     if not isinstance(sys_name, str) or not sys_name:
         raise ConfigError("system.name must be a non-empty string (conf/system/<name>.yaml)")
+    from comet_core.config.typed import system_params
+
+    system_params(cfg.system)   # the family's declared keys only (comet_core/config/typed.py)
     check_finite(cfg.network.bandwidth_bps, "network.bandwidth_bps")
     check_finite(cfg.network.latency_s, "network.latency_s")
 
