@@ -157,9 +157,10 @@ def run(model: str, windows: int | None = None, length: int | None = None, syste
     if "comet" in systems:   # the trained predictors first: a missing checkpoint fails before the model loads
         from omegaconf import OmegaConf
 
+        from comet_core.config.typed import model_params, system_params
         from comet_core.sparse.predictors import load_for_system
 
-        predictors = load_for_system(mcfg, OmegaConf.load(REPO / "conf" / "system" / "comet.yaml"))
+        predictors = load_for_system(model_params(mcfg), system_params(OmegaConf.load(REPO / "conf" / "system" / "comet.yaml")))
     torch.set_num_threads(threads)
     plain, tok = load_plain_model(mcfg, seed=0)
     win = held_out_windows(tok, n, L, max_chars=max_chars)

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from comet_core.config.schema import register as _register_schemas
+from comet_core.config.typed import engine_params, system_params
 from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
 from comet_core.roles.inprocess import Outcome, execute  # noqa: F401 (execute re-exported: scripts and tests)
 from comet_core.roles.run_config import load_prompt, reference_needs_run, validate_config  # noqa: F401
@@ -197,9 +198,9 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     cost = cfg.mode == "cost"
     labels = dict(model=cfg.model.name, system=cfg.system.name, mode=cfg.mode, seed=cfg.seed,
                   keys="os" if cfg.seed is None else "seed (insecure, reproducible)", model_seed=cfg.model_seed,
-                  frac_bits=cfg.engine.frac_bits, comparison=str(cfg.engine.get("comparison", "circuit")),
-                  relu_bits=int(cfg.engine.get("relu_bits", 64)),
-                  predictor_bits=cfg.system.get("predictor_bits", math.nan),   # sparse systems only
+                  frac_bits=cfg.engine.frac_bits, comparison=str(engine_params(cfg.engine).comparison),
+                  relu_bits=int(engine_params(cfg.engine).relu_bits),
+                  predictor_bits=getattr(system_params(cfg.system), "predictor_bits", math.nan),   # sparse systems only
                   layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
     selected = Network.from_cfg(cfg.network)
@@ -352,6 +353,7 @@ def write_sparsity(system, cfg, out: Path, predicted=None) -> None:
         return
     import pandas as pd
 
+    from comet_core.config.typed import model_params, system_params
     from comet_core.sparse.predictors import density_note
     from comet_core.sparse.reference import jaccard
 
@@ -362,7 +364,7 @@ def write_sparsity(system, cfg, out: Path, predicted=None) -> None:
             return float("nan")
         return jaccard(r.real_mask.bool(), other.bool())
 
-    source = "revealed" if cfg.mode == "exact" else density_note(cfg.model, cfg.system)
+    source = "revealed" if cfg.mode == "exact" else density_note(model_params(cfg.model), system_params(cfg.system))
     pd.DataFrame([dict(layer=r.layer, step=r.step, kind=r.kind, active=r.active, total=r.total,
                        density=r.active / r.total if r.total else float("nan"), flips=r.flips,
                        max_flip_margin=r.max_flip_margin, jaccard=jac(r), revealed=r.revealed, source=source)

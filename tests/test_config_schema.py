@@ -76,14 +76,18 @@ def test_sweep_jobs_are_the_cartesian_product():
     assert len(js) == 4 and all("mode=cost" in j for j in js)
 
 
-def test_system_group_is_open_for_system_specific_keys(tmp_path):
-    """A new conf/system/<name>.yaml may carry keys of its own (comet, puma, ...); a missing name is refused."""
+def test_system_keys_are_declared_per_family(tmp_path):
+    """A system's keys are those of its params class (comet_core/config/typed.py): a stray key in a
+    conf/system/<name>.yaml fails before work, listing the valid keys; a missing name is refused."""
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
     (conf / "system" / "comet.yaml").write_text(
-        "name: comet\nlinear: beaver\nsparsity: predicted\npredictor: default\nthresholds: [0.5, 0.6]\n"
-        "nested:\n  block_size: 16\n")
-    pre("system=comet", conf=str(conf), check=lambda cfg, m: check_run(cfg, m))
+        "name: comet\nlinear: beaver\nsparsity: predicted\nthresholds: [0.5, 0.6]\n")
+    with pytest.raises(ConfigError, match="system 'comet': unknown key thresholds; valid: name, ") as e:
+        pre("system=comet", conf=str(conf), check=lambda cfg, m: check_run(cfg, m))
+    assert "\n" not in str(e.value)
+    (conf / "system" / "comet.yaml").write_text("name: comet\nlinear: beaver\nheads: false\n")
+    pre("system=comet", conf=str(conf), check=lambda cfg, m: check_run(cfg, m))   # declared keys, defaults for the rest
     (conf / "system" / "bad.yaml").write_text("linear: beaver\n")
     with pytest.raises(ConfigError, match="system.name"):
         pre("system=bad", conf=str(conf))

@@ -207,9 +207,11 @@ def test_a_crafted_checkpoint_runs_no_code_exact_and_cost(tmp_path):
     with pytest.raises(CometError, match="corrupt or not a") as e:
         load_predictors(path, model_cfg("tiny-opt"))
     assert "\n" not in str(e.value) and not marker.exists()
-    sys_cfg = OmegaConf.create({"name": "comet", "predictor_checkpoint": str(path)})
+    from comet_core.config.typed import model_params, system_params
+
+    sys_cfg = system_params({"name": "comet", "predictor_checkpoint": str(path)})
     with pytest.raises(CometError, match="corrupt or not a") as e:
-        shared_predictor_shapes(model_cfg("tiny-opt"), sys_cfg, 1)
+        shared_predictor_shapes(model_params(model_cfg("tiny-opt")), sys_cfg, 1)
     assert "\n" not in str(e.value) and not marker.exists()
 
 

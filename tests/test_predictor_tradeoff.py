@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from comet_core.config.typed import model_params
 from comet_core.errors import CometError
 from comet_core.models.zoo import load_plain_model
 from comet_core.predictor import apply as ap
@@ -151,7 +152,9 @@ def _curve(tmp_path):
     pd.DataFrame([{**r, "model": "shakespeare-opt"} for r in rows]).to_csv(path, index=False)
     sys_cfg = OmegaConf.load(ROOT / "conf" / "system" / "comet.yaml")
     sys_cfg.derived.rank_curve = str(path)
-    return sys_cfg
+    from comet_core.config.typed import system_params
+
+    return system_params(sys_cfg)   # the typed params the core takes (comet_core/config/typed.py)
 
 
 def test_rank_curve_prices_the_predicted_density_by_rank_over_d(tmp_path):
@@ -163,7 +166,7 @@ def test_rank_curve_prices_the_predicted_density_by_rank_over_d(tmp_path):
     assert f(8, 256) == pytest.approx(1.5) and f(64, 2048) == pytest.approx(1.5)
     assert f(181, 2048) == pytest.approx(1.5 - 0.4 * (4.5 - 3) / 3, abs=1e-3)        # log2 midpoint-ish
     assert f(2, 256) == pytest.approx(1.5) and f(256, 256) == pytest.approx(1.1)     # clamped, not extrapolated
-    opt = model_cfg("opt-1.3b")
+    opt = model_params(model_cfg("opt-1.3b"))
     F = int(opt.ffn_dim)
     base = cost_counts(opt, sys_cfg, 1)(0, 0, 1)
     assert base == round(F * 0.10 * 0.931 / 0.903)                                    # null rank: unchanged
@@ -178,7 +181,7 @@ def test_explicit_rank_wins_over_the_checkpoint_and_scales_the_measured_profile(
     from comet_core.sparse.predictors import cost_counts, shared_predictor_shapes
 
     sys_cfg = _curve(tmp_path)
-    cfg = model_cfg("shakespeare-opt")
+    cfg = model_params(model_cfg("shakespeare-opt"))
     measured = cost_counts(cfg, sys_cfg, 4)(1, 0, 1)
     assert shared_predictor_shapes(cfg, sys_cfg, 4)[0]["w1"].shape == (256, 64)
     sys_cfg.predictor_rank = 8

@@ -10,9 +10,10 @@ Open and closed groups (the choice, documented in docs/conventions.md):
 
 - closed (every key declared, typed): the primary configs, ``model``, ``network``, ``engine``, ``lm``,
   ``predictor``. A new key in one of their YAML files must be declared here too (one line).
-- open: ``system``. Systems differ in their knobs (``comet``'s predictor and thresholds, ``puma``'s
-  approximations, ...), so a ``conf/system/<name>.yaml`` may carry keys of its own; ``check_config``
-  requires only ``name`` (a string). A system validates its own keys when it is built.
+- per family: ``system``. Systems differ in their knobs (``comet``'s predictor and thresholds, ``puma``'s
+  approximations, ...), so the schema here requires only ``name`` (a string); the keys of each family are
+  declared in comet_core/config/typed.py (``DenseParams`` for every system, ``CometParams`` for comet), and
+  the run's config check (comet_core/roles/run_config.py) refuses any other key there (one line listing the valid ones).
 
 Resolvers (registered by ``register()``): ``${comet.run_id:}`` = ``<pid>-<4 hex>``, fixed within a
 process (unique run folders); ``${comet.staging:<dir>}`` = the hidden sibling a run of ``<dir>`` is

@@ -29,53 +29,58 @@ FAMILIES = ("opt", "llama")
 SOURCES = ("random", "smollm2-gguf", "checkpoint")
 
 
-def _get(cfg: Any, key: str, default=None):
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+def _m(model_cfg):
+    """The typed model (ModelSchema, comet_core/config/typed.py): its defaults fill what a YAML omits."""
+    from comet_core.config.typed import model_params
+
+    return model_params(model_cfg)
 
 
 def n_layers(model_cfg) -> int:
     """Decoder layers that actually run (``layers`` if set, else ``num_layers``)."""
-    total = int(_get(model_cfg, "num_layers"))
-    n = _get(model_cfg, "layers")
+    model_cfg = _m(model_cfg)
+    total = int(model_cfg.num_layers)
+    n = model_cfg.layers
     if n is None:
         return total
     n = int(n)
     if not 1 <= n <= total:
-        raise ConfigError(f"model.layers={n} is out of range for {_get(model_cfg, 'name')} (1..{total})")
+        raise ConfigError(f"model.layers={n} is out of range for {model_cfg.name} (1..{total})")
     return n
 
 
 def build_hf_config(model_cfg, num_layers: int | None = None):
     """The ``transformers`` config for the yaml's shape (random-weight models and training)."""
-    family = _get(model_cfg, "family")
-    layers = int(num_layers if num_layers is not None else _get(model_cfg, "num_layers"))
+    model_cfg = _m(model_cfg)
+    family = model_cfg.family
+    layers = int(num_layers if num_layers is not None else model_cfg.num_layers)
     common = dict(
-        vocab_size=int(_get(model_cfg, "vocab_size")),
-        hidden_size=int(_get(model_cfg, "hidden_size")),
+        vocab_size=int(model_cfg.vocab_size),
+        hidden_size=int(model_cfg.hidden_size),
         num_hidden_layers=layers,
-        num_attention_heads=int(_get(model_cfg, "num_heads")),
-        max_position_embeddings=int(_get(model_cfg, "max_positions")),
+        num_attention_heads=int(model_cfg.num_heads),
+        max_position_embeddings=int(model_cfg.max_positions),
     )
-    act = _get(model_cfg, "activation", "relu")
+    act = model_cfg.activation
     if family == "opt":
         from transformers import OPTConfig
 
-        if int(_get(model_cfg, "num_kv_heads", common["num_attention_heads"])) != common["num_attention_heads"]:
+        if int(model_cfg.num_kv_heads) != common["num_attention_heads"]:
             raise ConfigError("OPT models have one KV head per query head; set num_kv_heads = num_heads")
         return OPTConfig(
-            **common, ffn_dim=int(_get(model_cfg, "ffn_dim")), word_embed_proj_dim=common["hidden_size"],
-            activation_function=act, do_layer_norm_before=True, dropout=float(_get(model_cfg, "dropout", 0.0)),
+            **common, ffn_dim=int(model_cfg.ffn_dim), word_embed_proj_dim=common["hidden_size"],
+            activation_function=act, do_layer_norm_before=True, dropout=float(model_cfg.dropout),
             attention_dropout=0.0, pad_token_id=None, bos_token_id=None, eos_token_id=None,
         )
     if family == "llama":
         from transformers import LlamaConfig
 
         return LlamaConfig(
-            **common, intermediate_size=int(_get(model_cfg, "ffn_dim")),
-            num_key_value_heads=int(_get(model_cfg, "num_kv_heads")), hidden_act=act,
-            rms_norm_eps=float(_get(model_cfg, "rms_norm_eps", 1e-5)),
-            rope_parameters={"rope_type": "default", "rope_theta": float(_get(model_cfg, "rope_theta", 10000.0))},
-            tie_word_embeddings=bool(_get(model_cfg, "tie_word_embeddings", False)),
+            **common, intermediate_size=int(model_cfg.ffn_dim),
+            num_key_value_heads=int(model_cfg.num_kv_heads), hidden_act=act,
+            rms_norm_eps=float(model_cfg.rms_norm_eps),
+            rope_parameters={"rope_type": "default", "rope_theta": float(model_cfg.rope_theta)},
+            tie_word_embeddings=bool(model_cfg.tie_word_embeddings),
         )
     raise ConfigError(f"unknown model family '{family}'; valid: {', '.join(FAMILIES)}")
 
@@ -132,25 +137,27 @@ def seeded_init(model, seed: int) -> None:
 
 
 def _check_shape(model, model_cfg, where: str, fix: str):
+    model_cfg = _m(model_cfg)
     c = model.config
     ffn = getattr(c, "ffn_dim", None) or getattr(c, "intermediate_size", None)
     want = {"hidden_size": c.hidden_size, "num_layers": c.num_hidden_layers, "ffn_dim": ffn,
             "num_heads": c.num_attention_heads, "vocab_size": c.vocab_size}
     for key, have in want.items():
-        if int(_get(model_cfg, key)) != int(have):
-            raise CometError(f"{where} has {key}={have} but model config '{_get(model_cfg, 'name')}' "
-                             f"says {_get(model_cfg, key)}; {fix}")
+        if int(getattr(model_cfg, key)) != int(have):
+            raise CometError(f"{where} has {key}={have} but model config '{model_cfg.name}' "
+                             f"says {getattr(model_cfg, key)}; {fix}")
 
 
 def _load_checkpoint(model_cfg):
+    model_cfg = _m(model_cfg)
     import torch
     from transformers import AutoModelForCausalLM
 
-    ckpt = _get(model_cfg, "checkpoint")
+    ckpt = model_cfg.checkpoint
     if not ckpt:
-        raise ConfigError(f"model '{_get(model_cfg, 'name')}' has source: checkpoint but no checkpoint path")
+        raise ConfigError(f"model '{model_cfg.name}' has source: checkpoint but no checkpoint path")
     path = resolve_in_cache(ckpt)
-    hint = _get(model_cfg, "checkpoint_hint") or "comet train-lm"
+    hint = model_cfg.checkpoint_hint or "comet train-lm"
     if not (path / "config.json").is_file():
         raise CometError(f"checkpoint {path} not found; create it with: {hint}")
     try:
@@ -171,10 +178,11 @@ def load_plain_model(model_cfg, seed: int = 0, empty: bool = False,
     ``tokenizer``: the model's tokenizer when the caller has loaded it already (it is checked, not
     loaded again: SmolLM2's BPE tokenizer takes 0.2-1.5 s to load).
     """
+    model_cfg = _m(model_cfg)
     import torch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    source = _get(model_cfg, "source")
+    source = model_cfg.source
     n = n_layers(model_cfg)
     if source == "random":
         from transformers import AutoModelForCausalLM
@@ -198,10 +206,10 @@ def load_plain_model(model_cfg, seed: int = 0, empty: bool = False,
         raise ConfigError(f"unknown model source '{source}'; valid: {', '.join(SOURCES)}")
     truncate_layers(model, n)
     model = model.float().eval() if not empty else model.eval()
-    tok = tokenizer if tokenizer is not None else load_tokenizer(_get(model_cfg, "tokenizer", "bytes"))
-    if tok.vocab_size > int(_get(model_cfg, "vocab_size")):
+    tok = tokenizer if tokenizer is not None else load_tokenizer(model_cfg.tokenizer)
+    if tok.vocab_size > int(model_cfg.vocab_size):
         raise ConfigError(f"tokenizer '{tok.name}' has {tok.vocab_size} ids but the model's vocab is "
-                          f"{_get(model_cfg, 'vocab_size')}")
+                          f"{model_cfg.vocab_size}")
     return model, tok
 
 
@@ -213,11 +221,12 @@ def positions_needed(n_tokens: int, gen_tokens: int = 0) -> int:
 
 def check_positions(n_tokens: int, model_cfg, gen_tokens: int = 0) -> None:
     """Raise a one-line CometError if prompt + generated tokens need more than the model's positions."""
-    limit = int(_get(model_cfg, "max_positions"))
+    model_cfg = _m(model_cfg)
+    limit = int(model_cfg.max_positions)
     need = positions_needed(n_tokens, gen_tokens)
     if need > limit:
         raise CometError(f"prompt of {n_tokens} tokens + {gen_tokens} generated needs {need} positions and exceeds "
-                         f"the {limit} positions of model '{_get(model_cfg, 'name')}'; shorten the prompt or set "
+                         f"the {limit} positions of model '{model_cfg.name}'; shorten the prompt or set "
                          f"prompt_len= (at most {limit - max(int(gen_tokens) - 1, 0)}) or fewer gen_tokens=")
 
 

@@ -31,8 +31,8 @@ class PredictorSet:
 def model_signature(model_cfg) -> dict:
     from comet_core.models.zoo import n_layers
 
-    sig = {k: model_cfg.get(k) for k in SHAPE_KEYS}
-    sig["name"] = model_cfg.get("name")
+    sig = {k: getattr(model_cfg, k) for k in SHAPE_KEYS}
+    sig["name"] = model_cfg.name
     sig["num_layers"] = n_layers(model_cfg)
     return sig
 
@@ -59,7 +59,7 @@ def _build(entries) -> list[LowRankPredictor]:
 
 
 def train_hint(model_cfg) -> str:
-    return f"comet train-predictor model={model_cfg.get('name')}"
+    return f"comet train-predictor model={model_cfg.name}"
 
 
 def read_checkpoint(path: Path, hint: str) -> dict:
@@ -98,7 +98,7 @@ def checkpoint_rank(path: Path, model_cfg, kind: str) -> int:
 def load_predictors(path: Path, model_cfg) -> PredictorSet:
     """Load and check against ``model_cfg``; keeps the first ``layers`` predictors if the config truncates."""
     path = Path(path)
-    name = model_cfg.get("name")
+    name = model_cfg.name
     hint = train_hint(model_cfg)
     if not path.is_file():
         raise CometError(f"predictor checkpoint {path} not found; create it with: {hint}")

@@ -6,6 +6,8 @@ which writes the tables.
 
 from __future__ import annotations
 
+from comet_core.config.typed import model_params
+
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -80,7 +82,7 @@ def execute(cfg, memory_checked: bool = False) -> Outcome:
     # the sharing's freed temporaries (and the released model) go back to the kernel; a full garbage
     # collection (0.1-0.2 s with transformers loaded) only when the model is not freed already (cycles)
     release_free_heap(collect=released is None or released() is not None)
-    system.prepare(mpc, weights, cfg.model)   # e.g. Comet's predictors, shared by the model owner
+    system.prepare(mpc, weights, model_params(cfg.model))   # e.g. Comet's predictors, shared by the model owner
     model = SecureDecoder(mpc, weights, system)
     log.info("private generation: %d prompt tokens, %d new tokens, %d layers, mode=%s",
              len(ids), cfg.gen_tokens, model.n_layers, cfg.mode)

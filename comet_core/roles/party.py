@@ -23,6 +23,8 @@ atomically (a temporary name, then rename).
 
 from __future__ import annotations
 
+from comet_core.config.typed import model_params
+
 import hashlib
 import json
 import logging
@@ -197,7 +199,7 @@ def run_party(cfg, rank: int, links: dict, out: Path, key: bytes | None = None) 
     system = load_system(cfg.system)
     t0 = time.perf_counter()
     weights = share_weights(mpc, weight_shapes(cfg.model, n_layers(cfg.model)))   # shapes only: shares from the owner
-    system.prepare(mpc, weights, cfg.model)
+    system.prepare(mpc, weights, model_params(cfg.model))
     links["owner"].send({"op": "bye"})
     owner_counters = links["owner"].counters()
     links["owner"].close()
@@ -298,7 +300,7 @@ def owner_items(cfg, pw) -> tuple[list, dict]:
     full.share = recording
     weights = share_weights(full, pw)
     system = load_system(cfg.system)
-    system.prepare(full, weights, cfg.model)
+    system.prepare(full, weights, model_params(cfg.model))
     public = {system.name: system.public_setup()} if hasattr(system, "public_setup") else {}
     return items, public
 

@@ -35,11 +35,13 @@ def validate_config(cfg, role: str | None = None) -> None:
     `role`: a `comet party` role (p0, p1, dealer, client, owner): the system checks only the files that
     role reads (e.g. only the owner needs Comet's predictor checkpoint)."""
     from comet_core.config.schema import check_run_config
+    from comet_core.config.typed import model_params, system_params
     from comet_core.comm.network import Network
     from comet_core.errors import require
     from comet_core.models.zoo import check_positions, n_layers
 
     check_run_config(cfg)
+    system_params(cfg.system)   # the family's declared keys only (comet_core/config/typed.py)
     from comet_core.mpc import matmul
 
     require(matmul.KERNEL in matmul.KERNELS,
@@ -68,7 +70,7 @@ def validate_config(cfg, role: str | None = None) -> None:
 
     system = load_system(cfg.system)
     system.party_role = role
-    system.validate(cfg)   # a system's own keys and files, before any model is loaded
+    system.validate(cfg.mode, model_params(cfg.model), int(cfg.gen_tokens))   # a system's own keys and files, before any model is loaded
     transport = cfg.get("transport", {}).get("name", "inprocess")
     require(transport in ("inprocess", "tcp"), f"transport must be inprocess or tcp (conf/transport/), got {transport!r}")
     from comet_core.roles.emulated import check_emulation
@@ -116,13 +118,13 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
 def engine_config(cfg):
     from comet_core.mpc.engine import EngineConfig, FunctionConfig
 
-    e = cfg.engine
+    from comet_core.config.typed import engine_params
+
+    e = engine_params(cfg.engine)   # EngineSchema: its defaults fill what a YAML leaves out
     return EngineConfig(
         frac_bits=e.frac_bits, truncation=e.truncation, reuse_weight_masks=bool(e.reuse_weight_masks),
-        check_ranges=bool(e.get("check_ranges", True)),
-        max_method=str(e.get("max_method", "auto")),
-        comparison=str(e.get("comparison", "circuit")),
-        relu_bits=int(e.get("relu_bits", 64)), relu_range=int(e.get("relu_range", 4)),
+        check_ranges=bool(e.check_ranges), max_method=str(e.max_method), comparison=str(e.comparison),
+        relu_bits=int(e.relu_bits), relu_range=int(e.relu_range),
         functions=FunctionConfig(exp_iterations=e.exp_iterations, exp_clamp=bool(e.exp_clamp), reciprocal_nr_iters=e.reciprocal_nr_iters,
                                  reciprocal_range=tuple(e.reciprocal_range), inv_sqrt_nr_iters=e.inv_sqrt_nr_iters,
                                  inv_sqrt_range=tuple(e.inv_sqrt_range), sigmoid_nr_iters=e.sigmoid_nr_iters))

@@ -29,11 +29,11 @@ from comet_core.mpc.shape import Shape
 
 def predictor_preset(model_cfg) -> str:
     """The conf/predictor preset a model's predictors are trained with (model key `predictor_preset`)."""
-    return str(model_cfg.get("predictor_preset") or "default")
+    return str(model_cfg.predictor_preset or "default")
 
 
 def checkpoint_path(model_cfg, system_cfg) -> Path:
-    rel = str(system_cfg.get("predictor_checkpoint") or "predictors/{model}/{preset}.pt")
+    rel = str(system_cfg.predictor_checkpoint)
     return resolve_in_cache(rel.replace("{model}", str(model_cfg.name)).replace("{preset}", predictor_preset(model_cfg)))
 
 
@@ -60,7 +60,7 @@ def _predictor_shapes(model_cfg, system_cfg, n_layers: int, kind: str, rank_key:
     exists (so cost and exact ledgers agree), else `rank`; system_cfg[rank_key], when set, wins (a what-if of
     another rank: the counts follow it through the measured rank curve, `rank_density_factor`)."""
     d = int(model_cfg.hidden_size)
-    r = system_cfg.get(rank_key)
+    r = getattr(system_cfg, rank_key)
     explicit = r is not None
     r = int(r) if explicit else rank
     path = checkpoint_path(model_cfg, system_cfg)
@@ -82,17 +82,17 @@ def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
     """FFN predictors: default rank d / 4 (the ratio of our trained predictors, rank 64 at d = 256); one
     output per block of `system.block` neurons."""
     return _predictor_shapes(model_cfg, system_cfg, n_layers, "ffn", "predictor_rank",
-                             int(model_cfg.hidden_size) // 4, int(model_cfg.ffn_dim) // int(system_cfg.get("block", 1) or 1))
+                             int(model_cfg.hidden_size) // 4, int(model_cfg.ffn_dim) // int(system_cfg.block or 1))
 
 
 def _curve_rows(system_cfg):
     """The measured rank curve (`derived.rank_curve`: a cost_accuracy.csv): 64-bit, block-1, cats rows of one
     model, sorted by rank, and that model's hidden size."""
     import pandas as pd
-    from omegaconf import OmegaConf
+    import yaml
 
-    der = system_cfg.get("derived")
-    rel = der.get("rank_curve") if der is not None else None
+    der = system_cfg.derived
+    rel = der.rank_curve if der is not None else None
     if not rel:
         raise CometError("system.predictor_rank needs system.derived.rank_curve (a cost_accuracy.csv of "
                          "comet predictor-tradeoff) to price the predicted density at that rank")
@@ -105,7 +105,7 @@ def _curve_rows(system_cfg):
     if len(df) < 1:
         raise CometError(f"system.derived.rank_curve {path} has no 64-bit block-1 rows")
     model = str(df.model.iloc[0])
-    d = int(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{model}.yaml").hidden_size)
+    d = int(yaml.safe_load((REPO_ROOT / "conf" / "model" / f"{model}.yaml").read_text())["hidden_size"])
     return df, d
 
 
@@ -122,7 +122,7 @@ def rank_density_factor(system_cfg, rank: int, d: int) -> float:
 
 
 def _profile_path(model_cfg, system_cfg) -> Path:
-    p = system_cfg.get("profile_path") or f"results/predictor/{model_cfg.name}/profile.json"
+    p = system_cfg.profile_path or f"results/predictor/{model_cfg.name}/profile.json"
     p = Path(str(p).replace("{model}", str(model_cfg.name)))
     return p if p.is_absolute() else REPO_ROOT / p
 
@@ -132,12 +132,12 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
     from comet_core.predictor.profile import SparsityProfile
 
     F = int(model_cfg.ffn_dim)
-    forced = system_cfg.get("ffn_sparsity")
+    forced = system_cfg.ffn_sparsity
     if forced is not None:
         if not 0.0 <= float(forced) <= 1.0:
             raise CometError(f"system.ffn_sparsity must be in [0, 1], got {forced}")
         return lambda layer, step, n: int(round(F * (1.0 - float(forced))))
-    trace = system_cfg.get("mask_trace")
+    trace = system_cfg.mask_trace
     if trace:
         import pandas as pd
 
@@ -151,10 +151,10 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
                                  f"rerun the exact run with at least as many layers and tokens")
             return table[(layer, step)]
         return from_trace
-    kind = str(system_cfg.get("profile", "auto"))
+    kind = str(system_cfg.profile)
     path = _profile_path(model_cfg, system_cfg)
     d = int(model_cfg.hidden_size)
-    rank = system_cfg.get("predictor_rank")
+    rank = system_cfg.predictor_rank
     if kind in ("auto", "measured") and path.is_file():
         prof = SparsityProfile(json.loads(path.read_text()))
         if prof.num_layers < n_layers:
@@ -174,7 +174,7 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
     if kind == "measured":
         raise CometError(f"system.profile=measured but {path} does not exist; make it with "
                          f"comet train-predictor model={model_cfg.name}, or use system.profile=derived")
-    der = system_cfg.get("derived")
+    der = system_cfg.derived
     if der is None:
         raise CometError("system.profile=derived needs system.derived (true density, recall, precision)")
     ref = SparsityProfile(json.loads((REPO_ROOT / str(der.union_growth_profile)).read_text()))
@@ -193,14 +193,14 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
 
 def density_note(model_cfg, system_cfg) -> str:
     """One line saying where cost mode's counts came from (written into sparsity.csv's source column)."""
-    if system_cfg.get("ffn_sparsity") is not None:
-        return f"forced:ffn_sparsity={system_cfg.get('ffn_sparsity')}"
-    if system_cfg.get("mask_trace"):
-        return f"mask_trace:{system_cfg.get('mask_trace')}"
+    if system_cfg.ffn_sparsity is not None:
+        return f"forced:ffn_sparsity={system_cfg.ffn_sparsity}"
+    if system_cfg.mask_trace:
+        return f"mask_trace:{system_cfg.mask_trace}"
     path = _profile_path(model_cfg, system_cfg)
-    rank = system_cfg.get("predictor_rank")
+    rank = system_cfg.predictor_rank
     curve = f" x rank_curve(r={rank})" if rank is not None else ""
-    if str(system_cfg.get("profile", "auto")) in ("auto", "measured") and path.is_file():
+    if str(system_cfg.profile) in ("auto", "measured") and path.is_file():
         return f"measured:{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}{curve}"
     return f"derived:conf/system/comet.yaml{curve}"
 
@@ -221,10 +221,10 @@ def _head_profile(model_cfg, system_cfg):
     from comet_core.predictor.profile import SparsityProfile
 
     path = _profile_path(model_cfg, system_cfg)
-    if str(system_cfg.get("profile", "auto")) in ("auto", "measured") and path.is_file():
+    if str(system_cfg.profile) in ("auto", "measured") and path.is_file():
         return SparsityProfile(json.loads(path.read_text())), True
-    der = system_cfg.get("derived")
-    ref = der.get("union_growth_profile") if der is not None else None
+    der = system_cfg.derived
+    ref = der.union_growth_profile if der is not None else None
     if ref and (REPO_ROOT / str(ref)).is_file():
         return SparsityProfile(json.loads((REPO_ROOT / str(ref)).read_text())), False
     return None, False
@@ -252,11 +252,11 @@ class HeadMaskModel:
     def __init__(self, model_cfg, system_cfg, n_layers: int) -> None:
         self.Hkv = int(model_cfg.num_kv_heads)
         self.G = int(model_cfg.num_heads) // self.Hkv
-        self.gen = torch.Generator().manual_seed(int(system_cfg.get("head_seed", 0)))
+        self.gen = torch.Generator().manual_seed(int(system_cfg.head_seed))
         self.prev: dict[int, torch.Tensor] = {}
         self.reactivation = reactivation_model(model_cfg, system_cfg)
         self.trace = None
-        trace = system_cfg.get("mask_trace")
+        trace = system_cfg.mask_trace
         if trace:
             import pandas as pd
 

@@ -52,18 +52,17 @@ class BoltSystem(DenseSystem):
 
     def __init__(self, cfg=None) -> None:
         super().__init__(cfg)
-        get = (lambda k, d=None: cfg.get(k, d)) if cfg is not None else (lambda k, d=None: d)
-        self.word_elimination = bool(get("word_elimination", False))
+        self.word_elimination = bool(self.cfg.word_elimination)
         self.we_layer = int(self.params.get("we_layer", 4))
         self.we_keep = float(self.params.get("we_keep", 0.5))
 
-    def validate(self, cfg) -> None:
+    def validate(self, mode: str, model, gen_tokens: int = 1) -> None:
         if not self.word_elimination:
             return
-        if cfg.mode != "cost":
+        if mode != "cost":
             raise CometError("system.word_elimination=true is priced in mode=cost only (the exact choice of "
                              "tokens by score is not implemented); use mode=cost or drop it")
-        if int(cfg.get("gen_tokens", 1)) > 1:
+        if int(gen_tokens) > 1:
             raise CometError("system.word_elimination=true prunes an encoder pass; it is off for generation "
                              "(use gen_tokens=1)")
 

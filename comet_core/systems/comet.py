@@ -73,25 +73,25 @@ class CometSystem(HeadSparsity, DenseSystem):
 
     def __init__(self, cfg=None) -> None:
         super().__init__(cfg)
-        get = (lambda k, d=None: cfg.get(k, d)) if cfg is not None else (lambda k, d=None: d)
-        self.indexing = str(get("indexing", "shuffle"))
+        cfg = self.cfg   # CometParams (comet_core/config/typed.py)
+        self.indexing = str(cfg.indexing)
         if self.indexing not in ("shuffle", "oblivious"):
             raise CometError(f"system.indexing must be shuffle or oblivious, got {self.indexing!r}")
-        self.flip_eps = float(get("flip_epsilon", 0.05))
-        self.predictor_bits, self.predictor_range = _predictor_bits(get)
-        self.correlations = str(get("correlations", "dealer"))
+        self.flip_eps = float(cfg.flip_epsilon)
+        self.predictor_bits, self.predictor_range = _predictor_bits(cfg)
+        self.correlations = str(cfg.correlations)
         if self.correlations not in ("dealer", "client"):
             raise CometError(f"system.correlations must be dealer or client, got {self.correlations!r}")
-        self.heads = bool(get("heads", False))
-        self.kv_refill = str(get("kv_refill", "merged"))
-        self.kv_prefetch = str(get("kv_prefetch", "cost_benefit"))
+        self.heads = bool(cfg.heads)
+        self.kv_refill = str(cfg.kv_refill)
+        self.kv_prefetch = str(cfg.kv_prefetch)
         if self.kv_refill not in ("merged", "naive"):
             raise CometError(f"system.kv_refill must be merged or naive, got {self.kv_refill!r}")
         if self.kv_prefetch not in ("cost_benefit", "always", "never"):
             raise CometError(f"system.kv_prefetch must be cost_benefit, always or never, got {self.kv_prefetch!r}")
         if self.heads and self.indexing == "oblivious":
             raise CometError("system.indexing=oblivious covers the FFN only; set system.heads=false with it")
-        self.block = get("block", 1)
+        self.block = cfg.block
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise CometError(f"system.block must be a positive integer (neurons per prediction), got {self.block!r}")
         if self.block > 1 and self.indexing == "oblivious":
@@ -103,23 +103,23 @@ class CometSystem(HeadSparsity, DenseSystem):
         self.plain_head_predictors = None
         self.counts = None                   # cost mode: (layer, step, n_tokens) -> active count
 
-    def validate(self, cfg) -> None:
+    def validate(self, mode: str, model, gen_tokens: int = 1) -> None:
         """Exact mode needs the model's trained predictors (checked here, before the model loads); a forced
         ffn_sparsity only prices cost mode."""
-        if int(cfg.model.ffn_dim) % self.block:
-            raise CometError(f"system.block={self.block} must divide the {cfg.model.ffn_dim} FFN neurons of "
-                             f"{cfg.model.name}")
-        if cfg.mode != "exact":
+        if int(model.ffn_dim) % self.block:
+            raise CometError(f"system.block={self.block} must divide the {model.ffn_dim} FFN neurons of "
+                             f"{model.name}")
+        if mode != "exact":
             return
-        if self.cfg is not None and self.cfg.get("ffn_sparsity") is not None:
+        if self.cfg.ffn_sparsity is not None:
             raise CometError("system.ffn_sparsity forces counts in cost mode only; exact mode reveals the "
                              "predictor's real masks (use mode=cost, or drop system.ffn_sparsity)")
         if getattr(self, "party_role", None) not in (None, "owner"):
             return   # a tcp role other than the owner never reads the predictors (party.py)
         from comet_core.sparse.predictors import checkpoint_path, missing_predictors_message
 
-        if not checkpoint_path(cfg.model, self.cfg).is_file():
-            raise CometError(missing_predictors_message(cfg.model, self.cfg))
+        if not checkpoint_path(model, self.cfg).is_file():
+            raise CometError(missing_predictors_message(model, self.cfg))
 
     # -- deployment ------------------------------------------------------------------------------------
     def fused_layout(self) -> tuple:
@@ -328,10 +328,10 @@ class CometSystem(HeadSparsity, DenseSystem):
         self.state.records.append(rec)
 
 
-def _predictor_bits(get) -> tuple[int, int]:
+def _predictor_bits(cfg) -> tuple[int, int]:
     """system.predictor_bits (64 | 3..63: the threshold test on a reduced ring, sparse/masks.py) and
     system.predictor_range (log2 of the public bound on |score - threshold|), checked."""
-    bits, rng = get("predictor_bits", 64), get("predictor_range", 7)
+    bits, rng = cfg.predictor_bits, cfg.predictor_range
     if isinstance(bits, bool) or not isinstance(bits, int) or not 3 <= bits <= 64:
         raise CometError(f"system.predictor_bits must be an integer in 3..64 (e.g. 64, 16, 12, 8), got {bits!r}")
     if isinstance(rng, bool) or not isinstance(rng, int) or not 0 <= rng <= 40:

@@ -33,25 +33,27 @@ class DenseSystem:
     LINEARS = ("beaver",)                            # system.linear choices (bolt adds "he")
 
     def __init__(self, cfg=None) -> None:
-        self.cfg = cfg
-        get = (lambda k: cfg.get(k)) if cfg is not None else (lambda k: None)
+        """``cfg``: the system's typed params (comet_core/config/typed.py; a mapping is converted, None: defaults)."""
+        from comet_core.config.typed import system_params
+
+        self.cfg = cfg = system_params(cfg, default=self.name)
         acts = dict(self.ACTIVATIONS)
-        acts.update({str(k): str(v) for k, v in dict(get("activations") or {}).items()})
+        acts.update({str(k): str(v) for k, v in cfg.activations.items()})
         unknown = set(acts) - set(ACT_KINDS)
         if unknown:
             raise ConfigError(f"system '{self.name}': activations has unknown kinds {sorted(unknown)}; valid: {', '.join(ACT_KINDS)}")
-        self.params = {str(k): v for k, v in dict(get("params") or {}).items()}
-        if get("ot") is not None:                       # system.ot: the OT flavour of modelled operators
-            self.params["ot"] = str(get("ot"))
+        self.params = {str(k): v for k, v in cfg.params.items()}
+        if cfg.ot is not None:                          # system.ot: the OT flavour of modelled operators
+            self.params["ot"] = str(cfg.ot)
         self.params["_ideal"] = self.IDEAL_PARAMS(self.params)
-        self.linear_name = str(get("linear") or "beaver")
+        self.linear_name = str(cfg.linear or "beaver")
         if self.linear_name not in self.LINEARS:
             raise ConfigError(f"system '{self.name}': linear={self.linear_name!r} is not available; valid: "
                               f"{', '.join(self.LINEARS)}")
         self.act_ops = {k: ops.lookup(ops.ACTIVATIONS, v, "activation", self.name) for k, v in acts.items()}
         self.act_names = acts
-        self.softmax_name = str(get("softmax") or self.SOFTMAX)
-        self.norm_name = str(get("norm") or self.NORM)
+        self.softmax_name = str(cfg.softmax or self.SOFTMAX)
+        self.norm_name = str(cfg.norm or self.NORM)
         self.softmax_op = ops.lookup(ops.SOFTMAXES, self.softmax_name, "softmax", self.name)
         self.norm_op = ops.lookup(ops.NORMS, self.norm_name, "norm", self.name)
 
@@ -66,8 +68,9 @@ class DenseSystem:
         differ from the unmodified model's; with none, the run computes the plaintext function in fixed point."""
         return any(v != "exact" for v in (*self.act_names.values(), self.softmax_name, self.norm_name))
 
-    def validate(self, cfg) -> None:
-        """Refuse (one-line CometError) a run this system cannot do, before any work: the full run config."""
+    def validate(self, mode: str, model, gen_tokens: int = 1) -> None:
+        """Refuse (one-line CometError) a run this system cannot do, before any work: ``mode`` (exact | cost)
+        and the typed ``model`` (ModelSchema)."""
 
     def after_layer(self, decoder, x: AShare, layer: int) -> AShare:
         """The hidden states handed to the next layer (identity; BOLT prunes tokens here)."""
