@@ -24,7 +24,7 @@ from pathlib import Path
 from comet_core.config.schema import register as _register_schemas
 from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
 from experiments.inprocess import Outcome, execute  # noqa: F401 (execute re-exported: scripts and tests)
-from experiments.run_config import load_prompt, reference_needs_run, validate_config  # noqa: F401
+from experiments.run_config import engine_config, load_prompt, reference_needs_run, validate_config  # noqa: F401
 
 _register_schemas()  # scripts that compose conf/config.yaml themselves need the schemas and resolvers
 
@@ -186,12 +186,16 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     labels = dict(model=cfg.model.name, system=cfg.system.name, mode=cfg.mode, seed=cfg.seed,
                   keys="os" if cfg.seed is None else "seed (insecure, reproducible)", model_seed=cfg.model_seed,
                   frac_bits=cfg.engine.frac_bits, comparison=str(cfg.engine.get("comparison", "circuit")),
+                  weight_masks=engine_config(cfg).weight_masks,
+                  permutation=str(cfg.system.get("permutation", "online")) if cfg.system.name == "comet" else "none",
+                  count_padding=str(cfg.system.get("count_padding", "none")) if cfg.system.name == "comet" else "none",
                   layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
     selected = Network.from_cfg(cfg.network)
     selected = Network(network_label(cfg.network), selected.bandwidth_bps, selected.latency_s)
     metrics = tables.metrics_table(o.ledger, o.gen.stage_seconds, preset_networks(selected), labels,
-                                   compute_measured=not cost, cpu_seconds=o.gen.stage_cpu_seconds)
+                                   compute_measured=not cost, cpu_seconds=o.gen.stage_cpu_seconds,
+                                   deploy_requests=int(cfg.get("deploy_requests", 1000)))
     metrics.insert(metrics.columns.get_loc("network") + 1, "network_preset", metrics.network)
     metrics.loc[metrics.network == selected.name, "network_preset"] = cfg.network.name
     metrics["plaintext_s"] = o.ref.stage_seconds["total"] if o.ref is not None else math.nan

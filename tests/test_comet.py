@@ -97,6 +97,9 @@ VARIANTS = [  # (model, overrides): FFN + heads (merged refill) is the default s
     ("tiny-llama", ("system.heads=false", "system.indexing=oblivious")),
     ("tiny-opt", ("engine.comparison=fss",)),                             # threshold test, ReLU, max: DCF keys
     ("tiny-llama", ("engine.comparison=fss", "system.heads=false", "system.indexing=oblivious")),
+    ("tiny-opt", ("system.permutation=preprocessed",)),                  # the shuffle before the prompt
+    ("tiny-llama", ("system.permutation=deployment", "engine.weight_masks=deployment")),   # all once, stage deploy
+    ("tiny-opt", ("engine.weight_masks=deployment",)),                    # predictor masks once; permuted: per request
 ]
 
 
@@ -121,8 +124,14 @@ def test_private_equals_masked_plaintext(model, over, predictors, tmp_path):
     assert ("ffn.select" in set(ops.op)) == (indexing == "oblivious")
     m = pd.read_csv(out / "metrics.csv")
     tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
-    setup = m[(m.network == "lan") & (m.phase == "setup")].iloc[0]
-    assert (setup.online_bytes > 0) == (indexing == "shuffle") and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
+    timing = next((o.split("=")[1] for o in over if o.startswith("system.permutation=")), "online")
+    lan = m[m.network == "lan"].set_index("phase")
+    shuffled = lan.at[{"online": "setup", "preprocessed": "preprocess", "deployment": "deploy"}[timing], "online_bytes"]
+    stages = lan.loc[["setup", "prefill", "decode"]]
+    assert (shuffled > 0) == (indexing == "shuffle") and tot.online_bytes == stages.online_bytes.sum()
+    assert (lan.at["setup", "online_bytes"] > 0) == (indexing == "shuffle" and timing == "online")
+    deploy_masks = "engine.weight_masks=deployment" in over
+    assert (lan.at["deploy", "online_bytes"] > 0) == (timing == "deployment" or deploy_masks)
 
 
 def _corrupt_private_predictor(monkeypatch, what: str) -> None:

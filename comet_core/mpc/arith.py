@@ -11,7 +11,7 @@ import weakref
 import torch
 
 from comet_core.comm.ledger import Cost
-from comet_core.mpc import blocked, ring
+from comet_core.mpc import blocked, ring, weight_masks
 from comet_core.mpc.engine import MPC, AShare, _lift, _np_open, _small_cpu
 
 W = ring.BYTES_PER_ELEMENT  # bytes of one ring element on the wire
@@ -323,8 +323,9 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     4. Truncate to frac_bits.
     A few rows (a decode step) run steps 1-3 in cache-sized blocks of y's rows (mpc/blocked.py: the
     same shares and ledger, bit for bit).
-    With `reuse_mask` (engine.reuse_weight_masks) and a registered weight y (MPC.register_weight),
-    y's mask b and the opened f are kept for the rest of the inference (MPC.inference), so later calls
+    With mask reuse (engine.weight_masks=request|deployment, or `reuse_mask`) and a registered weight y
+    (MPC.register_weight), y's mask b and the opened f are kept for the rest of the inference
+    (MPC.inference) or the deployment (opened in the deploy stage: mpc/weight_masks.py), so later calls
     with the same y open only e. Activations are never cached (they are not reused).
     `select` = (dim, index): multiply by the public slice y.index_select(dim, index) (Comet's SOMM / SIMM
     columns and rows). Without reuse only the slice is masked and opened; with reuse the whole weight's
@@ -333,11 +334,11 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     + truncate_cost(n_z).
     """
     mpc = x.mpc
-    reuse = mpc.config.reuse_weight_masks if reuse_mask is None else reuse_mask
     with mpc.ledger.protocol("matmul"):
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f, matrix=True, what="x @ y")
-        key = y.uid if reuse else None
+        key = weight_masks.mask_key(mpc, y, reuse_mask)
+        weight_masks.open_for_deployment(mpc, y, key)   # weight_masks=deployment: f opened once, stage deploy
         if select is not None and key is None:   # no reuse: the slice is the operand
             y, select = y.index_select(*select), None
         if select is None and blocked.applies(x, y):   # a decode step's rows: the same steps by blocks

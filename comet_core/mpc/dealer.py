@@ -184,9 +184,20 @@ class Dealer:
         handed out in blocks of `rows` rows (mpc/blocked.py): the same stream reads, values and booking."""
         return BlockedTriple(self, shape_a, shape_b, rows, reuse_key)
 
-    def forget_reused(self) -> None:
-        """End of an inference: reused weight masks and the request's permutations are dropped."""
-        self._reused.clear()
+    def weight_mask(self, shape_b, reuse_key) -> AShare:
+        """A registered weight's mask b (both halves from the dealer's streams with P0 and P1: nothing is
+        sent), kept under `reuse_key` for later matmul_triple calls (engine.weight_masks=deployment: drawn
+        when its W - b is opened in the deploy stage, mpc/weight_masks.py)."""
+        entry = self._reused.get(reuse_key)
+        if entry is None:
+            entry = self._reused[reuse_key] = [AShare(self._random_shares(shape_b), self.mpc, 0), None]
+        return entry[0]
+
+    def forget_reused(self, keep=()) -> None:
+        """End of an inference: reused weight masks (but those under `keep`: deployment-lifetime ones) and
+        the request's permutations are dropped."""
+        keep = set(keep)
+        self._reused = {k: v for k, v in self._reused.items() if k in keep}
         self._perms.clear()
         self._fss.clear()
 

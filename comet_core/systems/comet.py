@@ -34,7 +34,9 @@ from comet_core.errors import CometError
 from comet_core.mpc import arith, compare
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
+from comet_core.sparse.count_padding import CountPadding
 from comet_core.sparse.masks import active_bits, reveal_bits
+from comet_core.sparse.permutation_timing import PERMUTATION_TIMINGS
 from comet_core.systems.comet_heads import HeadSparsity, attention_step_cost  # noqa: F401 (re-exported)
 from comet_core.systems.dense import DenseSystem
 from comet_core.systems.step_record import StepRecord  # noqa: F401 (re-exported)
@@ -79,6 +81,11 @@ class CometSystem(HeadSparsity, DenseSystem):
         if self.correlations not in ("dealer", "client"):
             raise CometError(f"system.correlations must be dealer or client, got {self.correlations!r}")
         self.heads = bool(get("heads", False))
+        self.permutation = str(get("permutation", "online"))
+        if self.permutation not in PERMUTATION_TIMINGS:
+            raise CometError(f"system.permutation must be one of {', '.join(PERMUTATION_TIMINGS)}, got {self.permutation!r}")
+        self.count_padding = CountPadding.from_cfg(get)
+        self._shuffled = None                # (FFN LayerRequests, HeadRequests) made in deploy or preprocess
         self.kv_refill = str(get("kv_refill", "merged"))
         self.kv_prefetch = str(get("kv_prefetch", "cost_benefit"))
         if self.kv_refill not in ("merged", "naive"):
@@ -166,20 +173,48 @@ class CometSystem(HeadSparsity, DenseSystem):
             out["head"] = rows(self.head_predictors, self.head_thresholds)
         return out
 
+    @property
+    def per_request_weights(self) -> bool:
+        """Whether the permuted weights live one request (their masks then at most one request, whatever
+        engine.weight_masks says): all but system.permutation=deployment."""
+        return self.permutation != "deployment"
+
+    def deploy(self, mpc, decoder) -> None:
+        """system.permutation=deployment: step 1 once per deployment (stage deploy); every request then
+        multiplies the same permuted weights (sparse/permutation_timing.py states the leakage)."""
+        if self.permutation == "deployment":
+            self._shuffled = self._shuffle(mpc, decoder)
+
+    def preprocess(self, mpc, decoder) -> None:
+        """system.permutation=preprocessed: step 1 per request, before the prompt arrives (stage preprocess:
+        it depends on no input, only on the weights)."""
+        if self.permutation == "preprocessed":
+            self._shuffled = self._shuffle(mpc, decoder)
+
     def start_request(self, mpc, decoder, steps: int = 1) -> None:
-        """Step 1: one permutation per layer, applied to every neuron-indexed tensor in one call (and,
-        with heads, one per layer for the head groups)."""
+        """Step 1 (system.permutation=online; else made in deploy or preprocess): one permutation per layer,
+        applied to every neuron-indexed tensor in one call (and, with heads, one per layer for the head
+        groups)."""
         from comet_core.sparse.heads import HeadCache
 
         self.state = CometState(total_steps=steps)
+        shuffled = self._shuffle(mpc, decoder) if self.permutation == "online" else self._shuffled
+        self.state.request, self.state.heads = list(shuffled[0]), list(shuffled[1])
+        if self.permutation == "preprocessed":
+            self._shuffled = None        # one request's permutation: never reused
+        if self.heads:
+            self.state.kv = [HeadCache(decoder.meta["num_kv_heads"]) for _ in decoder.w.layers]
+
+    def _shuffle(self, mpc, decoder) -> tuple[list, list]:
+        request, heads = [], []
         for layer, lw in enumerate(decoder.w.layers):
             if self.indexing == "shuffle":
                 with mpc.label(layer=layer, op="ffn.shuffle"):
-                    self.state.request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
+                    request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
             if self.heads:
                 with mpc.label(layer=layer, op="attn.shuffle"):
-                    self.state.heads.append(self._permute_heads(mpc, lw, decoder.meta, layer))
-                self.state.kv.append(HeadCache(decoder.meta["num_kv_heads"]))
+                    heads.append(self._permute_heads(mpc, lw, decoder.meta, layer))
+        return request, heads
 
     def _permute_layer(self, mpc, lw: dict, pred: dict) -> LayerRequest:
         llama = "w_gate" in lw
@@ -198,7 +233,8 @@ class CometSystem(HeadSparsity, DenseSystem):
             o += r.shape[0]
         w_in = AShare.cat(parts[:2], 1) if llama else parts[0]            # (d, F) | (d, 2F)
         k = 2 if llama else 1
-        reg = mpc.register_weight   # this request's weights: their masks may be reused (engine policy)
+        # this request's (or deployment's) weights: their masks may be reused (engine.weight_masks)
+        reg = lambda w: mpc.register_weight(w, per_request=self.per_request_weights)  # noqa: E731
         return LayerRequest(perm=perm, w_in=reg(w_in), b_in=None if llama else parts[-1][0],
                             w_out=reg(parts[k].transpose(0, 1)), p2=reg(parts[k + 1]), pb2=parts[k + 2][0])
 
