@@ -528,6 +528,8 @@ def mask_reuse(sweep: Sweep, exp: dict) -> Analysis:
     return a
 
 
+from experiments.design_space import design_space, design_space_from_data  # noqa: E402 (its own module)
+
 ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("end_to_end", "End-to-end speedup and communication vs six systems, four LLMs", end_to_end,
              from_data=end_to_end_from_data),
@@ -544,6 +546,8 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("time_breakdown", "Communication share of runtime; predictor share", time_breakdown),
     Artifact("real_models", "Real models in exact mode", real_models),
     Artifact("mask_reuse", "Weight masks opened once per request (beyond the paper)", mask_reuse),
+    Artifact("design_space", "Comet's deployment regimes against the strongest dense (beyond the paper)",
+             design_space, from_data=design_space_from_data),
 )}
 
 

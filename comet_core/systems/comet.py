@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from comet_core.comm.ledger import Cost
 from comet_core.errors import CometError
 from comet_core.mpc import arith, compare
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
-from comet_core.sparse.count_padding import CountPadding
+from comet_core.sparse.count_padding import CountPadding, padded_mask, real_permuted_mask
 from comet_core.sparse.masks import active_bits, reveal_bits
 from comet_core.sparse.permutation_timing import PERMUTATION_TIMINGS
 from comet_core.systems.comet_heads import HeadSparsity, attention_step_cost  # noqa: F401 (re-exported)
@@ -92,6 +93,8 @@ class CometSystem(HeadSparsity, DenseSystem):
             raise CometError(f"system.kv_refill must be merged or naive, got {self.kv_refill!r}")
         if self.kv_prefetch not in ("cost_benefit", "always", "never"):
             raise CometError(f"system.kv_prefetch must be cost_benefit, always or never, got {self.kv_prefetch!r}")
+        if self.count_padding.active and self.indexing != "shuffle":
+            raise CometError("system.count_padding pads the shuffled FFN masks; use it with system.indexing=shuffle")
         if self.heads and self.indexing == "oblivious":
             raise CometError("system.indexing=oblivious covers the FFN only; set system.heads=false with it")
         self.state = CometState()
@@ -252,20 +255,27 @@ class CometSystem(HeadSparsity, DenseSystem):
         F = req.w_out.shape[0]
         with mpc.label(op="ffn.predict"):
             z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], req.p2) + req.pb2   # (T, F) permuted
+        keep = None
         with mpc.label(op="ffn.reveal"):
-            bits = active_bits(z, self.thresholds[layer])
             count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
-            mask = reveal_bits(mpc, bits, count)
+            if self.count_padding.active:   # sparse/count_padding.py: the padded mask, [m] of the real one
+                mask, m_real = padded_mask(mpc, z, self.thresholds[layer], self.count_padding, count)
+                real = real_permuted_mask(mpc, m_real, count)
+            else:
+                mask = real = reveal_bits(mpc, active_bits(z, self.thresholds[layer]), count)
         S = torch.nonzero(mask).flatten()
-        self._record(mpc, x, layer, mask, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
+        if self.count_padding.active:
+            keep = m_real.index_select(0, S)                               # (|S|,) 0/1: the padded units' 0
+        self._record(mpc, x, layer, real, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
         cols = torch.cat([S, S + F]) if llama else S                   # public indices (permuted)
         b_in = None if llama else req.b_in.index_select(0, S)
-        return self._sparse_ffn(x, req.w_in, b_in, req.w_out, lw, meta, S.numel(), (1, cols), (0, S))
+        return self._sparse_ffn(x, req.w_in, b_in, req.w_out, lw, meta, S.numel(), (1, cols), (0, S), keep=keep)
 
     def _sparse_ffn(self, x: AShare, w_in: AShare, b_in, w_out: AShare, lw: dict, meta: dict, k: int,
-                    in_select=None, out_select=None) -> AShare:
+                    in_select=None, out_select=None, keep=None) -> AShare:
         """Steps 4-6 on the k selected neurons: SOMM, sparse activation, SIMM. The selections are public
-        slices of the request's permuted weights (None: the operands are the selected weights already)."""
+        slices of the request's permuted weights (None: the operands are the selected weights already).
+        `keep` (count padding): [0/1] per selected unit, 0 for a padded unit, whose activation is discarded."""
         mpc = x.mpc
         b_out = lw.get("b2")
         if k == 0:   # nothing active: the FFN adds only its output bias
@@ -282,6 +292,9 @@ class CometSystem(HeadSparsity, DenseSystem):
             with mpc.label(op="ffn.somm"):
                 y = arith.matmul(x, w_in, select=in_select) + b_in           # (T, k)
             h = self.activation(y, meta["act"], op="ffn.act")
+        if keep is not None:
+            with mpc.label(op="ffn.pad_discard"):
+                h = arith.mul(h, keep)                                       # (T, k) * (k,): padded units -> 0
         with mpc.label(op="ffn.simm"):
             out = arith.matmul(h, w_out, select=out_select)                  # (T, d)
             return out + b_out if b_out is not None else out
@@ -404,15 +417,21 @@ def sparse_ffn_cost(mpc, T: int, d: int, k: int, llama: bool):
     return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
 
 
-def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
-    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons."""
+def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, pad: CountPadding | None = None):
+    """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons (with `pad`: k is the
+    padded count, the reveal is count_padding's and the padded units are discarded)."""
+    from comet_core.sparse.count_padding import discard_cost, padded_reveal_cost
     from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
 
     c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * F, T * F)
-    c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
+    if pad is not None and pad.active:
+        c = c + padded_reveal_cost(mpc, T, F, pad)
+    else:
+        c = c + active_bits_cost(mpc, T, F) + reveal_bits_cost(F)
     if k == 0:
         return c
-    return c + sparse_ffn_cost(mpc, T, d, k, llama)
+    c = c + sparse_ffn_cost(mpc, T, d, k, llama)
+    return c + (discard_cost(mpc, T, k) if pad is not None and pad.active else Cost())
 
 
 def ffn_oblivious_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool):
