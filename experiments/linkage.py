@@ -147,6 +147,7 @@ def linkage_table(model=None, predict=None):
 
     if model is None:
         model, predict = load_model()
+    rev = git_revision()   # once: the code that made every row
     rows = []
     for experiment in ("same_play", "shared_prefix", "identical_control"):
         prompts, groups = requests(experiment)
@@ -158,7 +159,7 @@ def linkage_table(model=None, predict=None):
                 rows.append(dict(experiment=experiment, permutation=regime, score=score,
                                  auc=round(auc(s[same], s[~same]), 4), positive_pairs=int(same.sum()),
                                  negative_pairs=int((~same).sum()), requests=len(prompts),
-                                 prompt_bytes=PROMPT, gen_tokens=GEN_TOKENS, seed=SEED, git_rev=git_revision()))
+                                 prompt_bytes=PROMPT, gen_tokens=GEN_TOKENS, seed=SEED, git_rev=rev))
         log.info("%s: %d requests done", experiment, len(prompts))
     return pd.DataFrame(rows)
 
