@@ -159,8 +159,9 @@ def map_table(rows: pd.DataFrame) -> pd.DataFrame:
         d = strongest_dense(dense, r)
         if d is None:
             continue
-        out.append(dict(
-            scenario=r.scenario, model=r.model, network=r.network, **{k: r[k] for k in SWITCHES},
+        out.append(dict(   # system / phase / online_bytes / rounds / total_s: Comet's, in the tidy columns of every artifact
+            scenario=r.scenario, model=r.model, system="comet", phase="token" if r.scenario == "ffn_block" else "total",
+            online_bytes=r.bytes, rounds=r.rounds, total_s=r.time_s, network=r.network, **{k: r[k] for k in SWITCHES},
             leakage=LEAKAGE.get(r.permutation, "?") + ("" if r.count_padding == "none" else f", counts {r.count_padding}"),
             accuracy_change="", comet_bytes=r.bytes, comet_rounds=r.rounds, comet_s=r.time_s,
             dense_bytes=d.bytes, dense_rounds=d.rounds, dense_s=d.time_s, dense_relu_bits=int(d.relu_bits),
