@@ -25,7 +25,7 @@ from comet_core.config.schema import register as _register_schemas
 from comet_core.config.typed import engine_params, system_params
 from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
 from comet_core.roles.inprocess import Outcome, execute  # noqa: F401 (execute re-exported: scripts and tests)
-from comet_core.roles.run_config import load_prompt, reference_needs_run, validate_config  # noqa: F401
+from comet_core.roles.run_config import engine_config, load_prompt, reference_needs_run, validate_config  # noqa: F401
 
 _register_schemas()  # scripts that compose conf/config.yaml themselves need the schemas and resolvers
 
@@ -201,6 +201,9 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
                   frac_bits=cfg.engine.frac_bits, comparison=str(engine_params(cfg.engine).comparison),
                   relu_bits=int(engine_params(cfg.engine).relu_bits),
                   predictor_bits=getattr(system_params(cfg.system), "predictor_bits", math.nan),   # sparse systems only
+                  weight_masks=engine_config(cfg).weight_masks,
+                  permutation=str(system_params(cfg.system).permutation) if cfg.system.name == "comet" else "none",
+                  count_padding=str(system_params(cfg.system).count_padding) if cfg.system.name == "comet" else "none",
                   layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
     selected = Network.from_cfg(cfg.network)
@@ -209,7 +212,8 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
     modelled = compute_model.stage_seconds(o.work, profile) if profile is not None else None
     metrics = tables.metrics_table(o.ledger, o.gen.stage_seconds, preset_networks(selected), labels,
                                    compute_measured=not cost, cpu_seconds=o.gen.stage_cpu_seconds,
-                                   modelled_seconds=modelled, compute_profile=profile.label if profile else "")
+                                   modelled_seconds=modelled, compute_profile=profile.label if profile else "",
+                                   deploy_requests=int(cfg.get("deploy_requests", 1000)))
     metrics.insert(metrics.columns.get_loc("network") + 1, "network_preset", metrics.network)
     metrics.loc[metrics.network == selected.name, "network_preset"] = cfg.network.name
     metrics["plaintext_s"] = o.ref.stage_seconds["total"] if o.ref is not None else math.nan

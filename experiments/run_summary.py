@@ -132,6 +132,11 @@ def summary_text(s: dict) -> str:
         lines.append(f"prompt: {n_prompt} tokens, {n_gen} generated ({note}); mode=cost runs on shapes: no text")
     lines.append(f"cost per phase on {head.network}:")
     lines.append(readable_table(first))
+    if "deploy_requests" in first:
+        lines.append(f"weight_masks={head.get('weight_masks', 'call')}  permutation={head.get('permutation', 'none')}  "
+                     f"count_padding={head.get('count_padding', 'none')}: deploy (once per deployment) is amortised "
+                     f"over deploy_requests={int(head.deploy_requests)} requests in total_amortised (+ preprocess); "
+                     "total is the request's online work")
     if m.network.nunique() > 1:
         lines.append("every network preset (phase total):")
         lines.append(network_totals(m))

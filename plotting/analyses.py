@@ -11,9 +11,7 @@ same swept values); a ratio > 1 means the reference (Comet) is better.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -23,30 +21,10 @@ from comet_core.models.cache import REPO_ROOT
 from plotting import data as pdata
 from plotting.compare import points
 from plotting.figures import Figure
+from plotting.analysis import Analysis, Artifact  # noqa: F401 (re-exported)
 from plotting.sweeps import Sweep, select_sweep
 
 GB = 1e9
-
-
-@dataclass
-class Analysis:
-    data: pd.DataFrame                                           # data.csv (tidy)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # derived tables for table.md
-    claims: dict[str, list[float]] = field(default_factory=dict)   # metric -> measured values (expected/*.csv),
-                                                                   # each a plotting.compare.Point naming its sweep point
-    beside: dict[str, tuple[str, str]] = field(default_factory=dict)   # metric -> (caption, metric quoted beside it)
-    figures: list[Figure] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Artifact:
-    name: str
-    title: str
-    analyze: Callable[[Sweep, dict], Analysis]
-    accepts: tuple[str, ...] = ()      # other artifacts whose sweeps this one can re-use
-    # the analysis of results/<name>/data.csv alone (`comet plot <name> --from-data`), where it needs no job folder
-    from_data: Callable[[pd.DataFrame, dict], Analysis] | None = None
 
 
 def exp_block(sweep: Sweep) -> dict:
@@ -503,6 +481,7 @@ def real_models(sweep: Sweep, exp: dict) -> Analysis:
     a.tables["per model and system (exact mode, lan)"] = t[cols]
     a.figures += time_and_bytes_figures("real_models", t)
     sp = advantage(t, ref, ["model"], "total_s", "speedup")
+    sc = advantage(t, ref, ["model"], "comm_s", "speedup_comm_only")
     a.notes += missing_reference(t, ref, "speedups", "real_models")
     if not sp.empty:
         a.tables[f"{ref} vs each baseline"] = sp.merge(
@@ -547,6 +526,8 @@ def mask_reuse(sweep: Sweep, exp: dict) -> Analysis:
     return a
 
 
+from plotting.design_space import design_space, design_space_from_data  # noqa: E402 (its own module)
+
 ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("end_to_end", "End-to-end speedup and communication vs six systems, four LLMs", end_to_end,
              from_data=end_to_end_from_data),
@@ -563,5 +544,7 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("time_breakdown", "Communication share of runtime; predictor share", time_breakdown),
     Artifact("real_models", "Real models in exact mode", real_models),
     Artifact("mask_reuse", "Weight masks opened once per request (beyond the paper)", mask_reuse),
+    Artifact("design_space", "Comet's deployment regimes against the strongest dense (beyond the paper)",
+             design_space, from_data=design_space_from_data),
 )}
 

@@ -29,7 +29,8 @@ def test_run_experiment_writes_the_contract_files(tmp_path):
     assert {"prefill", "decode", "total"} <= set(m.phase)
     assert "lan" in set(m.network) and len(set(m.network)) >= 4  # every preset is priced
     tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
-    parts = m[(m.network == "lan") & (m.phase != "total")]
+    parts = m[(m.network == "lan") & m.phase.isin(["setup", "prefill", "decode"])]   # total: the request's stages
+    assert {"deploy", "preprocess", "total_amortised"} <= set(m.phase)
     assert tot.online_bytes == parts.online_bytes.sum() > 0 and tot.rounds == parts.rounds.sum() > 0
     ops = pd.read_csv(out / "ops.csv")
     assert {"stage", "layer", "op", "online_bytes", "offline_bytes", "rounds"} <= set(ops.columns)

@@ -101,6 +101,11 @@ VARIANTS = [  # (model, overrides): FFN + heads (merged refill) is the default s
     ("tiny-opt", ("system.predictor_bits=12", "engine.relu_bits=16")),   # and the sparse ReLU on Z_2^16
     ("tiny-llama", ("system.heads=false", "system.predictor_bits=16", "system.indexing=oblivious")),
     ("tiny-opt", ("engine.comparison=fss", "system.heads=false", "system.predictor_bits=8", "engine.relu_bits=12")),
+    ("tiny-opt", ("system.permutation=preprocessed",)),                  # the shuffle before the prompt
+    ("tiny-llama", ("system.permutation=deployment", "engine.weight_masks=deployment")),   # all once, stage deploy
+    ("tiny-opt", ("engine.weight_masks=deployment",)),                    # predictor masks once; permuted: per request
+    ("tiny-opt", ("system.heads=false", "system.count_padding=bucket")),   # padded units computed, discarded
+    ("tiny-llama", ("system.heads=false", "system.count_padding=dp", "system.count_padding_epsilon=0.5")),
 ]
 
 
@@ -127,8 +132,14 @@ def test_private_equals_masked_plaintext(model, over, predictors, tmp_path):
     assert ("ffn.select" in set(ops.op)) == (indexing == "oblivious")
     m = pd.read_csv(out / "metrics.csv")
     tot = m[(m.network == "lan") & (m.phase == "total")].iloc[0]
-    setup = m[(m.network == "lan") & (m.phase == "setup")].iloc[0]
-    assert (setup.online_bytes > 0) == (indexing == "shuffle") and tot.online_bytes == m[(m.network == "lan") & (m.phase != "total")].online_bytes.sum()
+    timing = next((o.split("=")[1] for o in over if o.startswith("system.permutation=")), "online")
+    lan = m[m.network == "lan"].set_index("phase")
+    shuffled = lan.at[{"online": "setup", "preprocessed": "preprocess", "deployment": "deploy"}[timing], "online_bytes"]
+    stages = lan.loc[["setup", "prefill", "decode"]]
+    assert (shuffled > 0) == (indexing == "shuffle") and tot.online_bytes == stages.online_bytes.sum()
+    assert (lan.at["setup", "online_bytes"] > 0) == (indexing == "shuffle" and timing == "online")
+    deploy_masks = "engine.weight_masks=deployment" in over
+    assert (lan.at["deploy", "online_bytes"] > 0) == (timing == "deployment" or deploy_masks)
 
 
 def _corrupt_private_predictor(monkeypatch, what: str) -> None:
@@ -264,6 +275,58 @@ def test_ffn_step_and_setup_cost_formulas(family):
         sysm.indexing = "oblivious"
         _, c = _measure(m, sysm.ffn, f(T, d), lw, meta, 0)
         assert c == C.ffn_oblivious_step_cost(m, T, d, F, r, k, family == "llama"), ("oblivious", T, k)
+
+
+@pytest.mark.parametrize("mode", ["bucket", "dp"])
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_ffn_step_cost_with_count_padding(family, mode):
+    """The padded reveal and the discarded units (sparse/count_padding.py) against ffn_step_cost."""
+    from comet_core.mpc.shape import Shape
+
+    m = MPC(EngineConfig(), seed=0, mode="cost")
+    d, F, r = 16, 48, 8
+    f = lambda *s: m.share(Shape(s, torch.float32))  # noqa: E731
+    lw = dict(w_gate=f(d, F), w_up=f(d, F), w_down=f(F, d)) if family == "llama" else \
+        dict(w1=f(d, F), b1=f(F), w2=f(F, d), b2=f(d))
+    pred = dict(w1=f(d, r), b1=f(r), w2=f(r, F), b2=f(F))
+    sysm = C.CometSystem({"count_padding": mode, "count_padding_bucket": 5})
+    pad = sysm.count_padding
+    sysm.predictors, sysm.thresholds = [pred], [0.0]
+    meta = {"act": "silu" if family == "llama" else "relu"}
+    for T, k in ((1, 7), (4, 30), (1, 0)):
+        sysm.counts = lambda layer, step, n, k=k: k
+        req = sysm._permute_layer(m, lw, pred)
+        sysm.state = C.CometState(request=[req])
+        mark = m.ledger.mark()
+        sysm.ffn(f(T, d), lw, meta, 0)
+        got = m.ledger.cost_since(mark)
+        rec = sysm.state.records[-1]
+        assert rec.active == k                                        # the record holds the real count
+        padded = pad.padded_count(k, F, None) if mode == "bucket" else None
+        if mode == "bucket":
+            assert got == C.ffn_step_cost(m, T, d, F, r, padded, family == "llama", pad=pad), (T, k)
+            assert padded == min(F, 5 * -(-k // 5))
+        else:   # dp: the padded count is k + P (P >= 0 from the dealer): the formula holds for some K >= k
+            assert any(got == C.ffn_step_cost(m, T, d, F, r, kk, family == "llama", pad=pad) for kk in range(k, F + 1)), (T, k)
+
+
+def test_count_padding_mechanisms():
+    """bucket rounds up; dp's noise lies in [0, 2t] and its median is t (a symmetric noise around the shift)."""
+    import math
+    import random
+
+    from comet_core.sparse.count_padding import CountPadding
+
+    b = CountPadding("bucket", bucket=64)
+    assert [b.padded_count(k, 1000) for k in (0, 1, 64, 65, 999)] == [0, 64, 64, 128, 1000]
+    dp = CountPadding("dp", epsilon=1.0, delta=1e-6)
+    t = dp.shift()
+    assert t == math.ceil(math.log(1 / 2e-6))
+    rnd = random.Random(0)
+    draws = sorted(dp.draw((1 - rnd.random(), 1 - rnd.random())) for _ in range(4001))
+    assert 0 <= draws[0] and draws[-1] <= 2 * t and abs(draws[2000] - t) <= 1
+    with pytest.raises(CometError, match="count_padding must be one of"):
+        C.CometSystem({"count_padding": "some"})
 
 
 def test_ledger_depends_on_counts_only(predictors, tmp_path, monkeypatch):

@@ -36,8 +36,12 @@ def test_every_artifact_has_a_full_and_a_quick_preset():
             assert text.startswith("# @package _global_"), p
             assert cfg["experiment"]["name"] == name and cfg["experiment"]["preset"] == preset, p
             assert cfg["hydra"]["sweeper"]["params"], p
-            if preset == "quick":   # tiny shapes only
-                assert str(cfg["hydra"]["sweeper"]["params"]["model"]).startswith("tiny"), p
+            if preset == "quick":   # tiny shapes only (design_space: each scenario file names its model)
+                params = cfg["hydra"]["sweeper"]["params"]
+                models = [str(params["model"])] if "model" in params else [
+                    str(yaml.safe_load((CONF.parent / "ds_scenario" / f"{s}.yaml").read_text())["defaults"][0]["override /model"])
+                    for s in str(params["+ds_scenario"]).split(",")]
+                assert all(m.startswith("tiny") for m in models), p
 
 
 def joblib_installed() -> bool:

@@ -191,7 +191,7 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: unknown artifact 'nope'; choose one of: end_to_end, bandwidth_sweep, ffn_sparsity, "
         "predictor_accuracy, shuffle_vs_oblivious, kv_refill_ablation, output_length, time_breakdown, "
-        "real_models, mask_reuse, all, readme")
+        "real_models, mask_reuse, design_space, all, readme")
     runs = tmp_path / "empty"
     runs.mkdir()
     cases = [(["plot", "end_to_end", "--runs-root", str(runs)], "no sweep of experiment 'end_to_end'"),

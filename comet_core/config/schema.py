@@ -72,7 +72,8 @@ class EngineSchema:
     ring_bits: int = 64
     frac_bits: int = 16
     truncation: str = "dealer"
-    reuse_weight_masks: bool = False
+    weight_masks: str = "call"                   # call | request | deployment (comet_core/mpc/weight_masks.py)
+    reuse_weight_masks: Optional[bool] = None    # deprecated: true = weight_masks=request, false = call
     exp_iterations: int = 8
     exp_clamp: bool = True
     reciprocal_nr_iters: int = 4
@@ -120,6 +121,7 @@ class RunSchema:
     prompt_file: Optional[str] = None
     prompt_len: Optional[int] = None
     gen_tokens: int = MISSING
+    deploy_requests: int = 1000                   # requests a deployment's one-off `deploy` stage is amortised over
     output_dir: str = MISSING
     overwrite: bool = False
     save_ledger: bool = True

@@ -118,6 +118,11 @@ class CometParams(DenseParams):
     predictor_bits: int = 64                                        # the threshold test on Z_2^bits (mpc/smallring.py)
     predictor_range: int = 7                                        # log2 of the bound on |score - threshold|
     block: int = 1                                                  # neurons per FFN prediction
+    permutation: str = "online"                                     # online | preprocessed | deployment
+    count_padding: str = "none"                                     # none | bucket | dp (sparse/count_padding.py)
+    count_padding_bucket: Optional[int] = None                      # bucket: units per bucket (null: F / 16)
+    count_padding_epsilon: float = 1.0                              # dp: epsilon per revealed count
+    count_padding_delta: float = 1.0e-6                             # dp: delta (the noise's clip)
 
 
 _NESTED = {"Optional[DerivedDensity]": DerivedDensity, "DerivedDensity": DerivedDensity}

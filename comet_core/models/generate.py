@@ -53,10 +53,23 @@ def private_generate(mpc: MPC, model: SecureDecoder, prompt_ids: list[int], new_
     require(output in OUTPUTS, f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
     cache = model.new_cache()
     gen = Generation(tokens=[])
-    gen.stage_seconds = {"setup": 0.0, "prefill": 0.0, "decode": 0.0}
+    gen.stage_seconds = {"deploy": 0.0, "preprocess": 0.0, "setup": 0.0, "prefill": 0.0, "decode": 0.0}
     gen.stage_cpu_seconds = dict(gen.stage_seconds)
     ids = list(prompt_ids)
+
+    def timed(stage: str, work) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        with mpc.label(stage=stage):
+            work()
+        gen.stage_seconds[stage] += time.perf_counter() - t0
+        gen.stage_cpu_seconds[stage] += time.process_time() - c0
+
+    # once per deployment (this run is its first request): per-deployment weights (Comet's deployment
+    # permutation); per-deployment weight masks are opened at each weight's first product, also booked
+    # in stage deploy (mpc/weight_masks.py), their compute time inside the stage that made the product
+    timed("deploy", lambda: model.system.deploy(mpc, model))
     with mpc.inference():
+        timed("preprocess", lambda: model.system.preprocess(mpc, model))   # per request, before the prompt
         t0, c0 = time.perf_counter(), time.process_time()
         with mpc.label(stage="setup"):
             model.system.start_request(mpc, model, new_tokens)   # per-request work (Comet: the oblivious shuffle)

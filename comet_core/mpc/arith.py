@@ -14,7 +14,7 @@ import torch
 
 from comet_core.comm.ledger import Cost
 from comet_core.mpc import matmul as mm
-from comet_core.mpc import ring
+from comet_core.mpc import ring, weight_masks
 from comet_core.mpc.engine import MPC, AShare, _lift, _np_open, _small_cpu
 from comet_core.mpc.xp import ops_for
 
@@ -315,8 +315,9 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     The kernels: mpc/matmul.py (beaver_strategy: a few rows, a decode step, run steps 1-3 in cache-sized
     blocks of y's rows, mpc/blocked.py, the same shares and ledger bit for bit; every product of the whole
     steps by ring_matmul's product_strategy).
-    With `reuse_mask` (engine.reuse_weight_masks) and a registered weight y (MPC.register_weight),
-    y's mask b and the opened f are kept for the rest of the inference (MPC.inference), so later calls
+    With mask reuse (engine.weight_masks=request|deployment, or `reuse_mask`) and a registered weight y
+    (MPC.register_weight), y's mask b and the opened f are kept for the rest of the inference
+    (MPC.inference) or the deployment (opened in the deploy stage: mpc/weight_masks.py), so later calls
     with the same y open only e. Activations are never cached (they are not reused).
     `select` = (dim, index): multiply by the public slice y.index_select(dim, index) (Comet's SOMM / SIMM
     columns and rows). Without reuse only the slice is masked and opened; with reuse the whole weight's
@@ -325,12 +326,12 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     + truncate_cost(n_z).
     """
     mpc = x.mpc
-    reuse = mpc.config.reuse_weight_masks if reuse_mask is None else reuse_mask
     count_macs(mpc, x.shape, y.shape, select)
     with mpc.ledger.protocol("matmul"):
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f, matrix=True, what="x @ y")
-        key = y.uid if reuse else None
+        key = weight_masks.mask_key(mpc, y, reuse_mask)
+        weight_masks.open_for_deployment(mpc, y, key)   # weight_masks=deployment: f opened once, stage deploy
         if select is not None and key is None:   # no reuse: the slice is the operand
             y, select = y.index_select(*select), None
         if select is None and mm.beaver_strategy(x, y) == "blocked":   # a decode step's rows, by blocks

@@ -199,9 +199,37 @@ class Dealer:
         handed out in blocks of `rows` rows (mpc/blocked.py): the same stream reads, values and booking."""
         return BlockedTriple(self, shape_a, shape_b, rows, reuse_key)
 
-    def forget_reused(self) -> None:
-        """End of an inference: reused weight masks and the request's permutations are dropped."""
-        self._reused.clear()
+    def weight_mask(self, shape_b, reuse_key) -> AShare:
+        """A registered weight's mask b (both halves from the dealer's streams with P0 and P1: nothing is
+        sent), kept under `reuse_key` for later matmul_triple calls (engine.weight_masks=deployment: drawn
+        when its W - b is opened in the deploy stage, mpc/weight_masks.py)."""
+        entry = self._reused.get(reuse_key)
+        if entry is None:
+            entry = self._reused[reuse_key] = [AShare(self._random_shares(shape_b), self.mpc, 0), None]
+        return entry[0]
+
+    def dp_padding(self, pad):
+        """system.count_padding=dp: the noise P (sparse/count_padding.py CountPadding.draw) drawn by the
+        dealer from its own secret stream and dealt as additive shares (frac 0; 8 bytes to P1). Returns
+        (shares, P if cost mode else None): in cost mode (no streams) P comes from a fixed-seed generator,
+        so the padded counts are reproducible but not those of an exact run."""
+        if self.mpc.device.type == "meta":
+            if not hasattr(self, "_cost_noise"):
+                self._cost_noise = np.random.default_rng(0)
+            p = pad.draw(tuple(float(x) for x in 1.0 - self._cost_noise.random(2)))
+            self._book(1, 64)
+            return AShare(Shape((2, 1)), self.mpc, 0), p
+        bits = self._rand((2,), 64)
+        u = tuple(float(((int(b) & ((1 << 53) - 1)) + 1) / float(1 << 53)) for b in bits)   # (0, 1]
+        p = pad.draw(u)
+        self._book(1, 64)
+        return self._arith(torch.tensor([p], dtype=torch.int64, device=self.mpc.device)), None
+
+    def forget_reused(self, keep=()) -> None:
+        """End of an inference: reused weight masks (but those under `keep`: deployment-lifetime ones) and
+        the request's permutations are dropped."""
+        keep = set(keep)
+        self._reused = {k: v for k, v in self._reused.items() if k in keep}
         self._perms.clear()
         self._fss.clear()
 

@@ -46,7 +46,8 @@ FRAC_BITS_RANGE = (14, 24)  # every non-linear function is tested at both ends (
 class EngineConfig:
     frac_bits: int = 16
     truncation: str = "dealer"  # dealer (exact, 1 round) | local (CrypTen's, 0 rounds, rare failures)
-    reuse_weight_masks: bool = False
+    weight_masks: str = "call"  # call | request | deployment: how long a weight's Beaver mask lives (mpc/weight_masks.py)
+    reuse_weight_masks: bool | None = None   # deprecated: true = weight_masks=request, false = call
     check_ranges: bool = True   # simulation only: raise a RangeError when a secret leaves a protocol's range
     max_method: str = "auto"    # max/argmax along a dim: auto | tree | pairs (comet_core/mpc/pairmax.py)
     comparison: str = "circuit"  # circuit (mpc/compare.py's bit tree, 8 rounds) | fss (mpc/fss.py: DCF keys, 1 round)
@@ -55,6 +56,10 @@ class EngineConfig:
     functions: FunctionConfig = field(default_factory=FunctionConfig)
 
     def __post_init__(self) -> None:
+        from comet_core.mpc.weight_masks import resolve_lifetime
+
+        self.weight_masks = resolve_lifetime(self.weight_masks, self.reuse_weight_masks)
+        self.reuse_weight_masks = None   # consumed: weight_masks says it (dataclasses.replace stays valid)
         require(isinstance(self.frac_bits, int) and not isinstance(self.frac_bits, bool)
                 and FRAC_BITS_RANGE[0] <= self.frac_bits <= FRAC_BITS_RANGE[1],
                 f"engine.frac_bits must be an integer in {FRAC_BITS_RANGE[0]}..{FRAC_BITS_RANGE[1]} (below "
@@ -106,6 +111,7 @@ class MPC:
         self.rank = party
         self.parties = (0, 1) if party is None else (party,)
         self.weight_masks: dict[int, tuple] = {}   # registered weight id -> (mask share, opened masked value)
+        self.request_weights: set[int] = set()     # ids of weights made per request (a request's permuted weights)
         self.mask_digits: dict = {}                # (weight id | None, name) -> (source, digits): few-row products
         self._weight_ids = itertools.count()
         self._handles = itertools.count()
@@ -380,17 +386,25 @@ class MPC:
         """A name for a dealer-held object (a permutation): the same in both parties of an SPMD run."""
         return next(self._handles)
 
-    def register_weight(self, w: "AShare") -> "AShare":
-        """Mark a shared model weight whose Beaver mask may be opened once per inference and reused."""
+    def register_weight(self, w: "AShare", per_request: bool = False) -> "AShare":
+        """Mark a shared model weight whose Beaver mask may be opened once and reused (engine.weight_masks).
+        `per_request`: the weight itself lives one request (Comet's per-request permuted weights), so its
+        mask lives at most that long whatever the policy."""
         w.uid = next(self._weight_ids)
+        if per_request:
+            self.request_weights.add(w.uid)
         return w
 
     @contextlib.contextmanager
     def inference(self):
-        """One inference request: cached weight masks (reuse_weight_masks) live only inside it."""
+        """One inference request: weight masks of lifetime `request` (and every per-request weight's) live
+        only inside it; with weight_masks=deployment the deployment weights' masks outlive it."""
         try:
             yield self
         finally:
-            self.weight_masks.clear()
+            keep = set() if self.config.weight_masks != "deployment" else \
+                {k for k in self.weight_masks if k not in self.request_weights}
+            self.weight_masks = {k: v for k, v in self.weight_masks.items() if k in keep}
+            self.request_weights.clear()
             self.mask_digits.clear()
-            self.dealer.forget_reused()
+            self.dealer.forget_reused(sorted(keep))

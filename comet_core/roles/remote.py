@@ -162,7 +162,7 @@ class _Service:
 # simulation-only blocked_matmul_triple / and_triples_np) is refused.
 DEALER_ITEMS = frozenset({"mul_triple", "matmul_triple", "square_pair", "trunc_triple", "compare_mask",
                           "and_triples", "dabit", "new_permutation", "permute_masks", "fourier_mask",
-                          "forget_reused"})
+                          "weight_mask", "forget_reused"})
 
 
 class DealerService(_Service):

@@ -78,6 +78,14 @@ def validate_config(cfg, role: str | None = None) -> None:
     check_emulation(cfg)
     if transport == "tcp":
         check_party_config(cfg)
+        require(engine_config(cfg).weight_masks != "deployment"
+                and str(cfg.system.get("permutation", "online")) == "online"
+                and str(cfg.system.get("count_padding", "none")) == "none",
+                "transport=tcp runs one request with online per-request work only: engine.weight_masks=deployment "
+                "system.permutation=preprocessed|deployment and system.count_padding=bucket|dp run with transport=inprocess")
+    dr = cfg.get("deploy_requests", 1000)
+    require(isinstance(dr, int) and not isinstance(dr, bool) and dr >= 1,
+            f"deploy_requests must be a positive integer (requests a deployment's one-off work is shared by), got {dr!r}")
     check_memory(cfg)
 
 
@@ -94,7 +102,7 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
     from comet_core.mpc import matmul
     from comet_core.systems import load_system
 
-    opts = dict(reuse_weight_masks=bool(cfg.engine.reuse_weight_masks),
+    opts = dict(reuse_weight_masks=engine_config(cfg).weight_masks != "call",
                 # the exact run takes this kernel anyway (decided once per process): the estimate follows it
                 int64_kernel=cfg.device == "cpu" and matmul.int64_gemm_faster(),
                 # the in-process run releases the plaintext model first unless its reference needs the run
@@ -122,7 +130,8 @@ def engine_config(cfg):
 
     e = engine_params(cfg.engine)   # EngineSchema: its defaults fill what a YAML leaves out
     return EngineConfig(
-        frac_bits=e.frac_bits, truncation=e.truncation, reuse_weight_masks=bool(e.reuse_weight_masks),
+        frac_bits=e.frac_bits, truncation=e.truncation, weight_masks=str(e.weight_masks),
+        reuse_weight_masks=None if e.reuse_weight_masks is None else bool(e.reuse_weight_masks),
         check_ranges=bool(e.check_ranges), max_method=str(e.max_method), comparison=str(e.comparison),
         relu_bits=int(e.relu_bits), relu_range=int(e.relu_range),
         functions=FunctionConfig(exp_iterations=e.exp_iterations, exp_clamp=bool(e.exp_clamp), reciprocal_nr_iters=e.reciprocal_nr_iters,

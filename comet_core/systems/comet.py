@@ -32,12 +32,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from comet_core.comm.ledger import Cost
 from comet_core.errors import CometError
 from comet_core.mpc import arith, compare, smallring
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shuffle import Permutation, permute
 from comet_core.sparse import oblivious
+from comet_core.sparse.count_padding import CountPadding, padded_mask, real_permuted_mask
 from comet_core.sparse.masks import active_bits, reveal_bits
+from comet_core.sparse.permutation_timing import PERMUTATION_TIMINGS
 from comet_core.systems.comet_heads import HeadSparsity, attention_step_cost  # noqa: F401 (re-exported)
 from comet_core.systems.dense import DenseSystem
 from comet_core.systems.step_record import StepRecord  # noqa: F401 (re-exported)
@@ -83,12 +86,22 @@ class CometSystem(HeadSparsity, DenseSystem):
         if self.correlations not in ("dealer", "client"):
             raise CometError(f"system.correlations must be dealer or client, got {self.correlations!r}")
         self.heads = bool(cfg.heads)
+        self.permutation = str(cfg.permutation)
+        if self.permutation not in PERMUTATION_TIMINGS:
+            raise CometError(f"system.permutation must be one of {', '.join(PERMUTATION_TIMINGS)}, got {self.permutation!r}")
+        self.count_padding = CountPadding.from_params(cfg)
+        self._shuffled = None                # (FFN LayerRequests, HeadRequests) made in deploy or preprocess
         self.kv_refill = str(cfg.kv_refill)
         self.kv_prefetch = str(cfg.kv_prefetch)
         if self.kv_refill not in ("merged", "naive"):
             raise CometError(f"system.kv_refill must be merged or naive, got {self.kv_refill!r}")
         if self.kv_prefetch not in ("cost_benefit", "always", "never"):
             raise CometError(f"system.kv_prefetch must be cost_benefit, always or never, got {self.kv_prefetch!r}")
+        if self.count_padding.active and self.indexing != "shuffle":
+            raise CometError("system.count_padding pads the shuffled FFN masks; use it with system.indexing=shuffle")
+        if self.count_padding.active and (int(cfg.block) != 1 or self.predictor_bits != 64):
+            raise CometError("system.count_padding pads per-neuron masks of the full-ring threshold test; use it "
+                             "with system.block=1 and system.predictor_bits=64")
         if self.heads and self.indexing == "oblivious":
             raise CometError("system.indexing=oblivious covers the FFN only; set system.heads=false with it")
         self.block = cfg.block
@@ -182,20 +195,48 @@ class CometSystem(HeadSparsity, DenseSystem):
             out["head"] = rows(self.head_predictors, self.head_thresholds)
         return out
 
+    @property
+    def per_request_weights(self) -> bool:
+        """Whether the permuted weights live one request (their masks then at most one request, whatever
+        engine.weight_masks says): all but system.permutation=deployment."""
+        return self.permutation != "deployment"
+
+    def deploy(self, mpc, decoder) -> None:
+        """system.permutation=deployment: step 1 once per deployment (stage deploy); every request then
+        multiplies the same permuted weights (sparse/permutation_timing.py states the leakage)."""
+        if self.permutation == "deployment":
+            self._shuffled = self._shuffle(mpc, decoder)
+
+    def preprocess(self, mpc, decoder) -> None:
+        """system.permutation=preprocessed: step 1 per request, before the prompt arrives (stage preprocess:
+        it depends on no input, only on the weights)."""
+        if self.permutation == "preprocessed":
+            self._shuffled = self._shuffle(mpc, decoder)
+
     def start_request(self, mpc, decoder, steps: int = 1) -> None:
-        """Step 1: one permutation per layer, applied to every neuron-indexed tensor in one call (and,
-        with heads, one per layer for the head groups)."""
+        """Step 1 (system.permutation=online; else made in deploy or preprocess): one permutation per layer,
+        applied to every neuron-indexed tensor in one call (and, with heads, one per layer for the head
+        groups)."""
         from comet_core.sparse.heads import HeadCache
 
         self.state = CometState(total_steps=steps)
+        shuffled = self._shuffle(mpc, decoder) if self.permutation == "online" else self._shuffled
+        self.state.request, self.state.heads = list(shuffled[0]), list(shuffled[1])
+        if self.permutation == "preprocessed":
+            self._shuffled = None        # one request's permutation: never reused
+        if self.heads:
+            self.state.kv = [HeadCache(decoder.meta["num_kv_heads"]) for _ in decoder.w.layers]
+
+    def _shuffle(self, mpc, decoder) -> tuple[list, list]:
+        request, heads = [], []
         for layer, lw in enumerate(decoder.w.layers):
             if self.indexing == "shuffle":
                 with mpc.label(layer=layer, op="ffn.shuffle"):
-                    self.state.request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
+                    request.append(self._permute_layer(mpc, lw, self.predictors[layer]))
             if self.heads:
                 with mpc.label(layer=layer, op="attn.shuffle"):
-                    self.state.heads.append(self._permute_heads(mpc, lw, decoder.meta, layer))
-                self.state.kv.append(HeadCache(decoder.meta["num_kv_heads"]))
+                    heads.append(self._permute_heads(mpc, lw, decoder.meta, layer))
+        return request, heads
 
     def _permute_layer(self, mpc, lw: dict, pred: dict) -> LayerRequest:
         llama = "w_gate" in lw
@@ -220,7 +261,8 @@ class CometSystem(HeadSparsity, DenseSystem):
             o += r.shape[0]
         w_in = AShare.cat(parts[:2], 1) if llama else parts[0]            # (d, F) | (d, 2F)
         k = 2 if llama else 1
-        reg = mpc.register_weight   # this request's weights: their masks may be reused (engine policy)
+        # this request's (or deployment's) weights: their masks may be reused (engine.weight_masks)
+        reg = lambda w: mpc.register_weight(w, per_request=self.per_request_weights)  # noqa: E731
         return LayerRequest(perm=perm, w_in=reg(w_in), b_in=None if llama else parts[-1][0],
                             w_out=reg(parts[k].transpose(0, 1)), p2=reg(p2), pb2=pb2)
 
@@ -239,22 +281,31 @@ class CometSystem(HeadSparsity, DenseSystem):
         with mpc.label(op="ffn.predict"):
             z = arith.matmul(arith.matmul(x, pred["w1"]) + pred["b1"], req.p2) + req.pb2   # (T, F) permuted
         b = self.block
+        keep = None
         with mpc.label(op="ffn.reveal"):
-            bits = active_bits(z, self.thresholds[layer], self.predictor_bits, self.predictor_range)
-            count = -(-self.counts(layer, self.state.step, x.shape[0]) // b) if mpc.is_cost else None   # blocks
-            mask = reveal_bits(mpc, bits, count)                          # (F / b,) permuted blocks
+            count = self.counts(layer, self.state.step, x.shape[0]) if mpc.is_cost else None
+            if self.count_padding.active:   # sparse/count_padding.py: the padded mask, [m] of the real one
+                mask, m_real = padded_mask(mpc, z, self.thresholds[layer], self.count_padding, count)
+                real = real_permuted_mask(mpc, m_real, count)
+            else:
+                bits = active_bits(z, self.thresholds[layer], self.predictor_bits, self.predictor_range)
+                count = -(-count // b) if count is not None else None   # blocks
+                mask = real = reveal_bits(mpc, bits, count)                # (F / b,) permuted blocks
         S = torch.nonzero(mask).flatten()
         if b > 1:   # every neuron of each active block (permuted coordinates)
             S = (S[:, None] * b + torch.arange(b, device=S.device)).flatten()
-        self._record(mpc, x, layer, mask, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
+        if self.count_padding.active:
+            keep = m_real.index_select(0, S)                               # (|S|,) 0/1: the padded units' 0
+        self._record(mpc, x, layer, real, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
         cols = torch.cat([S, S + F]) if llama else S                   # public indices (permuted)
         b_in = None if llama else req.b_in.index_select(0, S)
-        return self._sparse_ffn(x, req.w_in, b_in, req.w_out, lw, meta, S.numel(), (1, cols), (0, S))
+        return self._sparse_ffn(x, req.w_in, b_in, req.w_out, lw, meta, S.numel(), (1, cols), (0, S), keep=keep)
 
     def _sparse_ffn(self, x: AShare, w_in: AShare, b_in, w_out: AShare, lw: dict, meta: dict, k: int,
-                    in_select=None, out_select=None) -> AShare:
+                    in_select=None, out_select=None, keep=None) -> AShare:
         """Steps 4-6 on the k selected neurons: SOMM, sparse activation, SIMM. The selections are public
-        slices of the request's permuted weights (None: the operands are the selected weights already)."""
+        slices of the request's permuted weights (None: the operands are the selected weights already).
+        `keep` (count padding): [0/1] per selected unit, 0 for a padded unit, whose activation is discarded."""
         mpc = x.mpc
         b_out = lw.get("b2")
         if k == 0:   # nothing active: the FFN adds only its output bias
@@ -271,6 +322,9 @@ class CometSystem(HeadSparsity, DenseSystem):
             with mpc.label(op="ffn.somm"):
                 y = arith.matmul(x, w_in, select=in_select) + b_in           # (T, k)
             h = self.activation(y, meta["act"], op="ffn.act")
+        if keep is not None:
+            with mpc.label(op="ffn.pad_discard"):
+                h = arith.mul(h, keep)                                       # (T, k) * (k,): padded units -> 0
         with mpc.label(op="ffn.simm"):
             out = arith.matmul(h, w_out, select=out_select)                  # (T, d)
             return out + b_out if b_out is not None else out
@@ -379,17 +433,24 @@ def sparse_ffn_cost(mpc, T: int, d: int, k: int, llama: bool):
     return c + arith.matmul_cost(mpc, T * k, k * d, T * d)
 
 
-def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64, block: int = 1):
+def ffn_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64, block: int = 1,
+                  pad: CountPadding | None = None):
     """Steps 2-6 for one layer and step of T tokens with k revealed-active neurons (a multiple of block:
-    the predictor and its threshold test cover F / block units; the test on Z_2^bits: system.predictor_bits)."""
+    the predictor and its threshold test cover F / block units; the test on Z_2^bits: system.predictor_bits;
+    with `pad`: k is the padded count, the reveal is count_padding's and the padded units are discarded)."""
+    from comet_core.sparse.count_padding import discard_cost, padded_reveal_cost
     from comet_core.sparse.masks import active_bits_cost, reveal_bits_cost
 
     u = F // block
     c = arith.matmul_cost(mpc, T * d, d * r, T * r) + arith.matmul_cost(mpc, T * r, r * u, T * u)
-    c = c + active_bits_cost(mpc, T, u, bits) + reveal_bits_cost(u)
+    if pad is not None and pad.active:
+        c = c + padded_reveal_cost(mpc, T, F, pad)
+    else:
+        c = c + active_bits_cost(mpc, T, u, bits) + reveal_bits_cost(u)
     if k == 0:
         return c
-    return c + sparse_ffn_cost(mpc, T, d, k, llama)
+    c = c + sparse_ffn_cost(mpc, T, d, k, llama)
+    return c + (discard_cost(mpc, T, k) if pad is not None and pad.active else Cost())
 
 
 def ffn_oblivious_step_cost(mpc, T: int, d: int, F: int, r: int, k: int, llama: bool, bits: int = 64):

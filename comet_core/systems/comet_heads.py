@@ -97,10 +97,11 @@ class HeadSparsity:
             got[k] = out[:, o:o + m].reshape(*shp)
             o += m
         cat2d = lambda t, m: t.permute(1, 0, 2).reshape(d, Hkv * m)  # noqa: E731  (Hkv, d, m) -> (d, Hkv m)
+        once = not getattr(self, "per_request_weights", True)   # permuted once per deployment (system.permutation)
         wqkv = mpc.register_weight(AShare.cat([cat2d(got["wq"], G * hd), cat2d(got["wk"], hd),
-                                               cat2d(got["wv"], hd)], 1))
+                                               cat2d(got["wv"], hd)], 1), per_request=not once)
         return HeadRequest(perm=perm, wqkv=wqkv, wq=got["wq"], wk=got["wk"], wv=got["wv"],
-                           wo=mpc.register_weight(got["wo"].reshape(H * hd, d)),
+                           wo=mpc.register_weight(got["wo"].reshape(H * hd, d), per_request=not once),
                            bq=got.get("bq"), bk=got.get("bk"), bv=got.get("bv"),
                            p2=got["p2"].permute(1, 0, 2).reshape(r, H), pb2=got["pb2"].reshape(H))
 

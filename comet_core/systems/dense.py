@@ -89,6 +89,14 @@ class DenseSystem:
         group straight into one buffer (models/weights.share_weights), so `prepare` joins them as views."""
         return fused.LAYER_GROUPS
 
+    def deploy(self, mpc, decoder) -> None:
+        """Once per deployment, before its first request (stage `deploy`, outside MPC.inference): nothing
+        here (Comet with system.permutation=deployment permutes its weights here)."""
+
+    def preprocess(self, mpc, decoder) -> None:
+        """Per request, before the prompt arrives (stage `preprocess`, inside MPC.inference): nothing here
+        (Comet with system.permutation=preprocessed shuffles its weights here)."""
+
     def start_request(self, mpc, decoder, steps: int = 1) -> None:
         """At the start of one inference request (inside MPC.inference) of `steps` forward passes."""
 

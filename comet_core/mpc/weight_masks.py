@@ -1,0 +1,87 @@
+"""How long a secret weight's Beaver mask lives: `engine.weight_masks=call|request|deployment`.
+
+A Beaver product x @ W of a secret activation x and a secret weight W opens e = x - a and f = W - B.
+  * call (the published systems' default, CrypTen's): every product draws a fresh B and opens f.
+  * request: B is drawn and f opened at W's first product of a request and reused by its later
+    products (the mask dies with the request: MPC.inference).
+  * deployment: B is drawn and f = W - B opened once per deployment, in the `deploy` stage (its own row
+    in metrics.csv, amortised over `deploy_requests`); every later product, in every request, opens only
+    a fresh e = x - a and uses the same B (fixed-operand correlations: the dealer makes c = a @ B
+    with a fresh a each time).
+A weight that itself lives one request (Comet's per-request permuted weights, MPC.register_weight
+`per_request`) keeps its mask at most for that request under either reuse policy.
+
+Why reusing B for a fixed W is safe (docs/threat-model.md "Weight-mask lifetime"): f = W - B is one
+one-time-pad encryption of W, opened once; every later opening is of x - a with a fresh uniform a, so
+the transcript of k products is (f, e_1, ..., e_k) with the e_i uniform and independent of everything
+else, the same distribution as with one product. The servers learn nothing about W beyond f, which is
+uniform to each of them (each holds one share of B). What must never be reused: a mask of a value that
+changes (an activation, a KV entry, a weight that is re-permuted or re-shared), because f - f' =
+W - W' then opens the difference; and the activation mask a (e - e' = x - x'). Hence: only registered
+weights are keyed, their masks are dropped when the weight itself is replaced (per-request weights at the
+end of the request), and a is always fresh.
+
+Cost of the deploy opening of one weight of n elements: 2 * 8 n bytes online, 1 round, 0 offline (both
+halves of B come from the dealer's streams with P0 and P1).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from comet_core.comm.ledger import Cost
+from comet_core.errors import require
+from comet_core.mpc import ring
+
+log = logging.getLogger(__name__)
+
+LIFETIMES = ("call", "request", "deployment")
+DEPLOY_STAGE = "deploy"
+
+
+def resolve_lifetime(weight_masks: str, reuse_weight_masks: bool | None) -> str:
+    """engine.weight_masks, with the deprecated engine.reuse_weight_masks (true = request, false = call)
+    mapped onto it (a DeprecationWarning); both set and disagreeing is an error."""
+    require(weight_masks in LIFETIMES,
+            f"engine.weight_masks must be one of {', '.join(LIFETIMES)}; got {weight_masks!r}")
+    if reuse_weight_masks is None:
+        return weight_masks
+    old = "request" if reuse_weight_masks else "call"
+    log.warning("engine.reuse_weight_masks is deprecated: use engine.weight_masks=%s", old)
+    warnings.warn("engine.reuse_weight_masks is deprecated: use engine.weight_masks=call|request|deployment "
+                  f"(reuse_weight_masks={str(bool(reuse_weight_masks)).lower()} is weight_masks={old})",
+                  DeprecationWarning, stacklevel=3)
+    require(weight_masks in ("call", old),
+            f"engine.reuse_weight_masks={str(bool(reuse_weight_masks)).lower()} contradicts "
+            f"engine.weight_masks={weight_masks}; drop the deprecated reuse_weight_masks")
+    return old
+
+
+def mask_key(mpc, y, reuse: bool | None = None):
+    """The reuse key of y's mask in this product (its weight id), or None for a fresh mask. `reuse`
+    (arith.matmul's reuse_mask) overrides the policy's yes/no for one call."""
+    reuse = mpc.config.weight_masks != "call" if reuse is None else reuse
+    return y.uid if reuse else None
+
+
+def lives_per_deployment(mpc, key) -> bool:
+    return key is not None and mpc.config.weight_masks == "deployment" and key not in mpc.request_weights
+
+
+def open_for_deployment(mpc, y, key) -> None:
+    """weight_masks=deployment: at a deployment weight's first product, draw its B and open f = W - B
+    in the `deploy` stage (one round of its own, outside the request's rounds); later products find f
+    kept (MPC.weight_masks) and the dealer's B kept (Dealer.weight_mask). Nothing for other weights."""
+    if not lives_per_deployment(mpc, key) or key in mpc.weight_masks:
+        return
+    with mpc.label(stage=DEPLOY_STAGE), mpc.ledger.protocol("weight_mask"):
+        b = mpc.dealer.weight_mask(tuple(y.shape), key)
+        (f,) = mpc.open_masked((y.data, b.data))
+    mpc.weight_masks[key] = f
+    log.debug("deploy: weight %d's mask opened once (%d elements)", key, y.numel())
+
+
+def deploy_opening_cost(n: int) -> Cost:
+    """The deploy-stage opening of one weight of n elements."""
+    return Cost(2 * ring.BYTES_PER_ELEMENT * n, 0, 1)
