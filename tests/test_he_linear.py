@@ -156,3 +156,22 @@ def test_cheetah_end_to_end_tiny_model(tmp_path):
     assert big_e.elements.sum() == big_c.elements.sum() > 0
     assert big_e.bytes.sum() == pytest.approx(big_c.bytes.sum(), rel=0.002)
     assert he_e[he_e.cost_source == "model"].bytes.sum() == he_c[he_c.bits <= 8 * 300_000].bytes.sum()
+
+
+def test_cheetah_client_share_is_masked():
+    """The client's decrypted share is fresh randomness each run (P0 masks every coefficient), the sum
+    exact: y0 + y1 = x W + b mod 2^ell (a positive control: the two runs' y1 differ, their sums do not)."""
+    pytest.importorskip("tenseal")
+    import numpy as np
+
+    from comet_core.mpc import he_bfv
+    ell, m = 52, np.uint64((1 << 52) - 1)
+    r = np.random.default_rng(3)
+    x0, x1 = (r.integers(0, 1 << 52, (2, 8), dtype=np.uint64) for _ in range(2))
+    w, b = r.integers(0, 1 << 52, (8, 5), dtype=np.uint64), r.integers(0, 1 << 52, 5, dtype=np.uint64)
+    bfv = he_bfv.BFV(ell)
+    a0, a1, _, _ = he_bfv.he_matmul(bfv, x0, x1, w, b)
+    c0, c1, _, _ = he_bfv.he_matmul(bfv, x0, x1, w, b)
+    want = (((x0 + x1) & m) @ w + b) & m
+    assert ((a0 + a1) & m == want).all() and ((c0 + c1) & m == want).all()
+    assert (a1 != c1).all()

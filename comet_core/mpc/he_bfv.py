@@ -180,6 +180,9 @@ def he_matmul(bfv: BFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.nda
             blob = bfv.to_bytes(acc)
             out_bytes.append(len(blob))
             got = bfv.from_bytes(blob)                               # step 3 (P1)
+            if bfv.noise_budget(got) <= 0:
+                raise RuntimeError(f"BFV noise budget exhausted after {-(-k // kp)} products at t = 2^{ell}: "
+                                   "the decryption would be wrong")
             pt = bfv.seal.Plaintext()
             bfv.decryptor.decrypt(got, pt)
             have = pt.coeff_count()
