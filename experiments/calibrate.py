@@ -110,6 +110,25 @@ def _defaults() -> None:
         lambda m, a: ideal.ideal_op(a, "silu", ideal.silu_steps(ideal.Params(), a.numel())), prices="float_elem")
     add("fss_ltz", lambda m, q: _vec(m, n(q, 10, 9)), lambda m, a: fss.ltz(a), prices="dcf_elem",
         config={"comparison": "fss"})
+    # a 1-of-2 OT of the OT-based baselines (iron, bolt: mpc/ideal.py counts their OT instances): a real IKNP
+    # extension's per-OT work (mpc/iknp.py: PRG, bit transposes, correlation-robust hash; base OTs simulated)
+    add("ot_iknp", lambda m, q: _ot_inputs(n(q, 15, 13)), _ot_extend, prices="ot")
+
+def _ot_inputs(m: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)   # message contents do not change the work
+    return (rng.integers(0, 256, (m, 16), dtype=np.uint8), rng.integers(0, 256, (m, 16), dtype=np.uint8),
+            rng.integers(0, 2, m, dtype=np.uint8))
+
+
+def _ot_extend(mpc, a) -> None:
+    from comet_core.mpc import iknp
+
+    x0, x1, r = a
+    iknp.extend(x0, x1, r, batch=min(len(r), 1 << 15))
+    mpc.ledger.work.add("ot", len(r))
+
 
 def _plain(mpc, *shape):
     import torch

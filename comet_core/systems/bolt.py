@@ -10,8 +10,10 @@ scale 11); they run here as ideal functionalities (comet_core/mpc/ideal.py) pric
   * ReLU (OPT) -> exact ReLU priced as CrypTFlow2's DReLU + MUX (BOLT defines only GeLU; SCI's ReLU).
   * SiLU (Llama) -> exact x * sigmoid(x) priced as SIRNN's sigmoid + one multiplication.
   * linear -> dense Beaver matmul (Comet's linear layers, the default as Comet compared BOLT), or with
-    `system.linear=he` BOLT's HE products as an ideal functionality priced by the BFV ciphertexts its
-    code sends and the mod-p reduction after each (comet_core/mpc/he_linear.py).
+    `system.linear=he` BOLT's HE products priced by the BFV ciphertexts its code sends and the mod-p
+    reduction after each (comet_core/mpc/he_linear.py): with `system.he_packing=bolt` (default) BOLT's
+    compact packing as an ideal functionality, with `system.he_packing=cheetah` a real BFV product on the
+    shares in exact mode (TenSEAL; Cheetah's coefficient packing, more ciphertexts than BOLT's).
   * word elimination (`system.word_elimination=true`, off by default, encoder passes only): after layer
     `we_layer` only ceil(keep * T) tokens go on, chosen by an oblivious bitonic sort of their scores
     (its compare-swaps priced as MSB + MUX over the token's d + 1 values: BOLT's code sorts and swaps
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from comet_core.errors import CometError
+from comet_core.errors import CometError, ConfigError
 from comet_core.mpc import ideal
 from comet_core.systems import operators as ops
 from comet_core.systems.dense import DenseSystem
@@ -53,6 +55,11 @@ class BoltSystem(DenseSystem):
     def __init__(self, cfg=None) -> None:
         super().__init__(cfg)
         self.word_elimination = bool(self.cfg.word_elimination)
+        self.he_packing = str(self.cfg.he_packing or "bolt")
+        from comet_core.mpc.he_linear import PACKINGS
+        if self.he_packing not in PACKINGS:
+            raise ConfigError(f"system 'bolt': he_packing={self.he_packing!r} is not available; valid: "
+                              f"{', '.join(PACKINGS)}")
         self.we_layer = int(self.params.get("we_layer", 4))
         self.we_keep = float(self.params.get("we_keep", 0.5))
 

@@ -111,7 +111,7 @@ class DenseSystem:
         with x.mpc.label(op=op):
             if self.linear_name == "he":
                 from comet_core.mpc import he_linear
-                return he_linear.he_linear(x, w, b, self.params["_ideal"])
+                return he_linear.he_linear(x, w, b, self.params["_ideal"], getattr(self, "he_packing", "bolt"))
             y = arith.matmul(x, w, reuse_mask=reuse_mask)
             return y + b if b is not None else y
 
@@ -163,6 +163,9 @@ class DenseSystem:
         if self.linear_name == "he":
             out["linear"] = ("he", "ideal: x W + b; cost BFV ciphertexts as BOLT sends them + mod-p reduction",
                              "EzPC bert: tests/bert/bert.cpp, he.cpp")
+            if getattr(self, "he_packing", "bolt") == "cheetah":
+                out["linear"] = ("he", "BFV x W + b on shares (TenSEAL), Cheetah's packing; ideal mod-p lift",
+                                 "Cheetah sec. 3; EzPC bert he.cpp parameters")
         for k in ACT_KINDS:
             o = self.act_ops[k]
             what = ops.EXACT_ACT[k] if self.act_names[k] == "exact" else o.protocol
