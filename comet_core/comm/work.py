@@ -116,7 +116,9 @@ def ledger_kinds(ledger_df: pd.DataFrame) -> pd.DataFrame:
     def by_op(sel, df, name):
         return (words if df is on else off_words)[sel].groupby([df[k][sel] for k in keys]).sum().rename(name)
 
-    off = ledger_df[(ledger_df.phase == "offline") & (ledger_df.protocol != "matmul")]
+    # DCF keys (rows of more than 64 bits per element, mpc/dealer.py fss_keys): their generation is priced
+    # with their evaluation, as dcf_elem, not at a dealt triple word's rate
+    off = ledger_df[(ledger_df.phase == "offline") & (ledger_df.protocol != "matmul") & (ledger_df.bits <= 64)]
     off_words = (off.elements * off.bits) / 64.0
     off_large = off.elements >= LARGE
     parts = [
