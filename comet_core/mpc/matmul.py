@@ -112,17 +112,21 @@ def int64_gemm_faster() -> bool:
     if KERNEL != "auto":
         return KERNEL == "int64"
     if _INT64_FASTER is None:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randint(-2 ** 62, 2 ** 62, (64, 768), generator=g, dtype=torch.int64)
-        b = torch.randint(-2 ** 62, 2 ** 62, (768, 768), generator=g, dtype=torch.int64)
-
-        t_int64 = _median_s(lambda: torch.matmul(a, b))
-        t_limbs = _median_s(lambda: ringmm.matmul_limbs(ringmm.split_left(a), ringmm.split_right(b)))
+        t_int64, t_limbs = _against_limbs(torch.matmul, 64)
         _INT64_FASTER = t_int64 < t_limbs
         log.info("ring product kernel: %s (int64 matmul %.4f s, limb kernel %.4f s on 64x768 @ 768x768; "
                  "torch CPU capability %s)", "int64" if _INT64_FASTER else "limbs", t_int64, t_limbs,
                  cpu_capability())
     return _INT64_FASTER
+
+
+def _against_limbs(kernel, rows: int) -> tuple[float, float]:
+    """Median seconds of `kernel` and of the limb kernel on one random rows x 768 @ 768 x 768 ring product."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-2 ** 62, 2 ** 62, (rows, 768), generator=g, dtype=torch.int64)
+    b = torch.randint(-2 ** 62, 2 ** 62, (768, 768), generator=g, dtype=torch.int64)
+    return (_median_s(lambda: kernel(a, b)),
+            _median_s(lambda: ringmm.matmul_limbs(ringmm.split_left(a), ringmm.split_right(b))))
 
 
 def _median_s(f) -> float:
@@ -146,11 +150,7 @@ def fewrow_faster() -> bool:
     if USE_FEWROW != "auto" or not fewrowmm.available():
         return USE_FEWROW == "on" and fewrowmm.available()
     if _FEWROW_FASTER is None:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randint(-2 ** 62, 2 ** 62, (32, 768), generator=g, dtype=torch.int64)
-        b = torch.randint(-2 ** 62, 2 ** 62, (768, 768), generator=g, dtype=torch.int64)
-        t_numba = _median_s(lambda: fewrowmm.matmul_2d(a, b))
-        t_limbs = _median_s(lambda: ringmm.matmul_limbs(ringmm.split_left(a), ringmm.split_right(b)))
+        t_numba, t_limbs = _against_limbs(fewrowmm.matmul_2d, 32)
         _FEWROW_FASTER = t_numba < t_limbs
         log.info("products of 4-64 rows: %s (numba int64 %.4f s, limb kernel %.4f s on 32x768 @ 768x768)",
                  "numba int64" if _FEWROW_FASTER else "limbs", t_numba, t_limbs)
