@@ -25,10 +25,9 @@ import torch
 
 from comet_core.comm.ledger import Cost, wire_bytes
 from comet_core.mpc import arith, fss, ring
-from comet_core.mpc import dealer as dealer_mod
 from comet_core.mpc.engine import MPC, AShare
 from comet_core.mpc.shape import Shape
-from comet_core.mpc.xp import ops_for
+from comet_core.mpc.xp import NUMPY, TORCH, ops_for
 
 _LOW63 = (1 << 63) - 1
 _LEVEL_WIDTHS = (32, 16, 8, 4, 2, 1)  # bits per element of the AND operands at each tree level
@@ -45,63 +44,28 @@ def _and_shared_left(mpc: MPC, left, rights: list, n: int, bits: int):
     2. Open d = left ^ a and e_i = r_i ^ b_i together.
     3. left & r_i = c_i ^ (d & b_i) ^ (e_i & a) ^ (d & e_i on P0).
     Cost: online 2 * (1 + len(rights)) * packed(n, bits); offline len(rights) * packed(n, bits).
-    The operands are torch tensors, or numpy arrays (ltz_bits' small inputs on the CPU: the same values
-    and messages, the local steps in numpy; the results are numpy arrays then).
+    The operands are torch tensors, or numpy arrays (ltz_bits' small inputs on the CPU): one definition
+    over either (mpc/xp.py), the same values and messages; the results are of the operands' kind.
     """
-    is_np = isinstance(left, np.ndarray)
-    if not is_np and left.is_meta:
-        a, bs, cs = mpc.dealer.and_triples(tuple(left.shape[1:]), n, bits, len(rights))
+    if not isinstance(left, np.ndarray) and left.is_meta:
+        mpc.dealer.and_triples(tuple(left.shape[1:]), n, bits, len(rights))
         mpc.open_raw([left] * (1 + len(rights)), bits, xor=True, packed=n)
         return list(rights)
-    if is_np:
-        words = tuple(left.shape[1:]) if left.dtype == np.int64 else (left.shape[-1] * left.itemsize // 8,)
-    elif left.dtype == torch.int64:
+    xp = NUMPY if isinstance(left, np.ndarray) else TORCH
+    if left.dtype.itemsize == 8:   # int64 words
         words = tuple(left.shape[1:])
     else:   # strided int32 / int16 / int8 halves (ltz_bits): their dense packing is this many words
-        words = (left.shape[-1] * left.element_size() // 8,)
-    if is_np and mpc.simulated and words[0] * (1 + len(rights)) <= dealer_mod.SMALL:
-        # the simulation's small comparisons: the triples as one array, step 3 for all rights at once
-        k = len(rights)
-        z = mpc.dealer.and_triples_np(words, n, bits, k)       # (2, 1 + 2k, W): a, b_1, c_1, b_2, c_2, ..
-        a, bs, cs = z[:, 0], z[:, 1::2], z[:, 2::2]
-        dt = left.dtype
-        d, *es = mpc.open_np([(left ^ a.view(dt)).view(np.int64)]
-                             + [(r ^ bs[:, i].view(dt)).view(np.int64) for i, r in enumerate(rights)],
-                             bits, xor=True, packed=n)
-        e = np.stack(es)                                        # (k, W)
-        cs ^= bs & d
-        cs ^= a[:, None] & e
-        e &= d
-        cs[0] ^= e                                              # P0's share (both shares are here)
-        return [cs[:, i] for i in range(k)]
+        words = (left.shape[-1] * left.dtype.itemsize // 8,)
     a, bs, cs = mpc.dealer.and_triples(words, n, bits, len(rights))
-    if is_np:   # masking packs strided halves into dense words (the XOR writes a contiguous result)
-        a, bs, cs = a.numpy(), [b.numpy() for b in bs], [c.numpy() for c in cs]
-        dt = left.dtype
-        d, *es = mpc.open_np([(t ^ m.view(dt)).view(np.int64) for t, m in [(left, a), *zip(rights, bs)]],
-                             bits, xor=True, packed=n)
-        outs = []
-        p0 = 0 in mpc.parties
-        for e, b, c in zip(es, bs, cs):   # step 3 in c's buffer (the dealer's, fresh for this call)
-            c ^= b & d
-            c ^= a & e
-            if p0:
-                e &= d
-                c[0] ^= e
-            outs.append(c)
-        return outs
-    if left.dtype == torch.int64:
-        d, *es = mpc.open_masked((left, a), *zip(rights, bs), bits=bits, xor=True, packed=n)
-    else:   # masking packs the strided halves into dense words (the XOR writes a contiguous result)
-        dt = left.dtype
-        d, *es = mpc.open_raw([torch.bitwise_xor(t, m.view(dt)).contiguous().view(torch.int64)
-                               for t, m in [(left, a), *zip(rights, bs)]], bits, xor=True, packed=n)
-    outs = []
-    tmp = torch.empty_like(a)
+    a, bs, cs = xp.arr(a), [xp.arr(b) for b in bs], [xp.arr(c) for c in cs]
+    d, *es = xp.open_xor_masked(mpc, [(left, a), *zip(rights, bs)], bits, packed=n)
+    outs, tmp = [], None
     for e, b, c in zip(es, bs, cs):   # step 3 in c's buffer (the dealer's, fresh for this call)
-        c ^= torch.bitwise_and(b, d, out=tmp)
-        c ^= torch.bitwise_and(a, e, out=tmp)
-        outs.append(mpc.xor_p0_(c, e.bitwise_and_(d)))
+        tmp = xp.and_into(b, d, tmp)
+        c ^= tmp
+        c ^= xp.and_into(a, e, tmp)
+        e &= d
+        outs.append(xp.xor_p0(mpc, c, e))
     return outs
 
 

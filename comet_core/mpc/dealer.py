@@ -81,12 +81,6 @@ class Dealer:
         (a decode step's comparisons, truncations and products are of one to a few thousand elements)."""
         return self.mpc.device.type == "cpu" and math.prod(shape) <= SMALL
 
-    @staticmethod
-    def _np(shape) -> tuple[torch.Tensor, np.ndarray]:
-        """An int64 CPU tensor of `shape` and the numpy view of its memory."""
-        t = torch.empty(tuple(shape), dtype=torch.int64)
-        return t, t.numpy()
-
     def _ns(self, *shapes):
         """The namespace (mpc/xp.py) of an item's CPU steps: NUMPY when every shape has at most SMALL
         elements, else TORCH; None off the CPU (CUDA, cost mode: the generic steps below them)."""
@@ -298,9 +292,17 @@ class Dealer:
         """XOR-shared (a, [b_1..b_k], [a & b_1 .. a & b_k]) as packed words holding `elements`
         fields of `bits` bits; only those bits are booked.
         The stream reads: P0's a_0, then b_i0 and c_i0 for each i; P1's a_1, then b_i1 for each i."""
-        if self._tiny((n_right + 1, *tuple(word_shape))):   # the same reads and values in numpy, in 3 reads
-            zt, zn = self._np((2, 1 + 2 * n_right, *tuple(word_shape)))
-            self._and_triples_into(zn, elements, bits)
+        xp = self._ns((n_right + 1, *tuple(word_shape)))
+        if xp is not None:   # CPU: one definition, numpy for a few elements (mpc/xp.py)
+            zt, z = self._buf(xp, (2, 1 + 2 * n_right, *tuple(word_shape)))   # rows a, b_1, c_1, .., b_k, c_k
+            xp.fill_pieces(self.gen_p0, z[0])
+            xp.fill(self.gen_p1, z[1, 0])
+            if n_right:
+                bv = z[0, 1::2] ^ xp.fill_pieces(self.gen_p1, z[1, 1::2])
+                bv &= z[0, 0] ^ z[1, 0]
+                xp.xor_into(bv, z[0, 2::2], z[1, 2::2])                   # c_i1 = (a & b_i) ^ c_i0
+            for _ in range(n_right):
+                self._book(elements, bits)
             return zt[:, 0], [zt[:, 1 + 2 * i] for i in range(n_right)], [zt[:, 2 + 2 * i] for i in range(n_right)]
         a = self._random_shares(word_shape)
         av = a[0] ^ a[1]
@@ -311,28 +313,6 @@ class Dealer:
             cs.append(self._xor_shares(av & (b[0] ^ b[1]), 64))
             self._book(elements, bits)
         return a, bs, cs
-
-    def _and_triples_into(self, zn: np.ndarray, elements: int, bits: int) -> np.ndarray:
-        """`and_triples`' items written into zn (2, 1 + 2k, *words): rows a, b_1, c_1, .., b_k, c_k (party
-        first), with `and_triples`' stream reads (P0: a_0, b_10, c_10, ..; P1: a_1, b_11, ..) and booking."""
-        k = (zn.shape[1] - 1) // 2
-        self.gen_p0.fill_pieces_np_(zn[0])
-        self.gen_p1.fill_np_(zn[1, 0])
-        if k:
-            bn1 = zn[1, 1::2]
-            self.gen_p1.fill_pieces_np_(bn1)
-            bv = zn[0, 1::2] ^ bn1
-            bv &= zn[0, 0] ^ zn[1, 0]
-            np.bitwise_xor(bv, zn[0, 2::2], out=zn[1, 2::2])   # c_i1 = (a & b_i) ^ c_i0
-        for _ in range(k):
-            self._book(elements, bits)
-        return zn
-
-    def and_triples_np(self, word_shape, elements: int, bits: int, n_right: int) -> np.ndarray:
-        """`and_triples` as one numpy array (2, 1 + 2 n_right, *word_shape), rows a, b_1, c_1, b_2, c_2, ..
-        (the same stream reads, values and ledger rows): the simulation's small comparisons."""
-        return self._and_triples_into(np.empty((2, 1 + 2 * n_right, *tuple(word_shape)), dtype=np.int64),
-                                      elements, bits)
 
     def ring_compare_mask(self, shape, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A reduced-ring comparison's mask (mpc/smallring.py): uniform r in Z_2^bits as additive shares mod

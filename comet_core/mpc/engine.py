@@ -23,6 +23,7 @@ from comet_core.mpc.matmul import split_digits
 from comet_core.mpc.prg import PRG, Keys
 from comet_core.mpc.shape import Shape
 from comet_core.mpc.sharing import share_into
+from comet_core.mpc.xp import NUMPY, TORCH
 
 
 @dataclass
@@ -346,20 +347,18 @@ class MPC:
         """The opened value of party-stacked x - m (x ^ m) from both shares in this process (simulation;
         the caller books the round): ((x0 - m0) + x1) - m1 in one result buffer (`out` if given).
         `small` (CPU tensors of a few elements): in numpy, the same value at a fraction of torch's
-        per-call overhead."""
-        if small and out is None:
-            xn, mn = x.numpy(), m.numpy()
-            v = xn[0] ^ mn[0] if xor else xn[0] - mn[0]
-            if xor:
-                v ^= xn[1]
-                v ^= mn[1]
-            else:
-                v += xn[1]
-                v -= mn[1]
-            return torch.from_numpy(v)
+        per-call overhead (one definition over either, mpc/xp.py)."""
+        xp = NUMPY if small and out is None else TORCH
+        xs, ms = xp.arr(x), xp.arr(m)
         if xor:
-            return torch.bitwise_xor(x[0], m[0], out=out).bitwise_xor_(x[1]).bitwise_xor_(m[1])
-        return torch.sub(x[0], m[0], out=out).add_(x[1]).sub_(m[1])
+            v = xp.xor_into(xs[0], ms[0], out)
+            v ^= xs[1]
+            v ^= ms[1]
+        else:
+            v = xp.sub_into(xs[0], ms[0], out)
+            v += xs[1]
+            v -= ms[1]
+        return xp.tensor(v)
 
     def digits(self, key, name: str, t: torch.Tensor):
         """Digits (matmul.split_digits) of a right operand t that several few-row products share: a reused

@@ -6,8 +6,8 @@ each protocol step beside its torch code (two paths to keep in step), a step is 
 function of arrays and an `Ops` object:
   * Python's operators, which numpy and torch int64 arrays share bit for bit (+ - * wrap mod 2^64,
     >> is arithmetic, << & | ^ are the same words; data-free Shapes in cost mode accept them too);
-  * the few calls that differ, as methods of Ops: the opening of party-stacked arrays, P0's addition,
-    in-place multiply-add, a keyed stream's fill, subtraction into a buffer.
+  * the few calls that differ, as methods of Ops: the opening of party-stacked arrays (plain, or XOR-masked),
+    P0's addition or XOR, in-place multiply-add, a keyed stream's fill, subtraction / XOR / AND into a buffer.
 `ops_for(*tensors)` gives NUMPY when every tensor is a small int64 CPU tensor (ashare.SMALL_NP words;
 numpy views of the tensors' memory, so results are the same torch tensors), else TORCH. The bit-for-bit
 pins of tests/test_bitexact_small.py run both.
@@ -39,8 +39,21 @@ class TorchOps:
         return mpc.open_raw(arrays, bits, xor=xor, packed=packed)
 
     @staticmethod
+    def open_xor_masked(mpc, pairs, bits: int, packed: int | None = None) -> list:
+        """Open x ^ m for party-stacked (x, m) pairs in one round. x may be strided int32 / int16 / int8
+        halves (m is int64 words of x's dense packing): their masked XOR is packed into dense int64 words."""
+        if pairs[0][0].dtype == torch.int64:
+            return mpc.open_masked(*pairs, bits=bits, xor=True, packed=packed)
+        return mpc.open_raw([torch.bitwise_xor(x, m.view(x.dtype)).contiguous().view(torch.int64) for x, m in pairs],
+                            bits, xor=True, packed=packed)
+
+    @staticmethod
     def add_p0(mpc, z, value):
         return mpc.add_p0_(z, value)
+
+    @staticmethod
+    def xor_p0(mpc, z, value):
+        return mpc.xor_p0_(z, value)
 
     @staticmethod
     def addmul_(z, x, y, scale: int = 1):
@@ -68,6 +81,10 @@ class TorchOps:
     def xor_into(x, y, out):
         return torch.bitwise_xor(x, y, out=out)
 
+    @staticmethod
+    def and_into(x, y, out=None):
+        return torch.bitwise_and(x, y, out=out)
+
 
 class NumpyOps:
     """The numpy namespace: int64 views of small CPU tensors (the simulation's small protocols)."""
@@ -87,9 +104,20 @@ class NumpyOps:
         return mpc.open_np(arrays, bits, xor=xor, packed=packed)
 
     @staticmethod
+    def open_xor_masked(mpc, pairs, bits: int, packed: int | None = None) -> list:
+        """TorchOps.open_xor_masked of numpy arrays (the XOR writes dense words)."""
+        return mpc.open_np([(x ^ m.view(x.dtype)).view(np.int64) for x, m in pairs], bits, xor=True, packed=packed)
+
+    @staticmethod
     def add_p0(mpc, z, value):
         if 0 in mpc.parties:
             z[0] += value
+        return z
+
+    @staticmethod
+    def xor_p0(mpc, z, value):
+        if 0 in mpc.parties:
+            z[0] ^= value
         return z
 
     @staticmethod
@@ -112,6 +140,10 @@ class NumpyOps:
     @staticmethod
     def xor_into(x, y, out):
         return np.bitwise_xor(x, y, out=out)
+
+    @staticmethod
+    def and_into(x, y, out=None):
+        return np.bitwise_and(x, y, out=out)
 
 
 TORCH, NUMPY = TorchOps(), NumpyOps()
