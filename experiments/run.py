@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from comet_core.config.schema import register as _register_schemas
-from comet_core.config.typed import engine_params, system_params
+from comet_core.config.typed import engine_params, network_params, system_params
 from comet_core.results.run_folder import RESULT_FILES, RunFolder, check_destination  # noqa: F401
 from comet_core.roles.inprocess import Outcome, execute  # noqa: F401 (execute re-exported: scripts and tests)
 from comet_core.roles.run_config import engine_config, load_prompt, reference_needs_run, validate_config  # noqa: F401
@@ -206,8 +206,9 @@ def metrics_frame(cfg, o: Outcome, summary: dict):
                   count_padding=str(system_params(cfg.system).count_padding) if cfg.system.name == "comet" else "none",
                   layers=o.n_layers, prompt_tokens=len(o.ids),
                   gen_tokens=cfg.gen_tokens, device=cfg.device, git_rev=tables.git_revision())
-    selected = Network.from_cfg(cfg.network)
-    selected = Network(network_label(cfg.network), selected.bandwidth_bps, selected.latency_s)
+    net = network_params(cfg.network)
+    selected = Network.from_cfg(net)
+    selected = Network(network_label(net), selected.bandwidth_bps, selected.latency_s)
     profile = compute_profile(cfg, o)
     modelled = compute_model.stage_seconds(o.work, profile) if profile is not None else None
     metrics = tables.metrics_table(o.ledger, o.gen.stage_seconds, preset_networks(selected), labels,

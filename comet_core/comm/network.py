@@ -26,6 +26,8 @@ class Network:
 
     @classmethod
     def from_cfg(cls, cfg) -> "Network":
+        """The link of a network group's typed params (``network_params(cfg.network)``, config/typed.py):
+        its attributes name, bandwidth_bps and latency_s; a value that is no number is a ConfigError."""
         try:
             bw, lat = float(cfg.bandwidth_bps), float(cfg.latency_s)
         except (TypeError, ValueError):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 
+from comet_core.comm.network import Network
+from comet_core.config.typed import network_params
 from comet_core.errors import ConfigError
 
 log = logging.getLogger("comet.emulate")
@@ -58,8 +60,8 @@ def emulated(run_cfg):
         return
     from comet_core.comm.netns import EmulatedLink, tbf_params
 
-    net = run_cfg.network
-    link = EmulatedLink(float(net.bandwidth_bps), float(net.latency_s), delay=str(t.get("latency_by", "auto")))
+    net = Network.from_cfg(network_params(run_cfg.network))
+    link = EmulatedLink(net.bandwidth_bps, net.latency_s, delay=str(t.get("latency_by", "auto")))
     with link:
         with open_dict(run_cfg):
             for role, host in link.hosts.items():
@@ -90,5 +92,6 @@ def party_shaper(cfg, role: str):
         return None
     t = cfg.transport
     latency_by = str(t.get("latency_by", "auto"))
-    return make_shaper(str(t.get("emulate", "none")), float(cfg.network.latency_s), float(cfg.network.bandwidth_bps),
+    net = Network.from_cfg(network_params(cfg.network))
+    return make_shaper(str(t.get("emulate", "none")), net.latency_s, net.bandwidth_bps,
                        latency_by="netem" if latency_by == "netem" else "shaper")

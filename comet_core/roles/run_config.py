@@ -35,7 +35,7 @@ def validate_config(cfg, role: str | None = None) -> None:
     `role`: a `comet party` role (p0, p1, dealer, client, owner): the system checks only the files that
     role reads (e.g. only the owner needs Comet's predictor checkpoint)."""
     from comet_core.config.schema import check_run_config
-    from comet_core.config.typed import model_params, system_params
+    from comet_core.config.typed import model_params, network_params, system_params
     from comet_core.comm.network import Network
     from comet_core.errors import require
     from comet_core.models.zoo import check_positions, n_layers
@@ -58,7 +58,7 @@ def validate_config(cfg, role: str | None = None) -> None:
     require(cfg.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {cfg.device!r}")
     if role in (None, "client"):   # only the client holds the prompt (the other roles' configs have none)
         load_prompt(cfg)
-    Network.from_cfg(cfg.network)
+    Network.from_cfg(network_params(cfg.network))
     engine_config(cfg)
     from comet_core.results.compute_model import check_profile_env
 
