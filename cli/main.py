@@ -295,7 +295,8 @@ def calibrate(
     out: Path = typer.Option(None, "--out", help="profile path (default: $COMET_CACHE/calibration/profile.json, "
                                                   "which cost-mode runs read)"),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda (untested: no GPU was available)"),
-    overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite", help="replace an existing profile"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite",
+                                   help="replace an existing profile (refused without it: results are never overwritten silently)"),
 ) -> None:
     """Time each work kind of the compute model on this machine (experiments/calibrate.py) and write the
     profile that prices cost-mode compute_s (docs/compute-model.md)."""

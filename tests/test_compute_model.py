@@ -74,9 +74,12 @@ def test_calibrate_quick_writes_a_valid_profile(tmp_path):
     assert d["units_s"]["round"] > 0 and d["quick"] is True and d["clock"] == "process CPU"
     assert {"cpu_model", "flags", "threads", "torch", "numpy"} <= set(d["host"])
     assert all(b["seconds"] > 0 and math.isfinite(b["fit_ratio"]) for b in d["benchmarks"])
-    r = subprocess.run([sys.executable, "-m", "cli.main", "calibrate", "--quick", "--out", str(out), "--no-overwrite"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    before = out.read_bytes()
+    for flag in ([], ["--no-overwrite"]):   # the default refuses too: an existing profile is never replaced silently
+        r = subprocess.run([sys.executable, "-m", "cli.main", "calibrate", "--quick", "--out", str(out), *flag],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert out.read_bytes() == before
 
 
 def test_cost_mode_fills_compute_s_from_the_counters(tmp_path, monkeypatch):

@@ -56,15 +56,15 @@ def cache_profile_path() -> Path:
 def validate_profile(d: dict, where: str) -> None:
     """Raise CometError unless d is a profile this code can read."""
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise CometError(f"{where} is not a compute profile ({FORMAT}); rerun `comet calibrate`")
+        raise CometError(f"{where} is not a compute profile ({FORMAT}); rerun `comet calibrate --overwrite`")
     units = d.get("units_s")
     if not isinstance(units, dict) or not units:
-        raise CometError(f"{where} has no units_s; rerun `comet calibrate`")
+        raise CometError(f"{where} has no units_s; rerun `comet calibrate --overwrite`")
     for k, v in units.items():
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise CometError(f"{where}: unit cost of {k!r} is {v!r}, not a non-negative number; rerun `comet calibrate`")
+            raise CometError(f"{where}: unit cost of {k!r} is {v!r}, not a non-negative number; rerun `comet calibrate --overwrite`")
     if not isinstance(d.get("host"), dict):
-        raise CometError(f"{where} has no host record; rerun `comet calibrate`")
+        raise CometError(f"{where} has no host record; rerun `comet calibrate --overwrite`")
 
 
 def read_profile(path: Path, source: str = "file") -> Profile:
@@ -73,7 +73,7 @@ def read_profile(path: Path, source: str = "file") -> Profile:
     except FileNotFoundError:
         raise CometError(f"compute profile {path} does not exist; run `comet calibrate` (or unset ${ENV})") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise CometError(f"compute profile {path} cannot be read ({e}); rerun `comet calibrate`") from None
+        raise CometError(f"compute profile {path} cannot be read ({e}); rerun `comet calibrate --overwrite`") from None
     validate_profile(d, str(path))
     return Profile(Path(path), {k: float(v) for k, v in d["units_s"].items()}, d["host"],
                    str(d.get("device", "cpu")), source)
@@ -120,7 +120,7 @@ def stage_seconds(work: pd.DataFrame, profile: Profile) -> dict[str, float]:
         return {}
     missing = sorted(set(work.kind) - set(profile.units_s))
     if missing:
-        raise CometError(f"compute profile {profile.path} prices no {', '.join(missing)} work; rerun `comet calibrate`")
+        raise CometError(f"compute profile {profile.path} prices no {', '.join(missing)} work; rerun `comet calibrate --overwrite`")
     priced = work.amount * work.kind.map(profile.units_s)
     return {str(s): float(v) for s, v in priced.groupby(work.stage).sum().items()}
 
