@@ -17,6 +17,7 @@ schemas of comet_core/config/schema.py (one line there).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -44,7 +45,7 @@ def to_typed(cls, data, where: str):
                           f"valid: {', '.join(names)}")
     values = {k: v for k, v in values.items() if v != "???"}   # OmegaConf's MISSING: the default (or the error below)
     for f in dataclasses.fields(cls):
-        nested = _nested_type(f)
+        nested = _nested_type(cls, f)
         if nested is not None and isinstance(values.get(f.name), dict):
             values[f.name] = to_typed(nested, values[f.name], f"{where}.{f.name}")
     try:
@@ -57,10 +58,20 @@ def to_typed(cls, data, where: str):
     return obj
 
 
-def _nested_type(f):
-    """The dataclass a field holds (``Optional[X]`` included), else None."""
-    t = f.type if not isinstance(f.type, str) else _NESTED.get(f.type)
-    return t if dataclasses.is_dataclass(t) else None
+def _nested_type(cls, f):
+    """The dataclass a field of ``cls`` holds (``Optional[X]`` included), else None."""
+    t = typing.get_type_hints(cls).get(f.name, f.type)   # the annotations are strings (postponed evaluation)
+    for arg in (t, *typing.get_args(t)):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def to_yaml(obj) -> str:
+    """A typed config as YAML (the config.yaml a task writes beside its results)."""
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(obj), sort_keys=False)
 
 
 # -- system (conf/system/<name>.yaml) -------------------------------------------------------------
@@ -126,8 +137,6 @@ class CometParams(DenseParams):
     count_padding_delta: float = 1.0e-6                             # dp: delta (the noise's clip)
 
 
-_NESTED = {"Optional[DerivedDensity]": DerivedDensity, "DerivedDensity": DerivedDensity}
-
 # system name -> its params class (a name not here takes DenseParams)
 SYSTEM_PARAMS = {"comet": CometParams}
 
@@ -160,3 +169,20 @@ def network_params(data):
     from comet_core.config.schema import NetworkSchema
 
     return to_typed(NetworkSchema, data, "network")
+
+
+# -- the training commands (conf/train_predictor.yaml, conf/train_lm.yaml) ---------------------------
+
+
+def train_predictor_params(data):
+    """`comet train-predictor`'s (and `comet predictor-tradeoff`'s) composed config, typed."""
+    from comet_core.config.schema import TrainPredictorSchema
+
+    return to_typed(TrainPredictorSchema, data, "train_predictor")
+
+
+def train_lm_params(data):
+    """`comet train-lm`'s composed config, typed."""
+    from comet_core.config.schema import TrainLMSchema
+
+    return to_typed(TrainLMSchema, data, "train_lm")

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from comet_core.config.typed import to_yaml, train_lm_params
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def _plot_curve(curve, path: Path) -> None:
     plt.close(fig)
 
 
-def train_lm_task(cfg: DictConfig) -> None:
+def train_lm_task(cfg) -> None:
+    """The command's job: ``cfg`` is its composed config (a TrainLMSchema, or what converts to one)."""
     import pandas as pd
     import torch
 
@@ -52,6 +53,7 @@ def train_lm_task(cfg: DictConfig) -> None:
     from comet_core.models.cache import cache_path
     from comet_core.models.lm_training import train_lm
 
+    cfg = train_lm_params(cfg)
     torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.output_dir)
     ckpt = cache_path(cfg.checkpoint)
@@ -84,7 +86,7 @@ def train_lm_task(cfg: DictConfig) -> None:
         "checkpoint": str(ckpt), "seed": int(cfg.seed), "threads": int(cfg.threads), "git_rev": _git_rev(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out / "config.yaml").write_text(to_yaml(cfg))
     log.info("val perplexity %.3f per byte; zeros per layer %s", summary["val_ppl_per_byte"],
              summary["relu_zero_fraction_per_layer"])
     print(f"checkpoint: {ckpt}")

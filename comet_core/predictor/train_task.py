@@ -10,13 +10,14 @@ predicted sparsity (accuracy.csv), a threshold sweep (sweep.csv), and the sparsi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from comet_core.config.typed import to_yaml, train_predictor_params
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def check_collection_memory(cfg) -> None:
     from comet_core.errors import CometError
     from comet_core.models.zoo import n_layers
 
-    if cfg.get("force", False):
+    cfg = train_predictor_params(cfg)
+    if cfg.force:
         return
     M, P = cfg.model, cfg.predictor
     L = n_layers(M)
@@ -81,13 +83,15 @@ def check_train_predictor_task(cfg) -> None:
     from comet_core.errors import CometError
     from comet_core.predictor.collect import label_field
 
+    cfg = train_predictor_params(cfg)
     label_field(str(cfg.predictor.labels))
     b, F = int(cfg.predictor.block), int(cfg.model.ffn_dim)
     if b < 1 or F % b:
         raise CometError(f"predictor.block={b} must divide the {F} FFN neurons of {cfg.model.name}")
 
 
-def train_predictor_task(cfg: DictConfig) -> None:
+def train_predictor_task(cfg) -> None:
+    """The command's job: ``cfg`` is its composed config (a TrainPredictorSchema, or what converts to one)."""
     import numpy as np
     import pandas as pd
     import torch
@@ -104,6 +108,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
     from comet_core.progress import progress
 
     t_start = time.monotonic()
+    cfg = train_predictor_params(cfg)
     torch.set_num_threads(int(cfg.threads))
     P, M = cfg.predictor, cfg.model
     out = Path(cfg.output_dir)
@@ -178,7 +183,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
         prof_layers.append(layer_profile(l, masks["ffn"][0], masks["ffn"][1], masks["head"][0], masks["head"][1], sl))
     t_train = time.monotonic() - t_start - t_collect
     ps = PredictorSet(model=model_signature(M), ffn=ffn_preds, head=head_preds, ffn_tau=ffn_tau, head_tau=head_tau,
-                      settings=OmegaConf.to_container(P, resolve=True))
+                      settings=dataclasses.asdict(P))
     save_predictors(ps, ckpt)
 
     # (4) accuracy impact on the test plays
@@ -232,7 +237,7 @@ def train_predictor_task(cfg: DictConfig) -> None:
                     "total": round(time.monotonic() - t_start, 1)},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out / "config.yaml").write_text(to_yaml(cfg))
     if not cfg.keep_activations:
         shutil.rmtree(work, ignore_errors=True)
     log.info("mean recall %s, predicted sparsity %s", summary["mean_recall"], summary["mean_predicted_sparsity"])
