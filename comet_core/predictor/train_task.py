@@ -35,16 +35,28 @@ def _layer_costs(model_cfg, kind: str, seq_len: int) -> tuple[int, int]:
     return proj, proj + 2 * H * hd * seq_len
 
 
+def _get(cfg, key: str, default):
+    return getattr(cfg, key, default) if not hasattr(cfg, "get") else cfg.get(key, default)
+
+
+def _model_and_predictor(cfg):
+    """The typed model and predictor of ``cfg`` alone: the preflight runs before Hydra launches the job, when keys
+    such as output_dir=${hydra:runtime.output_dir} cannot resolve yet, so it converts only what it reads."""
+    from comet_core.config.schema import PredictorSchema
+    from comet_core.config.typed import model_params, to_typed
+
+    return model_params(_get(cfg, "model", None)), to_typed(PredictorSchema, _get(cfg, "predictor", None), "predictor")
+
+
 def check_collection_memory(cfg) -> None:
     """Refuse (one line) a run whose activation collection would not fit in memory; force=true runs it."""
     from comet_core import memory
     from comet_core.errors import CometError
     from comet_core.models.zoo import n_layers
 
-    cfg = train_predictor_params(cfg)
-    if cfg.force:
+    if _get(cfg, "force", False):
         return
-    M, P = cfg.model, cfg.predictor
+    M, P = _model_and_predictor(cfg)
     L = n_layers(M)
     need = memory.collection_bytes(M, L, int(P.forward_batch), int(P.seq_len))
     have = memory.available_bytes()
@@ -83,11 +95,11 @@ def check_train_predictor_task(cfg) -> None:
     from comet_core.errors import CometError
     from comet_core.predictor.collect import label_field
 
-    cfg = train_predictor_params(cfg)
-    label_field(str(cfg.predictor.labels))
-    b, F = int(cfg.predictor.block), int(cfg.model.ffn_dim)
+    M, P = _model_and_predictor(cfg)
+    label_field(str(P.labels))
+    b, F = int(P.block), int(M.ffn_dim)
     if b < 1 or F % b:
-        raise CometError(f"predictor.block={b} must divide the {F} FFN neurons of {cfg.model.name}")
+        raise CometError(f"predictor.block={b} must divide the {F} FFN neurons of {M.name}")
 
 
 def train_predictor_task(cfg) -> None:
