@@ -193,6 +193,8 @@ class GridSchema:
     labels: Optional[List[str]] = None
     ranks: Optional[List[int]] = None
     blocks: Optional[List[int]] = None
+    bits: Optional[List[int]] = None  # threshold-test ring widths evaluated on each trained point (null: [64])
+    predictor_range: int = 7         # the reduced test's window, log2 (system.predictor_range's default)
     cross: bool = False              # false: one axis at a time around the predictor's own point
     checkpoints: bool = False        # true: also train head predictors and save a checkpoint per block-1 point
     table: str = MISSING             # the cost_accuracy.csv rows are merged into
