@@ -243,6 +243,8 @@ def register() -> None:
     OmegaConf.register_new_resolver("comet.run_id", run_token, replace=True)
     OmegaConf.register_new_resolver("comet.staging", lambda d: str(staging_path(d)), replace=True)
     OmegaConf.register_new_resolver("comet.preset_dir", preset_dir, replace=True)
+    # ${comet.div:${model.hidden_size},32}: a size as a fraction of the model's (design_space's rank d / 32)
+    OmegaConf.register_new_resolver("comet.div", lambda a, b: int(a) // int(b), replace=True)
     _registered = True
 
 
