@@ -7,13 +7,19 @@ on validation (comet_core/predictor/train.py); (4) on the test windows: recall, 
 sparsity per neuron (mean over layers), and the perplexity and next-token accuracy of the model with the
 predicted FFN masks (heads dense), beside the dense model's on the same windows and the oracle labels'.
 
+Bits (`grid.bits`, system.predictor_bits): each trained point is also evaluated with its threshold test on
+Z_2^bits (mpc/smallring.py's local truncation then sign), drawn by `smallring.plain_ge_zero` as the protocol
+decides it (a unit up to 2^(range + 1 - bits) below the threshold may be taken active), for the recall,
+precision and sparsity on the test activations and for the masks of the perplexity run; bits 64 is the
+float test. The same predictor for every width: the rows differ only by the test.
+
 Each point's row is merged into `grid.table` as soon as it is measured (`results/predictor/<model>/cost_accuracy.csv`) keyed by
-(labels, rank, bits, block): rows of other keys are kept, so other axes (the threshold comparison's
-`bits`) add theirs; a key already there is replaced only with overwrite=true. This command measures the
-64-bit comparison (float predictor; bits 64).
+(labels, rank, bits, block): rows of other keys are kept; a key already there is replaced only with
+overwrite=true.
 
     comet predictor-tradeoff model=shakespeare-opt grid.ranks=[8,16,32,64] grid.blocks=[1,4,16,64]
     comet predictor-tradeoff model=smollm2-135m predictor=smollm2 grid.labels=[cats,product]
+    comet predictor-tradeoff model=shakespeare-opt grid.ranks=[64] grid.blocks=[1] grid.bits=[64,16,12,8]
 """
 
 from __future__ import annotations
@@ -46,6 +52,12 @@ def grid_points(cfg) -> list[tuple[str, int, int]]:
     return list(dict.fromkeys(pts))
 
 
+def grid_bits(cfg) -> list[int]:
+    """The threshold-test widths evaluated on every trained point (64 first: the float test)."""
+    bits = [int(x) for x in (cfg.grid.get("bits") or [64])]
+    return sorted(dict.fromkeys(bits), key=lambda b: -b)
+
+
 def check_tradeoff(cfg, multirun: bool = False) -> None:
     """Preflight: schema, the grid's values, memory (one line each, before the model loads)."""
     from comet_core.config.schema import check_train_config
@@ -61,11 +73,17 @@ def check_tradeoff(cfg, multirun: bool = False) -> None:
             raise CometError(f"grid rank {r} must be in 1..{d} (the hidden size of {cfg.model.name})")
         if b < 1 or F % b:
             raise CometError(f"grid block {b} must divide the {F} FFN neurons of {cfg.model.name}")
+    from comet_core.mpc.smallring import MIN_BITS
+
+    for bits in grid_bits(cfg):
+        if not MIN_BITS <= bits <= 64:
+            raise CometError(f"grid bits {bits} must be in {MIN_BITS}..64 (system.predictor_bits: 64, 16, 12, 8)")
     table = Path(str(cfg.grid.table))
     if table.is_file() and not cfg.overwrite:   # refuse a clash before any work, not after training
         import pandas as pd
 
-        new = pd.DataFrame([dict(labels=lab, rank=r, bits=64, block=b) for lab, r, b in grid_points(cfg)])
+        new = pd.DataFrame([dict(labels=lab, rank=r, bits=bits, block=b) for lab, r, b in grid_points(cfg)
+                            for bits in grid_bits(cfg)])
         merge_rows(pd.read_csv(table), new, False)
     check_collection_memory(cfg)
 
@@ -110,12 +128,14 @@ def tradeoff_task(cfg: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     from comet_core.models.cache import cache_path
+    from comet_core.mpc import smallring
+    from comet_core.mpc.engine import EngineConfig
     from comet_core.models.zoo import load_plain_model, n_layers
     from comet_core.predictor import apply as ap
     from comet_core.predictor.checkpoint import PredictorSet, model_signature, save_predictors
     from comet_core.predictor.collect import calibrate, collect, load_layer
     from comet_core.predictor.metrics import confusion, scores
-    from comet_core.predictor.train import TrainSettings, _logits, fit, neuron_logits
+    from comet_core.predictor.train import TrainSettings, _logits, fit
     from comet_core.results.tables import git_revision
     from comet_core.predictor.train_task import split_windows
 
@@ -145,8 +165,8 @@ def tradeoff_task(cfg: DictConfig) -> None:
         max_epochs=int(P.max_epochs), patience=int(P.patience), pos_weight_max=float(P.pos_weight_max),
         early_stop=str(P.early_stop), block=b)
 
-    def acc(ps, ffn):
-        with ap.sparsity_applied(model, ps, ffn=ffn) as kept:
+    def acc(ps, ffn, test=None):
+        with ap.sparsity_applied(model, ps, ffn=ffn, ffn_test=test) as kept:
             r = ap.lm_accuracy(model, win["test"], bs, desc=f"{ps.settings.get('labels')} {ffn}")
         return r, ap.density(kept, "ffn")
 
@@ -161,17 +181,15 @@ def tradeoff_task(cfg: DictConfig) -> None:
               for lab in kinds}
     d, F = int(M.hidden_size), int(M.ffn_dim)
     ffn_macs = (3 if M.family == "llama" else 2) * d * F
+    frac, window = EngineConfig().frac_bits, int(G.get("predictor_range", 7))
     rows = []
     for lab, r, b in points:   # (3) and (4)
         t0 = time.monotonic()
-        preds, per_layer, epochs = [], [], 0
+        preds, epochs = [], 0
         yf = f"ffn_y_{lab}"
         for l in range(L):
             pred, info = fit(layer("train", l, "ffn_x"), layer("train", l, yf), layer("validation", l, "ffn_x"),
                              layer("validation", l, yf), settings(r, b), seed=int(cfg.seed) + l)
-            Xte = torch.from_numpy(np.array(layer("test", l, "ffn_x"), dtype=np.float32))
-            Yte = torch.from_numpy(np.array(layer("test", l, yf), dtype=bool))
-            per_layer.append(scores(confusion(neuron_logits(_logits(pred, Xte), b) > pred.threshold, Yte)))
             preds.append(pred)
             epochs += info["epochs"]
         train_s = time.monotonic() - t0
@@ -181,21 +199,38 @@ def tradeoff_task(cfg: DictConfig) -> None:
             path = cache_path(str(cfg.checkpoint).removesuffix(".pt") + f"-{lab}-r{r}.pt")
             save_predictors(ps, path)
             log.info("checkpoint %s", path)
-        res, density = acc(ps, "predicted")
-        mean = lambda k: float(np.mean([s[k] for s in per_layer]))  # noqa: E731
-        rows.append(dict(labels=lab, rank=r, bits=64, block=b, recall=mean("recall"),
-                         predicted_sparsity=mean("predicted_sparsity"), perplexity=res["ppl"],
-                         perplexity_dense=dense["ppl"], next_token_accuracy=res["next_token_acc"],
-                         precision=mean("precision"), true_sparsity=mean("true_sparsity"),
-                         eval_ffn_density=density, next_token_accuracy_dense=dense["next_token_acc"],
-                         perplexity_oracle=oracle[lab][0]["ppl"], next_token_accuracy_oracle=oracle[lab][0]["next_token_acc"],
-                         predictor_macs_ratio=(d * r + r * (F // b)) / ffn_macs, target_recall=float(P.target_recall),
-                         model=M.name, layers=L, test_windows=len(win["test"]), tokens=res["tokens"],
-                         train_tokens=data["train"]["tokens"], epochs=epochs, train_s=round(train_s, 1),
-                         git_rev=git_revision()))
-        log.info("%s rank %d block %d: recall %.3f predicted sparsity %.3f ppl %.4g (dense %.4g; %.0f s)", lab, r, b,
-                 rows[-1]["recall"], rows[-1]["predicted_sparsity"], res["ppl"], dense["ppl"], train_s)
-        out = write_table(Path(str(G.table)), pd.DataFrame(rows[-1:]), bool(cfg.overwrite))   # each point kept at once
+        for bits in grid_bits(cfg):
+            gen = torch.Generator().manual_seed(int(cfg.seed))   # the shares' low bits (smallring.plain_ge_zero)
+            test = None if bits >= 64 else (
+                lambda z, thr, bits=bits, gen=gen: smallring.plain_ge_zero(z - thr, bits, frac, window, gen))
+            per_layer, flips, outside, n = [], 0, 0, 0
+            for l, pred in enumerate(preds):
+                Xte = torch.from_numpy(np.array(layer("test", l, "ffn_x"), dtype=np.float32))
+                Yte = torch.from_numpy(np.array(layer("test", l, yf), dtype=bool))
+                z = _logits(pred, Xte)
+                full = z > pred.threshold
+                m = full if test is None else test(z, pred.threshold)
+                flips += int((m != full).sum())
+                outside += int(smallring.outside_window(z - pred.threshold, bits, frac, window).sum())
+                n += m.numel()
+                per_layer.append(scores(confusion(ap.expand_blocks(m, F), Yte)))
+            res, density = acc(ps, "predicted", test)
+            mean = lambda k: float(np.mean([s[k] for s in per_layer]))  # noqa: E731
+            rows.append(dict(labels=lab, rank=r, bits=bits, block=b, recall=mean("recall"),
+                             predicted_sparsity=mean("predicted_sparsity"), perplexity=res["ppl"],
+                             perplexity_dense=dense["ppl"], next_token_accuracy=res["next_token_acc"],
+                             precision=mean("precision"), true_sparsity=mean("true_sparsity"),
+                             eval_ffn_density=density, next_token_accuracy_dense=dense["next_token_acc"],
+                             perplexity_oracle=oracle[lab][0]["ppl"],
+                             next_token_accuracy_oracle=oracle[lab][0]["next_token_acc"],
+                             predictor_macs_ratio=(d * r + r * (F // b)) / ffn_macs, target_recall=float(P.target_recall),
+                             model=M.name, layers=L, test_windows=len(win["test"]), tokens=res["tokens"],
+                             train_tokens=data["train"]["tokens"], epochs=epochs, train_s=round(train_s, 1),
+                             flips_vs_float=flips / n, outside_window=outside / n, predictor_range=window,
+                             frac_bits=frac, git_rev=git_revision()))
+            log.info("%s rank %d block %d bits %d: recall %.3f predicted sparsity %.3f ppl %.4g (dense %.4g; %.0f s)",
+                     lab, r, b, bits, rows[-1]["recall"], rows[-1]["predicted_sparsity"], res["ppl"], dense["ppl"], train_s)
+            out = write_table(Path(str(G.table)), pd.DataFrame(rows[-1:]), bool(cfg.overwrite))   # each point kept at once
     if not cfg.keep_activations:
         import shutil
 

@@ -20,6 +20,16 @@ systems; the block is fc1 + activation + fc2 as in docs, and Comet's predictor, 
   way), fractional shares of rounds entering the time only.
 Scenario (ii), `end_to_end`: metrics.csv's `total` (critical path: setup + prefill + decode) and
 `total_amortised` (+ preprocess + deploy / deploy_requests), priced per network preset from the ledger.
+
+Predictor points (conf/ds_regime/*-rank-d*, *-bits*, *-block*: `predictor=curve`): system.predictor_rank set
+(d / 32 .. d / 4, the ratios of shakespeare-opt's measured ranks 8 .. 64), predictor_bits, block; their
+predicted density is 10% true density x the measured predicted / true density of that rank, bits and block
+(derived.rank_curve), not the forced 90% of the regime rows (`predicted_sparsity`, `sparsity_source`).
+Accuracy (`accuracy_change`, perplexity vs dense in %, `accuracy_source`): the shakespeare-opt measurement of
+the same predictor - a predictor point's (labels cats, rank r x 256 / d, bits, block) row of
+results/predictor/shakespeare-opt/cost_accuracy.csv, the default predictor's `predicted-ffn` row of
+accuracy.csv - blank where no such row exists. The paper's models have no trained predictors here: the
+accuracy is the proxy model's, measured, never OPT's.
 """
 
 from __future__ import annotations
@@ -39,6 +49,10 @@ from comet_core.models.cache import REPO_ROOT
 log = logging.getLogger(__name__)
 
 PASSES = 16
+ACCURACY_MODEL = "shakespeare-opt"      # the model whose measured predictors stand for the paper's shapes
+CURVE = Path("results/predictor") / ACCURACY_MODEL / "cost_accuracy.csv"
+DEFAULT_ACCURACY = Path("results/predictor") / ACCURACY_MODEL / "accuracy.csv"
+DEFAULT_METRICS = Path("results/predictor") / ACCURACY_MODEL / "metrics.csv"    # the default predictor's recall
 SWITCHES = ("weight_masks", "permutation", "predictor_rank", "predictor_bits", "block", "count_padding", "relu_bits")
 LEAKAGE = {
     "online": "counts + co-activation within a request",
@@ -60,8 +74,8 @@ def _choice(job, group: str) -> str:
 
 
 def switches(job) -> dict:
-    """The job's switch columns (today's values where a switch is not built yet: predictor_bits, block and
-    relu_bits hold 64, 1 and 64; another branch adds them)."""
+    """The job's switch columns; `predictor` says whether the FFN predictor is the default one (rank d / 4 or
+    the checkpoint's) or a point of the measured curve (system.predictor_rank set)."""
     cfg = job.cfg
     comet = cfg.system.name == "comet"
     from comet_core.roles.run_config import engine_config
@@ -75,7 +89,23 @@ def switches(job) -> dict:
         block=int(cfg.system.get("block", 1)) if comet else 0,
         count_padding=str(cfg.system.get("count_padding", "none")) if comet else "none",
         relu_bits=int(cfg.engine.get("relu_bits", 64)),
+        predictor=("curve" if rank is not None else "default") if comet else "none",
     )
+
+
+def ffn_sparsity(job, scenario: str) -> tuple[float, str]:
+    """(predicted FFN sparsity, where the counts came from) of a Comet job: layer 0's decode step for the FFN
+    block, the mean over layers and decode steps end to end (sparsity.csv)."""
+    try:
+        sp = pd.read_csv(job.dir / "sparsity.csv")
+    except (OSError, ValueError):
+        return math.nan, ""
+    sp = sp[(sp.kind == "ffn") & (sp.step >= 1)]
+    if scenario.startswith("ffn_block"):
+        sp = sp[sp.layer == 0]
+    if sp.empty:
+        return math.nan, ""
+    return 1.0 - float(sp.active.sum() / sp.total.sum()), str(sp.source.iloc[0])
 
 
 def _share(d: pd.DataFrame) -> tuple[int, int]:
@@ -124,8 +154,10 @@ def end_to_end_costs(job, networks: list[Network]) -> list[dict]:
 def job_rows(job, networks: list[Network]) -> list[dict]:
     scenario = _choice(job, "ds_scenario") or "unknown"
     costs = ffn_block_costs(job, networks) if scenario.startswith("ffn_block") else end_to_end_costs(job, networks)
+    sparsity, source = ffn_sparsity(job, scenario) if job.cfg.system.name == "comet" else (math.nan, "")
     base = dict(scenario=scenario.replace("_quick", ""), preset="quick" if scenario.endswith("_quick") else "full",
                 model=job.cfg.model.name, system=job.cfg.system.name, **switches(job),
+                hidden_size=int(job.cfg.model.hidden_size), predicted_sparsity=sparsity, sparsity_source=source,
                 deploy_requests=int(job.cfg.get("deploy_requests", 1000)), job=job.dir.name,
                 git_rev=_git_rev(job))
     return [dict(base, **c) for c in costs]
@@ -142,35 +174,74 @@ def _git_rev(job) -> str:
 
 def strongest_dense(dense: pd.DataFrame, row: pd.Series) -> pd.Series | None:
     """The dense row a Comet row is compared with: the same scenario, network and weight-mask lifetime, and
-    the cheapest ReLU available to it. Hook for engine.relu_bits (another branch): dense may use the
-    reduced-bit ReLU when the Comet row's predictor uses reduced bits (relu_bits == predictor_bits); today
-    every dense row has relu_bits 64, so this is the dense system of the same lifetime."""
+    the fastest ReLU available to it: the 64-bit one, or where Comet's threshold test runs on reduced bits
+    dense's ReLU on the same bits (engine.relu_bits == predictor_bits: conf/ds_regime/dense-*-relu*)."""
     d = dense[(dense.scenario == row.scenario) & (dense.network == row.network) & (dense.weight_masks == row.weight_masks)]
     allowed = {64, int(row.predictor_bits)} if row.predictor_bits else {64}
     d = d[d.relu_bits.isin(allowed)]
     return None if d.empty else d.sort_values("time_s").iloc[0]
 
 
-def map_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per Comet job x network with the strongest dense beside it and the ratios (dense / comet)."""
+def load_accuracy(root: Path = REPO_ROOT) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(cost_accuracy.csv, accuracy.csv with the default predictor's mean FFN recall from metrics.csv) of the
+    accuracy model, None where missing."""
+    read = lambda p: pd.read_csv(root / p) if (root / p).is_file() else None  # noqa: E731
+    default, metrics = read(DEFAULT_ACCURACY), read(DEFAULT_METRICS)
+    if default is not None:
+        default = default.assign(recall=math.nan if metrics is None else float(metrics[metrics.kind == "ffn"].recall.mean()))
+    return read(CURVE), default
+
+
+def accuracy_of(row, curve: pd.DataFrame | None, default: pd.DataFrame | None) -> dict:
+    """accuracy_change (perplexity vs dense, %), recall and their source for a Comet row (module docstring);
+    blank (NaN, "") where no measurement of that predictor exists."""
+    blank = dict(accuracy_change=math.nan, recall=math.nan, accuracy_source="")
+    if row.predictor == "curve":
+        rank = row.predictor_rank * 256 / row.hidden_size   # shakespeare-opt's d = 256: the same rank / d
+        if curve is None or rank != int(rank):
+            return blank
+        m = curve[(curve.labels == "cats") & (curve["rank"] == int(rank)) & (curve.bits == row.predictor_bits)
+                  & (curve.block == row.block)]
+        if m.empty:
+            return blank
+        m = m.iloc[0]
+        return dict(accuracy_change=100.0 * (m.perplexity / m.perplexity_dense - 1.0), recall=float(m.recall),
+                    accuracy_source=f"{CURVE.as_posix()} (cats, rank {int(rank)}, bits {row.predictor_bits}, "
+                                    f"block {row.block})")
+    if default is None or row.predictor_bits != 64 or row.block != 1:
+        return blank
+    m = default[default.variant == "predicted-ffn"]
+    if m.empty:
+        return blank
+    return dict(accuracy_change=float(m.ppl_change_pct.iloc[0]), recall=float(m.recall.iloc[0]),
+                accuracy_source=f"{DEFAULT_ACCURACY.as_posix()} (predicted-ffn: the default rank-64 predictor)")
+
+
+def map_table(rows: pd.DataFrame, accuracy: tuple | None = None) -> pd.DataFrame:
+    """One row per Comet job x network with the strongest dense beside it, the ratios (dense / comet) and the
+    measured accuracy change of its predictor (`accuracy`: load_accuracy()'s pair; default: the repo's)."""
     comet, dense = rows[rows.system == "comet"], rows[rows.system == "dense"]
+    curve, default = load_accuracy() if accuracy is None else accuracy
     out = []
     for _, r in comet.iterrows():
         d = strongest_dense(dense, r)
         if d is None:
             continue
+        acc = accuracy_of(r, curve, default)
         out.append(dict(   # system / phase / online_bytes / rounds / total_s: Comet's, in the tidy columns of every artifact
             scenario=r.scenario, model=r.model, system="comet", phase="token" if r.scenario == "ffn_block" else "total",
             online_bytes=r.bytes, rounds=r.rounds, total_s=r.time_s, network=r.network, **{k: r[k] for k in SWITCHES},
             leakage=LEAKAGE.get(r.permutation, "?") + ("" if r.count_padding == "none" else f", counts {r.count_padding}"),
-            accuracy_change="", comet_bytes=r.bytes, comet_rounds=r.rounds, comet_s=r.time_s,
+            predictor=r.predictor, predicted_sparsity=r.predicted_sparsity, sparsity_source=r.sparsity_source,
+            accuracy_change=acc["accuracy_change"], recall=acc["recall"], accuracy_source=acc["accuracy_source"],
+            comet_bytes=r.bytes, comet_rounds=r.rounds, comet_s=r.time_s,
             dense_bytes=d.bytes, dense_rounds=d.rounds, dense_s=d.time_s, dense_relu_bits=int(d.relu_bits),
             bytes_ratio=d.bytes / r.bytes, speedup=d.time_s / r.time_s,
             comet_bytes_amortised=r.bytes_amortised, comet_s_amortised=r.time_s_amortised,
             dense_bytes_amortised=d.bytes_amortised, dense_s_amortised=d.time_s_amortised,
             speedup_amortised=d.time_s_amortised / r.time_s_amortised,
             comet_shuffle_request_bytes=r.request_bytes, comet_preprocess_bytes=r.preprocess_bytes,
-            comet_deploy_bytes=r.deploy_bytes, deploy_requests=r.deploy_requests, preset=r.preset, git_rev=r.git_rev))
+            comet_deploy_bytes=r.deploy_bytes, deploy_requests=r.deploy_requests, preset=r.preset, job=r.job, git_rev=r.git_rev))
     return pd.DataFrame(out)
 
 
@@ -188,8 +259,18 @@ def paper_lines(expected_dir: Path | None = None) -> dict[str, tuple[float, floa
     return out
 
 
+def predictor_label(r) -> str:
+    """'' for the default predictor, else its rank, test width and block (a point of the measured curve)."""
+    if getattr(r, "predictor", "default") != "curve":
+        return ""
+    return (f"rank {int(r.predictor_rank)}" + ("" if int(r.predictor_bits) == 64 else f", {int(r.predictor_bits)}-bit test")
+            + ("" if int(r.block) == 1 else f", block {int(r.block)}"))
+
+
 def regime_label(r) -> str:
-    return f"masks {r.weight_masks}, perm {r.permutation}" + ("" if r.count_padding == "none" else f", pad {r.count_padding}")
+    p = predictor_label(r)
+    return (f"masks {r.weight_masks}, perm {r.permutation}" + ("" if r.count_padding == "none" else f", pad {r.count_padding}")
+            + (f", {p}" if p else ""))
 
 
 def analyze_table(t: pd.DataFrame, exp: dict):
@@ -200,8 +281,10 @@ def analyze_table(t: pd.DataFrame, exp: dict):
     if t.empty:
         a.notes.append("no Comet job had a dense job of the same scenario and weight_masks: nothing to compare")
         return a
-    cols = ["scenario", "network", *SWITCHES, "comet_bytes", "comet_rounds", "comet_s", "dense_bytes", "dense_rounds",
-            "dense_s", "bytes_ratio", "speedup", "speedup_amortised", "leakage"]
+    cols = ["scenario", "network", *SWITCHES, "predictor", "predicted_sparsity", "recall", "accuracy_change",
+            "comet_bytes", "comet_rounds", "comet_s", "dense_relu_bits", "dense_bytes", "dense_rounds", "dense_s",
+            "bytes_ratio", "speedup", "speedup_amortised", "leakage"]
+    cols = [c for c in cols if c in t.columns]
     a.tables["the map (per token for ffn_block, per request for end_to_end; ratios dense / comet)"] = t[cols]
     lines = paper_lines()
     for scen, d in t.groupby("scenario", sort=False):
@@ -274,7 +357,48 @@ def pays_off_markdown(t: pd.DataFrame) -> str:
                        f"{_x(b.speedup)} ({_x(b.bytes_ratio)} fewer bytes, {b.comet_rounds:g} rounds against dense's "
                        f"{b.dense_rounds:g}).")
         out.append("")
+        out.extend(predictor_markdown(d))
     return "\n".join(out).rstrip() + "\n"
+
+
+def _pct(v) -> str:
+    return "" if pd.isna(v) else f"{v:+.1f}%"
+
+
+def predictor_markdown(d: pd.DataFrame) -> list[str]:
+    """The predictor points of one scenario (measured density; accuracy of the same predictor on the proxy
+    model) and the cheapest one that keeps recall >= 0.9 under masks per call."""
+    if "predictor" not in d.columns:
+        return []
+    p = d[d.predictor == "curve"]
+    if p.empty:
+        return []
+    nets = list(dict.fromkeys(p.network))
+    out = [f"Predictor points ({', '.join(nets)}; density = 10% true x the measured predicted / true density of "
+           f"the point, accuracy of the same predictor on {ACCURACY_MODEL}: `{CURVE.as_posix()}`; dense beside "
+           "each with its ReLU on the predictor test's bits where that is faster):", "",
+           "| weight masks | permutation | rank | bits | block | predicted sparsity | recall | perplexity change | "
+           "dense ReLU bits | bytes ratio | " + " | ".join(f"speedup {n}" for n in nets) + " |",
+           "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(nets)]
+    keys = ["weight_masks", "permutation", "predictor_rank", "predictor_bits", "block"]
+    for _, g in p.groupby(keys, sort=False):
+        r = g.iloc[0]
+        sp = {n: g[g.network == n].speedup for n in nets}
+        out.append(f"| {r.weight_masks} | {r.permutation} | {int(r.predictor_rank)} | {int(r.predictor_bits)} | "
+                   f"{int(r.block)} | {r.predicted_sparsity:.3f} | {'' if pd.isna(r.recall) else f'{r.recall:.3f}'} | "
+                   f"{_pct(r.accuracy_change)} | {int(r.dense_relu_bits)} | {_x(r.bytes_ratio)} | "
+                   + " | ".join(_x(sp[n].iloc[0]) if len(sp[n]) else "" for n in nets) + " |")
+    out.append("")
+    ok = p[(p.weight_masks == "call") & (p.recall >= 0.9)]
+    if not ok.empty:
+        b = ok.sort_values("bytes_ratio", ascending=False).iloc[0]
+        sp = ", ".join(f"{_x(float(ok[(ok.network == n) & (ok.job == b.job)].speedup.iloc[0]))} {n}"
+                       for n in nets if len(ok[(ok.network == n) & (ok.job == b.job)]))
+        out.append(f"Cheapest predictor with recall >= 0.9 under masks per call: {predictor_label(b)} "
+                   f"(permutation {b.permutation}, predicted sparsity {b.predicted_sparsity:.3f}, recall {b.recall:.3f}, "
+                   f"perplexity {_pct(b.accuracy_change)}): {_x(b.bytes_ratio)} fewer bytes than dense, {sp} faster.")
+        out.append("")
+    return out
 
 
 def write_docs(data_csv: Path, targets: list[Path]) -> None:

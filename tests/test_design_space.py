@@ -69,3 +69,80 @@ def test_map_pairs_each_comet_row_with_dense_of_the_same_lifetime(jobs):
     text = DS.pays_off_markdown(t)
     assert text.startswith("Generated from `results/design_space/data.csv`") and "Under per-deployment masks" in text
     assert "| lan | call | masks call, perm online |" in text
+
+
+# -- predictor points (issue 25): measured density, the strongest dense, the accuracy join -------------------
+
+def _row(**kw) -> pd.Series:
+    base = dict(scenario="ffn_block", network="lan", weight_masks="call", permutation="preprocessed",
+                predictor_rank=512, predictor_bits=64, block=1, count_padding="none", relu_bits=64,
+                predictor="curve", hidden_size=2048)
+    return pd.Series({**base, **kw})
+
+
+def test_strongest_dense_takes_the_reduced_bit_relu_only_beside_the_same_bits():
+    dense = pd.DataFrame([dict(scenario="ffn_block", network="lan", weight_masks="call", relu_bits=b, time_s=t)
+                          for b, t in ((64, 3.0), (16, 2.0), (8, 2.5))]
+                         + [dict(scenario="ffn_block", network="lan", weight_masks="deployment", relu_bits=8, time_s=0.1)])
+    assert DS.strongest_dense(dense, _row()).relu_bits == 64                       # 64-bit Comet: 64-bit dense
+    assert DS.strongest_dense(dense, _row(predictor_bits=8)).relu_bits == 8        # 8 bits: the 8-bit ReLU
+    assert DS.strongest_dense(dense, _row(predictor_bits=16)).relu_bits == 16
+    assert DS.strongest_dense(dense, _row(predictor_bits=12)).relu_bits == 64      # no 12-bit dense: 64
+    slow = dense.assign(time_s=[3.0, 2.0, 9.0, 0.1])
+    assert DS.strongest_dense(slow, _row(predictor_bits=8)).relu_bits == 64        # only where it is faster
+
+
+def test_accuracy_join_reads_the_same_predictor_by_rank_over_d_bits_and_block():
+    curve = pd.DataFrame([dict(labels="cats", rank=8, bits=64, block=1, recall=0.93, perplexity=6.0,
+                               perplexity_dense=5.0),
+                          dict(labels="cats", rank=64, bits=8, block=1, recall=0.95, perplexity=5.5,
+                               perplexity_dense=5.0),
+                          dict(labels="cats", rank=64, bits=64, block=16, recall=0.931, perplexity=5.1,
+                               perplexity_dense=5.0),
+                          dict(labels="product", rank=64, bits=64, block=1, recall=0.9, perplexity=9.0,
+                               perplexity_dense=5.0)])
+    default = pd.DataFrame([dict(variant="predicted-ffn", ppl_change_pct=0.09, recall=0.931)])
+    a = DS.accuracy_of(_row(predictor_rank=64), curve, default)                    # 64 / 2048 = 8 / 256
+    assert a["accuracy_change"] == pytest.approx(20.0) and a["recall"] == 0.93 and "rank 8" in a["accuracy_source"]
+    a = DS.accuracy_of(_row(predictor_rank=1024, hidden_size=4096, predictor_bits=8), curve, default)
+    assert a["accuracy_change"] == pytest.approx(10.0) and "bits 8" in a["accuracy_source"]
+    assert DS.accuracy_of(_row(block=16), curve, default)["accuracy_change"] == pytest.approx(2.0)
+    for missing in (_row(), _row(predictor_bits=12), _row(predictor_rank=100)):    # not measured: blank
+        a = DS.accuracy_of(missing, curve, default)
+        assert pd.isna(a["accuracy_change"]) and a["accuracy_source"] == ""
+    a = DS.accuracy_of(_row(predictor="default"), curve, default)
+    assert a["accuracy_change"] == 0.09 and "accuracy.csv" in a["accuracy_source"]
+    assert pd.isna(DS.accuracy_of(_row(predictor="default"), curve, None)["accuracy_change"])
+
+
+def test_committed_curve_has_every_accuracy_row_the_map_asks_for():
+    """The sweep's predictor points all find their measurement (rank d/32..d/4, bits 64|16|12|8, block 1|4|16|64)."""
+    curve, default = DS.load_accuracy()
+    for rank, bits, block in [(r, 64, 1) for r in (64, 128, 256, 512)] + [(512, b, 1) for b in (16, 12, 8)] \
+            + [(512, 64, b) for b in (4, 16, 64)]:
+        a = DS.accuracy_of(_row(predictor_rank=rank, predictor_bits=bits, block=block), curve, default)
+        assert not pd.isna(a["accuracy_change"]) and a["recall"] >= 0.9, (rank, bits, block)
+    assert not pd.isna(DS.accuracy_of(_row(predictor="default"), curve, default)["accuracy_change"])
+
+
+def test_a_predictor_point_runs_at_its_measured_density_with_its_accuracy(tmp_path, jobs):
+    """comet-call-preprocessed-rank-d32 (tiny-opt d = 64: rank 2 = shakespeare-opt's rank 8 / 256): the decode
+    step reveals 10% true density x the curve's predicted / true density at rank 8, not the forced 90%, and
+    the map row carries that sparsity, its source and the rank-8 row's perplexity change."""
+    from comet_core.config.typed import system_params
+    from comet_core.sparse.predictors import rank_density_factor
+
+    job = _job(tmp_path, "comet-call-preprocessed-rank-d32")
+    assert int(job.cfg.system.predictor_rank) == 2
+    factor = rank_density_factor(system_params(job.cfg.system), 2, 64)
+    rows = pd.DataFrame([r for j in (job, jobs["dense-call"]) for r in DS.job_rows(j, NETS)])
+    t = DS.map_table(rows)
+    r = t.iloc[0]
+    assert r.predictor == "curve" and "rank_curve(r=2" in r.sparsity_source
+    assert r.predicted_sparsity == pytest.approx(1 - round(256 * 0.1 * factor) / 256)
+    curve, _ = DS.load_accuracy()
+    m = curve[(curve.labels == "cats") & (curve["rank"] == 8) & (curve.bits == 64) & (curve.block == 1)].iloc[0]
+    assert r.accuracy_change == pytest.approx(100 * (m.perplexity / m.perplexity_dense - 1))
+    assert "cost_accuracy.csv (cats, rank 8, bits 64, block 1)" in r.accuracy_source
+    text = DS.pays_off_markdown(t)
+    assert "Predictor points" in text and "Cheapest predictor with recall >= 0.9 under masks per call: rank 2" in text

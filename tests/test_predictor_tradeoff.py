@@ -128,18 +128,26 @@ def test_tradeoff_cli_end_to_end_and_refusals(tmp_path):
     env = {**os.environ, "COMET_CACHE": str(tmp_path / "cache"), "CI": "true"}
     table = tmp_path / "ca.csv"
     cmd = [sys.executable, "-m", "cli.main", "predictor-tradeoff", "model=tiny-opt", "predictor=tiny", "threads=1",
-           "grid.ranks=[4,8]", "grid.blocks=[1,4]", f"grid.table={table}"]
+           "grid.ranks=[4,8]", "grid.blocks=[1,4]", "grid.bits=[64,8]", f"grid.table={table}"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(table)
-    assert sorted(zip(df["rank"], df.block)) == [(4, 1), (8, 1), (8, 4)]
-    assert (df.perplexity_dense == df.perplexity_dense.iloc[0]).all() and (df.bits == 64).all()
+    assert sorted(zip(df["rank"], df.block, df.bits)) == [(4, 1, 8), (4, 1, 64), (8, 1, 8), (8, 1, 64), (8, 4, 8),
+                                                           (8, 4, 64)]
+    assert (df.perplexity_dense == df.perplexity_dense.iloc[0]).all()
     assert (df.recall > 0.8).all() and (df.predictor_macs_ratio < 0.2).all()
+    # the 8-bit test on the same predictor: only flips towards active (the band), so recall cannot drop
+    wide, narrow = (df[df.bits == b].sort_values(["rank", "block"]).reset_index(drop=True) for b in (64, 8))
+    assert (wide.flips_vs_float == 0).all() and (narrow.flips_vs_float > 0).any()
+    assert (narrow.recall >= wide.recall - 1e-9).all() and (narrow.predicted_sparsity <= wide.predicted_sparsity + 1e-9).all()
     r2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r2.returncode != 0 and "overwrite=true" in r2.stderr and "Traceback" not in r2.stderr
     bad = subprocess.run(cmd[:-3] + ["grid.blocks=[3]", f"grid.table={tmp_path / 'x.csv'}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "must divide" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run(cmd[:-3] + ["grid.bits=[2]", f"grid.table={tmp_path / 'x.csv'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "grid bits 2 must be in 3..64" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def _curve(tmp_path):

@@ -140,3 +140,25 @@ def test_opened_value_is_uniform_whatever_x_with_positive_control(weak, monkeypa
     stats = [_chi2_uniform(_opened_c(m, torch.full((4096,), v, dtype=torch.float64), 8), 8) for v in (0.0, 3.0)]
     limit = 255 + 6 * (2 * 255) ** 0.5          # mean + 6 sd of chi-square with 255 degrees of freedom
     assert all(s < limit for s in stats) != weak, stats
+
+
+def test_plaintext_model_draws_the_band_as_the_protocol_does(engines):
+    """smallring.plain_ge_zero (the accuracy side of system.predictor_bits) against ge_zero_bits: equal
+    outside the band; inside it both take a value x = -2^(s-f) (1 - q) active with probability q."""
+    bits, e, n = 8, 7, 3000
+    m = engines(EngineConfig(), seed=5)
+    s = S.shift_for(F, bits, e)
+    qs = (0.25, 0.5, 0.75)
+    x = torch.cat([torch.full((n,), -(2.0 ** (s - F)) * (1 - q), dtype=torch.float64) for q in qs]
+                  + [_inputs(bits, e, (1, 500))[0][0]])
+    (mpc_bits,) = m.open_raw([S.ge_zero_bits(m.share(x), bits, s)], 1, xor=True)
+    mpc_bits = mpc_bits.bool().cpu()
+    plain = S.plain_ge_zero(x, bits, F, e, torch.Generator().manual_seed(0))
+    band = (x < 0) & (x > -(2.0 ** (s - F)))
+    assert torch.equal(plain[~band], mpc_bits[~band]) and torch.equal(plain[~band], (x >= 0)[~band])
+    for i, q in enumerate(qs):
+        sl = slice(i * n, (i + 1) * n)
+        assert abs(float(mpc_bits[sl].double().mean()) - q) < 0.04 and abs(float(plain[sl].double().mean()) - q) < 0.04
+    assert torch.equal(S.plain_ge_zero(x, 64, F, e), x >= 0)
+    assert not S.outside_window(x, bits, F, e).any()
+    assert S.outside_window(torch.tensor([2.0 ** e, -2.0 ** e - 1]), bits, F, e).all()

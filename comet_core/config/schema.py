@@ -193,6 +193,8 @@ class GridSchema:
     labels: Optional[List[str]] = None
     ranks: Optional[List[int]] = None
     blocks: Optional[List[int]] = None
+    bits: Optional[List[int]] = None  # threshold-test ring widths evaluated on each trained point (null: [64])
+    predictor_range: int = 7         # the reduced test's window, log2 (system.predictor_range's default)
     cross: bool = False              # false: one axis at a time around the predictor's own point
     checkpoints: bool = False        # true: also train head predictors and save a checkpoint per block-1 point
     table: str = MISSING             # the cost_accuracy.csv rows are merged into
@@ -241,6 +243,8 @@ def register() -> None:
     OmegaConf.register_new_resolver("comet.run_id", run_token, replace=True)
     OmegaConf.register_new_resolver("comet.staging", lambda d: str(staging_path(d)), replace=True)
     OmegaConf.register_new_resolver("comet.preset_dir", preset_dir, replace=True)
+    # ${comet.div:${model.hidden_size},32}: a size as a fraction of the model's (design_space's rank d / 32)
+    OmegaConf.register_new_resolver("comet.div", lambda a, b: int(a) // int(b), replace=True)
     _registered = True
 
 

@@ -224,3 +224,31 @@ def activation_relu_cost(mpc: MPC, n: int) -> Cost:
     if mpc.config.relu_bits >= 64:
         return compare.relu_cost(mpc, n)
     return relu_cost(mpc, n, mpc.config.relu_bits)
+
+
+# ---- the plaintext model of the reduced test (the accuracy side: experiments/cost_accuracy.py) -------------
+
+def plain_ge_zero(x: torch.Tensor, bits: int, frac: int, range_log2: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """What ge_zero_bits decides for real values x (any shape, float), drawn as the protocol draws it.
+
+    X = round(x 2^frac), s = shift_for(frac, bits, range_log2). Step 1 gives floor(X / 2^s) + e with e = 1 iff
+    P0's low s bits r0 are below X mod 2^s (P1's are r0 - X mod 2^s), so for a uniform share
+    P(e = 1) = (X mod 2^s) / 2^s. Hence: X >= 0 tests >= 0; -2^s < X < 0 (the band) tests >= 0 with
+    probability (X + 2^s) / 2^s; X <= -2^s tests < 0. Values outside window (a) take their true sign here
+    (an exact run refuses them with a RangeError; `outside_window` counts them). bits >= 64: [x >= 0]."""
+    X = torch.round(x.double() * 2.0 ** frac)
+    if bits >= 64:
+        return X >= 0
+    band = float(2 ** shift_for(frac, bits, range_log2))
+    u = torch.rand(X.shape, generator=generator, dtype=torch.float64)
+    return (X >= 0) | ((X > -band) & (u * band < X + band))
+
+
+def outside_window(x: torch.Tensor, bits: int, frac: int, range_log2: int) -> torch.Tensor:
+    """[x outside window (a)]: the values an exact run at `bits` refuses (module docstring)."""
+    if bits >= 64:
+        return torch.zeros(x.shape, dtype=torch.bool)
+    s = shift_for(frac, bits, range_log2)
+    X = torch.round(x.double() * 2.0 ** frac)
+    return (X >= 2.0 ** (s + bits - 1) - 2.0 ** s) | (X < -2.0 ** (s + bits - 1))

@@ -28,10 +28,12 @@ def expand_blocks(mask: torch.Tensor, units: int) -> torch.Tensor:
 
 @contextmanager
 def sparsity_applied(model, ps, ffn: str = "dense", head: str = "dense", ffn_thresholds=None,
-                     head_thresholds=None):
+                     head_thresholds=None, ffn_test=None):
     """Install masking hooks; yields per-layer ``[kept, total]`` counters ``{"ffn": [...], "head": [...]}``.
 
     ``ffn_thresholds`` / ``head_thresholds`` override the predictors' tuned thresholds (threshold sweeps).
+    ``ffn_test(logits, threshold) -> bool mask`` replaces ``logits > threshold`` for predicted FFN masks
+    (the reduced-ring test of system.predictor_bits: smallring.plain_ge_zero).
     """
     sites = layer_sites(model)
     product = (getattr(ps, "settings", None) or {}).get("labels", "cats") == "product"
@@ -55,7 +57,8 @@ def sparsity_applied(model, ps, ffn: str = "dense", head: str = "dense", ffn_thr
                     mask = (a[0].abs() if product else st["score"]) > ps.ffn_tau[l]
                 else:
                     thr = ps.ffn[l].threshold if ffn_thresholds is None else ffn_thresholds[l]
-                    mask = expand_blocks(ps.ffn[l](st["fx"]) > thr, a[0].shape[-1])
+                    z = ps.ffn[l](st["fx"])
+                    mask = expand_blocks(z > thr if ffn_test is None else ffn_test(z, thr), a[0].shape[-1])
                 count("ffn", l, mask)
                 return (a[0] * mask.to(a[0].dtype),) + tuple(a[1:])
             hooks.append(s.ffn_down.register_forward_pre_hook(ffn_mask))

@@ -85,9 +85,9 @@ def shared_predictor_shapes(model_cfg, system_cfg, n_layers: int) -> list[dict]:
                              int(model_cfg.hidden_size) // 4, int(model_cfg.ffn_dim) // int(system_cfg.block or 1))
 
 
-def _curve_rows(system_cfg):
-    """The measured rank curve (`derived.rank_curve`: a cost_accuracy.csv): 64-bit, block-1, cats rows of one
-    model, sorted by rank, and that model's hidden size."""
+def _curve_rows(system_cfg, bits: int = 64, block: int = 1):
+    """The measured rank curve (`derived.rank_curve`: a cost_accuracy.csv): the cats rows of one model at
+    threshold-test width `bits` and block size `block`, sorted by rank, and that model's hidden size."""
     import pandas as pd
     import yaml
 
@@ -101,21 +101,30 @@ def _curve_rows(system_cfg):
         raise CometError(f"system.derived.rank_curve {path} does not exist; make it with comet predictor-tradeoff "
                          "model=shakespeare-opt grid.ranks=[8,16,32,64]")
     df = pd.read_csv(path)
-    df = df[(df.labels == "cats") & (df.bits == 64) & (df.block == 1)].sort_values("rank")
+    df = df[(df.labels == "cats") & (df.bits == bits) & (df.block == block)].sort_values("rank")
     if len(df) < 1:
-        raise CometError(f"system.derived.rank_curve {path} has no 64-bit block-1 rows")
+        raise CometError(f"system.derived.rank_curve {path} has no {bits}-bit block-{block} rows (system.predictor_bits"
+                         f"={bits}, system.block={block}); measure them with comet predictor-tradeoff "
+                         f"grid.blocks=[{block}] grid.bits=[{bits}]")
     model = str(df.model.iloc[0])
     d = int(yaml.safe_load((REPO_ROOT / "conf" / "model" / f"{model}.yaml").read_text())["hidden_size"])
     return df, d
 
 
-def rank_density_factor(system_cfg, rank: int, d: int) -> float:
+def _test_of(system_cfg) -> tuple[int, int]:
+    """(predictor_bits, block) of the system: which rows of the curve price it."""
+    return int(getattr(system_cfg, "predictor_bits", 64) or 64), int(getattr(system_cfg, "block", 1) or 1)
+
+
+def rank_density_factor(system_cfg, rank: int, d: int, bits: int | None = None, block: int | None = None) -> float:
     """Predicted / true FFN density (= recall / precision) of a rank-`rank` predictor at hidden size d, from
     the measured rank curve at the same ratio rank / d, linear in log2(rank / d) between measured ranks
-    (clamped at the ends: no extrapolation)."""
+    (clamped at the ends: no extrapolation), on the curve's rows of the threshold test's `bits` and the
+    `block` size (default: the system's predictor_bits and block)."""
     import numpy as np
 
-    df, d_ref = _curve_rows(system_cfg)
+    sb, sk = _test_of(system_cfg)
+    df, d_ref = _curve_rows(system_cfg, sb if bits is None else bits, sk if block is None else block)
     x = np.log2(df["rank"].to_numpy(dtype=float) / d_ref)
     y = (1 - df.predicted_sparsity.to_numpy(dtype=float)) / (1 - df.true_sparsity.to_numpy(dtype=float))
     return float(np.interp(np.log2(rank / d), x, y))
@@ -168,7 +177,8 @@ def cost_counts(model_cfg, system_cfg, n_layers: int):
                 r0 = checkpoint_rank(ckpt, model_cfg, "ffn")
             else:
                 r0 = d // 4
-            scale = rank_density_factor(system_cfg, int(rank), d) / rank_density_factor(system_cfg, r0, d)
+            # the profile was measured with the checkpoint's float test on single neurons (64 bits, block 1)
+            scale = rank_density_factor(system_cfg, int(rank), d) / rank_density_factor(system_cfg, r0, d, 64, 1)
         return lambda layer, step, n: int(round(F * min(1.0, scale * (prof.ffn_density(layer) if n == 1
                                                                        else prof.ffn_union_density(layer, n)))))
     if kind == "measured":
@@ -199,7 +209,8 @@ def density_note(model_cfg, system_cfg) -> str:
         return f"mask_trace:{system_cfg.mask_trace}"
     path = _profile_path(model_cfg, system_cfg)
     rank = system_cfg.predictor_rank
-    curve = f" x rank_curve(r={rank})" if rank is not None else ""
+    bits, block = _test_of(system_cfg)
+    curve = f" x rank_curve(r={rank}, bits={bits}, block={block})" if rank is not None else ""
     if str(system_cfg.profile) in ("auto", "measured") and path.is_file():
         return f"measured:{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}{curve}"
     return f"derived:conf/system/comet.yaml{curve}"
