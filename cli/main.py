@@ -297,10 +297,14 @@ def calibrate(
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda (untested: no GPU was available)"),
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite",
                                    help="replace an existing profile (refused without it: results are never overwritten silently)"),
+    allow_busy: bool = typer.Option(False, "--allow-busy",
+                                    help="write a profile under results/ although the load average is above 1 "
+                                         "(refused without it: a busy machine inflates the units)"),
 ) -> None:
     """Time each work kind of the compute model on this machine (experiments/calibrate.py) and write the
     profile that prices cost-mode compute_s (docs/compute-model.md)."""
     import logging
+    import os
     import sys
 
     logging.basicConfig(level=logging.WARNING, format="[%(name)s][%(levelname)s] %(message)s", stream=sys.stderr)
@@ -318,6 +322,10 @@ def calibrate(
 
     dest = Path(out) if out is not None else profile_path(device)
     if refuse_existing(dest, overwrite):
+        raise typer.Exit(2)
+    if cal.publishing(dest) and not allow_busy and os.getloadavg()[0] > cal.BUSY_LOAD:
+        typer.echo(f"error: load average {os.getloadavg()[0]:.1f} is above {cal.BUSY_LOAD}: a profile under "
+                   f"results/ is published; calibrate on a quiet machine, or pass --allow-busy", err=True)
         raise typer.Exit(2)
     profile = cal.calibrate(quick=quick, device=device)
     for line in cal.summary_lines(profile):

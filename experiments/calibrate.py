@@ -35,6 +35,10 @@ SAMPLE_S = 0.04    # seconds per timed sample (a quarter with --quick)
 # not counted, as it would be in wall time (the calibration host of results/calibration ran at load 5-12)
 CLOCK = time.process_time
 MAX_INNER = 200    # calls per sample at most
+# a 1-minute load average above this is a busy machine: torch's OpenMP threads then spin on a core another
+# process holds, which counts as process CPU (a profile made at load 2.7-6 priced matmul_mac 4.2 ns against
+# 1.1 ns quiet); such a profile is marked `busy` and is refused for results/ without --allow-busy
+BUSY_LOAD = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,20 +48,23 @@ class Benchmark:
     op: Callable         # (mpc, inputs) -> None: the timed protocol
     prices: str | None = None    # the work kind this benchmark prices (None: a check)
     config: dict | None = None   # EngineConfig overrides (e.g. comparison=fss)
+    # kinds it counts but does not run (an ideal functionality's OTs, priced by the real IKNP benchmark):
+    # left out of its fit and of its fit_ratio
+    unrun: tuple = ()
 
 
 BENCHMARKS: list[Benchmark] = []
 
 
 def register_benchmark(name: str, setup: Callable, op: Callable, prices: str | None = None,
-                       config: dict | None = None) -> None:
+                       config: dict | None = None, unrun: tuple = ()) -> None:
     """Add a benchmark (a protocol whose time prices the work kind `prices`, after the kinds priced by the
     benchmarks before it) to every later calibration."""
     if not BENCHMARKS:
         _defaults()
     if any(b.name == name for b in BENCHMARKS):
         raise ValueError(f"benchmark {name!r} is already registered")
-    BENCHMARKS.append(Benchmark(name, setup, op, prices, config))
+    BENCHMARKS.append(Benchmark(name, setup, op, prices, config, tuple(unrun)))
 
 
 # -- the default benchmarks ------------------------------------------------------------------------------
@@ -98,16 +105,23 @@ def _defaults() -> None:
     # a packed bit word: comparison circuits (DReLU's adder tree; ReLU adds its multiplexer)
     add("ltz_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.ltz(a), prices="bit_word")
     add("relu_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.relu(a), prices="bit_word")
+    # a Beaver matmul's fixed cost per call (tiny products), then per multiply-accumulate by shape class
+    add("matmul_tiny", lambda m, q: (_mat(m, 1, 8), _mat(m, 8, 8)), lambda m, a: arith.matmul(*a),
+        prices="matmul_call")
     add("matmul", lambda m, q: (_mat(m, 128, 256), _mat(m, 256, 256)) if q else (_mat(m, 128, 768), _mat(m, 768, 768)),
         lambda m, a: arith.matmul(*a), prices="matmul_mac")
     add("matmul_few", lambda m, q: (_mat(m, 1, 512), _mat(m, 512, 1024)) if q else (_mat(m, 1, 768), _mat(m, 768, 3072)),
         lambda m, a: arith.matmul(*a), prices="matmul_mac_few")
+    # a decode step's per-head scores over a KV cache of 128 positions (4 heads of 64)
+    add("matmul_bmm_few", lambda m, q: (_mat(m, 4, 1, 64), _mat(m, 4, 64, 128)), lambda m, a: arith.matmul(*a),
+        prices="matmul_mac_bmm_few")
     add("matmul_public", lambda m, q: (_mat(m, 16, 256), _plain(m, 256, 256)), lambda m, a: arith.matmul_public(*a),
         prices="public_mac")
     add("permute", lambda m, q: (_vec(m, n(q, 14, 13)), shuffle.Permutation(m, n(q, 14, 13))),
         lambda m, a: shuffle.permute(a[0], -1, a[1]), prices="shuffle_elem")
     add("ideal_silu", lambda m, q: _vec(m, n(q, 14, 13)),
-        lambda m, a: ideal.ideal_op(a, "silu", ideal.silu_steps(ideal.Params(), a.numel())), prices="float_elem")
+        lambda m, a: ideal.ideal_op(a, "silu", ideal.silu_steps(ideal.Params(), a.numel())), prices="float_elem",
+        unrun=("ot",))
     add("fss_ltz", lambda m, q: _vec(m, n(q, 10, 9)), lambda m, a: fss.ltz(a), prices="dcf_elem",
         config={"comparison": "fss"})
     # a 1-of-2 OT of the OT-based baselines (iron, bolt: mpc/ideal.py counts their OT instances): a real IKNP
@@ -177,21 +191,34 @@ def run_benchmark(b: Benchmark, quick: bool, reps: int, device: str = "cpu") -> 
             continue
         best = min(best, dt)
     led.rows.clear()
-    return dict(name=b.name, seconds=best, reps=reps, inner=inner, counts=counts)
+    return dict(name=b.name, seconds=best, reps=reps, inner=inner, counts=counts, unrun=list(b.unrun))
+
+def run_counts(row: dict) -> dict:
+    """A benchmark's counts of the work it runs (its `unrun` kinds left out)."""
+    return {k: v for k, v in row["counts"].items() if k not in row.get("unrun", ())}
+
 
 def fit_units(rows: list[dict], prices: list[str | None]) -> dict[str, float]:
     """Each kind priced in the benchmarks' order, from the benchmarks that price it together: (their
-    seconds - what the kinds priced before explain) / their count of that kind, never below 0."""
+    seconds - what the kinds priced before explain) / their count of that kind, never below 0. A
+    benchmark's `unrun` kinds (counted, not executed) explain none of its time."""
     units: dict[str, float] = {}
     order = list(dict.fromkeys(k for k in prices if k is not None))
     for kind in order:
         group = [r for r, k in zip(rows, prices) if k == kind and r["counts"].get(kind)]
         if not group:
             continue
-        rest = sum(r["seconds"] - sum(units.get(k, 0.0) * v for k, v in r["counts"].items() if k != kind)
+        rest = sum(r["seconds"] - sum(units.get(k, 0.0) * v for k, v in run_counts(r).items() if k != kind)
                    for r in group)
         units[kind] = max(0.0, rest) / sum(r["counts"][kind] for r in group)
     return units
+
+def set_fit_ratios(rows: list[dict], units: dict[str, float]) -> None:
+    """Each benchmark's `fitted_s` (the units' price of the work it runs) and `fit_ratio` (that / its time)."""
+    for r in rows:
+        r["fitted_s"] = sum(units.get(k, 0.0) * v for k, v in run_counts(r).items())
+        r["fit_ratio"] = r["fitted_s"] / r["seconds"]
+
 
 def host_record(device: str) -> dict:
     import numpy as np
@@ -218,22 +245,34 @@ def calibrate(quick: bool = False, device: str = "cpu", reps: int | None = None)
         _defaults()
     reps = reps or (3 if quick else 7)
     load0 = os.getloadavg()
+    if load0[0] > BUSY_LOAD:
+        log.warning("load average %.1f (above %.1f): other processes inflate the unit costs (torch's threads "
+                    "spin for a core); calibrate on a quiet machine for a profile to publish", load0[0], BUSY_LOAD)
     t0 = time.perf_counter()
     rows = [run_benchmark(b, quick, reps, device) for b in BENCHMARKS]
     units = fit_units(rows, [b.prices for b in BENCHMARKS])
-    for r in rows:
-        r["fitted_s"] = sum(units.get(k, 0.0) * v for k, v in r["counts"].items())
-        r["fit_ratio"] = r["fitted_s"] / r["seconds"]
+    load1 = os.getloadavg()
+    if load1[0] > BUSY_LOAD:
+        log.warning("load average %.1f after calibrating (above %.1f): the profile is marked busy", load1[0], BUSY_LOAD)
+    set_fit_ratios(rows, units)
     unpriced = sorted(set(KINDS) - set(units))
     if unpriced:
         log.warning("no benchmark exercises %s: runs that count them cannot be priced", ", ".join(unpriced))
     return dict(format=FORMAT, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command="comet calibrate" + (" --quick" if quick else "") + (f" --device {device}" if device != "cpu" else ""),
                 git_rev=git_revision(), device=device, quick=quick, host=host_record(device),
-                load_avg_before=list(load0), load_avg_after=list(os.getloadavg()),
+                load_avg_before=list(load0), load_avg_after=list(load1),
+                busy=bool(max(load0[0], load1[0]) > BUSY_LOAD),
                 seconds=time.perf_counter() - t0, clock="wall" if device == "cuda" else "process CPU",
                 units_s=units,
                 kinds={k: KINDS[k].unit for k in units if k in KINDS}, benchmarks=rows)
+
+
+def publishing(out: Path) -> bool:
+    """Whether `out` lies under the repository's results/ (a published profile, such as the reference host's)."""
+    from comet_core.results.compute_model import REPO_ROOT
+
+    return Path(out).resolve().is_relative_to((REPO_ROOT / "results").resolve())
 
 
 def write_profile(profile: dict, out: Path) -> Path:
@@ -250,9 +289,15 @@ def summary_lines(profile: dict) -> list[str]:
     h = profile["host"]
     lines = [f"{h['cpu_model']} ({h['flags'] or 'no vector flags'}), {h['threads']} torch threads, torch "
              f"{h['torch']}, numpy {h['numpy']}; load {profile['load_avg_before'][0]:.1f}",
-             f"{'kind':<16}{'ns per count':>14}  unit"]
+             f"{'kind':<20}{'ns per count':>14}  unit"]
     for k, v in sorted(profile["units_s"].items()):
-        lines.append(f"{k:<16}{v * 1e9:>14.4g}  {profile['kinds'].get(k, '')}")
-    worst = max(profile["benchmarks"], key=lambda r: abs(r["fit_ratio"] - 1))
-    lines.append(f"fit: worst benchmark {worst['name']} at {worst['fit_ratio']:.2f}x its measured time")
+        lines.append(f"{k:<20}{v * 1e9:>14.4g}  {profile['kinds'].get(k, '')}")
+    rows = profile["benchmarks"]
+    worst = max(rows, key=lambda r: max(r["fit_ratio"], 1 / max(r["fit_ratio"], 1e-12)))
+    unrun = sorted({k for r in rows for k in r.get("unrun", ())})
+    lines.append(f"fit: worst benchmark {worst['name']} at {worst['fit_ratio']:.2f}x its measured time"
+                 + (f" (of the work each runs: {', '.join(unrun)} of ideal functionalities left out)" if unrun else ""))
+    if profile.get("busy"):
+        lines.append(f"busy: load {max(profile['load_avg_before'][0], profile['load_avg_after'][0]):.1f} "
+                     f"(above {BUSY_LOAD}): the units are inflated; calibrate on a quiet machine to publish")
     return lines

@@ -173,3 +173,45 @@ def test_the_model_follows_a_tiny_exact_run_within_a_loose_factor(tmp_path, monk
     modelled = tot["mpcformer"].compute_modelled_s / tot["dense"].compute_modelled_s
     measured = tot["mpcformer"].compute_cpu_s / tot["dense"].compute_cpu_s
     assert 0.5 < modelled / measured < 2, (modelled, measured)
+
+
+def test_an_ideal_functionalitys_unrun_ots_are_no_fit_error():
+    """ideal_silu counts the OTs of the protocol it stands for (priced later by ot_iknp, a real IKNP extension)
+    but runs none: they explain none of its time, and its fit_ratio is of the float work it runs (before, the
+    summary reported it as the worst fit, at ~3000x). Positive control: counted as run, the ratio explodes."""
+    from experiments import calibrate as cal
+
+    rows = [dict(name="ideal_silu", seconds=1e-3, counts={"float_elem": 1000.0, "ot": 1e6}, unrun=["ot"]),
+            dict(name="ot_iknp", seconds=2e-3, counts={"ot": 1e4}, unrun=[])]
+    units = cal.fit_units(rows, ["float_elem", "ot"])
+    assert units == pytest.approx({"float_elem": 1e-6, "ot": 2e-7})
+    cal.set_fit_ratios(rows, units)
+    assert [r["fit_ratio"] for r in rows] == pytest.approx([1.0, 1.0])
+    profile = dict(host=dict(cpu_model="x", flags="", threads=1, torch="t", numpy="n"), load_avg_before=[0.1],
+                   load_avg_after=[0.1], units_s=units, kinds={}, benchmarks=rows)
+    assert "worst benchmark" in cal.summary_lines(profile)[-1] and "1.00x" in cal.summary_lines(profile)[-1]
+    rows[0]["unrun"] = []   # the control: the unrun OTs priced as if run
+    cal.set_fit_ratios(rows, units)
+    assert rows[0]["fit_ratio"] > 100 and "ideal_silu" in cal.summary_lines(profile)[-1]
+
+
+def test_a_busy_machine_does_not_publish_a_profile(tmp_path, monkeypatch):
+    """Under results/ (the published reference profile) a load above BUSY_LOAD is refused before any timing
+    unless --allow-busy; elsewhere (the cache, --out in /tmp) it only warns and marks the profile busy."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from experiments import calibrate as cal
+
+    out = REPO / "results" / "calibration" / "test-busy-profile.json"
+    monkeypatch.setattr(os, "getloadavg", lambda: (cal.BUSY_LOAD + 3, 1.0, 1.0))
+    monkeypatch.setattr(cal, "calibrate", lambda **k: pytest.fail("timed although refused"))
+    r = CliRunner().invoke(app, ["calibrate", "--quick", "--out", str(out)])
+    assert r.exit_code == 2 and "--allow-busy" in r.output and not out.exists()
+    assert cal.publishing(out) and not cal.publishing(tmp_path / "p.json")
+    profile = dict(host=dict(cpu_model="x", flags="", threads=1, torch="t", numpy="n"), load_avg_before=[4.0],
+                   load_avg_after=[4.0], units_s={}, kinds={}, busy=True,
+                   benchmarks=[dict(name="b", seconds=1.0, fit_ratio=1.0, counts={})])
+    assert cal.summary_lines(profile)[-1].startswith("busy: load 4.0")

@@ -68,6 +68,14 @@ register_kind("matmul_mac", "multiply-accumulate", "arith.matmul of more than de
               "openings, dealt words and truncation, which the word kinds leave out)")
 register_kind("matmul_mac_few", "multiply-accumulate", "arith.matmul of at most dealer.FEW_ROWS rows (a "
               "decode step's weight products, memory-bound)")
+register_kind("matmul_mac_bmm_few", "multiply-accumulate", "arith.matmul of two batched operands (a "
+              "product per head) with at most dealer.FEW_ROWS rows per matrix (a decode step's attention scores "
+              "and context over the KV cache): their kernels run row by row, several times a large product's "
+              "cost per multiply-accumulate")
+register_kind("matmul_call", "Beaver matmul", "each arith.matmul call: its fixed local work beyond its round "
+              "(the dealer's triple of three tensors, the shape and range checks, the kernel choice, the two "
+              "parties' product set-up and the truncation's), which makes a small product several times a "
+              "multiply's cost")
 register_kind("public_mac", "multiply-accumulate", "a shared matrix times a public one (arith.matmul_public, "
               "pairmax's indicator sums): m*k*n, both shares")
 register_kind("shuffle_elem", "element permuted", "shuffle.permute: elements of the permuted share")

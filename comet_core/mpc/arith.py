@@ -327,6 +327,7 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     """
     mpc = x.mpc
     count_macs(mpc, x.shape, y.shape, select)
+    mpc.ledger.work.add("matmul_call", 1)   # its fixed local work (comm/work.py), the same in both modes
     with mpc.ledger.protocol("matmul"):
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f, matrix=True, what="x @ y")
@@ -370,7 +371,8 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
 
 def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None) -> None:
     """Count a product's multiply-accumulates (comm/work.py), from shapes only (the same in both modes):
-    prod(output shape) * k, as `matmul_mac_few` for at most dealer.FEW_ROWS rows of x, else `matmul_mac`."""
+    prod(output shape) * k, as `matmul_mac_few` for at most dealer.FEW_ROWS rows of x, `matmul_mac_bmm_few`
+    for batched operands (both with batch dims) of at most FEW_ROWS rows per matrix, else `matmul_mac`."""
     from comet_core.mpc.dealer import FEW_ROWS
 
     ys = list(y_shape)
@@ -381,7 +383,10 @@ def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None)
     macs = math.prod(out) * k
     if kind is None:
         rows = math.prod(x_shape[:-1]) if len(x_shape) > 1 else 1
-        kind = "matmul_mac_few" if rows <= FEW_ROWS else "matmul_mac"
+        if len(x_shape) > 2 and len(ys) > 2 and x_shape[-2] <= FEW_ROWS:   # per-head products of a decode step
+            kind = "matmul_mac_bmm_few"
+        else:
+            kind = "matmul_mac_few" if rows <= FEW_ROWS else "matmul_mac"
     mpc.ledger.work.add(kind, macs)
 
 
