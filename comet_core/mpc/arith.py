@@ -211,6 +211,40 @@ def truncate_cost(mpc: MPC, n: int) -> Cost:
     return Cost(2 * W * n, 3 * W * n, 1)
 
 
+def truncate_square(x: AShare, shift: int) -> tuple[AShare, AShare]:
+    """t = truncate(x, shift) and t^2 (untruncated, scale 2 (x.frac - shift)) in truncate's one round.
+
+    The dealer truncation's output is t = A + B [r_63] - [r >> s] with A = (c >> s) - 2^(62 - s) and
+    B = (1 - c_63) 2^(64 - s) public (c the opened x + 2^62 + r), so its square is linear in dealer items:
+      t^2 = A^2 + 2 A B [r_63] - 2 A [r >> s] - 2 B [r_63 (r >> s)] + [(r >> s)^2]
+    (B^2 = 0 mod 2^64 for s <= 32; r_63^2 = r_63). The same word t t as a Beaver square of t, with no
+    second opening: a chain of squarings (exp's) costs one round per square instead of two.
+      1. Dealer: trunc_square_triple (r, r >> s, r_63, (r >> s)^2, r_63 (r >> s)).
+      2. Open c = x + 2^62 + r (1 round), as truncate.   3. t and t^2 as above (local).
+    Cost: truncate_square_cost(n): online 2*8n, 1 round; offline 5*8n.
+    Dealer truncation only (truncate's steps; `local` truncation has no opening to reuse)."""
+    mpc = x.mpc
+    if mpc.config.truncation != "dealer" or not 0 < shift <= 32:
+        raise ValueError(f"truncate_square needs dealer truncation and 0 < shift <= 32, got "
+                         f"{mpc.config.truncation}, {shift}")
+    with mpc.ledger.protocol("truncate"):
+        check_ring_range(x)
+        items = mpc.dealer.trunc_square_triple(x.shape, shift)
+        xp = ops_for(x.data, *(t.data for t in items))
+        xd, r, rs, top, rs2, trs = (xp.arr(t.data) for t in (x, *items))
+        (c,) = xp.open(mpc, [xp.add_p0(mpc, xd + r, 1 << 62)])
+        a = ((c >> shift) & ((1 << (64 - shift)) - 1)) - (1 << (62 - shift))    # public
+        b = (1 - ((c >> 63) & 1)) << (64 - shift)                              # public
+        t = xp.add_p0(mpc, top * b - rs, a)
+        t2 = rs2 + 2 * a * (b * top - rs) - 2 * b * trs
+        t2 = xp.add_p0(mpc, t2, a * a)
+        return AShare(xp.tensor(t), mpc, x.frac - shift), AShare(xp.tensor(t2), mpc, 2 * (x.frac - shift))
+
+
+def truncate_square_cost(mpc: MPC, n: int) -> Cost:
+    return Cost(2 * W * n, 5 * W * n, 1)
+
+
 def _rescale_to_f(z: AShare, out_frac: int | None = None) -> AShare:
     """Bring a product back to `out_frac` (default: the engine's scale) by truncating the surplus."""
     f = z.mpc.frac_bits if out_frac is None else out_frac

@@ -266,6 +266,21 @@ class Dealer:
             self._book(out[0].numel(), 64)
         return out
 
+    def trunc_square_triple(self, shape, f: int) -> tuple[AShare, ...]:
+        """trunc_triple's r, r >> f and r_63, and shares of (r >> f)^2 and r_63 (r >> f): what makes the
+        truncation's output squared a local step (arith.truncate_square). Books 5 words per element."""
+        r = self._rand(shape)
+        if r.is_meta:
+            vals = (r,) * 5
+        else:
+            shifted = (r >> f) & ((1 << (64 - f)) - 1)
+            top = (r >> 63) & 1
+            vals = (r, shifted, top, shifted * shifted, top * shifted)
+        out = tuple(self._arith(v) for v in vals)
+        for _ in out:
+            self._book(out[0].numel(), 64)
+        return out
+
     def compare_mask(self, shape) -> tuple[AShare, torch.Tensor]:
         """Random r in Z_2^64: arithmetic shares and XOR shares of its 64 bits (one word), the bits in the
         comparison tree's leaf order: the word ring.leaf_order(r) (a fixed bit permutation; the top bit 63

@@ -35,11 +35,26 @@ def exp(x: AShare) -> AShare:
     Cost: truncate_cost(N) + [clamp] relu_cost(N) + n * square_cost(N).
     Under engine.comparison=fss within spline.applies: the spline of e^x for x <= 0 (its callers' domain:
     softmax's x - max, sigmoid's -|x|), |error| <= 5e-5 + a few LSB, 0 below -16: spline_cost (4 rounds).
+    Otherwise under fss (dealer truncation, `fused_squares`) the same values in n + 1 (+ 1 clamp) rounds:
+    1'. [clamp] y = relu(x + 2^n) (the clamp before the shift: the same values, 1 round).
+    2'. (y, y^2) = truncate_square(y, n): y = 1 + x / 2^n and its square (1 round).
+    3'. n - 1 times (y, y^2) = truncate_square(y^2, f), then y = truncate(y^2, f): one round per square.
+    Cost: [clamp] relu_cost(N) + n truncate_square_cost(N) + truncate_cost(N).
     """
     mpc = x.mpc
     with mpc.ledger.protocol("exp"):
         if spline.applies(mpc, x.numel(), "exp"):
             return spline.evaluate(x, "exp")
+        if fused_squares(mpc):
+            n, f = mpc.fn.exp_iterations, x.frac
+            y = x.add_public(float(2 ** n))
+            if mpc.fn.exp_clamp:
+                y = compare.relu(y)
+            y, y2 = arith.truncate_square(y, n)
+            y = AShare(y.data, mpc, f)
+            for _ in range(n - 1):
+                y, y2 = arith.truncate_square(AShare(y2.data, mpc, 2 * f), f)
+            return arith.truncate(AShare(y2.data, mpc, 2 * f), f)
         y = _scale_pow2(x, mpc.fn.exp_iterations).add_public(1.0)
         if mpc.fn.exp_clamp:
             y = compare.relu(y)
@@ -48,10 +63,19 @@ def exp(x: AShare) -> AShare:
         return y
 
 
+def fused_squares(mpc: MPC) -> bool:
+    """Whether exp's squarings ride on their truncations' openings (arith.truncate_square): under
+    engine.comparison=fss with dealer truncation (circuit keeps the published Beaver squares)."""
+    return mpc.config.comparison == "fss" and mpc.config.truncation == "dealer" and mpc.fn.exp_iterations >= 1
+
+
 def exp_cost(mpc: MPC, n: int) -> Cost:
     if spline.applies(mpc, n, "exp"):
         return spline.spline_cost(mpc, n, "exp")
     clamp = compare.relu_cost(mpc, n) if mpc.fn.exp_clamp else Cost()
+    if fused_squares(mpc):
+        k = mpc.fn.exp_iterations
+        return clamp + k * arith.truncate_square_cost(mpc, n) + arith.truncate_cost(mpc, n)
     return arith.truncate_cost(mpc, n) + clamp + mpc.fn.exp_iterations * arith.square_cost(mpc, n)
 
 
@@ -98,12 +122,22 @@ def _check_domain(x: AShare, hi: int, name: str) -> None:
 # engine.comparison=fss: the power-of-two guess is one round and one DCF key per value whatever its number
 # of breakpoints (fss.ltz_many), so a finer guess is only local work; these are the candidates per octave
 FINE_PER_OCTAVE = (8, 64, 256)
-GUESS_BUDGET = 1 << 15   # DCF evaluations of one guess (values x breakpoints) up to which a finer m is taken
+GUESS_BUDGET = 1 << 17   # DCF evaluations of one guess (values x breakpoints) up to which a finer m is taken
+                         # (a 12-head 128-token softmax's 1,536 row sums: m = 8 over 9 octaves, 109k)
 
 
 def _newton_error(e: float, power: float) -> float:
     """The relative error after one Newton step from e: reciprocal e^2, inverse square root 1.5 e^2 + 0.5 e^3."""
     return e * e if power == -1.0 else 1.5 * e * e + 0.5 * e ** 3
+
+
+def guess_error(m: int, power: float) -> float:
+    """pow2_guess's largest relative error: 2^(|power| / (2 m)) - 1 for m = 1 (the published geometric
+    midpoints), (q - 1) / (q + 1) with q = 2^(|power| / m) for m > 1 (the minimax constant of each bucket)."""
+    if m == 1:
+        return 2.0 ** (abs(power) / 2) - 1
+    q = 2.0 ** (abs(power) / m)
+    return (q - 1) / (q + 1)
 
 
 def guess_plan(mpc: MPC, n: int, lo: int, hi: int, power: float, configured: int) -> tuple[int, int]:
@@ -113,13 +147,13 @@ def guess_plan(mpc: MPC, n: int, lo: int, hi: int, power: float, configured: int
     evaluations (n ((hi - lo + 1) m - 1)), the fewest steps (at least 1), then the smallest m, whose final
     relative error (guess 2^(|power| / (2m)) - 1, then _newton_error per step) is at most the configured
     steps' from m = 1, or 2^-(f+2) if that is larger (a quarter LSB, relative, at frac_bits).
-    Reciprocal, 4 steps: m = 64 takes 2 (0.0054 -> 8.5e-10), m = 256 1 (0.00135 -> 1.8e-6);
-    inverse square root, 3 steps: m = 64 takes 1 (0.0027 -> 1.1e-5)."""
+    Reciprocal, 4 steps: m = 8 takes 2 (0.0433 -> 3.5e-6), m = 64 2 (0.0054 -> 8.6e-10), m = 256 1
+    (0.00135 -> 1.8e-6); inverse square root, 3 steps: m = 64 takes 1 (0.0027 -> 1.1e-5)."""
     if mpc.config.comparison != "fss":
         return 1, configured
 
     def final(m: int, steps: int) -> float:
-        e = 2.0 ** (abs(power) / (2 * m)) - 1
+        e = guess_error(m, power)
         for _ in range(steps):
             e = _newton_error(e, power)
         return e
@@ -142,7 +176,10 @@ def pow2_guess(x: AShare, lo: int, hi: int, power: float, frac: int, per_octave:
        (local shifts).
     2. x in [2^(j/m), 2^((j+1)/m)) gives b_k = 1 exactly for k <= j, so the guess g(j) = 2^(power (j + 1/2)
        / m) is g(m lo) + sum_k b_k (g(k) - g(k-1)): public integer coefficients (differences of the encoded
-       guesses, so the sum is exactly the encoding of g(j)) times integer shares (local).
+       guesses, so the sum is exactly the encoding of g(j)) times integer shares (local). For m > 1 (fss
+       only) g(j) is the minimax constant 2 / (a^-power + b^-power) of the bucket's grid values [a, b] (its
+       rounded thresholds, less one LSB above), relative error <= (q - 1) / (q + 1), q = 2^(|power| / m)
+       (guess_error; at the bottom of a wide range, where the rounding merges buckets, the one grid value).
     Valid for 2^lo <= x < 2^(hi+1); below, the guess saturates at g(m lo), above at g(m (hi + 1) - 1).
     Cost: drelu_cost(rows * (m (hi - lo + 1) - 1)) (m = 1: rows * (hi - lo)); under engine.comparison=fss
     step 1 is fss.ltz_many on x itself: ltz_many_cost(rows) (1 round, one key per value).
@@ -159,8 +196,14 @@ def pow2_guess(x: AShare, lo: int, hi: int, power: float, frac: int, per_octave:
         else:
             diffs = x.unsqueeze(-1).add_public(-thresholds)              # (..., K)
             bits = compare.drelu(diffs)                                  # integer 0/1 shares
-        js = (torch.arange(lo * m, (hi + 1) * m, dtype=torch.float64) + 0.5) / m
-        enc = torch.round(2.0 ** (power * js + frac))
+        if m == 1:   # the published geometric midpoints
+            js = (torch.arange(lo * m, (hi + 1) * m, dtype=torch.float64) + 0.5) / m
+            enc = torch.round(2.0 ** (power * js + frac))
+        else:   # bucket j: the grid values [a_j, b_j) = [edges[j], edges[j + 1] - 2^-frac]; their minimax constant
+            edges = torch.cat([torch.tensor([2.0 ** lo], dtype=torch.float64), thresholds,
+                               torch.tensor([2.0 ** (hi + 1)], dtype=torch.float64)])
+            a, b = edges[:-1], torch.maximum(edges[:-1], edges[1:] - 2.0 ** -x.frac)
+            enc = torch.round(2.0 / (a ** -power + b ** -power) * 2.0 ** frac)
         steps = (enc[1:] - enc[:-1]).to(torch.int64)  # differences of the encoded guesses: the sum telescopes
         y = bits.mul_int(steps).sum(-1)                 # to round(g(j) 2^frac) exactly, no rounding build-up
         return AShare(y.data, x.mpc, frac).add_public(float(enc[0]) / 2.0 ** frac)
