@@ -1,6 +1,7 @@
-"""system.linear=he (bolt): BOLT's HE linear layer as an ideal functionality. Exact mode equals the plaintext
-product; the ledger books whole ciphertexts per direction (P1 its encrypted share, P0 the masked results)
-and the mod-p reduction, exactly he_linear_cost; the booked ciphertext size is a fresh serialised one."""
+"""system.linear=he (iron, bolt): the HE linear layers run for real (TenSEAL). Exact mode equals the
+fixed-point product; the ledger books the serialised ciphertexts per direction (P1 its encrypted share, P0
+the masked results), as many as the cost formula counts, each within 0.2% of CT_BYTES (a fresh serialised
+ciphertext), and the mod-p reduction exactly; cost mode books the formula (he_linear_cost)."""
 
 import math
 
@@ -19,30 +20,78 @@ W = torch.randn(16, 24, generator=g, dtype=torch.float64) / 4
 B = torch.randn(24, generator=g, dtype=torch.float64) / 8
 
 
-def test_exact_output_and_ledger(mpc):
-    mark = mpc.ledger.mark()
-    y = HE.he_linear(mpc.share(X), mpc.share(W), mpc.share(B), P)
-    assert_close(mpc.reveal(y), X @ W + B, atol=2 ** -14, what="he_linear")
-    cost = mpc.ledger.cost_since(mark)
-    assert cost == HE.he_linear_cost(P, 3, 16, 24)
+def _he_rows(mpc, rows0):
+    return [r for r in mpc.ledger.rows[rows0:] if r[11] == "measured"]   # (..., sender 5, elements 7, bits 8, ...)
+
+
+def _check_exact(mpc, x, w, b, packing):
+    """The product equals the fixed-point one up to the rescale's rounding; the measured ciphertext rows
+    are the formula's counts per direction, each within 0.2% of CT_BYTES; rounds and the rest exact."""
+    if mpc.rank is not None:                             # one party per engine: refused, not run
+        from comet_core.errors import CometError
+        with pytest.raises(CometError, match="both parties in one process"):
+            HE.he_linear(mpc.share(x), mpc.share(w), None, P, packing)
+        return None
+    T, k = x.shape
+    n = w.shape[1]
+    xs, ws, bs = mpc.share(x), mpc.share(w), (None if b is None else mpc.share(b))
+    mark, rows0 = mpc.ledger.mark(), len(mpc.ledger.rows)
+    y = HE.he_linear(xs, ws, bs, P, packing)
+    cost, he_rows = mpc.ledger.cost_since(mark), _he_rows(mpc, rows0)
+    fx = [mpc.reveal(t) for t in (xs, ws)]
+    want = fx[0] @ fx[1] + (0 if b is None else mpc.reveal(bs))
+    assert_close(mpc.reveal(y), want, atol=2 ** -16, what=f"he_linear {packing} (one rounding)")
+    assert_close(mpc.reveal(y), x @ w + (0 if b is None else b), atol=k * 2 ** -16, what=f"he_linear {packing}")
+    formula = HE.he_linear_cost(P, T, k, n, packing)
+    cin, cout = HE.ciphertext_counts(T, k, n, packing)
+    assert sum(r[7] for r in he_rows if r[5] == "P1") == cin
+    assert sum(r[7] for r in he_rows if r[5] == "P0") == cout
+    assert all(abs(r[8] / 8 - HE.CT_BYTES) <= 0.002 * HE.CT_BYTES for r in he_rows)
+    assert cost.rounds == formula.rounds
+    assert cost.online_bytes == pytest.approx(formula.online_bytes, rel=0.002)
+    return cin, cout
+
+
+def test_bolt_exact_is_a_real_product_and_books_measured_bytes(mpc):
+    pytest.importorskip("tenseal")
+    got = _check_exact(mpc, X, W, B, "bolt")
+    assert got in (None, (1, 1))                         # 48 values: one ciphertext each way
     steps = HE.he_linear_steps(P, 3, 16, 24)
-    assert steps[0].count == 1 and steps[0].p1 == 8 * HE.CT_BYTES and steps[0].p0 == 0    # 48 values: 1 ct
-    assert steps[1].count == 1 and steps[1].p0 == 8 * HE.CT_BYTES
+    assert steps[0].p1 == 8 * HE.CT_BYTES and steps[0].p0 == 0 and steps[1].p0 == 8 * HE.CT_BYTES
     assert steps[2].count == 72 and steps[2].p1 == math.ceil((ideal.MILL(37) + ideal.MUX(37)).p1)
 
 
-def test_ciphertext_counts_are_bolts():
-    """bert.cpp at 128 tokens: a 128 x 768 share is 12 ciphertexts, a 128 x 3072 result 48."""
-    s = HE.he_linear_steps(P, 128, 768, 3072)
-    assert (s[0].count, s[1].count) == (12, 48)
+def test_bolt_exact_several_segments_and_ciphertexts():
+    """64 tokens, 128 -> 192: segments of 64 columns, both rows of the input ciphertext used, the row swap
+    reaching the second output row, two output ciphertexts; no bias."""
+    pytest.importorskip("tenseal")
+    g2 = torch.Generator().manual_seed(8)
+    x = torch.randn(64, 128, generator=g2, dtype=torch.float64)
+    w = torch.randn(128, 192, generator=g2, dtype=torch.float64) / 8
+    assert _check_exact(MPC(seed=3), x, w, None, "bolt") == (1, 2)
 
 
-def test_cost_mode_books_the_same_rows():
-    e, c = MPC(seed=2), MPC(seed=2, mode="cost")
-    HE.he_linear(e.share(X), e.share(W), None, P)
-    y = HE.he_linear(c.share(Shape(X.shape, torch.float64)), c.share(Shape(W.shape, torch.float64)), None, P)
-    assert tuple(y.shape) == (3, 24)
-    assert e.ledger.rows == c.ledger.rows
+def test_bolt_counts_are_bolts():
+    """bert.cpp's ceil(T k / N), ceil(T n / N) at a power-of-two T (128 tokens: a 128 x 768 share is 12
+    ciphertexts, a 128 x 3072 result 48); other T pad to the next power of two."""
+    from comet_core.mpc import he_simd
+    assert HE.ciphertext_counts(128, 768, 3072) == (12, 48)
+    assert HE.ciphertext_counts(128, 3072, 768) == (48, 12)
+    for T, k, n in [(1, 256, 1024), (8, 256, 256), (64, 4096, 4096), (2048, 768, 768), (16, 100, 3000)]:
+        assert HE.ciphertext_counts(T, k, n) == (-(-T * k // 8192), -(-T * n // 8192)), (T, k, n)
+    assert HE.ciphertext_counts(100, 768, 768) == HE.ciphertext_counts(128, 768, 768) == (12, 12)
+    lay = he_simd.layout(8192, 64, 64)                   # more tokens than a row: row blocks of 4096
+    assert (lay["tb"], lay["blocks"], lay["L"]) == (4096, 2, 1)
+
+
+def test_cost_mode_books_the_formula_for_each_packing():
+    for packing in HE.PACKINGS:
+        c = MPC(seed=2, mode="cost")
+        mark = c.ledger.mark()
+        y = HE.he_linear(c.share(Shape((8, 256), torch.float64)), c.share(Shape((256, 1024), torch.float64)),
+                         None, P, packing)
+        assert tuple(y.shape) == (8, 1024)
+        assert c.ledger.cost_since(mark) == HE.he_linear_cost(P, 8, 256, 1024, packing)
 
 
 def test_ct_bytes_is_a_fresh_serialised_ciphertext():
@@ -50,14 +99,27 @@ def test_ct_bytes_is_a_fresh_serialised_ciphertext():
     assert HE.measure_ct_bytes() == pytest.approx(HE.CT_BYTES, rel=0.002)    # zstd output varies by a few bytes
 
 
-def test_only_bolt_offers_he(tmp_path):
+def test_iron_and_bolt_offer_he_with_their_packings():
     from comet_core.errors import ConfigError
     from comet_core.systems.bolt import BoltSystem
+    from comet_core.systems.dense import DenseSystem
     from comet_core.systems.iron import IronSystem
 
-    assert BoltSystem({"linear": "he"}).linear_name == "he"
+    assert BoltSystem({"linear": "he"}).he_packing == "bolt"
+    assert IronSystem({"linear": "he"}).he_packing == "iron"
+    with pytest.raises(ConfigError, match="he_packing='bolt' is not available"):
+        IronSystem({"linear": "he", "he_packing": "bolt"})
     with pytest.raises(ConfigError, match="linear='he' is not available"):
-        IronSystem({"linear": "he"})
+        DenseSystem({"linear": "he"})
+
+
+def test_iron_exact_is_a_real_product_and_books_measured_bytes(mpc):
+    pytest.importorskip("tenseal")
+    g2 = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 64, generator=g2, dtype=torch.float64)
+    w = torch.randn(64, 48, generator=g2, dtype=torch.float64) / 4
+    b = torch.randn(48, generator=g2, dtype=torch.float64)
+    assert _check_exact(mpc, x, w, b, "iron") in (None, (2, 1))    # 2 k-blocks: the server sums products
 
 
 # -- system.he_packing=cheetah: the real BFV product (mpc/he_bfv.py) ------------------------------------
@@ -71,48 +133,6 @@ def test_cheetah_packing_fits_and_counts():
         rows = -(-T // tp)
         assert he_bfv.ciphertext_counts(T, k, n) == (rows * -(-k // kp), rows * -(-n // np_))
     assert HE.ciphertext_counts(128, 768, 3072, "cheetah")[0] > HE.ciphertext_counts(128, 768, 3072)[0]
-
-
-def test_cheetah_exact_is_a_real_product_and_books_measured_bytes(mpc):
-    """Output == the fixed-point product up to the one rounding of the rescale; the ledger's ciphertext rows are the serialised lengths actually sent, each
-    within 0.2% of CT_BYTES (zstd varies by a few bytes), as many as the formula counts."""
-    pytest.importorskip("tenseal")
-    if mpc.rank is not None:                             # one party per engine: refused, not run
-        from comet_core.errors import CometError
-        with pytest.raises(CometError, match="both parties in one process"):
-            HE.he_linear(mpc.share(X), mpc.share(W), None, P, "cheetah")
-        return
-    T, k, n = 4, 64, 48                                  # 2 k-blocks: the server sums products
-    g2 = torch.Generator().manual_seed(7)
-    x = torch.randn(T, k, generator=g2, dtype=torch.float64)
-    w = torch.randn(k, n, generator=g2, dtype=torch.float64) / 4
-    b = torch.randn(n, generator=g2, dtype=torch.float64)
-    xs, ws, bs = mpc.share(x), mpc.share(w), mpc.share(b)
-    mark = mpc.ledger.mark()
-    rows0 = len(mpc.ledger.rows)
-    y = HE.he_linear(xs, ws, bs, P, "cheetah")
-    cost, formula = mpc.ledger.cost_since(mark), HE.he_linear_cost(P, T, k, n, "cheetah")
-    rows = mpc.ledger.rows[rows0:]
-    fx = [mpc.reveal(t) for t in (xs, ws, bs)]                          # the fixed-point operands
-    assert_close(mpc.reveal(y), fx[0] @ fx[1] + fx[2], atol=2 ** -16, what="he_linear cheetah (one rounding)")
-    assert_close(mpc.reveal(y), x @ w + b, atol=k * 2 ** -16, what="he_linear cheetah vs float")
-    he_rows = [r for r in rows if r[11] == "measured"]                 # (..., sender 5, elements 7, bits 8, ...)
-    cin, cout = HE.ciphertext_counts(T, k, n, "cheetah")
-    assert cin == 2 and cout == 1
-    assert sum(r[7] for r in he_rows if r[5] == "P1") == cin
-    assert sum(r[7] for r in he_rows if r[5] == "P0") == cout
-    assert all(abs(r[8] / 8 - HE.CT_BYTES) <= 0.002 * HE.CT_BYTES for r in he_rows)
-    assert cost.rounds == formula.rounds
-    assert cost.online_bytes == pytest.approx(formula.online_bytes, rel=0.002)
-
-
-def test_cheetah_cost_mode_books_the_formula():
-    c = MPC(seed=2, mode="cost")
-    mark = c.ledger.mark()
-    y = HE.he_linear(c.share(Shape((8, 256), torch.float64)), c.share(Shape((256, 1024), torch.float64)),
-                     None, P, "cheetah")
-    assert tuple(y.shape) == (8, 1024)
-    assert c.ledger.cost_since(mark) == HE.he_linear_cost(P, 8, 256, 1024, "cheetah")
 
 
 def test_cheetah_plain_modulus_carries_the_value_range():
@@ -132,16 +152,18 @@ def test_he_packing_is_validated():
         BoltSystem({"linear": "he", "he_packing": "simd"})
 
 
-def test_cheetah_end_to_end_tiny_model(tmp_path):
-    """bolt with the real HE linear layers through the CLI's task (one tiny-opt layer, prefill and decode):
-    private tokens equal the plaintext reference; cost mode books the exact run's ciphertext counts, its
-    bytes within 0.2% of the measured ones (zstd lengths vary by a few bytes)."""
+@pytest.mark.parametrize("system", ["bolt", "iron"])
+def test_he_end_to_end_tiny_model(tmp_path, system):
+    """iron and bolt with their real HE linear layers (their default packings) through the CLI's task
+    (one tiny-opt layer, prefill and decode): private tokens equal the plaintext reference; cost mode books
+    the exact run's ciphertext counts, its bytes within 0.2% of the measured ones (zstd lengths vary by a
+    few bytes); the rest of the HE protocol's rows identical."""
     pytest.importorskip("tenseal")
     from hydra import compose, initialize_config_dir
 
     from experiments.run import execute, run
     conf = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
-    over = ["system=bolt", "system.linear=he", "system.he_packing=cheetah", "model=tiny-opt", "model.layers=1",
+    over = [f"system={system}", "system.linear=he", "model=tiny-opt", "model.layers=1",
             "gen_tokens=2", "prompt=To be", "seed=1"]
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose("config", overrides=[f"output_dir={tmp_path}", *over])

@@ -102,7 +102,7 @@ class DenseParams:
     ffn_sparsity: Optional[float] = None                            # cost mode: forced FFN sparsity (Comet; dense: no effect)
     ot: Optional[str] = None                                        # iron, bolt: the OT flavour, iknp | silent (mpc/ideal.py)
     word_elimination: bool = False                                  # bolt: BOLT's word elimination (encoder passes, cost mode)
-    he_packing: Optional[str] = None                                # bolt, linear=he: bolt (ideal, BOLT's counts) | cheetah (real BFV)
+    he_packing: Optional[str] = None                                # linear=he: bolt's bolt (slot packing) | cheetah; iron's iron (coefficient packing)
 
 
 @dataclass

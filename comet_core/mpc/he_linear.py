@@ -1,31 +1,29 @@
-"""BOLT's HE linear layers (`system.linear=he`, bolt): y = x W + b with BFV, the client (P1, the key
+"""Iron's and BOLT's HE linear layers (`system.linear=he`): y = x W + b with BFV, the client (P1, the key
 owner) encrypting its share of x, the server (P0, the model owner) holding W and b in the clear.
 
-Two packings (`system.he_packing`):
-  * `bolt` (default): BOLT's compact SIMD packing, as an ideal functionality priced by the ciphertexts its
-    code sends (the HE product itself is not run: BOLT's rotations are not implemented here).
-    a. ss_to_he: P1 -> P0, ceil(T k / N) ciphertexts of its (T, k) input share;
-    b. he_to_ss: P0 -> P1, ceil(T n / N) masked result ciphertexts;
-    Counts and parameters from BOLT's harness (Qi-Pang/EzPC branch bert, SCI/tests/bert/bert.cpp:
-    `ln_cts_size = ln_size / poly_modulus_degree`, ss_to_he_server / he_to_ss_client around every linear
-    layer). Exact mode: the trusted party opens x, W and b and re-shares x W + b (mpc.dealer.ideal).
-  * `cheetah`: the HE product runs for real (mpc/he_bfv.py: SEAL BFV through TenSEAL, Cheetah's
-    coefficient packing, T' k' n' <= N, plaintext modulus 2^ell): in_cts = ceil(T/T') ceil(k/k')
-    ciphertexts P1 -> P0, out_cts = ceil(T/T') ceil(n/n') P0 -> P1 (he_bfv.ciphertext_counts; more than
-    BOLT's, whose packing fills every slot). Exact mode books the serialised length of every ciphertext
-    sent (cost_source=measured); cost mode books the same counts at CT_BYTES each.
-Both then reduce the result shares back to the OT ring: c. he.gt_p_sub over the T n outputs,
-FPMath::gt_p_sub = GT (MILL(ell)) + if_else (MUX) (fp-math.cpp), priced (cost_source=model). With
-`cheetah` it is evaluated as the ideal lift of the Z_2^ell shares to Z_2^64 (the signed value of their
-sum mod 2^ell, rescaled from 2f to the engine's scale by one rounding): exact while |x W + b| <
-2^(ell - 1 - 2f) (he_bfv.value_range: 2^19 at f = 16), logged as a warning when a result comes within a
-factor 2 of that bound.
+Packings (`system.he_packing`), each run for real in exact mode (SEAL through TenSEAL's sealapi):
+  * `bolt` (bolt's default): BOLT's slot packing, the input by columns, the weights by diagonals,
+    baby-step giant-step rotations (mpc/he_simd.py), plaintext modulus a batching prime p:
+    in_cts = ceil(T/T_b) ceil(ceil(k/L)/2), out_cts = ceil(T/T_b) ceil(ceil(n/L)/2) (he_simd.layout),
+    BOLT's ceil(T k / N), ceil(T n / N) at a power-of-two T (bert.cpp: `ln_cts_size = ln_size /
+    poly_modulus_degree`, ss_to_he_server / he_to_ss_client around every linear layer).
+  * `iron` (iron's default) and `cheetah` (the same code): the coefficient packing of Iron's matrix
+    product (Hao et al., NeurIPS 2022, sec. 3.1 [R]: blocks T' k' n' <= N, extending Cheetah's, Huang et
+    al. 2022, sec. 3), t = 2^ell (mpc/he_bfv.py): in_cts = ceil(T/T') ceil(k/k'), out_cts =
+    ceil(T/T') ceil(n/n') (he_bfv.ciphertext_counts).
+Steps (either packing): a. ss_to_he: P1 -> P0, in_cts ciphertexts of its (T, k) input share;
+b. he_to_ss: P0 -> P1, out_cts masked result ciphertexts; c. he.gt_p_sub over the T n outputs,
+FPMath::gt_p_sub = GT (MILL(ell)) + if_else (MUX) (fp-math.cpp), priced (cost_source=model) and
+evaluated as the ideal lift of the Z_t shares to Z_2^64 (the signed value of their sum mod t, rescaled
+from 2f to the engine's scale by one rounding): exact while |x W + b| < t / 2^(2 + 2f) (he_bfv.value_range:
+2^19 at f = 16), logged as a warning when a result comes within a factor 2 of that bound. Exact mode
+books the serialised length of every ciphertext sent (cost_source=measured); cost mode books the same
+counts at CT_BYTES each (one code path: he_linear, data-free when the shares are shapes).
 Parameters (he_bfv.py, BOLT's he.cpp): BFV, N = 8192, coeff modulus {54, 54, 55, 55}, sec_level tc128,
 i.e. 128-bit security (HomomorphicEncryption.org standard, Albrecht et al. 2018, Table 1: log2 q <= 218
 at N = 8192). CT_BYTES is measured, not derived: a fresh public-key BFV ciphertext serialised by TenSEAL
 0.3.18 (zstd; results/bert_base/README.md has the command; tests/test_he_linear.py re-measures it and the
-ciphertexts the cheetah protocol sends). Rotation keys and the one-off key exchange are not counted;
-the rescaling after the product is inside the lift, not priced separately.
+ciphertexts both packings send). Rotation keys and the one-off key exchange are not counted.
 Attention's two activation products (Q K^T, P V) stay the engine's Beaver products.
 Cost: he_linear_cost(p, T, k, n, packing).
 """
@@ -39,13 +37,12 @@ import math
 import numpy as np
 import torch
 
-from comet_core.mpc import he_bfv, ideal
-from comet_core.mpc.dealer import register_ideal_functions
+from comet_core.mpc import he_bfv, he_simd, ideal
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shape import Shape
 
 log = logging.getLogger(__name__)
-PACKINGS = ("bolt", "cheetah")
+PACKINGS = ("bolt", "cheetah", "iron")   # iron and cheetah: the same coefficient packing (he_bfv)
 
 POLY_DEGREE = he_bfv.POLY_DEGREE   # he.cpp poly_modulus_degree (slot_count)
 COEFF_BITS = he_bfv.COEFF_BITS     # he.cpp CoeffModulus::Create(slot_count, {54, 54, 55, 55})
@@ -71,9 +68,9 @@ def ciphertexts(elements: int) -> int:
 
 def ciphertext_counts(T: int, k: int, n: int, packing: str = "bolt") -> tuple[int, int]:
     """(input ciphertexts P1 -> P0, result ciphertexts P0 -> P1) of one (T, k) @ (k, n) product."""
-    if packing == "cheetah":
-        return he_bfv.ciphertext_counts(T, k, n)
-    return ciphertexts(T * k), ciphertexts(T * n)
+    if packing == "bolt":
+        return he_simd.ciphertext_counts(T, k, n)
+    return he_bfv.ciphertext_counts(T, k, n)
 
 
 def _gt_p_sub(p: ideal.Params, elements: int) -> list[ideal.Step]:
@@ -100,52 +97,72 @@ def _book_ciphertexts(mpc, sender: str, receiver: str, sizes: list[int], source:
         mpc.ledger.record("online", sender, receiver, count, 8 * size, r, cost_source=source)
 
 
-def _plain_linear(flat: torch.Tensor, shapes: tuple, has_bias: bool) -> torch.Tensor:
-    """x W (+ b) from the trusted party's view of the packed shares (x, W[, b] flattened, one scale)."""
-    sizes = [math.prod(sh) for sh in shapes]
-    parts = [t.reshape(sh) for t, sh in zip(torch.split(flat.double(), sizes), shapes)]
-    y = parts[0] @ parts[1]
-    return y + parts[2] if has_bias else y
-
-
-register_ideal_functions({"he_linear": _plain_linear})
-
-
 def _u(t: torch.Tensor, mask: int) -> np.ndarray:
     """int64 ring elements -> their low ell bits as uint64 (Z_2^64 -> Z_2^ell drops the high bits)."""
     return t.contiguous().numpy().view(np.uint64) & np.uint64(mask)
 
 
-def _he_exact(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, T: int, k: int, n: int) -> AShare:
-    """cheetah packing, exact mode: the real BFV product on the shares, then the lift to Z_2^64."""
-    mpc = x.mpc
-    if mpc.rank is not None:
-        from comet_core.errors import CometError
-        raise CometError("system.he_packing=cheetah runs with both parties in one process (the simulation); "
-                         "its ciphertexts over a two-party channel are not implemented")
-    f_in = x.frac + w.frac                                   # the product's scale
+def _coefficient_product(mpc, x: AShare, w: AShare, b: AShare | None, T: int, k: int, n: int):
+    """cheetah / iron packing: the Z_2^64 shares reduce to Z_2^ell by dropping high bits (t = 2^ell)."""
+    f_in = x.frac + w.frac
     ell = he_bfv.plain_bits_for(max(x.frac, w.frac))
     mask = (1 << ell) - 1
     xs = x.data.reshape(2, T, k)                             # [x]: (2, T, k) over Z_2^64
     wv = (w.data[0] + w.data[1]).reshape(k, n)               # P0's own weights, in the clear (it shared them)
-    bv = None
-    if b is not None:
-        bv = _u(((b.data[0] + b.data[1]).reshape(n)) << (f_in - b.frac), mask)
+    bv = None if b is None else _u(((b.data[0] + b.data[1]).reshape(n)) << (f_in - b.frac), mask)
     bfv = getattr(mpc, "_he_bfv", None)
     if bfv is None or bfv.ell != ell:
         bfv = he_bfv.BFV(ell)                                # P1's keys, made once per inference
         mpc._he_bfv = bfv
     y0, y1, in_bytes, out_bytes = he_bfv.he_matmul(bfv, _u(xs[0], mask), _u(xs[1], mask), _u(wv, mask), bv)
+    return (y0 + y1) & np.uint64(mask), 1 << ell, in_bytes, out_bytes
+
+
+def _to_field(v: torch.Tensor, p: int) -> np.ndarray:
+    """Signed int64 ring values -> [0, p) as uint64."""
+    return np.mod(v.contiguous().numpy(), np.int64(p)).astype(np.uint64)
+
+
+def _slot_product(mpc, x: AShare, w: AShare, b: AShare | None, T: int, k: int, n: int):
+    """bolt packing: the shares enter Z_p (p a batching prime) by the ideal conversion of BOLT's
+    ss_to_he_server (each share by its signed value, no message beyond the client's ciphertexts): here
+    P1's share is fresh uniform, P0's the value minus it."""
+    f_in = x.frac + w.frac
+    bits = he_bfv.plain_bits_for(max(x.frac, w.frac))
+    ctx = getattr(mpc, "_he_slots", None)
+    if ctx is None or ctx.plain_bits != bits:
+        ctx = he_simd.SlotBFV(bits)                          # P1's keys, made once per inference
+        mpc._he_slots = ctx
+    p = ctx.p
+    xv = _to_field((x.data[0] + x.data[1]).reshape(T, k), p)           # [x]: (T, k), the value mod p
+    x1 = he_simd.uniform_mod(p, T * k).reshape(T, k)
+    x0 = (xv + (np.uint64(p) - x1)) % np.uint64(p)
+    wv = _to_field((w.data[0] + w.data[1]).reshape(k, n), p)
+    bv = None if b is None else _to_field(((b.data[0] + b.data[1]).reshape(n)) << (f_in - b.frac), p)
+    y0, y1, in_bytes, out_bytes = he_simd.he_matmul(ctx, x0, x1, wv, bv)
+    return (y0 + y1) % np.uint64(p), p, in_bytes, out_bytes
+
+
+def _he_exact(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, T: int, k: int, n: int,
+              packing: str) -> AShare:
+    """Exact mode: the real BFV product on the shares, its ciphertexts booked, then the lift to Z_2^64."""
+    mpc = x.mpc
+    if mpc.rank is not None:
+        from comet_core.errors import CometError
+        raise CometError("system.linear=he runs with both parties in one process (the simulation); "
+                         "its ciphertexts over a two-party channel are not implemented")
+    product = _slot_product if packing == "bolt" else _coefficient_product
+    v, modulus, in_bytes, out_bytes = product(mpc, x, w, b, T, k, n)
     _book_ciphertexts(mpc, "P1", "P0", in_bytes)
     _book_ciphertexts(mpc, "P0", "P1", out_bytes)
     ideal.book(mpc, _gt_p_sub(p, T * n))
-    # the lift (ideal, priced as gt_p_sub): signed value of y0 + y1 mod 2^ell, rescaled to frac_bits
-    v = ((y0 + y1) & np.uint64(mask)).view(np.int64)
-    v = np.where(v >= (1 << (ell - 1)), v - (1 << ell), v)
-    near = np.abs(v).max(initial=0) >= (1 << (ell - 2))
-    if near:
-        log.warning("he_linear: a result reaches %.3g, within a factor 2 of the exact range +-%.3g at 2^%d",
-                    float(np.abs(v).max()) / 2 ** f_in, he_bfv.value_range(max(x.frac, w.frac)), ell)
+    # the lift (ideal, priced as gt_p_sub): the signed value of y0 + y1 mod t, rescaled to frac_bits
+    f_in = x.frac + w.frac
+    v = v.astype(np.int64)
+    v = np.where(v >= modulus // 2, v - modulus, v)
+    if np.abs(v).max(initial=0) >= modulus // 4:
+        log.warning("he_linear: a result reaches %.3g, within a factor 2 of the exact range +-%.3g (t ~ 2^%d)",
+                    float(np.abs(v).max()) / 2 ** f_in, modulus / 2 / 2 ** f_in, modulus.bit_length() - 1)
     shift = f_in - mpc.frac_bits
     out = torch.from_numpy(v)
     if shift > 0:
@@ -154,27 +171,21 @@ def _he_exact(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, T: int, k
 
 
 def he_linear(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, packing: str = "bolt") -> AShare:
-    """y = x @ W (+ b) for x (T, k), W (k, n), as BOLT's HE protocol (module docstring)."""
+    """y = x @ W (+ b) for x (T, k), W (k, n), as the packing's HE protocol (module docstring).
+    Exact mode runs it; cost mode books the same ciphertext counts at CT_BYTES (he_linear_cost)."""
     if packing not in PACKINGS:
         raise ValueError(f"he_linear: packing {packing!r}; valid: {', '.join(PACKINGS)}")
     mpc = x.mpc
     T, k = math.prod(x.shape[:-1]), x.shape[-1]
     n = w.shape[-1]
-    with mpc.ledger.protocol("he.linear" if packing == "cheetah" else "ideal.he_linear"):
+    with mpc.ledger.protocol("he.linear"):
         ops = [x, w] + ([b] if b is not None else [])
         if not x.data.is_meta and len({o.frac for o in ops}) != 1:
             raise ValueError(f"he_linear: operands at scales {[o.frac for o in ops]}; expected one scale")
-        if packing == "cheetah":
-            if not x.data.is_meta:
-                return _he_exact(x, w, b, p, T, k, n)
-            cin, cout = ciphertext_counts(T, k, n, packing)           # cost mode: the same rows at CT_BYTES
-            _book_ciphertexts(mpc, "P1", "P0", [CT_BYTES] * cin, "model")
-            _book_ciphertexts(mpc, "P0", "P1", [CT_BYTES] * cout, "model")
-            ideal.book(mpc, _gt_p_sub(p, T * n))
-        else:
-            ideal.book(mpc, he_linear_steps(p, T, k, n, packing))
-        if x.data.is_meta:
-            return mpc.dealer._arith(Shape((*x.shape[:-1], n)), mpc.frac_bits)
-        flat = torch.cat([o.data.reshape(o.data.shape[0], -1) for o in ops], dim=1)   # one share per party
-        kw = {"shapes": tuple(tuple(o.shape) for o in ops), "has_bias": b is not None}
-        return mpc.dealer.ideal(flat, x.frac, "he_linear", mpc.frac_bits, kw).reshape(*x.shape[:-1], n)
+        if not x.data.is_meta:
+            return _he_exact(x, w, b, p, T, k, n, packing)
+        cin, cout = ciphertext_counts(T, k, n, packing)               # cost mode: the same rows at CT_BYTES
+        _book_ciphertexts(mpc, "P1", "P0", [CT_BYTES] * cin, "model")
+        _book_ciphertexts(mpc, "P0", "P1", [CT_BYTES] * cout, "model")
+        ideal.book(mpc, _gt_p_sub(p, T * n))
+        return mpc.dealer._arith(Shape((*x.shape[:-1], n)), mpc.frac_bits)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from comet_core.errors import CometError, ConfigError
+from comet_core.errors import CometError
 from comet_core.mpc import ideal
 from comet_core.systems import operators as ops
 from comet_core.systems.dense import DenseSystem
@@ -51,15 +51,11 @@ class BoltSystem(DenseSystem):
     NORM = "ot_exact"
     IDEAL_PARAMS = staticmethod(ops._bolt_params)
     LINEARS = ("beaver", "he")
+    HE_PACKINGS = ("bolt", "cheetah")
 
     def __init__(self, cfg=None) -> None:
         super().__init__(cfg)
         self.word_elimination = bool(self.cfg.word_elimination)
-        self.he_packing = str(self.cfg.he_packing or "bolt")
-        from comet_core.mpc.he_linear import PACKINGS
-        if self.he_packing not in PACKINGS:
-            raise ConfigError(f"system 'bolt': he_packing={self.he_packing!r} is not available; valid: "
-                              f"{', '.join(PACKINGS)}")
         self.we_layer = int(self.params.get("we_layer", 4))
         self.we_keep = float(self.params.get("we_keep", 0.5))
 

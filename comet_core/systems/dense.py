@@ -30,7 +30,8 @@ class DenseSystem:
     SOFTMAX = "exact"
     NORM = "exact"
     IDEAL_PARAMS = staticmethod(ops._iron_params)   # building-block sizes of modelled (OT) operators
-    LINEARS = ("beaver",)                            # system.linear choices (bolt adds "he")
+    LINEARS = ("beaver",)                            # system.linear choices (iron and bolt add "he")
+    HE_PACKINGS: tuple[str, ...] = ()                # system.he_packing choices, the first the default
 
     def __init__(self, cfg=None) -> None:
         """``cfg``: the system's typed params (comet_core/config/typed.py; a mapping is converted, None: defaults)."""
@@ -50,6 +51,10 @@ class DenseSystem:
         if self.linear_name not in self.LINEARS:
             raise ConfigError(f"system '{self.name}': linear={self.linear_name!r} is not available; valid: "
                               f"{', '.join(self.LINEARS)}")
+        self.he_packing = str(cfg.he_packing or (self.HE_PACKINGS[0] if self.HE_PACKINGS else ""))
+        if self.HE_PACKINGS and self.he_packing not in self.HE_PACKINGS:
+            raise ConfigError(f"system '{self.name}': he_packing={self.he_packing!r} is not available; valid: "
+                              f"{', '.join(self.HE_PACKINGS)}")
         self.act_ops = {k: ops.lookup(ops.ACTIVATIONS, v, "activation", self.name) for k, v in acts.items()}
         self.act_names = acts
         self.softmax_name = str(cfg.softmax or self.SOFTMAX)
@@ -107,11 +112,11 @@ class DenseSystem:
     def linear(self, x: AShare, w: AShare, b: AShare | None = None, op: str = "linear",
                reuse_mask: bool | None = None) -> AShare:
         """y = x @ W (+ b): Beaver matmul of two secrets (masks re-opened per call by default), or with
-        system.linear=he BOLT's HE product as an ideal functionality (mpc/he_linear.py)."""
+        system.linear=he the system's HE product, its packing system.he_packing (mpc/he_linear.py)."""
         with x.mpc.label(op=op):
             if self.linear_name == "he":
                 from comet_core.mpc import he_linear
-                return he_linear.he_linear(x, w, b, self.params["_ideal"], getattr(self, "he_packing", "bolt"))
+                return he_linear.he_linear(x, w, b, self.params["_ideal"], self.he_packing)
             y = arith.matmul(x, w, reuse_mask=reuse_mask)
             return y + b if b is not None else y
 
@@ -161,11 +166,11 @@ class DenseSystem:
         """operator -> (protocol name, what it computes, source)."""
         out = {"linear": ("beaver", "secret x secret Beaver matmul, masks re-opened per call", "engine")}
         if self.linear_name == "he":
-            out["linear"] = ("he", "ideal: x W + b; cost BFV ciphertexts as BOLT sends them + mod-p reduction",
-                             "EzPC bert: tests/bert/bert.cpp, he.cpp")
-            if getattr(self, "he_packing", "bolt") == "cheetah":
-                out["linear"] = ("he", "BFV x W + b on shares (TenSEAL), Cheetah's packing; ideal mod-p lift",
-                                 "Cheetah sec. 3; EzPC bert he.cpp parameters")
+            out["linear"] = ("he", "BFV x W + b on shares (TenSEAL), BOLT's slot packing with BSGS rotations; "
+                             "ideal mod-p lift", "BOLT sec. 4; EzPC bert: tests/bert/bert.cpp, he.cpp")
+            if self.he_packing in ("cheetah", "iron"):
+                out["linear"] = ("he", "BFV x W + b on shares (TenSEAL), Iron's coefficient packing; ideal lift",
+                                 "Iron sec. 3.1; Cheetah sec. 3; EzPC bert he.cpp parameters")
         for k in ACT_KINDS:
             o = self.act_ops[k]
             what = ops.EXACT_ACT[k] if self.act_names[k] == "exact" else o.protocol

@@ -11,7 +11,10 @@ evaluate the exact functions:
   * softmax -> exact, priced as softmax_fix_iron_1 (tree max, LUT exp, per-element division).
   * LayerNorm / RMSNorm -> exact normalisation priced as layer_norm_iron; the weight and bias go through
     the engine's (measured) Beaver multiply.
-  * linear -> dense Beaver matmul (Comet's linear layers, no sparsity; Iron's HE matmul is not used).
+  * linear -> dense Beaver matmul (Comet's linear layers, no sparsity: the default as Comet compared Iron),
+    or with `system.linear=he` Iron's HE matrix product, run for real in exact mode (TenSEAL), its
+    coefficient packing (`system.he_packing=iron`, mpc/he_bfv.py), the ciphertexts booked as sent, then
+    the lift to the OT ring priced as gt_p_sub (comet_core/mpc/he_linear.py).
 """
 
 from __future__ import annotations
@@ -26,3 +29,5 @@ class IronSystem(DenseSystem):
     SOFTMAX = "iron"
     NORM = "ot_exact"
     IDEAL_PARAMS = staticmethod(ops._iron_params)
+    LINEARS = ("beaver", "he")
+    HE_PACKINGS = ("iron",)

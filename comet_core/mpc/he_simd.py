@@ -1,0 +1,260 @@
+"""BOLT's HE matrix product, for real: BFV slot (SIMD) packing of the input by columns, the weights by
+generalised diagonals, baby-step giant-step rotations (Pang et al., S&P 2024, sec. 4: compact packing,
+BSGS; SEAL through TenSEAL's sealapi, as BOLT's code uses SEAL).
+
+Layout. BFV batching with N = 8192 gives a 2 x S matrix of slots, S = N / 2 = 4096, rotations cyclic
+within each row of S. Rows of the input are padded to T_b = min(2^ceil(log2 T), S) (row blocks of T_b
+tokens if T > S), columns grouped in segments of L = min(S / T_b, 2^ceil(log2 max(k, n))); a segment
+occupies one period of L T_b slots, column-major (slot c T_b + t holds X[t, a L + c], BOLT's column
+packing), repeated S / (L T_b) times so that a row rotation by d T_b moves column c + d to column c.
+A ciphertext carries two segments (one per row):
+    in_cts  = ceil(T / T_b) ceil(ceil(k / L) / 2),   out_cts = ceil(T / T_b) ceil(ceil(n / L) / 2)
+which is BOLT's ceil(T k / N), ceil(T n / N) whenever T is a power of two (bert.cpp at 128 tokens:
+12 and 48 for 768 -> 3072). The protocol, for shares x0 (P0), x1 (P1) of x and P0's W, b:
+
+  1. ss_to_he: P1 encrypts its packed share, in_cts ciphertexts P1 -> P0; P0 adds its packed share
+     (BOLT's ss_to_he_server: add_plain of its share, no message of its own).
+  2. P0 evaluates Y = X W + b: for every input ciphertext, itself and its row swap (rotate_columns:
+     segment 2c + 1 reaching output row 0), the B - 1 baby-step rotations by beta T_b; for every output
+     ciphertext and giant step g, the sum of those times the diagonals pre-rotated by -g B T_b (in the
+     clear), rotated by g B T_b; B = ceil(sqrt D), G = ceil(D / B), D = L diagonals, or D =
+     2^ceil(log2 k) when the input fits one segment (its columns then repeat with period D inside it, so
+     a wide W needs only D diagonals). Diagonal d of block (a, b): W[a L + (j + d) mod D, b L + j] at
+     column j.
+  3. he_to_ss: P0 adds b - R for a uniformly random R (every slot) and keeps R as its share (BOLT's
+     he_to_ss_server: ct - out, out uniform mod p); out_cts ciphertexts P0 -> P1, which decrypts.
+Plaintext modulus: a batching prime p of plain_bits(frac) bits (he_bfv.plain_bits_for: x W + b at scale
+2f with 20 bits of integer range); the shares enter Z_p by their signed value (the caller's ideal
+conversion, what BOLT's ss_to_he_server does locally: neg_mod(signed_val(share), plain_mod)) and leave it
+by the caller's lift (BOLT's gt_p_sub, priced). Rotation (Galois) keys are P1's one-off setup, not counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import numpy as np
+
+from comet_core.mpc import he_bfv
+
+N = he_bfv.POLY_DEGREE
+S = N // 2                                  # slots per row; row rotations are cyclic in S
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, v))))
+
+
+@functools.lru_cache(maxsize=None)
+def layout(T: int, k: int, n: int) -> dict:
+    """The packing of one (T, k) @ (k, n) product (module docstring)."""
+    tb = min(_pow2(T), S)
+    L = min(S // tb, _pow2(max(k, n)))
+    seg_in, seg_out = -(-k // L), -(-n // L)
+    blocks = -(-T // tb)
+    D = _pow2(k) if seg_in == 1 else L          # one input segment: its columns tile with period D
+    B = math.isqrt(D - 1) + 1 if D > 1 else 1
+    G = -(-D // B)
+    return dict(tb=tb, L=L, D=D, seg_in=seg_in, seg_out=seg_out, blocks=blocks, B=B, G=G,
+                in_cts=blocks * -(-seg_in // 2), out_cts=blocks * -(-seg_out // 2))
+
+
+def ciphertext_counts(T: int, k: int, n: int) -> tuple[int, int]:
+    """(P1 -> P0 input ciphertexts, P0 -> P1 output ciphertexts) of one (T, k) @ (k, n) product."""
+    lay = layout(T, k, n)
+    return lay["in_cts"], lay["out_cts"]
+
+
+class SlotBFV:
+    """P1's batching context and keys (public key, Galois keys for the rotations it is asked for)."""
+
+    def __init__(self, plain_bits: int) -> None:
+        seal = self.seal = he_bfv._sealapi()
+        self.plain_bits = plain_bits
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
+        parms.set_poly_modulus_degree(N)
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(N, list(he_bfv.COEFF_BITS)))
+        parms.set_plain_modulus(seal.PlainModulus.Batching(N, plain_bits))
+        self.ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)   # refuses < 128-bit parameters
+        if self.ctx.parameters_error_message() != "valid":
+            raise ValueError(f"BFV parameters refused by SEAL: {self.ctx.parameters_error_message()}")
+        self.p = parms.plain_modulus().value()
+        self.keygen = seal.KeyGenerator(self.ctx)
+        pk = seal.PublicKey()
+        self.keygen.create_public_key(pk)
+        self.encryptor = seal.Encryptor(self.ctx, pk)
+        self.decryptor = seal.Decryptor(self.ctx, self.keygen.secret_key())
+        self.evaluator = seal.Evaluator(self.ctx)
+        self.encoder = seal.BatchEncoder(self.ctx)
+        self._galois: dict = {}
+
+    def galois(self, steps: tuple[int, ...]):
+        """Galois keys for these left row rotations and the row swap, made once per set (SEAL's Galois
+        elements: 3^step mod 2N for a row rotation, 2N - 1 for the swap)."""
+        if steps not in self._galois:
+            keys = self.seal.GaloisKeys()
+            self.keygen.create_galois_keys(sorted({2 * N - 1, *(pow(3, s, 2 * N) for s in steps)}), keys)
+            self._galois[steps] = keys
+        return self._galois[steps]
+
+    def encode(self, slots: np.ndarray):
+        pt = self.seal.Plaintext()
+        self.encoder.encode(slots.tolist(), pt)
+        return pt
+
+    def decode(self, pt) -> np.ndarray:
+        return np.asarray(self.encoder.decode_uint64(pt), dtype=np.uint64)
+
+    to_bytes = he_bfv.BFV.to_bytes
+    from_bytes = he_bfv.BFV.from_bytes
+
+
+def uniform_mod(p: int, size: int) -> np.ndarray:
+    """Uniform integers in [0, p) from the OS's cryptographic generator (rejection sampling)."""
+    bits = p.bit_length()
+    out = np.empty(0, dtype=np.uint64)
+    while out.size < size:
+        draw = np.frombuffer(os.urandom(8 * 2 * size), dtype=np.uint64) & np.uint64((1 << bits) - 1)
+        out = np.concatenate([out, draw[draw < np.uint64(p)]])
+    return out[:size]
+
+
+def _pack(x: np.ndarray, lay: dict, seg0: int, period: int | None = None) -> np.ndarray:
+    """Slots (2, S) of one ciphertext: segments seg0, seg0 + 1 of x's (T_b, k) row block, column-major,
+    each period repeated across its row; `period` < L repeats the columns within the segment too."""
+    tb, L = lay["tb"], lay["L"]
+    rows = np.zeros((2, L * tb), dtype=np.uint64)
+    T, k = x.shape
+    for r in range(2):
+        c0 = (seg0 + r) * L
+        cols = max(0, min(L, k - c0))
+        if cols:
+            block = np.zeros((tb, L), dtype=np.uint64)
+            block[:T, :cols] = x[:, c0:c0 + cols]
+            if period is not None and period < L:
+                block = np.tile(block[:, :period], (1, L // period))
+            rows[r] = block.T.ravel()                  # slot c T_b + t <- x[t, c0 + c]
+    return np.tile(rows, (1, S // (L * tb)))
+
+
+def _diagonal(w: np.ndarray, lay: dict, a: int, b: int, d: int) -> np.ndarray:
+    """Period (L T_b,) of diagonal d of W's block (a, b), each column value repeated over the T_b tokens."""
+    tb, L = lay["tb"], lay["L"]
+    j = np.arange(L)
+    i = a * L + (j + d) % lay["D"]
+    o = b * L + j
+    ok = (i < w.shape[0]) & (o < w.shape[1])
+    col = np.zeros(L, dtype=np.uint64)
+    col[ok] = w[i[ok], o[ok]]
+    return np.repeat(col, tb)
+
+
+def _rotated(row: np.ndarray, steps: int) -> np.ndarray:
+    """A row of S slots rotated left by `steps` (SEAL's rotate_rows direction)."""
+    return np.roll(row, -steps)
+
+
+def he_matmul(ctx: SlotBFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """Steps 1-3 of the module docstring. x0, x1: (T, k) shares in [0, p), w: (k, n), b: (n,) in [0, p).
+
+    Returns (y0, y1, in_bytes, out_bytes): shares (T, n) of x W + b mod p and the serialised length of
+    every ciphertext sent each way."""
+    T, k = x1.shape
+    n = w.shape[1]
+    p = np.uint64(ctx.p)
+    lay = layout(T, k, n)
+    tb, L, D, B, G = lay["tb"], lay["L"], lay["D"], lay["B"], lay["G"]
+    ev, seal = ctx.evaluator, ctx.seal
+    keys = ctx.galois(tuple(sorted({beta * tb for beta in range(1, B)} | {g * B * tb for g in range(1, G)})))
+    y0 = np.zeros((T, n), dtype=np.uint64)
+    y1 = np.zeros((T, n), dtype=np.uint64)
+    in_bytes, out_bytes = [], []
+    n_in, n_out = -(-lay["seg_in"] // 2), -(-lay["seg_out"] // 2)
+    for r0 in range(0, T, tb):
+        xr0, xr1 = x0[r0:r0 + tb], x1[r0:r0 + tb]
+        rows = xr1.shape[0]
+        # 1. ss_to_he: P1 -> P0, then P0 adds its own share
+        baby = []                                                     # [c][variant][beta]
+        for c in range(n_in):
+            ct = seal.Ciphertext()
+            ctx.encryptor.encrypt(ctx.encode(_pack(xr1, lay, 2 * c, D).ravel()), ct)
+            blob = ctx.to_bytes(ct)
+            in_bytes.append(len(blob))
+            got = ctx.from_bytes(blob)
+            ev.add_plain_inplace(got, ctx.encode(_pack(xr0, lay, 2 * c, D).ravel()))
+            swapped = seal.Ciphertext()
+            ev.rotate_columns(got, keys, swapped)
+            per = []
+            for v in (got, swapped):
+                steps = [v]
+                for beta in range(1, B):
+                    rot = seal.Ciphertext()
+                    ev.rotate_rows(v, beta * tb, keys, rot)
+                    steps.append(rot)
+                per.append(steps)
+            baby.append(per)
+        # 2. P0: BSGS diagonals; 3. he_to_ss: mask every slot, send, P1 decrypts
+        for o in range(n_out):
+            total = None
+            for g in range(G):
+                inner = None
+                for c in range(n_in):
+                    for var in (0, 1):
+                        for beta in range(B):
+                            d = g * B + beta
+                            if d >= D:
+                                break
+                            diag = np.zeros((2, S), dtype=np.uint64)
+                            for r in range(2):
+                                a, bo = 2 * c + (r ^ var), 2 * o + r
+                                if a < lay["seg_in"] and bo < lay["seg_out"]:
+                                    period = _diagonal(w, lay, a, bo, d)
+                                    diag[r] = _rotated(np.tile(period, S // period.size), -g * B * tb)
+                            if not diag.any():
+                                continue
+                            prod = seal.Ciphertext()
+                            ev.multiply_plain(baby[c][var][beta], ctx.encode(diag.ravel()), prod)
+                            if inner is None:
+                                inner = prod
+                            else:
+                                ev.add_inplace(inner, prod)
+                if inner is None:
+                    continue
+                if g:
+                    ev.rotate_rows_inplace(inner, g * B * tb, keys)
+                if total is None:
+                    total = inner
+                else:
+                    ev.add_inplace(total, inner)
+            bias = np.zeros((tb, n), dtype=np.uint64)
+            if b is not None:
+                bias[:] = b[None, :]
+            plain_add = _pack(bias, lay, 2 * o).ravel()
+            R = uniform_mod(int(p), N)
+            mask = (plain_add + (p - R)) % p                          # + b - R
+            if total is None:                                         # an all-zero weight block
+                total = seal.Ciphertext()
+                ctx.encryptor.encrypt(ctx.encode(np.zeros(N, np.uint64)), total)
+            ev.add_plain_inplace(total, ctx.encode(mask))
+            blob = ctx.to_bytes(total)
+            out_bytes.append(len(blob))
+            got = ctx.from_bytes(blob)
+            if ctx.decryptor.invariant_noise_budget(got) <= 0:
+                raise RuntimeError(f"BFV noise budget exhausted after {D} diagonals at p of {ctx.plain_bits} "
+                                   "bits: the decryption would be wrong")
+            pt = seal.Plaintext()
+            ctx.decryptor.decrypt(got, pt)
+            slots = ctx.decode(pt).reshape(2, S)
+            Rs = R.reshape(2, S)
+            for r in range(2):
+                bo = 2 * o + r
+                cols = max(0, min(L, n - bo * L))
+                if not cols:
+                    continue
+                # slot j T_b + t of the first period <-> Y[t, bo L + j]
+                idx = (np.arange(cols)[None, :] * tb + np.arange(rows)[:, None])
+                y1[r0:r0 + rows, bo * L:bo * L + cols] = slots[r][idx]
+                y0[r0:r0 + rows, bo * L:bo * L + cols] = Rs[r][idx]
+    return y0, y1, in_bytes, out_bytes
