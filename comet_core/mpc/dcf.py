@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,17 +75,23 @@ def _cipher():
     return Cipher(algorithms.AES(FIXED_KEY), modes.ECB())
 
 
-_CIPHER = None
+_LOCAL = threading.local()
+
+
+def _encryptor():
+    """This thread's ECB encryptor of the fixed key, made once: ECB keeps no state between blocks, so one
+    context serves every call (a context per call cost ~30 us, 3,000 times per ReLU 128x3072)."""
+    enc = getattr(_LOCAL, "enc", None)
+    if enc is None:
+        enc = _LOCAL.enc = _cipher().encryptor()
+    return enc
 
 
 def mmo(blocks: np.ndarray) -> np.ndarray:
     """AES_K(x) ^ x for every 128-bit block of `blocks` (..., 2) uint64 (C-contiguous): one ECB call."""
-    global _CIPHER
-    if _CIPHER is None:
-        _CIPHER = _cipher()
     blocks = np.ascontiguousarray(blocks)
     out = np.empty(blocks.nbytes + 16, dtype=np.uint8)              # update_into wants 15 spare bytes
-    _CIPHER.encryptor().update_into(memoryview(blocks.reshape(-1)).cast("B"), out)
+    _encryptor().update_into(memoryview(blocks.reshape(-1)).cast("B"), out)
     enc = out[:blocks.nbytes].view(np.uint64).reshape(blocks.shape)
     enc ^= blocks
     return enc
@@ -94,10 +101,7 @@ def aes_into(blocks: np.ndarray, out: np.ndarray) -> np.ndarray:
     """AES_K of every block of `blocks` (..., 2) uint64 (C-contiguous) into `out` (a uint8 buffer of at
     least blocks.nbytes + 16 bytes), one ECB call; returns out's first blocks.nbytes as `blocks`' shape.
     The numba level steps add the MMO feed-forward (^ x) themselves."""
-    global _CIPHER
-    if _CIPHER is None:
-        _CIPHER = _cipher()
-    _CIPHER.encryptor().update_into(memoryview(blocks.reshape(-1)).cast("B"), out)
+    _encryptor().update_into(memoryview(blocks.reshape(-1)).cast("B"), out)
     return out[:blocks.nbytes].view(np.uint64).reshape(blocks.shape)
 
 
