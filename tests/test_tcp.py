@@ -693,13 +693,17 @@ def test_comet_parties_hold_one_half_of_each_predictor_weight(tmp_path, keys, ti
     assert (led.op == "ffn.reveal").any() and (led.op == "attn.shuffle").any()
 
 
-def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictors):
+@pytest.mark.parametrize("extra", [(), ("system.predictor_bits=16",), ("engine.comparison=fss",)],
+                         ids=["bits64", "bits16", "fss"])
+def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictors, extra):
     """system=comet through `run-experiment transport=tcp` (real processes): tokens, ledger and revealed
     masks equal the in-process run; socket payload = ledger online bytes (1-bit reveals and the shuffle's
-    one-way messages packed to their width); sparsity.csv from the parties, flips from the in-process run."""
+    one-way messages packed to their width); sparsity.csv from the parties, flips from the in-process run.
+    bits16: the threshold test on Z_2^16 after the local truncation (issue 25); fss: every comparison from the
+    dealer's DCF keys (issue 27). Both ask the dealer process for items of their own (DEALER_ITEMS)."""
     from experiments.run import run
 
-    cfg = _cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}")
+    cfg = _cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}", *extra)
     s = run(cfg, tmp_path / "run")
     t = s["transport"]
     assert t["tokens_equal_inprocess"] and t["ledger_equal_inprocess"] and t["sparsity_equal_inprocess"]

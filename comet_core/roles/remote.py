@@ -160,9 +160,10 @@ class _Service:
 # What the dealer process serves (Dealer methods a party engine calls; docs/threat-model.md "What the online dealer
 # sees" lists what each one's arguments tell the dealer). Anything else (`permutation`: pi itself; the
 # simulation-only blocked_matmul_triple) is refused.
-DEALER_ITEMS = frozenset({"mul_triple", "matmul_triple", "square_pair", "trunc_triple", "compare_mask",
-                          "and_triples", "dabit", "new_permutation", "permute_masks", "fourier_mask",
-                          "weight_mask", "forget_reused"})
+DEALER_ITEMS = frozenset({"mul_triple", "matmul_triple", "square_pair", "trunc_triple", "trunc_square_triple",
+                          "compare_mask", "ring_compare_mask", "and_triples", "dabit", "new_permutation",
+                          "permute_masks", "fourier_mask", "weight_mask", "forget_reused",
+                          "fss_mask", "fss_keys", "ring_fss_mask"})
 
 
 class DealerService(_Service):
