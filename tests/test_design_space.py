@@ -146,3 +146,18 @@ def test_a_predictor_point_runs_at_its_measured_density_with_its_accuracy(tmp_pa
     assert "cost_accuracy.csv (cats, rank 8, bits 64, block 1)" in r.accuracy_source
     text = DS.pays_off_markdown(t)
     assert "Predictor points" in text and "Cheapest predictor with recall >= 0.9 under masks per call: rank 2" in text
+
+
+def test_end_to_end_rows_are_communication_only(tmp_path):
+    """The map is communication only (its note says so, and the FFN-block rows are): an end_to_end job's
+    time is its comm_s, not the total_s that cost mode's modelled compute adds to."""
+    from types import SimpleNamespace
+
+    from plotting.design_space import end_to_end_costs
+
+    phases = ["total", "total_amortised", "setup", "preprocess", "deploy"]
+    pd.DataFrame(dict(network="lan", phase=phases, online_bytes=[10, 11, 1, 2, 3], rounds=[5, 6, 1, 1, 1],
+                      comm_s=[1.0, 1.5, 0.1, 0.1, 0.1], total_s=[9.0, 9.5, 0.2, 0.2, 0.2])
+                 ).to_csv(tmp_path / "metrics.csv", index=False)
+    (row,) = end_to_end_costs(SimpleNamespace(dir=tmp_path), NETS[:1])
+    assert (row["time_s"], row["time_s_amortised"], row["bytes"]) == (1.0, 1.5, 10)
