@@ -328,9 +328,10 @@ def _x(v: float) -> str:
     return f"{v:.2f}x"
 
 
-def pays_off_markdown(t: pd.DataFrame) -> str:
+def pays_off_markdown(t: pd.DataFrame, predictor_tables: bool = True) -> str:
     """The section generated from the map: per scenario and network the best regime against the strongest
-    dense, the regimes that reach the paper's figures, and the answer under per-deployment masks."""
+    dense, the regimes that reach the paper's figures, and the answer under per-deployment masks; then the
+    predictor points (their table only with ``predictor_tables``: the README keeps the one-line answer)."""
     lines = paper_lines()
     out = ["Generated from `results/design_space/data.csv` (`comet run-experiment -m experiment=design_space`, "
            "`comet plot design_space`); cost mode, communication only (no compute), ratios = dense / Comet "
@@ -359,7 +360,7 @@ def pays_off_markdown(t: pd.DataFrame) -> str:
                        f"{_x(b.speedup)} ({_x(b.bytes_ratio)} fewer bytes, {b.comet_rounds:g} rounds against dense's "
                        f"{b.dense_rounds:g}).")
         out.append("")
-        out.extend(predictor_markdown(d))
+        out.extend(predictor_markdown(d, table=predictor_tables))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -367,9 +368,10 @@ def _pct(v) -> str:
     return "" if pd.isna(v) else f"{v:+.1f}%"
 
 
-def predictor_markdown(d: pd.DataFrame) -> list[str]:
+def predictor_markdown(d: pd.DataFrame, table: bool = True) -> list[str]:
     """The predictor points of one scenario (measured density; accuracy of the same predictor on the proxy
-    model) and the cheapest one that keeps recall >= 0.9 under masks per call."""
+    model) and the cheapest one that keeps recall >= 0.9 under masks per call (without ``table``: that line
+    alone, pointing to docs/design-space.md for the points)."""
     if "predictor" not in d.columns:
         return []
     p = d[d.predictor == "curve"]
@@ -383,7 +385,9 @@ def predictor_markdown(d: pd.DataFrame) -> list[str]:
            "dense ReLU bits | bytes ratio | " + " | ".join(f"speedup {n}" for n in nets) + " |",
            "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(nets)]
     keys = ["weight_masks", "permutation", "predictor_rank", "predictor_bits", "block"]
-    for _, g in p.groupby(keys, sort=False):
+    if not table:
+        out = []
+    for _, g in (p.groupby(keys, sort=False) if table else ()):
         r = g.iloc[0]
         sp = {n: g[g.network == n].speedup for n in nets}
         out.append(f"| {r.weight_masks} | {r.permutation} | {int(r.predictor_rank)} | {int(r.predictor_bits)} | "
@@ -398,16 +402,19 @@ def predictor_markdown(d: pd.DataFrame) -> list[str]:
                        for n in nets if len(ok[(ok.network == n) & (ok.job == b.job)]))
         out.append(f"Cheapest predictor with recall >= 0.9 under masks per call: {predictor_label(b)} "
                    f"(permutation {b.permutation}, predicted sparsity {b.predicted_sparsity:.3f}, recall {b.recall:.3f}, "
-                   f"perplexity {_pct(b.accuracy_change)}): {_x(b.bytes_ratio)} fewer bytes than dense, {sp} faster.")
+                   f"perplexity {_pct(b.accuracy_change)}): {_x(b.bytes_ratio)} fewer bytes than dense, {sp} faster."
+                   + ("" if table else f" Accuracy: {ACCURACY_MODEL}'s predictor of the same kind (a proxy); every predictor "
+                          f"point: docs/design-space.md ({len(p.groupby(keys))} points)."))
         out.append("")
     return out
 
 
 def write_docs(data_csv: Path, targets: list[Path]) -> None:
-    """Replace the generated block of each target (README.md, docs page) with pays_off_markdown(data)."""
+    """Replace the generated block of each target (README.md, docs page) with pays_off_markdown(data); the
+    README's without the predictor tables (its tour stays within 250 lines)."""
     t = pd.read_csv(data_csv, keep_default_na=False, na_values=[""])
-    block = f"{DOCS_START}\n{pays_off_markdown(t)}{DOCS_END}"
     for p in targets:
+        block = f"{DOCS_START}\n{pays_off_markdown(t, predictor_tables=p.name != 'README.md')}{DOCS_END}"
         text = p.read_text()
         if DOCS_START not in text or DOCS_END not in text:
             raise SystemExit(f"error: {p} has no generated design-space block ({DOCS_START!r} ... {DOCS_END!r})")

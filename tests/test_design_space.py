@@ -146,6 +146,9 @@ def test_a_predictor_point_runs_at_its_measured_density_with_its_accuracy(tmp_pa
     assert "cost_accuracy.csv (cats, rank 8, bits 64, block 1)" in r.accuracy_source
     text = DS.pays_off_markdown(t)
     assert "Predictor points" in text and "Cheapest predictor with recall >= 0.9 under masks per call: rank 2" in text
+    brief = DS.pays_off_markdown(t, predictor_tables=False)   # the README's block: the answer, not the table
+    assert "Predictor points" not in brief and "| rank |" not in brief
+    assert "Cheapest predictor with recall >= 0.9" in brief and "docs/design-space.md" in brief
 
 
 def test_end_to_end_rows_are_communication_only(tmp_path):

@@ -84,3 +84,10 @@ def test_docs_site_builds_strictly(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+def test_readme_tour_is_at_most_250_lines():
+    """Issue 28's contract: the README is a tour (the generated blocks included); detail lives in docs/."""
+    n = len((REPO / "README.md").read_text().splitlines())
+    assert n <= 250, f"README.md has {n} lines; move detail into docs/"
+
