@@ -368,6 +368,24 @@ def _pct(v) -> str:
     return "" if pd.isna(v) else f"{v:+.1f}%"
 
 
+def _predictor_table(p: pd.DataFrame, nets: list[str], keys: list[str]) -> list[str]:
+    """predictor_markdown's table: one row per predictor point, its speedup on each network."""
+    out = [f"Predictor points ({', '.join(nets)}; density = 10% true x the measured predicted / true density of "
+           f"the point, accuracy of the same predictor on {ACCURACY_MODEL}: `{CURVE.as_posix()}`; dense beside "
+           "each with its ReLU on the predictor test's bits where that is faster):", "",
+           "| weight masks | permutation | rank | bits | block | predicted sparsity | recall | perplexity change | "
+           "dense ReLU bits | bytes ratio | " + " | ".join(f"speedup {n}" for n in nets) + " |",
+           "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(nets)]
+    for _, g in p.groupby(keys, sort=False):
+        r = g.iloc[0]
+        sp = {n: g[g.network == n].speedup for n in nets}
+        out.append(f"| {r.weight_masks} | {r.permutation} | {int(r.predictor_rank)} | {int(r.predictor_bits)} | "
+                   f"{int(r.block)} | {r.predicted_sparsity:.3f} | {'' if pd.isna(r.recall) else f'{r.recall:.3f}'} | "
+                   f"{_pct(r.accuracy_change)} | {int(r.dense_relu_bits)} | {_x(r.bytes_ratio)} | "
+                   + " | ".join(_x(sp[n].iloc[0]) if len(sp[n]) else "" for n in nets) + " |")
+    return out
+
+
 def predictor_markdown(d: pd.DataFrame, table: bool = True) -> list[str]:
     """The predictor points of one scenario (measured density; accuracy of the same predictor on the proxy
     model) and the cheapest one that keeps recall >= 0.9 under masks per call (without ``table``: that line
@@ -378,22 +396,8 @@ def predictor_markdown(d: pd.DataFrame, table: bool = True) -> list[str]:
     if p.empty:
         return []
     nets = list(dict.fromkeys(p.network))
-    out = [f"Predictor points ({', '.join(nets)}; density = 10% true x the measured predicted / true density of "
-           f"the point, accuracy of the same predictor on {ACCURACY_MODEL}: `{CURVE.as_posix()}`; dense beside "
-           "each with its ReLU on the predictor test's bits where that is faster):", "",
-           "| weight masks | permutation | rank | bits | block | predicted sparsity | recall | perplexity change | "
-           "dense ReLU bits | bytes ratio | " + " | ".join(f"speedup {n}" for n in nets) + " |",
-           "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(nets)]
     keys = ["weight_masks", "permutation", "predictor_rank", "predictor_bits", "block"]
-    if not table:
-        out = []
-    for _, g in (p.groupby(keys, sort=False) if table else ()):
-        r = g.iloc[0]
-        sp = {n: g[g.network == n].speedup for n in nets}
-        out.append(f"| {r.weight_masks} | {r.permutation} | {int(r.predictor_rank)} | {int(r.predictor_bits)} | "
-                   f"{int(r.block)} | {r.predicted_sparsity:.3f} | {'' if pd.isna(r.recall) else f'{r.recall:.3f}'} | "
-                   f"{_pct(r.accuracy_change)} | {int(r.dense_relu_bits)} | {_x(r.bytes_ratio)} | "
-                   + " | ".join(_x(sp[n].iloc[0]) if len(sp[n]) else "" for n in nets) + " |")
+    out = _predictor_table(p, nets, keys) if table else []
     out.append("")
     ok = p[(p.weight_masks == "call") & (p.recall >= 0.9)]
     if not ok.empty:

@@ -162,3 +162,16 @@ def test_plaintext_model_draws_the_band_as_the_protocol_does(engines):
     assert torch.equal(S.plain_ge_zero(x, 64, F, e), x >= 0)
     assert not S.outside_window(x, bits, F, e).any()
     assert S.outside_window(torch.tensor([2.0 ** e, -2.0 ** e - 1]), bits, F, e).all()
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+def test_pack_bits_is_unpack_bits_inverse(n):
+    """The reduced-ring AND rounds pack their 1-bit values 64 per word (compare._pack_bits) and unpack the
+    results (compare._unpack_bits): the two agree on the layout, bit 63 included."""
+    from comet_core.mpc import compare
+
+    v = torch.randint(0, 2, (2, n), generator=torch.Generator().manual_seed(n))
+    w = compare._pack_bits(v)
+    assert w.shape == (2, -(-n // 64)) and torch.equal(compare._unpack_bits(w, n), v)
+    if n >= 64:
+        assert bool(((w[:, 0] < 0) == (v[:, 63] == 1)).all())   # element 63 is the sign bit of word 0

@@ -88,6 +88,16 @@ _HALF_DTYPES = {32: torch.int32, 16: torch.int16, 8: torch.int8}
 _HALF_NP = {32: np.int32, 16: np.int16, 8: np.int8}
 
 
+def _pack_bits(v: torch.Tensor) -> torch.Tensor:
+    """(P, n) 0/1 int64 -> (P, ceil(n/64)) words, _unpack_bits' layout (element 64 i + p at bit p of word i),
+    for values held one per element (the reduced-ring circuit, mpc/smallring.py)."""
+    P, n = v.shape
+    w = -(-n // 64)
+    if w * 64 != n:
+        v = torch.cat([v, v.new_zeros((P, w * 64 - n))], 1)
+    return (v.reshape(P, w, 64) << torch.arange(64, device=v.device)).sum(-1)   # distinct bits: sum = OR
+
+
 def _unpack_bits(x, n: int):
     """(P, nw) words holding one bit per element (element 64*i + p at bit p of word i) -> (P, n)."""
     if isinstance(x, np.ndarray):

@@ -80,22 +80,6 @@ def _truncate_reduce(x: AShare, bits: int, shift: int) -> torch.Tensor:
     return x.mpc.per_party(data, lambda p, v: (v >> shift if p == 0 else -((-v) >> shift)) & low)
 
 
-_POS = {}
-
-
-def _pack_bits(v: torch.Tensor) -> torch.Tensor:
-    """(P, n) 0/1 int64 -> (P, ceil(n/64)) words, element 64 i + p at bit p of word i (compare._unpack_bits'
-    layout): the AND round then works on 64 elements per word, as the 64-bit circuit's does."""
-    P, n = v.shape
-    w = -(-n // 64)
-    if w * 64 != n:
-        v = torch.cat([v, v.new_zeros((P, w * 64 - n))], 1)
-    pos = _POS.get(v.device)
-    if pos is None:
-        pos = _POS[v.device] = torch.arange(64, device=v.device)
-    return (v.reshape(P, w, 64) << pos).sum(-1)   # distinct bits: the sum is their OR (bit 63 wraps as int64)
-
-
 def _and_round(mpc: MPC, left, rights: list, count: int) -> list:
     """[left & r] for XOR-shared 0/1 values (P, count), one round: compare._and_shared_left on the values
     packed 64 per word (one Beaver AND triple per right sharing a; open d = left ^ a and e_i = r_i ^ b_i,
@@ -105,7 +89,7 @@ def _and_round(mpc: MPC, left, rights: list, count: int) -> list:
         mpc.dealer.and_triples((count,), count, 1, len(rights))
         mpc.open_raw([left] * (1 + len(rights)), 1, xor=True)
         return list(rights)
-    outs = compare._and_shared_left(mpc, _pack_bits(left), [_pack_bits(r) for r in rights], count, 1)
+    outs = compare._and_shared_left(mpc, compare._pack_bits(left), [compare._pack_bits(r) for r in rights], count, 1)
     return [compare._unpack_bits(o, count) for o in outs]
 
 
