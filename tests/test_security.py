@@ -38,9 +38,14 @@ def _trunc(x: AShare) -> AShare:  # a product-sized word: x at scale 32, truncat
     return arith.truncate(AShare(x.data * (1 << 16), x.mpc, x.frac + 16), 16)
 
 
+def _trunc_square(x: AShare) -> AShare:   # exp's squaring step under fss: t and t^2 from truncate's one opening
+    return arith.truncate_square(AShare(x.data * (1 << 16), x.mpc, x.frac + 16), 16)[1]
+
+
 PROTOCOLS = {
     "relu": (compare.relu, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 4),
     "truncation": (_trunc, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 100),
+    "truncate_square": (_trunc_square, lambda g: torch.randn(N, generator=g, dtype=torch.float64) * 100),
     "reciprocal": (nl.reciprocal, lambda g: 2.0 ** (torch.rand(N, generator=g, dtype=torch.float64) * 10)),
     "inv_sqrt": (nl.inv_sqrt, lambda g: 2.0 ** (torch.rand(N, generator=g, dtype=torch.float64) * 16 - 8)),
     "argmax": (lambda x: compare.argmax(x.reshape(8, N // 8)),
@@ -64,6 +69,7 @@ CONFIGS = {name: EngineConfig(comparison="fss")
 SECOND = {  # a second secret input, far from the first: constants, other signs, other magnitudes
     "relu": lambda: torch.full((N,), -7.25, dtype=torch.float64),
     "truncation": lambda: torch.full((N,), 3.0e4, dtype=torch.float64),
+    "truncate_square": lambda: torch.full((N,), 3.0e4, dtype=torch.float64),
     "reciprocal": lambda: torch.full((N,), 0.01, dtype=torch.float64),
     "inv_sqrt": lambda: torch.full((N,), 1.0e6, dtype=torch.float64),
     "argmax": lambda: torch.arange(N, dtype=torch.float64) % 8,
@@ -462,3 +468,77 @@ def np_low32():
     import numpy as np
 
     return np.uint64(LOW32)
+
+
+# ---- reduced rings (mpc/smallring.py: engine.relu_bits, system.predictor_bits) and truncate_square --------
+
+def _relu16(x: AShare) -> AShare:   # the FFN's ReLU with its sign test on Z_2^16
+    from comet_core.mpc import smallring
+
+    return smallring.activation_relu(x)
+
+
+REDUCED = {"relu_bits16": (_relu16, EngineConfig(relu_bits=16), lambda g: torch.randn(N, generator=g, dtype=torch.float64),
+                         lambda: torch.full((N,), -3.5, dtype=torch.float64))}
+
+
+def p1_small_openings(fn, x: torch.Tensor, seed: int, config) -> dict[int, torch.Tensor]:
+    """The values P1 opens in messages of fewer than 64 bits, by width: (s + g) mod 2^bits (for 1-bit XOR
+    openings bit 0 is the same either way; packed 1-bit words keep element 64 i at bit 0 of word i)."""
+    def body(m):
+        if m.rank == 1:
+            m.channel.recorder = []
+        fn(m.share(x))
+        return m.channel.recorder
+
+    _, log, _ = run_pair(body, config=config, seed=seed)
+    out: dict[int, list] = {}
+    for bits, sent, got in log:
+        if sent is None or bits >= 64:
+            continue
+        for s, g in zip(sent, got):
+            out.setdefault(bits, []).append(((s + g) & ((1 << bits) - 1)).reshape(-1))
+    return {b: torch.cat(v) for b, v in out.items()}
+
+
+def assert_uniform_low_bits(words: torch.Tensor, bits: int, what: str) -> None:
+    n = words.numel()
+    ones = torch.stack([((words >> b) & 1).sum() for b in range(bits)]).to(torch.float64)
+    z = (ones - n / 2) / math.sqrt(n / 4)
+    assert float(z.abs().max()) < Z_BIT, f"{what}: bit {int(z.abs().argmax())} of {bits} is biased (z = {float(z.abs().max()):.1f})"
+
+
+def check_small_view(name: str) -> None:
+    fn, config, first, second = REDUCED[name]
+    views = [p1_small_openings(fn, x, seed, config) for x, seed in ((first(torch.Generator().manual_seed(11)), 101),
+                                                                    (second(), 202))]
+    assert views[0].keys() == views[1].keys() and {1, 16} <= set(views[0]), sorted(views[0])
+    for bits in views[0]:
+        assert views[0][bits].numel() == views[1][bits].numel()
+        for tag, v in zip(("input A", "input B"), views):
+            assert_uniform_low_bits(v[bits], bits, f"{name}: {bits}-bit values P1 opens ({tag})")
+
+
+def test_reduced_ring_openings_are_uniform_for_any_secret():
+    check_small_view("relu_bits16")
+
+
+@pytest.fixture
+def weak_ring_mask(monkeypatch):
+    """A broken dealer whose reduced-ring mask r has its top 8 of 16 bits zero (shares still look random)."""
+    orig = Dealer.ring_compare_mask
+
+    def ring_compare_mask(self, shape, bits):
+        ra, rb = orig(self, shape, bits)
+        if ra.is_meta:
+            return ra, rb
+        low = (1 << bits) - 1
+        r = ((ra[0] + ra[1]) & low) & (low >> 8)
+        return torch.stack([ra[0], (r - ra[0]) & low]), rb
+    monkeypatch.setattr(Dealer, "ring_compare_mask", ring_compare_mask)
+
+
+def test_positive_control_weak_ring_mask_is_caught(weak_ring_mask):
+    with pytest.raises(AssertionError, match="16-bit values P1 opens"):
+        check_small_view("relu_bits16")
+
