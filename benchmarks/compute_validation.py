@@ -9,6 +9,12 @@ seconds, this process: both parties and the dealer), the compute model's seconds
 counters priced by the profile (`compute_modelled_s`), and their ratios. Because the counters are the same
 in cost mode (tests/test_baselines_run.py), the cost-mode compute_s of these shapes is that model value.
 The profile defaults to the committed reference host's (results/calibration/reference-host.json).
+
+    python benchmarks/compute_validation.py --table REFERENCE.csv QUIET.csv
+
+prints docs/compute-model.md's table of two such files (one sitting, two profiles): per case's total phase
+the measured CPU (REFERENCE's runs), each profile's modelled seconds and its ratio to its own runs' CPU, and
+the measured and modelled ratios to the same model's dense case.
 """
 
 from __future__ import annotations
@@ -32,13 +38,37 @@ CASES = [   # (name, overrides): the shapes of the issue's examples
 ]
 
 
+def table(reference: Path, quiet: Path) -> str:
+    """The markdown table of two validation files (module docstring)."""
+    import pandas as pd
+
+    ref, qui = (pd.read_csv(p).query("phase == 'total'").set_index("case") for p in (reference, quiet))
+    lines = ["| case (total phase) | measured CPU (s) | modelled, reference (s) | reference / CPU | modelled, quiet (s) | "
+             "quiet / CPU | measured / dense's | reference / dense's | quiet / dense's |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in ref.index:
+        dense = f"{ref.model[case]} dense"
+        lines.append(f"| {case} | {ref.measured_cpu_s[case]:.2f} | {ref.modelled_s[case]:.2f} | "
+                     f"{ref.modelled_over_cpu[case]:.2f} | {qui.modelled_s[case]:.2f} | {qui.modelled_over_cpu[case]:.2f} | "
+                     f"{ref.measured_cpu_s[case] / ref.measured_cpu_s[dense]:.2f} | "
+                     f"{ref.modelled_s[case] / ref.modelled_s[dense]:.2f} | {qui.modelled_s[case] / qui.modelled_s[dense]:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--table", nargs=2, type=Path, metavar=("REFERENCE", "QUIET"),
+                    help="print the table of two validation files instead of running")
+    ap.add_argument("--out")
     ap.add_argument("--profile", default=str(REPO / "results" / "calibration" / "reference-host.json"))
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
     a = ap.parse_args()
+    if a.table:
+        print(table(*a.table))
+        return
+    if not a.out:
+        ap.error("--out is required (or --table REFERENCE QUIET)")
     sys.path.insert(0, str(REPO))
     from comet_core.results.machine import refuse_existing
 

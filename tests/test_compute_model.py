@@ -215,3 +215,16 @@ def test_a_busy_machine_does_not_publish_a_profile(tmp_path, monkeypatch):
                    load_avg_after=[4.0], units_s={}, kinds={}, busy=True,
                    benchmarks=[dict(name="b", seconds=1.0, fit_ratio=1.0, counts={})])
     assert cal.summary_lines(profile)[-1].startswith("busy: load 4.0")
+
+
+def test_validation_table_is_made_from_the_committed_files():
+    """docs/compute-model.md's validation table is `compute_validation.py --table` of the two committed files."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cv", REPO / "benchmarks" / "compute_validation.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    cal = REPO / "results" / "calibration"
+    text = cv.table(cal / "validation.csv", cal / "validation-quiet-host.csv")
+    assert text in (REPO / "docs" / "compute-model.md").read_text()
+    assert "| shakespeare-opt dense | " in text and text.count("\n") == 8
