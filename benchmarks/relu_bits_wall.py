@@ -7,7 +7,7 @@ engine.relu_bits=64|16|12 (issue 27: where fss's time goes, and how much shorter
 One process simulates the dealer and both parties (smallring.activation_relu, the FFN's ReLU operator);
 inputs N(0, 2^2) on 16 fractional bits (inside relu_range's default window at 16 bits); median of 3 after a
 warm-up; prints wall seconds, rounds, online and offline MB, the largest |error| against plaintext ReLU, and
-the 1-minute load before and after (only a quiet sitting, load < 1, compares wall times fairly).
+the CPU model, its vector flags and the 1-minute load before and after (only a quiet sitting, load < 1, compares wall times fairly).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ import torch  # noqa: E402
 
 from comet_core.mpc import smallring  # noqa: E402
 from comet_core.mpc.engine import MPC, EngineConfig  # noqa: E402
+from comet_core.results.machine import cpu_info  # noqa: E402
 
 
 def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.round(torch.randn(128, 3072, generator=g, dtype=torch.float64) * 2.0 * 2**16) / 2**16
-    print(f"load {os.getloadavg()[0]:.2f} before")
+    model, flags = cpu_info()
+    print(f"CPU {model} ({flags}), torch threads {torch.get_num_threads()}; load {os.getloadavg()[0]:.2f} before")
     for comparison in ("circuit", "fss"):
         for bits in (64, 16, 12):
             m = MPC(EngineConfig(comparison=comparison, relu_bits=bits), seed=1, mode="exact")
