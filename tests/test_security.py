@@ -83,8 +83,8 @@ SECOND = {  # a second secret input, far from the first: constants, other signs,
 }
 
 
-def p1_view(fn, x: torch.Tensor, seed: int, config=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run fn on a secret x as two single parties; return P1's (received words, opened 64-bit values)."""
+def p1_log(fn, x: torch.Tensor, seed: int, config=None) -> list:
+    """Run fn on a secret x as two single parties; return P1's channel record [(bits, sent, got)]."""
     def body(m):
         if m.rank == 1:
             m.channel.recorder = []
@@ -92,6 +92,12 @@ def p1_view(fn, x: torch.Tensor, seed: int, config=None) -> tuple[torch.Tensor, 
         return m.channel.recorder
 
     _, log, _ = run_pair(body, config=config, seed=seed)
+    return log
+
+
+def p1_view(fn, x: torch.Tensor, seed: int, config=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run fn on a secret x as two single parties; return P1's (received words, opened 64-bit values)."""
+    log = p1_log(fn, x, seed, config)
     received, opened = [], []
     for bits, sent, got in log:
         if sent is None:     # a one-way message (the shuffle's resharings): received, nothing opened
@@ -485,15 +491,8 @@ REDUCED = {"relu_bits16": (_relu16, EngineConfig(relu_bits=16), lambda g: torch.
 def p1_small_openings(fn, x: torch.Tensor, seed: int, config) -> dict[int, torch.Tensor]:
     """The values P1 opens in messages of fewer than 64 bits, by width: (s + g) mod 2^bits (for 1-bit XOR
     openings bit 0 is the same either way; packed 1-bit words keep element 64 i at bit 0 of word i)."""
-    def body(m):
-        if m.rank == 1:
-            m.channel.recorder = []
-        fn(m.share(x))
-        return m.channel.recorder
-
-    _, log, _ = run_pair(body, config=config, seed=seed)
     out: dict[int, list] = {}
-    for bits, sent, got in log:
+    for bits, sent, got in p1_log(fn, x, seed, config):
         if sent is None or bits >= 64:
             continue
         for s, g in zip(sent, got):
