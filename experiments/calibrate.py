@@ -1,12 +1,17 @@
 """`comet calibrate`: time the engine's own protocols on this machine and fit one cost per work kind.
 
 1. Each benchmark runs one protocol in exact mode (in-process simulation, as exact runs compute) on fresh
-   shares, `reps` times; its time is the median, its work the counters it left (comm/work.py).
+   shares in steady state; its time is the fastest of `reps` samples in wall seconds (what exact mode's
+   compute_s measures and cost mode's models), its work the counters it left (comm/work.py).
 2. The unit costs, in the benchmarks' order: each benchmark prices one kind (`prices`) from its time less
-   what the kinds priced before it explain (a tiny multiply prices the round, a dealer-only triple the dealt
-   word, openings and products of activation sizes the opened word, and of 2^17 elements the large one, a
-   comparison of 2^12 elements the packed bit word, then the matmuls, the shuffle, ...). Benchmarks that price nothing (a large multiply) are checks: their
-   `fit_ratio` (modelled / measured) says how well the units add up on a protocol not used to fit them.
+   what the kinds priced before it explain; benchmarks that price the same kind are fitted together.
+   Tiny protocols and one row of a layer norm and a softmax price the round; a dealer-only triple the dealt
+   word; openings and products of activation sizes the opened word (of 2^17 elements the large one); a
+   comparison of 2^14 elements the packed bit word; a Beaver product whose weight mask is reused its
+   multiply-accumulates per kernel class and the same product with a fresh mask its words; then the first
+   use of a kept mask, a select, per-head products, public products, a layer's shuffle, an ideal SiLU, FSS
+   comparisons, OTs. Benchmarks that price nothing are checks: their `fit_ratio` (modelled / measured)
+   says how well the units add up on a protocol not used to fit them.
 3. The profile (results/compute_model.py FORMAT) records the CPU model, vector flags, threads, torch and
    numpy versions, the load, every benchmark with its fitted time, and the units; written atomically to
    $COMET_CACHE/calibration/profile.json unless --out says otherwise.
@@ -31,13 +36,16 @@ from typing import Callable
 log = logging.getLogger("comet.calibrate")
 
 SAMPLE_S = 0.04    # seconds per timed sample (a quarter with --quick)
-# CPU seconds of this process (all its threads): what other processes on a shared machine take from it is
-# not counted, as it would be in wall time (the calibration host of results/calibration ran at load 5-12)
-CLOCK = time.process_time
+# wall seconds, as exact mode's compute_s: process CPU counts torch's OpenMP threads spinning between
+# parallel regions (1.6x the wall time of a quiet decode run, 2x of a 1x768x3072 Beaver product), which is
+# no compute a run waits for; the fastest sample is the least disturbed by other processes, and a busy
+# machine's profile is marked and refused for results/ (BUSY_LOAD)
+CLOCK = time.perf_counter
 MAX_INNER = 200    # calls per sample at most
-# a 1-minute load average above this is a busy machine: torch's OpenMP threads then spin on a core another
-# process holds, which counts as process CPU (a profile made at load 2.7-6 priced matmul_mac 4.2 ns against
-# 1.1 ns quiet); such a profile is marked `busy` and is refused for results/ without --allow-busy
+# a 1-minute load average above this is a busy machine: other processes take cores from the samples and
+# torch's OpenMP threads spin on a core another process holds (a profile made at load 2.7-6 priced
+# matmul_mac 4.2 ns against 1.1 ns quiet); such a profile is marked `busy` and is refused for results/
+# without --allow-busy
 BUSY_LOAD = 1.0
 
 
@@ -81,8 +89,15 @@ def _mat(mpc, *shape):
     return mpc.share(torch.randn(*shape, dtype=torch.float64, device=mpc.device) * 0.1)
 
 
+def _weight(mpc, *shape):
+    """A shared model weight (registered: its mask may be reused, MPC.register_weight)."""
+    return mpc.register_weight(_mat(mpc, *shape))
+
+
 def _defaults() -> None:
-    from comet_core.mpc import arith, compare, fss, ideal, shuffle
+    import torch
+
+    from comet_core.mpc import arith, compare, fss, ideal, nonlinear, shuffle
 
     n = lambda q, full, quick: 1 << (quick if q else full)   # noqa: E731
     add = lambda *a, **k: BENCHMARKS.append(Benchmark(*a, **k))   # noqa: E731
@@ -90,6 +105,10 @@ def _defaults() -> None:
     add("mul_1", lambda m, q: (_vec(m, 1), _vec(m, 1)), lambda m, a: arith.mul(*a), prices="round")
     add("ltz_1", lambda m, q: _vec(m, 1), lambda m, a: compare.ltz(a), prices="round")
     add("relu_1", lambda m, q: _vec(m, 1), lambda m, a: compare.relu(a), prices="round")
+    # ... and a decode step's non-linear layers of one row (more local steps per round than a multiply)
+    add("layernorm_row", lambda m, q: (_mat(m, 1, 256), _vec(m, 256), _vec(m, 256)),
+        lambda m, a: nonlinear.layernorm(*a), prices="round")
+    add("softmax_row", lambda m, q: _mat(m, 4, 1, 80), lambda m, a: nonlinear.softmax(a, -1), prices="round")
     big = lambda q: 1 << (16 if q else 17)   # noqa: E731  (messages of at least work.LARGE elements)
     add("triple_n", lambda m, q: (n(q, 14, 13),), lambda m, a: m.dealer.mul_triple((a[0],), (a[0],)),
         prices="dealer_word")
@@ -103,22 +122,44 @@ def _defaults() -> None:
     add("mul_large", lambda m, q: (_vec(m, big(q)),) * 2, lambda m, a: arith.mul(*a), prices="open_word_large")
     add("square_large", lambda m, q: _vec(m, big(q)), lambda m, a: arith.square(a), prices="open_word_large")
     # a packed bit word: comparison circuits (DReLU's adder tree; ReLU adds its multiplexer)
-    add("ltz_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.ltz(a), prices="bit_word")
-    add("relu_n", lambda m, q: _vec(m, n(q, 12, 11)), lambda m, a: compare.relu(a), prices="bit_word")
-    # a Beaver matmul's fixed cost per call (tiny products), then per multiply-accumulate by shape class
+    add("ltz_n", lambda m, q: _vec(m, n(q, 14, 11)), lambda m, a: compare.ltz(a), prices="bit_word")
+    add("relu_n", lambda m, q: _vec(m, n(q, 14, 11)), lambda m, a: compare.relu(a), prices="bit_word")
+    # a Beaver matmul's fixed cost per call (tiny products); then per multiply-accumulate by shape class from
+    # products whose weight mask is reused (only e = x - a opened), and its words (f = y - b opened, the
+    # dealer's b drawn) from the same product with a fresh mask
+    reused = lambda m, a: arith.matmul(*a, reuse_mask=True)   # noqa: E731  (the counted call finds f kept)
     add("matmul_tiny", lambda m, q: (_mat(m, 1, 8), _mat(m, 8, 8)), lambda m, a: arith.matmul(*a),
         prices="matmul_call")
+    few = lambda m, q: (_mat(m, 1, 512), _weight(m, 512, 1024)) if q else (_mat(m, 1, 768), _weight(m, 768, 3072))   # noqa: E731
+    add("matmul_few_reused", few, reused, prices="matmul_mac_few")
+    add("matmul_few", few, lambda m, a: arith.matmul(*a), prices="matmul_word")
+    # a weight of at most one block (blocked.BLOCK_ELEMENTS: the whole-matrix steps, 3x the cost per
+    # multiply-accumulate of the blocked kernel on the 2-core AVX-512 host)
+    small = lambda m, q: (_mat(m, 1, 128), _weight(m, 128, 512)) if q else (_mat(m, 1, 256), _weight(m, 256, 1024))   # noqa: E731
+    add("matmul_few_small_reused", small, reused, prices="matmul_mac_few_small")
+    add("matmul_few_small", small, lambda m, a: arith.matmul(*a), prices="matmul_word_small")
     add("matmul", lambda m, q: (_mat(m, 128, 256), _mat(m, 256, 256)) if q else (_mat(m, 128, 768), _mat(m, 768, 768)),
         lambda m, a: arith.matmul(*a), prices="matmul_mac")
-    add("matmul_few", lambda m, q: (_mat(m, 1, 512), _mat(m, 512, 1024)) if q else (_mat(m, 1, 768), _mat(m, 768, 3072)),
-        lambda m, a: arith.matmul(*a), prices="matmul_mac_few")
+    # the first product of a kept mask (a registered weight seen for the first time each call; its kept
+    # b and f dropped after it): 4M elements, past the allocator's 32 MiB threshold as a model's weights are
+    add("matmul_kept_first", lambda m, q: (_mat(m, 1, 256), _mat(m, 256, 1024)) if q else (_mat(m, 1, 1024), _mat(m, 1024, 4096)),
+        _kept_first, prices="kept_mask_word")
+    # SOMM: a decode step's product with 256 of a weight's 1024 columns (the slice gathered per product)
+    add("matmul_select", lambda m, q: (_mat(m, 1, 128), _mat(m, 128, 512), torch.randperm(512)[:128]) if q else
+        (_mat(m, 1, 256), _mat(m, 256, 1024), torch.randperm(1024)[:256]),
+        lambda m, a: arith.matmul(a[0], a[1], select=(1, a[2])), prices="select_elem")
     # a decode step's per-head scores over a KV cache of 128 positions (4 heads of 64)
     add("matmul_bmm_few", lambda m, q: (_mat(m, 4, 1, 64), _mat(m, 4, 64, 128)), lambda m, a: arith.matmul(*a),
         prices="matmul_mac_bmm_few")
     add("matmul_public", lambda m, q: (_mat(m, 16, 256), _plain(m, 256, 256)), lambda m, a: arith.matmul_public(*a),
         prices="public_mac")
-    add("permute", lambda m, q: (_vec(m, n(q, 14, 13)), shuffle.Permutation(m, n(q, 14, 13))),
-        lambda m, a: shuffle.permute(a[0], -1, a[1]), prices="shuffle_elem")
+    # a decode step's all-pairs maximum over 128 entries: the pairs' 0/1 shares times the public incidence
+    # matrix, one row per share (pairmax._first_max_onehot)
+    add("matmul_public_few", lambda m, q: (_mat(m, 1, 2016 if q else 8128), _plain(m, 2016 if q else 8128, 64 if q else 128)),
+        lambda m, a: arith.matmul_public(*a), prices="public_mac_few")
+    # a layer's per-request shuffle (Comet): its weights' rows joined, permuted as one, split and transposed back
+    add("permute", lambda m, q: _layer_shuffle_inputs(m, 128, 512) if q else _layer_shuffle_inputs(m, 256, 1024),
+        _layer_shuffle, prices="shuffle_elem")
     add("ideal_silu", lambda m, q: _vec(m, n(q, 14, 13)),
         lambda m, a: ideal.ideal_op(a, "silu", ideal.silu_steps(ideal.Params(), a.numel())), prices="float_elem",
         unrun=("ot",))
@@ -127,6 +168,33 @@ def _defaults() -> None:
     # a 1-of-2 OT of the OT-based baselines (iron, bolt: mpc/ideal.py counts their OT instances): a real IKNP
     # extension's per-OT work (mpc/iknp.py: PRG, bit transposes, correlation-robust hash; base OTs simulated)
     add("ot_iknp", lambda m, q: _ot_inputs(n(q, 15, 13)), _ot_extend, prices="ot")
+
+def _kept_first(mpc, a) -> None:
+    from comet_core.mpc import arith
+
+    x, w = a
+    w.uid = None
+    arith.matmul(x, mpc.register_weight(w), reuse_mask=True)
+    mpc.weight_masks.clear()
+    mpc.dealer.forget_reused()
+
+
+def _layer_shuffle_inputs(mpc, d: int, f: int):
+    from comet_core.mpc import shuffle
+
+    return _mat(mpc, d, f), _mat(mpc, f, d), _mat(mpc, 1, f), shuffle.Permutation(mpc, f)
+
+
+def _layer_shuffle(mpc, a) -> None:
+    """The data movement of comet._permute_layer around its one permutation (FFN weights W1, W2, b1)."""
+    from comet_core.mpc.ashare import AShare
+    from comet_core.mpc.shuffle import permute
+
+    w_in, w_out, b, perm = a
+    d = w_in.shape[0]
+    rows = permute(AShare.cat([w_in, w_out.transpose(0, 1), b], 0), -1, perm)
+    _ = rows[:d].contiguous(), rows[d:2 * d].transpose(0, 1).contiguous(), rows[-1]   # W1, W2, b1 as Comet keeps them
+
 
 def _ot_inputs(m: int):
     import numpy as np
@@ -160,8 +228,9 @@ def _sync(device: str) -> None:
 
 
 def run_benchmark(b: Benchmark, quick: bool, reps: int, device: str = "cpu") -> dict:
-    """CPU seconds (CLOCK) of one call of the protocol in steady state (as a run's thousands of calls are): on one
-    engine, a first call warms up (numba compiles, buffers fault in) and counts the work; then the fastest
+    """Wall seconds (CLOCK) of one call of the protocol in steady state (as a run's thousands of calls are): on one
+    engine, a first call warms up (numba compiles, buffers fault in, a reused mask is opened), a second counts
+    the work; then the fastest
     of `reps` samples (the least disturbed by other processes), each of `inner` calls lasting about
     SAMPLE_S."""
     from comet_core.comm.work import work_table
@@ -170,13 +239,14 @@ def run_benchmark(b: Benchmark, quick: bool, reps: int, device: str = "cpu") -> 
     mpc = MPC(EngineConfig(**(b.config or {})), seed=1000, device=device, mode="exact")
     inputs = b.setup(mpc, quick)
     led = mpc.ledger
+    b.op(mpc, inputs)   # the first call (a reused mask is opened here): not the steady state
     led.rows.clear()
     led.work.counts.clear()
     b.op(mpc, inputs)
     w = work_table(led.frame(), led.work)
     counts = {str(k): float(v) for k, v in w.groupby("kind").amount.sum().items()}
     target = SAMPLE_S / (4 if quick else 1)
-    clock = time.perf_counter if device == "cuda" else CLOCK   # a GPU's work is not this process's CPU time
+    clock = CLOCK
     best, inner = float("inf"), 1
     for i in range(reps + 1):
         led.rows.clear()   # the samples' messages are not kept (a sample may book thousands of rows)
@@ -263,7 +333,7 @@ def calibrate(quick: bool = False, device: str = "cpu", reps: int | None = None)
                 git_rev=git_revision(), device=device, quick=quick, host=host_record(device),
                 load_avg_before=list(load0), load_avg_after=list(load1),
                 busy=bool(max(load0[0], load1[0]) > BUSY_LOAD),
-                seconds=time.perf_counter() - t0, clock="wall" if device == "cuda" else "process CPU",
+                seconds=time.perf_counter() - t0, clock="wall",
                 units_s=units,
                 kinds={k: KINDS[k].unit for k in units if k in KINDS}, benchmarks=rows)
 

@@ -285,7 +285,10 @@ def write_results(cfg, o: Outcome, folder: Path) -> dict:
     if o.work is not None:   # the work counters, priced (comm/work.py, results/compute_model.py)
         from comet_core.results import compute_model
 
-        compute_model.priced(o.work, compute_profile(cfg, o)).to_csv(folder / "work.csv", index=False)
+        work = compute_model.priced(o.work, compute_profile(cfg, o))
+        work.to_csv(folder / "work.csv", index=False)
+        if o.op_seconds is not None:   # exact mode: the model beside the measured seconds, op by op
+            compute_model.by_op(work, o.op_seconds).to_csv(folder / "compute_ops.csv", index=False)
     if cfg.get("save_ledger", True):
         o.ledger.to_csv(folder / "ledger.csv.gz", index=False)
     if o.ref is not None:  # cost mode has no token values to list (docs/conventions.md)

@@ -104,13 +104,13 @@ def timing_lines(metrics, mode: str, transport: str) -> list[str]:
                           "(run `comet calibrate`): total = comm"]
         return [comm, f"compute is modelled in mode=cost: {fmt_seconds(tot.compute_s)} = the run's work counters "
                       f"(work.csv) x unit costs of the profile {profile} (docs/compute-model.md states the "
-                      f"model's error against measured CPU); "
+                      f"model's error against measured wall time); "
                       f"total = compute + comm; communication only: comm"]
     cpu = tot.get("compute_cpu_s", math.nan)
     who = "P0's process" if transport == "tcp" else "this process: both parties and the dealer"
     modelled = tot.get("compute_modelled_s", math.nan)
-    model = (f"; the compute model says {fmt_seconds(modelled)} (work.csv, profile {profile}: its error against "
-             "measured CPU is stated in docs/compute-model.md)" if modelled == modelled else "")
+    model = (f"; the compute model says {fmt_seconds(modelled)} (work.csv, profile {profile}; op by op beside the "
+             "measured wall time in compute_ops.csv; its error: docs/compute-model.md)" if modelled == modelled else "")
     return [comm, f"compute is measured on this machine: {fmt_seconds(tot.compute_s)} wall, {fmt_seconds(cpu)} "
                   f"CPU ({who}, all threads){model}; total = compute + comm"]
 

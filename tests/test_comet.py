@@ -203,7 +203,7 @@ def test_cost_mode_with_mask_trace_equals_exact_ledger(predictors, tmp_path, mod
     assert a.layer.nunique() >= 2 and {"ffn.somm", "attn.shuffle" if heads else "ffn.select"} <= set(a.op)
     assert len(a) == len(b) and a.equals(b), "cost-mode ledger differs from exact mode's for the same masks"
     wa, wb = (pd.read_csv(d / "work.csv")[["stage", "layer", "op", "kind", "amount"]] for d in (ex, co))
-    assert {"shuffle_elem", "matmul_mac_few", "matmul_call"} <= set(wa.kind)   # Comet's shuffles, decode products
+    assert {"shuffle_elem", "matmul_mac_few_small", "matmul_call", "select_elem"} <= set(wa.kind)   # shuffles, decode products, SOMM
     pd.testing.assert_frame_equal(wa, wb)   # the work counters too (comm/work.py), count for count
 
 

@@ -12,6 +12,7 @@ comet_core/mpc/ideal.py: Iron's and BOLT's OT-based protocols).
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -60,17 +61,47 @@ class Ledger:
         self._labels = {"stage": "", "layer": -1, "op": ""}
         self._protocol: list[str] = []
         self.work = Work(self)   # local work counts beside the messages (comm/work.py)
+        # measured compute per (stage, layer, op): [wall s, process CPU s], from start_op_clock (exact mode)
+        self.op_seconds: dict[tuple, list] | None = None
+        self._clock = (0.0, 0.0)
 
     # -- labels -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def label(self, **labels):
         """Set stage/layer/op labels for the messages inside the block (model-level tags)."""
         old = dict(self._labels)
+        if self.op_seconds is not None:
+            self._charge()
         self._labels.update({k: v for k, v in labels.items() if v is not None})
         try:
             yield
         finally:
+            if self.op_seconds is not None:
+                self._charge()
             self._labels = old
+
+    def start_op_clock(self) -> None:
+        """From now on, charge the wall and process CPU time between label changes to the labels current
+        until the change: the measured side of compute_ops.csv, per op beside the compute model's seconds.
+        Exclusive: an op's time is what ran under its own labels, not under a nested label."""
+        if self.op_seconds is None:
+            self.op_seconds = {}
+        self._clock = (time.perf_counter(), time.process_time())
+
+    def _charge(self) -> None:
+        now = (time.perf_counter(), time.process_time())
+        lab = self._labels
+        acc = self.op_seconds.setdefault((lab["stage"], lab["layer"], lab["op"]), [0.0, 0.0])
+        acc[0] += now[0] - self._clock[0]
+        acc[1] += now[1] - self._clock[1]
+        self._clock = now
+
+    def op_seconds_frame(self) -> pd.DataFrame | None:
+        """The measured compute per (stage, layer, op) (None without start_op_clock)."""
+        if self.op_seconds is None:
+            return None
+        return pd.DataFrame([(*k, *v) for k, v in self.op_seconds.items()],
+                            columns=["stage", "layer", "op", "measured_s", "measured_cpu_s"])
 
     def protocol(self, name: str) -> "_Protocol":
         """Name the protocol whose messages follow; the outermost protocol name is recorded.

@@ -26,6 +26,7 @@ import pandas as pd
 
 WORK_COLUMNS = ["stage", "layer", "op", "kind", "amount"]
 LARGE = 1 << 15   # elements per message from which a word counts as large (256 KiB per share)
+MATMUL_BLOCK = 1 << 18   # mpc/blocked.BLOCK_ELEMENTS: a Beaver matmul's weight above it takes the blocked steps
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,21 @@ register_kind("dealer_word", "64-bit word dealt", "offline rows in words, messag
               "elements: the dealer's correction words (its PRG expansion of both parties' seeds and the "
               "correlation it forms)")
 register_kind("dealer_word_large", "64-bit word dealt", "the same in messages of at least LARGE elements")
+register_kind("matmul_word", "64-bit word of a Beaver matmul", "ledger rows of protocol matmul, online and offline: "
+              "its openings e = x - a and f = y - b (none on a reused mask), its truncation, its dealt c; with "
+              "the dealer's drawing of b, whose seeds the ledger does not book), in messages of more than "
+              "MATMUL_BLOCK elements (a weight's f, drawn and opened block by block with the products)")
+register_kind("matmul_word_small", "64-bit word of a Beaver matmul", "the same in messages of at most MATMUL_BLOCK "
+              "elements (activations' e, truncations, the whole-matrix steps' small weights)")
 # -- explicit kinds ------------------------------------------------------------------------------------
 register_kind("matmul_mac", "multiply-accumulate", "arith.matmul of more than dealer.FEW_ROWS rows: "
-              "m*k*n per product (the dealer's a@b and both parties' two products; with the product's "
-              "openings, dealt words and truncation, which the word kinds leave out)")
+              "m*k*n per product (the dealer's a@b and both parties' two products; the product's words are "
+              "matmul_word)")
 register_kind("matmul_mac_few", "multiply-accumulate", "arith.matmul of at most dealer.FEW_ROWS rows (a "
               "decode step's weight products, memory-bound)")
+register_kind("matmul_mac_few_small", "multiply-accumulate", "the same of a y of at most blocked.BLOCK_ELEMENTS "
+              "elements (a small model's decode products: matmul.beaver_strategy's whole-matrix steps, "
+              "several times the blocked kernel's cost per multiply-accumulate)")
 register_kind("matmul_mac_bmm_few", "multiply-accumulate", "arith.matmul of two batched operands (a "
               "product per head) with at most dealer.FEW_ROWS rows per matrix (a decode step's attention scores "
               "and context over the KV cache): their kernels run row by row, several times a large product's "
@@ -76,8 +86,18 @@ register_kind("matmul_call", "Beaver matmul", "each arith.matmul call: its fixed
               "(the dealer's triple of three tensors, the shape and range checks, the kernel choice, the two "
               "parties' product set-up and the truncation's), which makes a small product several times a "
               "multiply's cost")
+register_kind("kept_mask_word", "weight element", "arith.matmul: the first product of a weight whose mask is kept "
+              "(reuse_mask, engine.weight_masks=request|deployment; in stage deploy for the deployment's): the "
+              "dealer draws its whole b, f = W - b is opened and both are stored (fresh pages), beyond the "
+              "product's own words")
+register_kind("select_elem", "element of a weight slice", "arith.matmul with `select` (Comet's SOMM columns, SIMM "
+              "rows): the elements of the public slice of y gathered for the product (both shares and, with "
+              "mask reuse, the kept mask and opening)")
 register_kind("public_mac", "multiply-accumulate", "a shared matrix times a public one (arith.matmul_public, "
               "pairmax's indicator sums): m*k*n, both shares")
+register_kind("public_mac_few", "multiply-accumulate", "the same with at most dealer.FEW_ROWS rows per share "
+              "(a decode step's all-pairs maximum over the vocabulary: one pass over the public matrix, "
+              "memory-bound)")
 register_kind("shuffle_elem", "element permuted", "shuffle.permute: elements of the permuted share")
 register_kind("float_elem", "element", "an ideal functionality's float64 evaluation (mpc/ideal.py)")
 register_kind("dcf_elem", "comparison", "FSS comparisons (mpc/fss.py): one DCF key evaluated per element "
@@ -115,8 +135,15 @@ def ledger_kinds(ledger_df: pd.DataFrame) -> pd.DataFrame:
     measured = ledger_df.cost_source == "measured" if "cost_source" in ledger_df else True
     on = ledger_df[(ledger_df.phase == "online") & measured]
     rounds = on.groupby(keys)["round"].nunique().rename("round")
-    # a Beaver matmul's openings and dealt words are part of its MAC kinds (priced on whole products: its
-    # blocked decode steps open a weight in cache-sized pieces, at a fraction of a large word's cost)
+    # a Beaver matmul's words (its openings e, f and truncation online, its dealt c offline) are priced apart
+    # from other protocols' words, as matmul_word: its blocked decode steps draw the weight's mask and open f
+    # in cache-sized pieces, fused with the products; a reused mask opens only e (no f in the ledger)
+    # (matmul_word_small: messages of at most MATMUL_BLOCK elements, the whole-matrix steps' weights)
+    mm_rows = ledger_df[(ledger_df.protocol == "matmul") & measured & ledger_df.phase.isin(["online", "offline"])]
+    mm_all = (mm_rows.elements * mm_rows.bits) / 64.0
+    mm_big = mm_rows.elements > MATMUL_BLOCK
+    mm_words = [mm_all[sel].groupby([mm_rows[k][sel] for k in keys]).sum().rename(name)
+                for sel, name in ((mm_big, "matmul_word"), (~mm_big, "matmul_word_small"))]
     on = on[on.protocol != "matmul"]
     words = (on.elements * on.bits) / 64.0
     large = on.elements >= LARGE
@@ -136,6 +163,7 @@ def ledger_kinds(ledger_df: pd.DataFrame) -> pd.DataFrame:
         by_op(on.bits < 64, on, "bit_word"),
         by_op(~off_large, off, "dealer_word"),
         by_op(off_large, off, "dealer_word_large"),
+        *mm_words,
     ]
     frames = [p.reset_index().rename(columns={p.name: "amount"}).assign(kind=p.name) for p in parts if len(p)]
     if not frames:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,11 +52,23 @@ def private_generate(mpc: MPC, model: SecureDecoder, prompt_ids: list[int], new_
     from comet_core.errors import require
 
     require(output in OUTPUTS, f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+    ids = list(prompt_ids)
+    if not mpc.is_cost:
+        mpc.ledger.start_op_clock()
+    # the objects made so far (the loaded model, transformers' modules) leave the cyclic collector's view for
+    # the generation: a full collection over them took 0.17 s of a 0.66 s tiny-llama run at a random step
+    gc.freeze()
+    try:
+        return _generate(mpc, model, ids, new_tokens, vocab, output)
+    finally:
+        gc.unfreeze()
+
+
+def _generate(mpc: MPC, model: SecureDecoder, ids: list[int], new_tokens: int, vocab: int, output: str) -> Generation:
     cache = model.new_cache()
     gen = Generation(tokens=[])
     gen.stage_seconds = {"deploy": 0.0, "preprocess": 0.0, "setup": 0.0, "prefill": 0.0, "decode": 0.0}
     gen.stage_cpu_seconds = dict(gen.stage_seconds)
-    ids = list(prompt_ids)
 
     def timed(stage: str, work) -> None:
         t0, c0 = time.perf_counter(), time.process_time()

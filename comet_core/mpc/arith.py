@@ -6,6 +6,8 @@ P0 and P1, offline bytes the dealer's corrections (see dealer.py). n = elements.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import weakref
 from types import SimpleNamespace
@@ -274,7 +276,7 @@ def matmul_public(x: AShare, w: torch.Tensor) -> AShare:
     """x @ w for a public real matrix w: local ring matmul, then truncate. Cost: truncate_cost."""
     mpc = x.mpc
     enc = ring.encode(w.to(x.data.device), mpc.frac_bits)
-    count_macs(mpc, x.data.shape, enc.shape, kind="public_mac")   # both shares
+    count_macs(mpc, x.data.shape, enc.shape, kind=public_mac_kind(x.data.shape))   # both shares
     with mpc.ledger.protocol("matmul_public"):
         check_product(x, w, x.frac + mpc.frac_bits, matrix=True, what="x @ public")
         return _rescale_to_f(AShare(mm.ring_matmul(x.data, enc), mpc, x.frac + mpc.frac_bits))
@@ -362,10 +364,16 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
     mpc = x.mpc
     count_macs(mpc, x.shape, y.shape, select)
     mpc.ledger.work.add("matmul_call", 1)   # its fixed local work (comm/work.py), the same in both modes
+    if select is not None:   # the slice of y (or of its mask and opening) gathered per product
+        mpc.ledger.work.add("select_elem", y.numel() // y.shape[select[0]] * int(select[1].numel()))
     with mpc.ledger.protocol("matmul"):
         f = mpc.frac_bits if out_frac is None else out_frac
         check_product(x, y, x.frac + y.frac, truncated=x.frac + y.frac > f, matrix=True, what="x @ y")
         key = weight_masks.mask_key(mpc, y, reuse_mask)
+        if key is not None and key not in mpc.weight_masks:   # a kept mask drawn and opened: comm/work.py
+            with mpc.label(stage=weight_masks.DEPLOY_STAGE) if weight_masks.lives_per_deployment(mpc, key) \
+                    else contextlib.nullcontext():
+                mpc.ledger.work.add("kept_mask_word", y.numel())
         weight_masks.open_for_deployment(mpc, y, key)   # weight_masks=deployment: f opened once, stage deploy
         if select is not None and key is None:   # no reuse: the slice is the operand
             y, select = y.index_select(*select), None
@@ -403,10 +411,22 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         return _rescale_to_f(AShare(z, mpc, x.frac + y.frac), out_frac)
 
 
+def public_mac_kind(data_shape) -> str:
+    """The work kind of a shared-by-public product whose left operand has party-stacked `data_shape`
+    (parties, ..., k): `public_mac_few` for at most dealer.FEW_ROWS rows per share (a pass over the public
+    matrix per row, memory-bound), else `public_mac`."""
+    from comet_core.mpc.dealer import FEW_ROWS
+
+    return "public_mac_few" if math.prod(data_shape[1:-1]) <= FEW_ROWS else "public_mac"
+
+
 def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None) -> None:
     """Count a product's multiply-accumulates (comm/work.py), from shapes only (the same in both modes):
-    prod(output shape) * k, as `matmul_mac_few` for at most dealer.FEW_ROWS rows of x, `matmul_mac_bmm_few`
-    for batched operands (both with batch dims) of at most FEW_ROWS rows per matrix, else `matmul_mac`."""
+    prod(output shape) * k, as `matmul_mac_few` for at most dealer.FEW_ROWS rows of x (`matmul_mac_few_small`
+    when y has at most blocked.BLOCK_ELEMENTS elements: the shape rule of matmul.beaver_strategy's whole-matrix
+    steps), `matmul_mac_bmm_few` for batched operands (both with batch dims) of at most FEW_ROWS rows per
+    matrix, else `matmul_mac`."""
+    from comet_core.mpc.blocked import BLOCK_ELEMENTS
     from comet_core.mpc.dealer import FEW_ROWS
 
     ys = list(y_shape)
@@ -420,7 +440,8 @@ def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None)
         if len(x_shape) > 2 and len(ys) > 2 and x_shape[-2] <= FEW_ROWS:   # per-head products of a decode step
             kind = "matmul_mac_bmm_few"
         else:
-            kind = "matmul_mac_few" if rows <= FEW_ROWS else "matmul_mac"
+            kind = "matmul_mac" if rows > FEW_ROWS else \
+                "matmul_mac_few_small" if math.prod(ys) <= BLOCK_ELEMENTS else "matmul_mac_few"
     mpc.ledger.work.add(kind, macs)
 
 

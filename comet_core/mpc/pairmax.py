@@ -65,7 +65,7 @@ def _first_max_onehot(x: AShare) -> AShare:
     d = x.index_select(-1, i) - x.index_select(-1, j)                       # (..., P)
     b = compare.drelu(d)                                                      # integer 0/1
     wins = AShare(ring_matmul(b.data, a), mpc, 0)                        # (..., n): sum b - sum b'
-    mpc.ledger.work.add("public_mac", b.data.numel() * n)                     # both shares (comm/work.py)
+    mpc.ledger.work.add(arith.public_mac_kind(b.data.shape), b.data.numel() * n)   # both shares (comm/work.py)
     # + #(i < k) for every k: the (1 - b_ik) terms' ones (public, P0)
     wins = wins.add_public(torch.arange(n, dtype=torch.float64) - (n - 1))
     return compare.drelu(wins)

@@ -125,6 +125,26 @@ def stage_seconds(work: pd.DataFrame, profile: Profile) -> dict[str, float]:
     return {str(s): float(v) for s, v in priced.groupby(work.stage).sum().items()}
 
 
+OP_KEYS = ["stage", "layer", "op"]
+
+
+def by_op(work: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+    """compute_ops.csv (exact mode): per (stage, layer, op) of the private generation's stages, the measured
+    wall and CPU seconds (Ledger.start_op_clock: what ran under the op's labels) beside the model's seconds
+    for its work counters (`modelled_s`, NaN without a profile) and `modelled_over_wall`: where the model
+    misses, op by op (docs/compute-model.md)."""
+    from comet_core.results.tables import OFF_PATH, STAGES
+
+    stages = [*OFF_PATH, *STAGES]
+    model = work[work.stage.isin(stages)].groupby(OP_KEYS, as_index=False).modelled_s.sum(min_count=1)
+    out = measured[measured.stage.isin(stages)].merge(model, on=OP_KEYS, how="outer")
+    out[["measured_s", "measured_cpu_s"]] = out[["measured_s", "measured_cpu_s"]].fillna(0.0)
+    out["modelled_over_wall"] = out.modelled_s / out.measured_s.where(out.measured_s > 0)
+    order = {s: i for i, s in enumerate(stages)}
+    return out.sort_values(["stage", "layer", "op"], key=lambda c: c.map(order) if c.name == "stage" else c,
+                           ignore_index=True)
+
+
 def priced(work: pd.DataFrame, profile: Profile | None) -> pd.DataFrame:
     """work.csv: the counters with each row's unit cost and modelled seconds (NaN without a profile)."""
     out = work.copy()

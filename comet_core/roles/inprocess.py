@@ -32,6 +32,7 @@ class Outcome:
     transport: dict | None = None   # transport=tcp: socket counters, in-process check, roles (tcp_run.py)
     work: object = None    # work counters (comm/work.py work_table; None: not counted, e.g. a tcp launcher)
     profile: object = False   # the compute profile that prices `work` (False: not looked up yet)
+    op_seconds: object = None   # exact mode: measured compute per (stage, layer, op) (Ledger.op_seconds_frame)
 
 
 def execute(cfg, memory_checked: bool = False) -> Outcome:
@@ -96,7 +97,8 @@ def execute(cfg, memory_checked: bool = False) -> Outcome:
 
     ledger = mpc.ledger.frame()
     return Outcome(ids=ids, tok=tok, gen=gen, ref=ref, ledger=ledger, n_layers=model.n_layers,
-                   system=system, extra_refs=extra_refs, work=work_table(ledger, mpc.ledger.work))
+                   system=system, extra_refs=extra_refs, work=work_table(ledger, mpc.ledger.work),
+                   op_seconds=mpc.ledger.op_seconds_frame())
 
 
 def plaintext_references(system, plain, plain_weights, ids: list[int], gen_tokens: int):
