@@ -426,7 +426,6 @@ def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None)
     when y has at most blocked.BLOCK_ELEMENTS elements: the shape rule of matmul.beaver_strategy's whole-matrix
     steps), `matmul_mac_bmm_few` for batched operands (both with batch dims) of at most FEW_ROWS rows per
     matrix, else `matmul_mac`."""
-    from comet_core.mpc.blocked import BLOCK_ELEMENTS
     from comet_core.mpc.dealer import FEW_ROWS
 
     ys = list(y_shape)
@@ -441,7 +440,7 @@ def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None)
             kind = "matmul_mac_bmm_few"
         else:
             kind = "matmul_mac" if rows > FEW_ROWS else \
-                "matmul_mac_few_small" if math.prod(ys) <= BLOCK_ELEMENTS else "matmul_mac_few"
+                "matmul_mac_few_small" if math.prod(ys) <= mm.BLOCK_ELEMENTS else "matmul_mac_few"
     mpc.ledger.work.add(kind, macs)
 
 
