@@ -18,8 +18,13 @@ systems; the block is fc1 + activation + fc2 as in docs, and Comet's predictor, 
   per token (amortised) = critical + preprocess / PASSES + deploy / (PASSES x deploy_requests)
   time = rounds x one-way latency + (online bytes / 2) / bandwidth (these operators send equal bytes each
   way), fractional shares of rounds entering the time only.
+  compute = the same operators' modelled compute (work.csv's modelled_s: work counters x the profile's unit
+  costs, docs/compute-model.md), formed per token as the bytes are.
 Scenario (ii), `end_to_end`: metrics.csv's `total` (critical path: setup + prefill + decode) and
-`total_amortised` (+ preprocess + deploy / deploy_requests), priced per network preset from the ledger.
+`total_amortised` (+ preprocess + deploy / deploy_requests), priced per network preset from the ledger; its
+compute is those rows' compute_s.
+Every time is communication only (`time_s`, `speedup`); `compute_s` beside it and `speedup_with_compute` (dense's
+time + compute over Comet's) add the modelled compute of this CPU engine.
 
 Predictor points (conf/ds_regime/*-rank-d*, *-bits*, *-block*: `predictor=curve`): system.predictor_rank set
 (d / 32 .. d / 4, the ratios of shakespeare-opt's measured ranks 8 .. 64), predictor_bits, block; their
@@ -112,10 +117,23 @@ def _share(d: pd.DataFrame) -> tuple[int, int]:
     return int(d.online_bytes.sum()), int(d.rounds.sum())
 
 
+def _ffn_ops(d: pd.DataFrame) -> pd.DataFrame:
+    """Scenario (i)'s operators: layer 0's ffn.* but its LayerNorm."""
+    return d[(d.layer == 0) & d.op.astype(str).str.startswith("ffn.") & (d.op != "ffn.norm")]
+
+
+def _stage_compute(job) -> dict[str, float]:
+    """Modelled compute seconds per stage of scenario (i)'s operators (work.csv); NaN where a run has none."""
+    try:
+        w = _ffn_ops(pd.read_csv(job.dir / "work.csv"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in w.groupby("stage").modelled_s.sum().items()}
+
+
 def ffn_block_costs(job, networks: list[Network]) -> list[dict]:
     """Scenario (i) rows of one job: per network, the per-token critical and amortised cost (docstring)."""
-    ops = pd.read_csv(job.dir / "ops.csv")
-    ops = ops[(ops.layer == 0) & ops.op.astype(str).str.startswith("ffn.") & (ops.op != "ffn.norm")]
+    ops = _ffn_ops(pd.read_csv(job.dir / "ops.csv"))
     step_b, step_r = _share(ops[ops.stage == "decode"])
     pre_b, pre_r = _share(ops[ops.stage == "prefill"])
     setup_b, setup_r = _share(ops[ops.stage == "setup"])
@@ -126,12 +144,20 @@ def ffn_block_costs(job, networks: list[Network]) -> list[dict]:
     crit_b, crit_r = step_b + req_b / PASSES, step_r + req_r / PASSES
     am_b = crit_b + prep_b / PASSES + dep_b / (PASSES * n)
     am_r = crit_r + prep_r / PASSES + dep_r / (PASSES * n)
+    c = _stage_compute(job)
+    if c:
+        cs = lambda st: c.get(st, 0.0)  # noqa: E731
+        crit_c = cs("decode") + (cs("setup") + cs("prefill") - cs("decode")) / PASSES
+        am_c = crit_c + cs("preprocess") / PASSES + cs("deploy") / (PASSES * n)
+    else:
+        crit_c = am_c = math.nan
     rows = []
     for net in networks:
         t = lambda b, r: r * net.latency_s + (b / 2) * 8 / net.bandwidth_bps  # noqa: E731
         rows.append(dict(network=net.name, bytes=crit_b, rounds=crit_r, time_s=t(crit_b, crit_r),
                          step_bytes=step_b, step_rounds=step_r, request_bytes=req_b, preprocess_bytes=prep_b,
-                         deploy_bytes=dep_b, bytes_amortised=am_b, time_s_amortised=t(am_b, am_r)))
+                         deploy_bytes=dep_b, bytes_amortised=am_b, time_s_amortised=t(am_b, am_r),
+                         compute_s=crit_c, compute_s_amortised=am_c))
     return rows
 
 
@@ -149,7 +175,9 @@ def end_to_end_costs(job, networks: list[Network]) -> list[dict]:
                          request_bytes=int(m.loc[(net.name, "setup")].online_bytes),
                          preprocess_bytes=int(m.loc[(net.name, "preprocess")].online_bytes),
                          deploy_bytes=int(m.loc[(net.name, "deploy")].online_bytes),
-                         bytes_amortised=int(am.online_bytes), time_s_amortised=float(am.comm_s)))
+                         bytes_amortised=int(am.online_bytes), time_s_amortised=float(am.comm_s),
+                         compute_s=float(tot.get("compute_s", math.nan)),
+                         compute_s_amortised=float(am.get("compute_s", math.nan))))
     return rows
 
 
@@ -158,7 +186,7 @@ def job_rows(job, networks: list[Network]) -> list[dict]:
     costs = ffn_block_costs(job, networks) if scenario.startswith("ffn_block") else end_to_end_costs(job, networks)
     sparsity, source = ffn_sparsity(job, scenario) if job.cfg.system.name == "comet" else (math.nan, "")
     base = dict(scenario=scenario.replace("_quick", ""), preset="quick" if scenario.endswith("_quick") else "full",
-                model=job.cfg.model.name, system=job.cfg.system.name, **switches(job),
+                model=job.cfg.model.name, system=job.cfg.system.name, mode=str(job.cfg.mode), **switches(job),
                 hidden_size=int(job.cfg.model.hidden_size), predicted_sparsity=sparsity, sparsity_source=source,
                 deploy_requests=int(job.cfg.get("deploy_requests", 1000)), job=job.dir.name,
                 git_rev=_git_rev(job))
@@ -231,7 +259,8 @@ def map_table(rows: pd.DataFrame, accuracy: tuple | None = None) -> pd.DataFrame
             continue
         acc = accuracy_of(r, curve, default)
         out.append(dict(   # system / phase / online_bytes / rounds / total_s: Comet's, in the tidy columns of every artifact
-            scenario=r.scenario, model=r.model, system="comet", phase="token" if r.scenario == "ffn_block" else "total",
+            scenario=r.scenario, model=r.model, system="comet", mode=r["mode"],   # r.mode is Series.mode
+            phase="token" if r.scenario == "ffn_block" else "total",
             online_bytes=r.bytes, rounds=r.rounds, total_s=r.time_s, network=r.network, **{k: r[k] for k in SWITCHES},
             leakage=LEAKAGE.get(r.permutation, "?") + ("" if r.count_padding == "none" else f", counts {r.count_padding}"),
             predictor=r.predictor, predicted_sparsity=r.predicted_sparsity, sparsity_source=r.sparsity_source,
@@ -242,6 +271,10 @@ def map_table(rows: pd.DataFrame, accuracy: tuple | None = None) -> pd.DataFrame
             comet_bytes_amortised=r.bytes_amortised, comet_s_amortised=r.time_s_amortised,
             dense_bytes_amortised=d.bytes_amortised, dense_s_amortised=d.time_s_amortised,
             speedup_amortised=d.time_s_amortised / r.time_s_amortised,
+            comet_compute_s=r.compute_s, dense_compute_s=d.compute_s,
+            speedup_with_compute=(d.time_s + d.compute_s) / (r.time_s + r.compute_s),
+            speedup_amortised_with_compute=(d.time_s_amortised + d.compute_s_amortised)
+            / (r.time_s_amortised + r.compute_s_amortised),
             comet_shuffle_request_bytes=r.request_bytes, comet_preprocess_bytes=r.preprocess_bytes,
             comet_deploy_bytes=r.deploy_bytes, deploy_requests=r.deploy_requests, preset=r.preset, job=r.job, git_rev=r.git_rev))
     return pd.DataFrame(out)
@@ -285,7 +318,8 @@ def analyze_table(t: pd.DataFrame, exp: dict):
         return a
     cols = ["scenario", "network", *SWITCHES, "predictor", "predicted_sparsity", "recall", "accuracy_change",
             "comet_bytes", "comet_rounds", "comet_s", "dense_relu_bits", "dense_bytes", "dense_rounds", "dense_s",
-            "bytes_ratio", "speedup", "speedup_amortised", "leakage"]
+            "bytes_ratio", "speedup", "speedup_amortised", "comet_compute_s", "dense_compute_s",
+            "speedup_with_compute", "leakage"]
     cols = [c for c in cols if c in t.columns]
     a.tables["the map (per token for ffn_block, per request for end_to_end; ratios dense / comet)"] = t[cols]
     lines = paper_lines()
@@ -328,26 +362,35 @@ def _x(v: float) -> str:
     return f"{v:.2f}x"
 
 
+def _xc(r) -> str:
+    """A row's speedup with compute, blank for a table made before the map had compute."""
+    v = getattr(r, "speedup_with_compute", math.nan)
+    return "" if pd.isna(v) else _x(v)
+
+
 def pays_off_markdown(t: pd.DataFrame, predictor_tables: bool = True) -> str:
     """The section generated from the map: per scenario and network the best regime against the strongest
     dense, the regimes that reach the paper's figures, and the answer under per-deployment masks; then the
     predictor points (their table only with ``predictor_tables``: the README keeps the one-line answer)."""
     lines = paper_lines()
     out = ["Generated from `results/design_space/data.csv` (`comet run-experiment -m experiment=design_space`, "
-           "`comet plot design_space`); cost mode, communication only (no compute), ratios = dense / Comet "
-           "with dense under the same weight-mask lifetime. Per token for the OPT-1.3B FFN block (one decode step, "
+           "`comet plot design_space`); cost mode, ratios = dense / Comet with dense under the same weight-mask "
+           "lifetime, communication only except the column *with compute*, which adds the modelled compute of this "
+           "CPU engine (docs/compute-model.md). Per token for the OPT-1.3B FFN block (one decode step, "
            f"90% sparsity, once-per-request work shared by {PASSES} passes), per request for OPT-6.7B 128 + 16.", ""]
     for scen, d in t.groupby("scenario", sort=False):
         lo_hi = lines.get(scen)
         paper = "" if lo_hi is None else (f"{lo_hi[0]:g}x" if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]:g}-{lo_hi[1]:g}x")
         out.append(f"**{scen}** ({d.model.iloc[0]}; paper: {paper or 'no value'}):")
         out.append("")
-        out.append("| network | weight masks | best regime (critical path) | speedup | amortised | reaches the paper? |")
-        out.append("|---|---|---|---|---|---|")
+        out.append("| network | weight masks | best regime (critical path) | speedup | amortised | with compute "
+                   "| reaches the paper? |")
+        out.append("|---|---|---|---|---|---|---|")
         for (net, wm), g in d.groupby(["network", "weight_masks"], sort=False):
             b = g.sort_values("speedup", ascending=False).iloc[0]
             reach = "n/a" if lo_hi is None else ("yes" if b.speedup >= lo_hi[0] else "no")
-            out.append(f"| {net} | {wm} | {regime_label(b)} | {_x(b.speedup)} | {_x(b.speedup_amortised)} | {reach} |")
+            out.append(f"| {net} | {wm} | {regime_label(b)} | {_x(b.speedup)} | {_x(b.speedup_amortised)} | "
+                       f"{_xc(b)} | {reach} |")
         out.append("")
         if lo_hi is not None:
             hit = d[d.speedup >= lo_hi[0]]
@@ -356,9 +399,10 @@ def pays_off_markdown(t: pd.DataFrame, predictor_tables: bool = True) -> str:
         dep = d[d.weight_masks == "deployment"]
         if not dep.empty:
             b = dep.sort_values("speedup", ascending=False).iloc[0]
+            with_compute = f", {_xc(b)} with compute" if _xc(b) else ""
             out.append(f"Under per-deployment masks the best Comet regime ({regime_label(b)}, {b.network}) gives "
-                       f"{_x(b.speedup)} ({_x(b.bytes_ratio)} fewer bytes, {b.comet_rounds:g} rounds against dense's "
-                       f"{b.dense_rounds:g}).")
+                       f"{_x(b.speedup)}{with_compute} ({_x(b.bytes_ratio)} fewer bytes, {b.comet_rounds:g} rounds "
+                       f"against dense's {b.dense_rounds:g}).")
         out.append("")
         out.extend(predictor_markdown(d, table=predictor_tables))
     return "\n".join(out).rstrip() + "\n"
@@ -374,15 +418,18 @@ def _predictor_table(p: pd.DataFrame, nets: list[str], keys: list[str]) -> list[
            f"the point, accuracy of the same predictor on {ACCURACY_MODEL}: `{CURVE.as_posix()}`; dense beside "
            "each with its ReLU on the predictor test's bits where that is faster):", "",
            "| weight masks | permutation | rank | bits | block | predicted sparsity | recall | perplexity change | "
-           "dense ReLU bits | bytes ratio | " + " | ".join(f"speedup {n}" for n in nets) + " |",
-           "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(nets)]
+           "dense ReLU bits | bytes ratio | " + " | ".join(f"speedup {n}" for n in nets) + " | "
+           + " | ".join(f"with compute {n}" for n in nets) + " |",
+           "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (2 * len(nets))]
     for _, g in p.groupby(keys, sort=False):
         r = g.iloc[0]
         sp = {n: g[g.network == n].speedup for n in nets}
+        spc = {n: g[g.network == n].itertuples() for n in nets}
         out.append(f"| {r.weight_masks} | {r.permutation} | {int(r.predictor_rank)} | {int(r.predictor_bits)} | "
                    f"{int(r.block)} | {r.predicted_sparsity:.3f} | {'' if pd.isna(r.recall) else f'{r.recall:.3f}'} | "
                    f"{_pct(r.accuracy_change)} | {int(r.dense_relu_bits)} | {_x(r.bytes_ratio)} | "
-                   + " | ".join(_x(sp[n].iloc[0]) if len(sp[n]) else "" for n in nets) + " |")
+                   + " | ".join(_x(sp[n].iloc[0]) if len(sp[n]) else "" for n in nets) + " | "
+                   + " | ".join(next((_xc(x) for x in spc[n]), "") for n in nets) + " |")
     return out
 
 
@@ -402,11 +449,13 @@ def predictor_markdown(d: pd.DataFrame, table: bool = True) -> list[str]:
     ok = p[(p.weight_masks == "call") & (p.recall >= 0.9)]
     if not ok.empty:
         b = ok.sort_values("bytes_ratio", ascending=False).iloc[0]
-        sp = ", ".join(f"{_x(float(ok[(ok.network == n) & (ok.job == b.job)].speedup.iloc[0]))} {n}"
-                       for n in nets if len(ok[(ok.network == n) & (ok.job == b.job)]))
+        same = {n: ok[(ok.network == n) & (ok.job == b.job)] for n in nets}
+        sp = ", ".join(f"{_x(float(same[n].speedup.iloc[0]))} {n}" for n in nets if len(same[n]))
+        spc = ", ".join(f"{_xc(same[n].iloc[0])} {n}" for n in nets if len(same[n]) and _xc(same[n].iloc[0]))
+        sp += f" faster (with compute {spc})" if spc else " faster"
         out.append(f"Cheapest predictor with recall >= 0.9 under masks per call: {predictor_label(b)} "
                    f"(permutation {b.permutation}, predicted sparsity {b.predicted_sparsity:.3f}, recall {b.recall:.3f}, "
-                   f"perplexity {_pct(b.accuracy_change)}): {_x(b.bytes_ratio)} fewer bytes than dense, {sp} faster."
+                   f"perplexity {_pct(b.accuracy_change)}): {_x(b.bytes_ratio)} fewer bytes than dense, {sp}."
                    + ("" if table else f" Accuracy: {ACCURACY_MODEL}'s predictor of the same kind (a proxy); every predictor "
                           f"point: docs/design-space.md ({len(p.groupby(keys))} points)."))
         out.append("")

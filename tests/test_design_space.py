@@ -152,15 +152,42 @@ def test_a_predictor_point_runs_at_its_measured_density_with_its_accuracy(tmp_pa
 
 
 def test_end_to_end_rows_are_communication_only(tmp_path):
-    """The map is communication only (its note says so, and the FFN-block rows are): an end_to_end job's
-    time is its comm_s, not the total_s that cost mode's modelled compute adds to."""
+    """The map's times are communication only (its note says so, and the FFN-block rows are): an end_to_end
+    job's time is its comm_s, not the total_s that cost mode's modelled compute adds to; compute_s stands
+    beside it."""
     from types import SimpleNamespace
 
     from plotting.design_space import end_to_end_costs
 
     phases = ["total", "total_amortised", "setup", "preprocess", "deploy"]
     pd.DataFrame(dict(network="lan", phase=phases, online_bytes=[10, 11, 1, 2, 3], rounds=[5, 6, 1, 1, 1],
-                      comm_s=[1.0, 1.5, 0.1, 0.1, 0.1], total_s=[9.0, 9.5, 0.2, 0.2, 0.2])
+                      comm_s=[1.0, 1.5, 0.1, 0.1, 0.1], total_s=[9.0, 9.5, 0.2, 0.2, 0.2],
+                      compute_s=[8.0, 8.0, 0.1, 0.1, 0.1])
                  ).to_csv(tmp_path / "metrics.csv", index=False)
     (row,) = end_to_end_costs(SimpleNamespace(dir=tmp_path), NETS[:1])
     assert (row["time_s"], row["time_s_amortised"], row["bytes"]) == (1.0, 1.5, 10)
+    assert (row["compute_s"], row["compute_s_amortised"]) == (8.0, 8.0)
+
+
+def test_ffn_block_compute_is_the_blocks_work_per_token(jobs):
+    """An FFN-block row's compute is work.csv's modelled seconds of the same operators, formed per token as
+    the bytes are (decode step + once-per-request work / PASSES); the map's speedup_with_compute adds it to
+    both sides."""
+    job = jobs["comet-call-online"]
+    w = pd.read_csv(job.dir / "work.csv")
+    w = w[(w.layer == 0) & w.op.str.startswith("ffn.") & (w.op != "ffn.norm")]
+    by = w.groupby("stage").modelled_s.sum()
+    want = by.get("decode", 0) + (by.get("setup", 0) + by.get("prefill", 0) - by.get("decode", 0)) / DS.PASSES
+    row = DS.ffn_block_costs(job, NETS)[0]
+    assert row["compute_s"] == pytest.approx(want) and row["compute_s"] > 0
+    rows = pd.DataFrame([dict(r, scenario="ffn_block", model="m", system=s, mode="cost", weight_masks="call",
+                              permutation="online", predictor_rank=16, predictor_bits=64, block=1,
+                              count_padding="none", relu_bits=64, predictor="default", hidden_size=64,
+                              predicted_sparsity=0.9, sparsity_source="", deploy_requests=1000, job=s, preset="full",
+                              git_rev="x")
+                         for s, j in (("comet", "comet-call-online"), ("dense", "dense-call"))
+                         for r in DS.ffn_block_costs(jobs[j], NETS)])
+    t = DS.map_table(rows, accuracy=(None, None))
+    lan = t[t.network == "lan"].iloc[0]
+    assert lan.speedup_with_compute == pytest.approx((lan.dense_s + lan.dense_compute_s) / (lan.comet_s + lan.comet_compute_s))
+    assert lan["mode"] == "cost"
