@@ -235,10 +235,17 @@ SOCKET_COLUMNS = ("socket_bytes", "frame_overhead_bytes", "tls_overhead_bytes", 
 def add_socket_columns(metrics, t: dict) -> None:
     """transport=tcp: payload bytes the P0-P1 sockets carried (both directions, per stage) beside
     online_bytes; frame and TLS overhead, the dealer's bytes and the in-process check on the total rows."""
+    from comet_core.results.tables import OFF_PATH
+
     at = metrics.columns.get_loc("online_bytes") + 1
     by_stage = t["socket_bytes_by_stage"]
-    metrics.insert(at, "socket_bytes", [t["socket_bytes"] if ph == "total" else by_stage.get(ph, 0)
-                                        for ph in metrics.phase])
+    # total: the request's stages, as online_bytes (deploy and preprocess are rows of their own);
+    # total_amortised: total + preprocess + deploy / deploy_requests, as tables._amortised
+    on_path = t["socket_bytes"] - sum(by_stage.get(s, 0) for s in OFF_PATH)
+    n = int(metrics.deploy_requests.iloc[0]) if "deploy_requests" in metrics else 1
+    amortised = on_path + by_stage.get("preprocess", 0) + round(by_stage.get("deploy", 0) / n)
+    metrics.insert(at, "socket_bytes", [on_path if ph == "total" else amortised if ph == "total_amortised"
+                                        else by_stage.get(ph, 0) for ph in metrics.phase])
     total = metrics.phase == "total"
     for col in SOCKET_COLUMNS[1:]:
         v = t.get(col)

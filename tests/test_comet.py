@@ -44,15 +44,16 @@ def assert_same_tokens(s: dict) -> None:
             break
 
 
-def make_predictors(model_cfg, path: Path, rank: int = 8, density: float = 0.4) -> Path:
+def make_predictors(model_cfg, path: Path, rank: int = 8, density: float = 0.4, block: int = 1) -> Path:
     """Random low-rank predictors for a random tiny model, thresholds at the (1 - density) quantile of
-    their scores on random inputs (no training: the protocol only needs their shapes and a threshold)."""
+    their scores on random inputs (no training: the protocol only needs their shapes and a threshold);
+    `block` > 1: one FFN output per block of neurons (system.block)."""
     g = torch.Generator().manual_seed(0)
     d, F, H = int(model_cfg.hidden_size), int(model_cfg.ffn_dim), int(model_cfg.num_heads)
     n = int(model_cfg.num_layers)
     ffn, head = [], []
     for _ in range(n):
-        p = LowRankPredictor(d, rank, F)
+        p = LowRankPredictor(d, rank, F // block)
         with torch.no_grad():
             for t in p.parameters():
                 t.copy_(torch.randn(t.shape, generator=g) * 0.5)
@@ -64,7 +65,8 @@ def make_predictors(model_cfg, path: Path, rank: int = 8, density: float = 0.4) 
                 t.copy_(torch.randn(t.shape, generator=g) * 0.5)
             q.threshold.fill_(float(torch.quantile(q(torch.randn(256, d, generator=g)).flatten(), 0.5)))
         head.append(q)
-    save_predictors(PredictorSet(model_signature(model_cfg), ffn, head, [0.0] * n, [0.0] * n), path)
+    save_predictors(PredictorSet(model_signature(model_cfg), ffn, head, [0.0] * n, [0.0] * n,
+                                 settings={"block": block} if block > 1 else {}), path)
     return path
 
 

@@ -647,6 +647,15 @@ def tiny_predictors(tmp_path_factory):
     return make_predictors(_cfg(tmp).model, tmp / "tiny-opt.pt")
 
 
+@pytest.fixture(scope="module")
+def tiny_block2_predictors(tmp_path_factory):
+    """Predictors of blocks of 2 neurons (system.block=2)."""
+    from tests.test_comet import make_predictors
+
+    tmp = tmp_path_factory.mktemp("pred2")
+    return make_predictors(_cfg(tmp).model, tmp / "tiny-opt-block2.pt", block=2)
+
+
 def test_comet_parties_hold_one_half_of_each_predictor_weight(tmp_path, keys, tiny_predictors, monkeypatch):
     """system=comet with heads: only the owner reads the predictor checkpoint; each party receives one
     half of every model and predictor weight (their sum is the weight); tokens and ledger equal in-process."""
@@ -693,17 +702,26 @@ def test_comet_parties_hold_one_half_of_each_predictor_weight(tmp_path, keys, ti
     assert (led.op == "ffn.reveal").any() and (led.op == "attn.shuffle").any()
 
 
-@pytest.mark.parametrize("extra", [(), ("system.predictor_bits=16",), ("engine.comparison=fss",)],
-                         ids=["bits64", "bits16", "fss"])
-def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictors, extra):
+@pytest.mark.parametrize("extra", [(), ("system.predictor_bits=16",), ("engine.comparison=fss",),
+                                   ("engine.weight_masks=deployment",), ("engine.weight_masks=request",),
+                                   ("system.permutation=preprocessed",), ("system.permutation=deployment",),
+                                   ("system.count_padding=bucket",), ("system.count_padding=dp",), ("system.block=2",)],
+                         ids=["bits64", "bits16", "fss", "masks-deployment", "masks-request", "perm-preprocessed",
+                              "perm-deployment", "pad-bucket", "pad-dp", "block2"])
+def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictors, tiny_block2_predictors, extra):
     """system=comet through `run-experiment transport=tcp` (real processes): tokens, ledger and revealed
     masks equal the in-process run; socket payload = ledger online bytes (1-bit reveals and the shuffle's
     one-way messages packed to their width); sparsity.csv from the parties, flips from the in-process run.
     bits16: the threshold test on Z_2^16 after the local truncation (issue 25); fss: every comparison from the
-    dealer's DCF keys (issue 27). Both ask the dealer process for items of their own (DEALER_ITEMS)."""
+    dealer's DCF keys (issue 27). Both ask the dealer process for items of their own (DEALER_ITEMS).
+    The deployment regimes (issue 24): weight masks per request or per deployment, the permutation
+    preprocessed or per deployment (the socket's total is the request's stages, as online_bytes), count
+    padding by buckets or DP noise (the dealer's `dp_padding`; the parties record the padded count, the
+    in-process check the real one) and predictors of blocks of 2 neurons."""
     from experiments.run import run
 
-    cfg = _cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={tiny_predictors}", *extra)
+    ckpt = tiny_block2_predictors if "system.block=2" in extra else tiny_predictors
+    cfg = _cfg(tmp_path, "system=comet", f"system.predictor_checkpoint={ckpt}", *extra)
     s = run(cfg, tmp_path / "run")
     t = s["transport"]
     assert t["tokens_equal_inprocess"] and t["ledger_equal_inprocess"] and t["sparsity_equal_inprocess"]
@@ -712,6 +730,8 @@ def test_run_experiment_comet_over_tcp_equals_inprocess(tmp_path, tiny_predictor
     for ph in ("total", "prefill", "decode"):
         row = m[(m.network == "lan") & (m.phase == ph)].iloc[0]
         assert row.socket_bytes == row.online_bytes > 0, ph
+    for row in m[m.network == "lan"].itertuples():   # deploy, preprocess, setup and the amortised total too
+        assert abs(row.socket_bytes - row.online_bytes) <= 1, row.phase
     led = pd.read_csv(tmp_path / "run" / "ledger.csv.gz", keep_default_na=False)
     assert (led[led.op == "ffn.reveal"].bits == 1).any() and (led.op == "ffn.shuffle").any()
     sp = pd.read_csv(tmp_path / "run" / "sparsity.csv")

@@ -440,7 +440,7 @@ def count_macs(mpc: MPC, x_shape, y_shape, select=None, kind: str | None = None)
             kind = "matmul_mac_bmm_few"
         else:
             kind = "matmul_mac" if rows > FEW_ROWS else \
-                "matmul_mac_few_small" if math.prod(ys) <= mm.BLOCK_ELEMENTS else "matmul_mac_few"
+                "matmul_mac_few_small" if math.prod(ys) <= mm.block_elements() else "matmul_mac_few"
     mpc.ledger.work.add(kind, macs)
 
 

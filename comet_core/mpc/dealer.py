@@ -202,11 +202,15 @@ class Dealer:
             entry = self._reused[reuse_key] = [AShare(self._random_shares(shape_b), self.mpc, 0), None]
         return entry[0]
 
-    def dp_padding(self, pad):
-        """system.count_padding=dp: the noise P (sparse/count_padding.py CountPadding.draw) drawn by the
+    def dp_padding(self, epsilon: float, delta: float):
+        """system.count_padding=dp: the noise P (sparse/count_padding.py CountPadding.draw, parameters
+        epsilon and delta: plain numbers, as a remote dealer receives them) drawn by the
         dealer from its own secret stream and dealt as additive shares (frac 0; 8 bytes to P1). Returns
         (shares, P if cost mode else None): in cost mode (no streams) P comes from a fixed-seed generator,
         so the padded counts are reproducible but not those of an exact run."""
+        from comet_core.sparse.count_padding import CountPadding
+
+        pad = CountPadding("dp", None, float(epsilon), float(delta))
         if self.mpc.device.type == "meta":
             if not hasattr(self, "_cost_noise"):
                 self._cost_noise = np.random.default_rng(0)

@@ -80,7 +80,6 @@ DIGIT_ROWS = 16                      # rule 4: up to this many rows of a take th
 DIGIT_MIN_ELEMENTS = 1 << 14         # ... when b (per batch entry) has at least this many elements
 DIGIT_ROWS_LARGE = 64                # and up to this many rows against a very large b (an embedding table:
 DIGIT_LARGE_ELEMENTS = 1 << 22       # the limb split's 32 bytes per element of b would be GBs; digits take 8)
-BLOCK_ELEMENTS = blocked.BLOCK_ELEMENTS   # a Beaver weight above it takes the blocked steps (rule of beaver_strategy)
 FEW_ROWS = 3                         # Beaver "blocked": up to this many rows of x (the dealer's few-row c too)
 
 USE_FEWROW = os.environ.get("COMET_FEWROW_KERNEL", "auto")   # rule 5: "auto" (timed), "on" or "off"
@@ -220,6 +219,12 @@ def product_strategy(a, b, have_limbs: bool = False, have_digits: bool = False, 
     return "limbs"
 
 
+def block_elements() -> int:
+    """A Beaver weight of more elements takes the blocked steps (blocked.BLOCK_ELEMENTS, read when asked:
+    tests lower it to get several blocks)."""
+    return blocked.BLOCK_ELEMENTS
+
+
 def beaver_strategy(x, y) -> str:
     """The strategy of arith.matmul(x, y) for shares x, y (AShare): "blocked" or "whole" (module doc)."""
     mpc = x.mpc
@@ -229,7 +234,7 @@ def beaver_strategy(x, y) -> str:
         return "whole"
     k, n = y.shape
     rows = x.numel() // max(k, 1)
-    if x.shape[-1] != k or not 0 < rows <= FEW_ROWS or k * n <= BLOCK_ELEMENTS:
+    if x.shape[-1] != k or not 0 < rows <= FEW_ROWS or k * n <= block_elements():
         return "whole"
     return "whole" if takes_digits(x.data[0].reshape(rows, k), y.data[0]) else "blocked"
 

@@ -230,7 +230,7 @@ def revealed_state(system) -> dict:
     out: dict = {}
     if getattr(state, "records", None):
         out["records"] = [dict(layer=r.layer, step=r.step, kind=r.kind, active=r.active, total=r.total,
-                               revealed=r.revealed) for r in state.records]
+                               revealed=r.revealed, revealed_count=r.revealed_count) for r in state.records]
     if getattr(state, "kv", None):
         out["kv"] = [dict(c.stats) for c in state.kv]
     return out

@@ -163,7 +163,7 @@ class _Service:
 DEALER_ITEMS = frozenset({"mul_triple", "matmul_triple", "square_pair", "trunc_triple", "trunc_square_triple",
                           "compare_mask", "ring_compare_mask", "and_triples", "dabit", "new_permutation",
                           "permute_masks", "fourier_mask", "weight_mask", "forget_reused",
-                          "fss_mask", "fss_keys", "ring_fss_mask"})
+                          "fss_mask", "fss_keys", "ring_fss_mask", "dp_padding"})
 
 
 class DealerService(_Service):

@@ -78,11 +78,6 @@ def validate_config(cfg, role: str | None = None) -> None:
     check_emulation(cfg)
     if transport == "tcp":
         check_party_config(cfg)
-        require(engine_config(cfg).weight_masks != "deployment"
-                and str(cfg.system.get("permutation", "online")) == "online"
-                and str(cfg.system.get("count_padding", "none")) == "none",
-                "transport=tcp runs one request with online per-request work only: engine.weight_masks=deployment "
-                "system.permutation=preprocessed|deployment and system.count_padding=bucket|dp run with transport=inprocess")
     dr = cfg.get("deploy_requests", 1000)
     require(isinstance(dr, int) and not isinstance(dr, bool) and dr >= 1,
             f"deploy_requests must be a positive integer (requests a deployment's one-off work is shared by), got {dr!r}")

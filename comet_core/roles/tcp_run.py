@@ -273,13 +273,16 @@ def party_system(cfg, res: dict, ref_outcome, transport: dict):
     records = [StepRecord(**r) for r in p0["records"]]
     sim = getattr(getattr(getattr(ref_outcome, "system", None), "state", None), "records", None)
     if getattr(ref_outcome, "inprocess", False) and sim is not None:
-        key = lambda r: (r.layer, r.step, r.kind, r.active, r.total, r.revealed)  # noqa: E731
+        # what the servers saw: under count padding the padded count (a party cannot know the real one)
+        key = lambda r: (r.layer, r.step, r.kind, r.active if r.revealed_count is None else r.revealed_count,  # noqa: E731
+                         r.total, r.revealed)
         same = [key(r) for r in records] == [key(r) for r in sim]
         transport["sparsity_equal_inprocess"] = same
         if not same:
             raise CometError("the parties revealed other masks than the in-process run of the same config")
         for r, q in zip(records, sim):   # (the real masks too: sparsity.csv's jaccard)
             r.flips, r.max_flip_margin, r.real_mask = q.flips, q.max_flip_margin, q.real_mask
+            r.active = q.active   # the real count, known to the simulation only
     kv = [HeadCache(groups=0, stats=dict(stats)) for stats in p0.get("kv", [])]   # the counters only
     return SimpleNamespace(name=cfg.system.name, state=SimpleNamespace(records=records, kv=kv),
                            kv_refill=cfg.system.get("kv_refill"), kv_prefetch=cfg.system.get("kv_prefetch"))

@@ -109,7 +109,7 @@ def padded_mask(mpc, z, threshold: float, pad: CountPadding, count: int | None =
         g = compare.ltz((-k).expand(J).add_public(edges))
         P = g.sum(0, keepdim=True).mul_int(s) - k
     else:
-        P, p = mpc.dealer.dp_padding(pad)                                # (1,) shares of P, frac 0 (p: cost mode only)
+        P, p = mpc.dealer.dp_padding(pad.epsilon, pad.delta)             # (1,) shares of P, frac 0 (p: cost mode only)
     inactive = compare._one_minus(m)                                     # (F,) 1 - m
     c = inactive._wrap(torch.cumsum(inactive.data, dim=-1)) if not inactive.data.is_meta else inactive
     dummy = arith.mul(inactive, compare.drelu(P.expand(F) - c))          # (F,) integers
@@ -125,16 +125,15 @@ def padded_mask(mpc, z, threshold: float, pad: CountPadding, count: int | None =
 def real_permuted_mask(mpc, m, count: int | None) -> torch.Tensor:
     """The real mask in permuted coordinates, for the run's records (sparsity.csv, the masked plaintext
     reference): a debug read of [m] in the exact simulation (not booked; MPC.peek), the profile's count at
-    the first positions in cost mode."""
+    the first positions in cost mode; None on a tcp party, which holds one share (the real mask is what the
+    padding hides from it: its records count the padded mask, the launcher's in-process check the real one)."""
     F = m.shape[0]
     if mpc.is_cost:
         out = torch.zeros(F, dtype=torch.bool)
         out[: int(count or 0)] = True
         return out
     v = mpc.peek(m)
-    if v is None:
-        raise CometError("system.count_padding needs the in-process simulation (transport=inprocess)")
-    return (v > 0.5).cpu()
+    return None if v is None else (v > 0.5).cpu()
 
 
 def padded_reveal_cost(mpc, T: int, F: int, pad: CountPadding) -> Cost:

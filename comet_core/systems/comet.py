@@ -287,6 +287,8 @@ class CometSystem(HeadSparsity, DenseSystem):
             if self.count_padding.active:   # sparse/count_padding.py: the padded mask, [m] of the real one
                 mask, m_real = padded_mask(mpc, z, self.thresholds[layer], self.count_padding, count)
                 real = real_permuted_mask(mpc, m_real, count)
+                if real is None:    # a tcp party: it knows the padded mask only
+                    real = mask
             else:
                 bits = active_bits(z, self.thresholds[layer], self.predictor_bits, self.predictor_range)
                 count = -(-count // b) if count is not None else None   # blocks
@@ -296,7 +298,8 @@ class CometSystem(HeadSparsity, DenseSystem):
             S = (S[:, None] * b + torch.arange(b, device=S.device)).flatten()
         if self.count_padding.active:
             keep = m_real.index_select(0, S)                               # (|S|,) 0/1: the padded units' 0
-        self._record(mpc, x, layer, real, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None)
+        self._record(mpc, x, layer, real, req.perm.composed().cpu() if mpc.simulated and not mpc.is_cost else None,
+                     revealed=int(mask.sum()) if self.count_padding.active else None)
         cols = torch.cat([S, S + F]) if llama else S                   # public indices (permuted)
         b_in = None if llama else req.b_in.index_select(0, S)
         return self._sparse_ffn(x, req.w_in, b_in, req.w_out, lw, meta, S.numel(), (1, cols), (0, S), keep=keep)
@@ -350,14 +353,15 @@ class CometSystem(HeadSparsity, DenseSystem):
         return self._sparse_ffn(x, w_in, None if llama else b_in.index_select(0, S), w_out, lw, meta, k,
                                 (1, cols), (0, S))
 
-    def _record(self, mpc, x: AShare, layer: int, mask, pi, oblivious=None) -> None:
+    def _record(self, mpc, x: AShare, layer: int, mask, pi, oblivious=None, revealed: int | None = None) -> None:
         """Count what was revealed; in the simulation also the real-coordinate mask (for the masked
         plaintext reference) and the flips against the float predictor on the decoded input."""
         if oblivious is not None:
             u, k, F = oblivious
             rec = StepRecord(layer, self.state.step, k, F)
         else:
-            rec = StepRecord(layer, self.state.step, int(mask.sum()) * self.block, int(mask.numel()) * self.block)
+            rec = StepRecord(layer, self.state.step, int(mask.sum()) * self.block, int(mask.numel()) * self.block,
+                             revealed_count=revealed)
         if mpc.simulated and not mpc.is_cost:
             if oblivious is not None:
                 real = mpc.peek(u) > 0.5

@@ -19,5 +19,7 @@ class StepRecord:
     kind: str = "ffn"                         # ffn (neurons) | head (KV groups)
     revealed: str = ""                        # head groups: the opened mask in permuted coordinates
     real_mask: torch.Tensor | None = None    # (F,) bool in real coordinates (simulation only)
+    revealed_count: int | None = None         # count padding: the padded count the servers saw (None: = active;
+    #                                           a tcp party, which cannot know the real count, records it as active)
     flips: int | float = math.nan             # MPC mask != float predictor mask
     max_flip_margin: float = math.nan         # largest |score - threshold| among flipped units
