@@ -288,6 +288,40 @@ def test_a_busy_machine_does_not_publish_a_profile(tmp_path, monkeypatch):
     assert cal.summary_lines(profile)[-1].startswith("busy: load 4.0")
 
 
+def test_amend_adds_a_kinds_units_and_keeps_the_rest(tmp_path, monkeypatch):
+    """`comet calibrate --amend KIND`: only that kind's benchmarks (and the checks that count it) are timed and
+    fitted against the profile's other units, which stay as they were; the amendment is recorded; a profile
+    of another CPU, an unknown kind and a missing profile are refused."""
+    pytest.importorskip("tenseal")
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from comet_core.mpc import he_linear  # noqa: F401 (registers the HE kinds)
+    from comet_core.results.machine import cpu_info
+    from experiments import calibrate as cal
+
+    timed = []
+    run = cal.run_benchmark
+    monkeypatch.setattr(cal, "run_benchmark", lambda b, *a, **k: timed.append(b.name) or run(b, *a, **k))
+    host = dict(cpu_model=cpu_info()[0])
+    units = {k: 1e-9 for k in KINDS if k != "he_rotate"}
+    out = tmp_path / "p.json"
+    out.write_text(json.dumps(dict(format=cm.FORMAT, units_s=units, host=host, device="cpu", benchmarks=[])))
+    r = CliRunner().invoke(app, ["calibrate", "--quick", "--out", str(out), "--amend", "he_rotate"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["units_s"]["he_rotate"] > 0 and {k: d["units_s"][k] for k in units} == units
+    assert d["amended"][-1]["kinds"] == ["he_rotate"] and "git_rev" in d["amended"][-1]
+    assert "he_rotate" in timed and "matmul" not in timed and "he_encrypt" not in timed
+    assert {b["name"] for b in d["benchmarks"]} >= {"he_rotate", "he_linear_bolt"}   # a check that counts it
+    with pytest.raises(CometError, match="amend a profile on the machine that made it"):
+        cal.amend(dict(d, host=dict(cpu_model="another CPU")), ["he_rotate"], quick=True)
+    with pytest.raises(CometError, match="no benchmark prices nonsense"):
+        cal.amend(d, ["nonsense"], quick=True)
+    r = CliRunner().invoke(app, ["calibrate", "--quick", "--out", str(tmp_path / "none.json"), "--amend", "he_rotate"])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
 def test_validation_table_is_made_from_the_committed_files():
     """docs/compute-model.md's validation table is `compute_validation.py --table` of the committed file, and
     its per-op file covers the same cases."""

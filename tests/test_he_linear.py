@@ -197,3 +197,60 @@ def test_cheetah_client_share_is_masked():
     want = (((x0 + x1) & m) @ w + b) & m
     assert ((a0 + a1) & m == want).all() and ((c0 + c1) & m == want).all()
     assert (a1 != c1).all()
+
+
+class _Counting:
+    """A SEAL object whose calls of `names` are counted into `counts` (the rest pass through)."""
+
+    def __init__(self, inner, names: dict, counts: dict):
+        self._inner, self._names, self._counts = inner, names, counts
+
+    def __getattr__(self, a):
+        f = getattr(self._inner, a)
+        if a not in self._names:
+            return f
+
+        def call(*args, **kw):
+            self._counts[self._names[a]] = self._counts.get(self._names[a], 0) + 1
+            return f(*args, **kw)
+        return call
+
+
+@pytest.mark.parametrize("packing,shape", [("bolt", (1, 64, 256)), ("bolt", (3, 256, 64)), ("iron", (1, 64, 256)),
+                                           ("iron", (5, 128, 96))])
+def test_work_counts_are_the_seal_calls_he_matmul_makes(packing, shape):
+    """he_op_counts (the work the compute model prices, from shapes alone) = the encryptions, products,
+    rotations and decryptions the real product runs on dense random weights."""
+    pytest.importorskip("tenseal")
+    import numpy as np
+
+    from comet_core.mpc import he_bfv, he_simd
+
+    T, k, n = shape
+    counts: dict = {}
+    ctx = he_simd.SlotBFV(40) if packing == "bolt" else he_bfv.BFV(40)
+    ctx.evaluator = _Counting(ctx.evaluator, {"multiply_plain": "he_mul_plain" if packing == "bolt" else "he_mul_plain_coeff",
+                                              "rotate_rows": "he_rotate", "rotate_columns": "he_rotate",
+                                              "rotate_rows_inplace": "he_rotate"}, counts)
+    ctx.encryptor = _Counting(ctx.encryptor, {"encrypt": "he_encrypt"}, counts)
+    ctx.decryptor = _Counting(ctx.decryptor, {"decrypt": "he_decrypt"}, counts)
+    rng = np.random.default_rng(0)
+    top = ctx.p if packing == "bolt" else 1 << 40
+    x0, x1 = (rng.integers(0, top, (T, k), dtype=np.uint64) for _ in range(2))
+    w = rng.integers(1, top, (k, n), dtype=np.uint64)
+    (he_simd if packing == "bolt" else he_bfv).he_matmul(ctx, x0, x1, w, None)
+    assert counts == HE.he_op_counts(T, k, n, packing)
+
+
+@pytest.mark.parametrize("packing", ["bolt", "iron"])
+def test_both_modes_count_the_same_he_work(packing):
+    """The work counters of one product are the same in exact and cost mode (the compute model prices cost
+    mode's from exact mode's calibrated units)."""
+    pytest.importorskip("tenseal")
+    got = {}
+    for mode in ("exact", "cost"):
+        m = MPC(mode=mode, seed=0)
+        x, w = (m.share(t) if mode == "exact" else m.share(Shape(tuple(t.shape), torch.float64)) for t in (X, W))
+        HE.he_linear(x, w, None, P, packing)
+        got[mode] = {key[-1]: v for key, v in m.ledger.work.counts.items() if str(key[-1]).startswith("he_")}
+    assert got["exact"] == got["cost"] == HE.he_op_counts(*X.shape, W.shape[1], packing)

@@ -203,23 +203,23 @@ class Dealer:
         return entry[0]
 
     def dp_padding(self, epsilon: float, delta: float):
-        """system.count_padding=dp: the noise P (sparse/count_padding.py CountPadding.draw, parameters
+        """system.count_padding=dp: the noise P (sparse/dp_noise.py draw, parameters
         epsilon and delta: plain numbers, as a remote dealer receives them) drawn by the
         dealer from its own secret stream and dealt as additive shares (frac 0; 8 bytes to P1). Returns
         (shares, P if cost mode else None): in cost mode (no streams) P comes from a fixed-seed generator,
         so the padded counts are reproducible but not those of an exact run."""
-        from comet_core.sparse.count_padding import CountPadding
+        from comet_core.sparse import dp_noise
 
-        pad = CountPadding("dp", None, float(epsilon), float(delta))
+        draw = lambda u: dp_noise.draw(float(epsilon), float(delta), u)  # noqa: E731
         if self.mpc.device.type == "meta":
             if not hasattr(self, "_cost_noise"):
                 self._cost_noise = np.random.default_rng(0)
-            p = pad.draw(tuple(float(x) for x in 1.0 - self._cost_noise.random(2)))
+            p = draw(tuple(float(x) for x in 1.0 - self._cost_noise.random(2)))
             self._book(1, 64)
             return AShare(Shape((2, 1)), self.mpc, 0), p
         bits = self._rand((2,), 64)
         u = tuple(float(((int(b) & ((1 << 53) - 1)) + 1) / float(1 << 53)) for b in bits)   # (0, 1]
-        p = pad.draw(u)
+        p = draw(u)
         self._book(1, 64)
         return self._arith(torch.tensor([p], dtype=torch.int64, device=self.mpc.device)), None
 

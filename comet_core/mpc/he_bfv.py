@@ -61,6 +61,15 @@ def packing(T: int, k: int, n: int, N: int = POLY_DEGREE) -> tuple[int, int, int
     return best[1]
 
 
+def op_counts(T: int, k: int, n: int) -> dict[str, int]:
+    """The HE operations of he_matmul on a (T, k) @ (k, n) product (work kinds, comet_core/mpc/he_linear.py):
+    P1 encrypts every input ciphertext and decrypts every result; P0 multiplies each input ciphertext of a row
+    block by one plaintext per output ciphertext (an all-zero weight block, which it skips, still counted)."""
+    tp, kp, np_ = packing(T, k, n)
+    rows, cin, cout = -(-T // tp), -(-k // kp), -(-n // np_)
+    return {"he_encrypt": rows * cin, "he_mul_plain_coeff": rows * cin * cout, "he_decrypt": rows * cout}
+
+
 def ciphertext_counts(T: int, k: int, n: int) -> tuple[int, int]:
     """(P1 -> P0 input ciphertexts, P0 -> P1 output ciphertexts) of one (T, k) @ (k, n) product."""
     tp, kp, np_ = packing(T, k, n)

@@ -25,6 +25,9 @@ at N = 8192). CT_BYTES is measured, not derived: a fresh public-key BFV cipherte
 0.3.18 (zstd; results/bert_base/README.md has the command; tests/test_he_linear.py re-measures it and the
 ciphertexts both packings send). Rotation keys and the one-off key exchange are not counted.
 Attention's two activation products (Q K^T, P V) stay the engine's Beaver products.
+Work (comet_core/comm/work.py, both modes from the shapes: he_op_counts): he_encrypt, he_decrypt,
+he_mul_plain (slots) or he_mul_plain_coeff (coefficients), he_rotate, priced by `comet calibrate`'s
+benchmarks of the same SEAL calls (experiments/calibrate.py), beside gt_p_sub's OTs.
 Cost: he_linear_cost(p, T, k, n, packing).
 """
 
@@ -37,6 +40,7 @@ import math
 import numpy as np
 import torch
 
+from comet_core.comm.work import register_kind
 from comet_core.mpc import he_bfv, he_simd, ideal
 from comet_core.mpc.engine import AShare
 from comet_core.mpc.shape import Shape
@@ -47,6 +51,20 @@ PACKINGS = ("bolt", "cheetah", "iron")   # iron and cheetah: the same coefficien
 POLY_DEGREE = he_bfv.POLY_DEGREE   # he.cpp poly_modulus_degree (slot_count)
 COEFF_BITS = he_bfv.COEFF_BITS     # he.cpp CoeffModulus::Create(slot_count, {54, 54, 55, 55})
 CT_BYTES = 370_229                 # measured: TenSEAL 0.3.18 BFV(N=8192, these moduli).serialize() of a fresh ciphertext
+
+
+register_kind("he_encrypt", "ciphertext", "he_linear: P1 packs and encrypts its share, serialises it; P0 loads it")
+register_kind("he_decrypt", "ciphertext", "he_linear: P0 masks and serialises a result; P1 loads, decrypts, reads it")
+register_kind("he_mul_plain", "ciphertext-plaintext product", "he_linear, bolt packing: a diagonal encoded "
+              "into slots, multiplied into a baby-step ciphertext and added")
+register_kind("he_mul_plain_coeff", "ciphertext-plaintext product", "he_linear, iron/cheetah packing: a weight "
+              "block as a plaintext polynomial, multiplied into an input ciphertext and added")
+register_kind("he_rotate", "Galois rotation", "he_linear, bolt packing: a row rotation or row swap of a ciphertext")
+
+
+def he_op_counts(T: int, k: int, n: int, packing: str = "bolt") -> dict[str, int]:
+    """Work counts of one (T, k) @ (k, n) product in this packing (he_simd / he_bfv op_counts)."""
+    return he_simd.op_counts(T, k, n) if packing == "bolt" else he_bfv.op_counts(T, k, n)
 
 
 def measure_ct_bytes(poly_degree: int = POLY_DEGREE, coeff_bits: tuple = COEFF_BITS) -> int:
@@ -179,6 +197,8 @@ def he_linear(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, packing: 
     T, k = math.prod(x.shape[:-1]), x.shape[-1]
     n = w.shape[-1]
     with mpc.ledger.protocol("he.linear"):
+        for kind, count in he_op_counts(T, k, n, packing).items():
+            mpc.ledger.work.add(kind, count)
         ops = [x, w] + ([b] if b is not None else [])
         if not x.data.is_meta and len({o.frac for o in ops}) != 1:
             raise ValueError(f"he_linear: operands at scales {[o.frac for o in ops]}; expected one scale")

@@ -61,6 +61,22 @@ def layout(T: int, k: int, n: int) -> dict:
                 in_cts=blocks * -(-seg_in // 2), out_cts=blocks * -(-seg_out // 2))
 
 
+def op_counts(T: int, k: int, n: int) -> dict[str, int]:
+    """The HE operations of he_matmul on a (T, k) @ (k, n) product (work kinds, comet_core/mpc/he_linear.py),
+    per row block: each input ciphertext encrypted, its row swap and 2 (B - 1) baby-step rotations; per output
+    ciphertext D products per input ciphertext and variant (itself, its swap) that meets a weight segment
+    (he_matmul skips the others; a diagonal of zero weights is still counted), G - 1 giant-step rotations and
+    one decryption."""
+    lay = layout(T, k, n)
+    si, so = lay["seg_in"], lay["seg_out"]
+    n_in, n_out = -(-si // 2), -(-so // 2)
+    B, G, D, blocks = lay["B"], lay["G"], lay["D"], lay["blocks"]
+    pairs = sum(1 for o in range(n_out) for c in range(n_in) for var in (0, 1)
+                if any(2 * c + (r ^ var) < si and 2 * o + r < so for r in (0, 1)))
+    return {"he_encrypt": blocks * n_in, "he_mul_plain": blocks * pairs * D,
+            "he_rotate": blocks * (n_in * (1 + 2 * (B - 1)) + n_out * (G - 1)), "he_decrypt": blocks * n_out}
+
+
 def ciphertext_counts(T: int, k: int, n: int) -> tuple[int, int]:
     """(P1 -> P0 input ciphertexts, P0 -> P1 output ciphertexts) of one (T, k) @ (k, n) product."""
     lay = layout(T, k, n)

@@ -36,6 +36,7 @@ import torch
 from comet_core.comm.ledger import Cost
 from comet_core.errors import CometError
 from comet_core.mpc import arith, compare
+from comet_core.sparse import dp_noise
 
 MODES = ("none", "bucket", "dp")
 W = 8
@@ -71,15 +72,11 @@ class CountPadding:
         return self.bucket if self.bucket is not None else max(1, F // 16)
 
     def shift(self) -> int:
-        return math.ceil(math.log(1 / (2 * self.delta)) / self.epsilon)
+        return dp_noise.shift(self.epsilon, self.delta)
 
     def draw(self, u: tuple[float, float]) -> int:
-        """P for dp from two uniforms in (0, 1): clip(t + Z, 0, 2 t), Z = G1 - G2 two-sided geometric (G by
-        inversion: ceil(ln u / ln(1 - q)), q = 1 - exp(-epsilon))."""
-        t = self.shift()
-        lq = -self.epsilon                                              # ln(1 - q)
-        g1, g2 = (max(1, math.ceil(math.log(x) / lq)) for x in u)
-        return min(max(t + g1 - g2, 0), 2 * t)
+        """P for dp from two uniforms in (0, 1] (sparse/dp_noise.py)."""
+        return dp_noise.draw(self.epsilon, self.delta, u)
 
     def padded_count(self, k: int, F: int, p: int | None = None) -> int:
         """What the servers see for a real count k (p: the dealer's dp draw)."""
