@@ -300,6 +300,9 @@ def calibrate(
     allow_busy: bool = typer.Option(False, "--allow-busy",
                                     help="write a profile under results/ although the load average is above 1 "
                                          "(refused without it: a busy machine inflates the units)"),
+    amend: str = typer.Option(None, "--amend", help="KIND[,KIND]: time only the benchmarks of these work kinds and "
+                                                    "add their units to the existing profile at --out (made on this "
+                                                    "machine), keeping every other unit"),
 ) -> None:
     """Time each work kind of the compute model on this machine (experiments/calibrate.py) and write the
     profile that prices cost-mode compute_s (docs/compute-model.md)."""
@@ -321,13 +324,28 @@ def calibrate(
     from experiments import calibrate as cal
 
     dest = Path(out) if out is not None else profile_path(device)
-    if refuse_existing(dest, overwrite):
+    if amend is None and refuse_existing(dest, overwrite):
+        raise typer.Exit(2)
+    if amend is not None and not dest.is_file():
+        typer.echo(f"error: --amend adds units to an existing profile; {dest} does not exist", err=True)
         raise typer.Exit(2)
     if cal.publishing(dest) and not allow_busy and os.getloadavg()[0] > cal.BUSY_LOAD:
         typer.echo(f"error: load average {os.getloadavg()[0]:.1f} is above {cal.BUSY_LOAD}: a profile under "
                    f"results/ is published; calibrate on a quiet machine, or pass --allow-busy", err=True)
         raise typer.Exit(2)
-    profile = cal.calibrate(quick=quick, device=device)
+    if amend is not None:
+        import json
+
+        from comet_core.errors import CometError
+
+        try:
+            profile = cal.amend(json.loads(dest.read_text()), [k.strip() for k in amend.split(",") if k.strip()],
+                                quick=quick, device=device)
+        except CometError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    else:
+        profile = cal.calibrate(quick=quick, device=device)
     for line in cal.summary_lines(profile):
         typer.echo(line)
     typer.echo(str(cal.write_profile(profile, dest).resolve()))

@@ -168,6 +168,12 @@ def _defaults() -> None:
     # a 1-of-2 OT of the OT-based baselines (iron, bolt: mpc/ideal.py counts their OT instances): a real IKNP
     # extension's per-OT work (mpc/iknp.py: PRG, bit transposes, correlation-robust hash; base OTs simulated)
     add("ot_iknp", lambda m, q: _ot_inputs(n(q, 15, 13)), _ot_extend, prices="ot")
+    # Iron's and BOLT's HE linear layers (mpc/he_linear.py): each SEAL call as he_matmul makes it, at its
+    # parameters (N = 8192, 128-bit); then the whole product of a small layer as a check of how they add up
+    for kind in HE_KINDS:
+        add(kind, _he_inputs, lambda m, a, kind=kind: _he_op(m, a, kind), prices=kind)
+    add("he_linear_bolt", lambda m, q: _he_layer(m, 4, 128, 256), lambda m, a: _he_linear(a, "bolt"), unrun=("ot",))
+    add("he_linear_iron", lambda m, q: _he_layer(m, 4, 128, 256), lambda m, a: _he_linear(a, "iron"), unrun=("ot",))
 
 def _kept_first(mpc, a) -> None:
     from comet_core.mpc import arith
@@ -210,6 +216,74 @@ def _ot_extend(mpc, a) -> None:
     x0, x1, r = a
     iknp.extend(x0, x1, r, batch=min(len(r), 1 << 15))
     mpc.ledger.work.add("ot", len(r))
+
+
+HE_KINDS = ("he_encrypt", "he_decrypt", "he_mul_plain", "he_mul_plain_coeff", "he_rotate")
+HE_CALLS = 4            # SEAL calls per benchmark call (each several milliseconds)
+_HE: dict = {}          # the contexts and keys, made once per process (keygen is not the work priced)
+
+
+def _he_inputs(mpc, quick: bool) -> dict:
+    """A slot context (bolt) and a coefficient context (iron) at he_linear's parameters, a fresh ciphertext
+    of each, full-size slot and coefficient vectors, and the Galois keys of one rotation."""
+    import numpy as np
+
+    from comet_core.errors import CometError
+
+    if not _HE:
+        try:
+            from comet_core.mpc import he_bfv, he_linear, he_simd  # noqa: F401 (he_linear registers the kinds)
+            slot, coeff = he_simd.SlotBFV(40), he_bfv.BFV(40)
+        except (ImportError, CometError) as e:
+            raise CometError(f"the HE benchmarks need TenSEAL: pip install -e '.[he]' ({e})") from None
+        rng = np.random.default_rng(0)
+        v = rng.integers(0, slot.p, he_simd.N, dtype=np.uint64)
+        cv = rng.integers(0, 1 << 40, he_bfv.POLY_DEGREE, dtype=np.uint64)
+        ct, cct = slot.seal.Ciphertext(), coeff.seal.Ciphertext()
+        slot.encryptor.encrypt(slot.encode(v), ct)
+        coeff.encryptor.encrypt(coeff.plaintext(cv), cct)
+        _HE.update(slot=slot, coeff=coeff, v=v, cv=cv, ct=ct, cct=cct, keys=slot.galois((1,)))
+    return _HE
+
+
+def _he_op(mpc, h: dict, kind: str) -> None:
+    """HE_CALLS of one kind's SEAL calls, as he_simd / he_bfv.he_matmul make them."""
+    s, c = h["slot"], h["coeff"]
+    seal = s.seal
+    for _ in range(HE_CALLS):
+        if kind == "he_encrypt":        # P1 packs, encrypts, serialises; P0 loads
+            ct = seal.Ciphertext()
+            s.encryptor.encrypt(s.encode(h["v"]), ct)
+            s.from_bytes(s.to_bytes(ct))
+        elif kind == "he_decrypt":      # P0 serialises a result; P1 loads, checks the noise, decrypts, decodes
+            got = s.from_bytes(s.to_bytes(h["ct"]))
+            s.decryptor.invariant_noise_budget(got)
+            pt = seal.Plaintext()
+            s.decryptor.decrypt(got, pt)
+            s.decode(pt)
+        elif kind == "he_mul_plain":    # a diagonal encoded into slots, multiplied in, accumulated
+            prod = seal.Ciphertext()
+            s.evaluator.multiply_plain(h["ct"], s.encode(h["v"]), prod)
+            s.evaluator.add_inplace(prod, h["ct"])
+        elif kind == "he_mul_plain_coeff":   # a weight block as a plaintext polynomial, multiplied in, accumulated
+            prod = c.seal.Ciphertext()
+            c.evaluator.multiply_plain(h["cct"], c.plaintext(h["cv"]), prod)
+            c.evaluator.add_inplace(prod, h["cct"])
+        else:                           # a row rotation
+            rot = seal.Ciphertext()
+            s.evaluator.rotate_rows(h["ct"], 1, h["keys"], rot)
+    mpc.ledger.work.add(kind, HE_CALLS)
+
+
+def _he_layer(mpc, T: int, k: int, n: int):
+    _he_inputs(mpc, True)
+    return _mat(mpc, T, k), _mat(mpc, k, n), _vec(mpc, n)
+
+
+def _he_linear(a, packing: str) -> None:
+    from comet_core.mpc import he_linear, ideal
+
+    he_linear.he_linear(*a, ideal.Params(), packing)
 
 
 def _plain(mpc, *shape):
@@ -268,11 +342,11 @@ def run_counts(row: dict) -> dict:
     return {k: v for k, v in row["counts"].items() if k not in row.get("unrun", ())}
 
 
-def fit_units(rows: list[dict], prices: list[str | None]) -> dict[str, float]:
+def fit_units(rows: list[dict], prices: list[str | None], known: dict[str, float] | None = None) -> dict[str, float]:
     """Each kind priced in the benchmarks' order, from the benchmarks that price it together: (their
-    seconds - what the kinds priced before explain) / their count of that kind, never below 0. A
-    benchmark's `unrun` kinds (counted, not executed) explain none of its time."""
-    units: dict[str, float] = {}
+    seconds - what the kinds priced before, or `known` units, explain) / their count of that kind, never
+    below 0. A benchmark's `unrun` kinds (counted, not executed) explain none of its time."""
+    units: dict[str, float] = dict(known or {})
     order = list(dict.fromkeys(k for k in prices if k is not None))
     for kind in order:
         group = [r for r, k in zip(rows, prices) if k == kind and r["counts"].get(kind)]
@@ -336,6 +410,44 @@ def calibrate(quick: bool = False, device: str = "cpu", reps: int | None = None)
                 seconds=time.perf_counter() - t0, clock="wall",
                 units_s=units,
                 kinds={k: KINDS[k].unit for k in units if k in KINDS}, benchmarks=rows)
+
+
+def amend(profile: dict, kinds: list[str], quick: bool = False, device: str = "cpu", reps: int | None = None) -> dict:
+    """`profile` with the units of `kinds` added or replaced: only the benchmarks that price them are timed
+    (and the checks that count them), fitted against the profile's other units, which stay as they were.
+    The profile must be this machine's (the same CPU model); the amendment is recorded in `amended`."""
+    from comet_core.comm.work import KINDS
+    from comet_core.errors import CometError
+    from comet_core.results.tables import git_revision
+
+    if not BENCHMARKS:
+        _defaults()
+    host = host_record(device)
+    if profile.get("host", {}).get("cpu_model") != host["cpu_model"]:
+        raise CometError(f"the profile was made on {profile.get('host', {}).get('cpu_model')!r}, this machine is "
+                         f"{host['cpu_model']!r}: amend a profile on the machine that made it")
+    priced = {b.prices for b in BENCHMARKS}
+    unknown = sorted(set(kinds) - priced)
+    if unknown:
+        raise CometError(f"no benchmark prices {', '.join(unknown)}; kinds with benchmarks: "
+                         f"{', '.join(sorted(k for k in priced if k))}")
+    reps = reps or (3 if quick else 7)
+    load0 = os.getloadavg()
+    bench = [b for b in BENCHMARKS if b.prices in kinds or b.prices is None]
+    rows = [run_benchmark(b, quick, reps, device) for b in bench]
+    keep = [(r, b) for r, b in zip(rows, bench) if b.prices is not None or set(r["counts"]) & set(kinds)]
+    known = {k: v for k, v in profile["units_s"].items() if k not in kinds}
+    units = fit_units([r for r, _ in keep], [b.prices for _, b in keep], known)
+    set_fit_ratios([r for r, _ in keep], units)
+    load1 = os.getloadavg()
+    out = dict(profile, units_s=units, kinds={k: KINDS[k].unit for k in units if k in KINDS})
+    names = {r["name"] for r, _ in keep}
+    out["benchmarks"] = [r for r in profile.get("benchmarks", []) if r["name"] not in names] + [r for r, _ in keep]
+    out["amended"] = list(profile.get("amended", [])) + [dict(
+        kinds=list(kinds), created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_rev=git_revision(),
+        command=f"comet calibrate --amend {','.join(kinds)}" + (" --quick" if quick else ""),
+        load_avg_before=list(load0), load_avg_after=list(load1), busy=bool(max(load0[0], load1[0]) > BUSY_LOAD))]
+    return out
 
 
 def publishing(out: Path) -> bool:
