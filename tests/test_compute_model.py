@@ -303,10 +303,11 @@ def test_amend_adds_a_kinds_units_and_keeps_the_rest(tmp_path, monkeypatch):
     timed = []
     run = cal.run_benchmark
     monkeypatch.setattr(cal, "run_benchmark", lambda b, *a, **k: timed.append(b.name) or run(b, *a, **k))
-    host = dict(cpu_model=cpu_info()[0])
+    host = dict(cpu_model=cpu_info()[0], flags="", threads=1, torch="t", numpy="n")
     units = {k: 1e-9 for k in KINDS if k != "he_rotate"}
     out = tmp_path / "p.json"
-    out.write_text(json.dumps(dict(format=cm.FORMAT, units_s=units, host=host, device="cpu", benchmarks=[])))
+    out.write_text(json.dumps(dict(format=cm.FORMAT, units_s=units, host=host, device="cpu", benchmarks=[], kinds={},
+                                   load_avg_before=[0.0], load_avg_after=[0.0])))
     r = CliRunner().invoke(app, ["calibrate", "--quick", "--out", str(out), "--amend", "he_rotate"])
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
