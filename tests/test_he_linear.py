@@ -254,3 +254,22 @@ def test_both_modes_count_the_same_he_work(packing):
         HE.he_linear(x, w, None, P, packing)
         got[mode] = {key[-1]: v for key, v in m.ledger.work.counts.items() if str(key[-1]).startswith("he_")}
     assert got["exact"] == got["cost"] == HE.he_op_counts(*X.shape, W.shape[1], packing)
+
+
+def test_plaintext_from_its_serialisation_is_the_polynomial():
+    """BFV.plaintext writes SEAL's serialisation of the coefficients and loads it: the same polynomial as
+    SEAL's own hex syntax (zeros, the top coefficient and the largest value below t included)."""
+    pytest.importorskip("tenseal")
+    import numpy as np
+
+    from comet_core.mpc import he_bfv
+
+    bfv = he_bfv.BFV(40)
+    c = np.random.default_rng(1).integers(0, 1 << 40, he_bfv.POLY_DEGREE, dtype=np.uint64)
+    c[::7] = 0
+    c[-1], c[1] = (1 << 40) - 1, 0
+    nz = np.nonzero(c)[0]
+    hex_pt = bfv.seal.Plaintext(" + ".join(f"{int(c[i]):X}x^{int(i)}" for i in nz[::-1]))
+    pt = bfv.plaintext(c)
+    assert pt.to_string() == hex_pt.to_string()
+    assert [pt.data(i) for i in (0, 1, 8191)] == [int(c[0]), 0, (1 << 40) - 1]

@@ -27,13 +27,31 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
+import struct
 import tempfile
+import weakref
 
 import numpy as np
 
 POLY_DEGREE = 8192
 COEFF_BITS = (54, 54, 55, 55)
 MAX_PLAIN_BITS = 60                      # SEAL's bound on the plaintext modulus
+SEAL_VERSION = (4, 3)                    # the serialisation header TenSEAL 0.3.18's SEAL writes and reads
+
+
+def _seal_header(body: int) -> bytes:
+    """SEAL's 16-byte serialisation header (magic 0xA15E, header size, version, no compression, total size)."""
+    return struct.pack("<HBBBBHQ", 0xA15E, 16, *SEAL_VERSION, 0, 0, 16 + body)
+
+
+def plaintext_bytes(coeffs: np.ndarray) -> bytes:
+    """A non-NTT plaintext polynomial in SEAL's uncompressed serialisation: parms_id zero, the coefficient
+    count, scale 1, then the coefficients as a DynArray (its own header, its size, the words)."""
+    words = np.ascontiguousarray(coeffs, dtype=np.uint64)
+    array = struct.pack("<Q", words.size) + words.tobytes()
+    body = bytes(32) + struct.pack("<Qd", words.size, 1.0) + _seal_header(len(array)) + array
+    return _seal_header(len(body)) + body
 
 
 def _sealapi():
@@ -101,10 +119,17 @@ class BFV:
 
     # -- encoding --------------------------------------------------------------------------------
     def plaintext(self, coeffs: np.ndarray):
-        """A plaintext polynomial from N coefficients in [0, 2^ell) (SEAL's hex polynomial syntax)."""
-        nz = np.nonzero(coeffs)[0]
-        terms = [f"{int(coeffs[i]):X}x^{int(i)}" for i in nz[::-1]]
-        return self.seal.Plaintext(" + ".join(terms) if terms else "0")
+        """A plaintext polynomial from N coefficients in [0, 2^ell), loaded from its serialisation (sealapi
+        has no setter for coefficients; SEAL's hex polynomial syntax took 5 ms per polynomial, this 0.7)."""
+        if not hasattr(self, "_tmp"):
+            self._tmp = tempfile.mkdtemp(prefix="comet-bfv-")
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        path = os.path.join(self._tmp, "pt")
+        with open(path, "wb") as f:
+            f.write(plaintext_bytes(np.asarray(coeffs, dtype=np.uint64) & np.uint64((1 << self.ell) - 1)))
+        pt = self.seal.Plaintext()
+        pt.load(self.ctx, path)
+        return pt
 
     def to_bytes(self, ct) -> bytes:
         with tempfile.TemporaryDirectory() as d:
