@@ -173,6 +173,8 @@ def reprice_command(table: Path) -> str:
     info = folder / "run_info.json"
     if info.is_file() and table.name == "metrics.csv":   # a run folder: its own command line, replacing it
         argv = [a for a in json.loads(info.read_text()).get("argv", []) if not a.startswith("overwrite=")]
+        # the folder it describes, not the one it was made in (a reprice runs outside the tree and is copied in)
+        argv = [f"output_dir={_rel(folder)}" if a.startswith("output_dir=") else a for a in argv]
         if argv:
             return " ".join([argv[0], *map(shlex.quote, argv[1:]), "overwrite=true",
                              f"&& comet fingerprint {_rel(folder)}"])

@@ -93,6 +93,14 @@ def test_reprice_commands_name_the_sweep_and_the_plot(name):
     assert cmd == f"comet run-experiment -m experiment={name} && comet plot {name} --overwrite"
 
 
+def test_a_run_folders_reprice_command_writes_back_into_it():
+    """A published run folder made elsewhere (a reprice outside the tree, copied in): its command line with
+    output_dir pointing at the folder itself, overwrite=true, then the stamp."""
+    cmd = fp.reprice_command(fp.REPO / "results" / "cost" / "opt-6.7b-comet" / "metrics.csv")
+    assert "output_dir=results/cost/opt-6.7b-comet " in cmd and "/reprice/" not in cmd
+    assert cmd.endswith("overwrite=true && comet fingerprint results/cost/opt-6.7b-comet")
+
+
 @pytest.mark.parametrize("args, msg", [((), "give either tables to stamp or --check"),
                                        (("no/such/table.csv",), "does not exist"),
                                        (("--check", "results/end_to_end"), "give either")])
