@@ -16,6 +16,9 @@ Steps:
 3. ``stale_tables()``: every cost-mode table under results/ (a `mode` column holding cost, or KNOWN) whose
    entry is missing, unverified or differs from this tree's fingerprints for a system in it, with the
    command that reprices it (tests/test_fingerprint.py; ``comet fingerprint --check``).
+A table with modelled compute (`compute_source` holding `modelled`) also records the reference profile's
+units when stamped (`compute_units`; its tables are priced with COMET_COMPUTE_PROFILE set to it): a unit that
+has changed since makes it stale too, as its compute_s is no longer what this tree's profile gives.
 Library code: logs, never prints.
 """
 
@@ -39,6 +42,7 @@ SYSTEMS = ("comet", "dense", "mpcformer", "secformer", "puma", "iron", "bolt")
 FILE = "fingerprint.json"
 # what a ledger is made of: the engine, the protocols, the models' shapes, the systems and their configs
 PROTOCOL_PATHS = ("comet_core", "conf", "experiments/run.py")
+REFERENCE_PROFILE = REPO / "results" / "calibration" / "reference-host.json"   # what prices the published compute
 LEDGER_COLUMNS = ["phase", "stage", "layer", "op", "sender", "receiver", "elements", "bytes", "round",
                   "cost_source"]
 KNOWN = {  # cost-mode tables that are neither an artifact nor a run folder: the script that remakes each
@@ -161,6 +165,25 @@ def table_columns(table: Path) -> tuple[set, set, set]:
     return get("mode"), get("system") & set(SYSTEMS), get("git_rev")
 
 
+def modelled_compute(table: Path) -> bool:
+    """Whether the table's compute_s is modelled (cost mode priced by a profile)."""
+    import pandas as pd
+
+    if "compute_source" not in pd.read_csv(table, nrows=0).columns:
+        return False
+    return "modelled" in set(pd.read_csv(table, usecols=["compute_source"], dtype=str).compute_source.dropna())
+
+
+def reference_units(rev: str | None = None) -> dict[str, float]:
+    """The reference profile's units: this tree's, or at revision `rev` (the one a table was priced with)."""
+    if rev is None or rev == head_revision():
+        text = REFERENCE_PROFILE.read_text() if REFERENCE_PROFILE.is_file() else "{}"
+    else:
+        r = _git("show", f"{rev}:{_rel(REFERENCE_PROFILE)}")
+        text = r.stdout if r.returncode == 0 else "{}"
+    return dict(json.loads(text).get("units_s", {}))
+
+
 def reprice_command(table: Path) -> str:
     """The command(s) that remake `table` at this tree (what stale_tables names)."""
     from experiments.artifacts import how_to_run, is_artifact
@@ -215,6 +238,9 @@ def stamp(table: Path, reprice: str | None = None) -> Path:
                  canonical=dict(common=" ".join(COMMON), base=[" ".join(b) for b in BASE],
                                 variants={k: [" ".join(v) for v in vs] for k, vs in VARIANTS.items()}),
                  systems=fps, reprice=reprice or reprice_command(table))
+    if modelled_compute(table):   # the units that priced it: the reference profile at the revision it was made
+        entry.update(compute_profile=_rel(REFERENCE_PROFILE),
+                     compute_units=reference_units(next(iter(revs)).removesuffix("-dirty") if len(revs) == 1 else None))
     out = table.parent / FILE
     doc = json.loads(out.read_text()) if out.is_file() else {}
     doc[table.name] = entry
@@ -290,6 +316,23 @@ def check_table(table: Path, current: dict[str, dict] | None = None) -> Stale | 
             changed.append(f"{s} ({'; '.join(diff[:2]) or 'ledger rows differ'})")
     if changed:
         return Stale(table, f"protocols changed since {doc.get('fingerprinted_at')}: {', '.join(changed)}", cmd)
+    return compute_stale(table, doc, cmd)
+
+
+def compute_stale(table: Path, doc: dict, cmd: str, units: dict | None = None) -> Stale | None:
+    """A table with modelled compute is stale when it records no profile units, or when a unit it was priced
+    with differs from the reference profile's now (`units`: that profile's units_s)."""
+    if not modelled_compute(table):
+        return None
+    if "compute_units" not in doc:
+        return Stale(table, "its modelled compute_s records no profile units (stamped before they were kept)",
+                     f"COMET_COMPUTE_PROFILE={_rel(REFERENCE_PROFILE)} {cmd}")
+    now = reference_units() if units is None else units
+    moved = sorted(k for k, v in doc["compute_units"].items() if now.get(k) != v)
+    if moved:
+        return Stale(table, f"its compute_s was priced by other units than {_rel(REFERENCE_PROFILE)} holds now "
+                            f"({', '.join(moved[:4])}{' ...' if len(moved) > 4 else ''})",
+                     f"COMET_COMPUTE_PROFILE={_rel(REFERENCE_PROFILE)} {cmd}")
     return None
 
 

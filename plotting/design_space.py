@@ -272,6 +272,7 @@ def map_table(rows: pd.DataFrame, accuracy: tuple | None = None) -> pd.DataFrame
             dense_bytes_amortised=d.bytes_amortised, dense_s_amortised=d.time_s_amortised,
             speedup_amortised=d.time_s_amortised / r.time_s_amortised,
             comet_compute_s=r.compute_s, dense_compute_s=d.compute_s,
+            compute_source="none" if pd.isna(r.compute_s) else "modelled",
             speedup_with_compute=(d.time_s + d.compute_s) / (r.time_s + r.compute_s),
             speedup_amortised_with_compute=(d.time_s_amortised + d.compute_s_amortised)
             / (r.time_s_amortised + r.compute_s_amortised),

@@ -121,3 +121,29 @@ def test_an_exported_revision_is_fingerprinted_in_its_own_tree():
     assert set(there) == {"dense"} and len(there["dense"]["runs"]) == len(fp.canonical_runs("dense"))
     if fp.protocols_equal(rev):
         assert there == fp.fingerprints(("dense",))
+
+
+def test_a_table_priced_by_other_compute_units_is_stale(tmp_path):
+    """Modelled compute_s is a function of the profile too: a table stamped with units the reference profile
+    no longer holds is stale (naming the unit), one without recorded units is stale, an added kind is not;
+    a table without modelled compute is never stale for this."""
+    t = tmp_path / "data.csv"
+    pd.DataFrame(dict(system=["dense"], mode=["cost"], compute_source=["modelled"], compute_s=[1.0])).to_csv(t, index=False)
+    assert fp.modelled_compute(t)
+    assert "records no profile units" in fp.compute_stale(t, {}, "cmd").why
+    doc = dict(compute_units={"round": 1e-4, "matmul_mac": 1e-9})
+    assert fp.compute_stale(t, doc, "cmd", units={"round": 1e-4, "matmul_mac": 1e-9, "he_rotate": 2e-3}) is None
+    s = fp.compute_stale(t, doc, "cmd", units={"round": 2e-4, "matmul_mac": 1e-9})
+    assert s is not None and "(round)" in s.why and s.command.startswith("COMET_COMPUTE_PROFILE=")
+    pd.DataFrame(dict(system=["dense"], mode=["cost"], compute_source=["none"])).to_csv(t, index=False)
+    assert not fp.modelled_compute(t) and fp.compute_stale(t, {}, "cmd") is None
+
+
+def test_committed_tables_record_the_units_that_priced_them():
+    """Every committed table with modelled compute records the reference profile's units at its revision."""
+    for t in fp.cost_tables():
+        if fp.modelled_compute(t):
+            doc = fp.read_entry(t)
+            assert doc and doc.get("compute_units"), f"{t}: no compute_units"
+            now = fp.reference_units()
+            assert all(now.get(k) == v for k, v in doc["compute_units"].items()), t
