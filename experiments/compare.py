@@ -120,7 +120,7 @@ def compare_text(df: pd.DataFrame, networks: str = "default") -> str:
     lines = [f"run {r.run}: system={r.system} model={r.model} mode={r.mode}  {r.path}" for r in runs.itertuples()]
     why = "system=dense" if str(runs[runs.run == base].system.iloc[0]) == "dense" else "the first run"
     lines.append(f"baseline b = run {base} ({why}); <value>/b = this run / the baseline at the same network and "
-                 "phase; comm is modelled from each run's ledger, compute measured (n/a in mode=cost)")
+                 "phase; comm is modelled from each run's ledger, compute measured (mode=exact) or modelled (mode=cost)")
     head = ("network", "phase", "run", "online", "offline", "rounds", "comm", "compute", "total",
             "online/b", "offline/b", "rounds/b", "comm/b", "compute/b", "total/b")
     rows = [head]
