@@ -170,6 +170,12 @@ def _defaults() -> None:
     add("ot_iknp", lambda m, q: _ot_inputs(n(q, 15, 13)), _ot_extend, prices="ot")
     # Iron's and BOLT's HE linear layers (mpc/he_linear.py): each SEAL call as he_matmul makes it, at its
     # parameters (N = 8192, 128-bit); then the whole product of a small layer as a check of how they add up
+    import importlib.util
+
+    if importlib.util.find_spec("tenseal") is None:   # the `he` extra: without it system.linear=he cannot run either
+        log.warning("TenSEAL is not installed (pip install -e '.[he]'): the HE kinds (%s) stay unpriced",
+                    ", ".join(HE_KINDS))
+        return
     for kind in HE_KINDS:
         add(kind, _he_inputs, lambda m, a, kind=kind: _he_op(m, a, kind), prices=kind)
     add("he_linear_bolt", lambda m, q: _he_layer(m, 4, 128, 256), lambda m, a: _he_linear(a, "bolt"), unrun=("ot",))

@@ -337,3 +337,20 @@ def test_validation_table_is_made_from_the_committed_files():
     assert "| shakespeare-opt dense | " in text and "| opt-125m dense | " in text
     ops = pd.read_csv(cv.ops_path(val))
     assert set(ops.case) == set(pd.read_csv(val).case)
+
+
+def test_without_tenseal_calibrate_leaves_the_he_kinds_unpriced(monkeypatch, caplog):
+    """The HE benchmarks need the `he` extra: without TenSEAL they are not registered (a warning says how to
+    install it) and every other benchmark still runs."""
+    import importlib.util
+
+    from experiments import calibrate as cal
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tenseal" else real(name, *a))
+    monkeypatch.setattr(cal, "BENCHMARKS", [])
+    with caplog.at_level("WARNING", logger="comet.calibrate"):
+        cal._defaults()
+    names = {b.name for b in cal.BENCHMARKS}
+    assert "ot_iknp" in names and not any(n.startswith("he_") for n in names)
+    assert "pip install -e '.[he]'" in caplog.text
