@@ -234,14 +234,9 @@ def _he_inputs(mpc, quick: bool) -> dict:
     of each, full-size slot and coefficient vectors, and the Galois keys of one rotation."""
     import numpy as np
 
-    from comet_core.errors import CometError
-
-    if not _HE:
-        try:
-            from comet_core.mpc import he_bfv, he_linear, he_simd  # noqa: F401 (he_linear registers the kinds)
-            slot, coeff = he_simd.SlotBFV(40), he_bfv.BFV(40)
-        except (ImportError, CometError) as e:
-            raise CometError(f"the HE benchmarks need TenSEAL: pip install -e '.[he]' ({e})") from None
+    if not _HE:   # (registered only where TenSEAL is installed: _defaults)
+        from comet_core.mpc import he_bfv, he_linear, he_simd  # noqa: F401 (he_linear registers the kinds)
+        slot, coeff = he_simd.SlotBFV(40), he_bfv.BFV(40)
         rng = np.random.default_rng(0)
         v = rng.integers(0, slot.p, he_simd.N, dtype=np.uint64)
         cv = rng.integers(0, 1 << 40, he_bfv.POLY_DEGREE, dtype=np.uint64)
@@ -432,6 +427,8 @@ def amend(profile: dict, kinds: list[str], quick: bool = False, device: str = "c
     if profile.get("host", {}).get("cpu_model") != host["cpu_model"]:
         raise CometError(f"the profile was made on {profile.get('host', {}).get('cpu_model')!r}, this machine is "
                          f"{host['cpu_model']!r}: amend a profile on the machine that made it")
+    if not kinds:
+        raise CometError("--amend needs at least one work kind (KIND[,KIND])")
     priced = {b.prices for b in BENCHMARKS}
     unknown = sorted(set(kinds) - priced)
     if unknown:
@@ -446,13 +443,15 @@ def amend(profile: dict, kinds: list[str], quick: bool = False, device: str = "c
     units = fit_units([r for r, _ in keep], [b.prices for _, b in keep], known)
     set_fit_ratios([r for r, _ in keep], units)
     load1 = os.getloadavg()
-    out = dict(profile, units_s=units, kinds={k: KINDS[k].unit for k in units if k in KINDS})
+    busy = bool(max(load0[0], load1[0]) > BUSY_LOAD)
+    out = dict(profile, units_s=units, kinds={k: KINDS[k].unit for k in units if k in KINDS},
+               busy=bool(profile.get("busy")) or busy)   # a busy amendment marks the whole profile busy
     names = {r["name"] for r, _ in keep}
     out["benchmarks"] = [r for r in profile.get("benchmarks", []) if r["name"] not in names] + [r for r, _ in keep]
     out["amended"] = list(profile.get("amended", [])) + [dict(
         kinds=list(kinds), created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_rev=git_revision(),
         command=f"comet calibrate --amend {','.join(kinds)}" + (" --quick" if quick else ""),
-        load_avg_before=list(load0), load_avg_after=list(load1), busy=bool(max(load0[0], load1[0]) > BUSY_LOAD))]
+        load_avg_before=list(load0), load_avg_after=list(load1), busy=busy)]
     return out
 
 

@@ -319,6 +319,13 @@ def test_amend_adds_a_kinds_units_and_keeps_the_rest(tmp_path, monkeypatch):
         cal.amend(dict(d, host=dict(cpu_model="another CPU")), ["he_rotate"], quick=True)
     with pytest.raises(CometError, match="no benchmark prices nonsense"):
         cal.amend(d, ["nonsense"], quick=True)
+    with pytest.raises(CometError, match="at least one work kind"):
+        cal.amend(d, [], quick=True)
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (cal.BUSY_LOAD + 2, 1.0, 1.0))
+    busy = cal.amend(d, ["he_rotate"], quick=True, reps=1)
+    assert busy["busy"] and busy["amended"][-1]["busy"]     # a busy amendment marks the whole profile
     r = CliRunner().invoke(app, ["calibrate", "--quick", "--out", str(tmp_path / "none.json"), "--amend", "he_rotate"])
     assert r.exit_code == 2 and "does not exist" in r.output
 

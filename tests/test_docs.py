@@ -91,3 +91,24 @@ def test_readme_tour_is_at_most_250_lines():
     n = len((REPO / "README.md").read_text().splitlines())
     assert n <= 250, f"README.md has {n} lines; move detail into docs/"
 
+
+
+def test_compute_model_speedup_table_is_the_committed_end_to_end():
+    """docs/compute-model.md's table of end_to_end speedups (communication only, and with modelled compute)
+    holds the ranges results/end_to_end/data.csv gives, per class of baseline, at two decimals."""
+    import pandas as pd
+
+    d = pd.read_csv(REPO / "results" / "end_to_end" / "data.csv")
+    t = d[(d.phase == "total") & (d.network == "lan")].set_index(["model", "system"])
+    classes = {"dense, MPCFormer, SecFormer, PUMA": ("dense", "mpcformer", "secformer", "puma"),
+               "BOLT": ("bolt",), "Iron": ("iron",)}
+    text = (REPO / "docs" / "compute-model.md").read_text()
+    for label, systems in classes.items():
+        cells = []
+        for col in ("comm_s", "total_s"):
+            r = [t.loc[(m, s), col] / t.loc[(m, "comet"), col] for m in t.index.get_level_values(0).unique()
+                 for s in systems]
+            cells.append(f"{min(r):.2f}-{max(r):.2f}x")
+        row = next((ln for ln in text.splitlines() if ln.startswith(f"| {label}")), None)
+        assert row is not None, f"no row for {label}"
+        assert row.split("|")[2].strip() == cells[0] and row.split("|")[3].strip() == cells[1], (row, cells)

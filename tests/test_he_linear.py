@@ -273,3 +273,6 @@ def test_plaintext_from_its_serialisation_is_the_polynomial():
     pt = bfv.plaintext(c)
     assert pt.to_string() == hex_pt.to_string()
     assert [pt.data(i) for i in (0, 1, 8191)] == [int(c[0]), 0, (1 << 40) - 1]
+    c[3] = 1 << 40                                       # outside Z_t: refused, not reduced
+    with pytest.raises(ValueError, match="outside"):
+        bfv.plaintext(c)

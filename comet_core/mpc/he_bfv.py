@@ -124,9 +124,13 @@ class BFV:
         if not hasattr(self, "_tmp"):
             self._tmp = tempfile.mkdtemp(prefix="comet-bfv-")
             weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        words = np.asarray(coeffs, dtype=np.uint64)
+        if words.size and int(words.max()) >> self.ell:
+            raise ValueError(f"BFV.plaintext: a coefficient of 2^{int(words.max()).bit_length() - 1} or more is "
+                             f"outside [0, 2^{self.ell})")
         path = os.path.join(self._tmp, "pt")
         with open(path, "wb") as f:
-            f.write(plaintext_bytes(np.asarray(coeffs, dtype=np.uint64) & np.uint64((1 << self.ell) - 1)))
+            f.write(plaintext_bytes(words))
         pt = self.seal.Plaintext()
         pt.load(self.ctx, path)
         return pt
