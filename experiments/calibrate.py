@@ -243,7 +243,7 @@ def _he_inputs(mpc, quick: bool) -> dict:
         ct, cct = slot.seal.Ciphertext(), coeff.seal.Ciphertext()
         slot.encryptor.encrypt(slot.encode(v), ct)
         coeff.encryptor.encrypt(coeff.plaintext(cv), cct)
-        _HE.update(slot=slot, coeff=coeff, v=v, cv=cv, ct=ct, cct=cct, keys=slot.galois((1,)))
+        _HE.update(slot=slot, coeff=coeff, v=v, cv=cv, ct=ct, cct=cct, keys=slot.rotation_key(1))
     return _HE
 
 

@@ -26,15 +26,13 @@ def _he_rows(mpc, rows0):
 
 def _check_exact(mpc, x, w, b, packing):
     """The product equals the fixed-point one up to the rescale's rounding; the measured ciphertext rows
-    are the formula's counts per direction, each within 0.2% of CT_BYTES; rounds and the rest exact."""
-    if mpc.rank is not None:                             # one party per engine: refused, not run
-        from comet_core.errors import CometError
-        with pytest.raises(CometError, match="both parties in one process"):
-            HE.he_linear(mpc.share(x), mpc.share(w), None, P, packing)
-        return None
+    are the formula's counts per direction, each within 0.2% of CT_BYTES, and before them P1's keys (a
+    fresh engine's first product), each within 0.2% of its modelled length; rounds and the rest exact.
+    One process or one party per engine (spmd: P1's ciphertexts and P0's results cross the channel)."""
     T, k = x.shape
     n = w.shape[1]
-    xs, ws, bs = mpc.share(x), mpc.share(w), (None if b is None else mpc.share(b))
+    xs = mpc.share(x)
+    ws, bs = (None if t is None else mpc.share(t, owner="model_owner", to_p0=True) for t in (w, b))
     mark, rows0 = mpc.ledger.mark(), len(mpc.ledger.rows)
     y = HE.he_linear(xs, ws, bs, P, packing)
     cost, he_rows = mpc.ledger.cost_since(mark), _he_rows(mpc, rows0)
@@ -44,11 +42,16 @@ def _check_exact(mpc, x, w, b, packing):
     assert_close(mpc.reveal(y), x @ w + (0 if b is None else b), atol=k * 2 ** -16, what=f"he_linear {packing}")
     formula = HE.he_linear_cost(P, T, k, n, packing)
     cin, cout = HE.ciphertext_counts(T, k, n, packing)
-    assert sum(r[7] for r in he_rows if r[5] == "P1") == cin
-    assert sum(r[7] for r in he_rows if r[5] == "P0") == cout
-    assert all(abs(r[8] / 8 - HE.CT_BYTES) <= 0.002 * HE.CT_BYTES for r in he_rows)
+    ct = [r for r in he_rows if abs(r[8] / 8 - HE.CT_BYTES) <= 0.002 * HE.CT_BYTES]
+    keys = [r for r in he_rows if r not in ct]
+    assert sum(r[7] for r in ct if r[5] == "P1") == cin
+    assert sum(r[7] for r in ct if r[5] == "P0") == cout
+    want_keys = HE.keys_of(packing, 52, T, k, n)
+    assert sum(r[7] for r in keys) == len(want_keys) and {r[5] for r in keys} == {"P1"}
+    key_bytes = sum(HE.key_bytes(key) for key in want_keys)
+    assert sum(r[9] for r in keys) == pytest.approx(key_bytes, rel=0.002)
     assert cost.rounds == formula.rounds
-    assert cost.online_bytes == pytest.approx(formula.online_bytes, rel=0.002)
+    assert cost.online_bytes == pytest.approx(formula.online_bytes + key_bytes, rel=0.002)
     return cin, cout
 
 
@@ -85,13 +88,33 @@ def test_bolt_counts_are_bolts():
 
 
 def test_cost_mode_books_the_formula_for_each_packing():
+    """The formula, plus P1's keys at the first product that needs them: the public key, and for the slot
+    packing one Galois key per element its rotations use; a second product of the same shape sends none."""
     for packing in HE.PACKINGS:
         c = MPC(seed=2, mode="cost")
-        mark = c.ledger.mark()
-        y = HE.he_linear(c.share(Shape((8, 256), torch.float64)), c.share(Shape((256, 1024), torch.float64)),
-                         None, P, packing)
-        assert tuple(y.shape) == (8, 1024)
-        assert c.ledger.cost_since(mark) == HE.he_linear_cost(P, 8, 256, 1024, packing)
+        keys = sum(HE.key_bytes(k) for k in HE.keys_of(packing, 52, 8, 256, 1024))
+        lay = __import__("comet_core.mpc.he_simd", fromlist=["layout"]).layout(8, 256, 1024)
+        rotations = (lay["B"] - 1) + (lay["G"] - 1) + 1                  # baby steps, giant steps, the row swap
+        assert keys == HE.PK_BYTES + (HE.GALOIS_KEY_BYTES * rotations if packing == "bolt" else 0)
+        for extra in (keys, 0):
+            mark = c.ledger.mark()
+            y = HE.he_linear(c.share(Shape((8, 256), torch.float64)), c.share(Shape((256, 1024), torch.float64)),
+                             None, P, packing)
+            assert tuple(y.shape) == (8, 1024)
+            f = HE.he_linear_cost(P, 8, 256, 1024, packing)
+            assert c.ledger.cost_since(mark) == type(f)(f.online_bytes + extra, f.offline_bytes, f.rounds)
+
+
+def test_key_sizes_are_serialised_keys():
+    """PK_BYTES and GALOIS_KEY_BYTES are measured: a fresh public key and one element's Galois key as
+    serialised (zstd lengths vary by a few bytes)."""
+    pytest.importorskip("tenseal")
+    from comet_core.mpc import he_bfv, he_simd
+
+    ctx = he_simd.SlotBFV(52)
+    assert len(ctx.public_key_bytes()) == pytest.approx(HE.PK_BYTES, rel=0.002)
+    assert len(he_bfv.BFV(52).public_key_bytes()) == pytest.approx(HE.PK_BYTES, rel=0.002)
+    assert len(he_bfv.serialise(ctx.swap_key())) == pytest.approx(HE.GALOIS_KEY_BYTES, rel=0.002)
 
 
 def test_ct_bytes_is_a_fresh_serialised_ciphertext():
@@ -276,3 +299,28 @@ def test_plaintext_from_its_serialisation_is_the_polynomial():
     c[3] = 1 << 40                                       # outside Z_t: refused, not reduced
     with pytest.raises(ValueError, match="outside"):
         bfv.plaintext(c)
+
+
+def test_a_single_p1_refuses_a_weight_share_it_should_not_hold():
+    """Over two processes P0 multiplies by its own share of W, so P1's must be zero (the owner shares the
+    linear layers' weights to P0: share_weights(held=system.owner_held())); a P1 holding a random share
+    says so instead of computing a wrong product. Positive control: a zero share passes."""
+    from types import SimpleNamespace
+
+    from comet_core.errors import CometError
+    from comet_core.systems.iron import IronSystem
+
+    assert {"wq", "w1", "b1", "w_down"} <= IronSystem({"linear": "he"}).owner_held()
+    assert not IronSystem({}).owner_held()
+    HE._p1_holds_nothing(None, SimpleNamespace(data=torch.zeros(1, 4, 4, dtype=torch.int64)), None)
+    with pytest.raises(CometError, match="P0 .* must hold W"):
+        HE._p1_holds_nothing(None, SimpleNamespace(data=torch.ones(1, 4, 4, dtype=torch.int64)), None)
+
+
+def test_to_p0_shares_give_p0_the_value():
+    """MPC.share(to_p0=True): P0's half is the encoded value, P1's zero; the setup row goes to P0."""
+    m = MPC(seed=0)
+    s = m.share(W, owner="model_owner", phase="setup", to_p0=True)
+    assert torch.equal(s.data[1], torch.zeros_like(s.data[1])) and torch.equal(s.data[0], s.data[0] + s.data[1])
+    assert_close(m.reveal(s), W, atol=2 ** -16, what="to_p0 share")
+    assert m.ledger.rows[-3][6] == "P0"                                  # before reveal's two output rows

@@ -491,6 +491,52 @@ def test_run_experiment_over_tcp_equals_inprocess(tmp_path):
     assert (keys / "p0.pem").exists() and not list(keys.glob("*.key"))
 
 
+@pytest.mark.parametrize("system", ["iron", "bolt"])
+def test_he_linear_over_tcp_equals_inprocess(tmp_path, system):
+    """system.linear=he over tcp (issue 26): the model owner hands P0 the linear layers' weights in the clear
+    (P1 a zero share: Iron's and BOLT's server is the model owner); P1's keys and encrypted shares and P0's
+    masked results cross the P0-P1 socket as serialised bytes, booked at their lengths, so the socket payload
+    equals the ledger's online bytes in every stage; tokens equal the in-process run, and its ledger up to
+    the serialised rows' few bytes of zstd (same counts per round, bytes within 0.2%: tcp_run.ledgers_match)."""
+    pytest.importorskip("tenseal")
+    from experiments.run import run
+
+    s = run(_cfg(tmp_path, f"system={system}", "system.linear=he"), tmp_path / "run")
+    t = s["transport"]
+    assert t["tokens_equal_inprocess"] and t["ledger_equal_inprocess"] and t["recv_check"]
+    assert t["weights_equal_reference"] and t["unpacked_excess_bytes"] == 0
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    for ph in ("total", "prefill", "decode"):   # the ideal functionalities' modelled bytes are not sent
+        row = m[(m.network == "lan") & (m.phase == ph)].iloc[0]
+        assert row.socket_bytes == row.online_bytes_measured > 0 and row.online_bytes_model > 0, ph
+    led = pd.read_csv(tmp_path / "run" / "ledger.csv.gz", keep_default_na=False)
+    assert set(led[led.phase == "setup"].receiver) == {"P0", "P1"}   # the linear layers' weights go to P0
+    he = led[(led.protocol == "he.linear") & (led.cost_source == "measured")]
+    assert len(he) and set(he.sender) == {"P0", "P1"}
+    assert s["match"], s["max_logit_err"]              # the private tokens are the plaintext reference's
+
+
+def test_ledgers_match_tolerates_only_serialised_lengths():
+    """tcp_run.ledgers_match: a serialised row a few bytes longer matches; a ciphertext more, a Beaver row's
+    byte or a serialised row 1% longer does not (positive controls)."""
+    from comet_core.comm.ledger import COLUMNS
+    from comet_core.roles.tcp_run import ledgers_match
+
+    rows = [("online", "prefill", 0, "attn.qkv", "he.linear", "P1", "P0", 2, 8 * 370_229, 740_458, 5, "measured"),
+            ("online", "prefill", 0, "attn.qkv", "arith.mul", "P0", "P1", 64, 64, 512, 6, "measured")]
+    a = pd.DataFrame(rows, columns=COLUMNS)
+    b = a.copy()
+    b.loc[0, ["bits", "bytes"]] = [8 * 370_231, 740_462]
+    assert ledgers_match(a, b)
+    for col, val in (("elements", 3), ("bytes", 7_478_000)):
+        c = a.copy()
+        c.loc[0, col] = val
+        assert not ledgers_match(a, c), col
+    d = a.copy()
+    d.loc[1, "bytes"] = 513
+    assert not ledgers_match(a, d)
+
+
 def _start_faulty_tcp_run(out: Path):
     """A tcp run of six tokens whose roles a test then disturbs (short timeouts, no in-process check)."""
     import subprocess

@@ -42,6 +42,16 @@ class _Booking:
         r = self.ledger.new_round()
         self.ledger.record("online", PARTIES[sender], PARTIES[1 - sender], n, bits, r)
 
+    def _book_bytes(self, sender: int, blobs: list[bytes]) -> None:
+        """One round of byte strings (serialised ciphertexts, keys) from `sender`: one ledger row per
+        distinct length, its count the strings of that length (each party books what it sent or received)."""
+        r = self.ledger.new_round()
+        counts: dict[int, int] = {}
+        for b in blobs:
+            counts[len(b)] = counts.get(len(b), 0) + 1
+        for size, count in sorted(counts.items()):
+            self.ledger.record("online", PARTIES[sender], PARTIES[1 - sender], count, 8 * size, r)
+
 
 class InProcessChannel(_Booking):
     """Both parties in one process: messages are booked, nothing moves."""
@@ -61,6 +71,12 @@ class InProcessChannel(_Booking):
         """One round in which only `sender` sends `tensor` (one party's data) to the other."""
         self._book_one_way(sender, tensor.numel(), bits)
         return tensor
+
+    def send_bytes(self, sender: int, blobs: list[bytes]) -> list[bytes]:
+        """One round in which only `sender` sends byte strings (serialised ciphertexts and keys, whose
+        lengths are what the ledger books); returns them."""
+        self._book_bytes(sender, blobs)
+        return blobs
 
 
 class QueuePipe:
@@ -159,3 +175,21 @@ class PartyChannel(_Booking):
         if self.recorder is not None:   # one-way: nothing of this party's was sent, nothing is opened
             self.recorder.append((bits, None, [got.clone()]))
         return got
+
+    def send_bytes(self, sender: int, blobs: list[bytes] | None) -> list[bytes]:
+        """One round in which only `sender` sends byte strings (serialised ciphertexts and keys: `blobs`,
+        None at the receiver); returns what arrived (the sender: its own). Each is one uint8 tensor on the
+        wire, so the payload is their lengths, as booked."""
+        if self.rank == sender:
+            self._book_bytes(sender, blobs)
+            self._send([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs], None)
+            return blobs
+        got = self._recv()
+        if not isinstance(got, list) or any(not isinstance(g, torch.Tensor) or g.dtype != torch.uint8 or g.dim() != 1
+                                            for g in got):
+            raise PeerError(f"P{sender} sent a message that does not match this step (expected byte strings)")
+        blobs = [g.numpy().tobytes() for g in got]
+        self._book_bytes(sender, blobs)
+        if self.recorder is not None:
+            self.recorder.append((8, None, [g.clone() for g in got]))
+        return blobs

@@ -82,8 +82,11 @@ class SharedWeights:
     meta: dict
 
 
-def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = ()) -> SharedWeights:
+def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = (), held: frozenset = frozenset()) -> SharedWeights:
     """The model owner secret-shares every tensor (phase `setup`).
+
+    `held`: layer weights P0 holds in the clear (P1's share zero: MPC.share's to_p0), those of the linear
+    layers of a system whose server is the model owner (``system.owner_held()``: system.linear=he).
 
     `groups`: ((name, parts), ...) of layer weights the system's `prepare` joins side by side along their
     last dim (systems/fused.py LAYER_GROUPS; ``system.fused_layout()``). In an exact simulation on the
@@ -91,13 +94,15 @@ def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = ()) -> SharedWeight
     (fused.fused_weight) instead of a copy. The same shares, stream draws (tensors in the layer's order),
     ledger rows and weight ids as sharing each tensor alone: only where the shares are stored changes.
     """
-    def sh(t: torch.Tensor, out: torch.Tensor | None = None) -> AShare:
+    def sh(t: torch.Tensor, out: torch.Tensor | None = None, to_p0: bool = False) -> AShare:
         where = {} if out is None else dict(out=out)   # `out` only when grouped (wrappers of share stay valid)
+        if to_p0:
+            where["to_p0"] = True
         return mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup", **where))
 
     def share_layer(layer: dict[str, torch.Tensor]) -> dict[str, AShare]:
         dest = _group_columns(layer, groups) if fast else {}
-        return {k: sh(v, dest.get(k)) for k, v in layer.items()}
+        return {k: sh(v, dest.get(k), k in held) for k, v in layer.items()}
 
     fast = bool(groups) and mpc.simulated and not mpc.is_cost and mpc.device.type == "cpu"
     with mpc.label(stage="setup"):

@@ -512,11 +512,16 @@ class Dealer:
         """An ideal functionality (comet_core/mpc/ideal.py): open both parties' shares `data` (2, ...) at
         scale `frac`, evaluate the plaintext function `fn` (IDEAL_FUNCTIONS: ideal.FUNCTIONS, registered by mpc/ideal.py) in float64, and re-share the
         result at `out_frac` with fresh randomness (P0's half from its dealer stream). Nothing is booked
-        here: the functionality's traffic is the modelled cost that ideal.py books (cost_source=model)."""
+        here: the functionality's traffic is the modelled cost that ideal.py books (cost_source=model).
+        A function marked `on_ring` gets the dealer, the party-stacked ring elements and out_frac, and returns
+        the parties' halves itself (e.g. he_linear's lift from Z_t, exact in integers)."""
         if data.is_meta:
             return self._arith(Shape(tuple(data.shape[1:])), out_frac)
+        f = IDEAL_FUNCTIONS[fn]
+        if getattr(f, "on_ring", False):   # an integer functionality: the shares' ring elements, its own sharing
+            return f(self, data, out_frac, **kwargs)
         x = ring.decode(data[0] + data[1], frac)
-        y = IDEAL_FUNCTIONS[fn](x, **kwargs)
+        y = f(x, **kwargs)
         return self._arith(ring.encode(y, out_frac), out_frac)
 
 

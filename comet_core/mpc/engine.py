@@ -241,7 +241,7 @@ class MPC:
 
     # -- sharing and revealing -----------------------------------------------------------------
     def share(self, x: torch.Tensor, owner: str = "client", frac: int | None = None,
-              phase: str = "input", out: torch.Tensor | None = None) -> "AShare":
+              phase: str = "input", out: torch.Tensor | None = None, to_p0: bool = False) -> "AShare":
         """Secret-share a plaintext tensor held by `owner` (client or model_owner).
 
         1. The owner draws r from the key it shares with P0 (P0's share, nothing sent).
@@ -251,20 +251,31 @@ class MPC:
         A single party receives its share from the owner (`peers`); only the owner sees x.
         `out` (simulation, exact mode): a party-stacked int64 view (2, *x.shape) that receives the shares,
         e.g. the columns of a fused weight (models/weights.py); the CPU path writes them there directly.
+        `to_p0`: P0 holds x itself, P1 a zero share (the owner sends x to P0): the weights of the linear
+        layers of a system whose server is the model owner (Iron's and BOLT's `system.linear=he`).
         """
         frac = self.frac_bits if frac is None else frac
         if not x.is_floating_point():
             frac = 0
+        receiver = "P0" if to_p0 else "P1"
         if not self.simulated:
             assert out is None, "out: simulation only"
-            data = self.peers.share(self.rank, x, owner, frac, phase)
-            self.ledger.record(phase, owner, "P1", data[0].numel(), 64, -1)
+            data = self.peers.share(self.rank, x, owner, frac, phase, to_p0=to_p0)
+            self.ledger.record(phase, owner, receiver, data[0].numel(), 64, -1)
+            return AShare(data, self, frac)
+        if to_p0 and not self.is_cost:
+            x = x.to(self.device)
+            enc = ring.encode(x, frac) if x.is_floating_point() else x.to(torch.int64)
+            data = torch.stack([enc, torch.zeros_like(enc)])
+            if out is not None:
+                data = out.copy_(data)
+            self.ledger.record(phase, owner, receiver, enc.numel(), 64, -1)
             return AShare(data, self, frac)
         assert out is None or not self.is_cost, "out: exact mode only"
         gen = self._input_gens.get(owner, self._input_gens["client"])
         if not self.is_cost and self.device.type == "cpu" and x.is_floating_point() and isinstance(gen, PRG):
             data = share_into(x, frac, gen, out=out)
-            self.ledger.record(phase, owner, "P1", x.numel(), 64, -1)
+            self.ledger.record(phase, owner, receiver, x.numel(), 64, -1)
             return AShare(data, self, frac)
         if self.is_cost:
             enc = Shape(x.shape)
@@ -275,7 +286,7 @@ class MPC:
         data = torch.stack([r, enc - r])
         if out is not None:
             data = out.copy_(data)
-        self.ledger.record(phase, owner, "P1", enc.numel(), 64, -1)
+        self.ledger.record(phase, owner, receiver, enc.numel(), 64, -1)
         return AShare(data, self, frac)
 
     def reveal(self, x: "AShare", to: str = "client", raw: bool = False) -> torch.Tensor:

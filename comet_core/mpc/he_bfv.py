@@ -18,8 +18,9 @@ caller lifts back to Z_2^64 (mpc/he_linear.py). Noise flooding of the returned c
 circuit privacy) is not applied: the returned ciphertexts have the same size either way.
 Parameters: N = 8192, coefficient moduli {54, 54, 55, 55} (BOLT's he.cpp), 128-bit security by SEAL's
 check (sec_level tc128: HomomorphicEncryption.org standard, Albrecht et al. 2018, Table 1, log2 q <= 218).
-Ciphertexts cross between the parties as bytes (SEAL's serialisation, zstd-compressed): their lengths
-are what the ledger books.
+Ciphertexts (and P1's public key, which P0 needs only to encrypt an all-zero weight block) cross between the
+parties as bytes (SEAL's serialisation, zstd-compressed): their lengths are what the ledger books. The steps
+run per party: encrypt_input (P1), evaluate (P0), decrypt_output (P1); he_matmul runs all three.
 """
 
 from __future__ import annotations
@@ -95,10 +96,30 @@ def ciphertext_counts(T: int, k: int, n: int) -> tuple[int, int]:
     return rows * -(-k // kp), rows * -(-n // np_)
 
 
-class BFV:
-    """The key owner's context (P1) and the evaluator's view (P0: public key and parameters only)."""
+def serialise(obj) -> bytes:
+    """SEAL's serialisation of a ciphertext or key (sealapi objects save to a path only)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "obj")
+        obj.save(path)
+        with open(path, "rb") as f:
+            return f.read()
 
-    def __init__(self, plain_bits: int) -> None:
+
+def deserialise(ctx, obj, blob: bytes):
+    """Load `blob` into the empty SEAL object `obj` (a Ciphertext, PublicKey or GaloisKeys) and return it."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "obj")
+        with open(path, "wb") as f:
+            f.write(blob)
+        obj.load(ctx, path)
+    return obj
+
+
+class BFV:
+    """One party's BFV context: the key owner's (P1: secret and public key) or, from P1's serialised public
+    key, the evaluator's (P0: parameters and public key only, no decryptor)."""
+
+    def __init__(self, plain_bits: int, public_key: bytes | None = None) -> None:
         if not 2 <= plain_bits <= MAX_PLAIN_BITS:
             raise ValueError(f"plaintext modulus 2^{plain_bits}: SEAL allows at most 2^{MAX_PLAIN_BITS}")
         seal = self.seal = _sealapi()
@@ -110,12 +131,23 @@ class BFV:
         self.ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)   # refuses < 128-bit parameters
         if self.ctx.parameters_error_message() != "valid":
             raise ValueError(f"BFV parameters refused by SEAL: {self.ctx.parameters_error_message()}")
-        keys = seal.KeyGenerator(self.ctx)
-        pk = seal.PublicKey()
-        keys.create_public_key(pk)
-        self.encryptor = seal.Encryptor(self.ctx, pk)
-        self.decryptor = seal.Decryptor(self.ctx, keys.secret_key())
+        self._keys(public_key)
         self.evaluator = seal.Evaluator(self.ctx)
+
+    def _keys(self, public_key: bytes | None) -> None:
+        seal = self.seal
+        if public_key is None:                                   # P1: makes the keys
+            self.keygen = seal.KeyGenerator(self.ctx)
+            self.public_key = seal.PublicKey()
+            self.keygen.create_public_key(self.public_key)
+            self.decryptor = seal.Decryptor(self.ctx, self.keygen.secret_key())
+        else:                                                    # P0: P1's public key only
+            self.keygen = self.decryptor = None
+            self.public_key = deserialise(self.ctx, seal.PublicKey(), public_key)
+        self.encryptor = seal.Encryptor(self.ctx, self.public_key)
+
+    def public_key_bytes(self) -> bytes:
+        return serialise(self.public_key)
 
     # -- encoding --------------------------------------------------------------------------------
     def plaintext(self, coeffs: np.ndarray):
@@ -136,20 +168,10 @@ class BFV:
         return pt
 
     def to_bytes(self, ct) -> bytes:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "ct")
-            ct.save(path)
-            with open(path, "rb") as f:
-                return f.read()
+        return serialise(ct)
 
     def from_bytes(self, blob: bytes):
-        ct = self.seal.Ciphertext()
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "ct")
-            with open(path, "wb") as f:
-                f.write(blob)
-            ct.load(self.ctx, path)
-        return ct
+        return deserialise(self.ctx, self.seal.Ciphertext(), blob)
 
     def noise_budget(self, ct) -> int:
         return self.decryptor.invariant_noise_budget(ct)
@@ -160,38 +182,54 @@ def _random_poly(ell: int) -> np.ndarray:
     return np.frombuffer(os.urandom(8 * POLY_DEGREE), dtype=np.uint64) & np.uint64((1 << ell) - 1)
 
 
-def he_matmul(bfv: BFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.ndarray | None):
-    """Steps 1-3 of the module docstring. x0, x1: (T, k), w: (k, n), b: (n,), all uint64 in [0, 2^ell).
+def _positions(T: int, k: int, n: int, r0: int, j0: int) -> np.ndarray:
+    """(rows, outs): the coefficients of a result polynomial that hold y[r0 + t, j0 + j]."""
+    tp, kp, np_ = packing(T, k, n)
+    rows, outs = min(tp, T - r0), min(np_, n - j0)
+    return np.arange(rows)[:, None] * kp * np_ + np.arange(outs)[None, :] * kp + kp - 1
 
-    Returns (y0, y1, in_bytes, out_bytes): the shares (T, n) of x W + b mod 2^ell and the serialised
-    length of every ciphertext sent each way."""
+
+def encrypt_input(bfv: BFV, x1: np.ndarray, n: int) -> list[bytes]:
+    """Step 1 (P1): its share x1 (T, k) in [0, 2^ell), packed by blocks of T' rows and k' columns (row
+    blocks outer), encrypted and serialised: in_cts ciphertexts."""
+    T, k = x1.shape
+    tp, kp, np_ = packing(T, k, n)
+    t_i = np.arange(tp)[:, None]
+    sent = []
+    for r0 in range(0, T, tp):
+        rows = min(tp, T - r0)
+        for c0 in range(0, k, kp):
+            cols = min(kp, k - c0)
+            poly = np.zeros(POLY_DEGREE, dtype=np.uint64)
+            poly[(t_i[:rows] * kp * np_ + np.arange(cols)[None, :]).ravel()] = x1[r0:r0 + rows, c0:c0 + cols].ravel()
+            ct = bfv.seal.Ciphertext()
+            bfv.encryptor.encrypt(bfv.plaintext(poly), ct)
+            sent.append(bfv.to_bytes(ct))
+    return sent
+
+
+def evaluate(bfv: BFV, received: list[bytes], x0: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """Step 2 (P0): P1's ciphertexts times W, summed over the k-blocks, plus a uniformly random polynomial R
+    per result; P0's share (x0 W + b - R at the result's coefficients) in the clear. x0: (T, k), w: (k, n),
+    b: (n,), uint64 in [0, 2^ell). Returns (y0 (T, n), the serialised results: out_cts ciphertexts)."""
     ell, N = bfv.ell, POLY_DEGREE
     mask = np.uint64((1 << ell) - 1)
-    T, k = x1.shape
+    T, k = x0.shape
     n = w.shape[1]
     tp, kp, np_ = packing(T, k, n)
+    cin = -(-k // kp)
+    if len(received) != -(-T // tp) * cin:
+        raise ValueError(f"he_bfv.evaluate: {len(received)} input ciphertexts for a ({T}, {k}) x ({k}, {n}) product "
+                         f"that sends {-(-T // tp) * cin}")
     ev = bfv.evaluator
     # [y0]: (T, n), P0's share of the product with its own share, in the clear (uint64 wraps mod 2^64)
     y0 = (x0 @ w) & mask if T else np.zeros((0, n), np.uint64)
     if b is not None:
         y0 = (y0 + b[None, :]) & mask
-    y1 = np.zeros((T, n), dtype=np.uint64)
-    in_bytes, out_bytes = [], []
-    t_i = np.arange(tp)[:, None]
-    for r0 in range(0, T, tp):
+    out = []
+    for bi_row, r0 in enumerate(range(0, T, tp)):
         rows = min(tp, T - r0)
-        sent = []                                                   # step 1 (P1)
-        for c0 in range(0, k, kp):
-            cols = min(kp, k - c0)
-            poly = np.zeros(N, dtype=np.uint64)
-            idx = (t_i[:rows] * kp * np_ + np.arange(cols)[None, :]).ravel()
-            poly[idx] = x1[r0:r0 + rows, c0:c0 + cols].ravel()
-            ct = bfv.seal.Ciphertext()
-            bfv.encryptor.encrypt(bfv.plaintext(poly), ct)
-            blob = bfv.to_bytes(ct)
-            in_bytes.append(len(blob))
-            sent.append(blob)
-        received = [bfv.from_bytes(blob) for blob in sent]          # step 2 (P0)
+        cts = [bfv.from_bytes(blob) for blob in received[bi_row * cin:(bi_row + 1) * cin]]
         for j0 in range(0, n, np_):
             outs = min(np_, n - j0)
             acc = None
@@ -203,30 +241,56 @@ def he_matmul(bfv: BFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.nda
                 if not wp.any():
                     continue
                 prod = bfv.seal.Ciphertext()
-                ev.multiply_plain(received[bi], bfv.plaintext(wp), prod)
+                ev.multiply_plain(cts[bi], bfv.plaintext(wp), prod)
                 if acc is None:
                     acc = prod
                 else:
                     ev.add_inplace(acc, prod)
-            pos = (t_i[:rows] * kp * np_ + np.arange(outs)[None, :] * kp + kp - 1)    # (rows, outs)
             R = _random_poly(ell)
             if acc is None:                                          # an all-zero weight block
                 acc = bfv.seal.Ciphertext()
                 bfv.encryptor.encrypt(bfv.plaintext(np.zeros(N, np.uint64)), acc)
             ev.add_plain_inplace(acc, bfv.plaintext(R))
-            y0[r0:r0 + rows, j0:j0 + outs] = (y0[r0:r0 + rows, j0:j0 + outs] - R[pos]) & mask
-            blob = bfv.to_bytes(acc)
-            out_bytes.append(len(blob))
-            got = bfv.from_bytes(blob)                               # step 3 (P1)
+            y0[r0:r0 + rows, j0:j0 + outs] = (y0[r0:r0 + rows, j0:j0 + outs] - R[_positions(T, k, n, r0, j0)]) & mask
+            out.append(bfv.to_bytes(acc))
+    return y0, out
+
+
+def decrypt_output(bfv: BFV, received: list[bytes], T: int, k: int, n: int) -> np.ndarray:
+    """Step 3 (P1): decrypt P0's results and read its share y1 (T, n) off their coefficients; a result whose
+    noise budget is exhausted is refused (its decryption would be wrong, silently)."""
+    tp, kp, np_ = packing(T, k, n)
+    y1 = np.zeros((T, n), dtype=np.uint64)
+    blobs = iter(received)
+    for r0 in range(0, T, tp):
+        rows = min(tp, T - r0)
+        for j0 in range(0, n, np_):
+            outs = min(np_, n - j0)
+            got = bfv.from_bytes(next(blobs))
             if bfv.noise_budget(got) <= 0:
-                raise RuntimeError(f"BFV noise budget exhausted after {-(-k // kp)} products at t = 2^{ell}: "
+                raise RuntimeError(f"BFV noise budget exhausted after {-(-k // kp)} products at t = 2^{bfv.ell}: "
                                    "the decryption would be wrong")
             pt = bfv.seal.Plaintext()
             bfv.decryptor.decrypt(got, pt)
             have = pt.coeff_count()
             y1[r0:r0 + rows, j0:j0 + outs] = np.array(
-                [[pt.data(int(p)) if p < have else 0 for p in row] for row in pos], dtype=np.uint64)
-    return y0, y1, in_bytes, out_bytes
+                [[pt.data(int(p)) if p < have else 0 for p in row] for row in _positions(T, k, n, r0, j0)],
+                dtype=np.uint64)
+    return y1
+
+
+def he_matmul(bfv: BFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """Steps 1-3 of the module docstring in one process (`bfv` plays both parties). x0, x1: (T, k), w: (k, n),
+    b: (n,), all uint64 in [0, 2^ell).
+
+    Returns (y0, y1, in_bytes, out_bytes): the shares (T, n) of x W + b mod 2^ell and the serialised
+    length of every ciphertext sent each way."""
+    T, k = x1.shape
+    n = w.shape[1]
+    sent = encrypt_input(bfv, x1, n)
+    y0, back = evaluate(bfv, sent, x0, w, b)
+    y1 = decrypt_output(bfv, back, T, k, n)
+    return y0, y1, [len(s) for s in sent], [len(s) for s in back]
 
 
 def plain_bits_for(frac_bits: int, headroom: int = 20) -> int:

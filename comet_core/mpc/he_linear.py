@@ -11,24 +11,32 @@ Packings (`system.he_packing`), each run for real in exact mode (SEAL through Te
     product (Hao et al., NeurIPS 2022, sec. 3.1 [R]: blocks T' k' n' <= N, extending Cheetah's, Huang et
     al. 2022, sec. 3), t = 2^ell (mpc/he_bfv.py): in_cts = ceil(T/T') ceil(k/k'), out_cts =
     ceil(T/T') ceil(n/n') (he_bfv.ciphertext_counts).
-Steps (either packing): a. ss_to_he: P1 -> P0, in_cts ciphertexts of its (T, k) input share;
-b. he_to_ss: P0 -> P1, out_cts masked result ciphertexts; c. he.gt_p_sub over the T n outputs,
-FPMath::gt_p_sub = GT (MILL(ell)) + if_else (MUX) (fp-math.cpp), priced (cost_source=model) and
-evaluated as the ideal lift of the Z_t shares to Z_2^64 (the signed value of their sum mod t, rescaled
-from 2f to the engine's scale by one rounding): exact while |x W + b| < t / 2^(2 + 2f) (he_bfv.value_range:
-2^19 at f = 16), logged as a warning when a result comes within a factor 2 of that bound. Exact mode
-books the serialised length of every ciphertext sent (cost_source=measured); cost mode books the same
-counts at CT_BYTES each (one code path: he_linear, data-free when the shares are shapes).
+Who holds what: P0 (the server) holds W and b in the clear, as Iron's and BOLT's model owner does: the
+model owner shares the linear layers' weights as (W, 0) (models/weights.share_weights with the system's
+owner_held(), MPC.share's to_p0); P1 (the client) holds the secret key, made once per engine.
+Steps (either packing), in one process or one party per process (transport=tcp: the bytes cross the
+P0-P1 socket): a. ss_to_he: P1 -> P0, the keys P0 does not have yet (its public key; for the slot
+packing one Galois key per rotation element, he_simd.galois_elements) and in_cts ciphertexts of its
+(T, k) input share; b. he_to_ss: P0 -> P1, out_cts masked result ciphertexts; c. he.gt_p_sub over the
+T n outputs, FPMath::gt_p_sub = GT (MILL(ell)) + if_else (MUX) (fp-math.cpp), priced (cost_source=model)
+and evaluated by the trusted party of the ideal functionalities as the lift of the Z_t shares to Z_2^64
+(ideal.ring_he_lift: the signed value of their sum mod t, rescaled from 2f to the engine's scale by one
+rounding): exact while |x W + b| < t / 2^(2 + 2f) (he_bfv.value_range: 2^19 at f = 16), logged as a
+warning when a result comes within a factor 2 of that bound. The slot packing's shares enter Z_p by the
+same trusted party (ideal.ring_he_to_field). Exact mode books the serialised length of every key and
+ciphertext sent (cost_source=measured: each party books what it sent or received); cost mode books the
+same counts at PK_BYTES, GALOIS_KEY_BYTES and CT_BYTES each (one code path: he_linear, data-free when the
+shares are shapes).
 Parameters (he_bfv.py, BOLT's he.cpp): BFV, N = 8192, coeff modulus {54, 54, 55, 55}, sec_level tc128,
 i.e. 128-bit security (HomomorphicEncryption.org standard, Albrecht et al. 2018, Table 1: log2 q <= 218
 at N = 8192). CT_BYTES is measured, not derived: a fresh public-key BFV ciphertext serialised by TenSEAL
-0.3.18 (zstd; results/bert_base/README.md has the command; tests/test_he_linear.py re-measures it and the
-ciphertexts both packings send). Rotation keys and the one-off key exchange are not counted.
+0.3.18 (zstd; results/bert_base/README.md has the command; tests/test_he_linear.py re-measures it, the keys
+and the ciphertexts both packings send).
 Attention's two activation products (Q K^T, P V) stay the engine's Beaver products.
 Work (comet_core/comm/work.py, both modes from the shapes: he_op_counts): he_encrypt, he_decrypt,
 he_mul_plain (slots) or he_mul_plain_coeff (coefficients), he_rotate, priced by `comet calibrate`'s
 benchmarks of the same SEAL calls (experiments/calibrate.py), beside gt_p_sub's OTs.
-Cost: he_linear_cost(p, T, k, n, packing).
+Cost: he_linear_cost(p, T, k, n, packing), plus key_bytes of keys_of(...) at the first product that needs them.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ PACKINGS = ("bolt", "cheetah", "iron")   # iron and cheetah: the same coefficien
 POLY_DEGREE = he_bfv.POLY_DEGREE   # he.cpp poly_modulus_degree (slot_count)
 COEFF_BITS = he_bfv.COEFF_BITS     # he.cpp CoeffModulus::Create(slot_count, {54, 54, 55, 55})
 CT_BYTES = 370_229                 # measured: TenSEAL 0.3.18 BFV(N=8192, these moduli).serialize() of a fresh ciphertext
+PK_BYTES = 493_566                 # measured: a serialised public key at these parameters (SEAL, zstd)
+GALOIS_KEY_BYTES = 1_480_463       # measured: a serialised Galois key, per Galois element (SEAL, zstd)
 
 
 register_kind("he_encrypt", "ciphertext", "he_linear: P1 packs and encrypts its share, serialises it; P0 loads it")
@@ -115,25 +125,76 @@ def _book_ciphertexts(mpc, sender: str, receiver: str, sizes: list[int], source:
         mpc.ledger.record("online", sender, receiver, count, 8 * size, r, cost_source=source)
 
 
+# -- P1's keys: made once per engine, sent with its first ciphertexts that need them -------------------
+
+
+def _family(packing: str) -> str:
+    return "slots" if packing == "bolt" else "coeff"
+
+
+def keys_of(packing: str, bits: int, T: int, k: int, n: int) -> list[tuple]:
+    """The keys P0 needs for a (T, k) @ (k, n) product: P1's public key (for an all-zero weight block's
+    encryption), and for the slot packing the Galois keys of its rotations."""
+    fam = _family(packing)
+    if fam != "slots":
+        return [("pk", fam, bits)]
+    return [("pk", fam, bits)] + [("galois", bits, e) for e in he_simd.galois_elements(he_simd.galois_steps(T, k, n))]
+
+
+def _pending_keys(mpc, packing: str, bits: int, T: int, k: int, n: int) -> list[tuple]:
+    """The keys P0 needs for this product and has not been sent: ("pk", family, bits), then for the slot
+    packing ("galois", bits, element) of each Galois element its rotations use. Both parties (and cost mode) keep the same record, so
+    P0 knows what the blobs that come first in P1's message are. Marks them sent."""
+    want = keys_of(packing, bits, T, k, n)
+    sent = mpc.__dict__.setdefault("_he_keys_sent", set())
+    new = [key for key in want if key not in sent]
+    sent.update(new)
+    return new
+
+
+def key_bytes(key: tuple) -> int:
+    """The modelled serialised length of one key (cost mode): the public key, or one Galois element's key."""
+    return PK_BYTES if key[0] == "pk" else GALOIS_KEY_BYTES
+
+
+def _context(mpc, packing: str, bits: int, public_key: bytes | None = None):
+    """This engine's BFV context for the packing at `bits`: the key owner's (P1, or both parties in one
+    process) made here, P0's from P1's public key."""
+    store = mpc.__dict__.setdefault("_he_ctx", {})
+    key = (_family(packing), bits)
+    if key not in store:
+        cls = he_simd.SlotBFV if packing == "bolt" else he_bfv.BFV
+        store[key] = cls(bits, public_key=public_key)
+    return store[key]
+
+
+def _key_blobs(ctx, keys: list[tuple]) -> list[bytes]:
+    """P1 serialises the pending keys (the Galois keys made here, one per element)."""
+    return [ctx.public_key_bytes() if key[0] == "pk" else he_bfv.serialise(ctx.galois_key(key[2])) for key in keys]
+
+
+def _load_keys(mpc, packing: str, bits: int, keys: list[tuple], blobs: list[bytes]):
+    """P0 adopts the keys P1 sent (its context from the public key, then the Galois keys); its context."""
+    ctx = None
+    for key, blob in zip(keys, blobs):
+        if key[0] == "pk":
+            ctx = _context(mpc, packing, bits, public_key=blob)
+    ctx = ctx or mpc.__dict__.get("_he_ctx", {}).get((_family(packing), bits))
+    if ctx is None:
+        from comet_core.errors import CometError
+        raise CometError("he_linear: P0 has no public key of P1's (the key exchange is out of step)")
+    for key, blob in zip(keys, blobs):
+        if key[0] == "galois":
+            ctx.load_galois(key[2], blob)
+    return ctx
+
+
+# -- the product on the shares (exact mode) -----------------------------------------------------------
+
+
 def _u(t: torch.Tensor, mask: int) -> np.ndarray:
     """int64 ring elements -> their low ell bits as uint64 (Z_2^64 -> Z_2^ell drops the high bits)."""
     return t.contiguous().numpy().view(np.uint64) & np.uint64(mask)
-
-
-def _coefficient_product(mpc, x: AShare, w: AShare, b: AShare | None, T: int, k: int, n: int):
-    """cheetah / iron packing: the Z_2^64 shares reduce to Z_2^ell by dropping high bits (t = 2^ell)."""
-    f_in = x.frac + w.frac
-    ell = he_bfv.plain_bits_for(max(x.frac, w.frac))
-    mask = (1 << ell) - 1
-    xs = x.data.reshape(2, T, k)                             # [x]: (2, T, k) over Z_2^64
-    wv = (w.data[0] + w.data[1]).reshape(k, n)               # P0's own weights, in the clear (it shared them)
-    bv = None if b is None else _u(((b.data[0] + b.data[1]).reshape(n)) << (f_in - b.frac), mask)
-    bfv = getattr(mpc, "_he_bfv", None)
-    if bfv is None or bfv.ell != ell:
-        bfv = he_bfv.BFV(ell)                                # P1's keys, made once per inference
-        mpc._he_bfv = bfv
-    y0, y1, in_bytes, out_bytes = he_bfv.he_matmul(bfv, _u(xs[0], mask), _u(xs[1], mask), _u(wv, mask), bv)
-    return (y0 + y1) & np.uint64(mask), 1 << ell, in_bytes, out_bytes
 
 
 def _to_field(v: torch.Tensor, p: int) -> np.ndarray:
@@ -141,51 +202,68 @@ def _to_field(v: torch.Tensor, p: int) -> np.ndarray:
     return np.mod(v.contiguous().numpy(), np.int64(p)).astype(np.uint64)
 
 
-def _slot_product(mpc, x: AShare, w: AShare, b: AShare | None, T: int, k: int, n: int):
-    """bolt packing: the shares enter Z_p (p a batching prime) by the ideal conversion of BOLT's
-    ss_to_he_server (each share by its signed value, no message beyond the client's ciphertexts): here
-    P1's share is fresh uniform, P0's the value minus it."""
-    f_in = x.frac + w.frac
-    bits = he_bfv.plain_bits_for(max(x.frac, w.frac))
-    ctx = getattr(mpc, "_he_slots", None)
-    if ctx is None or ctx.plain_bits != bits:
-        ctx = he_simd.SlotBFV(bits)                          # P1's keys, made once per inference
-        mpc._he_slots = ctx
-    p = ctx.p
-    xv = _to_field((x.data[0] + x.data[1]).reshape(T, k), p)           # [x]: (T, k), the value mod p
-    x1 = he_simd.uniform_mod(p, T * k).reshape(T, k)
-    x0 = (xv + (np.uint64(p) - x1)) % np.uint64(p)
-    wv = _to_field((w.data[0] + w.data[1]).reshape(k, n), p)
-    bv = None if b is None else _to_field(((b.data[0] + b.data[1]).reshape(n)) << (f_in - b.frac), p)
-    y0, y1, in_bytes, out_bytes = he_simd.he_matmul(ctx, x0, x1, wv, bv)
-    return (y0 + y1) % np.uint64(p), p, in_bytes, out_bytes
+def _p0_weights(mpc, w: AShare, b: AShare | None, f_in: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """P0's W and b in the clear (the ring elements at their scales; b moved to f_in): Iron's and BOLT's
+    server is the model owner. In one process the two halves' sum; a single P0 holds them as its share, the
+    model owner having shared them (W, 0) (models/weights.share_weights with the system's owner_held)."""
+    both = mpc.rank is None
+    wv = w.data[0] + w.data[1] if both else w.data[0]
+    bv = None if b is None else ((b.data[0] + b.data[1]) if both else b.data[0]) << (f_in - b.frac)
+    return wv, bv
+
+
+def _p1_holds_nothing(mpc, *ops: AShare | None) -> None:
+    """A single P1 checks that its halves of W and b are zero (P0 holds them), else the product would be
+    wrong: the model owner shared the weights as the beaver systems need them."""
+    if any(o is not None and bool(o.data[0].any()) for o in ops):
+        from comet_core.errors import CometError
+        raise CometError("system.linear=he: P1 holds a non-zero share of a weight, but P0 (Iron's and BOLT's "
+                         "server) must hold W and b in the clear: share them with the system's owner_held() "
+                         "(models/weights.share_weights)")
 
 
 def _he_exact(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, T: int, k: int, n: int,
               packing: str) -> AShare:
-    """Exact mode: the real BFV product on the shares, its ciphertexts booked, then the lift to Z_2^64."""
-    mpc = x.mpc
-    if mpc.rank is not None:
-        from comet_core.errors import CometError
-        raise CometError("system.linear=he runs with both parties in one process (the simulation); "
-                         "its ciphertexts over a two-party channel are not implemented")
-    product = _slot_product if packing == "bolt" else _coefficient_product
-    v, modulus, in_bytes, out_bytes = product(mpc, x, w, b, T, k, n)
-    _book_ciphertexts(mpc, "P1", "P0", in_bytes)
-    _book_ciphertexts(mpc, "P0", "P1", out_bytes)
-    ideal.book(mpc, _gt_p_sub(p, T * n))
-    # the lift (ideal, priced as gt_p_sub): the signed value of y0 + y1 mod t, rescaled to frac_bits
+    """Exact mode, steps a-c of the module docstring on the shares, in one process or one party each: P1's
+    keys (once) and ciphertexts, P0's masked results, each booked at its serialised length; then the lift
+    to Z_2^64 (the trusted party's, priced as gt_p_sub)."""
+    mpc, rank = x.mpc, x.mpc.rank
     f_in = x.frac + w.frac
-    v = v.astype(np.int64)
-    v = np.where(v >= modulus // 2, v - modulus, v)
-    if np.abs(v).max(initial=0) >= modulus // 4:
-        log.warning("he_linear: a result reaches %.3g, within a factor 2 of the exact range +-%.3g (t ~ 2^%d)",
-                    float(np.abs(v).max()) / 2 ** f_in, modulus / 2 / 2 ** f_in, modulus.bit_length() - 1)
-    shift = f_in - mpc.frac_bits
-    out = torch.from_numpy(v)
-    if shift > 0:
-        out = (out + (1 << (shift - 1))) >> shift
-    return mpc.dealer._arith(out, mpc.frac_bits).reshape(*x.shape[:-1], n)
+    bits = he_bfv.plain_bits_for(max(x.frac, w.frac))
+    keys = _pending_keys(mpc, packing, bits, T, k, n)
+    xs = x.data.reshape(-1, T, k)                                    # [x]: (parties here, T, k) over Z_2^64
+    if packing == "bolt":                                            # the shares enter Z_p (ideal conversion)
+        modulus = he_simd.batching_prime(bits)
+        xs = mpc.dealer.ideal(xs, 0, "he_to_field", 0, dict(p=int(modulus)))   # (parties here, T, k) in [0, p)
+        red = lambda t: t.contiguous().numpy().view(np.uint64)        # noqa: E731 - already in [0, p)
+        to_plain = lambda t: _to_field(t, modulus)                    # noqa: E731
+        prod = he_simd
+    else:
+        modulus = 1 << bits
+        red = to_plain = lambda t: _u(t, modulus - 1)                 # noqa: E731
+        prod = he_bfv
+    x0, x1 = (xs[0], xs[1]) if rank is None else ((xs[0], None) if rank == 0 else (None, xs[0]))
+    if rank == 1:
+        _p1_holds_nothing(mpc, w, b)
+    y = {}
+    if rank != 0:                                                    # a. P1: keys, then its encrypted share
+        ctx = _context(mpc, packing, bits)
+        sent = mpc.channel.send_bytes(1, _key_blobs(ctx, keys) + prod.encrypt_input(ctx, red(x1), n))
+    else:
+        sent = mpc.channel.send_bytes(1, None)
+    if rank != 1:                                                    # b. P0: W, then its masked results
+        ctx = _load_keys(mpc, packing, bits, keys, sent[:len(keys)]) if rank == 0 else ctx
+        wv, bv = _p0_weights(mpc, w, b, f_in)
+        y[0], back = prod.evaluate(ctx, sent[len(keys):], red(x0), to_plain(wv), None if bv is None else to_plain(bv))
+        back = mpc.channel.send_bytes(0, back)
+    else:
+        back = mpc.channel.send_bytes(0, None)
+    if rank != 0:                                                    # c. P1 decrypts its share
+        y[1] = prod.decrypt_output(ctx, back, T, k, n)
+    ideal.book(mpc, _gt_p_sub(p, T * n))
+    shares = torch.stack([torch.from_numpy(y[r].astype(np.int64)) for r in sorted(y)])   # [y]: (parties here, T, n) mod t
+    out = mpc.dealer.ideal(shares, 0, "he_lift", mpc.frac_bits, dict(modulus=int(modulus), f_in=int(f_in)))
+    return out.reshape(*x.shape[:-1], n)
 
 
 def he_linear(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, packing: str = "bolt") -> AShare:
@@ -205,7 +283,8 @@ def he_linear(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, packing: 
         if not x.data.is_meta:
             return _he_exact(x, w, b, p, T, k, n, packing)
         cin, cout = ciphertext_counts(T, k, n, packing)               # cost mode: the same rows at CT_BYTES
-        _book_ciphertexts(mpc, "P1", "P0", [CT_BYTES] * cin, "model")
+        keys = _pending_keys(mpc, packing, he_bfv.plain_bits_for(max(x.frac, w.frac)), T, k, n)
+        _book_ciphertexts(mpc, "P1", "P0", [key_bytes(key) for key in keys] + [CT_BYTES] * cin, "model")
         _book_ciphertexts(mpc, "P0", "P1", [CT_BYTES] * cout, "model")
         ideal.book(mpc, _gt_p_sub(p, T * n))
         return mpc.dealer._arith(Shape((*x.shape[:-1], n)), mpc.frac_bits)

@@ -26,7 +26,9 @@ which is BOLT's ceil(T k / N), ceil(T n / N) whenever T is a power of two (bert.
 Plaintext modulus: a batching prime p of plain_bits(frac) bits (he_bfv.plain_bits_for: x W + b at scale
 2f with 20 bits of integer range); the shares enter Z_p by their signed value (the caller's ideal
 conversion, what BOLT's ss_to_he_server does locally: neg_mod(signed_val(share), plain_mod)) and leave it
-by the caller's lift (BOLT's gt_p_sub, priced). Rotation (Galois) keys are P1's one-off setup, not counted.
+by the caller's lift (BOLT's gt_p_sub, priced). Rotation (Galois) keys: one SEAL object per Galois element,
+made by P1 and sent once, with its first ciphertexts of a product that rotates by it (the caller books them).
+The steps run per party: encrypt_input (P1), evaluate (P0), decrypt_output (P1); he_matmul runs all three.
 """
 
 from __future__ import annotations
@@ -83,10 +85,30 @@ def ciphertext_counts(T: int, k: int, n: int) -> tuple[int, int]:
     return lay["in_cts"], lay["out_cts"]
 
 
-class SlotBFV:
-    """P1's batching context and keys (public key, Galois keys for the rotations it is asked for)."""
+def galois_steps(T: int, k: int, n: int) -> tuple[int, ...]:
+    """The left row rotations he_matmul's evaluation of this product needs (baby and giant steps)."""
+    lay = layout(T, k, n)
+    tb, B, G = lay["tb"], lay["B"], lay["G"]
+    return tuple(sorted({beta * tb for beta in range(1, B)} | {g * B * tb for g in range(1, G)}))
 
-    def __init__(self, plain_bits: int) -> None:
+
+def galois_elements(steps: tuple[int, ...]) -> list[int]:
+    """SEAL's Galois elements of these left row rotations and the row swap: 3^step mod 2N and 2N - 1."""
+    return sorted({2 * N - 1, *(pow(3, s, 2 * N) for s in steps)})
+
+
+@functools.lru_cache(maxsize=None)
+def batching_prime(plain_bits: int) -> int:
+    """The plaintext modulus SlotBFV takes: SEAL's batching prime of this many bits for N (p = 1 mod 2N)."""
+    seal = he_bfv._sealapi()
+    return int(seal.PlainModulus.Batching(N, plain_bits).value())
+
+
+class SlotBFV:
+    """One party's batching context: the key owner's (P1: secret and public key, the Galois keys it makes for
+    each set of rotations) or, from P1's serialised public key, the evaluator's (P0: the Galois keys P1 sent)."""
+
+    def __init__(self, plain_bits: int, public_key: bytes | None = None) -> None:
         seal = self.seal = he_bfv._sealapi()
         self.plain_bits = plain_bits
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
@@ -97,23 +119,35 @@ class SlotBFV:
         if self.ctx.parameters_error_message() != "valid":
             raise ValueError(f"BFV parameters refused by SEAL: {self.ctx.parameters_error_message()}")
         self.p = parms.plain_modulus().value()
-        self.keygen = seal.KeyGenerator(self.ctx)
-        pk = seal.PublicKey()
-        self.keygen.create_public_key(pk)
-        self.encryptor = seal.Encryptor(self.ctx, pk)
-        self.decryptor = seal.Decryptor(self.ctx, self.keygen.secret_key())
+        he_bfv.BFV._keys(self, public_key)
         self.evaluator = seal.Evaluator(self.ctx)
         self.encoder = seal.BatchEncoder(self.ctx)
         self._galois: dict = {}
 
-    def galois(self, steps: tuple[int, ...]):
-        """Galois keys for these left row rotations and the row swap, made once per set (SEAL's Galois
-        elements: 3^step mod 2N for a row rotation, 2N - 1 for the swap)."""
-        if steps not in self._galois:
+    public_key_bytes = he_bfv.BFV.public_key_bytes
+
+    def galois_key(self, element: int):
+        """The Galois key of one element (a row rotation's 3^step mod 2N, or the row swap's 2N - 1), one SEAL
+        object each so that a key is made and sent once whatever products need it: made here by the key
+        owner; the evaluator has those it loaded (load_galois)."""
+        if element not in self._galois:
+            if self.keygen is None:
+                raise RuntimeError(f"he_simd: the evaluator has no Galois key for element {element} (the key "
+                                   "owner sends it with its first ciphertexts of a product that rotates by it)")
             keys = self.seal.GaloisKeys()
-            self.keygen.create_galois_keys(sorted({2 * N - 1, *(pow(3, s, 2 * N) for s in steps)}), keys)
-            self._galois[steps] = keys
-        return self._galois[steps]
+            self.keygen.create_galois_keys([int(element)], keys)
+            self._galois[element] = keys
+        return self._galois[element]
+
+    def load_galois(self, element: int, blob: bytes) -> None:
+        self._galois[element] = he_bfv.deserialise(self.ctx, self.seal.GaloisKeys(), blob)
+
+    def rotation_key(self, step: int):
+        """The Galois key of a left row rotation by `step` slots."""
+        return self.galois_key(pow(3, step, 2 * N))
+
+    def swap_key(self):
+        return self.galois_key(2 * N - 1)
 
     def encode(self, slots: np.ndarray):
         pt = self.seal.Plaintext()
@@ -172,47 +206,55 @@ def _rotated(row: np.ndarray, steps: int) -> np.ndarray:
     return np.roll(row, -steps)
 
 
-def he_matmul(ctx: SlotBFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.ndarray | None):
-    """Steps 1-3 of the module docstring. x0, x1: (T, k) shares in [0, p), w: (k, n), b: (n,) in [0, p).
-
-    Returns (y0, y1, in_bytes, out_bytes): shares (T, n) of x W + b mod p and the serialised length of
-    every ciphertext sent each way."""
+def encrypt_input(ctx: SlotBFV, x1: np.ndarray, n: int) -> list[bytes]:
+    """Step 1, P1's part (ss_to_he): its packed share x1 (T, k) in [0, p), row blocks outer, encrypted and
+    serialised: in_cts ciphertexts."""
     T, k = x1.shape
+    lay = layout(T, k, n)
+    sent = []
+    for r0 in range(0, T, lay["tb"]):
+        for c in range(-(-lay["seg_in"] // 2)):
+            ct = ctx.seal.Ciphertext()
+            ctx.encryptor.encrypt(ctx.encode(_pack(x1[r0:r0 + lay["tb"]], lay, 2 * c, lay["D"]).ravel()), ct)
+            sent.append(ctx.to_bytes(ct))
+    return sent
+
+
+def evaluate(ctx: SlotBFV, received: list[bytes], x0: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """Steps 1 (P0's part: add its packed share), 2 and 3 (mask every slot with b - R) at P0. x0: (T, k) in
+    [0, p), w: (k, n), b: (n,) in [0, p). Returns (y0 (T, n): P0's share R at the outputs' slots, the
+    serialised results: out_cts ciphertexts)."""
+    T, k = x0.shape
     n = w.shape[1]
     p = np.uint64(ctx.p)
     lay = layout(T, k, n)
-    tb, L, D, B, G = lay["tb"], lay["L"], lay["D"], lay["B"], lay["G"]
-    ev, seal = ctx.evaluator, ctx.seal
-    keys = ctx.galois(tuple(sorted({beta * tb for beta in range(1, B)} | {g * B * tb for g in range(1, G)})))
-    y0 = np.zeros((T, n), dtype=np.uint64)
-    y1 = np.zeros((T, n), dtype=np.uint64)
-    in_bytes, out_bytes = [], []
+    tb, D, B, G = lay["tb"], lay["D"], lay["B"], lay["G"]
     n_in, n_out = -(-lay["seg_in"] // 2), -(-lay["seg_out"] // 2)
-    for r0 in range(0, T, tb):
-        xr0, xr1 = x0[r0:r0 + tb], x1[r0:r0 + tb]
-        rows = xr1.shape[0]
-        # 1. ss_to_he: P1 -> P0, then P0 adds its own share
+    if len(received) != lay["in_cts"]:
+        raise ValueError(f"he_simd.evaluate: {len(received)} input ciphertexts for a ({T}, {k}) x ({k}, {n}) "
+                         f"product that sends {lay['in_cts']}")
+    ev, seal = ctx.evaluator, ctx.seal
+    y0 = np.zeros((T, n), dtype=np.uint64)
+    out = []
+    for bi_row, r0 in enumerate(range(0, T, tb)):
+        xr0 = x0[r0:r0 + tb]
+        rows = xr0.shape[0]
         baby = []                                                     # [c][variant][beta]
         for c in range(n_in):
-            ct = seal.Ciphertext()
-            ctx.encryptor.encrypt(ctx.encode(_pack(xr1, lay, 2 * c, D).ravel()), ct)
-            blob = ctx.to_bytes(ct)
-            in_bytes.append(len(blob))
-            got = ctx.from_bytes(blob)
+            got = ctx.from_bytes(received[bi_row * n_in + c])
             ev.add_plain_inplace(got, ctx.encode(_pack(xr0, lay, 2 * c, D).ravel()))
             swapped = seal.Ciphertext()
-            ev.rotate_columns(got, keys, swapped)
+            ev.rotate_columns(got, ctx.swap_key(), swapped)
             per = []
             for v in (got, swapped):
                 steps = [v]
                 for beta in range(1, B):
                     rot = seal.Ciphertext()
-                    ev.rotate_rows(v, beta * tb, keys, rot)
+                    ev.rotate_rows(v, beta * tb, ctx.rotation_key(beta * tb), rot)
                     steps.append(rot)
                 per.append(steps)
             baby.append(per)
-        # 2. P0: BSGS diagonals; 3. he_to_ss: mask every slot, send, P1 decrypts
-        for o in range(n_out):
+        for o in range(n_out):                                        # 2. BSGS diagonals
             total = None
             for g in range(G):
                 inner = None
@@ -239,38 +281,71 @@ def he_matmul(ctx: SlotBFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np
                 if inner is None:
                     continue
                 if g:
-                    ev.rotate_rows_inplace(inner, g * B * tb, keys)
+                    ev.rotate_rows_inplace(inner, g * B * tb, ctx.rotation_key(g * B * tb))
                 if total is None:
                     total = inner
                 else:
                     ev.add_inplace(total, inner)
-            bias = np.zeros((tb, n), dtype=np.uint64)
+            bias = np.zeros((tb, n), dtype=np.uint64)                 # 3. he_to_ss: + b - R
             if b is not None:
                 bias[:] = b[None, :]
-            plain_add = _pack(bias, lay, 2 * o).ravel()
             R = uniform_mod(int(p), N)
-            mask = (plain_add + (p - R)) % p                          # + b - R
+            mask = (_pack(bias, lay, 2 * o).ravel() + (p - R)) % p
             if total is None:                                         # an all-zero weight block
                 total = seal.Ciphertext()
                 ctx.encryptor.encrypt(ctx.encode(np.zeros(N, np.uint64)), total)
             ev.add_plain_inplace(total, ctx.encode(mask))
-            blob = ctx.to_bytes(total)
-            out_bytes.append(len(blob))
-            got = ctx.from_bytes(blob)
+            out.append(ctx.to_bytes(total))
+            Rs = R.reshape(2, S)
+            for r, idx, cols in _outputs(lay, n, rows, o):
+                y0[r0:r0 + rows, cols] = Rs[r][idx]
+    return y0, out
+
+
+def _outputs(lay: dict, n: int, rows: int, o: int):
+    """(row r of the slot matrix, slot indices (rows, cols), output columns) of output ciphertext o: slot
+    j T_b + t of the first period holds Y[t, (2 o + r) L + j]."""
+    tb, L = lay["tb"], lay["L"]
+    for r in range(2):
+        bo = 2 * o + r
+        cols = max(0, min(L, n - bo * L))
+        if cols:
+            yield r, np.arange(cols)[None, :] * tb + np.arange(rows)[:, None], slice(bo * L, bo * L + cols)
+
+
+def decrypt_output(ctx: SlotBFV, received: list[bytes], T: int, k: int, n: int) -> np.ndarray:
+    """Step 3, P1's part: decrypt the results and read its share y1 (T, n) off their slots; a result whose
+    noise budget is exhausted is refused (its decryption would be wrong, silently)."""
+    lay = layout(T, k, n)
+    tb, n_out = lay["tb"], -(-lay["seg_out"] // 2)
+    if len(received) != lay["out_cts"]:
+        raise ValueError(f"he_simd.decrypt_output: {len(received)} results for a product that returns {lay['out_cts']}")
+    y1 = np.zeros((T, n), dtype=np.uint64)
+    blobs = iter(received)
+    for r0 in range(0, T, tb):
+        rows = min(tb, T - r0)
+        for o in range(n_out):
+            got = ctx.from_bytes(next(blobs))
             if ctx.decryptor.invariant_noise_budget(got) <= 0:
-                raise RuntimeError(f"BFV noise budget exhausted after {D} diagonals at p of {ctx.plain_bits} "
-                                   "bits: the decryption would be wrong")
-            pt = seal.Plaintext()
+                raise RuntimeError(f"BFV noise budget exhausted after {lay['D']} diagonals at p of "
+                                   f"{ctx.plain_bits} bits: the decryption would be wrong")
+            pt = ctx.seal.Plaintext()
             ctx.decryptor.decrypt(got, pt)
             slots = ctx.decode(pt).reshape(2, S)
-            Rs = R.reshape(2, S)
-            for r in range(2):
-                bo = 2 * o + r
-                cols = max(0, min(L, n - bo * L))
-                if not cols:
-                    continue
-                # slot j T_b + t of the first period <-> Y[t, bo L + j]
-                idx = (np.arange(cols)[None, :] * tb + np.arange(rows)[:, None])
-                y1[r0:r0 + rows, bo * L:bo * L + cols] = slots[r][idx]
-                y0[r0:r0 + rows, bo * L:bo * L + cols] = Rs[r][idx]
-    return y0, y1, in_bytes, out_bytes
+            for r, idx, cols in _outputs(lay, n, rows, o):
+                y1[r0:r0 + rows, cols] = slots[r][idx]
+    return y1
+
+
+def he_matmul(ctx: SlotBFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """Steps 1-3 of the module docstring in one process (`ctx` plays both parties). x0, x1: (T, k) shares in
+    [0, p), w: (k, n), b: (n,) in [0, p).
+
+    Returns (y0, y1, in_bytes, out_bytes): shares (T, n) of x W + b mod p and the serialised length of
+    every ciphertext sent each way."""
+    T, k = x1.shape
+    n = w.shape[1]
+    sent = encrypt_input(ctx, x1, n)
+    y0, back = evaluate(ctx, sent, x0, w, b)
+    y1 = decrypt_output(ctx, back, T, k, n)
+    return y0, y1, [len(s) for s in sent], [len(s) for s in back]

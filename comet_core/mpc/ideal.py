@@ -74,14 +74,18 @@ reductions are free in this model (their extension protocols are omitted: a know
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from comet_core.comm.ledger import Cost, wire_bytes
 from comet_core.mpc.dealer import register_ideal_functions
 from comet_core.mpc.engine import MPC, AShare
+
+log = logging.getLogger(__name__)
 
 LAMBDA = 128                 # IKNP's matrix width (SCI split-iknp.h lambda)
 KKOT_WIDTH = 256             # 1-out-of-N OT's codeword width (SCI split-kkot.h lambda)
@@ -451,9 +455,37 @@ def plain_normalize(x: torch.Tensor, family: str, eps: float) -> torch.Tensor:
     return xc / torch.sqrt((xc * xc).mean(-1, keepdim=True) + eps)
 
 
+def ring_he_lift(dealer, data: torch.Tensor, out_frac: int, modulus: int, f_in: int):
+    """he_linear's lift (priced as BOLT's gt_p_sub): shares mod `modulus` (t = 2^ell, or BOLT's prime p) of
+    x W + b at scale f_in -> fresh Z_2^64 shares of its signed value at out_frac, by one rounding. Exact
+    while |x W + b| < t / 4 at scale f_in; a result within a factor 2 of that is logged."""
+    v = torch.remainder(data[0] + data[1], modulus)         # two residues < 2^60: the sum fits int64
+    v = torch.where(v >= modulus // 2, v - modulus, v)
+    if v.numel() and int(v.abs().max()) >= modulus // 4:
+        log.warning("he_linear: a result reaches %.3g, within a factor 2 of the exact range +-%.3g (t ~ 2^%d)",
+                    float(v.abs().max()) / 2 ** f_in, modulus / 2 / 2 ** f_in, int(modulus).bit_length() - 1)
+    shift = f_in - out_frac
+    if shift > 0:
+        v = (v + (1 << (shift - 1))) >> shift
+    return dealer._arith(v, out_frac)
+
+
+def ring_he_to_field(dealer, data: torch.Tensor, out_frac: int, p: int):
+    """BOLT's ss_to_he conversion of the input, ideal: Z_2^64 shares -> shares mod the prime p of the signed
+    value, P1's uniform in [0, p), P0's the value minus it (its free local step in BOLT's code)."""
+    from comet_core.mpc.he_simd import uniform_mod
+
+    xv = torch.remainder(data[0] + data[1], p)
+    x1 = torch.from_numpy(uniform_mod(p, xv.numel()).view(np.int64).copy()).reshape(xv.shape)
+    return torch.stack([torch.remainder(xv - x1, p), x1])
+
+
+ring_he_lift.on_ring = ring_he_to_field.on_ring = True
+
 FUNCTIONS = {
     "relu": plain_relu, "silu": plain_silu, "gelu_tanh": plain_gelu_tanh, "bolt_gelu": plain_bolt_gelu,
     "softmax": plain_softmax, "bolt_softmax": plain_bolt_softmax, "normalize": plain_normalize,
+    "he_lift": ring_he_lift, "he_to_field": ring_he_to_field,
 }
 register_ideal_functions(FUNCTIONS)   # what the trusted party evaluates (Dealer.ideal)
 

@@ -130,10 +130,10 @@ class LocalPeers:
             return result, rows
         return self._dealer.get(rank, name, make)
 
-    def share(self, rank: int, x: torch.Tensor, owner: str, frac: int, phase: str) -> torch.Tensor:
+    def share(self, rank: int, x: torch.Tensor, owner: str, frac: int, phase: str, to_p0: bool = False) -> torch.Tensor:
         """The owner shares x (the first party thread to ask brings it: in the harness both know it)."""
         def make():
-            s = self.full.share(x, owner=owner, frac=frac, phase=phase)
+            s = self.full.share(x, owner=owner, frac=frac, phase=phase, to_p0=to_p0)
             return s.data, []
         data, _ = self._inputs.get(rank, f"share:{owner}", make)
         return data[rank:rank + 1].clone()

@@ -73,7 +73,8 @@ def execute(cfg, memory_checked: bool = False) -> Outcome:
         # the reference first: the plaintext model is then dropped before the private run (its 4 P bytes
         # are not part of the run's peak memory); the same function and inputs as after the run
         refs = plaintext_references(system, plain, plain_weights, ids, cfg.gen_tokens)
-    weights = share_weights(mpc, plain_weights, groups=system.fused_layout())   # fused groups: one buffer each
+    weights = share_weights(mpc, plain_weights, groups=system.fused_layout(),   # fused groups: one buffer each
+                            held=system.owner_held())
     released = None
     if refs is not None:
         released = weakref.ref(plain)

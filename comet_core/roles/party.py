@@ -198,7 +198,8 @@ def run_party(cfg, rank: int, links: dict, out: Path, key: bytes | None = None) 
     mpc = MPC(_engine(cfg), seed=cfg.seed, device=cfg.device, party=rank, peers=peers)
     system = load_system(cfg.system)
     t0 = time.perf_counter()
-    weights = share_weights(mpc, weight_shapes(cfg.model, n_layers(cfg.model)))   # shapes only: shares from the owner
+    weights = share_weights(mpc, weight_shapes(cfg.model, n_layers(cfg.model)),   # shapes only: shares from the owner
+                            held=system.owner_held())
     system.prepare(mpc, weights, model_params(cfg.model))
     links["owner"].send({"op": "bye"})
     owner_counters = links["owner"].counters()
@@ -292,14 +293,14 @@ def owner_items(cfg, pw) -> tuple[list, dict]:
     items = []
     orig = full.share
 
-    def recording(x, owner="client", frac=None, phase="input"):
-        s = orig(x, owner=owner, frac=frac, phase=phase)
+    def recording(x, owner="client", frac=None, phase="input", to_p0=False):
+        s = orig(x, owner=owner, frac=frac, phase=phase, to_p0=to_p0)
         if owner == "model_owner":
-            items.append((s.data, s.frac, phase))
+            items.append((s.data, s.frac, phase, bool(to_p0)))
         return s
     full.share = recording
-    weights = share_weights(full, pw)
     system = load_system(cfg.system)
+    weights = share_weights(full, pw, held=system.owner_held())
     system.prepare(full, weights, model_params(cfg.model))
     public = {system.name: system.public_setup()} if hasattr(system, "public_setup") else {}
     return items, public

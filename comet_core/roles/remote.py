@@ -94,10 +94,11 @@ class RemotePeers:
     def dealer_view(self, mpc) -> RemoteDealerView:
         return RemoteDealerView(self, mpc)
 
-    def share(self, rank: int, x, owner: str, frac: int, phase: str) -> torch.Tensor:
+    def share(self, rank: int, x, owner: str, frac: int, phase: str, to_p0: bool = False) -> torch.Tensor:
         link = self.links["client" if owner == "client" else "owner"]
         shape = list(x.shape)
-        link.send({"op": "share", "owner": owner, "shape": shape, "frac": int(frac), "phase": phase})
+        link.send({"op": "share", "owner": owner, "shape": shape, "frac": int(frac), "phase": phase,
+                   "to_p0": bool(to_p0)})
         got = link.recv()
         data = got.get("share") if isinstance(got, dict) else None
         if not isinstance(data, torch.Tensor) or list(data.shape) != shape or data.dtype != torch.int64:
@@ -226,7 +227,7 @@ class OwnerService(_Service):
 
     def __init__(self, items: list, timeout_s: float, weights_sha256: str, public: dict | None = None) -> None:
         super().__init__(timeout_s)
-        self.items = items          # [(data (2, ...) int64, frac, phase)] in share order
+        self.items = items          # [(data (2, ...) int64, frac, phase, to_p0)] in share order
         self.weights_sha256 = weights_sha256
         self.public = dict(public or {})   # {system name: public setup}, sent in the clear on request
         self.next = {0: 0, 1: 0}
@@ -243,11 +244,14 @@ class OwnerService(_Service):
         k = self.next[rank]
         if k >= len(self.items):
             raise PeerError(f"P{rank} asked the model owner for share {k}, but the model has {len(self.items)}")
-        data, frac, phase = self.items[k]
+        data, frac, phase, to_p0 = self.items[k]
         if list(data.shape[1:]) != list(msg.get("shape", [])) or int(msg.get("frac", -1)) != frac:
             raise PeerError(f"P{rank} asked the model owner for weight {k} of shape {msg.get('shape')} at frac "
                             f"{msg.get('frac')}, but it has shape {list(data.shape[1:])} at frac {frac}: the "
                             "parties build another model")
+        if bool(msg.get("to_p0", False)) != to_p0:
+            raise PeerError(f"P{rank} asked the model owner for weight {k} {'held by P0' if msg.get('to_p0') else 'shared'}, "
+                            f"but it {'holds it for P0' if to_p0 else 'shares it'}: the parties run another system.linear")
         self.next[rank] += 1
         return {"share": data[rank]}
 

@@ -22,6 +22,9 @@ from comet_core.mpc.engine import AShare
 from comet_core.systems import fused, operators as ops
 
 ACT_KINDS = ("relu", "silu", "gelu")
+# the weights and biases of the layers `linear` multiplies by (models/weights.py's layer names)
+LINEAR_WEIGHTS = frozenset({"wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "w1", "b1", "w2", "b2",
+                            "w_gate", "w_up", "w_down"})
 
 
 class DenseSystem:
@@ -88,6 +91,11 @@ class DenseSystem:
         no messages; otherwise built at their first use: systems/fused.py)."""
         for lw in weights.layers:
             fused.fuse_layer(mpc, lw)
+
+    def owner_held(self) -> frozenset:
+        """Layer weights P0 holds in the clear (models/weights.share_weights): under system.linear=he those of
+        every linear layer, as Iron's and BOLT's server is the model owner; none otherwise."""
+        return LINEAR_WEIGHTS if self.linear_name == "he" else frozenset()
 
     def fused_layout(self) -> tuple:
         """The layer weights `prepare` joins side by side (fused.LAYER_GROUPS): the model owner shares each
