@@ -224,7 +224,7 @@ def _ot_extend(mpc, a) -> None:
     mpc.ledger.work.add("ot", len(r))
 
 
-HE_KINDS = ("he_encrypt", "he_decrypt", "he_mul_plain", "he_mul_plain_coeff", "he_rotate")
+HE_KINDS = ("he_encrypt", "he_decrypt", "he_mul_plain", "he_mul_plain_coeff", "he_rotate", "he_ntt")
 HE_CALLS = 4            # SEAL calls per benchmark call (each several milliseconds)
 _HE: dict = {}          # the contexts and keys, made once per process (keygen is not the work priced)
 
@@ -243,7 +243,11 @@ def _he_inputs(mpc, quick: bool) -> dict:
         ct, cct = slot.seal.Ciphertext(), coeff.seal.Ciphertext()
         slot.encryptor.encrypt(slot.encode(v), ct)
         coeff.encryptor.encrypt(coeff.plaintext(cv), cct)
-        _HE.update(slot=slot, coeff=coeff, v=v, cv=cv, ct=ct, cct=cct, keys=slot.rotation_key(1))
+        ntt, cntt = slot.seal.Ciphertext(), coeff.seal.Ciphertext()   # the products' operands are in NTT form
+        slot.evaluator.transform_to_ntt(ct, ntt)
+        coeff.evaluator.transform_to_ntt(cct, cntt)
+        _HE.update(slot=slot, coeff=coeff, v=v, cv=cv, ct=ct, cct=cct, ntt=ntt, cntt=cntt,
+                   keys=slot.rotation_key(1))
     return _HE
 
 
@@ -262,14 +266,22 @@ def _he_op(mpc, h: dict, kind: str) -> None:
             pt = seal.Plaintext()
             s.decryptor.decrypt(got, pt)
             s.decode(pt)
-        elif kind == "he_mul_plain":    # a diagonal encoded into slots, multiplied in, accumulated
-            prod = seal.Ciphertext()
-            s.evaluator.multiply_plain(h["ct"], s.encode(h["v"]), prod)
-            s.evaluator.add_inplace(prod, h["ct"])
-        elif kind == "he_mul_plain_coeff":   # a weight block as a plaintext polynomial, multiplied in, accumulated
-            prod = c.seal.Ciphertext()
-            c.evaluator.multiply_plain(h["cct"], c.plaintext(h["cv"]), prod)
-            c.evaluator.add_inplace(prod, h["cct"])
+        elif kind == "he_mul_plain":    # a diagonal encoded into slots, to NTT form, multiplied in, accumulated
+            pt, prod = seal.Plaintext(), seal.Ciphertext()
+            s.evaluator.transform_to_ntt(s.encode(h["v"]), h["ntt"].parms_id(), pt)
+            s.evaluator.multiply_plain(h["ntt"], pt, prod)
+            s.evaluator.add_inplace(prod, h["ntt"])
+        elif kind == "he_mul_plain_coeff":   # a weight block as a plaintext polynomial, to NTT form, multiplied in, accumulated
+            pt, prod = c.seal.Plaintext(), c.seal.Ciphertext()
+            c.evaluator.transform_to_ntt(c.plaintext(h["cv"]), h["cntt"].parms_id(), pt)
+            c.evaluator.multiply_plain(h["cntt"], pt, prod)
+            c.evaluator.add_inplace(prod, h["cntt"])
+        elif kind == "he_ntt":          # a ciphertext to NTT form and (every other call) back
+            out = seal.Ciphertext()
+            if _ % 2:
+                s.evaluator.transform_from_ntt(h["ntt"], out)
+            else:
+                s.evaluator.transform_to_ntt(h["ct"], out)
         else:                           # a row rotation
             rot = seal.Ciphertext()
             s.evaluator.rotate_rows(h["ct"], 1, h["keys"], rot)

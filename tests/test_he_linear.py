@@ -254,7 +254,8 @@ def test_work_counts_are_the_seal_calls_he_matmul_makes(packing, shape):
     ctx = he_simd.SlotBFV(40) if packing == "bolt" else he_bfv.BFV(40)
     ctx.evaluator = _Counting(ctx.evaluator, {"multiply_plain": "he_mul_plain" if packing == "bolt" else "he_mul_plain_coeff",
                                               "rotate_rows": "he_rotate", "rotate_columns": "he_rotate",
-                                              "rotate_rows_inplace": "he_rotate"}, counts)
+                                              "rotate_rows_inplace": "he_rotate", "transform_to_ntt_inplace": "he_ntt",
+                                              "transform_from_ntt_inplace": "he_ntt"}, counts)
     ctx.encryptor = _Counting(ctx.encryptor, {"encrypt": "he_encrypt"}, counts)
     ctx.decryptor = _Counting(ctx.decryptor, {"decrypt": "he_decrypt"}, counts)
     rng = np.random.default_rng(0)

@@ -6,7 +6,8 @@ The product y = x W + b of a shared x = x0 + x1 (mod 2^ell) and the server's pla
      USENIX Security 2022, sec. 3: for a block of T' rows, k' inputs and n' outputs with T' k' n' <= N,
      x[t, i] is the coefficient of z^(t k' n' + i)), encrypts them and sends them:
      in_cts = ceil(T/T') ceil(k/k') ciphertexts, P1 -> P0.
-  2. P0 multiplies each by its weight polynomial (W[i, j] at z^(j k' + k' - 1 - i)), sums over the
+  2. P0 takes each to NTT form once, multiplies each by its weight polynomial (W[i, j] at
+     z^(j k' + k' - 1 - i), in NTT form: the product pointwise), sums over the
      k-blocks, and adds a uniformly random polynomial R (every coefficient, so the client learns nothing
      of W from the coefficients it does not need). Coefficient t k' n' + j k' + k' - 1 of the result is
      (x1 W)[t, j] + R[that coefficient]; P0's share is (x0 W + b)[t, j] - R[...], computed in the clear.
@@ -82,11 +83,14 @@ def packing(T: int, k: int, n: int, N: int = POLY_DEGREE) -> tuple[int, int, int
 
 def op_counts(T: int, k: int, n: int) -> dict[str, int]:
     """The HE operations of he_matmul on a (T, k) @ (k, n) product (work kinds, comet_core/mpc/he_linear.py):
-    P1 encrypts every input ciphertext and decrypts every result; P0 multiplies each input ciphertext of a row
-    block by one plaintext per output ciphertext (an all-zero weight block, which it skips, still counted)."""
+    P1 encrypts every input ciphertext and decrypts every result; P0 takes each input ciphertext to NTT form
+    once and each result back (he_ntt), and multiplies each input ciphertext of a row block by one weight
+    plaintext (taken to NTT form) per output ciphertext (an all-zero weight block, which it skips, still
+    counted)."""
     tp, kp, np_ = packing(T, k, n)
     rows, cin, cout = -(-T // tp), -(-k // kp), -(-n // np_)
-    return {"he_encrypt": rows * cin, "he_mul_plain_coeff": rows * cin * cout, "he_decrypt": rows * cout}
+    return {"he_encrypt": rows * cin, "he_mul_plain_coeff": rows * cin * cout, "he_decrypt": rows * cout,
+            "he_ntt": rows * (cin + cout)}
 
 
 def ciphertext_counts(T: int, k: int, n: int) -> tuple[int, int]:
@@ -230,6 +234,9 @@ def evaluate(bfv: BFV, received: list[bytes], x0: np.ndarray, w: np.ndarray, b: 
     for bi_row, r0 in enumerate(range(0, T, tp)):
         rows = min(tp, T - r0)
         cts = [bfv.from_bytes(blob) for blob in received[bi_row * cin:(bi_row + 1) * cin]]
+        for ct in cts:                                               # NTT form once: each product pointwise
+            ev.transform_to_ntt_inplace(ct)
+        level = cts[0].parms_id() if cts else None
         for j0 in range(0, n, np_):
             outs = min(np_, n - j0)
             acc = None
@@ -240,8 +247,10 @@ def evaluate(bfv: BFV, received: list[bytes], x0: np.ndarray, w: np.ndarray, b: 
                 wp[(jj * kp + kp - 1 - ii).ravel()] = w[c0 + ii, j0 + jj].ravel()
                 if not wp.any():
                     continue
+                pt = bfv.seal.Plaintext()
+                ev.transform_to_ntt(bfv.plaintext(wp), level, pt)   # the weight block in NTT form
                 prod = bfv.seal.Ciphertext()
-                ev.multiply_plain(cts[bi], bfv.plaintext(wp), prod)
+                ev.multiply_plain(cts[bi], pt, prod)
                 if acc is None:
                     acc = prod
                 else:
@@ -250,6 +259,8 @@ def evaluate(bfv: BFV, received: list[bytes], x0: np.ndarray, w: np.ndarray, b: 
             if acc is None:                                          # an all-zero weight block
                 acc = bfv.seal.Ciphertext()
                 bfv.encryptor.encrypt(bfv.plaintext(np.zeros(N, np.uint64)), acc)
+            else:
+                ev.transform_from_ntt_inplace(acc)
             ev.add_plain_inplace(acc, bfv.plaintext(R))
             y0[r0:r0 + rows, j0:j0 + outs] = (y0[r0:r0 + rows, j0:j0 + outs] - R[_positions(T, k, n, r0, j0)]) & mask
             out.append(bfv.to_bytes(acc))

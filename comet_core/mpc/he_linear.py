@@ -34,7 +34,7 @@ at N = 8192). CT_BYTES is measured, not derived: a fresh public-key BFV cipherte
 and the ciphertexts both packings send).
 Attention's two activation products (Q K^T, P V) stay the engine's Beaver products.
 Work (comet_core/comm/work.py, both modes from the shapes: he_op_counts): he_encrypt, he_decrypt,
-he_mul_plain (slots) or he_mul_plain_coeff (coefficients), he_rotate, priced by `comet calibrate`'s
+he_mul_plain (slots) or he_mul_plain_coeff (coefficients), he_rotate, he_ntt, priced by `comet calibrate`'s
 benchmarks of the same SEAL calls (experiments/calibrate.py), beside gt_p_sub's OTs.
 Cost: he_linear_cost(p, T, k, n, packing), plus key_bytes of keys_of(...) at the first product that needs them.
 """
@@ -70,6 +70,8 @@ register_kind("he_mul_plain", "ciphertext-plaintext product", "he_linear, bolt p
 register_kind("he_mul_plain_coeff", "ciphertext-plaintext product", "he_linear, iron/cheetah packing: a weight "
               "block as a plaintext polynomial, multiplied into an input ciphertext and added")
 register_kind("he_rotate", "Galois rotation", "he_linear, bolt packing: a row rotation or row swap of a ciphertext")
+register_kind("he_ntt", "ciphertext NTT", "he_linear: a ciphertext taken to NTT form (the products are pointwise "
+              "there) or back (before a rotation, the mask and the serialisation)")
 
 
 def he_op_counts(T: int, k: int, n: int, packing: str = "bolt") -> dict[str, int]:

@@ -68,15 +68,19 @@ def op_counts(T: int, k: int, n: int) -> dict[str, int]:
     per row block: each input ciphertext encrypted, its row swap and 2 (B - 1) baby-step rotations; per output
     ciphertext D products per input ciphertext and variant (itself, its swap) that meets a weight segment
     (he_matmul skips the others; a diagonal of zero weights is still counted), G - 1 giant-step rotations and
-    one decryption."""
+    one decryption; he_ntt: each baby step taken to NTT form once (the products are pointwise there, the
+    diagonals taken to NTT form with them), each giant step's sum back before its rotation."""
     lay = layout(T, k, n)
     si, so = lay["seg_in"], lay["seg_out"]
     n_in, n_out = -(-si // 2), -(-so // 2)
     B, G, D, blocks = lay["B"], lay["G"], lay["D"], lay["blocks"]
     pairs = sum(1 for o in range(n_out) for c in range(n_in) for var in (0, 1)
                 if any(2 * c + (r ^ var) < si and 2 * o + r < so for r in (0, 1)))
+    groups = sum(1 for o in range(n_out) if any(2 * c + (r ^ var) < si and 2 * o + r < so
+                                                 for c in range(n_in) for var in (0, 1) for r in (0, 1)))
     return {"he_encrypt": blocks * n_in, "he_mul_plain": blocks * pairs * D,
-            "he_rotate": blocks * (n_in * (1 + 2 * (B - 1)) + n_out * (G - 1)), "he_decrypt": blocks * n_out}
+            "he_rotate": blocks * (n_in * (1 + 2 * (B - 1)) + n_out * (G - 1)), "he_decrypt": blocks * n_out,
+            "he_ntt": blocks * (n_in * 2 * B + groups * G)}
 
 
 def ciphertext_counts(T: int, k: int, n: int) -> tuple[int, int]:
@@ -253,7 +257,11 @@ def evaluate(ctx: SlotBFV, received: list[bytes], x0: np.ndarray, w: np.ndarray,
                     ev.rotate_rows(v, beta * tb, ctx.rotation_key(beta * tb), rot)
                     steps.append(rot)
                 per.append(steps)
+            for steps in per:                                         # NTT form: the products pointwise
+                for v in steps:
+                    ev.transform_to_ntt_inplace(v)
             baby.append(per)
+        level = baby[0][0][0].parms_id() if baby else None
         for o in range(n_out):                                        # 2. BSGS diagonals
             total = None
             for g in range(G):
@@ -272,14 +280,17 @@ def evaluate(ctx: SlotBFV, received: list[bytes], x0: np.ndarray, w: np.ndarray,
                                     diag[r] = _rotated(np.tile(period, S // period.size), -g * B * tb)
                             if not diag.any():
                                 continue
+                            pt = seal.Plaintext()
+                            ev.transform_to_ntt(ctx.encode(diag.ravel()), level, pt)
                             prod = seal.Ciphertext()
-                            ev.multiply_plain(baby[c][var][beta], ctx.encode(diag.ravel()), prod)
+                            ev.multiply_plain(baby[c][var][beta], pt, prod)
                             if inner is None:
                                 inner = prod
                             else:
                                 ev.add_inplace(inner, prod)
                 if inner is None:
                     continue
+                ev.transform_from_ntt_inplace(inner)                  # rotations act on coefficient form
                 if g:
                     ev.rotate_rows_inplace(inner, g * B * tb, ctx.rotation_key(g * B * tb))
                 if total is None:
