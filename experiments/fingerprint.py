@@ -48,6 +48,9 @@ LEDGER_COLUMNS = ["phase", "stage", "layer", "op", "sender", "receiver", "elemen
 KNOWN = {  # cost-mode tables that are neither an artifact nor a run folder: the script that remakes each
     # (and stamps it) and, where the table has no `system` column, the systems it depends on
     "results/baselines/runs.csv": dict(reprice="python benchmarks/baseline_runs.py --overwrite"),
+    "results/iron_bolt_restated/restated.csv": dict(
+        reprice="python experiments/restate_iron_bolt.py --overwrite && "
+                "comet fingerprint results/iron_bolt_restated/restated.csv"),
     "results/kv_refill_hit_rate/shakespeare-opt.csv": dict(
         reprice="python benchmarks/kv_refill_ablation.py --overwrite && "
                 "comet fingerprint results/kv_refill_hit_rate/shakespeare-opt.csv", systems=("comet",)),
