@@ -10,13 +10,16 @@ Steps:
      (rank 0 send + recv = both directions) and execution times (parse_profile). CHEETAH redoes its
      setup every run, so online_bytes, seconds and rounds (rank 0's send actions, an upper bound) are the
      op's minus the setup run's; SEMI2K's are the op's own.
-  3. The toolkit's iron and bolt for the same cases (cost model, comet_core/mpc/ideal.py; the matmul is
-     their `linear=beaver` Beaver product with secret weights), under system.ot=iknp (rows iron, bolt)
-     and system.ot=silent (iron-silent, bolt-silent): online bytes and rounds; seconds blank (the cost
-     model books no compute).
+  3. The toolkit's iron and bolt for the same cases, under system.ot=iknp (rows iron, bolt) and
+     system.ot=silent (iron-silent, bolt-silent): the matmul their own HE product (system.linear=he, Iron's
+     coefficient packing, BOLT's slot packing; comet_core/mpc/he_linear.py) run for real, its keys in
+     setup_bytes (a first call), the second call's measured bytes and wall seconds; the non-linear ops their
+     ideal functionalities' modelled bytes and rounds (comet_core/mpc/ideal.py), seconds blank (nothing of
+     the protocol runs). Every toolkit row's `modelled_s`: the compute model's seconds for its work counters,
+     priced by results/calibration/reference-host.json (left empty on another CPU model).
   4. Write --out (default results/he_anchor/he_anchor.csv; refuses to overwrite without --overwrite):
      op, shape, system, online_bytes, seconds, rounds, cpu_model, then model, tokens, max_abs_err,
-     raw_bytes, setup_bytes, fxp, date.
+     raw_bytes, setup_bytes, fxp, date, modelled_s, load_avg_1m, git_rev.
 
 Cases (small token counts to fit the 2-core machine): BERT-base encoder at 16 tokens (d 768, FFN 3072,
 12 heads) and OPT-125m decode of 1 token against a 16-token context (same widths; OPT uses ReLU, GeLU is
@@ -101,24 +104,75 @@ def run_spu(py: Path, protocol: str, op: str, shape: str, fxp: int, timeout: int
         raise RuntimeError(f"{protocol} {op} {shape}: exit {p.returncode}, {e}: {tail[0][:200]}") from None
 
 
-def toolkit_rows(system: str, op: str, shape: str, ot: str = "iknp") -> dict:
-    """The toolkit's modelled bytes and rounds for one case (system = iron | bolt) under OT flavour `ot`."""
+PROFILE = REPO / "results" / "calibration" / "reference-host.json"   # prices the toolkit's work (same CPU model)
+
+
+def _modelled_s(mpc, profile) -> float:
+    """The compute model's seconds for the work `mpc` counted (comet_core/results/compute_model.py)."""
+    from comet_core.comm.work import work_table
+    from comet_core.results.compute_model import priced
+
+    w = work_table(mpc.ledger.frame(), mpc.ledger.work)
+    return float(priced(w, profile).modelled_s.sum()) if profile is not None and not w.empty else float("nan")
+
+
+def _he_matmul(system: str, m: int, k: int, n: int, ot: str, profile) -> dict:
+    """iron's / bolt's own HE matrix product (system.linear=he, their default packing) run for real: a first
+    call makes and sends P1's keys (setup_bytes), the second is timed (wall seconds) and booked."""
+    import time
+
+    import torch
+
+    from comet_core.mpc import he_linear
+    from comet_core.mpc.engine import MPC
+
+    p = ideal.Params(ot=ot)
+    packing = "bolt" if system == "bolt" else "iron"
+    g = torch.Generator().manual_seed(0)
+    mpc = MPC(seed=0)
+    x = mpc.share(torch.randn(m, k, generator=g, dtype=torch.float64) * 0.5)
+    w = mpc.share(torch.randn(k, n, generator=g, dtype=torch.float64) * 0.05, owner="model_owner", to_p0=True)
+    mark = mpc.ledger.mark()
+    he_linear.he_linear(x, w, None, p, packing)                     # keys made and sent here
+    first = mpc.ledger.cost_since(mark)
+    mpc.ledger.rows.clear()
+    mpc.ledger.work.counts.clear()
+    mark = mpc.ledger.mark()
+    t0 = time.perf_counter()
+    he_linear.he_linear(x, w, None, p, packing)
+    seconds = time.perf_counter() - t0
+    c = mpc.ledger.cost_since(mark)
+    return dict(online_bytes=c.online_bytes, rounds=c.rounds, seconds=round(seconds, 4),
+                modelled_s=round(_modelled_s(mpc, profile), 4), setup_bytes=first.online_bytes - c.online_bytes)
+
+
+def toolkit_rows(system: str, op: str, shape: str, ot: str = "iknp", profile=None) -> dict:
+    """The toolkit's iron or bolt for one case under OT flavour `ot`: the matmul their HE product, run (bytes
+    measured, wall seconds, modelled seconds); the non-linear ops their ideal functionalities' modelled bytes,
+    rounds and compute (no seconds: nothing runs but the trusted party's float64 function)."""
+    from comet_core.mpc.engine import MPC
+    from comet_core.mpc.shape import Shape
+
+    import torch
+
     p = ideal.Params(ot=ot) if system == "bolt" else ideal.Params(gelu_ell=37, gelu_scale=12, ot=ot)
     dims = [int(v) for v in shape.split("x")]
     if op == "matmul":
-        m, k, n = dims
-        W = 64                                            # Beaver: open both masked operands, truncate locally
-        return dict(online_bytes=2 * wire_bytes(m * k + k * n, W), rounds=1)
+        return _he_matmul(system, *dims, ot, profile)
     if op == "gelu":
         n = dims[0] * dims[1]
-        steps = ideal.bolt_gelu_steps(p, n) if system == "bolt" else ideal.iron_gelu_steps(p, n)
+        steps, fn, x = (ideal.bolt_gelu_steps(p, n), "bolt_gelu", (n,)) if system == "bolt" else \
+            (ideal.iron_gelu_steps(p, n), "gelu_tanh", (n,))
     elif op == "softmax":
         rows, n = dims[0] * dims[1], dims[2]
-        steps = ideal.bolt_softmax_steps(p, rows, n) if system == "bolt" else ideal.iron_softmax_steps(p, rows, n)
+        steps, fn, x = (ideal.bolt_softmax_steps(p, rows, n), "bolt_softmax", (rows, n)) if system == "bolt" else \
+            (ideal.iron_softmax_steps(p, rows, n), "softmax", (rows, n))
     else:
-        steps = ideal.layernorm_steps(p, dims[0], dims[1])
+        steps, fn, x = ideal.layernorm_steps(p, dims[0], dims[1]), "normalize", (dims[0], dims[1])
+    mpc = MPC(mode="cost", seed=0)
+    ideal.ideal_op(mpc.share(Shape(x, torch.float64)), fn, steps)
     c = ideal.steps_cost(steps)
-    return dict(online_bytes=c.online_bytes, rounds=c.rounds)
+    return dict(online_bytes=c.online_bytes, rounds=c.rounds, modelled_s=round(_modelled_s(mpc, profile), 4))
 
 
 def main() -> int:
@@ -144,6 +198,12 @@ def main() -> int:
               "install spu==0.9.5, or pass --spu-python / set ANCHOR_SPU_VENV); he_anchor not run")
         return 0
     cpu, _ = cpu_info()
+    from comet_core.results.compute_model import read_profile
+
+    profile = read_profile(PROFILE) if json.loads(PROFILE.read_text()).get("host", {}).get("cpu_model") == cpu else None
+    if profile is None:
+        print(f"warning: {PROFILE} is another CPU's profile: modelled_s left empty", file=sys.stderr)
+    load0 = os.getloadavg()[0]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
     rows = []
     for model, tokens, op, shape in CASES:
@@ -160,10 +220,13 @@ def main() -> int:
         for system in ("iron", "bolt"):
             for ot in ideal.OT_FLAVOURS:
                 name = system if ot == "iknp" else f"{system}-{ot}"
-                rows.append({**base, "system": name, "seconds": None, **toolkit_rows(system, op, shape, ot)})
+                rows.append({**base, "system": name, **toolkit_rows(system, op, shape, ot, profile)})
     cols = ["op", "shape", "system", "online_bytes", "seconds", "rounds", "cpu_model", "model", "tokens",
-            "max_abs_err", "raw_bytes", "setup_bytes", "fxp", "date"]
-    df = pd.DataFrame(rows).reindex(columns=cols)
+            "max_abs_err", "raw_bytes", "setup_bytes", "fxp", "date", "modelled_s", "load_avg_1m", "git_rev"]
+    from comet_core.results.tables import git_revision
+
+    df = pd.DataFrame(rows).assign(load_avg_1m=round(max(load0, os.getloadavg()[0]), 2), git_rev=git_revision())
+    df = df.reindex(columns=cols)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     df.to_csv(tmp, index=False)
