@@ -7,12 +7,14 @@ private tokens equal plaintext greedy decoding, max logit error) and writes it a
 
     python benchmarks/private_generation.py [--model smollm2-135m] [--prompt-len 32] [--gen 8]
         [--out results/private_generation/smollm2-135m.csv] [--overwrite | --append] [--threads 2] [--label NAME]
-        [--repo PATH] [--profile PATH]
+        [--repo PATH] [--profile PATH] [--isa native|avx2]
 Targets (issue 15): under 30 s and under 5 GiB on the 2-core development machine.
 
 --repo runs the engine of another source tree (e.g. `git archive <commit>` unpacked; see
 benchmarks/generation_ab.py, which compares two commits in one sitting) with this harness.
 --profile writes a cProfile summary (top functions by own time and by cumulative time) of the run.
+--isa avx2 runs it as on an AVX2-only host of the same machine (numba compiled for Haswell, torch's AVX2
+kernels, OpenSSL without AVX-512/VAES: AVX2_ENV); the row records isa, torch_cpu_capability, numba_cpu.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ def main() -> int:
     ap.add_argument("--label", default="", help="a name for this row (e.g. a commit)")
     ap.add_argument("--repo", default=str(REPO), help="source tree whose engine runs (default: this one)")
     ap.add_argument("--profile", default=None, help="write a cProfile summary (top functions) here")
+    ap.add_argument("--isa", choices=("native", "avx2"), default="native",
+                    help="avx2: run as on an AVX2-only host (numba compiled for Haswell, torch's AVX2 kernels, "
+                         "OpenSSL without AVX-512 and VAES), re-executed with those settings")
     a = ap.parse_args()
+    if a.isa == "avx2" and os.environ.get("COMET_BENCH_ISA") != "avx2":
+        return _reexec_avx2()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(a.out)
     if not a.append and _refuse_existing(out, a.overwrite):
@@ -110,7 +117,7 @@ def main() -> int:
                # CPU seconds of this process during the run (user + system): less sensitive than wall_s to
                # other jobs on a shared machine (but OpenMP spin-waiting counts too)
                cpu_s=round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 2),
-               minor_faults=ru1.ru_minflt - ru0.ru_minflt)
+               minor_faults=ru1.ru_minflt - ru0.ru_minflt, **_isa())
     if str(cfg.device).startswith("cuda"):  # the GPU and its peak allocation beside the host's RSS
         row.update(device=torch.cuda.get_device_name(),
                    peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
@@ -132,6 +139,29 @@ def main() -> int:
     if prof is not None:
         _write_profile(prof, Path(a.profile), row)
     return 0
+
+
+# CPUID leaf 7 bits OpenSSL may use that an AVX2-only CPU lacks: EBX AVX-512 F, DQ, IFMA, CD, BW, VL (low
+# word) and ECX VAES, VPCLMULQDQ (high word); OPENSSL_ia32cap's second field masks them
+AVX2_ENV = {"NUMBA_CPU_NAME": "haswell", "ATEN_CPU_CAPABILITY": "avx2", "OPENSSL_ia32cap": ":~0x600D0230000"}
+
+
+def _reexec_avx2() -> int:
+    """This benchmark again, in a child whose numba, torch and OpenSSL use only what an AVX2-only host
+    has (numba's cache in its own folder: code compiled for Haswell is not this host's cached code)."""
+    import subprocess
+
+    env = dict(os.environ, COMET_BENCH_ISA="avx2", **AVX2_ENV,
+               NUMBA_CACHE_DIR=os.path.join(tempfile.gettempdir(), "comet-numba-haswell"))
+    return subprocess.call([sys.executable, *sys.argv], env=env)
+
+
+def _isa() -> dict:
+    import torch
+
+    return dict(isa="avx2-emulated" if os.environ.get("COMET_BENCH_ISA") == "avx2" else "native",
+                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                numba_cpu=os.environ.get("NUMBA_CPU_NAME", "host"))
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> bool:
