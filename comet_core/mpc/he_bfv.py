@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import weakref
 
@@ -296,11 +297,17 @@ def he_matmul(bfv: BFV, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.nda
 
     Returns (y0, y1, in_bytes, out_bytes): the shares (T, n) of x W + b mod 2^ell and the serialised
     length of every ciphertext sent each way."""
+    return one_process(sys.modules[__name__], bfv, x0, x1, w, b)
+
+
+def one_process(steps, ctx, x0: np.ndarray, x1: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """A packing's three party steps (the module `steps`: encrypt_input, evaluate, decrypt_output) with one
+    context playing both parties: (y0, y1, in_bytes, out_bytes)."""
     T, k = x1.shape
     n = w.shape[1]
-    sent = encrypt_input(bfv, x1, n)
-    y0, back = evaluate(bfv, sent, x0, w, b)
-    y1 = decrypt_output(bfv, back, T, k, n)
+    sent = steps.encrypt_input(ctx, x1, n)
+    y0, back = steps.evaluate(ctx, sent, x0, w, b)
+    y1 = steps.decrypt_output(ctx, back, T, k, n)
     return y0, y1, [len(s) for s in sent], [len(s) for s in back]
 
 
