@@ -145,8 +145,9 @@ def keys_of(packing: str, bits: int, T: int, k: int, n: int) -> list[tuple]:
 
 def _pending_keys(mpc, packing: str, bits: int, T: int, k: int, n: int) -> list[tuple]:
     """The keys P0 needs for this product and has not been sent: ("pk", family, bits), then for the slot
-    packing ("galois", bits, element) of each Galois element its rotations use. Both parties (and cost mode) keep the same record, so
-    P0 knows what the blobs that come first in P1's message are. Marks them sent."""
+    packing ("galois", bits, element) of each Galois element its rotations use. Both parties (and cost
+    mode) keep the same record, so P0 knows what the blobs that come first in P1's message are. Marks them
+    sent."""
     want = keys_of(packing, bits, T, k, n)
     sent = mpc.__dict__.setdefault("_he_keys_sent", set())
     new = [key for key in want if key not in sent]
@@ -256,21 +257,24 @@ def _he_exact(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, T: int, k
     if rank != 1:                                                    # b. P0: W, then its masked results
         ctx = _load_keys(mpc, packing, bits, keys, sent[:len(keys)]) if rank == 0 else ctx
         wv, bv = _p0_weights(mpc, w, b, f_in)
-        y[0], back = prod.evaluate(ctx, sent[len(keys):], red(x0), to_plain(wv), None if bv is None else to_plain(bv))
+        y[0], back = prod.evaluate(ctx, sent[len(keys):], red(x0), to_plain(wv),
+                                   None if bv is None else to_plain(bv))
         back = mpc.channel.send_bytes(0, back)
     else:
         back = mpc.channel.send_bytes(0, None)
     if rank != 0:                                                    # c. P1 decrypts its share
         y[1] = prod.decrypt_output(ctx, back, T, k, n)
     ideal.book(mpc, _gt_p_sub(p, T * n))
-    shares = torch.stack([torch.from_numpy(y[r].astype(np.int64)) for r in sorted(y)])   # [y]: (parties here, T, n) mod t
+    # [y]: (parties here, T, n), residues mod t
+    shares = torch.stack([torch.from_numpy(y[r].astype(np.int64)) for r in sorted(y)])
     out = mpc.dealer.ideal(shares, 0, "he_lift", mpc.frac_bits, dict(modulus=int(modulus), f_in=int(f_in)))
     return out.reshape(*x.shape[:-1], n)
 
 
 def he_linear(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, packing: str = "bolt") -> AShare:
     """y = x @ W (+ b) for x (T, k), W (k, n), as the packing's HE protocol (module docstring).
-    Exact mode runs it; cost mode books the same ciphertext counts at CT_BYTES (he_linear_cost)."""
+    Exact mode runs it; cost mode books the same key and ciphertext counts at PK_BYTES, GALOIS_KEY_BYTES and
+    CT_BYTES (he_linear_cost, key_bytes)."""
     if packing not in PACKINGS:
         raise ValueError(f"he_linear: packing {packing!r}; valid: {', '.join(PACKINGS)}")
     mpc = x.mpc
