@@ -16,6 +16,11 @@ What each op cannot go below on this machine with the protocol as it is, from to
   matmul floor     the int64 GEMMs of one Beaver product at 128x768 @ 768x3072 (the dealer's a @ b, the
                    parties' e @ b0, e @ b1, and (a0 + e) @ f, a1 @ f as one 256-row product: 5 GEMM-equivalents)
                    x the time of one torch int64 GEMM at that shape
+  fss relu floor   engine.comparison=fss's ReLU on 128x3072 (mpc/fss.py, 64-bit ring): every DCF level is one
+                   fixed-key AES-ECB call (mpc/dcf.py), the dealer's Gen over 2 n (2 + w) blocks and the parties'
+                   Eval over 2 n (1 + ceil(w / 2)), w = 2, NB + 1 levels; at the ECB throughput measured at the
+                   size of one Gen call (fss.CHUNK elements), beside the exact ReLU under circuit and under fss
+                   timed in the same sitting (the issue 27 target: fss within 1.2x of circuit)
 Usage: python benchmarks/op_floors.py [--reps 7] [--threads 2]
 """
 
@@ -72,6 +77,7 @@ def main(argv=None) -> int:
     a = torch.randint(-2 ** 62, 2 ** 62, (128, d), generator=g, dtype=torch.int64)
     b = src.view(d, ff)
     t_gemm = _median(lambda: torch.matmul(a, b), args.reps)
+    fss_floor = _fss_relu_floor(args.reps)
     load = os.getloadavg()[0]
     print(f"threads {args.threads}, load average (1 min) {load:.2f}")
     print(f"copy bandwidth           {bw / 1e9:6.1f} GB/s (read + write, {nbytes / 2 ** 20:.1f} MiB buffers)")
@@ -81,7 +87,32 @@ def main(argv=None) -> int:
     print("int64 GEMV               " + ", ".join(f"1x{k} @ {k}x{m}: {t * 1e3:.2f} ms" for (k, m), t in gemv.items())
           + f" -> 5 per weight: {5 * sum(gemv.values()) * 1e3:.1f} ms")
     print(f"int64 GEMM 128x768 @ 768x3072 {t_gemm * 1e3:.1f} ms -> matmul floor (5 GEMMs) {5 * t_gemm:.3f} s")
+    f = fss_floor
+    print(f"AES-ECB (fixed key)      {f['ecb'] / 1e9:6.2f} GB/s -> fss ReLU 128x3072 floor {f['all']:.3f} s "
+          f"(Gen + Eval), {f['online']:.3f} s (the parties' Eval); measured: fss {f['fss']:.3f} s, circuit "
+          f"{f['circuit']:.3f} s (1.2x circuit = {1.2 * f['circuit']:.3f} s)")
     return 0
+
+
+def _fss_relu_floor(reps: int) -> dict:
+    """The AES floor of the fss ReLU on 128x3072 and both ReLUs timed (see the module docstring)."""
+    import numpy as np
+
+    from comet_core.mpc import compare, dcf, fss
+    from comet_core.mpc.engine import MPC, EngineConfig
+
+    n, w, levels = 128 * 3072, 2, dcf.NB + 1
+    blocks = np.zeros((2 * fss.CHUNK * (2 + w), 2), np.uint64)
+    out = np.empty(blocks.nbytes + 16, np.uint8)
+    ecb = blocks.nbytes / _median(lambda: dcf.aes_into(blocks, out), reps)
+    gen, ev = 2 * n * (2 + w) * levels, 2 * n * (1 + -(-w // 2)) * levels
+    x = torch.randn(128, 3072, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    took = {}
+    for comparison in ("circuit", "fss"):
+        m = MPC(EngineConfig(comparison=comparison), seed=1, mode="exact")
+        xs = m.share(x)
+        took[comparison] = _median(lambda: compare.relu(xs), max(1, min(reps, 3)))
+    return dict(ecb=ecb, all=16 * (gen + ev) / ecb, online=16 * ev / ecb, **took)
 
 
 if __name__ == "__main__":
