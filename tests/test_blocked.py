@@ -172,3 +172,47 @@ def test_a_kernel_that_does_not_compile_falls_back_to_torch(monkeypatch, caplog)
         m1, x, w, got = _product(monkeypatch, True, (1, 64), (64, 515), 600)
     assert all(torch.equal(r.data, z.data) for r, z in zip(ref, got))
     assert "did not compile" in caplog.text and blockkernel._broken
+
+
+@pytest.mark.parametrize("order", [(4, 1, 1, 4), (1, 4, 1), (1, 1, 1)])
+def test_streamed_masks_equal_masks_kept_in_memory(monkeypatch, order):
+    """Kept masks read again from the dealer's streams at each use (dealer.StreamMask, the default on the
+    CPU) give the same shares and ledger as masks kept as tensors, through whole-matrix (4 rows) and blocked
+    (1 row) calls, whichever drew them; the dealer then holds no mask tensor (positive control:
+    KEEP_MASKS_IN_MEMORY keeps one)."""
+    from comet_core.mpc import dealer as D
+
+    out = []
+    for keep in (True, False):
+        monkeypatch.setattr(D, "KEEP_MASKS_IN_MEMORY", keep)
+        monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
+        m = MPC(EngineConfig(reuse_weight_masks=True), seed=4, mode="exact")
+        g = torch.Generator().manual_seed(2)
+        w = m.register_weight(m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner"))
+        zs = [arith.matmul(m.share(torch.randn(r, 40, generator=g)), w).data for r in order]
+        held = [type(e[0]).__name__ for e in m.dealer._reused.values()]
+        out.append((zs, m.ledger.frame(), held, [e[1] for e in m.dealer._reused.values()]))
+    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
+    assert out[0][1].equals(out[1][1])
+    assert out[0][2] == ["AShare"] and out[1][2] == ["StreamMask"] and out[1][3] == [None]
+
+
+def test_generation_with_streamed_masks_equals_kept_masks(monkeypatch):
+    """A tiny-llama generation (the embedding and LM head reuse their masks within the request): the same
+    tokens, logits and ledger whether the dealer keeps those masks as tensors or reads them again."""
+    from hydra import compose, initialize_config_dir
+
+    from comet_core.mpc import dealer as D
+    from experiments.run import execute
+
+    conf = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny-llama", "gen_tokens=3", "prompt=To be", "seed=2",
+                                           "save_ledger=false"])
+    got = []
+    for keep in (True, False):
+        monkeypatch.setattr(D, "KEEP_MASKS_IN_MEMORY", keep)
+        o = execute(cfg)
+        got.append((o.gen.tokens, [t.clone() for t in o.gen.logits], o.ledger))
+    assert got[0][0] == got[1][0] and all(torch.equal(a, b) for a, b in zip(got[0][1], got[1][1]))
+    assert got[0][2].equals(got[1][2])

@@ -32,12 +32,17 @@ import torch
 
 from comet_core.mpc import ring
 from comet_core.mpc.matmul import FEW_ROWS, ring_matmul, takes_digits
+from comet_core.mpc.prg import PRG
 from comet_core.mpc.ashare import AShare
 from comet_core.mpc.shape import Shape
 from comet_core.mpc.xp import NUMPY, TORCH
 
 SMALL = 1 << 14   # items of up to this many elements per share are made in numpy (CPU): per-call overhead
 
+
+# Kept (reused) weight masks stay in memory as tensors (True), or on the CPU only as the streams' positions
+# they were drawn at, read again at each use (False: StreamMask; tests switch it to compare the two)
+KEEP_MASKS_IN_MEMORY = False
 
 # The ideal functionalities' plaintext functions (name -> f(x, **kwargs)), registered from above by
 # mpc/ideal.py (so the dealer does not import the protocols that call it).
@@ -74,6 +79,18 @@ class Dealer:
     def _direct(self) -> bool:
         """Whether shares are written straight into party-stacked buffers (CPU exact mode)."""
         return self.mpc.device.type == "cpu"
+
+    def _stream_mask(self, shape_b) -> "StreamMask | None":
+        """A kept mask about to be drawn from the streams (call before drawing): its StreamMask, where a
+        reused mask need not stay in memory (CPU exact mode, KEEP_MASKS_IN_MEMORY off, and no digit
+        strategy: cached digits of b pay off only for a b that stays); None: keep the tensor."""
+        if KEEP_MASKS_IN_MEMORY or not self._direct() or len(shape_b) != 2 or not isinstance(self.gen_p0, PRG):
+            return None
+        from comet_core.mpc import matmul
+
+        if matmul.USE_DIGITS and not matmul.int64_gemm_faster():
+            return None
+        return StreamMask(self, shape_b, 2 * self.gen_p0.block, 2 * self.gen_p1.block)
 
     def _tiny(self, shape) -> bool:
         """Whether an item of this shape takes the numpy path (CPU exact mode, at most SMALL elements):
@@ -158,11 +175,18 @@ class Dealer:
         (MPC.digits), and no weight-sized b0 + b1 is formed."""
         a, av = self._random_arith(shape_a)
         entry = self._reused.get(reuse_key) if reuse_key is not None else None
+        b = None
         if entry is None:
-            entry = [AShare(self._random_shares(shape_b), self.mpc, 0), None]   # [b, b0 + b1 once needed]
+            stream = self._stream_mask(shape_b) if reuse_key is not None and select is None else None
+            b = AShare(self._random_shares(shape_b), self.mpc, 0)
+            entry = [stream or b, None]                                        # [b, b0 + b1 once needed]
             if reuse_key is not None:
                 self._reused[reuse_key] = entry
-        b = entry[0]
+        streamed = isinstance(entry[0], StreamMask)
+        if b is None:
+            b = entry[0].share() if streamed else entry[0]
+        if streamed:                       # b0 + b1 is not kept either (b is not)
+            entry = [b, None]
         if select is not None:
             dim, idx = select
             if entry[1] is None:
@@ -183,7 +207,7 @@ class Dealer:
             if entry[1] is None:
                 entry[1] = b.data[0] + b.data[1]
             c = self._arith(ring_matmul(av, entry[1]))
-            if reuse_key is None:
+            if reuse_key is None or streamed:
                 entry[1] = None
         self._book(c.numel(), 64)
         return a, b, c
@@ -200,7 +224,7 @@ class Dealer:
         entry = self._reused.get(reuse_key)
         if entry is None:
             entry = self._reused[reuse_key] = [AShare(self._random_shares(shape_b), self.mpc, 0), None]
-        return entry[0]
+        return entry[0].share() if isinstance(entry[0], StreamMask) else entry[0]
 
     def dp_padding(self, epsilon: float, delta: float):
         """system.count_padding=dp: the noise P (sparse/dp_noise.py draw, parameters
@@ -525,14 +549,36 @@ class Dealer:
         return self._arith(ring.encode(y, out_frac), out_frac)
 
 
+class StreamMask:
+    """A kept weight mask b (2, k, n) that is not held in memory: where its halves were drawn from the
+    dealer's streams with P0 and P1 (word positions), read again at each use (PRG.fill_at_). The same words
+    as the kept tensor, so every share and ledger row is unchanged; it costs one keystream of b per use
+    (AES-CTR at several GB/s) and saves b's 16 bytes per weight element for the inference (the embedding's
+    and LM head's masks: 0.9 GB for SmolLM2-135M)."""
+
+    def __init__(self, dealer: Dealer, shape, start0: int, start1: int) -> None:
+        self.dealer, self.shape, self.start = dealer, tuple(shape), (start0, start1)
+
+    def rows(self, r0: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows r0 .. r0 + out.shape[1] of both halves into out (2, h, n)."""
+        n = self.shape[-1]
+        self.dealer.gen_p0.fill_at_(self.start[0] + r0 * n, out[0])
+        self.dealer.gen_p1.fill_at_(self.start[1] + r0 * n, out[1])
+        return out
+
+    def share(self) -> AShare:
+        return AShare(self.rows(0, torch.empty((2, *self.shape), dtype=torch.int64)), self.dealer.mpc, 0)
+
+
 class BlockedTriple:
     """A Beaver triple (a, b, c = a @ b) of a few-row a and a weight mask b (k, n), b by blocks of rows.
 
     1. a (R, k): both halves from the dealer's streams with P0 and P1 (as _random_arith); `av` = a0 + a1.
     2. `blocks()`: b's blocks of rows (2, h, n). A fresh mask: b0 and b1 drawn from those streams in
        order (the same words as one read, blocks being an even number of words). A reused mask
-       (`reuse_key`): drawn the same way at its first use in the inference, into a b kept as
-       matmul_triple keeps it; later, the kept b as one block. While a block is in cache the caller
+       (`reuse_key`): drawn the same way at its first use in the inference and kept as matmul_triple
+       keeps it (a StreamMask on the CPU: later calls read its blocks from the streams again; else the
+       kept b, as one block). While a block is in cache the caller
        adds the dealer's a @ b0 + a @ b1 for that block into `acc` (R, n), together with the parties'
        products over the same block (mpc/blockkernel.py).
     3. `c()`: after the last block, c = acc's shares (P0's from its stream, P1's the correction).
@@ -549,15 +595,22 @@ class BlockedTriple:
         self._done = False
         self.kept = dealer._reused.get(reuse_key) if reuse_key is not None else None
         self._keep = None
-        if reuse_key is not None and self.kept is None:          # first use: drawn by blocks into b
-            self._keep = torch.empty((2, self.k, self.n), dtype=torch.int64)
-            dealer._reused[reuse_key] = [AShare(self._keep, dealer.mpc, 0), None]
+        if reuse_key is not None and self.kept is None:          # first use: drawn by blocks
+            stream = dealer._stream_mask(shape_b)                 # kept as its stream positions, or in memory
+            if stream is None:
+                self._keep = torch.empty((2, self.k, self.n), dtype=torch.int64)
+            dealer._reused[reuse_key] = [stream or AShare(self._keep, dealer.mpc, 0), None]
         dealer._book(shape_a[0] * self.n, 64)
 
     def blocks(self):
         """Yields (first row, block (2, h, n))."""
         d, n, h = self.dealer, self.n, self.rows
-        if self.kept is not None:
+        if self.kept is not None and isinstance(self.kept[0], StreamMask):   # read again, by blocks
+            buf = torch.empty((2, h, n), dtype=torch.int64)
+            for r0 in range(0, self.k, h):
+                hb = min(h, self.k - r0)
+                yield r0, self.kept[0].rows(r0, buf if hb == h else torch.empty((2, hb, n), dtype=torch.int64))
+        elif self.kept is not None:
             yield 0, self.kept[0].data
         else:
             buf = torch.empty((2, h, n), dtype=torch.int64) if self._keep is None else None

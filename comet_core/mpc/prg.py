@@ -149,6 +149,23 @@ class PRG:
         view[done:] = memoryview(tail)[:n - done]
         return out
 
+    def fill_at_(self, word: int, out: torch.Tensor) -> torch.Tensor:
+        """The stream's words from word index `word` on (counted from the stream's start) into `out`
+        (contiguous int64 CPU), the stream's own position unchanged: a kept mask read again where it was
+        drawn (the keystream is a function of the block index only)."""
+        saved = self.block
+        head = word & 1                                    # a word in the middle of a 16-byte block
+        try:
+            self.block = word >> 1
+            if not head:
+                return self.fill_(out)
+            tmp = torch.empty(out.numel() + 1, dtype=torch.int64)
+            self.fill_(tmp)
+            out.view(-1).copy_(tmp[1:])
+            return out
+        finally:
+            self.block = saved
+
     def ring(self, shape, device="cpu") -> torch.Tensor:
         n = math.prod(shape)
         words = torch.empty(tuple(shape), dtype=torch.int64)
