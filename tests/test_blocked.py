@@ -191,10 +191,28 @@ def test_streamed_masks_equal_masks_kept_in_memory(monkeypatch, order):
         w = m.register_weight(m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner"))
         zs = [arith.matmul(m.share(torch.randn(r, 40, generator=g)), w).data for r in order]
         held = [type(e[0]).__name__ for e in m.dealer._reused.values()]
-        out.append((zs, m.ledger.frame(), held, [e[1] for e in m.dealer._reused.values()]))
+        opened = [type(v).__name__ for v in m.weight_masks.values()]
+        out.append((zs, m.ledger.frame(), held, [e[1] for e in m.dealer._reused.values()], opened))
     assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
     assert out[0][1].equals(out[1][1])
     assert out[0][2] == ["AShare"] and out[1][2] == ["StreamMask"] and out[1][3] == [None]
+    assert out[0][4] == ["Tensor"] and out[1][4] == ["Reopened"]          # the parties' f: kept, or computed again
+
+
+def test_a_weight_changed_after_its_opening_is_refused(monkeypatch):
+    """A streamed opening is f of the weight as opened: a weight changed in place since is refused, not
+    multiplied with a wrong f (positive control: the unchanged weight's second product runs)."""
+    from comet_core.mpc import dealer as D
+
+    monkeypatch.setattr(D, "KEEP_MASKS_IN_MEMORY", False)
+    m = MPC(EngineConfig(reuse_weight_masks=True), seed=4, mode="exact")
+    g = torch.Generator().manual_seed(2)
+    w = m.register_weight(m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner"))
+    for _ in range(2):
+        arith.matmul(m.share(torch.randn(1, 40, generator=g)), w)
+    w.data[0, 0, 0] += 1
+    with pytest.raises(RuntimeError, match="changed in place"):
+        arith.matmul(m.share(torch.randn(1, 40, generator=g)), w)
 
 
 def test_generation_with_streamed_masks_equals_kept_masks(monkeypatch):

@@ -383,12 +383,12 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         a, b, c, *full = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_key=key, select=select)
         b_full = full[0] if full else b
         if cached is not None:
-            f = cached
+            f = weight_masks.kept_opening(cached, b_full.data)
             (e,) = mpc.open_masked((x.data, a.data))
         else:
             e, f = mpc.open_masked((x.data, a.data), (y.data, b_full.data))
             if key is not None:
-                mpc.weight_masks[key] = f
+                mpc.weight_masks[key] = weight_masks.keep_opening(mpc, key, y.data, f)
         if select is not None:
             f = f.index_select(select[0], select[1].to(f.device) if not f.is_meta else select[1])
         # step 3 regrouped: z_p = (a_p + [p = 0] e) @ f + e @ b_p + c_p, so that no weight-sized

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from comet_core.mpc import blockkernel
+from comet_core.mpc import blockkernel, weight_masks
 from comet_core.mpc.ashare import AShare
 
 BLOCK_ELEMENTS = 1 << 18   # weight elements per block (2 MiB per int64 buffer: b0, b1, b0 + b1, f in L2/L3)
@@ -70,17 +70,23 @@ def few_rows_matmul(x: AShare, y: AShare, key=None, product=None) -> torch.Tenso
     e = mpc.open_pair(rows, a)                                        # (R, k) public
     ea = mpc.add_p0_(a.clone(), e)                                    # (2, R, k): a_p + [p = 0] e
     z = torch.zeros((2, R, n), dtype=torch.int64)
-    # f is opened block by block; a reused mask's first use keeps it whole
-    f = torch.empty((k, n), dtype=torch.int64) if key is not None and kept is None else None
+    first = key is not None and kept is None
+    reopened = isinstance(kept, weight_masks.Reopened)                 # f computed again from y and b
+    if reopened:
+        kept.check()
+    keep = weight_masks.keep_opening(mpc, key, y.data, None) if first else None
+    # f is opened block by block; a reused mask's first use keeps it whole (or, streamed, as its operands)
+    f = torch.empty((k, n), dtype=torch.int64) if first and keep is None else None
     for r0, b in triple.blocks():                                     # b: (2, hb, n), the mask's rows
         hb = b.shape[1]
         cols = slice(r0, r0 + hb)
+        have_f = kept is not None and not reopened
         blockkernel.block_products(
             b, triple.av[:, cols].contiguous(), e[:, cols].contiguous(), ea[:, :, cols].contiguous(),
-            triple.acc, z, y=None if kept is not None else y.data[:, cols],
-            f=kept[cols] if kept is not None else None,
+            triple.acc, z, y=None if have_f else y.data[:, cols],
+            f=kept[cols] if have_f else None,
             f_out=f[cols] if f is not None else None, product=product)
-    if f is not None:
-        mpc.weight_masks[key] = f
+    if first:
+        mpc.weight_masks[key] = keep if keep is not None else f
     z.add_(triple.c().data)
     return z.reshape(2, *x.shape[:-1], n)

@@ -85,3 +85,41 @@ def open_for_deployment(mpc, y, key) -> None:
 def deploy_opening_cost(n: int) -> Cost:
     """The deploy-stage opening of one weight of n elements."""
     return Cost(2 * ring.BYTES_PER_ELEMENT * n, 0, 1)
+
+
+class Reopened:
+    """A kept opening f = (y0 - b0) + (y1 - b1) of a reused mask, held in a simulation as its operands: the
+    weight's shares (which the model holds anyway) and the dealer's StreamMask (its stream positions), and
+    computed again where a product needs it (the blocked kernel does it block by block: y in place of f).
+    The same words as the opened f, so nothing a party sees or the ledger books changes; it saves f's 8
+    bytes per weight element for the inference. A weight changed in place since (its version) is refused:
+    its f would no longer be the one opened."""
+
+    def __init__(self, y, stream) -> None:
+        self.y, self.stream, self.version = y, stream, y._version   # y: (2, k, n) int64 shares
+
+    def check(self) -> None:
+        if self.y._version != self.version:
+            raise RuntimeError("a reused mask's weight was changed in place after its opening")
+
+    def tensor(self, b=None):
+        """f in full; `b` (2, k, n): the mask's halves when the caller has them (else read from the streams)."""
+        self.check()
+        b = self.stream.share().data if b is None else b
+        return (self.y[0] - b[0]).add_(self.y[1]).sub_(b[1])
+
+
+def keep_opening(mpc, key, y, f):
+    """What MPC.weight_masks keeps for `key` after its opening f of the weight shares y (2, k, n): f, or in a
+    simulation whose dealer streams the mask (dealer.StreamMask) a Reopened."""
+    from comet_core.mpc.dealer import StreamMask
+
+    entry = getattr(mpc.dealer, "_reused", {}).get(key) if mpc.rank is None else None
+    if entry is not None and isinstance(entry[0], StreamMask) and y.dim() == 3:
+        return Reopened(y, entry[0])
+    return f
+
+
+def kept_opening(kept, b=None):
+    """A kept f as a tensor (a Reopened computed again, with the mask's halves `b` if the caller has them)."""
+    return kept.tensor(b) if isinstance(kept, Reopened) else kept
