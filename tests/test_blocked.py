@@ -234,3 +234,16 @@ def test_generation_with_streamed_masks_equals_kept_masks(monkeypatch):
         got.append((o.gen.tokens, [t.clone() for t in o.gen.logits], o.ledger))
     assert got[0][0] == got[1][0] and all(torch.equal(a, b) for a, b in zip(got[0][1], got[1][1]))
     assert got[0][2].equals(got[1][2])
+
+
+def test_a_streamed_reused_mask_takes_the_blocks_for_more_rows(monkeypatch):
+    """A reused mask that the dealer streams takes the blocks for a product of more than FEW_ROWS rows too (a
+    prefill's embedding: b, b0 + b1 and f never whole), a fresh or kept-in-memory one does not (controls)."""
+    from comet_core.mpc import dealer as D
+
+    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
+    for keep, reuse, want in ((False, True, "blocked"), (True, True, "whole"), (False, False, "whole")):
+        monkeypatch.setattr(D, "KEEP_MASKS_IN_MEMORY", keep)
+        m = MPC(EngineConfig(reuse_weight_masks=reuse), seed=1, mode="exact")
+        x, w = m.share(torch.randn(8, 40)), m.register_weight(m.share(torch.randn(40, 77)))
+        assert matmul.beaver_strategy(x, w, reuse=reuse) == want, (keep, reuse)

@@ -377,7 +377,7 @@ def matmul(x: AShare, y: AShare, reuse_mask: bool | None = None, out_frac: int |
         weight_masks.open_for_deployment(mpc, y, key)   # weight_masks=deployment: f opened once, stage deploy
         if select is not None and key is None:   # no reuse: the slice is the operand
             y, select = y.index_select(*select), None
-        if select is None and mm.beaver_strategy(x, y) == "blocked":   # a decode step's rows, by blocks
+        if select is None and mm.beaver_strategy(x, y, reuse=key is not None) == "blocked":   # by blocks
             return _rescale_to_f(AShare(mm.beaver_blocked(x, y, key), mpc, x.frac + y.frac), out_frac)
         cached = mpc.weight_masks.get(key) if key is not None else None
         a, b, c, *full = mpc.dealer.matmul_triple(x.shape, y.shape, reuse_key=key, select=select)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 numba = np = None   # imported on the first block (numba's import and cache load cost ~0.5 s: not for every command)
 USE_NUMBA = importlib.util.find_spec("numba") is not None   # False: torch's passes (tests, benchmarks)
 _CHUNK = 512   # columns per parallel chunk: f, b0 + b1 and the accumulators' chunk stay in L1
+MAX_KERNEL_ROWS = 3   # more rows (a streamed reused mask's prefill product): torch's GEMMs per block
 _compiled = None
 
 
@@ -102,7 +103,7 @@ def block_products(b: torch.Tensor, av: torch.Tensor, e: torch.Tensor, ea: torch
     product: the torch fallback's ring product (matmul.ring_matmul; torch.matmul, exact for int64, if None)."""
     global _warned, _broken
     operands = (b[0], b[1], av, e, ea, c, z, *(y if y is not None else ()), *(t for t in (f, f_out) if t is not None))
-    if not USE_NUMBA or _broken or not all(t.is_contiguous() for t in operands):
+    if not USE_NUMBA or _broken or av.shape[0] > MAX_KERNEL_ROWS or not all(t.is_contiguous() for t in operands):
         if not USE_NUMBA and not _warned:
             _warned = True
             log.info("numba is not installed: the decode matmul takes torch's slower GEMM passes "

@@ -225,8 +225,11 @@ def block_elements() -> int:
     return blocked.BLOCK_ELEMENTS
 
 
-def beaver_strategy(x, y) -> str:
-    """The strategy of arith.matmul(x, y) for shares x, y (AShare): "blocked" or "whole" (module doc)."""
+def beaver_strategy(x, y, reuse: bool = False) -> str:
+    """The strategy of arith.matmul(x, y) for shares x, y (AShare): "blocked" or "whole" (module doc).
+    `reuse`: y's mask is a reused one; the dealer streaming it (dealer.StreamMask), a product of up to
+    STREAMED_ROWS rows also takes the blocks, so that b, b0 + b1 and f are never whole (a prefill's
+    embedding)."""
     mpc = x.mpc
     if not blocked.ENABLED or not mpc.simulated or mpc.is_cost or mpc.device.type != "cpu":
         return "whole"
@@ -234,9 +237,20 @@ def beaver_strategy(x, y) -> str:
         return "whole"
     k, n = y.shape
     rows = x.numel() // max(k, 1)
-    if x.shape[-1] != k or not 0 < rows <= FEW_ROWS or k * n <= block_elements():
+    if x.shape[-1] != k or rows <= 0 or k * n <= block_elements():
+        return "whole"
+    if rows > FEW_ROWS and not (reuse and rows <= STREAMED_ROWS and _streams_masks()):
         return "whole"
     return "whole" if takes_digits(x.data[0].reshape(rows, k), y.data[0]) else "blocked"
+
+
+STREAMED_ROWS = 512   # rows of a product with a streamed reused mask that still take the blocks
+
+
+def _streams_masks() -> bool:
+    from comet_core.mpc import dealer
+
+    return not dealer.KEEP_MASKS_IN_MEMORY and not (USE_DIGITS and not int64_gemm_faster())
 
 
 def beaver_blocked(x, y, key=None) -> torch.Tensor:
