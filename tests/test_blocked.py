@@ -45,6 +45,15 @@ def test_blocked_equals_unblocked_bit_for_bit(monkeypatch, shape_x, shape_w, blo
     assert (m1.secret(got[0]).double() / 2 ** got[0].frac - plain).abs().max() < 2 ** -10
 
 
+def _reused_products(monkeypatch, order):
+    """One reused mask (a 40 x 77 weight, blocks of 500 elements) through products of `order` rows."""
+    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
+    m = MPC(EngineConfig(reuse_weight_masks=True), seed=4, mode="exact")
+    g = torch.Generator().manual_seed(2)
+    w = m.register_weight(m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner"))
+    return m, [arith.matmul(m.share(torch.randn(r, 40, generator=g)), w).data for r in order]
+
+
 @pytest.mark.parametrize("order", [(4, 1, 1, 4), (1, 4, 1)])
 def test_reused_mask_shared_by_blocked_and_whole_matrix_calls(monkeypatch, order):
     """A prefill (4 rows: the whole-matrix steps) and decode steps (1 row: blocks) share one reused mask,
@@ -52,11 +61,7 @@ def test_reused_mask_shared_by_blocked_and_whole_matrix_calls(monkeypatch, order
     out = []
     for enabled in (False, True):
         monkeypatch.setattr(blocked, "ENABLED", enabled)
-        monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
-        m = MPC(EngineConfig(reuse_weight_masks=True), seed=4, mode="exact")
-        g = torch.Generator().manual_seed(2)
-        w = m.register_weight(m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner"))
-        zs = [arith.matmul(m.share(torch.randn(r, 40, generator=g)), w).data for r in order]
+        m, zs = _reused_products(monkeypatch, order)
         out.append((zs, m.ledger.frame()))
     assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
     assert out[0][1].equals(out[1][1])
@@ -185,11 +190,7 @@ def test_streamed_masks_equal_masks_kept_in_memory(monkeypatch, order):
     out = []
     for keep in (True, False):
         monkeypatch.setattr(D, "KEEP_MASKS_IN_MEMORY", keep)
-        monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
-        m = MPC(EngineConfig(reuse_weight_masks=True), seed=4, mode="exact")
-        g = torch.Generator().manual_seed(2)
-        w = m.register_weight(m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner"))
-        zs = [arith.matmul(m.share(torch.randn(r, 40, generator=g)), w).data for r in order]
+        m, zs = _reused_products(monkeypatch, order)
         held = [type(e[0]).__name__ for e in m.dealer._reused.values()]
         opened = [type(v).__name__ for v in m.weight_masks.values()]
         out.append((zs, m.ledger.frame(), held, [e[1] for e in m.dealer._reused.values()], opened))
