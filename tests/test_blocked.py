@@ -185,7 +185,7 @@ def test_streamed_masks_equal_masks_kept_in_memory(monkeypatch, order):
     CPU) give the same shares and ledger as masks kept as tensors, through whole-matrix (4 rows) and blocked
     (1 row) calls, whichever drew them; the dealer then holds no mask tensor (positive control:
     KEEP_MASKS_IN_MEMORY keeps one)."""
-    from comet_core.mpc import dealer as D
+    from comet_core.mpc import weight_masks as D
 
     out = []
     for keep in (True, False):
@@ -203,7 +203,7 @@ def test_streamed_masks_equal_masks_kept_in_memory(monkeypatch, order):
 def test_a_weight_changed_after_its_opening_is_refused(monkeypatch):
     """A streamed opening is f of the weight as opened: a weight changed in place since is refused, not
     multiplied with a wrong f (positive control: the unchanged weight's second product runs)."""
-    from comet_core.mpc import dealer as D
+    from comet_core.mpc import weight_masks as D
 
     monkeypatch.setattr(D, "KEEP_MASKS_IN_MEMORY", False)
     m = MPC(EngineConfig(reuse_weight_masks=True), seed=4, mode="exact")
@@ -221,7 +221,7 @@ def test_generation_with_streamed_masks_equals_kept_masks(monkeypatch):
     tokens, logits and ledger whether the dealer keeps those masks as tensors or reads them again."""
     from hydra import compose, initialize_config_dir
 
-    from comet_core.mpc import dealer as D
+    from comet_core.mpc import weight_masks as D
     from experiments.run import execute
 
     conf = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
@@ -240,7 +240,7 @@ def test_generation_with_streamed_masks_equals_kept_masks(monkeypatch):
 def test_a_streamed_reused_mask_takes_the_blocks_for_more_rows(monkeypatch):
     """A reused mask that the dealer streams takes the blocks for a product of more than FEW_ROWS rows too (a
     prefill's embedding: b, b0 + b1 and f never whole), a fresh or kept-in-memory one does not (controls)."""
-    from comet_core.mpc import dealer as D
+    from comet_core.mpc import weight_masks as D
 
     monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
     for keep, reuse, want in ((False, True, "blocked"), (True, True, "whole"), (False, False, "whole")):

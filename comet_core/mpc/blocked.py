@@ -15,9 +15,9 @@ the parties' steps:
     4. Dealer: c's shares (P0's from its stream, P1's the correction), as Dealer._arith; z_p += c_p.
 A reused mask (the embedding table and LM head; every weight with engine.weight_masks=request) is
 drawn and opened by these blocks at its first use in an inference and kept; later calls open only e and
-run steps 1 and 3 on it. On the CPU the dealer keeps b as its streams' positions (dealer.StreamMask) and
+run steps 1 and 3 on it. On the CPU the dealer keeps b as its streams' positions (weight_masks.StreamMask) and
 reads its blocks again, and the parties' f is kept as its operands (weight_masks.Reopened: the kernel
-computes f from y and b block by block, as at the first use); with dealer.KEEP_MASKS_IN_MEMORY, b and f
+computes f from y and b block by block, as at the first use); with weight_masks.KEEP_MASKS_IN_MEMORY, b and f
 are kept as tensors and used as one block. The same words either way.
 
 Nothing is skipped or merged across parties: every product of the steps is computed, each from its own

@@ -32,17 +32,15 @@ import torch
 
 from comet_core.mpc import ring
 from comet_core.mpc.matmul import FEW_ROWS, ring_matmul, takes_digits
+from comet_core.mpc import weight_masks
 from comet_core.mpc.prg import PRG
+from comet_core.mpc.weight_masks import StreamMask
 from comet_core.mpc.ashare import AShare
 from comet_core.mpc.shape import Shape
 from comet_core.mpc.xp import NUMPY, TORCH
 
 SMALL = 1 << 14   # items of up to this many elements per share are made in numpy (CPU): per-call overhead
 
-
-# Kept (reused) weight masks stay in memory as tensors (True), or on the CPU only as the streams' positions
-# they were drawn at, read again at each use (False: StreamMask; tests switch it to compare the two)
-KEEP_MASKS_IN_MEMORY = False
 
 # The ideal functionalities' plaintext functions (name -> f(x, **kwargs)), registered from above by
 # mpc/ideal.py (so the dealer does not import the protocols that call it).
@@ -84,7 +82,8 @@ class Dealer:
         """A kept mask about to be drawn from the streams (call before drawing): its StreamMask, where a
         reused mask need not stay in memory (CPU exact mode, KEEP_MASKS_IN_MEMORY off, and no digit
         strategy: cached digits of b pay off only for a b that stays); None: keep the tensor."""
-        if KEEP_MASKS_IN_MEMORY or not self._direct() or len(shape_b) != 2 or not isinstance(self.gen_p0, PRG):
+        if weight_masks.KEEP_MASKS_IN_MEMORY or not self._direct() or len(shape_b) != 2 \
+                or not isinstance(self.gen_p0, PRG):
             return None
         from comet_core.mpc import matmul
 
@@ -547,27 +546,6 @@ class Dealer:
         x = ring.decode(data[0] + data[1], frac)
         y = f(x, **kwargs)
         return self._arith(ring.encode(y, out_frac), out_frac)
-
-
-class StreamMask:
-    """A kept weight mask b (2, k, n) that is not held in memory: where its halves were drawn from the
-    dealer's streams with P0 and P1 (word positions), read again at each use (PRG.fill_at_). The same words
-    as the kept tensor, so every share and ledger row is unchanged; it costs one keystream of b per use
-    (AES-CTR at several GB/s) and saves b's 16 bytes per weight element for the inference (the embedding's
-    and LM head's masks: 0.9 GB for SmolLM2-135M)."""
-
-    def __init__(self, dealer: Dealer, shape, start0: int, start1: int) -> None:
-        self.dealer, self.shape, self.start = dealer, tuple(shape), (start0, start1)
-
-    def rows(self, r0: int, out: torch.Tensor) -> torch.Tensor:
-        """Rows r0 .. r0 + out.shape[1] of both halves into out (2, h, n)."""
-        n = self.shape[-1]
-        self.dealer.gen_p0.fill_at_(self.start[0] + r0 * n, out[0])
-        self.dealer.gen_p1.fill_at_(self.start[1] + r0 * n, out[1])
-        return out
-
-    def share(self) -> AShare:
-        return AShare(self.rows(0, torch.empty((2, *self.shape), dtype=torch.int64)), self.dealer.mpc, 0)
 
 
 class BlockedTriple:

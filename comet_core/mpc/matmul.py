@@ -227,7 +227,7 @@ def block_elements() -> int:
 
 def beaver_strategy(x, y, reuse: bool = False) -> str:
     """The strategy of arith.matmul(x, y) for shares x, y (AShare): "blocked" or "whole" (module doc).
-    `reuse`: y's mask is a reused one; the dealer streaming it (dealer.StreamMask), a product of up to
+    `reuse`: y's mask is a reused one; the dealer streaming it (weight_masks.StreamMask), a product of up to
     STREAMED_ROWS rows also takes the blocks, so that b, b0 + b1 and f are never whole (a prefill's
     embedding)."""
     mpc = x.mpc
@@ -248,9 +248,9 @@ STREAMED_ROWS = 512   # rows of a product with a streamed reused mask that still
 
 
 def _streams_masks() -> bool:
-    from comet_core.mpc import dealer
+    from comet_core.mpc import weight_masks
 
-    return not dealer.KEEP_MASKS_IN_MEMORY and not (USE_DIGITS and not int64_gemm_faster())
+    return not weight_masks.KEEP_MASKS_IN_MEMORY and not (USE_DIGITS and not int64_gemm_faster())
 
 
 def beaver_blocked(x, y, key=None) -> torch.Tensor:

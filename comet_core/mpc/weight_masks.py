@@ -30,9 +30,12 @@ from __future__ import annotations
 import logging
 import warnings
 
+import torch
+
 from comet_core.comm.ledger import Cost
 from comet_core.errors import require
 from comet_core.mpc import ring
+from comet_core.mpc.ashare import AShare
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,32 @@ def deploy_opening_cost(n: int) -> Cost:
     return Cost(2 * ring.BYTES_PER_ELEMENT * n, 0, 1)
 
 
+# Kept (reused) weight masks stay in memory as tensors (True), or on the CPU only as the dealer's stream
+# positions they were drawn at, read again at each use (False: StreamMask; tests switch it to compare)
+KEEP_MASKS_IN_MEMORY = False
+
+
+class StreamMask:
+    """A kept weight mask b (2, k, n) that is not held in memory: where its halves were drawn from the
+    dealer's streams with P0 and P1 (word positions), read again at each use (PRG.fill_at_). The same words
+    as the kept tensor, so every share and ledger row is unchanged; it costs one keystream of b per use
+    (AES-CTR at several GB/s) and saves b's 16 bytes per weight element for the inference (the embedding's
+    and LM head's masks: 0.9 GB for SmolLM2-135M)."""
+
+    def __init__(self, dealer, shape, start0: int, start1: int) -> None:
+        self.dealer, self.shape, self.start = dealer, tuple(shape), (start0, start1)
+
+    def rows(self, r0: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows r0 .. r0 + out.shape[1] of both halves into out (2, h, n)."""
+        n = self.shape[-1]
+        self.dealer.gen_p0.fill_at_(self.start[0] + r0 * n, out[0])
+        self.dealer.gen_p1.fill_at_(self.start[1] + r0 * n, out[1])
+        return out
+
+    def share(self) -> AShare:
+        return AShare(self.rows(0, torch.empty((2, *self.shape), dtype=torch.int64)), self.dealer.mpc, 0)
+
+
 class Reopened:
     """A kept opening f = (y0 - b0) + (y1 - b1) of a reused mask, held in a simulation as its operands: the
     weight's shares (which the model holds anyway) and the dealer's StreamMask (its stream positions), and
@@ -111,9 +140,7 @@ class Reopened:
 
 def keep_opening(mpc, key, y, f):
     """What MPC.weight_masks keeps for `key` after its opening f of the weight shares y (2, k, n): f, or in a
-    simulation whose dealer streams the mask (dealer.StreamMask) a Reopened."""
-    from comet_core.mpc.dealer import StreamMask
-
+    simulation whose dealer streams the mask (StreamMask) a Reopened."""
     entry = getattr(mpc.dealer, "_reused", {}).get(key) if mpc.rank is None else None
     if entry is not None and isinstance(entry[0], StreamMask) and y.dim() == 3:
         return Reopened(y, entry[0])
