@@ -10,15 +10,17 @@ A. sharing (before the private run): the float32 plaintext model 4 P, both parti
    shares' buffer in 4 MiB blocks since mpc/sharing.py, so this term is slack now)
 B. the private run: the shares 16 P; the plaintext model 4 P only when the reference runs after the run
    (Comet: ``plain_during_run``; any other system's reference runs first and the model is released); the
-   weight masks kept for the inference: the embedding's and LM head's always (their b shares 16, the
-   dealer's b0 + b1 8 and the opening f 8 bytes per element), every weight's with
+   weight masks kept for the inference: the embedding's and LM head's (their b shares 16, the dealer's
+   b0 + b1 8 and the opening f 8 bytes per element) unless streamed (``streamed_masks``, the CPU default:
+   weight_masks.StreamMask and Reopened keep their stream positions and operands, 0 bytes), every weight's with
    ``engine.reuse_weight_masks`` (+ 48 P: b, f, a selected product's b0 + b1 and digit caches); no
    weight-sized transient (a mask's opening is summed straight into f, MPC.open_masked); activations
    (below) and the stack (below).
-   Measured peaks (2026-11-26, benchmarks/private_generation.py, tests/test_memory_peak.py): SmolLM2-135M
-   30 layers 32 + 8 tokens 4.65 GiB (estimate 5.9), 4 layers 3.3 (4.5); opt-125m 4 layers 32 + 2 tokens
-   4.5 (5.6); opt-1.3b 1 layer 32 + 4 tokens 10.9 (11.8). The slack is the stack (1.1 GB here, ~0.45 GB
-   measured for these runs) and the activation bound.
+   Measured peaks (2026-12-07, git 4cfaa0f, masks streamed; benchmarks/private_generation.py,
+   tests/test_memory_peak.py): SmolLM2-135M 30 layers 32 + 8 tokens 3.40 GiB (estimate 4.34), 4 layers 1.65
+   (2.86); opt-125m 4 layers 32 + 2 tokens 2.31 (3.38); opt-1.3b 1 layer 32 + 4 tokens 4.88 (6.72); with
+   the masks kept as tensors (2026-11-26) 4.65, 3.3, 4.5 and 10.9. The slack is the stack (1.1 GB here,
+   ~0.45 GB measured for these runs) and the activation bound.
 
 With the limb kernel (AVX2 hosts, ``COMET_RING_KERNEL=limbs``), the calibration of 2026-11-26 (git 070fb22):
 
@@ -72,9 +74,11 @@ def weight_counts(model_cfg, layers: int) -> tuple[int, int]:
 
 
 def exact_run_bytes(model_cfg, layers: int, positions: int, reuse_weight_masks: bool = False,
-                    int64_kernel: bool = False, plain_during_run: bool = True) -> int:
+                    int64_kernel: bool = False, plain_during_run: bool = True, streamed_masks: bool = False) -> int:
     """Peak bytes of an exact-mode run (module docstring: phases A and B with the int64 kernel, steps
-    1-7 with the limb kernel; the defaults give the limb kernel's larger bound)."""
+    1-7 with the limb kernel; the defaults give the limb kernel's larger bound). `streamed_masks`: the
+    dealer streams reused masks and the parties' openings are computed again (weight_masks.StreamMask,
+    Reopened: the CPU default), so the embedding's and LM head's kept masks cost nothing."""
     total, largest = weight_counts(model_cfg, layers)
     d, F = int(_g(model_cfg, "hidden_size")), int(_g(model_cfg, "ffn_dim"))
     V, H = int(_g(model_cfg, "vocab_size")), int(_g(model_cfg, "num_heads"))
@@ -84,7 +88,8 @@ def exact_run_bytes(model_cfg, layers: int, positions: int, reuse_weight_masks: 
         weights = (4 + 8 + 16 + (48 if reuse_weight_masks else 0)) * total
         return BASE_BYTES + weights + 17 * 8 * largest + acts
     sharing = 4 * total + 16 * total + 8 * largest
-    masks = 48 * total if reuse_weight_masks else 32 * 2 * V * d   # every weight's, or embedding + head
+    masks = 48 * total if reuse_weight_masks else (0 if streamed_masks else 32 * 2 * V * d)   # every weight's,
+    #                                                                   or the embedding's and head's
     run = 16 * total + (4 * total if plain_during_run else 0) + masks + acts
     return BASE_BYTES + max(sharing, run)
 

@@ -198,20 +198,24 @@ def test_share_into_refuses_what_fixed_point_cannot_hold(bad):
 
 def test_int64_kernel_estimate_covers_the_measured_peaks():
     """check_memory's estimate with the int64 kernel (phase A sharing, phase B the run): at or above the
-    peaks measured on 2026-11-26 and within 1.5x of them; the plaintext model kept through the run (Comet)
-    and every weight's mask kept (reuse_weight_masks) each cost more; the limb kernel's bound is larger."""
+    peaks measured on 2026-12-07 (git 4cfaa0f, reused masks streamed) and within 1.8x of them (the
+    activation bound, 24 words per position and vocabulary entry, is loose for a few layers of a large
+    vocabulary); the masks kept as tensors (before), the plaintext model kept through the run (Comet) and
+    every weight's mask kept (reuse_weight_masks) each cost more; the limb kernel's bound is larger."""
     from omegaconf import OmegaConf
 
     from comet_core import memory
 
     conf = Path(CONF) / "model"
     # benchmarks/private_generation.py --model M --prompt-len 32 --gen G --overrides model.layers=L
-    measured = [("smollm2-135m", 30, 40, 4.65), ("smollm2-135m", 4, 40, 3.28), ("opt-125m", 4, 34, 4.5),
-                ("opt-1.3b", 1, 36, 10.89)]
+    measured = [("smollm2-135m", 30, 40, 3.40), ("smollm2-135m", 4, 40, 1.65), ("opt-125m", 4, 34, 2.31),
+                ("opt-1.3b", 1, 36, 4.88)]
     for name, layers, T, peak_gib in measured:
         c = OmegaConf.load(conf / f"{name}.yaml")
-        est = memory.exact_run_bytes(c, layers, T, int64_kernel=True, plain_during_run=False) / 2 ** 30
-        assert peak_gib <= est <= 1.5 * peak_gib, (name, layers, est)
+        est = memory.exact_run_bytes(c, layers, T, int64_kernel=True, plain_during_run=False,
+                                     streamed_masks=True) / 2 ** 30
+        assert peak_gib <= est <= 1.8 * peak_gib, (name, layers, est)
+        assert est < memory.exact_run_bytes(c, layers, T, int64_kernel=True, plain_during_run=False) / 2 ** 30
         assert est < memory.exact_run_bytes(c, layers, T, int64_kernel=True) / 2 ** 30 \
             < memory.exact_run_bytes(c, layers, T, True, int64_kernel=True) / 2 ** 30
         assert est < memory.exact_run_bytes(c, layers, T) / 2 ** 30

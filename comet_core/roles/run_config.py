@@ -103,7 +103,10 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
                 # the in-process run releases the plaintext model first unless its reference needs the run
                 # (comet_core/roles/tcp_run.py keeps it: counted)
                 plain_during_run=(reference_needs_run(load_system(cfg.system))
-                                  or cfg.get("transport", {}).get("name", "inprocess") != "inprocess"))
+                                  or cfg.get("transport", {}).get("name", "inprocess") != "inprocess"),
+                # the in-process CPU run streams reused masks (mpc/weight_masks.py); a tcp party keeps them
+                streamed_masks=(cfg.device == "cpu" and matmul._streams_masks()
+                                and cfg.get("transport", {}).get("name", "inprocess") == "inprocess"))
     need = memory.exact_run_bytes(cfg.model, L, T, **opts)
     have = memory.available_bytes()
     if need <= have:
