@@ -32,7 +32,6 @@ import torch
 
 from comet_core.mpc import ring
 from comet_core.mpc.matmul import FEW_ROWS, ring_matmul, takes_digits
-from comet_core.mpc import weight_masks
 from comet_core.mpc.prg import PRG
 from comet_core.mpc.weight_masks import StreamMask
 from comet_core.mpc.ashare import AShare
@@ -80,14 +79,11 @@ class Dealer:
 
     def _stream_mask(self, shape_b) -> "StreamMask | None":
         """A kept mask about to be drawn from the streams (call before drawing): its StreamMask, where a
-        reused mask need not stay in memory (CPU exact mode, KEEP_MASKS_IN_MEMORY off, and no digit
-        strategy: cached digits of b pay off only for a b that stays); None: keep the tensor."""
-        if weight_masks.KEEP_MASKS_IN_MEMORY or not self._direct() or len(shape_b) != 2 \
-                or not isinstance(self.gen_p0, PRG):
-            return None
+        reused mask need not stay in memory (CPU exact mode and matmul.streams_masks()); None: keep the
+        tensor."""
         from comet_core.mpc import matmul
 
-        if matmul.USE_DIGITS and not matmul.int64_gemm_faster():
+        if not self._direct() or len(shape_b) != 2 or not isinstance(self.gen_p0, PRG) or not matmul.streams_masks():
             return None
         return StreamMask(self, shape_b, 2 * self.gen_p0.block, 2 * self.gen_p1.block)
 

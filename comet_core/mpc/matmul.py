@@ -239,7 +239,7 @@ def beaver_strategy(x, y, reuse: bool = False) -> str:
     rows = x.numel() // max(k, 1)
     if x.shape[-1] != k or rows <= 0 or k * n <= block_elements():
         return "whole"
-    if rows > FEW_ROWS and not (reuse and rows <= STREAMED_ROWS and _streams_masks()):
+    if rows > FEW_ROWS and not (reuse and rows <= STREAMED_ROWS and streams_masks()):
         return "whole"
     return "whole" if takes_digits(x.data[0].reshape(rows, k), y.data[0]) else "blocked"
 
@@ -247,7 +247,9 @@ def beaver_strategy(x, y, reuse: bool = False) -> str:
 STREAMED_ROWS = 512   # rows of a product with a streamed reused mask that still take the blocks
 
 
-def _streams_masks() -> bool:
+def streams_masks() -> bool:
+    """Whether a simulation's reused masks are streamed (weight_masks.StreamMask) on the CPU: not with
+    KEEP_MASKS_IN_MEMORY, nor with the digit strategy (whose cached digits need a b that stays)."""
     from comet_core.mpc import weight_masks
 
     return not weight_masks.KEEP_MASKS_IN_MEMORY and not (USE_DIGITS and not int64_gemm_faster())

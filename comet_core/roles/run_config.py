@@ -105,7 +105,7 @@ def check_memory(cfg, prompt_tokens: int | None = None) -> None:
                 plain_during_run=(reference_needs_run(load_system(cfg.system))
                                   or cfg.get("transport", {}).get("name", "inprocess") != "inprocess"),
                 # the in-process CPU run streams reused masks (mpc/weight_masks.py); a tcp party keeps them
-                streamed_masks=(cfg.device == "cpu" and matmul._streams_masks()
+                streamed_masks=(cfg.device == "cpu" and matmul.streams_masks()
                                 and cfg.get("transport", {}).get("name", "inprocess") == "inprocess"))
     need = memory.exact_run_bytes(cfg.model, L, T, **opts)
     have = memory.available_bytes()
