@@ -79,7 +79,10 @@ def main(argv=None) -> int:
     t_gemm = _median(lambda: torch.matmul(a, b), args.reps)
     fss_floor = _fss_relu_floor(args.reps)
     load = os.getloadavg()[0]
-    print(f"threads {args.threads}, load average (1 min) {load:.2f}")
+    from comet_core.results.machine import cpu_info
+
+    cpu, flags = cpu_info()
+    print(f"cpu {cpu} ({flags}), threads {args.threads}, load average (1 min) {load:.2f}")
     print(f"copy bandwidth           {bw / 1e9:6.1f} GB/s (read + write, {nbytes / 2 ** 20:.1f} MiB buffers)")
     print(f"ffn_decode opening floor {floor_open * 1e3:6.1f} ms (2 weights x 7 weight-sized passes)")
     print(f"AES-CTR keystream        {aes / 1e9:6.2f} GB/s -> 4 weight-sized mask shares "

@@ -112,3 +112,26 @@ def test_compute_model_speedup_table_is_the_committed_end_to_end():
         row = next((ln for ln in text.splitlines() if ln.startswith(f"| {label}")), None)
         assert row is not None, f"no row for {label}"
         assert row.split("|")[2].strip() == cells[0] and row.split("|")[3].strip() == cells[1], (row, cells)
+
+
+def test_iron_bolt_restated_table_is_its_csv():
+    """results/iron_bolt_restated/README.md's table (Comet over iron/bolt per linear layer and OT flavour: comm
+    only, with compute, bytes) holds the ranges of restated.csv over its models, at the decimals written
+    (a transcription error, or a table left behind by a reprice, fails here)."""
+    import re
+
+    import pandas as pd
+
+    d = pd.read_csv(REPO / "results" / "iron_bolt_restated" / "restated.csv")
+    text = (REPO / "results" / "iron_bolt_restated" / "README.md").read_text()
+    rows = [ln for ln in text.splitlines() if re.match(r"\| (iron|bolt), ", ln)]
+    assert len(rows) == 8, rows
+    for row in rows:
+        label, *cells = [c.strip() for c in row.strip("|").split("|")]
+        system, linear, ot = [w.strip("*") for w in re.split(r",\s*", label.split(" (")[0])]
+        g = d[(d.system == system) & (d.linear == linear) & (d.ot == ot)]
+        assert len(g) == 4, label
+        for cell, col in zip(cells, ("comm_speedup", "speedup", "comm_reduction")):
+            lo, hi = re.match(r"([\d.]+)-([\d.]+)x", cell).groups()
+            places = len(lo.split(".")[1])
+            assert (float(lo), float(hi)) == (round(g[col].min(), places), round(g[col].max(), places)), (label, col)

@@ -222,6 +222,28 @@ def test_cheetah_client_share_is_masked():
     assert (a1 != c1).all()
 
 
+def test_bolt_client_share_is_masked():
+    """The slot packing likewise: P1's decrypted share is fresh randomness each run (P0 masks every slot with
+    a uniform R), the sum exact: y0 + y1 = x W + b mod p (positive control: the runs' y1 differ, the sums
+    do not)."""
+    pytest.importorskip("tenseal")
+    import numpy as np
+
+    from comet_core.mpc import he_simd
+    ctx = he_simd.SlotBFV(40)
+    p = np.uint64(ctx.p)
+    r = np.random.default_rng(4)
+    x0, x1 = (r.integers(0, ctx.p, (3, 16), dtype=np.uint64) for _ in range(2))
+    w, b = r.integers(0, 1 << 12, (16, 24), dtype=np.uint64), r.integers(0, ctx.p, 24, dtype=np.uint64)
+    a0, a1, _, _ = he_simd.he_matmul(ctx, x0, x1, w, b)
+    c0, c1, _, _ = he_simd.he_matmul(ctx, x0, x1, w, b)
+    xv = [[int(v) for v in row] for row in (x0 + x1) % p]                # exact in Python integers mod p
+    want = np.array([[(sum(xv[t][i] * int(w[i, j]) for i in range(16)) + int(b[j])) % ctx.p for j in range(24)]
+                     for t in range(3)], dtype=np.uint64)
+    assert ((a0 + a1) % p == want).all() and ((c0 + c1) % p == want).all()
+    assert (a1 != c1).all()
+
+
 class _Counting:
     """A SEAL object whose calls of `names` are counted into `counts` (the rest pass through)."""
 

@@ -80,10 +80,10 @@ def few_rows_matmul(x: AShare, y: AShare, key=None, product=None) -> torch.Tenso
     keep = weight_masks.keep_opening(mpc, key, y.data, None) if first else None
     # f is opened block by block; a reused mask's first use keeps it whole (or, streamed, as its operands)
     f = torch.empty((k, n), dtype=torch.int64) if first and keep is None else None
+    have_f = kept is not None and not reopened                          # a kept f as a tensor
     for r0, b in triple.blocks():                                     # b: (2, hb, n), the mask's rows
         hb = b.shape[1]
         cols = slice(r0, r0 + hb)
-        have_f = kept is not None and not reopened
         blockkernel.block_products(
             b, triple.av[:, cols].contiguous(), e[:, cols].contiguous(), ea[:, :, cols].contiguous(),
             triple.acc, z, y=None if have_f else y.data[:, cols],

@@ -55,6 +55,7 @@ from comet_core.mpc.shape import Shape
 
 log = logging.getLogger(__name__)
 PACKINGS = ("bolt", "cheetah", "iron")   # iron and cheetah: the same coefficient packing (he_bfv)
+PROTOCOL = "he.linear"                   # the ledger's protocol label of these rows
 
 POLY_DEGREE = he_bfv.POLY_DEGREE   # he.cpp poly_modulus_degree (slot_count)
 COEFF_BITS = he_bfv.COEFF_BITS     # he.cpp CoeffModulus::Create(slot_count, {54, 54, 55, 55})
@@ -280,7 +281,7 @@ def he_linear(x: AShare, w: AShare, b: AShare | None, p: ideal.Params, packing: 
     mpc = x.mpc
     T, k = math.prod(x.shape[:-1]), x.shape[-1]
     n = w.shape[-1]
-    with mpc.ledger.protocol("he.linear"):
+    with mpc.ledger.protocol(PROTOCOL):
         for kind, count in he_op_counts(T, k, n, packing).items():
             mpc.ledger.work.add(kind, count)
         ops = [x, w] + ([b] if b is not None else [])

@@ -327,17 +327,20 @@ def _reference(cfg):
     return o
 
 
-# Rows whose sizes are serialised lengths (system.linear=he: ciphertexts and keys, zstd-compressed): two runs
-# of the same config send as many, of lengths that differ by a few bytes
-SERIALISED = "he.linear"
+def _serialised() -> str:
+    """The protocol of rows whose sizes are serialised lengths (system.linear=he: ciphertexts and keys,
+    zstd-compressed): two runs of the same config send as many, of lengths that differ by a few bytes."""
+    from comet_core.mpc.he_linear import PROTOCOL
+
+    return PROTOCOL
 
 
 def ledgers_match(a, b, rel: float = 0.002) -> bool:
-    """Two runs' ledgers are the same: every row equal, except the serialised rows (SERIALISED, measured),
+    """Two runs' ledgers are the same: every row equal, except the serialised rows (_serialised(), measured),
     which must match per round and direction in count, their bytes within `rel` (the same rounds either way)."""
     def split(led):
         led = led.reset_index(drop=True)
-        var = (led.protocol.astype(str) == SERIALISED) & (led.cost_source.astype(str) == "measured")
+        var = (led.protocol.astype(str) == _serialised()) & (led.cost_source.astype(str) == "measured")
         return led[~var].reset_index(drop=True), led[var]
     (a0, av), (b0, bv) = split(a), split(b)
     if a0.shape != b0.shape or not all((a0[c].astype(str).values == b0[c].astype(str).values).all() for c in a0.columns):
