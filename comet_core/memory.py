@@ -124,6 +124,52 @@ def release_free_heap(collect: bool = True) -> None:
         pass
 
 
+MADV_PAGEOUT = 21   # Linux 5.4+: reclaim these pages now (clean file pages are dropped; nothing is lost)
+
+
+def drop_mapped_pages(t) -> None:
+    """Let the kernel take back a CPU tensor's resident pages where they map a file (a safetensors
+    checkpoint's parameters are views of its memory map): once the model owner has shared a plaintext
+    weight, its 4 bytes per element need not stay in this process beside the 16 of its shares. A read
+    afterwards (a reference run after the private one) takes them again from the page cache. Only a hint:
+    MADV_PAGEOUT never changes a page's contents (anonymous memory stays; without swap nothing moves);
+    a no-op off Linux, for data-free or non-CPU tensors, and where the kernel refuses."""
+    try:
+        if t.device.type != "cpu" or t.is_meta:
+            return
+        storage = t.untyped_storage()
+        start, size = storage.data_ptr(), storage.nbytes()
+    except (AttributeError, RuntimeError, NotImplementedError):   # a data-free stand-in (cost mode)
+        return
+    page = _page_size()
+    lo, hi = -(-start // page) * page, (start + size) // page * page   # whole pages inside the storage
+    if hi > lo and _madvise() is not None:
+        _madvise()(lo, hi - lo, MADV_PAGEOUT)
+
+
+def _page_size() -> int:
+    import mmap
+
+    return mmap.PAGESIZE
+
+
+_MADVISE: list = []
+
+
+def _madvise():
+    """libc's madvise (None where there is none)."""
+    if not _MADVISE:
+        try:
+            import ctypes
+
+            f = ctypes.CDLL(None, use_errno=True).madvise
+            f.argtypes, f.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+            _MADVISE.append(f)
+        except (OSError, AttributeError):
+            _MADVISE.append(None)
+    return _MADVISE[0]
+
+
 def available_bytes() -> int:
     """Memory the kernel can give this process now (MemAvailable, capped by a cgroup limit)."""
     release_free_heap()

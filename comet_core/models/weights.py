@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from comet_core.mpc.engine import MPC, AShare
+from comet_core.memory import drop_mapped_pages
 
 
 @dataclass
@@ -88,6 +89,10 @@ def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = (), held: frozenset
     `held`: layer weights P0 holds in the clear (P1's share zero: MPC.share's to_p0), those of the linear
     layers of a system whose server is the model owner (``system.owner_held()``: system.linear=he).
 
+    Once shared, a plaintext tensor that views a checkpoint's memory map has its resident pages handed back
+    (memory.drop_mapped_pages: read again from the page cache if the plaintext model runs afterwards), so
+    the peak is the shares and not shares + model.
+
     `groups`: ((name, parts), ...) of layer weights the system's `prepare` joins side by side along their
     last dim (systems/fused.py LAYER_GROUPS; ``system.fused_layout()``). In an exact simulation on the
     CPU each group's parts are shared straight into the columns of one buffer, so the join is a view
@@ -98,7 +103,9 @@ def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = (), held: frozenset
         where = {} if out is None else dict(out=out)   # `out` only when grouped (wrappers of share stay valid)
         if to_p0:
             where["to_p0"] = True
-        return mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup", **where))
+        shared = mpc.register_weight(mpc.share(t, owner="model_owner", phase="setup", **where))
+        drop_mapped_pages(t)   # a checkpoint's mapped pages go back to the kernel as they are shared
+        return shared
 
     def share_layer(layer: dict[str, torch.Tensor]) -> dict[str, AShare]:
         dest = _group_columns(layer, groups) if fast else {}
