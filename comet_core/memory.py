@@ -69,7 +69,8 @@ def weight_counts(model_cfg, layers: int) -> tuple[int, int]:
     attn = 2 * d * H * hd + 2 * d * KV * hd
     ffn = (3 if llama else 2) * d * F
     per_layer = attn + ffn + 4 * d + (0 if llama else 4 * d + F + 2 * hd * (H + KV))
-    glob = 2 * V * d + (0 if llama else P * d) + 2 * d  # embedding, LM head (shared separately), positions
+    tables = 1 if llama and _g(model_cfg, "tie_word_embeddings", False) else 2   # a tied LM head is shared once
+    glob = tables * V * d + (0 if llama else P * d) + 2 * d  # embedding, LM head, positions
     return layers * per_layer + glob, max(V * d, d * F)
 
 

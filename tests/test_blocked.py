@@ -248,3 +248,29 @@ def test_a_streamed_reused_mask_takes_the_blocks_for_more_rows(monkeypatch):
         m = MPC(EngineConfig(reuse_weight_masks=reuse), seed=1, mode="exact")
         x, w = m.share(torch.randn(8, 40)), m.register_weight(m.share(torch.randn(40, 77)))
         assert matmul.beaver_strategy(x, w, reuse=reuse) == want, (keep, reuse)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_a_transposed_weight_view_equals_its_contiguous_copy(monkeypatch, reuse):
+    """A tied embedding is the LM head's shares seen transposed (models/weights.py): the blocks gather its
+    rows, giving the same shares and ledger as the same weight stored contiguously (fresh and reused
+    masks, the second product of a reused one from its streamed opening); controls: the view is not
+    contiguous and the blocked path ran."""
+    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 500)
+    out = []
+    for transposed in (False, True):
+        m = MPC(EngineConfig(reuse_weight_masks=reuse), seed=6, mode="exact")
+        g = torch.Generator().manual_seed(3)
+        head = m.share(torch.randn(40, 77, generator=g) * 0.1, owner="model_owner")    # (d, V)
+        w = head.transpose(0, 1) if transposed else type(head)(head.data.transpose(1, 2).contiguous(), m, head.frac)
+        w = m.register_weight(w)                                                          # (V, d)
+        assert w.data.is_contiguous() != transposed
+        xs = [m.share(torch.randn(1, 77, generator=g)) for _ in range(3)]
+        assert matmul.beaver_strategy(xs[0], w, reuse=reuse) == "blocked"
+        zs = [arith.matmul(x, w) for x in xs]
+        out.append(([z.data for z in zs], m.ledger.frame(), m, xs, w, zs[-1]))
+    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
+    assert out[0][1].equals(out[1][1])
+    _, _, m, xs, w, z = out[1]
+    plain = m.secret(xs[2]).double() / 2 ** xs[2].frac @ (m.secret(w).double() / 2 ** w.frac)
+    assert (m.secret(z).double() / 2 ** z.frac - plain).abs().max() < 2 ** -10

@@ -28,7 +28,7 @@ def _private(cfg, plain, ids, steps, mode="exact", seed=0, output="token"):
     if mode == "cost":  # what `comet run-experiment mode=cost` does: shapes from the config alone
         weights = weight_shapes(cfg, len(decoder_layers(plain)))
     else:
-        weights = extract(plain, cfg.family, cfg.activation)
+        weights = extract(plain, cfg.family, cfg.activation, tied=bool(cfg.get("tie_word_embeddings", False)))
     model = SecureDecoder(mpc, share_weights(mpc, weights), DenseSystem())
     return mpc, private_generate(mpc, model, ids, steps, cfg.vocab_size, output=output)
 
@@ -124,3 +124,39 @@ def test_out_of_range_activation_names_the_layer_and_operator():
         _private(cfg, plain, tok.encode("abc"), 1)
     msg = str(e.value)
     assert "layer 1" in msg and "op ffn." in msg and "\n" not in msg, msg
+
+
+def _setup_elements(mpc) -> int:
+    return sum(r[7] for r in mpc.ledger.rows if r[0] == "setup")
+
+
+def test_a_tied_lm_head_is_shared_once():
+    """tie_word_embeddings (SmolLM2): the owner shares the table once, the embedding being the head's shares
+    transposed (each with its own mask): V * d fewer words in setup than the same weights untied, the
+    online ledger unchanged, tokens and logits as the plaintext model's, and cost mode books the same.
+    Controls: untied, both tables are shared; a config that claims a tie the checkpoint lacks is refused."""
+    from comet_core.errors import CometError
+
+    cfg, plain, tok = _model("tiny-llama", tie_word_embeddings=True)
+    assert plain.lm_head.weight is plain.model.embed_tokens.weight
+    with torch.no_grad():
+        for p in plain.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    ids = tok.encode("To be, or not")
+    ref = plaintext_generate(plain, ids, 3)
+    tied, gen = _private(cfg, plain, ids, 3)
+    cost, _ = _private(cfg, plain, ids, 3, "cost")
+    assert tied.ledger.rows == cost.ledger.rows
+    untied_cfg = OmegaConf.merge(cfg, {"tie_word_embeddings": False})
+    untied, gen_u = _private(untied_cfg, plain, ids, 3)
+    V, d = int(cfg.vocab_size), int(cfg.hidden_size)
+    assert _setup_elements(untied) - _setup_elements(tied) == V * d
+    online = lambda m: [r for r in m.ledger.rows if r[0] != "setup"]   # noqa: E731
+    assert online(tied) == online(untied)
+    assert gen.tokens == ref.tokens == gen_u.tokens
+    for a, b in zip(gen.logits, ref.logits):
+        assert (a.double() - b.double()).abs().max().item() < LOGIT_TOL
+    _, plain_u, _ = _model("tiny-llama")                                   # an untied checkpoint
+    with pytest.raises(CometError, match="tie_word_embeddings"):
+        _private(cfg, plain_u, ids, 1)

@@ -53,7 +53,7 @@ class ModelSchema:
     activation: str = "relu"
     rope_theta: float = 10000.0      # Llama only (the code's default where a YAML omits it)
     rms_norm_eps: float = 1.0e-5     # Llama only
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: bool = False   # Llama: the LM head is the embedding table, shared once (OPT: both shared)
     predictor_preset: str = "default"   # conf/predictor preset whose checkpoint system=comet loads
     dropout: float = 0.0
     layers: Optional[int] = None     # run only the first n decoder layers (null: all)

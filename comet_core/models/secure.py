@@ -7,7 +7,9 @@ Private pipeline of one inference (the same for every system):
     indices into the shared position table: a local row selection.
   * Decoder layers: the system's protocols (comet_core/systems), with the secret-shared K and V of
     past tokens kept per layer (KV cache); a causal public mask in prefill.
-  * LM head: only the last position's logits are computed (mask reused like the embedding). With
+  * LM head: only the last position's logits are computed (mask reused like the embedding). A tied
+    head (model.tie_word_embeddings, Llama family: SmolLM2) is the embedding table's one sharing, the
+    embedding reading it transposed (models/weights.py); each product keeps its own mask. With
     output=token (the default) the servers run a secure argmax over the vocabulary (`next_token`) and
     reveal only the token id to the client; with output=logits the client receives the whole logit
     vector (which leaks the LM head's subspace) and takes the argmax itself.

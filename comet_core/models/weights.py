@@ -31,8 +31,10 @@ def _t(linear) -> torch.Tensor:
     return linear.weight.detach().t()
 
 
-def extract(model, family: str, activation: str) -> PlainWeights:
-    """Pull the weights out of an HF OPTForCausalLM / LlamaForCausalLM (real or meta tensors)."""
+def extract(model, family: str, activation: str, tied: bool | None = None) -> PlainWeights:
+    """Pull the weights out of an HF OPTForCausalLM / LlamaForCausalLM (real or meta tensors).
+    `tied`: the run's model config's tie_word_embeddings (Llama family; None: the HF config's), which
+    weight_shapes reads too, so that exact and cost mode share the same tables."""
     cfg = model.config
     heads = cfg.num_attention_heads
     hd = cfg.hidden_size // heads
@@ -70,9 +72,23 @@ def extract(model, family: str, activation: str) -> PlainWeights:
         rope = getattr(cfg, "rope_parameters", None) or {}
         theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
         meta = dict(num_heads=heads, num_kv_heads=cfg.num_key_value_heads, head_dim=hd,
-                    eps=float(cfg.rms_norm_eps), rope_theta=theta, act=activation)
+                    eps=float(cfg.rms_norm_eps), rope_theta=theta, act=activation,
+                    tied_head=_tied(model, bool(getattr(cfg, "tie_word_embeddings", False) if tied is None else tied)))
         return PlainWeights("llama", layers, glob, meta)
     raise ValueError(f"unknown family {family}")
+
+
+def _tied(model, declared: bool) -> bool:
+    """Whether a Llama-family model's LM head is its embedding table (tie_word_embeddings: SmolLM2): then
+    the owner shares the table once (share_weights). A config that declares it of weights that are not
+    tied is refused (the shares would not be the model's)."""
+    same = model.lm_head.weight is model.model.embed_tokens.weight
+    if declared and not same and not model.lm_head.weight.is_meta:
+        from comet_core.errors import CometError
+
+        raise CometError("the model config sets tie_word_embeddings but the checkpoint's LM head is not its "
+                         "embedding table; set model.tie_word_embeddings=false")
+    return declared
 
 
 @dataclass
@@ -88,6 +104,11 @@ def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = (), held: frozenset
 
     `held`: layer weights P0 holds in the clear (P1's share zero: MPC.share's to_p0), those of the linear
     layers of a system whose server is the model owner (``system.owner_held()``: system.linear=he).
+
+    A Llama-family model with tied embeddings (meta `tied_head`: the config's tie_word_embeddings, as
+    SmolLM2) shares its table once, as the LM head (d, V): the embedding is a transposed view of the same
+    shares (registered apart, so each product keeps its own Beaver mask), so the setup sends V * d fewer
+    words and the parties hold one copy. OPT's configs declare no tie and share both, as before.
 
     Once shared, a plaintext tensor that views a checkpoint's memory map has its resident pages handed back
     (memory.drop_mapped_pages: read again from the page cache if the plaintext model runs afterwards), so
@@ -114,7 +135,10 @@ def share_weights(mpc: MPC, w: PlainWeights, groups: tuple = (), held: frozenset
     fast = bool(groups) and mpc.simulated and not mpc.is_cost and mpc.device.type == "cpu"
     with mpc.label(stage="setup"):
         layers = [share_layer(layer) for layer in w.layers]
-        glob = {k: sh(v) for k, v in w.globals.items()}
+        tied = bool(w.meta.get("tied_head")) and {"embed", "head"} <= set(w.globals)
+        glob = {k: sh(v) for k, v in w.globals.items() if not (tied and k == "embed")}
+        if tied:   # one table: the embedding is the head's shares seen transposed, a weight of its own (its mask)
+            glob["embed"] = mpc.register_weight(glob["head"].transpose(0, 1))
     return SharedWeights(w.family, layers, glob, dict(w.meta))
 
 
@@ -155,5 +179,6 @@ def weight_shapes(model_cfg, n_layers: int) -> PlainWeights:
                      ln2_w=f(d), w_gate=f(d, ff), w_up=f(d, ff), w_down=f(ff, d))
         glob = dict(embed=f(V, d), final_w=f(d), head=f(d, V))
         meta = dict(num_heads=H, num_kv_heads=Hkv, head_dim=hd, eps=float(model_cfg.get("rms_norm_eps", 1e-5)),
-                    rope_theta=float(model_cfg.get("rope_theta", 10000.0)), act=act)
+                    rope_theta=float(model_cfg.get("rope_theta", 10000.0)), act=act,
+                    tied_head=bool(model_cfg.get("tie_word_embeddings", False)))
     return PlainWeights(str(model_cfg.family), [dict(layer) for _ in range(n_layers)], glob, meta)

@@ -81,12 +81,17 @@ def few_rows_matmul(x: AShare, y: AShare, key=None, product=None) -> torch.Tenso
     # f is opened block by block; a reused mask's first use keeps it whole (or, streamed, as its operands)
     f = torch.empty((k, n), dtype=torch.int64) if first and keep is None else None
     have_f = kept is not None and not reopened                          # a kept f as a tensor
+    ybuf = None   # y's rows gathered where y is a transposed view (a tied embedding: the LM head's shares)
     for r0, b in triple.blocks():                                     # b: (2, hb, n), the mask's rows
         hb = b.shape[1]
         cols = slice(r0, r0 + hb)
+        yb = None if have_f else y.data[:, cols]
+        if yb is not None and not yb.is_contiguous():
+            ybuf = torch.empty_like(b) if ybuf is None or ybuf.shape != b.shape else ybuf
+            yb = ybuf.copy_(yb)
         blockkernel.block_products(
             b, triple.av[:, cols].contiguous(), e[:, cols].contiguous(), ea[:, :, cols].contiguous(),
-            triple.acc, z, y=None if have_f else y.data[:, cols],
+            triple.acc, z, y=yb,
             f=kept[cols] if have_f else None,
             f_out=f[cols] if f is not None else None, product=product)
     if first:

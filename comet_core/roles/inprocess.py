@@ -64,7 +64,8 @@ def execute(cfg, memory_checked: bool = False) -> Outcome:
         plain_weights = weight_shapes(cfg.model, n_layers(cfg.model))
     else:
         plain, tok = load_plain_model(cfg.model, seed=cfg.model_seed, tokenizer=tok)
-        plain_weights = extract(plain, cfg.model.family, cfg.model.activation)
+        plain_weights = extract(plain, cfg.model.family, cfg.model.activation,
+                                tied=bool(cfg.model.get("tie_word_embeddings", False)))
 
     mpc = MPC(engine_config(cfg), seed=cfg.seed, device=cfg.device, mode=cfg.mode)
     system = load_system(cfg.system)

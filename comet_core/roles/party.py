@@ -273,7 +273,8 @@ def owner_weights(cfg):
 
     torch.manual_seed(cfg.model_seed)
     plain, _ = load_plain_model(cfg.model, seed=cfg.model_seed)
-    pw = extract(plain, cfg.model.family, cfg.model.activation)
+    pw = extract(plain, cfg.model.family, cfg.model.activation,
+                 tied=bool(cfg.model.get("tie_word_embeddings", False)))
     h = hashlib.sha256()
     for t in [t for layer in pw.layers for t in layer.values()] + list(pw.globals.values()):
         h.update(t.detach().cpu().contiguous().reshape(-1).numpy().tobytes())
