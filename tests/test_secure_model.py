@@ -33,14 +33,19 @@ def _private(cfg, plain, ids, steps, mode="exact", seed=0, output="token"):
     return mpc, private_generate(mpc, model, ids, steps, cfg.vocab_size, output=output)
 
 
-@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
-def test_private_generation_matches_plaintext(name):
-    cfg, plain, tok = _model(name)
-    # scale the random model up so that logits are well separated (HF init std 0.02 gives ~0.5-wide logits)
+def _separate_logits(plain) -> None:
+    """Scale the random model's matrices up so that logits are well separated (HF init std 0.02 gives
+    ~0.5-wide logits)."""
     with torch.no_grad():
         for p in plain.parameters():
             if p.dim() == 2:
                 p.mul_(4.0)
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+def test_private_generation_matches_plaintext(name):
+    cfg, plain, tok = _model(name)
+    _separate_logits(plain)
     ids = tok.encode("To be, or not to be")
     ref = plaintext_generate(plain, ids, 4)
     _, gen = _private(cfg, plain, ids, 4)
@@ -139,10 +144,7 @@ def test_a_tied_lm_head_is_shared_once():
 
     cfg, plain, tok = _model("tiny-llama", tie_word_embeddings=True)
     assert plain.lm_head.weight is plain.model.embed_tokens.weight
-    with torch.no_grad():
-        for p in plain.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)
+    _separate_logits(plain)
     ids = tok.encode("To be, or not")
     ref = plaintext_generate(plain, ids, 3)
     tied, gen = _private(cfg, plain, ids, 3)
